@@ -1,0 +1,3 @@
+from mvcap.cli import main
+
+main()

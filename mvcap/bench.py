@@ -1,0 +1,211 @@
+"""``mvcap bench``: run named methods over benchmark sessions and tabulate accuracy.
+
+A benchmark is a folder of session files with ground truth (``mvcap synth``). A method
+name is ``<kind>[@<camera>]``; ``@cam2`` restricts it to one view (single-view fallback).
+Kinds:
+
+* ``init`` -- the stored initial estimates (regression-like errors);
+* ``gt`` -- the ground-truth parameters themselves (sanity row: must read 0);
+* ``sparse-gt-keypoints`` -- the fitter on projected ground-truth joints with pixel noise
+  and dropout (what keypoint pipelines do);
+* ``dense-<predictor>-<fusion>`` -- the refinement loop, predictor ``oracle``, ``flow`` or
+  ``learned``, fusion ``joint`` or ``refit``.
+
+Results of each method are stored in the sessions as result runs named after the method,
+so an interrupted benchmark resumes. The table (markdown) and a JSON file report MPJPE,
+PA-MPJPE, N-MPJPE, PVE, PA-PVE, N-PVE (mm, world frame, no alignment for MPJPE/PVE), the
+displacement end-point error of the predictor on the initial estimate (EPE, px over
+rendered pixels, dense methods only) and wall seconds per frame.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mvcap.body import BodyModel, load_body_model
+from mvcap.capture import Session
+from mvcap.config import to_dict
+from mvcap.metrics import METRIC_KEYS, epe, evaluate_body
+from mvcap.refine import RefineConfig, keypoint_fit_frame, keypoint_targets, make_predictor, refine_session
+
+__all__ = ["BenchConfig", "run_benchmark", "format_table", "parse_method"]
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What ``mvcap bench`` runs (``configs/bench/methods.toml``)."""
+
+    methods: tuple[str, ...] = ("init", "gt")
+    max_frames: int = 0  # per session; 0 = all
+    keypoint_noise_px: float = 2.0
+    keypoint_dropout: float = 0.1
+    epe_frames: int = 5  # frames per session used for the EPE column
+    seed: int = 0
+    refine: RefineConfig = field(default_factory=RefineConfig)
+
+
+def parse_method(name: str, base: RefineConfig) -> tuple[str, RefineConfig | None]:
+    """'dense-flow-refit@cam2' -> ("dense", RefineConfig(predictor=flow, fusion=refit, views=(cam2,)))."""
+    kind, _, view = name.partition("@")
+    views = (view,) if view else ()
+    if kind in ("init", "gt"):
+        if view:
+            raise ValueError(f"method {name!r}: '@view' only applies to fitted methods")
+        return kind, None
+    if kind == "sparse-gt-keypoints":
+        return kind, dataclasses.replace(base, views=views)
+    parts = kind.split("-")
+    if len(parts) == 3 and parts[0] == "dense":
+        return "dense", dataclasses.replace(base, predictor=parts[1], fusion=parts[2], views=views)
+    raise ValueError(
+        f"unknown method {name!r}; use init, gt, sparse-gt-keypoints or dense-<oracle|flow|learned>-<joint|refit>"
+        ", optionally with @<camera>"
+    )
+
+
+def _frames(session: Session, max_frames: int) -> list[int]:
+    T = session.num_frames
+    return list(range(T if max_frames <= 0 else min(T, max_frames)))
+
+
+def _run_keypoints(path: Path, name: str, cfg: RefineConfig, bench: BenchConfig, model: BodyModel, frames):
+    rng = np.random.default_rng(bench.seed)
+    with Session.open(path, mode="a") as s:
+        rig = s.rig
+        view_idx = [rig.index(n) for n in cfg.views] if cfg.views else list(range(len(rig)))
+        sub = rig.subset([rig.names[i] for i in view_idx])
+        gt, init = s.read_ground_truth(), s.read_init(require_valid=False)
+        subject = s.subject
+        writer = s.results_run(name, config={"method": name, "noise_px": bench.keypoint_noise_px,
+                                             "dropout": bench.keypoint_dropout, "fit": to_dict(cfg.fit)})
+        done = writer.done_frames()
+        for t in frames:
+            noise_rng = np.random.default_rng([bench.seed, t])  # same noise whatever was resumed
+            if done[t]:
+                continue
+            with torch.no_grad():
+                joints = model(**gt.slice(t).to_torch()).joints[0]
+            targets = keypoint_targets(sub, joints, bench.keypoint_noise_px, bench.keypoint_dropout, noise_rng)
+            betas = torch.as_tensor(subject.betas if subject is not None else init.betas[t])
+            res = keypoint_fit_frame(model, sub, targets, torch.as_tensor(init.pose_rotvecs[t]), betas,
+                                     torch.as_tensor(init.transl[t]), cfg.fit)
+            residual = np.full(len(rig), np.nan, np.float32)
+            residual[view_idx] = res.residual_px
+            writer.write(t, res.pose_rotvecs, res.betas, res.transl, residual_px=residual,
+                         iterations=res.iterations, seconds=res.seconds)
+        del rng
+
+
+def _epe_for(path: Path, cfg: RefineConfig, model: BodyModel, frames) -> list[float]:
+    """EPE of the predictor against the oracle field on the initial estimate's render."""
+    from mvcap.displace import PredictRequest
+    from mvcap.render import render, undistort_images
+
+    out = []
+    with Session.open(path) as s:
+        rig = s.rig if not cfg.views else s.rig.subset(cfg.views)
+        pinhole = rig.without_distortion()
+        gt, init, subject = s.read_ground_truth(), s.read_init(require_valid=False), s.subject
+        template = model.template_vertices()[0]
+        for t in frames:
+            with torch.no_grad():
+                betas = torch.as_tensor(subject.betas)[None]
+                verts = model(torch.as_tensor(init.pose_rotvecs[t])[None], betas, torch.as_tensor(init.transl[t])[None]).vertices[0]
+                gt_verts = model(**gt.slice(t).to_torch()).vertices[0]
+            appearance = {}
+            if subject.texture is not None:
+                appearance = dict(texture=torch.from_numpy(np.ascontiguousarray(subject.texture)), uvs=model.uvs, uv_faces=model.uv_faces)
+            frags, passes = render(pinhole, verts, model.faces, template_vertices=template,
+                                   passes=("rgb", "depth", "normal", "template", "mask"), **appearance)
+            photos = undistort_images(rig, s.read_frame(t, views=list(rig.names)))
+            req = PredictRequest(photos, passes, frags, pinhole, verts, model.faces)
+            pred = make_predictor(cfg.predictor, cfg, gt_verts)(req)
+            truth = make_predictor("oracle", cfg, gt_verts)(req)
+            out.append(epe(pred.flow, truth.flow, frags.mask))
+    return out
+
+
+def _evaluate(path: Path, params, frames, model: BodyModel) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    with Session.open(path) as s:
+        gt = s.read_ground_truth().slice(frames)
+    with torch.no_grad():
+        g = model(**gt.to_torch())
+        p = model(**params.slice(frames).to_torch())
+    return p.joints, g.joints, p.vertices, g.vertices
+
+
+def run_benchmark(
+    session_paths: list[Path], bench: BenchConfig, model: BodyModel | None = None, fresh: bool = False,
+    progress: bool = True, log=print,
+) -> dict:
+    """Run every method on every session; return {"methods": {name: metrics}, ...}."""
+    model = model or load_body_model()
+    if not session_paths:
+        raise ValueError("no benchmark sessions given; generate them with `mvcap synth`")
+    results = {}
+    for name in bench.methods:
+        kind, cfg = parse_method(name, bench.refine)
+        t0 = time.perf_counter()
+        pj, gj, pv, gv, secs, epes = [], [], [], [], [], []
+        for path in session_paths:
+            with Session.open(path) as s:
+                if not s.has_ground_truth:
+                    raise ValueError(f"{path} has no ground truth; the benchmark needs synthetic sessions")
+                frames = _frames(s, bench.max_frames)
+                if kind == "init":
+                    params = s.read_init(require_valid=False)
+                elif kind == "gt":
+                    params = s.read_ground_truth()
+            if kind == "sparse-gt-keypoints":
+                if fresh:
+                    _delete_run(path, name)
+                _run_keypoints(path, name, cfg, bench, model, frames)
+            elif kind == "dense":
+                refine_session(path, name, cfg, frames=frames, model=model, overwrite=fresh, progress=progress)
+                if bench.epe_frames > 0:
+                    epes += _epe_for(path, cfg, model, frames[: bench.epe_frames])
+            if kind in ("sparse-gt-keypoints", "dense"):
+                with Session.open(path) as s:
+                    res = s.read_results(name)
+                params = res.params
+                secs += list(res.seconds[frames])
+            a, b, c, d = _evaluate(path, params, frames, model)
+            pj.append(a), gj.append(b), pv.append(c), gv.append(d)
+        metrics = evaluate_body(torch.cat(pj), torch.cat(gj), torch.cat(pv), torch.cat(gv))
+        metrics["EPE"] = float(np.mean(epes)) if epes else float("nan")
+        metrics["s/frame"] = float(np.mean(secs)) if secs else 0.0
+        metrics["frames"] = int(sum(x.shape[0] for x in pj))
+        results[name] = metrics
+        log(f"{name}: " + ", ".join(f"{k} {v:.1f}" for k, v in metrics.items() if k in METRIC_KEYS)
+            + f" ({time.perf_counter() - t0:.0f} s)")
+    return {"methods": results, "sessions": [str(p) for p in session_paths], "config": to_dict(bench)}
+
+
+def _delete_run(path: Path, name: str) -> None:
+    with Session.open(path, mode="a") as s:
+        if name in s.result_names():
+            s.delete_results(name)
+
+
+def format_table(report: dict) -> str:
+    cols = list(METRIC_KEYS) + ["EPE", "s/frame"]
+    lines = ["| method | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+    for name, m in report["methods"].items():
+        cells = []
+        for c in cols:
+            v = m.get(c, float("nan"))
+            cells.append("–" if v != v else (f"{v:.2f}" if c == "s/frame" else f"{v:.1f}"))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def save_report(report: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2, default=str))

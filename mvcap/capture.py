@@ -1,0 +1,1058 @@
+"""The HDF5 session file: rig, frames, subject, initial estimates, results, ground truth.
+
+One capture session is one ``.h5`` file; the layout (group / dataset / attribute names,
+dtypes, shapes) is documented in ``docs/session-format.md`` and summarised here::
+
+    /                      attrs: format="mvcap-session", format_version=1, created_by,
+                                  created_at, provenance (JSON), complete (bool), fps,
+                                  num_frames
+    /rig/                  names (V,) utf-8, K (V,3,3), dist (V,5), R_world2cam (V,3,3),
+                           t_world2cam (V,3), image_size (V,2) int64 (width, height)
+    /frames/<view>/        images (T,H,W,3) uint8 (one frame per chunk, compressed),
+                           timestamps (T,) float64 s, written (T,) bool
+    /subject/              betas (10,), texture?, vertex_colors?; attrs name, gender, meta
+    /init/                 pose_rotvecs (T,24,3), betas (T,10), transl (T,3), valid (T,)
+    /ground_truth/         pose_rotvecs, betas, transl, extra/<name>   (optional)
+    /results/<run>/        pose_rotvecs, betas, transl, done, residual_px (T,V),
+                           iterations, seconds; attrs config (JSON), created_at
+
+Crash safety: data is written in place; the root attribute ``complete`` stays False until
+:meth:`Session.mark_complete`. An incomplete file can be reopened with ``mode="a"`` to
+resume (``frames_written`` / ``ResultsWriter.done_frames()`` say what is already there).
+Results writers flush after every frame, so a crash loses at most the frame in flight.
+The file is written with HDF5's default (oldest compatible) format on purpose: newer
+superblocks record "open for writing" flags that make a crashed file unopenable without
+the ``h5clear`` tool.
+
+Every failure to read a file is reported as :class:`SessionError` with a message that
+names the file and the problem, never as a raw h5py traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as _dt
+import json
+import os
+import platform
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from mvcap.cameras import Rig, RigError
+from mvcap.subject import NUM_BETAS, Subject, SubjectError
+
+__all__ = [
+    "Session",
+    "SessionError",
+    "BodyParams",
+    "Results",
+    "ResultsWriter",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "NUM_JOINTS",
+]
+
+FORMAT = "mvcap-session"
+FORMAT_VERSION = 1
+NUM_JOINTS = 24
+
+_STR = h5py.string_dtype("utf-8")
+_BODY_FIELDS = ("pose_rotvecs", "betas", "transl")
+
+
+class SessionError(RuntimeError):
+    """A session file cannot be created, opened, read or written; the message says why."""
+
+
+def _mvcap_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("mvcap")
+    except Exception:  # not installed (running from a checkout)
+        return "unknown"
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+def _np(x, dtype=None) -> np.ndarray:
+    """numpy view of an array-like or torch tensor (detached, on CPU)."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x) if dtype is None else np.asarray(x, dtype=dtype)
+
+
+def _json_default(o):
+    if dataclasses.is_dataclass(o) and not isinstance(o, type):
+        return dataclasses.asdict(o)
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, (Path, os.PathLike)):
+        return os.fspath(o)
+    if isinstance(o, (set, frozenset)):
+        return sorted(o)
+    raise TypeError(f"{type(o).__name__} is not JSON-serialisable")
+
+
+def _to_json(obj, what: str) -> str:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        obj = dataclasses.asdict(obj)
+    try:
+        return json.dumps(obj if obj is not None else {}, sort_keys=True, default=_json_default)
+    except (TypeError, ValueError) as exc:
+        raise SessionError(f"{what} must be JSON-serialisable ({exc})") from exc
+
+
+# ------------------------------------------------------------------------------------------
+# body parameters
+# ------------------------------------------------------------------------------------------
+@dataclass
+class BodyParams:
+    """Per-frame body parameters, numpy float32, world frame.
+
+    pose_rotvecs: (T, 24, 3) axis-angle radians (joint 0 = global orientation, SMPL order);
+    betas: (T, 10); transl: (T, 3) metres. Unknown frames may hold NaN.
+    """
+
+    pose_rotvecs: np.ndarray
+    betas: np.ndarray
+    transl: np.ndarray
+
+    def __post_init__(self):
+        pose = _np(self.pose_rotvecs, np.float32)
+        betas = _np(self.betas, np.float32)
+        transl = _np(self.transl, np.float32)
+        if pose.ndim != 3 or pose.shape[1:] != (NUM_JOINTS, 3):
+            raise ValueError(
+                f"pose_rotvecs must have shape (T, {NUM_JOINTS}, 3), got {pose.shape}; "
+                "add a leading frame axis (pose[None]) for a single frame"
+            )
+        T = pose.shape[0]
+        if betas.shape == (NUM_BETAS,):
+            betas = np.broadcast_to(betas, (T, NUM_BETAS)).copy()
+        if betas.shape != (T, NUM_BETAS):
+            raise ValueError(
+                f"betas must have shape ({T}, {NUM_BETAS}) or ({NUM_BETAS},), got {betas.shape}"
+            )
+        if transl.shape != (T, 3):
+            raise ValueError(f"transl must have shape ({T}, 3), got {transl.shape}")
+        self.pose_rotvecs, self.betas, self.transl = pose, betas, transl
+
+    def __len__(self) -> int:
+        return self.pose_rotvecs.shape[0]
+
+    @property
+    def num_frames(self) -> int:
+        return len(self)
+
+    def slice(self, frames) -> BodyParams:
+        """Subset of frames: an int, a slice, or a sequence of indices / bool mask."""
+        if isinstance(frames, (int, np.integer)):
+            frames = [int(frames)]
+        return BodyParams(self.pose_rotvecs[frames], self.betas[frames], self.transl[frames])
+
+    __getitem__ = slice
+
+    def to_torch(self, device="cpu", dtype=None) -> dict:
+        """``{"pose_rotvecs": (T,24,3), "betas": (T,10), "transl": (T,3)}`` torch tensors,
+        ready for ``BodyModel.forward(**params.to_torch())``."""
+        import torch
+
+        dtype = dtype or torch.float32
+        return {
+            k: torch.as_tensor(getattr(self, k), dtype=dtype, device=device) for k in _BODY_FIELDS
+        }
+
+    @classmethod
+    def concatenate(cls, items: Sequence[BodyParams]) -> BodyParams:
+        return cls(*(np.concatenate([getattr(b, k) for b in items]) for k in _BODY_FIELDS))
+
+    @classmethod
+    def nan(cls, num_frames: int) -> BodyParams:
+        """``num_frames`` frames of NaN (placeholder for unknown frames)."""
+        return cls(
+            np.full((num_frames, NUM_JOINTS, 3), np.nan, np.float32),
+            np.full((num_frames, NUM_BETAS), np.nan, np.float32),
+            np.full((num_frames, 3), np.nan, np.float32),
+        )
+
+    def allclose(self, other: BodyParams, atol: float = 1e-6) -> bool:
+        return all(
+            np.allclose(getattr(self, k), getattr(other, k), atol=atol, equal_nan=True)
+            for k in _BODY_FIELDS
+        )
+
+
+@dataclass
+class Results:
+    """One results run read back from a session.
+
+    params: BodyParams over all T frames (NaN where not done); done (T,) bool;
+    residual_px (T, V) float32 mean reprojection residual per view (NaN when unknown);
+    iterations (T,) int32; seconds (T,) float32 wall time per frame; config: the run's
+    config dict; name: the run name; view_names: the V views of residual_px.
+    """
+
+    name: str
+    params: BodyParams
+    done: np.ndarray
+    residual_px: np.ndarray
+    iterations: np.ndarray
+    seconds: np.ndarray
+    config: dict
+    view_names: tuple[str, ...]
+    created_at: str = ""
+
+    @property
+    def pose_rotvecs(self) -> np.ndarray:
+        return self.params.pose_rotvecs
+
+    @property
+    def betas(self) -> np.ndarray:
+        return self.params.betas
+
+    @property
+    def transl(self) -> np.ndarray:
+        return self.params.transl
+
+
+# ------------------------------------------------------------------------------------------
+# the session
+# ------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _reading(path, what: str):
+    """Translate low-level h5py failures while reading into SessionError."""
+    try:
+        yield
+    except SessionError:
+        raise
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError, RigError, SubjectError) as exc:
+        raise SessionError(
+            f"session file {path}: cannot read {what} ({type(exc).__name__}: {exc}); "
+            "the file may be truncated or corrupt"
+        ) from exc
+
+
+def _frames_to_index(frames, T: int, what: str = "frames") -> np.ndarray:
+    """int / slice / range / sequence / bool mask -> int64 index array, bounds-checked."""
+    if frames is None:
+        return np.arange(T)
+    if isinstance(frames, slice):
+        return np.arange(T)[frames]
+    idx = _np(frames)
+    if idx.dtype == bool:
+        if idx.shape != (T,):
+            raise SessionError(f"{what}: a boolean mask must have shape ({T},), got {idx.shape}")
+        return np.flatnonzero(idx)
+    idx = np.atleast_1d(idx).astype(np.int64)
+    if idx.ndim != 1:
+        raise SessionError(f"{what}: frame indices must be 1-D, got shape {idx.shape}")
+    bad = idx[(idx < -T) | (idx >= T)]
+    if bad.size:
+        raise SessionError(
+            f"{what}: frame index {int(bad[0])} out of range for a session of {T} frames"
+        )
+    return np.where(idx < 0, idx + T, idx)
+
+
+def _read_rows(ds: h5py.Dataset, idx: np.ndarray) -> np.ndarray:
+    """Read rows ``idx`` (any order, repeats allowed) of dataset ``ds``."""
+    if idx.size == 0:
+        return np.zeros((0,) + ds.shape[1:], ds.dtype)
+    if idx.size > 1 and np.all(np.diff(idx) == 1):
+        return ds[int(idx[0]) : int(idx[-1]) + 1]
+    uniq, inverse = np.unique(idx, return_inverse=True)
+    return ds[uniq][inverse]
+
+
+def _write_rows(ds: h5py.Dataset, idx: np.ndarray, values: np.ndarray) -> None:
+    if idx.size == 0:
+        return
+    if idx.size > 1 and np.all(np.diff(idx) == 1):
+        ds[int(idx[0]) : int(idx[-1]) + 1] = values
+        return
+    order = np.argsort(idx, kind="stable")
+    sidx = idx[order]
+    if np.any(np.diff(sidx) == 0):
+        raise SessionError("repeated frame indices in one write")
+    ds[sidx] = values[order]
+
+
+class Session:
+    """An open session file. Use :meth:`create` or :meth:`open`, ideally as a context manager::
+
+    with Session.create("take1.h5", rig, num_frames=300) as s:
+        s.write_frame(0, images)          # (V, H, W, 3) uint8
+        ...
+        s.mark_complete()
+
+    with Session.open("take1.h5") as s:
+        imgs = s.read_frame(0)            # (V, H, W, 3) uint8
+    """
+
+    def __init__(self, h5: h5py.File, path: Path, mode: str):
+        # use Session.create / Session.open
+        self._f = h5
+        self._path = Path(path)
+        self._mode = mode
+        with _reading(self._path, "the rig"):
+            g = self._f["rig"]
+            self._rig = Rig.from_arrays(
+                g["names"].asstr()[()].tolist(),
+                g["K"][()],
+                g["dist"][()],
+                g["R_world2cam"][()],
+                g["t_world2cam"][()],
+                g["image_size"][()],
+            )
+            self._T = int(self._f.attrs["num_frames"])
+            self._fps = float(self._f.attrs["fps"])
+            for v in self._rig.names:
+                self._f["frames"][v]["images"]  # noqa: B018 (existence check)
+
+    # ---------------------------------------------------------------- construction --------
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike,
+        rig: Rig,
+        num_frames: int,
+        image_size: tuple[int, int] | None = None,
+        fps: float = 30.0,
+        provenance: dict | None = None,
+        overwrite: bool = False,
+        compression: str = "lzf",
+    ) -> Session:
+        """Create a new session file sized for ``num_frames`` frames of every rig view.
+
+        image_size: ``(width, height)`` to store every view at; ``None`` stores each view at
+        its own rig image size. If it differs from the rig's sizes, the stored rig is
+        ``rig.with_image_size(image_size)`` so calibration always matches the stored pixels.
+        compression: ``"lzf"`` (fast, default), ``"gzip"`` or ``None``.
+        Refuses to replace an existing file unless ``overwrite=True``.
+        """
+        path = Path(path)
+        if not isinstance(rig, Rig):
+            raise SessionError(f"rig must be an mvcap.cameras.Rig, got {type(rig).__name__}")
+        if int(num_frames) < 1:
+            raise SessionError(f"num_frames must be >= 1, got {num_frames}")
+        num_frames = int(num_frames)
+        if not (float(fps) > 0):
+            raise SessionError(f"fps must be positive, got {fps}")
+        if compression not in ("lzf", "gzip", None):
+            raise SessionError(f"compression must be 'lzf', 'gzip' or None, got {compression!r}")
+        for name in rig.names:
+            if "/" in name or name in (".", "..") or not name:
+                raise SessionError(
+                    f"camera name {name!r} cannot be used as an HDF5 group name; rename it"
+                )
+        if image_size is not None:
+            image_size = tuple(int(s) for s in image_size)
+            if len(image_size) != 2 or min(image_size) <= 0:
+                raise SessionError(f"image_size must be (width, height), got {image_size}")
+            if any(tuple(c.image_size) != image_size for c in rig):
+                rig = rig.with_image_size(image_size)
+        prov_json = _to_json(provenance, "provenance")
+        if path.exists():
+            if not overwrite:
+                raise SessionError(
+                    f"session file {path} already exists; pass overwrite=True (CLI: --overwrite) "
+                    "to replace it, or Session.open(path, mode='a') to add to it"
+                )
+            if path.is_dir():
+                raise SessionError(f"{path} is a directory")
+            path.unlink()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            f = h5py.File(path, "w")
+        except OSError as exc:
+            raise SessionError(f"cannot create session file {path}: {exc}") from exc
+        try:
+            f.attrs["format"] = FORMAT
+            f.attrs["format_version"] = np.int64(FORMAT_VERSION)
+            f.attrs["created_by"] = (
+                f"mvcap {_mvcap_version()} (python {platform.python_version()}, "
+                f"h5py {h5py.__version__})"
+            )
+            f.attrs["created_at"] = _now()
+            f.attrs["provenance"] = prov_json
+            f.attrs["complete"] = False
+            f.attrs["fps"] = np.float64(fps)
+            f.attrs["num_frames"] = np.int64(num_frames)
+
+            arrays = rig.to_arrays()
+            g = f.create_group("rig")
+            g.create_dataset(
+                "names", data=np.array([str(n) for n in arrays["names"]], dtype=object), dtype=_STR
+            )
+            for k in ("K", "dist", "R_world2cam", "t_world2cam"):
+                g.create_dataset(k, data=np.asarray(arrays[k], np.float64))
+            g.create_dataset("image_size", data=np.asarray(arrays["image_size"], np.int64))
+
+            fr = f.create_group("frames")
+            fr.attrs["fps"] = np.float64(fps)
+            for cam in rig:
+                w, h = cam.image_size
+                vg = fr.create_group(cam.name)
+                vg.create_dataset(
+                    "images",
+                    shape=(num_frames, h, w, 3),
+                    dtype=np.uint8,
+                    chunks=(1, h, w, 3),
+                    compression=compression,
+                    fillvalue=0,
+                )
+                vg.create_dataset(
+                    "timestamps", shape=(num_frames,), dtype=np.float64, fillvalue=np.nan
+                )
+                vg.create_dataset("written", shape=(num_frames,), dtype=bool, fillvalue=False)
+
+            ig = f.create_group("init")
+            _create_body_datasets(ig, num_frames)
+            ig.create_dataset("valid", shape=(num_frames,), dtype=bool, fillvalue=False)
+            f.create_group("results")
+            f.flush()
+        except Exception:
+            f.close()
+            raise
+        return cls(f, path, "a")
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, mode: str = "r") -> Session:
+        """Open an existing session: ``mode="r"`` read-only, ``"a"`` read/write (resume)."""
+        path = Path(path)
+        if mode == "r+":
+            mode = "a"
+        if mode not in ("r", "a"):
+            raise SessionError(
+                f"mode must be 'r' or 'a', got {mode!r} (use Session.create for new files)"
+            )
+        if not path.exists():
+            raise SessionError(f"session file {path} does not exist")
+        if path.is_dir():
+            raise SessionError(f"session path {path} is a directory, expected an .h5 file")
+        try:
+            f = h5py.File(path, "r" if mode == "r" else "r+")
+        except OSError as exc:
+            msg = str(exc)
+            low = msg.lower()
+            if "truncated" in low:
+                raise SessionError(
+                    f"session file {path} is truncated ({path.stat().st_size} bytes on disk, the "
+                    f"file says it should be longer); it may be an interrupted copy or download, "
+                    f"or the disk filled "
+                    f"while writing. Copy it again or recover it from the source. h5py said: {msg}"
+                ) from exc
+            if "unable to lock" in low or "file locking" in low or "already open" in low:
+                raise SessionError(
+                    f"session file {path} is open for writing in another process (HDF5 file lock); "
+                    f"wait for it to finish, or read a copy of the file. h5py said: {msg}"
+                ) from exc
+            if "signature" in low and path.stat().st_size > 0 and not h5py.is_hdf5(path):
+                raise SessionError(
+                    f"{path} is not an HDF5 file, so not an mvcap session ({msg})"
+                ) from exc
+            raise SessionError(
+                f"cannot open session file {path}: it is not a valid HDF5 file or is truncated/"
+                f"corrupt (e.g. an interrupted copy or download; size {path.stat().st_size} "
+                f"bytes). h5py said: {msg}"
+            ) from exc
+        try:
+            with _reading(path, "the format attributes"):
+                fmt = f.attrs.get("format")
+                if isinstance(fmt, bytes):
+                    fmt = fmt.decode()
+                if fmt != FORMAT:
+                    raise SessionError(
+                        f"{path} is an HDF5 file but not an mvcap session (attribute 'format' "
+                        f"is {fmt!r}, "
+                        f"expected {FORMAT!r})"
+                    )
+                version = f.attrs.get("format_version")
+                if version is None:
+                    raise SessionError(
+                        f"session file {path} has no 'format_version' attribute; it is malformed"
+                    )
+                version = int(version)
+                if version > FORMAT_VERSION:
+                    raise SessionError(
+                        f"session file {path} has format version {version}, but this mvcap "
+                        f"({_mvcap_version()}) reads versions up to {FORMAT_VERSION}; "
+                        "upgrade mvcap to read it"
+                    )
+                if version < 1:
+                    raise SessionError(f"session file {path} has invalid format version {version}")
+            return cls(f, path, mode)
+        except BaseException:
+            f.close()
+            raise
+
+    # ---------------------------------------------------------------- lifecycle -----------
+    def close(self) -> None:
+        """Flush and close. Safe to call twice."""
+        if self._f is not None and self._f.id.valid:
+            if self._mode == "a":
+                with contextlib.suppress(Exception):
+                    self._f.flush()
+            self._f.close()
+        self._f = None
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._f is None else ("complete" if self.complete else "incomplete")
+        views = list(self.view_names)
+        return f"Session({str(self._path)!r}, views={views}, frames={self._T}, {state})"
+
+    def flush(self) -> None:
+        self._h5().flush()
+
+    def mark_complete(self, force: bool = False) -> None:
+        """Set ``complete = True``. Refuses if some frame was never written, unless ``force``."""
+        f = self._writable()
+        if not force:
+            missing = np.flatnonzero(~self.frames_written)
+            if missing.size:
+                raise SessionError(
+                    f"cannot mark {self._path} complete: {missing.size} frame(s) not written for "
+                    f"every "
+                    f"view (first: {missing[:10].tolist()}); write them or pass force=True"
+                )
+        f.attrs["complete"] = True
+        f.flush()
+
+    def _h5(self) -> h5py.File:
+        if self._f is None or not self._f.id.valid:
+            raise SessionError(f"session {self._path} is closed")
+        return self._f
+
+    def _writable(self) -> h5py.File:
+        f = self._h5()
+        if self._mode != "a":
+            raise SessionError(
+                f"session {self._path} is open read-only; use Session.open(path, mode='a')"
+            )
+        return f
+
+    # ---------------------------------------------------------------- properties ----------
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    @property
+    def rig(self) -> Rig:
+        return self._rig
+
+    @property
+    def view_names(self) -> tuple[str, ...]:
+        return self._rig.names
+
+    @property
+    def num_views(self) -> int:
+        return len(self._rig)
+
+    @property
+    def num_frames(self) -> int:
+        return self._T
+
+    def __len__(self) -> int:
+        return self._T
+
+    @property
+    def fps(self) -> float:
+        return self._fps
+
+    @property
+    def image_sizes(self) -> dict[str, tuple[int, int]]:
+        """Per view ``(width, height)`` of the stored images."""
+        return {c.name: tuple(c.image_size) for c in self._rig}
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """``(width, height)`` shared by all views; SessionError if views differ (see
+        image_sizes)."""
+        sizes = set(self.image_sizes.values())
+        if len(sizes) != 1:
+            raise SessionError(
+                f"views have different image sizes {self.image_sizes}; use image_sizes"
+            )
+        return sizes.pop()
+
+    @property
+    def complete(self) -> bool:
+        return bool(self._h5().attrs.get("complete", False))
+
+    @property
+    def provenance(self) -> dict:
+        with _reading(self._path, "provenance"):
+            return json.loads(self._h5().attrs.get("provenance", "{}"))
+
+    @property
+    def attrs(self) -> dict:
+        """Root attributes as a plain dict (format, format_version, created_by, ...)."""
+        with _reading(self._path, "root attributes"):
+            return {
+                k: (v.item() if isinstance(v, np.generic) else v)
+                for k, v in self._h5().attrs.items()
+            }
+
+    # ---------------------------------------------------------------- frames --------------
+    def _view(self, view: str | int) -> str:
+        if isinstance(view, (int, np.integer)):
+            if not -self.num_views <= int(view) < self.num_views:
+                raise SessionError(f"view index {view} out of range for {self.num_views} views")
+            return self.view_names[int(view)]
+        if view not in self.view_names:
+            raise SessionError(
+                f"no view named {view!r} in {self._path}; views are {list(self.view_names)}"
+            )
+        return view
+
+    def _frame(self, t) -> int:
+        t = int(t)
+        if not -self._T <= t < self._T:
+            raise SessionError(f"frame {t} out of range for a session of {self._T} frames")
+        return t % self._T
+
+    def _check_images(self, images, view: str, n: int | None) -> np.ndarray:
+        images = _np(images)
+        w, h = self.image_sizes[view]
+        expect = (h, w, 3) if n is None else (n, h, w, 3)
+        if images.shape != expect:
+            raise SessionError(
+                f"images for view {view!r} must have shape {expect} (H, W, 3), got {images.shape}"
+            )
+        if images.dtype != np.uint8:
+            raise SessionError(
+                f"images must be uint8, got {images.dtype}; convert [0, 1] floats with "
+                "(np.clip(x, 0, 1) * 255).round().astype(np.uint8)"
+            )
+        return images
+
+    def write_frame(self, t: int, images, timestamp: float | None = None) -> None:
+        """Write frame ``t`` of every view: images (V, H, W, 3) uint8 in rig view order.
+
+        timestamp: seconds (default ``t / fps``). Views with different sizes: pass a list.
+        """
+        f = self._writable()
+        t = self._frame(t)
+        if isinstance(images, (list, tuple)):
+            if len(images) != self.num_views:
+                raise SessionError(f"need one image per view ({self.num_views}), got {len(images)}")
+        else:
+            images = _np(images)
+            if images.ndim != 4 or images.shape[0] != self.num_views:
+                raise SessionError(
+                    f"images must have shape (V={self.num_views}, H, W, 3), got {images.shape}"
+                )
+        ts = t / self._fps if timestamp is None else float(timestamp)
+        for i, v in enumerate(self.view_names):
+            img = self._check_images(images[i], v, None)
+            vg = f["frames"][v]
+            vg["images"][t] = img
+            vg["timestamps"][t] = ts
+            vg["written"][t] = True
+        f.flush()
+
+    def write_view_frames(self, view: str | int, start: int, images, timestamps=None) -> None:
+        """Write frames ``start .. start+T-1`` of one view: images (T, H, W, 3) uint8."""
+        f = self._writable()
+        v = self._view(view)
+        images = _np(images)
+        if images.ndim != 4:
+            raise SessionError(f"images must have shape (T, H, W, 3), got {images.shape}")
+        n = images.shape[0]
+        images = self._check_images(images, v, n)
+        start = self._frame(start)
+        if start + n > self._T:
+            raise SessionError(
+                f"frames {start}..{start + n - 1} exceed the session's {self._T} frames"
+            )
+        if timestamps is None:
+            timestamps = np.arange(start, start + n) / self._fps
+        timestamps = _np(timestamps, np.float64)
+        if timestamps.shape != (n,):
+            raise SessionError(f"timestamps must have shape ({n},), got {timestamps.shape}")
+        vg = f["frames"][v]
+        vg["images"][start : start + n] = images
+        vg["timestamps"][start : start + n] = timestamps
+        vg["written"][start : start + n] = True
+        f.flush()
+
+    def read_frame(
+        self, t: int, views: Sequence[str | int] | None = None, allow_missing: bool = False
+    ) -> np.ndarray:
+        """Frame ``t`` of the given views (default all, rig order): (V, H, W, 3) uint8.
+
+        Raises SessionError if a frame was never written (unless ``allow_missing``: zeros).
+        """
+        names = self.view_names if views is None else [self._view(v) for v in views]
+        t = self._frame(t)
+        f = self._h5()
+        sizes = {self.image_sizes[v] for v in names}
+        if len(sizes) > 1:
+            raise SessionError(
+                f"views {names} have different image sizes; read them one by one with read_view"
+            )
+        out = []
+        with _reading(self._path, f"frame {t}"):
+            for v in names:
+                vg = f["frames"][v]
+                if not allow_missing and not bool(vg["written"][t]):
+                    raise SessionError(
+                        f"frame {t} of view {v!r} was never written to {self._path} "
+                        "(ingest interrupted?)"
+                    )
+                out.append(vg["images"][t])
+        return np.stack(out)
+
+    def read_view(
+        self, view: str | int, frames=slice(None), allow_missing: bool = False
+    ) -> np.ndarray:
+        """Frames of one view: (T', H, W, 3) uint8. ``frames``: slice, indices or bool mask."""
+        v = self._view(view)
+        idx = _frames_to_index(frames, self._T)
+        with _reading(self._path, f"frames of view {v!r}"):
+            vg = self._h5()["frames"][v]
+            if not allow_missing:
+                written = vg["written"][()]
+                missing = idx[~written[idx]]
+                if missing.size:
+                    raise SessionError(
+                        f"frames {missing[:10].tolist()} of view {v!r} were never written to "
+                        f"{self._path}"
+                    )
+            return _read_rows(vg["images"], idx)
+
+    def timestamps(self, view: str | int) -> np.ndarray:
+        """(T,) float64 seconds for one view (NaN for frames not written)."""
+        v = self._view(view)
+        with _reading(self._path, f"timestamps of view {v!r}"):
+            return self._h5()["frames"][v]["timestamps"][()]
+
+    def view_frames_written(self, view: str | int) -> np.ndarray:
+        """(T,) bool: frames written for one view."""
+        v = self._view(view)
+        with _reading(self._path, f"frames_written of view {v!r}"):
+            return self._h5()["frames"][v]["written"][()].astype(bool)
+
+    @property
+    def frames_written(self) -> np.ndarray:
+        """(T,) bool: frames written for *every* view (what ingest still needs is ``~this``)."""
+        out = np.ones(self._T, bool)
+        for v in self.view_names:
+            out &= self.view_frames_written(v)
+        return out
+
+    # ---------------------------------------------------------------- subject -------------
+    def write_subject(self, subject: Subject) -> None:
+        """Store (replace) the subject: betas, texture, vertex colours, name, gender, meta."""
+        f = self._writable()
+        if not isinstance(subject, Subject):
+            raise SessionError(
+                f"write_subject needs an mvcap.subject.Subject, got {type(subject).__name__}"
+            )
+        if "subject" in f:
+            del f["subject"]
+        g = f.create_group("subject")
+        g.attrs["name"] = subject.name
+        g.attrs["gender"] = subject.gender
+        g.attrs["meta"] = json.dumps(subject.meta, sort_keys=True)
+        g.create_dataset("betas", data=np.asarray(subject.betas, np.float32))
+        if subject.texture is not None:
+            g.create_dataset("texture", data=np.asarray(subject.texture), compression="gzip")
+        if subject.vertex_colors is not None:
+            g.create_dataset(
+                "vertex_colors", data=np.asarray(subject.vertex_colors), compression="gzip"
+            )
+        f.flush()
+
+    @property
+    def subject(self) -> Subject | None:
+        """The stored Subject, or None if none was written."""
+        f = self._h5()
+        if "subject" not in f:
+            return None
+        with _reading(self._path, "the subject"):
+            g = f["subject"]
+            return Subject(
+                name=str(g.attrs["name"]),
+                betas=g["betas"][()],
+                texture=g["texture"][()] if "texture" in g else None,
+                vertex_colors=g["vertex_colors"][()] if "vertex_colors" in g else None,
+                gender=str(g.attrs["gender"]),
+                meta=json.loads(g.attrs.get("meta", "{}")),
+            )
+
+    # ---------------------------------------------------------------- init ----------------
+    def write_init(self, pose_rotvecs, betas, transl, frames=None) -> None:
+        """Initial estimates for ``frames`` (default: all T). Shapes (T',24,3), (T',10) or (10,),
+        (T',3). Accepts a BodyParams as the first argument (then betas/transl are ignored)."""
+        f = self._writable()
+        if isinstance(pose_rotvecs, BodyParams):
+            params = pose_rotvecs
+        else:
+            try:
+                params = BodyParams(pose_rotvecs, betas, transl)
+            except ValueError as exc:
+                raise SessionError(f"write_init: {exc}") from exc
+        idx = _frames_to_index(frames, self._T, "write_init")
+        if len(params) != idx.size:
+            raise SessionError(
+                f"write_init: {len(params)} frames of parameters for {idx.size} frame indices"
+            )
+        g = f["init"]
+        for k in _BODY_FIELDS:
+            _write_rows(g[k], idx, getattr(params, k))
+        _write_rows(g["valid"], idx, np.ones(idx.size, bool))
+        f.flush()
+
+    @property
+    def init_valid(self) -> np.ndarray:
+        """(T,) bool: frames that have an initial estimate."""
+        with _reading(self._path, "init/valid"):
+            return self._h5()["init"]["valid"][()].astype(bool)
+
+    def read_init(self, frames=None, require_valid: bool = True) -> BodyParams:
+        """Initial estimates for ``frames`` (default all). SessionError if any requested frame has
+        none, unless ``require_valid=False`` (then those frames are NaN)."""
+        idx = _frames_to_index(frames, self._T, "read_init")
+        with _reading(self._path, "init"):
+            g = self._h5()["init"]
+            if require_valid:
+                valid = g["valid"][()].astype(bool)
+                missing = idx[~valid[idx]]
+                if missing.size:
+                    raise SessionError(
+                        f"no initial estimate for frames {missing[:10].tolist()}"
+                        f"{' ...' if missing.size > 10 else ''} in {self._path}; write_init them "
+                        "or pass require_valid=False"
+                    )
+            return BodyParams(*(_read_rows(g[k], idx) for k in _BODY_FIELDS))
+
+    # ---------------------------------------------------------------- ground truth --------
+    def write_ground_truth(self, params: BodyParams, **extra_arrays) -> None:
+        """Store (replace) per-frame ground-truth body parameters (T frames) plus any extra
+        named arrays (e.g. ``visibility=(T, V, N) bool``, ``joints=(T, J, 3)``)."""
+        f = self._writable()
+        if not isinstance(params, BodyParams):
+            raise SessionError("write_ground_truth needs a BodyParams")
+        if len(params) != self._T:
+            raise SessionError(f"ground truth has {len(params)} frames, the session has {self._T}")
+        if "ground_truth" in f:
+            del f["ground_truth"]
+        g = f.create_group("ground_truth")
+        for k in _BODY_FIELDS:
+            g.create_dataset(k, data=getattr(params, k))
+        eg = g.create_group("extra")
+        for name, arr in extra_arrays.items():
+            a = _np(arr)
+            if a.dtype.kind in "OUS":
+                eg.create_dataset(
+                    name,
+                    data=np.array([str(x) for x in a.ravel()], dtype=object).reshape(a.shape),
+                    dtype=_STR,
+                )
+            else:
+                eg.create_dataset(name, data=a, compression="gzip" if a.size > 4096 else None)
+        f.flush()
+
+    @property
+    def has_ground_truth(self) -> bool:
+        return "ground_truth" in self._h5()
+
+    def read_ground_truth(self) -> BodyParams:
+        if not self.has_ground_truth:
+            raise SessionError(f"session {self._path} has no ground truth")
+        with _reading(self._path, "ground truth"):
+            g = self._h5()["ground_truth"]
+            return BodyParams(*(g[k][()] for k in _BODY_FIELDS))
+
+    def read_ground_truth_extras(self) -> dict[str, np.ndarray]:
+        """The extra named ground-truth arrays (empty dict if none)."""
+        if not self.has_ground_truth:
+            raise SessionError(f"session {self._path} has no ground truth")
+        with _reading(self._path, "ground truth extras"):
+            g = self._h5()["ground_truth"]
+            if "extra" not in g:
+                return {}
+            out = {}
+            for k, ds in g["extra"].items():
+                out[k] = ds.asstr()[()] if h5py.check_string_dtype(ds.dtype) else ds[()]
+            return out
+
+    # ---------------------------------------------------------------- results -------------
+    def result_names(self) -> list[str]:
+        f = self._h5()
+        return sorted(f["results"].keys()) if "results" in f else []
+
+    def results_run(
+        self, name: str, create: bool = True, config: Any = None, overwrite: bool = False
+    ) -> ResultsWriter:
+        """Writer for results run ``name``.
+
+        New run: created (needs ``create=True``) with ``config`` (dict or dataclass, stored as
+        JSON). Existing run: reopened for resuming; a ``config`` that differs from the stored
+        one is an error unless ``overwrite=True``, which deletes the old run and starts afresh.
+        """
+        f = self._writable()
+        if not name or "/" in name:
+            raise SessionError(f"results run name must be non-empty without '/', got {name!r}")
+        cfg_json = None if config is None else _to_json(config, "results config")
+        runs = f.require_group("results")
+        if name in runs and overwrite:
+            del runs[name]
+        if name in runs:
+            g = runs[name]
+            stored = g.attrs.get("config", "{}")
+            if cfg_json is not None and json.loads(stored) != json.loads(cfg_json):
+                raise SessionError(
+                    f"results run {name!r} in {self._path} was started with a different config; "
+                    f"resume with the same config, pick another run name, or pass overwrite=True "
+                    f"to discard it. Stored: {stored}  New: {cfg_json}"
+                )
+            return ResultsWriter(self, name)
+        if not create:
+            raise SessionError(
+                f"no results run {name!r} in {self._path}; runs are {self.result_names()}"
+            )
+        g = runs.create_group(name)
+        T, V = self._T, self.num_views
+        g.attrs["config"] = cfg_json if cfg_json is not None else "{}"
+        g.attrs["created_at"] = _now()
+        g.attrs["created_by"] = f"mvcap {_mvcap_version()}"
+        g.create_dataset(
+            "view_names", data=np.array(list(self.view_names), dtype=object), dtype=_STR
+        )
+        _create_body_datasets(g, T)
+        g.create_dataset("done", shape=(T,), dtype=bool, fillvalue=False)
+        g.create_dataset("residual_px", shape=(T, V), dtype=np.float32, fillvalue=np.nan)
+        g.create_dataset("iterations", shape=(T,), dtype=np.int32, fillvalue=0)
+        g.create_dataset("seconds", shape=(T,), dtype=np.float32, fillvalue=np.nan)
+        f.flush()
+        return ResultsWriter(self, name)
+
+    def delete_results(self, name: str) -> None:
+        f = self._writable()
+        if name not in f["results"]:
+            raise SessionError(f"no results run {name!r} in {self._path}")
+        del f["results"][name]
+        f.flush()
+
+    def read_results(self, name: str) -> Results:
+        f = self._h5()
+        if "results" not in f or name not in f["results"]:
+            raise SessionError(
+                f"no results run {name!r} in {self._path}; runs are {self.result_names()}"
+            )
+        with _reading(self._path, f"results run {name!r}"):
+            g = f["results"][name]
+            return Results(
+                name=name,
+                params=BodyParams(*(g[k][()] for k in _BODY_FIELDS)),
+                done=g["done"][()].astype(bool),
+                residual_px=g["residual_px"][()],
+                iterations=g["iterations"][()],
+                seconds=g["seconds"][()],
+                config=json.loads(g.attrs.get("config", "{}")),
+                view_names=tuple(g["view_names"].asstr()[()].tolist())
+                if "view_names" in g
+                else self.view_names,
+                created_at=str(g.attrs.get("created_at", "")),
+            )
+
+
+def _create_body_datasets(g: h5py.Group, T: int) -> None:
+    g.create_dataset("pose_rotvecs", shape=(T, NUM_JOINTS, 3), dtype=np.float32, fillvalue=np.nan)
+    g.create_dataset("betas", shape=(T, NUM_BETAS), dtype=np.float32, fillvalue=np.nan)
+    g.create_dataset("transl", shape=(T, 3), dtype=np.float32, fillvalue=np.nan)
+
+
+class ResultsWriter:
+    """Writes one results run frame by frame; flushes the file after every frame."""
+
+    def __init__(self, session: Session, name: str):
+        self._session = session
+        self.name = name
+
+    def _group(self) -> h5py.Group:
+        return self._session._writable()["results"][self.name]
+
+    @property
+    def config(self) -> dict:
+        return json.loads(self._session._h5()["results"][self.name].attrs.get("config", "{}"))
+
+    def write(
+        self,
+        t: int,
+        pose_rotvecs,
+        betas,
+        transl,
+        residual_px=None,
+        iterations: int = 0,
+        seconds: float = float("nan"),
+    ) -> None:
+        """Store frame ``t``: pose_rotvecs (24,3), betas (10,), transl (3,), residual_px (V,)
+        (NaN where unknown), then mark it done and flush."""
+        s = self._session
+        t = s._frame(t)
+        pose = _np(pose_rotvecs, np.float32)
+        b = _np(betas, np.float32)
+        tr = _np(transl, np.float32)
+        if pose.shape != (NUM_JOINTS, 3):
+            raise SessionError(f"pose_rotvecs must have shape ({NUM_JOINTS}, 3), got {pose.shape}")
+        if b.shape != (NUM_BETAS,):
+            raise SessionError(f"betas must have shape ({NUM_BETAS},), got {b.shape}")
+        if tr.shape != (3,):
+            raise SessionError(f"transl must have shape (3,), got {tr.shape}")
+        V = s.num_views
+        res = (
+            np.full(V, np.nan, np.float32) if residual_px is None else _np(residual_px, np.float32)
+        )
+        if res.shape != (V,):
+            raise SessionError(
+                f"residual_px must have shape ({V},) (one per view), got {res.shape}"
+            )
+        g = self._group()
+        g["pose_rotvecs"][t] = pose
+        g["betas"][t] = b
+        g["transl"][t] = tr
+        g["residual_px"][t] = res
+        g["iterations"][t] = np.int32(iterations)
+        g["seconds"][t] = np.float32(seconds)
+        g["done"][t] = True  # last: a frame is only "done" once all its fields are in
+        s._f.flush()
+
+    def done_frames(self) -> np.ndarray:
+        """(T,) bool: frames already written (what a resumed run can skip)."""
+        return self._session._h5()["results"][self.name]["done"][()].astype(bool)
+
+    def next_frame(self) -> int | None:
+        """First frame not yet done, or None when all are."""
+        todo = np.flatnonzero(~self.done_frames())
+        return int(todo[0]) if todo.size else None
+
+    def read(self) -> Results:
+        return self._session.read_results(self.name)
+
+
+def iter_frames(session: Session, frames: Iterable[int] | None = None):
+    """Yield ``(t, images (V,H,W,3))`` for the given frames (default all written frames)."""
+    if frames is None:
+        frames = np.flatnonzero(session.frames_written)
+    for t in frames:
+        yield int(t), session.read_frame(int(t))

@@ -1,0 +1,125 @@
+"""Configs: frozen dataclasses loaded from TOML, overridable from the command line.
+
+A config class is any (nested) frozen dataclass. ``load_config(Cls, path, overrides)``
+reads a TOML file, applies ``section.key=value`` overrides (values parsed as TOML, bare
+words as strings) and builds the dataclass, rejecting unknown keys with the list of
+valid ones so a typo never passes silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+__all__ = ["ConfigError", "load_config", "from_dict", "to_dict", "parse_overrides", "CONFIG_DIR"]
+
+T = TypeVar("T")
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the key."""
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text  # a bare word, e.g. fusion=refit
+
+
+def parse_overrides(items: typing.Iterable[str]) -> dict:
+    """["fit.iterations=50", "predictor=flow"] -> nested dict."""
+    out: dict = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like key=value (e.g. fit.iterations=50)")
+        key, value = item.split("=", 1)
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = _parse_value(value.strip())
+    return out
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _convert(tp, value, where: str):
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if dataclasses.is_dataclass(value):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"'{where}' must be a table of settings, got {value!r}")
+        return from_dict(tp, value, where)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _convert(args[0], value, where) if len(args) == 1 else value
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"'{where}' must be a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(args[0], v, where) for v in value)
+        if args and len(args) != len(value):
+            raise ConfigError(f"'{where}' must have {len(args)} values, got {len(value)}")
+        return tuple(_convert(a, v, where) for a, v in zip(args, value)) if args else tuple(value)
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, str, bool) and not isinstance(value, tp):
+        raise ConfigError(f"'{where}' must be {tp.__name__}, got {value!r}")
+    return value
+
+
+def from_dict(cls: type[T], data: dict, where: str = "") -> T:
+    """Build a (nested) dataclass from a dict; unknown keys are an error."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        prefix = f"[{where}] " if where else ""
+        raise ConfigError(f"{prefix}unknown setting(s) {unknown}; valid: {sorted(fields)}")
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _convert(hints[name], value, f"{where}.{name}" if where else name)
+    return cls(**kwargs)
+
+
+def to_dict(cfg) -> dict:
+    """Dataclass -> plain dict (for provenance / JSON)."""
+    return dataclasses.asdict(cfg)
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: dict | list | None = None) -> T:
+    """Load ``cls`` from a TOML file (or defaults when path is None) plus overrides."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.exists() and not path.is_absolute() and (CONFIG_DIR / path).exists():
+            path = CONFIG_DIR / path
+        if not path.exists():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
+    if overrides:
+        if isinstance(overrides, (list, tuple)):
+            overrides = parse_overrides(overrides)
+        data = _merge(data, overrides)
+    try:
+        return from_dict(cls, data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path or 'config'}: {exc}") from exc

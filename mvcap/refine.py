@@ -1,0 +1,305 @@
+"""The refinement loop: render -> predict displacements -> per-vertex targets -> fit.
+
+Per frame, T outer iterations of:
+
+1. render the current body estimate in every view (undistorted pinhole images), textured
+   with the subject's appearance, plus depth, normals and template coordinates;
+2. predict a per-pixel displacement field render -> photo with the configured predictor;
+3. splat it to the visible vertices (eq. 5) and add it to the vertices' current
+   projections (eq. 6): per-vertex 2D targets with weights (visibility x confidence);
+4. fit the body: jointly to all views (``fusion="joint"``) or per view followed by
+   ReFit's rotation-averaging fusion (``fusion="refit"``).
+
+Sequences run frame by frame (optionally initialised from the previous frame's result,
+with a temporal term), writing each frame's result to the session file as soon as it is
+done, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import roma
+import torch
+from torch import Tensor
+
+from mvcap.body import BodyModel, load_body_model
+from mvcap.cameras import Rig, project
+from mvcap.correspond import splat_to_vertices
+from mvcap.displace import DisplacementPredictor, FlowConfig, FlowPredictor, OraclePredictor, PredictRequest
+from mvcap.fit import FitConfig, Targets, fit_body
+from mvcap.fuse import fuse_bodies
+from mvcap.render import render, undistort_images
+from mvcap.subject import Subject
+
+__all__ = ["RefineConfig", "FrameResult", "refine_frame", "refine_session", "keypoint_fit_frame", "PREDICTORS"]
+
+log = logging.getLogger(__name__)
+PREDICTORS = ("oracle", "flow", "learned")
+
+
+@dataclass(frozen=True)
+class RefineConfig:
+    """The refinement pipeline (``configs/refine.toml``)."""
+
+    predictor: str = "flow"  # oracle | flow | learned
+    fusion: str = "joint"  # joint | refit
+    outer_iterations: int = 3
+    views: tuple[str, ...] = ()  # cameras to use; empty = all (one name = single-view fallback)
+    min_visible_vertices: int = 30  # fewer visible vertices: the view is skipped
+    translation_fusion: str = "ray"  # refit mode: "ray" (depth-aware) or "mean"
+    init: str = "session"  # per-frame init: "session" (stored estimates) or "previous" result
+    learned_weights: str = ""  # learned predictor weights (default: the shipped lite model)
+    fit: FitConfig = field(default_factory=FitConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
+
+    def __post_init__(self):
+        if self.predictor not in PREDICTORS:
+            raise ValueError(f"predictor must be one of {PREDICTORS}, got {self.predictor!r}")
+        if self.fusion not in ("joint", "refit"):
+            raise ValueError(f"fusion must be 'joint' or 'refit', got {self.fusion!r}")
+        if self.init not in ("session", "previous"):
+            raise ValueError(f"init must be 'session' or 'previous', got {self.init!r}")
+        if self.outer_iterations < 1:
+            raise ValueError(f"outer_iterations must be >= 1, got {self.outer_iterations}")
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    """One refined frame: pose_rotvecs (24, 3), betas (K,), transl (3,), residual_px (V,)
+    mean distance of the fitted vertices to their targets per view (NaN for skipped views),
+    fit iterations summed over outer iterations, wall seconds, skipped view names."""
+
+    pose_rotvecs: np.ndarray
+    betas: np.ndarray
+    transl: np.ndarray
+    residual_px: np.ndarray
+    iterations: int
+    seconds: float
+    skipped_views: tuple[str, ...] = ()
+
+
+def _vertex_targets(
+    rig: Rig, vertices: Tensor, flow: Tensor, confidence: Tensor, fragments, faces: Tensor, min_visible: int
+) -> tuple[Tensor, Tensor, list[int]]:
+    """Per-vertex targets (V, N, 2) and weights (V, N) from per-pixel fields (eq. 5-6)."""
+    N = vertices.shape[0]
+    per_pixel = torch.cat([flow * confidence[..., None], confidence[..., None]], dim=-1)
+    splat, bary_weight = splat_to_vertices(per_pixel, fragments, faces, N)  # (V,N,3), (V,N)
+    conf_sum = splat[..., 2]  # sum b*c / sum b
+    disp = splat[..., :2] / conf_sum.clamp_min(1e-6)[..., None]
+    weight = torch.where(bary_weight > 0, conf_sum, torch.zeros_like(conf_sum))
+    uv_now = project(rig, vertices.detach().to(torch.float32), distort=False)  # (V, N, 2)
+    skipped = []
+    for v in range(len(rig)):
+        if int((weight[v] > 1e-3).sum()) < min_visible:
+            skipped.append(v)
+            weight[v] = 0
+    return uv_now + disp, weight, skipped
+
+
+def _joint_visibility_weights(model: BodyModel, weight: Tensor) -> Tensor:
+    """How much of each joint's skin a view saw: (V, N) vertex weights -> (V, 24)."""
+    return weight @ model.weights.to(weight.dtype)
+
+
+def refine_frame(
+    model: BodyModel,
+    rig: Rig,
+    photos: np.ndarray,
+    init_pose_rotvecs: Tensor,
+    betas: Tensor,
+    init_transl: Tensor,
+    predictor: DisplacementPredictor,
+    cfg: RefineConfig = RefineConfig(),
+    subject: Subject | None = None,
+    prev_pose_rotvecs: Tensor | None = None,
+) -> FrameResult:
+    """Refine one frame.
+
+    rig: the (possibly restricted) rig; photos: (V, H, W, 3) uint8 already undistorted into
+    the pinhole image space (see :func:`mvcap.render.undistort_images`); init_pose_rotvecs
+    (24, 3), betas (K,), init_transl (3,) world frame.
+    """
+    t0 = time.perf_counter()
+    pinhole = rig.without_distortion()
+    faces = model.faces
+    pose = init_pose_rotvecs.detach().to(torch.float32).clone()
+    transl = init_transl.detach().to(torch.float32).clone()
+    betas = betas.detach().to(torch.float32)
+    appearance = {}
+    if subject is not None and subject.texture is not None and model.uvs is not None:
+        appearance = dict(texture=torch.from_numpy(np.ascontiguousarray(subject.texture)), uvs=model.uvs, uv_faces=model.uv_faces)
+    elif subject is not None and subject.vertex_colors is not None:
+        appearance = dict(vertex_colors=torch.from_numpy(np.ascontiguousarray(subject.vertex_colors)))
+    template = model.template_vertices()[0]
+    iterations = 0
+    residual = torch.full((len(rig),), float("nan"))
+    skipped_all: set[int] = set()
+    view_dirs = torch.as_tensor(np.stack([c.R_world2cam[2] for c in rig]), dtype=torch.float32)
+
+    for _ in range(cfg.outer_iterations):
+        with torch.no_grad():
+            verts = model(pose[None], betas[None], transl[None]).vertices[0]
+        fragments, passes = render(
+            pinhole, verts, faces, template_vertices=template,
+            passes=("rgb", "depth", "normal", "template", "mask"), **appearance,
+        )
+        disp = predictor(PredictRequest(photos, passes, fragments, pinhole, verts, faces))
+        uv_target, weight, skipped = _vertex_targets(
+            pinhole, verts, disp.flow, disp.confidence, fragments, faces, cfg.min_visible_vertices
+        )
+        skipped_all.update(skipped)
+        if len(skipped) == len(rig):
+            warnings.warn("no view sees enough of the body; keeping the current estimate", stacklevel=2)
+            break
+        targets = Targets(uv_target[None], weight[None], points="vertices", distorted=False)
+        prev = prev_pose_rotvecs[None].to(torch.float32) if prev_pose_rotvecs is not None else None
+        if cfg.fusion == "joint" or len(rig) == 1:
+            res = fit_body(model, pinhole, pose[None], betas[None], transl[None], targets, cfg.fit, prev)
+            pose, transl = res.pose_rotvecs[0], res.transl[0]
+            residual = res.residual_px[0]
+        else:
+            res = fit_body(model, pinhole, pose[None], betas[None], transl[None], targets, cfg.fit, prev,
+                           independent_views=True)
+            jw = _joint_visibility_weights(model, weight)  # (V, 24)
+            active = jw.sum(-1) > 0
+            fused_pose, fused_t = fuse_bodies(
+                res.pose_rotvecs[0][active][:, None], res.transl[0][active][:, None],
+                jw[active][:, None], view_dirs[active], cfg.translation_fusion,
+            )
+            pose, transl = fused_pose[0], fused_t[0]
+            with torch.no_grad():  # residual of the fused body against each view's targets
+                v_f = model(pose[None], betas[None], transl[None]).vertices[0]
+                d = (project(pinhole, v_f, distort=False) - uv_target).norm(dim=-1)
+                residual = (weight * d).sum(-1) / weight.sum(-1).clamp_min(1e-6)
+        iterations += res.iterations
+    residual = residual.clone()
+    for v in skipped_all:
+        residual[v] = float("nan")
+    if skipped_all:
+        names = [rig.names[v] for v in sorted(skipped_all)]
+        warnings.warn(f"views {names} saw fewer than {cfg.min_visible_vertices} body vertices and were skipped", stacklevel=2)
+    return FrameResult(
+        pose.detach().numpy(), betas.numpy(), transl.detach().numpy(), residual.numpy(),
+        iterations, time.perf_counter() - t0, tuple(rig.names[v] for v in sorted(skipped_all)),
+    )
+
+
+def keypoint_targets(rig: Rig, joints_world: Tensor, noise_px: float, dropout: float, rng: np.random.Generator) -> Targets:
+    """Sparse 2D joint targets (1, V, 24, 2) from 3D joints: projected into the undistorted
+    image, with Gaussian pixel noise and random dropout, like a keypoint detector's output."""
+    uv = project(rig.without_distortion(), joints_world.to(torch.float64), distort=False).to(torch.float32)
+    uv = uv + torch.as_tensor(rng.normal(scale=noise_px, size=uv.shape), dtype=torch.float32)
+    weight = torch.as_tensor(rng.random(uv.shape[:-1]) >= dropout, dtype=torch.float32)
+    W, H = rig[0].image_size
+    inside = (uv[..., 0] > -0.5) & (uv[..., 0] < W - 0.5) & (uv[..., 1] > -0.5) & (uv[..., 1] < H - 0.5)
+    return Targets(uv[None], (weight * inside)[None], points="joints", distorted=False)
+
+
+def keypoint_fit_frame(
+    model: BodyModel, rig: Rig, targets: Targets, init_pose_rotvecs: Tensor, betas: Tensor, init_transl: Tensor,
+    cfg: FitConfig = FitConfig(),
+) -> FrameResult:
+    """The sparse-keypoint baseline: the same fitter on 2D joint targets (what keypoint
+    pipelines such as EasyMocap do)."""
+    t0 = time.perf_counter()
+    res = fit_body(model, rig.without_distortion(), init_pose_rotvecs[None].float(), betas[None].float(),
+                   init_transl[None].float(), targets, cfg)
+    return FrameResult(res.pose_rotvecs[0].numpy(), betas.numpy(), res.transl[0].numpy(), res.residual_px[0].numpy(),
+                       res.iterations, time.perf_counter() - t0)
+
+
+def make_predictor(name: str, cfg: RefineConfig, gt_vertices: Tensor | None = None) -> DisplacementPredictor:
+    if name == "oracle":
+        if gt_vertices is None:
+            raise ValueError("the oracle predictor needs ground truth; this session has none")
+        return OraclePredictor(gt_vertices)
+    if name == "flow":
+        return FlowPredictor(cfg.flow)
+    if name == "learned":
+        from mvcap.nets.predictor import LearnedPredictor
+
+        return LearnedPredictor.load(cfg.learned_weights or None)
+    raise ValueError(f"unknown predictor {name!r}; use one of {PREDICTORS}")
+
+
+def refine_session(
+    session_path: str | Path,
+    run_name: str,
+    cfg: RefineConfig = RefineConfig(),
+    frames: list[int] | None = None,
+    model: BodyModel | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> "object":
+    """Refine the frames of a session file, writing each result as soon as it is done.
+
+    Rerunning with the same run name skips finished frames (resume); ``overwrite`` starts
+    over. Returns the session's Results for the run.
+    """
+    from tqdm import tqdm
+
+    from mvcap.capture import Session
+
+    model = model or load_body_model()
+    with Session.open(session_path, mode="a") as session:
+        full_rig = session.rig
+        view_idx = [full_rig.index(n) for n in cfg.views] if cfg.views else list(range(len(full_rig)))
+        rig = full_rig.subset([full_rig.names[i] for i in view_idx])
+        subject = session.subject
+        T = session.num_frames
+        frames = list(range(T)) if frames is None else list(frames)
+        bad = [t for t in frames if not 0 <= t < T]
+        if bad:
+            raise ValueError(f"frames {bad[:5]} are outside the session's 0..{T - 1}")
+        init = session.read_init(require_valid=False)
+        gt = session.read_ground_truth() if (cfg.predictor == "oracle" and session.has_ground_truth) else None
+        if subject is None and cfg.predictor != "oracle":
+            raise ValueError(f"{session_path}: no subject stored; register the subject first (mvcap register)")
+        from mvcap.config import to_dict
+
+        writer = session.results_run(run_name, config=to_dict(cfg), overwrite=overwrite)
+        done = writer.done_frames()
+        todo = [t for t in frames if not done[t]]
+        prev_pose = None
+        bar = tqdm(todo, desc=f"refine {run_name}", unit="frame", disable=not progress)
+        for t in bar:
+            betas = torch.as_tensor(subject.betas if subject is not None else init.betas[t], dtype=torch.float32)
+            if cfg.init == "previous" and t > 0 and (done[t - 1] or prev_pose is not None):
+                prev_res = session.read_results(run_name)
+                p0 = torch.as_tensor(prev_res.pose_rotvecs[t - 1])
+                tr0 = torch.as_tensor(prev_res.transl[t - 1])
+            else:
+                p0 = torch.as_tensor(init.pose_rotvecs[t])
+                tr0 = torch.as_tensor(init.transl[t])
+            if not (torch.isfinite(p0).all() and torch.isfinite(tr0).all()):
+                log.warning("frame %d has no initial estimate; skipped", t)
+                continue
+            gt_verts = None
+            if gt is not None:
+                with torch.no_grad():
+                    gt_verts = model(**gt.slice(t).to_torch()).vertices[0]
+            predictor = make_predictor(cfg.predictor, cfg, gt_verts)
+            photos = undistort_images(rig, session.read_frame(t, views=list(rig.names)))
+            prev = prev_pose if cfg.fit.w_temporal > 0 else None
+            res = refine_frame(model, rig, photos, p0, betas, tr0, predictor, cfg, subject, prev)
+            residual = np.full(len(full_rig), np.nan, np.float32)
+            residual[view_idx] = res.residual_px
+            writer.write(t, res.pose_rotvecs, res.betas, res.transl, residual_px=residual,
+                         iterations=res.iterations, seconds=res.seconds)
+            prev_pose = torch.as_tensor(res.pose_rotvecs)
+            bar.set_postfix(res_px=f"{np.nanmean(res.residual_px):.2f}", s=f"{res.seconds:.1f}")
+        return session.read_results(run_name)
+
+
+def rotvec_distance_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-joint geodesic angle between two (..., 24, 3) poses, degrees."""
+    Ra = roma.rotvec_to_rotmat(torch.as_tensor(a, dtype=torch.float64))
+    Rb = roma.rotvec_to_rotmat(torch.as_tensor(b, dtype=torch.float64))
+    return np.rad2deg(roma.rotmat_geodesic_distance(Ra, Rb).numpy())
