@@ -162,7 +162,8 @@ def _check_arrays(arrays: dict[str, Any], path: Path) -> dict[str, np.ndarray]:
         return ValueError(
             f"Malformed body model file {path}: key '{key}' should be {expected}, got {got}. "
             f"An SMPL-layout model needs v_template (N,3), shapedirs (N,3,B), "
-            f"posedirs (N,3,207), J_regressor (24,N), weights (N,24), kintree_table (2,24), f (F,3)."
+            "posedirs (N,3,207), J_regressor (24,N), weights (N,24), kintree_table (2,24), "
+            "f (F,3)."
         )
 
     required = ("v_template", "shapedirs", "J_regressor", "weights", "kintree_table", "f")
@@ -279,7 +280,9 @@ class BodyModel(torch.nn.Module):
         self.extra_vertex_ids: dict[str, int] = {}
         if "extra_vertex_ids" in raw and "extra_vertex_names" in raw:
             ids = np.asarray(raw["extra_vertex_ids"]).astype(np.int64)
-            for name, idx in zip(np.asarray(raw["extra_vertex_names"]).tolist(), ids.tolist()):
+            for name, idx in zip(
+                np.asarray(raw["extra_vertex_names"]).tolist(), ids.tolist(), strict=True
+            ):
                 self.extra_vertex_ids[str(name)] = int(idx)
         self.provenance: str = str(raw["provenance"]) if "provenance" in raw else ""
         self.license: str = str(raw["license"]) if "license" in raw else ""
@@ -389,15 +392,12 @@ class BodyModel(torch.nn.Module):
                 (x.shape[0] for x in (betas, transl) if x is not None and x.ndim == 2), default=1
             )
             rot = torch.eye(3, dtype=dtype, device=device).expand(batch, NUM_JOINTS, 3, 3)
-        if betas is not None and betas.ndim == 2 and betas.shape[0] not in (1, batch):
-            if pose_rotvecs is None and rotmats is None:
-                batch = betas.shape[0]
-                rot = rot[:1].expand(batch, -1, -1, -1)
         betas = self._check_betas(betas, batch, dtype, device)
         if transl is not None:
             if transl.ndim != 2 or transl.shape[1] != 3 or transl.shape[0] not in (1, batch):
                 raise ValueError(
-                    f"transl must have shape (B, 3) with B = {batch} (or 1), got {tuple(transl.shape)}"
+                    f"transl must have shape (B, 3) with B = {batch} (or 1), "
+                    f"got {tuple(transl.shape)}"
                 )
 
         v_shaped = self._shaped(betas, dtype)  # (B, N, 3)
@@ -422,7 +422,9 @@ def _cached_model(path: str, device: str) -> BodyModel:
     return BodyModel(path).to(device)
 
 
-def load_body_model(path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> BodyModel:
+def load_body_model(
+    path: str | os.PathLike | None = None, device: str | torch.device = "cpu"
+) -> BodyModel:
     """The body model at ``path`` (see ``BodyModel``), cached per resolved path and device."""
     resolved = _resolve_path(path).resolve()
     return _cached_model(str(resolved), str(torch.device(device)))

@@ -56,6 +56,7 @@ __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "NUM_JOINTS",
+    "iter_frames",
 ]
 
 FORMAT = "mvcap-session"

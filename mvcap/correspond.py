@@ -53,7 +53,8 @@ def splat_to_vertices(
     fid_shape = tuple(fragments.face_ids.shape)
     if tuple(per_pixel.shape[:-1]) != fid_shape:
         raise ValueError(
-            f"per_pixel must have shape (..., V, H, W, C) = {fid_shape} + (C,), got {tuple(per_pixel.shape)}"
+            f"per_pixel must have shape (..., V, H, W, C) = {fid_shape} + (C,), "
+            f"got {tuple(per_pixel.shape)}"
         )
     dev = per_pixel.device
     if fragments.face_ids.device != dev:
@@ -99,11 +100,14 @@ def interpolate_to_pixels(per_vertex: Tensor, fragments: Fragments, faces) -> Te
         shared = False
     else:
         raise ValueError(
-            f"per_vertex must be (N, C) or (..., V, N, C) with ... V = {lead}, got {tuple(per_vertex.shape)}"
+            f"per_vertex must be (N, C) or (..., V, N, C) with ... V = {lead}, "
+            f"got {tuple(per_vertex.shape)}"
         )
     N, C = per_vertex.shape[-2:]
     if faces.numel() and int(faces.max()) >= N:
-        raise ValueError(f"faces index vertex {int(faces.max())} but per_vertex has only {N} vertices")
+        raise ValueError(
+            f"faces index vertex {int(faces.max())} but per_vertex has only {N} vertices"
+        )
     pix, corners, bary = _visible_corners(fragments, faces)
     dtype = per_vertex.dtype if per_vertex.is_floating_point() else torch.float32
     if shared:

@@ -27,8 +27,8 @@ Conventions
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import roma
@@ -110,15 +110,15 @@ def _build_tables():
 EULER_ORDERS, JOINT_LIMITS_DEG = _build_tables()
 JOINT_LIMITS_DEG.setflags(write=False)
 
-#: Approximate SMPL-like rest joint positions (metres, pelvis at the origin), for tests and
-#: plausibility checks that must not need the body model.
+#: Rest joint positions of the embedded body model at mean shape (metres, pelvis at the
+#: origin), for tests and plausibility checks that must not need the body model.
 APPROX_REST_JOINTS = np.array([
-    [0.0, 0.0, 0.0], [0.07, -0.09, 0.0], [-0.07, -0.09, 0.0], [0.0, 0.11, -0.02],
-    [0.10, -0.47, 0.0], [-0.10, -0.47, 0.0], [0.0, 0.24, 0.0], [0.09, -0.87, -0.04],
-    [-0.09, -0.87, -0.04], [0.0, 0.30, 0.01], [0.11, -0.93, 0.08], [-0.11, -0.93, 0.08],
-    [0.0, 0.52, -0.02], [0.08, 0.43, 0.0], [-0.08, 0.43, 0.0], [0.0, 0.60, 0.03],
-    [0.18, 0.46, -0.01], [-0.18, 0.46, -0.01], [0.44, 0.44, -0.03], [-0.44, 0.44, -0.03],
-    [0.69, 0.44, -0.02], [-0.69, 0.44, -0.02], [0.77, 0.43, -0.03], [-0.77, 0.43, -0.03],
+    [0.0, 0.0, 0.0], [0.112, -0.011, -0.008], [-0.112, -0.011, -0.008], [0.0, 0.151, -0.024],
+    [0.143, -0.401, 0.008], [-0.143, -0.401, 0.008], [0.0, 0.233, -0.025], [0.188, -0.836, -0.012],
+    [-0.188, -0.836, -0.012], [0.0, 0.362, -0.043], [0.202, -0.886, 0.131], [-0.202, -0.886, 0.131],
+    [0.0, 0.548, -0.013], [0.023, 0.473, 0.005], [-0.023, 0.473, 0.005], [0.0, 0.648, 0.021],
+    [0.177, 0.451, 0.001], [-0.177, 0.451, 0.001], [0.44, 0.451, 0.001], [-0.44, 0.451, 0.001],
+    [0.675, 0.451, 0.001], [-0.675, 0.451, 0.001], [0.763, 0.443, 0.008], [-0.763, 0.443, 0.008],
 ])  # fmt: skip
 APPROX_REST_JOINTS.setflags(write=False)
 
@@ -246,7 +246,10 @@ def limit_violation(pose_rotvecs: Tensor, reduce: bool = True) -> Tensor:
     lim = limits_rad(e.dtype, e.device)
     lo, hi = lim[..., 0], lim[..., 1]
     finite = torch.isfinite(lo)
-    lo, hi = torch.where(finite, lo, torch.zeros_like(lo)), torch.where(finite, hi, torch.zeros_like(hi))
+    lo, hi = (
+        torch.where(finite, lo, torch.zeros_like(lo)),
+        torch.where(finite, hi, torch.zeros_like(hi)),
+    )
     excess = torch.relu(e - hi) + torch.relu(lo - e)
     pen = torch.where(finite, excess, torch.zeros_like(excess)) ** 2
     return pen.sum(dim=(-1, -2)) if reduce else pen
@@ -255,15 +258,17 @@ def limit_violation(pose_rotvecs: Tensor, reduce: bool = True) -> Tensor:
 # ------------------------------------------------------------------------------------------
 # kinematics (for checks without the body model)
 # ------------------------------------------------------------------------------------------
-def forward_kinematics(pose_rotvecs, rest_joints=None, parents: Sequence[int] = SMPL_PARENTS,
-                       transl=None):
+def forward_kinematics(
+    pose_rotvecs, rest_joints=None, parents: Sequence[int] = SMPL_PARENTS, transl=None
+):
     """Posed joint positions (..., 24, 3) from local rotvecs (..., 24, 3) and rest joints (24, 3).
 
     Uses :data:`APPROX_REST_JOINTS` when ``rest_joints`` is None. numpy or torch."""
     rv, was_np = _as_t(pose_rotvecs)
     _check_pose(rv)
-    rest = torch.as_tensor(np.array(APPROX_REST_JOINTS if rest_joints is None else rest_joints),
-                           dtype=rv.dtype)
+    rest = torch.as_tensor(
+        np.array(APPROX_REST_JOINTS if rest_joints is None else rest_joints), dtype=rv.dtype
+    )
     R = roma.rotvec_to_rotmat(rv)
     G_R = [R[..., 0, :, :]]
     G_t = [rest[0].expand(*rv.shape[:-2], 3)]
@@ -287,63 +292,197 @@ def yaw_rotvec(yaw: float) -> np.ndarray:
 # side and mirrored). Keys: joint names, or a name without the L_/R_ prefix for both sides.
 # "pelvis" holds (pitch forward +X, 0, roll Z); yaw is sampled separately.
 # ------------------------------------------------------------------------------------------
-_RELAXED_ARMS = {"shoulder": (0, -5, -72), "elbow": (0, -12, 0), "wrist": (0, 0, -5), "hand": (0, 0, -15)}
+_RELAXED_ARMS = {
+    "shoulder": (0, -5, -72),
+    "elbow": (0, -12, 0),
+    "wrist": (0, 0, -5),
+    "hand": (0, 0, -15),
+}
 _ARCHETYPES: dict[str, dict] = {
     "stand": {**_RELAXED_ARMS, "hip": (-2, 0, 3), "knee": (4, 0, 0)},
-    "stand_weight_shift": {**_RELAXED_ARMS, "pelvis": (0, 0, 6), "L_hip": (-2, 0, -6),
-                           "R_hip": (-8, 5, 12), "R_knee": (14, 0, 0), "spine1": (0, 0, -5),
-                           "spine2": (0, 0, -3), "neck": (0, 0, 5)},
+    "stand_weight_shift": {
+        **_RELAXED_ARMS,
+        "pelvis": (0, 0, 6),
+        "L_hip": (-2, 0, -6),
+        "R_hip": (-8, 5, 12),
+        "R_knee": (14, 0, 0),
+        "spine1": (0, 0, -5),
+        "spine2": (0, 0, -3),
+        "neck": (0, 0, 5),
+    },
     "a_pose": {"shoulder": (0, 0, -45), "elbow": (0, -5, 0), "hip": (0, 0, 5)},
     "t_pose": {"shoulder": (0, 0, 0), "elbow": (0, 0, 0), "hip": (0, 0, 2)},
-    "walk_stride": {"pelvis": (4, 0, 0), "L_hip": (-28, 0, 2), "L_knee": (12, 0, 0), "L_ankle": (-5, 0, 0),
-                    "R_hip": (14, 0, 2), "R_knee": (25, 0, 0), "R_ankle": (18, 0, 0),
-                    "L_shoulder": (0, 25, -74), "R_shoulder": (0, -25, -74),
-                    "L_elbow": (0, -15, 0), "R_elbow": (0, -35, 0), "spine2": (0, 6, 0), "hand": (0, 0, -15)},
-    "squat": {"pelvis": (25, 0, 0), "hip": (-105, 0, 18), "knee": (115, 0, 0), "ankle": (-33, 0, 0),
-              "spine1": (15, 0, 0), "spine2": (8, 0, 0), "neck": (-15, 0, 0),
-              "shoulder": (0, -80, -15), "elbow": (0, -10, 0)},
-    "crouch": {"pelvis": (18, 0, 0), "hip": (-62, 0, 10), "knee": (75, 0, 0), "ankle": (-30, 0, 0),
-               "spine1": (12, 0, 0), "spine2": (6, 0, 0), "shoulder": (0, -45, -55), "elbow": (0, -40, 0)},
-    "reach_up": {**_RELAXED_ARMS, "L_collar": (0, 0, 20), "L_shoulder": (0, -15, 78), "L_elbow": (0, -8, 0),
-                 "spine1": (0, 0, 6), "spine2": (0, 0, 6), "neck": (-15, 0, 0), "head": (-10, 0, 0)},
-    "reach_up_both": {"collar": (0, 0, 18), "shoulder": (0, -20, 75), "elbow": (0, -10, 0),
-                      "neck": (-10, 0, 0), "ankle": (15, 0, 0)},
-    "reach_forward": {**_RELAXED_ARMS, "shoulder": (0, -85, -8), "elbow": (0, -10, 0),
-                      "spine1": (12, 0, 0), "spine2": (6, 0, 0), "hip": (-12, 0, 2)},
-    "reach_forward_one": {**_RELAXED_ARMS, "L_shoulder": (0, -80, 5), "L_elbow": (0, -5, 0),
-                          "L_collar": (0, -12, 5), "spine1": (12, -8, 0), "spine2": (8, -8, 0),
-                          "L_hip": (-35, 0, 5), "L_knee": (30, 0, 0), "R_hip": (5, 0, 3)},
-    "reach_side": {**_RELAXED_ARMS, "L_shoulder": (0, -10, 5), "L_elbow": (0, -5, 0), "L_collar": (0, 0, 8),
-                   "spine1": (0, 0, -12), "spine2": (0, 0, -8), "L_hip": (0, 0, 20), "R_hip": (0, 0, 6),
-                   "R_knee": (15, 0, 0), "head": (0, 20, 0)},
-    "arms_crossed": {"shoulder": (-20, -50, -62), "elbow": (0, -115, 0), "wrist": (0, 0, 10),
-                     "hip": (-2, 0, 4)},
-    "hands_on_hips": {"shoulder": (-10, 20, -55), "elbow": (0, -95, 0), "wrist": (0, 0, 20),
-                      "hip": (-2, 0, 6)},
-    "guard": {"shoulder": (-30, -40, -60), "elbow": (0, -125, 0), "L_hip": (-20, 0, 10),
-              "L_knee": (25, 0, 0), "R_hip": (5, 0, 8), "R_knee": (20, 0, 0), "spine1": (8, 15, 0)},
-    "lunge": {"pelvis": (5, 0, 0), "L_hip": (-80, 0, 6), "L_knee": (85, 0, 0), "L_ankle": (-12, 0, 0),
-              "R_hip": (22, 0, 6), "R_knee": (70, 0, 0), "R_ankle": (35, 0, 0), "R_foot": (-30, 0, 0),
-              **{k: v for k, v in _RELAXED_ARMS.items()}},
-    "bend_forward": {"pelvis": (50, 0, 0), "hip": (-48, 0, 5), "knee": (8, 0, 0), "spine1": (15, 0, 0),
-                     "spine2": (10, 0, 0), "spine3": (5, 0, 0), "neck": (-15, 0, 0),
-                     "shoulder": (0, -60, -75), "elbow": (0, -10, 0)},
-    "sit_like": {"hip": (-88, 0, 8), "knee": (88, 0, 0), "ankle": (0, 0, 0), "spine1": (6, 0, 0),
-                 "shoulder": (0, -30, -68), "elbow": (0, -65, 0)},
+    "walk_stride": {
+        "pelvis": (4, 0, 0),
+        "L_hip": (-28, 0, 2),
+        "L_knee": (12, 0, 0),
+        "L_ankle": (-5, 0, 0),
+        "R_hip": (14, 0, 2),
+        "R_knee": (25, 0, 0),
+        "R_ankle": (18, 0, 0),
+        "L_shoulder": (0, 25, -74),
+        "R_shoulder": (0, -25, -74),
+        "L_elbow": (0, -15, 0),
+        "R_elbow": (0, -35, 0),
+        "spine2": (0, 6, 0),
+        "hand": (0, 0, -15),
+    },
+    "squat": {
+        "pelvis": (25, 0, 0),
+        "hip": (-105, 0, 18),
+        "knee": (115, 0, 0),
+        "ankle": (-33, 0, 0),
+        "spine1": (15, 0, 0),
+        "spine2": (8, 0, 0),
+        "neck": (-15, 0, 0),
+        "shoulder": (0, -80, -15),
+        "elbow": (0, -10, 0),
+    },
+    "crouch": {
+        "pelvis": (18, 0, 0),
+        "hip": (-62, 0, 10),
+        "knee": (75, 0, 0),
+        "ankle": (-30, 0, 0),
+        "spine1": (12, 0, 0),
+        "spine2": (6, 0, 0),
+        "shoulder": (0, -45, -55),
+        "elbow": (0, -40, 0),
+    },
+    "reach_up": {
+        **_RELAXED_ARMS,
+        "L_collar": (0, 0, 20),
+        "L_shoulder": (0, -15, 78),
+        "L_elbow": (0, -8, 0),
+        "spine1": (0, 0, 6),
+        "spine2": (0, 0, 6),
+        "neck": (-15, 0, 0),
+        "head": (-10, 0, 0),
+    },
+    "reach_up_both": {
+        "collar": (0, 0, 18),
+        "shoulder": (0, -20, 75),
+        "elbow": (0, -10, 0),
+        "neck": (-10, 0, 0),
+        "ankle": (15, 0, 0),
+    },
+    "reach_forward": {
+        **_RELAXED_ARMS,
+        "shoulder": (0, -85, -8),
+        "elbow": (0, -10, 0),
+        "spine1": (12, 0, 0),
+        "spine2": (6, 0, 0),
+        "hip": (-12, 0, 2),
+    },
+    "reach_forward_one": {
+        **_RELAXED_ARMS,
+        "L_shoulder": (0, -80, 5),
+        "L_elbow": (0, -5, 0),
+        "L_collar": (0, -12, 5),
+        "spine1": (12, -8, 0),
+        "spine2": (8, -8, 0),
+        "L_hip": (-35, 0, 5),
+        "L_knee": (30, 0, 0),
+        "R_hip": (5, 0, 3),
+    },
+    "reach_side": {
+        **_RELAXED_ARMS,
+        "L_shoulder": (0, -10, 5),
+        "L_elbow": (0, -5, 0),
+        "L_collar": (0, 0, 8),
+        "spine1": (0, 0, -12),
+        "spine2": (0, 0, -8),
+        "L_hip": (0, 0, 20),
+        "R_hip": (0, 0, 6),
+        "R_knee": (15, 0, 0),
+        "head": (0, 20, 0),
+    },
+    "arms_crossed": {
+        "shoulder": (-20, -50, -62),
+        "elbow": (0, -115, 0),
+        "wrist": (0, 0, 10),
+        "hip": (-2, 0, 4),
+    },
+    "hands_on_hips": {
+        "shoulder": (-10, 20, -55),
+        "elbow": (0, -95, 0),
+        "wrist": (0, 0, 20),
+        "hip": (-2, 0, 6),
+    },
+    "guard": {
+        "shoulder": (-30, -40, -60),
+        "elbow": (0, -125, 0),
+        "L_hip": (-20, 0, 10),
+        "L_knee": (25, 0, 0),
+        "R_hip": (5, 0, 8),
+        "R_knee": (20, 0, 0),
+        "spine1": (8, 15, 0),
+    },
+    "lunge": {
+        "pelvis": (5, 0, 0),
+        "L_hip": (-80, 0, 6),
+        "L_knee": (85, 0, 0),
+        "L_ankle": (-12, 0, 0),
+        "R_hip": (22, 0, 6),
+        "R_knee": (70, 0, 0),
+        "R_ankle": (35, 0, 0),
+        "R_foot": (-30, 0, 0),
+        **{k: v for k, v in _RELAXED_ARMS.items()},
+    },
+    "bend_forward": {
+        "pelvis": (50, 0, 0),
+        "hip": (-48, 0, 5),
+        "knee": (8, 0, 0),
+        "spine1": (15, 0, 0),
+        "spine2": (10, 0, 0),
+        "spine3": (5, 0, 0),
+        "neck": (-15, 0, 0),
+        "shoulder": (0, -60, -75),
+        "elbow": (0, -10, 0),
+    },
+    "sit_like": {
+        "hip": (-88, 0, 8),
+        "knee": (88, 0, 0),
+        "ankle": (0, 0, 0),
+        "spine1": (6, 0, 0),
+        "shoulder": (0, -30, -68),
+        "elbow": (0, -65, 0),
+    },
     "star": {"shoulder": (0, 0, 40), "elbow": (0, -5, 0), "hip": (0, 0, 25), "collar": (0, 0, 10)},
-    "look_around": {**_RELAXED_ARMS, "neck": (5, 35, 0), "head": (0, 25, 5), "spine2": (0, 12, 0),
-                    "spine3": (0, 8, 0), "hip": (-2, 0, 4)},
-    "point": {**_RELAXED_ARMS, "L_shoulder": (0, -45, 10), "L_elbow": (0, -5, 0), "L_wrist": (0, 0, 10),
-              "spine2": (0, -12, 0), "neck": (0, -25, 0)},
-    "kick_prep": {**_RELAXED_ARMS, "L_hip": (-60, 0, 5), "L_knee": (90, 0, 0), "R_knee": (8, 0, 0),
-                  "shoulder": (0, -20, -50), "elbow": (0, -40, 0)},
+    "look_around": {
+        **_RELAXED_ARMS,
+        "neck": (5, 35, 0),
+        "head": (0, 25, 5),
+        "spine2": (0, 12, 0),
+        "spine3": (0, 8, 0),
+        "hip": (-2, 0, 4),
+    },
+    "point": {
+        **_RELAXED_ARMS,
+        "L_shoulder": (0, -45, 10),
+        "L_elbow": (0, -5, 0),
+        "L_wrist": (0, 0, 10),
+        "spine2": (0, -12, 0),
+        "neck": (0, -25, 0),
+    },
+    "kick_prep": {
+        **_RELAXED_ARMS,
+        "L_hip": (-60, 0, 5),
+        "L_knee": (90, 0, 0),
+        "R_knee": (8, 0, 0),
+        "shoulder": (0, -20, -50),
+        "elbow": (0, -40, 0),
+    },
 }
 ARCHETYPE_NAMES = tuple(_ARCHETYPES)
 # archetypes whose upper body / lower body can be recombined freely
 _LOWER = ("pelvis", "L_hip", "R_hip", "L_knee", "R_knee", "L_ankle", "R_ankle", "L_foot", "R_foot")
 _LOWER_IDX = np.array([_IDX[n] for n in _LOWER])
-_SIDE_FLIP = np.array([_IDX[("R_" + n[2:]) if n.startswith("L_") else ("L_" + n[2:]) if n.startswith("R_") else n]
-                       for n in JOINT_NAMES])
+_SIDE_FLIP = np.array(
+    [
+        _IDX[("R_" + n[2:]) if n.startswith("L_") else ("L_" + n[2:]) if n.startswith("R_") else n]
+        for n in JOINT_NAMES
+    ]
+)
 
 
 def _archetype_euler_deg(spec: dict) -> np.ndarray:
@@ -416,8 +555,17 @@ def _sample_euler_deg(rng: np.random.Generator, n: int, style: str) -> np.ndarra
         probs = np.ones(len(names))
         noise_scale, blend_p, mix_p = 1.0, 0.5, 0.35
     elif style == "mild":
-        mild = {"stand", "stand_weight_shift", "a_pose", "walk_stride", "reach_forward", "point",
-                "look_around", "hands_on_hips", "reach_up"}
+        mild = {
+            "stand",
+            "stand_weight_shift",
+            "a_pose",
+            "walk_stride",
+            "reach_forward",
+            "point",
+            "look_around",
+            "hands_on_hips",
+            "reach_up",
+        }
         probs = np.array([1.0 if k in mild else 0.0 for k in names])
         noise_scale, blend_p, mix_p = 0.6, 0.5, 0.0
     else:
@@ -444,8 +592,13 @@ def _sample_euler_deg(rng: np.random.Generator, n: int, style: str) -> np.ndarra
     return out
 
 
-def sample_poses(rng: np.random.Generator, n: int, style: str = "varied",
-                 tilt_deg: float = 5.0, max_tries: int = 20) -> np.ndarray:
+def sample_poses(
+    rng: np.random.Generator,
+    n: int,
+    style: str = "varied",
+    tilt_deg: float = 5.0,
+    max_tries: int = 20,
+) -> np.ndarray:
     """Plausible whole-body poses. Returns (n, 24, 3) float64 axis-angle (local, SMPL order).
 
     A mix of archetypes (standing variants, walking stride, squat/crouch, reaching up/forward/
@@ -512,8 +665,10 @@ def _walk(T, fps, rng, yaw0, xz0):
     for side, ph in (("L", phi), ("R", phi + np.pi)):
         # anatomical (left-like) angles, mirrored below
         e[:, _IDX[side + "_hip"], 0] = -(10 + 20 * np.cos(ph))
-        e[:, _IDX[side + "_knee"], 0] = 5 + 12 * _bump(ph, 0.12, 0.35) + 55 * _bump(ph, 0.72, 0.4)
-        e[:, _IDX[side + "_ankle"], 0] = 4 * _bump(ph, 0.05, 0.3) - 10 * _bump(ph, 0.4, 0.4) + 18 * _bump(ph, 0.62, 0.25)
+        e[:, _IDX[side + "_knee"], 0] = 5 + 12 * _bump(ph, 0.12, 0.45) + 55 * _bump(ph, 0.72, 0.65)
+        e[:, _IDX[side + "_ankle"], 0] = (
+            4 * _bump(ph, 0.05, 0.4) - 10 * _bump(ph, 0.4, 0.5) + 18 * _bump(ph, 0.62, 0.4)
+        )
         e[:, _IDX[side + "_shoulder"], 1] = 18 * np.cos(ph)
         e[:, _IDX[side + "_shoulder"], 2] = -74
         e[:, _IDX[side + "_elbow"], 1] = -(15 + 12 * (1 - np.cos(ph)) / 2)
@@ -556,8 +711,17 @@ def _keyframe_motion(T, fps, rng, keys_fn, hold_range=(0.7, 1.4)):
 
 def _reach(T, fps, rng, yaw0, xz0):
     stand = _stand_deg(rng)
-    reach_names = ("reach_up", "reach_up_both", "reach_forward", "reach_forward_one", "reach_side",
-                   "point", "stand", "crouch", "look_around")
+    reach_names = (
+        "reach_up",
+        "reach_up_both",
+        "reach_forward",
+        "reach_forward_one",
+        "reach_side",
+        "point",
+        "stand",
+        "crouch",
+        "look_around",
+    )
 
     def key(i):
         if i == 0:
@@ -586,13 +750,13 @@ def _turn(T, fps, rng, yaw0, xz0):
     s = _smoothstep(t / max(dur, 1e-6))
     yaw = np.rad2deg(yaw0) + total * s
     e = np.repeat(_mirror_right(_stand_deg(rng))[None], T, 0)  # anatomical
-    step_f = rng.uniform(1.3, 1.8)
+    step_f = rng.uniform(1.0, 1.4)
     ph = 2 * np.pi * step_f * t
     amp = np.sin(np.pi * np.clip(t / max(dur, 1e-6), 0, 1)) ** 0.5  # steps while turning
     for side, p in (("L", ph), ("R", ph + np.pi)):
         lift = np.maximum(np.sin(p), 0) ** 2 * amp
         e[:, _IDX[side + "_hip"], 0] = -(3 + 25 * lift)
-        e[:, _IDX[side + "_knee"], 0] = 5 + 40 * lift
+        e[:, _IDX[side + "_knee"], 0] = 5 + 35 * lift
     e = _mirror_right(e)
     lead = np.gradient(yaw) * fps  # deg/s
     e[:, _IDX["neck"], 1] = np.clip(0.12 * lead, -30, 30)
@@ -629,8 +793,14 @@ def _mixed(T, fps, rng, yaw0, xz0):
 _GEN["mixed"] = _mixed
 
 
-def motion_sequence(kind: str, num_frames: int, fps: float, rng: np.random.Generator,
-                    start_yaw: float | None = None, start_xz=None):
+def motion_sequence(
+    kind: str,
+    num_frames: int,
+    fps: float,
+    rng: np.random.Generator,
+    start_yaw: float | None = None,
+    start_xz=None,
+):
     """A smooth motion. Returns ``(pose_rotvecs (T, 24, 3), transl (T, 3))`` float64 numpy.
 
     kind: "walk" (gait cycle along a gently curved path, 0.7-1.3 m/s), "squat" (down/up
@@ -638,8 +808,9 @@ def motion_sequence(kind: str, num_frames: int, fps: float, rng: np.random.Gener
     the spot with small steps), "mixed" (random segments of the above, crossfaded).
     ``transl`` is the root translation *relative to the floor contact*: x/z follow the path,
     y is 0. With ``start_xz`` None the path is centred on the origin (mean x/z = 0, what a
-    capture volume wants); otherwise it starts at ``start_xz``. Put the body on the floor (Y-up world, floor
-    y = 0) with :func:`place_on_floor`, which depends on the subject's shape (betas).
+    capture volume wants); otherwise it starts at ``start_xz``. Put the body on the floor
+    (Y-up world, floor y = 0) with :func:`place_on_floor`, which depends on the subject's
+    shape (betas).
     All joints stay inside :data:`JOINT_LIMITS_DEG`. Deterministic given ``rng``."""
     if kind not in _GEN:
         raise ValueError(f"kind must be one of {MOTION_KINDS}, got {kind!r}")
@@ -692,9 +863,15 @@ def _random_dirs(rng, shape):
     return d / np.linalg.norm(d, axis=-1, keepdims=True)
 
 
-def perturb_like_regressor(rng: np.random.Generator, pose_rotvecs, transl, betas,
-                           parents: Sequence[int] = SMPL_PARENTS, cfg: PerturbConfig | None = None,
-                           R_world2cam=None):
+def perturb_like_regressor(
+    rng: np.random.Generator,
+    pose_rotvecs,
+    transl,
+    betas,
+    parents: Sequence[int] = SMPL_PARENTS,
+    cfg: PerturbConfig | None = None,
+    R_world2cam=None,
+):
     """Regressor-like initial estimates from ground truth.
 
     pose_rotvecs (T, 24, 3), transl (T, 3), betas (T, 10) or (10,) -> the same shapes,
@@ -707,7 +884,9 @@ def perturb_like_regressor(rng: np.random.Generator, pose_rotvecs, transl, betas
     betas = np.asarray(betas, dtype=np.float64)
     _check_pose(pose)
     if pose.ndim != 3 or transl.shape != (pose.shape[0], 3):
-        raise ValueError(f"need pose_rotvecs (T,24,3) and transl (T,3); got {pose.shape}, {transl.shape}")
+        raise ValueError(
+            f"need pose_rotvecs (T,24,3) and transl (T,3); got {pose.shape}, {transl.shape}"
+        )
     if len(parents) != NUM_JOINTS:
         raise ValueError(f"parents must have 24 entries, got {len(parents)}")
     if cfg.error_space not in ("local", "global"):
@@ -752,7 +931,11 @@ def perturb_like_regressor(rng: np.random.Generator, pose_rotvecs, transl, betas
         t_cam[:, 2] *= cfg.depth_factor
         t_err = t_cam @ Rc
     transl_out = transl + t_err
-    betas_out = betas + rng.standard_normal(betas.shape) * cfg.betas_std if cfg.betas_std > 0 else betas.copy()
+    betas_out = (
+        betas + rng.standard_normal(betas.shape) * cfg.betas_std
+        if cfg.betas_std > 0
+        else betas.copy()
+    )
     return pose_out, transl_out, betas_out
 
 

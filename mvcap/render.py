@@ -39,8 +39,9 @@ Render passes (:func:`render_passes`)
 from __future__ import annotations
 
 import functools
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -106,7 +107,7 @@ class Fragments:
     def num_views(self) -> int:
         return int(self.face_ids.shape[-3])
 
-    def to(self, device) -> "Fragments":
+    def to(self, device) -> Fragments:
         return Fragments(*(t.to(device) for t in (self.face_ids, self.bary, self.depth, self.mask)))
 
 
@@ -127,7 +128,9 @@ class Light:
         d = np.asarray(self.direction_cam, dtype=np.float64).reshape(3)
         n = float(np.linalg.norm(d))
         if not n > 0:
-            raise ValueError(f"Light.direction_cam must be a non-zero 3-vector, got {self.direction_cam}")
+            raise ValueError(
+                f"Light.direction_cam must be a non-zero 3-vector, got {self.direction_cam}"
+            )
         return d / n
 
 
@@ -149,7 +152,9 @@ class RenderPasses:
         try:
             idx = [self.channels.index(n) for n in names]
         except ValueError:
-            raise KeyError(f"no pass or channel '{name}' rendered; channels are {self.channels}") from None
+            raise KeyError(
+                f"no pass or channel '{name}' rendered; channels are {self.channels}"
+            ) from None
         start = idx[0]
         if idx == list(range(start, start + len(idx))):
             return self.images[..., start : start + len(idx)]
@@ -164,15 +169,20 @@ def _check_vertices(vertices_world: Tensor) -> Tensor:
         vertices_world = torch.as_tensor(np.asarray(vertices_world, dtype=np.float32))
     if vertices_world.ndim not in (2, 3) or vertices_world.shape[-1] != 3:
         raise ValueError(
-            f"vertices_world must have shape (N, 3) or (B, N, 3) metres, got {tuple(vertices_world.shape)}"
+            "vertices_world must have shape (N, 3) or (B, N, 3) metres, got "
+            f"{tuple(vertices_world.shape)}"
         )
     return vertices_world
 
 
 def _check_faces(faces, num_vertices: int, device) -> Tensor:
-    faces = torch.as_tensor(faces, device=device) if not isinstance(faces, Tensor) else faces.to(device)
+    faces = (
+        torch.as_tensor(faces, device=device) if not isinstance(faces, Tensor) else faces.to(device)
+    )
     if faces.ndim != 2 or faces.shape[1] != 3 or faces.is_floating_point():
-        raise ValueError(f"faces must be an integer (F, 3) array, got {tuple(faces.shape)} {faces.dtype}")
+        raise ValueError(
+            f"faces must be an integer (F, 3) array, got {tuple(faces.shape)} {faces.dtype}"
+        )
     faces = faces.long()
     if faces.numel() and (int(faces.min()) < 0 or int(faces.max()) >= num_vertices):
         raise ValueError(
@@ -190,16 +200,18 @@ def _rig_image_size(rig: Rig, image_size) -> tuple[int, int]:
         sizes = {c.image_size for c in rig}
         if sizes != {(w, h)}:
             raise ValueError(
-                f"image_size={tuple(image_size)} differs from the rig's camera sizes {sorted(sizes)}; the "
-                "intrinsics K belong to the calibrated size. Render with rig.with_image_size((W, H)) instead, "
+                f"image_size={tuple(image_size)} differs from the rig's camera sizes "
+                f"{sorted(sizes)}; the intrinsics K belong to the calibrated size. Render with "
+                "rig.with_image_size((W, H)) instead, "
                 "which rescales K to the new size."
             )
         return w, h
     sizes = sorted({c.image_size for c in rig})
     if len(sizes) != 1:
         raise ValueError(
-            f"the rig's cameras have different image sizes {sizes}; rendering needs one size for all views. "
-            "Use rig.with_image_size((W, H)) to bring every camera to a common size (K is rescaled)."
+            f"the rig's cameras have different image sizes {sizes}; rendering needs one size "
+            "for all views. Use rig.with_image_size((W, H)) to bring every camera to a common "
+            "size (K is rescaled)."
         )
     return sizes[0]
 
@@ -301,6 +313,10 @@ def _raster_view(P, faces, H, W, near, fid, zbuf, count, do_count):
             vmax = max(vmax, vs[k])
         if not (umax >= -1.0 and umin <= W and vmax >= -1.0 and vmin <= H):
             continue  # off-screen (or NaN)
+        umin = max(umin, -1.0)  # keep the float -> int conversions in range
+        umax = min(umax, float(W))
+        vmin = max(vmin, -1.0)
+        vmax = min(vmax, float(H))
         x0 = max(0, int(np.ceil(umin - eps)))
         x1 = min(W - 1, int(np.floor(umax + eps)))
         y0 = max(0, int(np.ceil(vmin - eps)))
@@ -343,10 +359,7 @@ def _resolve_view(P, faces, fid, bary, depth):
         fy = float(y)
         for x in range(W):
             f = fid[y, x]
-            if f < 0:
-                bary[y, x, 0] = 0.0
-                bary[y, x, 1] = 0.0
-                bary[y, x, 2] = 0.0
+            if f < 0:  # bary is pre-zeroed (np.zeros: untouched pages stay free)
                 depth[y, x] = 0.0
                 continue
             i0 = faces[f, 0]
@@ -394,7 +407,7 @@ def _rasterize_cpu(rig, vertices_world, faces, W, H, near, do_count=False):
     J = P.shape[0]
     F = np.ascontiguousarray(faces.cpu().numpy().astype(np.int64))
     fid = np.empty((J, H, W), np.int64)
-    bary = np.empty((J, H, W, 3), np.float32)
+    bary = np.zeros((J, H, W, 3), np.float32)
     depth = np.empty((J, H, W), np.float32)
     count = np.zeros((J, H, W) if do_count else (J, 1, 1), np.int32)
     _raster_jobs(P, F, H, W, float(near), fid, bary, depth, count, do_count)
@@ -435,7 +448,9 @@ def _nv_context(device: torch.device):
     return _NV_CONTEXTS[key]
 
 
-def opencv_to_clip(K: Tensor, image_size: tuple[int, int], near: float = DEFAULT_NEAR, far: float = DEFAULT_FAR) -> Tensor:
+def opencv_to_clip(
+    K: Tensor, image_size: tuple[int, int], near: float = DEFAULT_NEAR, far: float = DEFAULT_FAR
+) -> Tensor:
     """(V, 3, 3) OpenCV intrinsics -> (V, 4, 4) matrices mapping camera points (x, y, z, 1)
     to clip space, for a rasterizer that samples row ``i`` at NDC ``y = (i + 0.5) * 2 / H - 1``
     and column ``j`` at ``x = (j + 0.5) * 2 / W - 1`` (nvdiffrast, OpenGL viewport).
@@ -518,8 +533,9 @@ def rasterize(
     ``"nvdiffrast"`` (CUDA), or ``"auto"`` (nvdiffrast when CUDA and the module are
     available, else cpu). near: near plane in metres.
 
-    Returns :class:`Fragments` with shapes (V, H, W[, 3]) or (B, V, H, W[, 3]), on the
-    device of ``vertices_world`` for the cpu backend's inputs, on CUDA for nvdiffrast.
+    Returns :class:`Fragments` with shapes (V, H, W[, 3]) or (B, V, H, W[, 3]) on the
+    device of ``vertices_world`` (whichever backend ran; pass CUDA vertices to keep
+    nvdiffrast's output on the GPU).
     """
     vertices_world = _check_vertices(vertices_world)
     faces = _check_faces(faces, vertices_world.shape[-2], "cpu")
@@ -543,11 +559,16 @@ def rasterize(
                 "backend='nvdiffrast' needs the nvdiffrast module: pip install 'mvcap[gpu]' "
                 "(diffrp-nvdiffrast; compiled on first use, needs nvcc and a CUDA build of torch)"
             ) from exc
-        return _rasterize_nvdiffrast(rig, vertices_world, faces, W, H, near)
+        frags = _rasterize_nvdiffrast(rig, vertices_world, faces, W, H, near)
+        if vertices_world.device != frags.face_ids.device:
+            frags = frags.to(vertices_world.device)
+        return frags
     raise ValueError(f"unknown backend '{backend}'; use 'auto', 'cpu' or 'nvdiffrast'")
 
 
-def coverage_count(rig: Rig, vertices_world: Tensor, faces, image_size=None, near: float = DEFAULT_NEAR) -> Tensor:
+def coverage_count(
+    rig: Rig, vertices_world: Tensor, faces, image_size=None, near: float = DEFAULT_NEAR
+) -> Tensor:
     """Debug: how many triangles cover each pixel centre (before the depth test), cpu
     backend. (..., V, H, W) int32. A closed mesh seen from outside covers every pixel an
     even number of times (2 for a convex one)."""
@@ -574,7 +595,7 @@ def vertex_normals(vertices: Tensor, faces: Tensor) -> Tensor:
 
 @njit(cache=True, parallel=True)
 def _shade_jobs(
-    fid, bary, depth, faces, cam, vattr, vattr_job, uv_faces, uvs, texture, use_tex,
+    fid, bary, depth, faces, cam, vattr, vattr_job, uv_faces, uvs, texture, tex_scale, use_tex,
     light, ambient, diffuse, const_albedo, offs, out,
 ):  # fmt: skip
     """One pass over the pixels writing every requested channel.
@@ -582,11 +603,12 @@ def _shade_jobs(
     fid (J,H,W) i64, bary (J,H,W,3) f32, depth (J,H,W) f32, faces (F,3) i64,
     cam (J,N,3) f32 camera-space vertices (for facing), vattr (Ja,N,9) f32 =
     [normal_cam(3), template(3), colour(3)], vattr_job (J,) index into Ja,
-    uv_faces (F,3) i64, uvs (T,2) f32, texture (Ht,Wt,3) f32, offs (6,) channel offsets of
-    rgb, albedo, depth, normal, template, mask (-1 = not requested), out (J,H,W,C) f32.
+    uv_faces (F,3) i64, uvs (T,2) f32, texture (Ht,Wt,3) f32 or uint8 (values * tex_scale
+    give [0, 1]; uint8 keeps the texture 4x smaller in cache), offs (6,) channel offsets of
+    rgb, albedo, depth, normal, template, mask (-1 = not requested), out (J,H,W,C) f32
+    pre-zeroed (empty pixels are not written).
     """
     J, H, W = fid.shape
-    C = out.shape[3]
     Ht = texture.shape[0]
     Wt = texture.shape[1]
     o_rgb, o_alb, o_dep, o_nrm, o_tpl, o_msk = offs[0], offs[1], offs[2], offs[3], offs[4], offs[5]
@@ -598,9 +620,7 @@ def _shade_jobs(
         ja = vattr_job[j]
         for x in range(W):
             f = fid[j, y, x]
-            if f < 0:
-                for c in range(C):
-                    out[j, y, x, c] = 0.0
+            if f < 0:  # out is pre-zeroed
                 continue
             b0 = bary[j, y, x, 0]
             b1 = bary[j, y, x, 1]
@@ -636,7 +656,9 @@ def _shade_jobs(
             if o_tpl >= 0:
                 for c in range(3):
                     out[j, y, x, o_tpl + c] = (
-                        b0 * vattr[ja, i0, 3 + c] + b1 * vattr[ja, i1, 3 + c] + b2 * vattr[ja, i2, 3 + c]
+                        b0 * vattr[ja, i0, 3 + c]
+                        + b1 * vattr[ja, i1, 3 + c]
+                        + b2 * vattr[ja, i2, 3 + c]
                     )
             if need_alb:
                 r = const_albedo
@@ -663,9 +685,27 @@ def _shade_jobs(
                     w01 = wx * (1 - wy)
                     w10 = (1 - wx) * wy
                     w11 = wx * wy
-                    r = w00 * texture[ky, kx, 0] + w01 * texture[ky, kx1, 0] + w10 * texture[ky1, kx, 0] + w11 * texture[ky1, kx1, 0]
-                    g = w00 * texture[ky, kx, 1] + w01 * texture[ky, kx1, 1] + w10 * texture[ky1, kx, 1] + w11 * texture[ky1, kx1, 1]
-                    bb = w00 * texture[ky, kx, 2] + w01 * texture[ky, kx1, 2] + w10 * texture[ky1, kx, 2] + w11 * texture[ky1, kx1, 2]
+                    r = (
+                        w00 * texture[ky, kx, 0]
+                        + w01 * texture[ky, kx1, 0]
+                        + w10 * texture[ky1, kx, 0]
+                        + w11 * texture[ky1, kx1, 0]
+                    )
+                    g = (
+                        w00 * texture[ky, kx, 1]
+                        + w01 * texture[ky, kx1, 1]
+                        + w10 * texture[ky1, kx, 1]
+                        + w11 * texture[ky1, kx1, 1]
+                    )
+                    bb = (
+                        w00 * texture[ky, kx, 2]
+                        + w01 * texture[ky, kx1, 2]
+                        + w10 * texture[ky1, kx, 2]
+                        + w11 * texture[ky1, kx1, 2]
+                    )
+                    r *= tex_scale
+                    g *= tex_scale
+                    bb *= tex_scale
                 elif const_albedo < 0:
                     r = b0 * vattr[ja, i0, 6] + b1 * vattr[ja, i1, 6] + b2 * vattr[ja, i2, 6]
                     g = b0 * vattr[ja, i0, 7] + b1 * vattr[ja, i1, 7] + b2 * vattr[ja, i2, 7]
@@ -686,8 +726,18 @@ def _shade_jobs(
                 out[j, y, x, o_msk] = 1.0
 
 
+def _as_tensor_readonly_ok(a) -> Tensor:
+    """torch view of an array we only read (read-only numpy arrays, e.g. a Subject's
+    texture, are fine: nothing here writes to them)."""
+    if isinstance(a, Tensor):
+        return a
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.as_tensor(np.asarray(a))
+
+
 def _as_float_colors(a, name: str, device) -> Tensor:
-    t = a if isinstance(a, Tensor) else torch.as_tensor(np.asarray(a))
+    t = _as_tensor_readonly_ok(a)
     if t.dtype == torch.uint8:
         t = t.float() / 255.0
     return t.to(device=device, dtype=torch.float32)
@@ -712,50 +762,63 @@ def _bilinear_torch(texture: Tensor, uv: Tensor) -> Tensor:
     )
 
 
-def _shade_torch(frags, faces, cam, vattr, vattr_job, uv_faces, uvs, texture, light_dir, light, const_albedo, offs, C):
-    """Vectorised torch version of :func:`_shade_jobs` (CUDA tensors, and a test reference)."""
-    fid = frags.face_ids.reshape(-1, *frags.face_ids.shape[-2:])
-    J, H, W = fid.shape
+def _shade_torch(
+    frags,
+    faces,
+    cam,
+    vattr,
+    vattr_job,
+    uv_faces,
+    uvs,
+    texture,
+    light_dir,
+    light,
+    const_albedo,
+    offs,
+    C,
+):
+    """Vectorised torch version of :func:`_shade_jobs` over the covered pixels only (for
+    CUDA tensors, and a reference in tests)."""
+    fid = frags.face_ids.reshape(-1)
+    J = int(np.prod(frags.face_ids.shape[:-2]))
+    H, W = frags.face_ids.shape[-2:]
     dev = fid.device
-    bary = frags.bary.reshape(J, H, W, 3)
-    mask = fid >= 0
-    fs = fid.clamp(min=0)
-    corner = faces[fs]  # (J,H,W,3)
-    jidx = torch.arange(J, device=dev)[:, None, None, None].expand_as(corner)
-    va = vattr[vattr_job.to(dev)[jidx], corner]  # (J,H,W,3,9)
-    interp = (bary[..., None] * va).sum(-2)  # (J,H,W,9)
-    out = torch.zeros(J, H, W, C, device=dev, dtype=torch.float32)
-    o_rgb, o_alb, o_dep, o_nrm, o_tpl, o_msk = (int(o) for o in offs)
-    cc = cam[jidx, corner].double()  # (J,H,W,3,3)
-    det = torch.linalg.det(cc)
-    n = interp[..., 0:3]
+    pix = torch.nonzero(fid >= 0, as_tuple=True)[0]  # (P,)
+    f = fid[pix]
+    job = torch.div(pix, H * W, rounding_mode="floor")
+    bary = frags.bary.reshape(-1, 3)[pix].float()  # (P,3)
+    corner = faces[f]  # (P,3)
+    va = vattr[vattr_job.to(dev)[job][:, None], corner]  # (P,3,9)
+    interp = (bary[..., None] * va).sum(-2)  # (P,9)
+    det = torch.linalg.det(cam[job[:, None], corner].double())  # (P,)
+    n = interp[:, 0:3]
     n = n / n.norm(dim=-1, keepdim=True).clamp(min=1e-30)
-    n = torch.where((det > 0)[..., None], -n, n)
+    n = torch.where((det > 0)[:, None], -n, n)
     if uvs is not None and texture is not None:
-        uvc = uvs[uv_faces[fs]]  # (J,H,W,3,2)
-        uv = (bary[..., None] * uvc).sum(-2)
+        uv = (bary[..., None] * uvs[uv_faces[f]]).sum(-2)  # (P,2)
         alb = _bilinear_torch(texture, uv)
     elif const_albedo < 0:
-        alb = interp[..., 6:9]
+        alb = interp[:, 6:9]
     else:
         alb = torch.full_like(n, const_albedo)
-    groups = []
+    o_rgb, o_alb, o_dep, o_nrm, o_tpl, o_msk = (int(o) for o in offs)
+    vals = torch.zeros(len(pix), C, device=dev, dtype=torch.float32)
     if o_rgb >= 0:
         lam = (n * torch.as_tensor(light_dir, dtype=n.dtype, device=dev)).sum(-1, keepdim=True)
-        groups.append((o_rgb, alb * (light.ambient + light.diffuse * lam.clamp(min=0))))
+        vals[:, o_rgb : o_rgb + 3] = alb * (light.ambient + light.diffuse * lam.clamp(min=0))
     if o_alb >= 0:
-        groups.append((o_alb, alb))
+        vals[:, o_alb : o_alb + 3] = alb
     if o_dep >= 0:
-        groups.append((o_dep, frags.depth.reshape(J, H, W, 1)))
+        vals[:, o_dep] = frags.depth.reshape(-1)[pix].float()
     if o_nrm >= 0:
-        groups.append((o_nrm, n))
+        vals[:, o_nrm : o_nrm + 3] = n
     if o_tpl >= 0:
-        groups.append((o_tpl, interp[..., 3:6]))
+        vals[:, o_tpl : o_tpl + 3] = interp[:, 3:6]
     if o_msk >= 0:
-        groups.append((o_msk, torch.ones_like(n[..., :1])))
-    for o, val in groups:
-        out[..., o : o + val.shape[-1]] = torch.where(mask[..., None], val.float(), torch.zeros((), device=dev))
-    return out
+        vals[:, o_msk] = 1.0
+    out = torch.zeros(J * H * W, C, device=dev, dtype=torch.float32)
+    out[pix] = vals
+    return out.reshape(J, H, W, C)
 
 
 def render_passes(
@@ -803,7 +866,8 @@ def render_passes(
     lead = tuple(fragments.face_ids.shape[:-2])
     if tuple(vertices_world.shape[:-2]) + (len(rig),) != lead:
         raise ValueError(
-            f"vertices_world {tuple(vertices_world.shape)} does not match fragments with leading shape {lead} "
+            f"vertices_world {tuple(vertices_world.shape)} does not match fragments with "
+            f"leading shape {lead} "
             f"(expected (..., N, 3) with ... = {lead[:-1]} and a rig of {lead[-1]} views)"
         )
     N = vertices_world.shape[-2]
@@ -849,15 +913,18 @@ def render_passes(
     if use_tex:
         if uvs is None or uv_faces is None:
             raise ValueError("a texture needs uvs (T, 2) and uv_faces (F, 3) to be looked up")
-        tex_t = _as_float_colors(texture, "texture", dev).contiguous()
-        if tex_t.ndim != 3 or tex_t.shape[-1] != 3:
+        tex_t = _as_tensor_readonly_ok(texture)
+        if tex_t.ndim != 3 or tex_t.shape[-1] != 3 or min(tex_t.shape) < 1:
             raise ValueError(f"texture must be (Ht, Wt, 3), got {tuple(tex_t.shape)}")
         uvs_t = torch.as_tensor(uvs).to(dev, torch.float32).contiguous()
         uvf_t = torch.as_tensor(uv_faces).to(dev).long().contiguous()
         if uvs_t.ndim != 2 or uvs_t.shape[1] != 2:
             raise ValueError(f"uvs must be (T, 2), got {tuple(uvs_t.shape)}")
         if uvf_t.shape != faces.shape:
-            raise ValueError(f"uv_faces must have the faces' shape {tuple(faces.shape)}, got {tuple(uvf_t.shape)}")
+            raise ValueError(
+                f"uv_faces must have the faces' shape {tuple(faces.shape)}, "
+                f"got {tuple(uvf_t.shape)}"
+            )
         if uvf_t.numel() and (int(uvf_t.min()) < 0 or int(uvf_t.max()) >= uvs_t.shape[0]):
             raise ValueError("uv_faces index outside uvs")
     elif vertex_colors is not None:
@@ -877,21 +944,30 @@ def render_passes(
     if backend == "auto":
         backend = "cpu" if dev.type == "cpu" else "torch"
     if backend == "cpu":
+        tex_scale = 1.0
+        if tex_t.dtype == torch.uint8:  # sample a uint8 texture directly (4x less memory traffic)
+            tex_np, tex_scale = np.ascontiguousarray(tex_t.cpu().numpy()), 1.0 / 255.0
+        else:
+            tex_np = np.ascontiguousarray(
+                tex_t.detach().cpu().numpy().astype(np.float32, copy=False)
+            )
         fid = fragments.face_ids.reshape(J, H, W).cpu().numpy()
         bary = fragments.bary.reshape(J, H, W, 3).cpu().float().numpy()
         depth = fragments.depth.reshape(J, H, W).cpu().float().numpy()
-        out = np.empty((J, H, W, C), np.float32)
+        out = np.zeros((J, H, W, C), np.float32)  # empty pixels stay 0 (and untouched)
         _shade_jobs(
             np.ascontiguousarray(fid), np.ascontiguousarray(bary), np.ascontiguousarray(depth),
             faces.cpu().numpy(), cam.cpu().numpy(), vattr.cpu().numpy(), vattr_job.numpy(),
-            uvf_t.cpu().numpy(), uvs_t.cpu().numpy(), tex_t.cpu().numpy(), use_tex,
+            uvf_t.cpu().numpy(), uvs_t.cpu().numpy(), tex_np, tex_scale, use_tex,
             ldir, float(light.ambient), float(light.diffuse), float(const_albedo), offs, out,
         )  # fmt: skip
         images = torch.from_numpy(out).to(dev)
     elif backend == "torch":
         images = _shade_torch(
-            fragments, faces, cam, vattr, vattr_job, uvf_t if use_tex else None, uvs_t if use_tex else None,
-            tex_t if use_tex else None, ldir, light, const_albedo, offs, C,
+            fragments, faces, cam, vattr, vattr_job,
+            uvf_t if use_tex else None, uvs_t if use_tex else None,
+            _as_float_colors(tex_t, "texture", dev) if use_tex else None,
+            ldir, light, const_albedo, offs, C,
         )  # fmt: skip
     else:
         raise ValueError(f"unknown render_passes backend '{backend}'; use 'auto', 'cpu' or 'torch'")
@@ -967,7 +1043,14 @@ def undistort_images(rig: Rig, images, interpolation: int | None = None):
                 r = cv2.remap(chunk, m1, m2, interp, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
                 out[i, ..., c0 : c0 + 4] = r.reshape(chunk.shape)
         else:
-            r = cv2.remap(np.ascontiguousarray(img), m1, m2, interp, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+            r = cv2.remap(
+                np.ascontiguousarray(img),
+                m1,
+                m2,
+                interp,
+                borderMode=cv2.BORDER_CONSTANT,
+                borderValue=0,
+            )
             out[i] = r.reshape(img.shape)
     out = out.astype(orig_dtype, copy=False)
     if is_tensor:

