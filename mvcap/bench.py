@@ -121,7 +121,7 @@ def _epe_for(path: Path, cfg: RefineConfig, model: BodyModel, frames) -> list[fl
                 gt_verts = model(**gt.slice(t).to_torch()).vertices[0]
             appearance = {}
             if subject.texture is not None:
-                appearance = dict(texture=torch.from_numpy(np.ascontiguousarray(subject.texture)), uvs=model.uvs, uv_faces=model.uv_faces)
+                appearance = dict(texture=torch.from_numpy(np.array(subject.texture)), uvs=model.uvs, uv_faces=model.uv_faces)
             frags, passes = render(pinhole, verts, model.faces, template_vertices=template,
                                    passes=("rgb", "depth", "normal", "template", "mask"), **appearance)
             photos = undistort_images(rig, s.read_frame(t, views=list(rig.names)))

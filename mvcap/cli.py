@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import click
+import numpy as np
 
 from mvcap import __version__
 
@@ -15,11 +16,13 @@ class _Group(click.Group):
 
     def invoke(self, ctx):
         from mvcap.cameras import RigError
+        from mvcap.capture import SessionError
         from mvcap.config import ConfigError
+        from mvcap.subject import SubjectError
 
         try:
             return super().invoke(ctx)
-        except (ConfigError, RigError, FileNotFoundError) as exc:
+        except (ConfigError, RigError, SessionError, SubjectError, FileNotFoundError) as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
 
@@ -76,6 +79,103 @@ def rig_show(path: Path):
             f"  {cam.name:>10s}  {cam.width}x{cam.height}  f=({cam.K[0, 0]:.1f}, {cam.K[1, 1]:.1f}) "
             f"c=({cam.K[0, 2]:.1f}, {cam.K[1, 2]:.1f})  centre=({c[0]:.3f}, {c[1]:.3f}, {c[2]:.3f}) m"
         )
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for the session files (one per subject).")
+@click.option("--set", "overrides", multiple=True, help="key=value, e.g. rig.num_cameras=8 seed=3")
+@click.option("--sheet/--no-sheet", default=True, help="Also write a contact-sheet PNG per session.")
+def synth(config: Path, out: Path, overrides, sheet: bool):
+    """Generate a synthetic studio benchmark with ground truth from a scene config."""
+    from mvcap.synth import contact_sheet, generate_benchmark, load_scene_config
+
+    cfg = load_scene_config(config, list(overrides))
+    T = cfg.frames_per_subject
+    for p in generate_benchmark(out, cfg):
+        click.echo(f"wrote {p}")
+        if sheet:
+            sheet_path = contact_sheet(p, frames=sorted({0, T // 2, T - 1}), out_png=p.with_suffix(".png"))
+            click.echo(f"wrote {sheet_path}")
+
+
+def _session_paths(target: Path) -> list[Path]:
+    if target.is_dir():
+        paths = sorted(target.glob("*.h5"))
+        if not paths:
+            raise click.ClickException(f"no session files (*.h5) in {target}; generate some with `mvcap synth`")
+        return paths
+    if not target.exists():
+        raise click.ClickException(f"no such session file or folder: {target}")
+    return [target]
+
+
+@main.command()
+@click.argument("session", type=click.Path(path_type=Path))
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Refinement config TOML (default: configs/refine.toml).")
+@click.option("--predictor", type=click.Choice(["oracle", "flow", "learned"]), default=None)
+@click.option("--fusion", type=click.Choice(["joint", "refit"]), default=None)
+@click.option("--views", default=None, help="Comma-separated cameras to use (one = single-view fallback).")
+@click.option("--run", "run_name", default=None, help="Result run name (default: <predictor>-<fusion>).")
+@click.option("--frames", default=None, help="Frame range START:STOP (default: all).")
+@click.option("--overwrite", is_flag=True, help="Start the run over instead of resuming it.")
+@click.option("--set", "overrides", multiple=True, help="Config overrides key=value, e.g. fit.iterations=60")
+def refine(session: Path, config_path, predictor, fusion, views, run_name, frames, overwrite, overrides):
+    """Refine the body in every frame of a session (resumable; results go into the file)."""
+    from mvcap.config import load_config, parse_overrides
+    from mvcap.refine import RefineConfig, refine_session
+
+    extra = parse_overrides(overrides)
+    for key, value in (("predictor", predictor), ("fusion", fusion)):
+        if value:
+            extra[key] = value
+    if views:
+        extra["views"] = [v.strip() for v in views.split(",") if v.strip()]
+    cfg = load_config(RefineConfig, config_path or "refine.toml", extra)
+    frame_list = None
+    if frames:
+        start, _, stop = frames.partition(":")
+        frame_list = list(range(int(start or 0), int(stop)))
+    name = run_name or f"{cfg.predictor}-{cfg.fusion}" + (f"@{'+'.join(cfg.views)}" if cfg.views else "")
+    for path in _session_paths(session):
+        res = refine_session(path, name, cfg, frames=frame_list, overwrite=overwrite)
+        done = int(res.done.sum())
+        click.echo(f"{path}: run '{name}': {done}/{len(res.done)} frames done, "
+                   f"mean residual {float(np.nanmean(res.residual_px[res.done])) if done else float('nan'):.2f} px, "
+                   f"{float(np.mean(res.seconds[res.done])) if done else 0:.2f} s/frame")
+
+
+@main.command()
+@click.argument("sessions", type=click.Path(path_type=Path))
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Benchmark config TOML (default: configs/bench/methods.toml).")
+@click.option("--methods", default=None, help="Comma-separated methods (overrides the config).")
+@click.option("--max-frames", type=int, default=None, help="Frames per session (0 = all).")
+@click.option("--out", "out_json", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="JSON report path (default: <sessions>/bench.json).")
+@click.option("--fresh", is_flag=True, help="Recompute methods instead of reusing stored result runs.")
+@click.option("--set", "overrides", multiple=True, help="Config overrides key=value, e.g. refine.outer_iterations=5")
+def bench(sessions: Path, config_path, methods, max_frames, out_json, fresh, overrides):
+    """Run methods over benchmark sessions and print a markdown table of accuracy."""
+    from mvcap.bench import BenchConfig, format_table, run_benchmark, save_report
+    from mvcap.config import load_config, parse_overrides
+
+    extra = parse_overrides(overrides)
+    if methods:
+        extra["methods"] = [m.strip() for m in methods.split(",") if m.strip()]
+    if max_frames is not None:
+        extra["max_frames"] = max_frames
+    cfg = load_config(BenchConfig, config_path or "bench/methods.toml", extra)
+    paths = _session_paths(sessions)
+    report = run_benchmark(paths, cfg, fresh=fresh, log=lambda m: click.echo(m, err=True))
+    table = format_table(report)
+    click.echo(table)
+    out_json = out_json or (sessions if sessions.is_dir() else sessions.parent) / "bench.json"
+    report["table"] = table
+    save_report(report, out_json)
+    click.echo(f"wrote {out_json}", err=True)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ done, so an interrupted run resumes where it stopped.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import warnings
@@ -55,6 +56,8 @@ class RefineConfig:
     translation_fusion: str = "ray"  # refit mode: "ray" (depth-aware) or "mean"
     init: str = "session"  # per-frame init: "session" (stored estimates) or "previous" result
     learned_weights: str = ""  # learned predictor weights (default: the shipped lite model)
+    threads: int = 1  # torch threads for the fit; 0 = torch's default. The fit's tensors are
+    # small: more threads barely help and spin-wait badly when the cores are shared.
     fit: FitConfig = field(default_factory=FitConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
 
@@ -82,6 +85,18 @@ class FrameResult:
     iterations: int
     seconds: float
     skipped_views: tuple[str, ...] = ()
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run a block with ``n`` torch intra-op threads (0: leave as is)."""
+    old = torch.get_num_threads()
+    if n > 0:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def _vertex_targets(
@@ -134,7 +149,7 @@ def refine_frame(
     betas = betas.detach().to(torch.float32)
     appearance = {}
     if subject is not None and subject.texture is not None and model.uvs is not None:
-        appearance = dict(texture=torch.from_numpy(np.ascontiguousarray(subject.texture)), uvs=model.uvs, uv_faces=model.uv_faces)
+        appearance = dict(texture=torch.from_numpy(np.array(subject.texture)), uvs=model.uvs, uv_faces=model.uv_faces)
     elif subject is not None and subject.vertex_colors is not None:
         appearance = dict(vertex_colors=torch.from_numpy(np.ascontiguousarray(subject.vertex_colors)))
     template = model.template_vertices()[0]
@@ -160,13 +175,17 @@ def refine_frame(
             break
         targets = Targets(uv_target[None], weight[None], points="vertices", distorted=False)
         prev = prev_pose_rotvecs[None].to(torch.float32) if prev_pose_rotvecs is not None else None
+        # re-assert torch's thread count here: numba's OpenMP layer (the renderer) resets
+        # the process-wide OpenMP setting that torch reads
         if cfg.fusion == "joint" or len(rig) == 1:
-            res = fit_body(model, pinhole, pose[None], betas[None], transl[None], targets, cfg.fit, prev)
+            with torch_threads(cfg.threads):
+                res = fit_body(model, pinhole, pose[None], betas[None], transl[None], targets, cfg.fit, prev)
             pose, transl = res.pose_rotvecs[0], res.transl[0]
             residual = res.residual_px[0]
         else:
-            res = fit_body(model, pinhole, pose[None], betas[None], transl[None], targets, cfg.fit, prev,
-                           independent_views=True)
+            with torch_threads(cfg.threads):
+                res = fit_body(model, pinhole, pose[None], betas[None], transl[None], targets, cfg.fit, prev,
+                               independent_views=True)
             jw = _joint_visibility_weights(model, weight)  # (V, 24)
             active = jw.sum(-1) > 0
             fused_pose, fused_t = fuse_bodies(
@@ -205,12 +224,14 @@ def keypoint_targets(rig: Rig, joints_world: Tensor, noise_px: float, dropout: f
 def keypoint_fit_frame(
     model: BodyModel, rig: Rig, targets: Targets, init_pose_rotvecs: Tensor, betas: Tensor, init_transl: Tensor,
     cfg: FitConfig = FitConfig(),
+    threads: int = 1,
 ) -> FrameResult:
     """The sparse-keypoint baseline: the same fitter on 2D joint targets (what keypoint
     pipelines such as EasyMocap do)."""
     t0 = time.perf_counter()
-    res = fit_body(model, rig.without_distortion(), init_pose_rotvecs[None].float(), betas[None].float(),
-                   init_transl[None].float(), targets, cfg)
+    with torch_threads(threads):
+        res = fit_body(model, rig.without_distortion(), init_pose_rotvecs[None].float(), betas[None].float(),
+                       init_transl[None].float(), targets, cfg)
     return FrameResult(res.pose_rotvecs[0].numpy(), betas.numpy(), res.transl[0].numpy(), res.residual_px[0].numpy(),
                        res.iterations, time.perf_counter() - t0)
 
@@ -270,7 +291,7 @@ def refine_session(
         prev_pose = None
         bar = tqdm(todo, desc=f"refine {run_name}", unit="frame", disable=not progress)
         for t in bar:
-            betas = torch.as_tensor(subject.betas if subject is not None else init.betas[t], dtype=torch.float32)
+            betas = torch.tensor(subject.betas if subject is not None else init.betas[t], dtype=torch.float32)
             if cfg.init == "previous" and t > 0 and (done[t - 1] or prev_pose is not None):
                 prev_res = session.read_results(run_name)
                 p0 = torch.as_tensor(prev_res.pose_rotvecs[t - 1])

@@ -19,8 +19,18 @@ from mvcap.nets.displacement import (
     uncrop_flow,
 )
 
-TINY = NetConfig(crop_size=32, stem_width=8, encoder_width=8, encoder_out=8, encoder_blocks=1, hg_width=8,
-                 hg_stacks=2, hg_depth=2, hg_blocks=1, head_blocks=1)
+TINY = NetConfig(
+    crop_size=32,
+    stem_width=8,
+    encoder_width=8,
+    encoder_out=8,
+    encoder_blocks=1,
+    hg_width=8,
+    hg_stacks=2,
+    hg_depth=2,
+    hg_blocks=1,
+    head_blocks=1,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -48,7 +58,10 @@ def test_paper_and_lite_configs_build():
     assert lite.hg_stacks == 2 and lite.crop_size in (96, 128)
     net = DisplacementNet(lite).eval()
     with torch.no_grad():
-        out = net(torch.randn(1, 3, lite.crop_size, lite.crop_size), torch.randn(1, 11, lite.crop_size, lite.crop_size))
+        out = net(
+            torch.randn(1, 3, lite.crop_size, lite.crop_size),
+            torch.randn(1, 11, lite.crop_size, lite.crop_size),
+        )
     assert out[-1].shape == (1, 2, lite.crop_size, lite.crop_size)
 
 
@@ -62,7 +75,12 @@ def test_bad_inputs_and_configs_are_explained():
         NetConfig(render_passes=("rgb", "albedo", "mask"))
     # the "w/o texture" ablation: fewer render channels
     cfg = dataclasses.replace(TINY, render_passes=("depth", "normal", "template", "mask"))
-    assert DisplacementNet(cfg)(torch.randn(1, 3, 32, 32), torch.randn(1, 8, 32, 32))[0].shape == (1, 2, 32, 32)
+    assert DisplacementNet(cfg)(torch.randn(1, 3, 32, 32), torch.randn(1, 8, 32, 32))[0].shape == (
+        1,
+        2,
+        32,
+        32,
+    )
 
 
 def test_loss_is_eq3_and_ignores_unmasked_pixels():
@@ -77,7 +95,9 @@ def test_loss_is_eq3_and_ignores_unmasked_pixels():
     pred2 = pred.clone()
     pred2[:, 0, :4] = 0.5  # |dx| = 0.5 on half the pixels -> mean 0.25
     assert float(displacement_loss([pred2], target, mask)) == pytest.approx(0.25)
-    assert float(displacement_loss([pred2, pred2, pred], target, mask)) == pytest.approx(0.5)  # summed over stacks
+    assert float(displacement_loss([pred2, pred2, pred], target, mask)) == pytest.approx(
+        0.5
+    )  # summed over stacks
     assert float(endpoint_error(pred2, target, mask, scale=S)) == pytest.approx(0.5 * S)
 
 
@@ -98,6 +118,19 @@ def test_training_steps_decrease_loss_on_a_fixed_batch():
         opt.step()
         losses.append(float(loss.detach()))
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    a, b = DisplacementNet(TINY), DisplacementNet(TINY)
+    b.load_state_dict(a.state_dict())
+    b.grad_checkpointing = True
+    x, r = torch.randn(2, 3, 32, 32), torch.randn(2, 11, 32, 32)
+    t, m = torch.randn(2, 2, 32, 32) * 0.01, torch.ones(2, 1, 32, 32)
+    displacement_loss(a(x, r), t, m).backward()
+    displacement_loss(b(x, r), t, m).backward()
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.allclose(pa.grad, pb.grad, atol=1e-6)
 
 
 # ------------------------------------------------------------------------- crop geometry
@@ -141,8 +174,14 @@ def test_crop_to_full_mapping_matches_uncrop():
 def small_data():
     from mvcap.nets.data import DataConfig
 
-    return DataConfig(image_size=(128, 128), num_subjects=2, num_cameras=2, texture_size=64, num_val=2,
-                      min_mask_px=50)
+    return DataConfig(
+        image_size=(128, 128),
+        num_subjects=2,
+        num_cameras=2,
+        texture_size=64,
+        num_val=2,
+        min_mask_px=50,
+    )
 
 
 def test_data_samples_shapes_and_determinism(small_data):
@@ -187,8 +226,19 @@ def test_step_batch_sampler_resumes():
 def test_checkpoint_resume_round_trip(tmp_path, small_data):
     from mvcap.nets.train import TrainConfig, train
 
-    cfg = TrainConfig(net=TINY, data=small_data, steps=50, batch_size=2, num_workers=0, threads=1,
-                      log_every=1, val_every=2, checkpoint_every=100, warmup_steps=2, vis_samples=2)
+    cfg = TrainConfig(
+        net=TINY,
+        data=small_data,
+        steps=50,
+        batch_size=2,
+        num_workers=0,
+        threads=1,
+        log_every=1,
+        val_every=2,
+        checkpoint_every=100,
+        warmup_steps=2,
+        vis_samples=2,
+    )
     r1 = train(cfg, tmp_path, progress=False, max_steps=2)
     assert r1.step == 2 and r1.checkpoint.exists() and r1.weights.exists()
     assert (tmp_path / "val_fields.png").exists() and (tmp_path / "log.csv").exists()
@@ -218,8 +268,12 @@ def test_checkpoint_resume_round_trip(tmp_path, small_data):
 
     # a fresh run from step 2 sees the same data as the resumed one: 2 + 1 == 3 steps
     with pytest.raises(ValueError, match="different \\[net\\] config"):
-        train(dataclasses.replace(cfg, net=dataclasses.replace(TINY, hg_width=16)), tmp_path, progress=False,
-              max_steps=1)
+        train(
+            dataclasses.replace(cfg, net=dataclasses.replace(TINY, hg_width=16)),
+            tmp_path,
+            progress=False,
+            max_steps=1,
+        )
 
 
 def test_train_config_files_load():
@@ -274,14 +328,32 @@ def _fake_request(H=80, W=100):
     mask = torch.zeros(V, H, W, dtype=torch.bool)
     mask[0, 10:70, 40:60] = True  # 60 tall -> window 72
     mask[1, 30:40, 5:95] = True  # 90 wide -> window 108 (beyond the image)
-    C = ("rgb_r", "rgb_g", "rgb_b", "depth", "normal_x", "normal_y", "normal_z", "template_x", "template_y",
-         "template_z", "mask")
+    C = (
+        "rgb_r",
+        "rgb_g",
+        "rgb_b",
+        "depth",
+        "normal_x",
+        "normal_y",
+        "normal_z",
+        "template_x",
+        "template_y",
+        "template_z",
+        "mask",
+    )
     img = torch.rand(V, H, W, len(C)) * mask[..., None]
     img[..., 3] = torch.where(mask, 3.0, 0.0)
     img[..., -1] = mask.float()
     frags = Fragments(torch.where(mask, 0, -1), torch.zeros(V, H, W, 3), img[..., 3], mask)
     photos = np.random.default_rng(0).integers(0, 255, (V, H, W, 3), dtype=np.uint8)
-    return PredictRequest(photos, RenderPasses(img, C), frags, None, torch.zeros(3, 3), torch.zeros(1, 3, dtype=torch.long))
+    return PredictRequest(
+        photos,
+        RenderPasses(img, C),
+        frags,
+        None,
+        torch.zeros(3, 3),
+        torch.zeros(1, 3, dtype=torch.long),
+    )
 
 
 def test_predictor_maps_crop_prediction_to_full_image_pixels():
@@ -313,13 +385,36 @@ def test_predictor_runs_a_real_network_on_a_rendered_body():
     with torch.no_grad():
         verts = model(torch.zeros(1, 24, 3)).vertices[0] + torch.tensor([0.0, 0.3, 0.0])
     R = np.diag([1.0, -1.0, -1.0])  # looking along -Z at the body's front
-    cam = Camera("c", np.array([[150.0, 0, 63.5], [0, 150.0, 63.5], [0, 0, 1]]), np.zeros(5), R,
-                 np.array([0.0, 0.3, 3.0]), (128, 128))
+    cam = Camera(
+        "c",
+        np.array([[150.0, 0, 63.5], [0, 150.0, 63.5], [0, 0, 1]]),
+        np.zeros(5),
+        R,
+        np.array([0.0, 0.3, 3.0]),
+        (128, 128),
+    )
     rig = Rig((cam,))
-    frags, passes = render(rig, verts, model.faces, template_vertices=model.template_vertices()[0],
-                           passes=("rgb", "depth", "normal", "template", "mask"))
+    frags, passes = render(
+        rig,
+        verts,
+        model.faces,
+        template_vertices=model.template_vertices()[0],
+        passes=("rgb", "depth", "normal", "template", "mask"),
+    )
     assert frags.mask.any()
     photos = np.full((1, 128, 128, 3), 128, np.uint8)
-    out = LearnedPredictor(DisplacementNet(TINY))(PredictRequest(photos, passes, frags, rig, verts, model.faces))
+    out = LearnedPredictor(DisplacementNet(TINY))(
+        PredictRequest(photos, passes, frags, rig, verts, model.faces)
+    )
     assert out.flow.shape == (1, 128, 128, 2) and torch.isfinite(out.flow).all()
     assert torch.all(out.flow[~frags.mask] == 0)
+
+
+def test_loader_with_a_worker_process_matches_direct_samples(small_data):
+    from mvcap.nets.data import DisplacementDataset, StepBatchSampler, make_loader
+
+    ds = DisplacementDataset(small_data, TINY, "train")
+    loader = make_loader(ds, StepBatchSampler(2, start_step=1, num_steps=1), num_workers=1)
+    (batch,) = list(loader)
+    assert batch["photo"].shape == (2, 3, 32, 32)
+    assert torch.equal(batch["target"][1], ds[3]["target"])  # step 1, batch 2 -> indices 2, 3

@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -40,12 +41,26 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .displacement import NetConfig, crop_passes, crop_resize, crop_window, encode_photo, encode_render
+from .displacement import (
+    CropWindow,
+    NetConfig,
+    crop_passes,
+    crop_resize,
+    crop_window,
+    encode_photo,
+    encode_render,
+)
 
-__all__ = ["DataConfig", "SampleGenerator", "DisplacementDataset", "StepBatchSampler", "make_loader", "collate"]
+__all__ = [
+    "DataConfig",
+    "SampleGenerator",
+    "DisplacementDataset",
+    "StepBatchSampler",
+    "make_loader",
+    "collate",
+]
 
 _SURFACE_PASSES = ("rgb", "depth", "normal", "template")
-_PASS_SLICES = {"rgb": slice(0, 3), "depth": slice(3, 4), "normal": slice(4, 7), "template": slice(7, 10)}
 
 
 @dataclass(frozen=True)
@@ -122,7 +137,9 @@ class DataConfig:
         if self.num_subjects < 2 or self.num_cameras < 1 or self.num_val < 1:
             raise ValueError("data.num_subjects must be >= 2, num_cameras and num_val >= 1")
         if self.seed == self.val_seed:
-            raise ValueError("data.seed and data.val_seed must differ (the validation split must be unseen)")
+            raise ValueError(
+                "data.seed and data.val_seed must differ (the validation split must be unseen)"
+            )
 
 
 def _u(rng: np.random.Generator, lohi) -> float:
@@ -172,9 +189,15 @@ class SampleGenerator:
             from mvcap import synth
 
             rng = np.random.default_rng([self.seed, 1, sid])
-            subj = synth.make_subject(rng, self.model, f"train{sid}",
-                                      synth.SubjectConfig(texture_size=self.cfg.texture_size))
-            self._subjects[sid] = SimpleNamespace(betas=np.asarray(subj.betas, np.float64), texture=np.array(subj.texture))
+            subj = synth.make_subject(
+                rng,
+                self.model,
+                f"train{sid}",
+                synth.SubjectConfig(texture_size=self.cfg.texture_size),
+            )
+            self._subjects[sid] = SimpleNamespace(
+                betas=np.asarray(subj.betas, np.float64), texture=np.array(subj.texture)
+            )
         return self._subjects[sid]
 
     def _scene_config(self):
@@ -182,10 +205,16 @@ class SampleGenerator:
 
         c = self.cfg
         return synth.SceneConfig(
-            noise_std=c.photo_noise_std, shot_noise=c.photo_shot_noise, blur_prob=c.photo_blur_prob,
-            blur_sigma_px=c.photo_blur_sigma_px, exposure=c.photo_exposure,
-            white_balance_std=c.photo_white_balance_std, vignetting=c.photo_vignetting,
-            ambient=c.photo_ambient, key_light=c.photo_key_light, fill_light=c.photo_fill_light,
+            noise_std=c.photo_noise_std,
+            shot_noise=c.photo_shot_noise,
+            blur_prob=c.photo_blur_prob,
+            blur_sigma_px=c.photo_blur_sigma_px,
+            exposure=c.photo_exposure,
+            white_balance_std=c.photo_white_balance_std,
+            vignetting=c.photo_vignetting,
+            ambient=c.photo_ambient,
+            key_light=c.photo_key_light,
+            fill_light=c.photo_fill_light,
         )
 
     def camera(self, cid: int):
@@ -195,9 +224,16 @@ class SampleGenerator:
 
             c = self.cfg
             rng = np.random.default_rng([self.seed, 2, cid])
-            rc = synth.RigConfig(num_cameras=1, radius_m=c.radius_m, height_m=c.height_m, hfov_deg=c.hfov_deg,
-                                 image_size=c.image_size, distortion_k1=(0.0, 0.0), distortion_k2=(0.0, 0.0),
-                                 tangential_p=(0.0, 0.0))
+            rc = synth.RigConfig(
+                num_cameras=1,
+                radius_m=c.radius_m,
+                height_m=c.height_m,
+                hfov_deg=c.hfov_deg,
+                image_size=c.image_size,
+                distortion_k1=(0.0, 0.0),
+                distortion_k2=(0.0, 0.0),
+                tangential_p=(0.0, 0.0),
+            )
             rig = synth.make_ring_rig(rc, rng)
             studio = synth.make_studio(rig, rng, self._scene_config())
             self._cameras[cid] = (rig, studio)
@@ -210,7 +246,10 @@ class SampleGenerator:
             out = self._attempt(rng)
             if out is not None:
                 return out
-        raise RuntimeError(f"could not make a sample with a visible person for index {index}; check the camera ranges")
+        raise RuntimeError(
+            f"could not make a sample with a visible person for index {index}; "
+            "check the camera ranges"
+        )
 
     def _texture_for_render(self, rng, sid: int) -> np.ndarray:
         c = self.cfg
@@ -223,10 +262,14 @@ class SampleGenerator:
         if rng.random() < c.tex_blur_prob:
             tex = cv2.GaussianBlur(tex, (0, 0), _u(rng, c.tex_blur_sigma) * tex.shape[0] / 256.0)
         if rng.random() < c.brightness_prob:
-            tex = tex * np.clip(1 + rng.normal(0, c.colour_gain_std, 3), 0.6, 1.4).astype(np.float32)
+            tex = tex * np.clip(1 + rng.normal(0, c.colour_gain_std, 3), 0.6, 1.4).astype(
+                np.float32
+            )
             tex = tex + np.float32(rng.normal(0, c.brightness_std))
         if rng.random() < c.tex_noise_prob:
-            tex = tex + rng.standard_normal(tex.shape).astype(np.float32) * np.float32(_u(rng, c.tex_noise_std))
+            tex = tex + rng.standard_normal(tex.shape).astype(np.float32) * np.float32(
+                _u(rng, c.tex_noise_std)
+            )
         return np.clip(tex / 255.0, 0, 1).astype(np.float32)
 
     def _render_light(self, rng):
@@ -237,8 +280,11 @@ class SampleGenerator:
         d = np.array([0.0, 0.0, -1.0]) + rng.normal(0, 0.6, 3)
         if d[2] > -0.2:
             d[2] = -0.2
-        return Light(ambient=float(rng.uniform(0.2, 0.6)), diffuse=float(rng.uniform(0.3, 0.8)),
-                     direction_cam=tuple(float(x) for x in d))
+        return Light(
+            ambient=float(rng.uniform(0.2, 0.6)),
+            diffuse=float(rng.uniform(0.3, 0.8)),
+            direction_cam=tuple(float(x) for x in d),
+        )
 
     def _attempt(self, rng) -> dict | None:
         from mvcap import poses as P
@@ -263,14 +309,23 @@ class SampleGenerator:
 
         # the second estimate
         if rng.random() < c.gt_pose_prob:
-            pcfg = P.PerturbConfig(joint_deg=(0.0, 0.0), global_deg=c.gt_pose_global_deg,
-                                   transl_std_m=c.gt_pose_transl_std_m, betas_std=_u(rng, c.gt_pose_betas_std))
+            pcfg = P.PerturbConfig(
+                joint_deg=(0.0, 0.0),
+                global_deg=c.gt_pose_global_deg,
+                transl_std_m=c.gt_pose_transl_std_m,
+                betas_std=_u(rng, c.gt_pose_betas_std),
+            )
         else:
             s = _u(rng, c.error_scale)
-            pcfg = P.PerturbConfig(joint_deg=(5.0 * s, 15.0 * s), global_deg=5.0 * s, transl_std_m=0.04 * s,
-                                   betas_std=_u(rng, c.betas_std))
-        est_pose, est_transl, est_betas = P.perturb_like_regressor(rng, pose, transl, betas, cfg=pcfg,
-                                                                   R_world2cam=cam.R_world2cam)
+            pcfg = P.PerturbConfig(
+                joint_deg=(5.0 * s, 15.0 * s),
+                global_deg=5.0 * s,
+                transl_std_m=0.04 * s,
+                betas_std=_u(rng, c.betas_std),
+            )
+        est_pose, est_transl, est_betas = P.perturb_like_regressor(
+            rng, pose, transl, betas, cfg=pcfg, R_world2cam=cam.R_world2cam
+        )
         with torch.no_grad():
             f32 = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731
             gt_v = model(f32(pose), f32(betas), f32(transl)).vertices[0]
@@ -279,9 +334,16 @@ class SampleGenerator:
         # the estimate's render (checked first: cheap, and decides whether to retry)
         tex = self._texture_for_render(rng, sid)
         frags, passes = render(
-            rig, est_v, model.faces, template_vertices=model.template_vertices()[0], texture=torch.from_numpy(tex),
-            uvs=model.uvs, uv_faces=model.uv_faces, light=self._render_light(rng),
-            passes=("rgb", "depth", "normal", "template", "mask"), backend="cpu",
+            rig,
+            est_v,
+            model.faces,
+            template_vertices=model.template_vertices()[0],
+            texture=torch.from_numpy(tex),
+            uvs=model.uvs,
+            uv_faces=model.uv_faces,
+            light=self._render_light(rng),
+            passes=("rgb", "depth", "normal", "template", "mask"),
+            backend="cpu",
         )
         mask = frags.mask[0].numpy()
         if int(mask.sum()) < c.min_mask_px:
@@ -291,29 +353,58 @@ class SampleGenerator:
         az, el = rng.uniform(-np.pi, np.pi), np.deg2rad(rng.uniform(25, 75))
         key_dir = np.array([math.cos(el) * math.cos(az), math.sin(el), math.cos(el) * math.sin(az)])
         az2, el2 = az + np.pi + rng.uniform(-0.8, 0.8), np.deg2rad(rng.uniform(15, 55))
-        fill_dir = np.array([math.cos(el2) * math.cos(az2), math.sin(el2), math.cos(el2) * math.sin(az2)])
-        lit = dataclasses.replace(studio, key_dir=key_dir, fill_dir=fill_dir, ambient=_u(rng, c.photo_ambient),
-                                  key=_u(rng, c.photo_key_light), fill=_u(rng, c.photo_fill_light))
+        fill_dir = np.array(
+            [math.cos(el2) * math.cos(az2), math.sin(el2), math.cos(el2) * math.sin(az2)]
+        )
+        lit = dataclasses.replace(
+            studio,
+            key_dir=key_dir,
+            fill_dir=fill_dir,
+            ambient=_u(rng, c.photo_ambient),
+            key=_u(rng, c.photo_key_light),
+            fill=_u(rng, c.photo_fill_light),
+        )
         looks = synth._sample_looks(rng, 1, self._scene_config())
         W, H = cam.image_size
-        photos, _, _ = synth.render_frame(model, rig, subj, gt_v.numpy().astype(np.float64), lit, 0, looks, rng,
-                                          maps=[_identity_maps(W, H)])
+        photos, _, _ = synth.render_frame(
+            model,
+            rig,
+            subj,
+            gt_v.numpy().astype(np.float64),
+            lit,
+            0,
+            looks,
+            rng,
+            maps=[_identity_maps(W, H)],
+        )
 
         # target field, eq. 1-2
         req = PredictRequest(photos, passes, frags, rig, est_v, model.faces)
         flow = OraclePredictor(gt_v)(req).flow[0].numpy()
         return self.make_crop(photos[0], passes.images[0].numpy(), passes.channels, mask, flow)
 
-    def make_crop(self, photo: np.ndarray, pass_images: np.ndarray, channels, mask: np.ndarray,
-                  flow: np.ndarray | None) -> dict:
+    def make_crop(
+        self,
+        photo: np.ndarray,
+        pass_images: np.ndarray,
+        channels,
+        mask: np.ndarray,
+        flow: np.ndarray | None,
+    ) -> dict:
         """Crop one view (full-image arrays) into network tensors (see the class docstring)."""
         return crop_sample(self.net, photo, pass_images, channels, mask, flow)
 
 
-def crop_sample(net: NetConfig, photo: np.ndarray, pass_images: np.ndarray, channels, mask: np.ndarray,
-                flow: np.ndarray | None = None) -> dict:
+def crop_sample(
+    net: NetConfig,
+    photo: np.ndarray,
+    pass_images: np.ndarray,
+    channels,
+    mask: np.ndarray,
+    flow: np.ndarray | None = None,
+) -> dict:
     """The network's view of one full image: photo (H, W, 3) uint8, render passes
-    (H, W, C) with ``channels`` (must hold rgb, depth, normal, template), mask (H, W) bool,
+    (H, W, C) with ``channels`` (must hold the passes the net takes), mask (H, W) bool,
     optional true flow (H, W, 2) in pixels. Returns the tensors of
     :class:`SampleGenerator` plus ``x0, y0`` (the window's corner)."""
     from mvcap.render import PASS_CHANNELS
@@ -322,12 +413,27 @@ def crop_sample(net: NetConfig, photo: np.ndarray, pass_images: np.ndarray, chan
     win = crop_window(mask, net.crop_scale)
     if win is None:
         raise ValueError("the render mask is empty: nothing to crop")
-    idx = [list(channels).index(ch) for p in _SURFACE_PASSES for ch in PASS_CHANNELS[p]]
-    surface = pass_images[..., idx]
-    vals, cov = crop_passes(surface, mask, win, S)
-    passes = {p: vals[..., sl] for p, sl in _PASS_SLICES.items()}
+    used = [p for p in _SURFACE_PASSES if p in net.render_passes]
+    missing = [ch for p in used for ch in PASS_CHANNELS[p] if ch not in channels]
+    if missing:
+        raise ValueError(
+            f"the render lacks channels {missing} that the network takes "
+            f"(passes {net.render_passes})"
+        )
+    # work on the part of the image inside the window only (same result, less copying)
+    H, W = mask.shape
+    xa, xb = max(win.x0, 0), min(win.x0 + win.size, W)
+    ya, yb = max(win.y0, 0), min(win.y0 + win.size, H)
+    local = CropWindow(win.x0 - xa, win.y0 - ya, win.size)
+    mask = mask[ya:yb, xa:xb]
+    idx = [list(channels).index(ch) for p in used for ch in PASS_CHANNELS[p]]
+    vals, cov = crop_passes(pass_images[ya:yb, xa:xb][..., idx], mask, local, S)
+    passes, o = {}, 0
+    for p in used:
+        passes[p] = vals[..., o : o + len(PASS_CHANNELS[p])]
+        o += len(PASS_CHANNELS[p])
     out = {
-        "photo": encode_photo(crop_resize(photo.astype(np.float32), win, S)),
+        "photo": encode_photo(crop_resize(photo[ya:yb, xa:xb].astype(np.float32), local, S)),
         "render": encode_render(passes, cov, net.render_passes),
         "mask": torch.from_numpy((cov > 0.5).astype(np.float32))[None],
         "window": torch.tensor(float(win.size)),
@@ -335,7 +441,7 @@ def crop_sample(net: NetConfig, photo: np.ndarray, pass_images: np.ndarray, chan
         "y0": torch.tensor(win.y0),
     }
     if flow is not None:
-        target, _ = crop_passes(flow / float(win.size), mask, win, S)
+        target, _ = crop_passes(flow[ya:yb, xa:xb] / float(win.size), mask, local, S)
         out["target"] = torch.from_numpy(target).permute(2, 0, 1).contiguous()
     return out
 
@@ -346,12 +452,16 @@ class DisplacementDataset(Dataset):
     split: "train" (seed ``data.seed``, ``length`` samples, default practically unbounded)
     or "val" (seed ``data.val_seed``, ``data.num_val`` samples)."""
 
-    def __init__(self, data: DataConfig, net: NetConfig, split: str = "train", length: int | None = None):
+    def __init__(
+        self, data: DataConfig, net: NetConfig, split: str = "train", length: int | None = None
+    ):
         if split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")
         self.split = split
         seed = data.seed if split == "train" else data.val_seed
-        self.length = int(length if length is not None else (data.num_val if split == "val" else 2**40))
+        self.length = int(
+            length if length is not None else (data.num_val if split == "val" else 2**40)
+        )
         self.gen = SampleGenerator(data, net, seed)
 
     def __len__(self) -> int:
@@ -389,6 +499,8 @@ def collate(items: list[dict]) -> dict:
 
 
 def _worker_init(_worker_id: int) -> None:
+    # data workers render on the CPU (numba): keep them off the GPU (no CUDA context each)
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
     torch.set_num_threads(1)
     try:
         import numba
@@ -406,7 +518,17 @@ def make_loader(dataset: Dataset, batch_sampler, num_workers: int = 1, pin_memor
 
     kw = {}
     if num_workers > 0:
-        kw = dict(multiprocessing_context="spawn", worker_init_fn=_worker_init, persistent_workers=True,
-                  prefetch_factor=4)
-    return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=num_workers, collate_fn=collate,
-                      pin_memory=pin_memory, **kw)
+        kw = dict(
+            multiprocessing_context="spawn",
+            worker_init_fn=_worker_init,
+            persistent_workers=True,
+            prefetch_factor=4,
+        )
+    return DataLoader(
+        dataset,
+        batch_sampler=batch_sampler,
+        num_workers=num_workers,
+        collate_fn=collate,
+        pin_memory=pin_memory,
+        **kw,
+    )

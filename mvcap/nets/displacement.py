@@ -99,19 +99,38 @@ class NetConfig:
 
     def __post_init__(self):
         unknown = [p for p in self.render_passes if p not in RENDER_PASS_CHANNELS]
-        if unknown or not self.render_passes or len(set(self.render_passes)) != len(self.render_passes):
+        if (
+            unknown
+            or not self.render_passes
+            or len(set(self.render_passes)) != len(self.render_passes)
+        ):
             raise ValueError(
-                f"net.render_passes must be distinct names from {list(RENDER_PASS_CHANNELS)}, got {self.render_passes}"
+                "net.render_passes must be distinct names from "
+                f"{list(RENDER_PASS_CHANNELS)}, got {self.render_passes}"
             )
         if "mask" not in self.render_passes:
-            raise ValueError("net.render_passes must include 'mask' (the network needs to know the silhouette)")
-        for name in ("crop_size", "stem_width", "stem_kernel", "encoder_width", "encoder_out", "encoder_blocks",
-                     "hg_width", "hg_stacks", "hg_depth", "hg_blocks", "head_blocks"):
+            raise ValueError(
+                "net.render_passes must include 'mask' (the network needs to know the silhouette)"
+            )
+        for name in (
+            "crop_size",
+            "stem_width",
+            "stem_kernel",
+            "encoder_width",
+            "encoder_out",
+            "encoder_blocks",
+            "hg_width",
+            "hg_stacks",
+            "hg_depth",
+            "hg_blocks",
+            "head_blocks",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"net.{name} must be >= 1, got {getattr(self, name)}")
         if self.crop_size % (2**self.hg_depth):
             raise ValueError(
-                f"net.crop_size={self.crop_size} must be divisible by 2**hg_depth={2**self.hg_depth}"
+                f"net.crop_size={self.crop_size} must be divisible by "
+                f"2**hg_depth={2**self.hg_depth}"
             )
         if self.stem_kernel % 2 == 0:
             raise ValueError(f"net.stem_kernel must be odd, got {self.stem_kernel}")
@@ -145,7 +164,9 @@ class Bottleneck(nn.Module):
             nn.Conv2d(mid, cout, 1, bias=False), _norm(norm, cout),
         )  # fmt: skip
         self.skip = (
-            nn.Identity() if cin == cout else nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), _norm(norm, cout))
+            nn.Identity()
+            if cin == cout
+            else nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), _norm(norm, cout))
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -184,7 +205,9 @@ class Hourglass(nn.Module):
         super().__init__()
         self.up = _residual(ch, blocks, norm)
         self.low1 = _residual(ch, blocks, norm)
-        self.low2 = Hourglass(depth - 1, ch, blocks, norm) if depth > 1 else _residual(ch, blocks, norm)
+        self.low2 = (
+            Hourglass(depth - 1, ch, blocks, norm) if depth > 1 else _residual(ch, blocks, norm)
+        )
         self.low3 = _residual(ch, blocks, norm)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -208,13 +231,19 @@ class DisplacementNet(nn.Module):
         self.render_encoder = Encoder(cfg.render_in_channels, cfg)
         w = cfg.hg_width
         self.fuse = nn.Sequential(
-            nn.Conv2d(2 * cfg.encoder_out, w, 1, bias=False), _norm(cfg.norm, w), nn.ReLU(inplace=True)
+            nn.Conv2d(2 * cfg.encoder_out, w, 1, bias=False),
+            _norm(cfg.norm, w),
+            nn.ReLU(inplace=True),
         )
-        self.hourglasses = nn.ModuleList(Hourglass(cfg.hg_depth, w, cfg.hg_blocks, cfg.norm) for _ in range(cfg.hg_stacks))
+        self.hourglasses = nn.ModuleList(
+            Hourglass(cfg.hg_depth, w, cfg.hg_blocks, cfg.norm) for _ in range(cfg.hg_stacks)
+        )
         self.heads = nn.ModuleList(
             nn.Sequential(
                 _residual(w, cfg.head_blocks, cfg.norm),
-                nn.Conv2d(w, w, 1, bias=False), _norm(cfg.norm, w), nn.ReLU(inplace=True),
+                nn.Conv2d(w, w, 1, bias=False),
+                _norm(cfg.norm, w),
+                nn.ReLU(inplace=True),
             )  # fmt: skip
             for _ in range(cfg.hg_stacks)
         )
@@ -224,6 +253,20 @@ class DisplacementNet(nn.Module):
         for out in self.outputs:  # start from "no displacement"
             nn.init.normal_(out.weight, std=1e-3)
             nn.init.zeros_(out.bias)
+        # recompute encoders and hourglass stacks in the backward pass instead of storing
+        # their activations (~6 GB per 256x256 sample in float32 for the paper net); not
+        # part of the config: it changes memory and time, not the function
+        self.grad_checkpointing = False
+
+    def _run(self, fn, *args):
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            from torch.utils.checkpoint import checkpoint
+
+            return checkpoint(fn, *args, use_reentrant=False)
+        return fn(*args)
+
+    def _stack(self, i: int, x: Tensor) -> Tensor:
+        return self.heads[i](self.hourglasses[i](x))
 
     def forward(self, photo: Tensor, render: Tensor) -> list[Tensor]:
         S = self.cfg.crop_size
@@ -231,16 +274,23 @@ class DisplacementNet(nn.Module):
         if photo.ndim != 4 or photo.shape[1] != 3 or render.ndim != 4 or render.shape[1] != cr:
             raise ValueError(
                 f"DisplacementNet expects photo (B, 3, S, S) and render (B, {cr}, S, S) "
-                f"(passes {self.cfg.render_passes}); got {tuple(photo.shape)} and {tuple(render.shape)}"
+                f"(passes {self.cfg.render_passes}); "
+                f"got {tuple(photo.shape)} and {tuple(render.shape)}"
             )
         if photo.shape[0] != render.shape[0] or photo.shape[-2:] != render.shape[-2:]:
-            raise ValueError(f"photo {tuple(photo.shape)} and render {tuple(render.shape)} must match in B, H, W")
+            raise ValueError(
+                f"photo {tuple(photo.shape)} and render {tuple(render.shape)} must match in B, H, W"
+            )
         if photo.shape[-2] % (2**self.cfg.hg_depth) or photo.shape[-1] % (2**self.cfg.hg_depth):
-            raise ValueError(f"input size {tuple(photo.shape[-2:])} must be divisible by {2**self.cfg.hg_depth} (net built for S={S})")
-        x = self.fuse(torch.cat([self.photo_encoder(photo), self.render_encoder(render)], dim=1))
+            raise ValueError(
+                f"input size {tuple(photo.shape[-2:])} must be divisible by "
+                f"{2**self.cfg.hg_depth} (net built for S={S})"
+            )
+        feats = [self._run(self.photo_encoder, photo), self._run(self.render_encoder, render)]
+        x = self.fuse(torch.cat(feats, dim=1))
         preds = []
         for i in range(self.cfg.hg_stacks):
-            y = self.heads[i](self.hourglasses[i](x))
+            y = self._run(self._stack, i, x)
             pred = self.outputs[i](y)
             preds.append(pred)
             if i + 1 < self.cfg.hg_stacks:
@@ -255,10 +305,15 @@ def _check_target(preds, target: Tensor, mask: Tensor):
     if target.ndim != 4 or target.shape[1] != 2:
         raise ValueError(f"target must be (B, 2, S, S), got {tuple(target.shape)}")
     if mask.shape != (target.shape[0], 1, *target.shape[-2:]):
-        raise ValueError(f"mask must be (B, 1, S, S) = {(target.shape[0], 1, *target.shape[-2:])}, got {tuple(mask.shape)}")
+        raise ValueError(
+            f"mask must be (B, 1, S, S) = {(target.shape[0], 1, *target.shape[-2:])}, "
+            f"got {tuple(mask.shape)}"
+        )
     for p in preds:
         if p.shape != target.shape:
-            raise ValueError(f"prediction {tuple(p.shape)} does not match target {tuple(target.shape)}")
+            raise ValueError(
+                f"prediction {tuple(p.shape)} does not match target {tuple(target.shape)}"
+            )
 
 
 def displacement_loss(preds: list[Tensor] | Tensor, target: Tensor, mask: Tensor) -> Tensor:
@@ -274,13 +329,17 @@ def displacement_loss(preds: list[Tensor] | Tensor, target: Tensor, mask: Tensor
     m = mask.to(target.dtype) > 0
     total = target.new_zeros(())
     for p in preds:
-        err = torch.where(m, (p.float() - target).abs(), torch.zeros((), dtype=target.dtype, device=target.device))
+        err = torch.where(
+            m, (p.float() - target).abs(), torch.zeros((), dtype=target.dtype, device=target.device)
+        )
         total = total + err.sum(dim=1, keepdim=True).mean()
     return total
 
 
 @torch.no_grad()
-def endpoint_error(pred: Tensor, target: Tensor, mask: Tensor, scale: float | Tensor = 1.0) -> Tensor:
+def endpoint_error(
+    pred: Tensor, target: Tensor, mask: Tensor, scale: float | Tensor = 1.0
+) -> Tensor:
     """Mean end-point error over masked pixels: mean_m ||pred - target||_2 * scale
     (scale converts the network's units to pixels, e.g. S for crop pixels). Scalar."""
     _check_target([pred], target, mask)
@@ -350,12 +409,17 @@ def crop_resize(image: np.ndarray, win: CropWindow, S: int) -> np.ndarray:
         res = cv2.resize(out, (S, S), interpolation=interp)
         return res.reshape((S, S) + out.shape[2:])
     return np.concatenate(
-        [cv2.resize(out[..., c : c + 4], (S, S), interpolation=interp).reshape(S, S, -1) for c in range(0, C, 4)],
+        [
+            cv2.resize(out[..., c : c + 4], (S, S), interpolation=interp).reshape(S, S, -1)
+            for c in range(0, C, 4)
+        ],
         axis=-1,
     )
 
 
-def crop_passes(surface: np.ndarray, mask: np.ndarray, win: CropWindow, S: int) -> tuple[np.ndarray, np.ndarray]:
+def crop_passes(
+    surface: np.ndarray, mask: np.ndarray, win: CropWindow, S: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Resample surface attributes defined on the silhouette without blending in the
     background: ``crop(surface * m) / crop(m)``.
 
@@ -376,7 +440,9 @@ def encode_photo(photo_crop: np.ndarray) -> Tensor:
     return (x / 127.5 - 1.0).permute(2, 0, 1).contiguous()
 
 
-def encode_render(passes: dict[str, np.ndarray], coverage: np.ndarray, render_passes: tuple[str, ...]) -> Tensor:
+def encode_render(
+    passes: dict[str, np.ndarray], coverage: np.ndarray, render_passes: tuple[str, ...]
+) -> Tensor:
     """Render passes of a crop -> the render branch's input (C_r, S, S) float32.
 
     passes: name -> (S, S, c) crop values (from :func:`crop_passes`: rgb in [0, 1], depth in
@@ -394,7 +460,11 @@ def encode_render(passes: dict[str, np.ndarray], coverage: np.ndarray, render_pa
         if name == "rgb":
             v = np.where(coverage[..., None] > 0, v * 2.0 - 1.0, 0.0)
         elif name == "depth":
-            ref = float(v[inside, 0].mean()) if inside.any() else (float(v[coverage > 0, 0].mean()) if (coverage > 0).any() else 0.0)
+            ref = (
+                float(v[inside, 0].mean())
+                if inside.any()
+                else (float(v[coverage > 0, 0].mean()) if (coverage > 0).any() else 0.0)
+            )
             v = np.where(coverage[..., None] > 0, v - ref, 0.0)
         chans.append(v.astype(np.float32))
     x = np.concatenate(chans, axis=-1)
@@ -420,6 +490,12 @@ def uncrop_flow(pred: np.ndarray, win: CropWindow, image_size: tuple[int, int]) 
     us = (np.arange(xa, xb, dtype=np.float32) - win.x0 + 0.5) * (S / L) - 0.5
     vs = (np.arange(ya, yb, dtype=np.float32) - win.y0 + 0.5) * (S / L) - 0.5
     mx, my = np.meshgrid(us, vs)
-    field = cv2.remap(np.ascontiguousarray(pred, np.float32), mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    field = cv2.remap(
+        np.ascontiguousarray(pred, np.float32),
+        mx,
+        my,
+        cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_REPLICATE,
+    )
     out[ya:yb, xa:xb] = field * L
     return out

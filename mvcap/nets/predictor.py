@@ -16,6 +16,7 @@ from the stored config, so a file always loads with the shape it was trained wit
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,8 @@ from .displacement import CropWindow, DisplacementNet, NetConfig, uncrop_flow
 __all__ = ["LearnedPredictor", "default_weights_path", "WeightsError", "TRAIN_HINT"]
 
 TRAIN_HINT = (
-    "train them with `mvcap train-displacement configs/nets/train_lite.toml --out runs/lite` and copy "
+    "train them with `mvcap train-displacement configs/nets/train_lite.toml --out runs/lite` "
+    "and copy "
     "runs/lite/weights.pt to models/displacement/lite.pt (or pass the file's path)"
 )
 
@@ -46,24 +48,48 @@ def _net_config_from(d: dict, path) -> NetConfig:
     try:
         return NetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
     except (TypeError, ValueError) as exc:
-        raise WeightsError(f"{path}: the stored network config is not valid for this mvcap version ({exc})") from exc
+        raise WeightsError(
+            f"{path}: the stored network config is not valid for this mvcap version ({exc})"
+        ) from exc
+
+
+def _default_cpu_threads() -> int | None:
+    """Torch threads for the CPU forward pass. After numba's OpenMP-parallel rasterizer
+    has run in the process, torch's OpenMP threads compete with numba's still-spinning
+    ones: with 2 threads on 2 busy cores the lite forward took 3.3 s instead of 0.12 s.
+    One thread avoids that; with ``OMP_WAIT_POLICY=PASSIVE`` set before start-up (which
+    also cures it) torch's own setting is kept."""
+    return None if os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE" else 1
 
 
 class LearnedPredictor:
     """Displacements from the trained network. ``net`` in eval mode; ``device`` where it
-    runs; ``batch_size`` views per forward pass."""
+    runs; ``batch_size`` views per forward pass; ``cpu_threads``: torch threads during a
+    CPU forward pass ("auto": see :func:`_default_cpu_threads`; None: leave torch's)."""
 
     name = "learned"
 
-    def __init__(self, net: DisplacementNet, device: str | torch.device = "cpu", batch_size: int = 8):
+    def __init__(
+        self,
+        net: DisplacementNet,
+        device: str | torch.device = "cpu",
+        batch_size: int = 8,
+        cpu_threads: int | None | str = "auto",
+    ):
         self.device = torch.device(device)
-        self.net = net.to(self.device).eval()
+        self.net = net.to(self.device, memory_format=torch.channels_last).eval()
         self.cfg: NetConfig = net.cfg
         self.batch_size = int(batch_size)
+        self.cpu_threads = _default_cpu_threads() if cpu_threads == "auto" else cpu_threads
 
     @classmethod
-    def load(cls, path: str | Path | None = None, device: str = "auto", expected: NetConfig | None = None,
-             batch_size: int = 8) -> "LearnedPredictor":
+    def load(
+        cls,
+        path: str | Path | None = None,
+        device: str = "auto",
+        expected: NetConfig | None = None,
+        batch_size: int = 8,
+    ) -> LearnedPredictor:
         """Load a weights file (default :func:`default_weights_path`) or a training
         checkpoint. ``expected``: raise if the file's network config differs from it.
         device: "auto" (CUDA when available), "cpu" or "cuda"."""
@@ -73,18 +99,27 @@ class LearnedPredictor:
         try:
             blob = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same clear message
-            raise WeightsError(f"{path} is not a readable torch file ({exc}); {TRAIN_HINT}") from exc
+            raise WeightsError(
+                f"{path} is not a readable torch file ({exc}); {TRAIN_HINT}"
+            ) from exc
         if not isinstance(blob, dict) or "net_config" not in blob:
-            raise WeightsError(f"{path} is not a mvcap displacement-network weights file (no net config inside); {TRAIN_HINT}")
+            raise WeightsError(
+                f"{path} is not a mvcap displacement-network weights file (no net config "
+                f"inside); {TRAIN_HINT}"
+            )
         state = blob.get("state_dict", blob.get("model"))
         if state is None:
             raise WeightsError(f"{path} holds no network weights; {TRAIN_HINT}")
         cfg = _net_config_from(blob["net_config"], path)
         if expected is not None and cfg != expected:
-            diff = {f.name: (getattr(cfg, f.name), getattr(expected, f.name)) for f in dataclasses.fields(cfg)
-                    if getattr(cfg, f.name) != getattr(expected, f.name)}
+            diff = {
+                f.name: (getattr(cfg, f.name), getattr(expected, f.name))
+                for f in dataclasses.fields(cfg)
+                if getattr(cfg, f.name) != getattr(expected, f.name)
+            }
             raise WeightsError(
-                f"{path} was trained for another network config; differing settings (file, expected): {diff}. "
+                f"{path} was trained for another network config; differing settings "
+                f"(file, expected): {diff}. "
                 "Use weights trained with this config or drop the expectation."
             )
         net = DisplacementNet(cfg)
@@ -92,7 +127,8 @@ class LearnedPredictor:
             net.load_state_dict(state)
         except RuntimeError as exc:
             raise WeightsError(
-                f"{path}: the weights do not fit the network config stored with them ({str(exc).splitlines()[0]}); "
+                f"{path}: the weights do not fit the network config stored with them "
+                f"({str(exc).splitlines()[0]}); "
                 f"the file is damaged or was written by another version; {TRAIN_HINT}"
             ) from exc
         if device == "auto":
@@ -103,11 +139,24 @@ class LearnedPredictor:
     def _predict_crops(self, photos: torch.Tensor, renders: torch.Tensor) -> np.ndarray:
         """(B, 3, S, S), (B, C, S, S) -> (B, S, S, 2) last-stack prediction (crop px / S)."""
         outs = []
-        with torch.no_grad():
-            for a in range(0, photos.shape[0], self.batch_size):
-                p = photos[a : a + self.batch_size].to(self.device)
-                r = renders[a : a + self.batch_size].to(self.device)
-                outs.append(self.net(p, r)[-1].float().cpu())
+        threads = torch.get_num_threads()
+        limit = self.device.type == "cpu" and self.cpu_threads is not None
+        if limit:
+            torch.set_num_threads(int(self.cpu_threads))
+        try:
+            with torch.no_grad():
+                for a in range(0, photos.shape[0], self.batch_size):
+                    cl = torch.channels_last
+                    p = photos[a : a + self.batch_size].to(self.device).contiguous(memory_format=cl)
+                    r = (
+                        renders[a : a + self.batch_size]
+                        .to(self.device)
+                        .contiguous(memory_format=cl)
+                    )
+                    outs.append(self.net(p, r)[-1].float().cpu())
+        finally:
+            if limit:
+                torch.set_num_threads(threads)
         return torch.cat(outs).permute(0, 2, 3, 1).numpy()
 
     def __call__(self, request: PredictRequest) -> Displacement:
@@ -117,7 +166,8 @@ class LearnedPredictor:
         mask = request.fragments.mask.detach().cpu().numpy().astype(bool)
         if photos.ndim != 4 or photos.shape[-1] != 3 or photos.shape[:3] != mask.shape:
             raise ValueError(
-                f"photos must be (V, H, W, 3) matching the render {mask.shape}, got {photos.shape}; "
+                f"photos must be (V, H, W, 3) matching the render {mask.shape}, "
+                f"got {photos.shape}; "
                 "undistort them into the render's pinhole image with mvcap.render.undistort_images"
             )
         images = request.passes.images.detach().cpu().numpy()
@@ -131,15 +181,17 @@ class LearnedPredictor:
                 c = crop_sample(self.cfg, photos[v], images[v], channels, mask[v])
             except ValueError as exc:
                 raise ValueError(
-                    f"{exc}; the learned predictor needs the passes rgb, depth, normal, template and mask "
-                    f"(rendered: {channels})"
+                    f"{exc}; render them (mvcap.render.render(..., passes=...)) "
+                    "for the learned predictor"
                 ) from exc
             crops.append(c)
             wins.append(CropWindow(int(c["x0"]), int(c["y0"]), int(round(float(c["window"])))))
             views.append(v)
         flow = np.zeros((V, H, W, 2), np.float32)
         if crops:
-            pred = self._predict_crops(torch.stack([c["photo"] for c in crops]), torch.stack([c["render"] for c in crops]))
+            pred = self._predict_crops(
+                torch.stack([c["photo"] for c in crops]), torch.stack([c["render"] for c in crops])
+            )
             for k, v in enumerate(views):
                 flow[v] = uncrop_flow(pred[k], wins[k], (W, H))
         flow *= mask[..., None]

@@ -36,8 +36,16 @@ import torch
 from .data import DataConfig, DisplacementDataset, StepBatchSampler, collate, make_loader
 from .displacement import DisplacementNet, NetConfig, displacement_loss, endpoint_error
 
-__all__ = ["TrainConfig", "TrainResult", "train", "load_train_config", "flow_to_rgb", "WEIGHTS_FORMAT",
-           "save_weights", "export_weights"]
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "train",
+    "load_train_config",
+    "flow_to_rgb",
+    "WEIGHTS_FORMAT",
+    "save_weights",
+    "export_weights",
+]
 
 WEIGHTS_FORMAT = "mvcap-displacement-net"
 WEIGHTS_VERSION = 1
@@ -53,7 +61,9 @@ class TrainConfig:
       to ``lr * lr_min_ratio`` at ``steps``; weight_decay (Adam's L2); grad_clip (norm, 0 = off).
     num_workers: data worker processes (0 = generate in the training process);
     threads: torch threads of the training process (0 = cores left over by the workers).
-    device: "auto" (CUDA when available), "cpu" or "cuda"; amp: bfloat16 autocast on CUDA.
+    device: "auto" (CUDA when available), "cpu" or "cuda"; amp: bfloat16 autocast on CUDA;
+      grad_checkpoint: recompute activations in the backward pass (less memory, ~30 % slower;
+      batch-norm running statistics are then updated twice per step).
     log_every / val_every / checkpoint_every: in steps; checkpoint_minutes: also checkpoint
       when this much wall time passed since the last one; vis_samples: validation samples
       drawn in val_fields.png.
@@ -72,6 +82,7 @@ class TrainConfig:
     threads: int = 0
     device: str = "auto"
     amp: bool = True
+    grad_checkpoint: bool = False
     log_every: int = 20
     val_every: int = 1000
     checkpoint_every: int = 1000
@@ -135,7 +146,10 @@ def load_train_config(path=None, overrides=None) -> TrainConfig:
             candidates = [path.parent / net_file, CONFIG_DIR / "nets" / net_file, Path(net_file)]
             found = next((c for c in candidates if c.exists()), None)
             if found is None:
-                raise ConfigError(f"{path}: net_file {net_file!r} not found (looked in {[str(c) for c in candidates]})")
+                raise ConfigError(
+                    f"{path}: net_file {net_file!r} not found "
+                    f"(looked in {[str(c) for c in candidates]})"
+                )
             data["net"] = _merge(tomllib.loads(found.read_text()), data.get("net", {}))
     if overrides:
         if isinstance(overrides, (list, tuple)):
@@ -189,7 +203,9 @@ def _tuples(d: dict) -> dict:
 # ==========================================================================================
 # visualisation
 # ==========================================================================================
-def flow_to_rgb(flow: np.ndarray, mask: np.ndarray | None = None, max_mag: float | None = None) -> np.ndarray:
+def flow_to_rgb(
+    flow: np.ndarray, mask: np.ndarray | None = None, max_mag: float | None = None
+) -> np.ndarray:
     """(H, W, 2) field -> (H, W, 3) uint8 on the HSV colour wheel: hue = direction,
     value = length / max_mag (default: the largest length), black off the mask."""
     flow = np.asarray(flow, np.float32)
@@ -212,7 +228,9 @@ def _vis_png(batch: dict, pred: torch.Tensor, path: Path, S: int, render_passes)
     rows = []
     for i in range(pred.shape[0]):
         m = batch["mask"][i, 0].numpy() > 0
-        photo = ((batch["photo"][i].permute(1, 2, 0).numpy() + 1) * 127.5).clip(0, 255).astype(np.uint8)
+        photo = (
+            ((batch["photo"][i].permute(1, 2, 0).numpy() + 1) * 127.5).clip(0, 255).astype(np.uint8)
+        )
         if "rgb" in render_passes:
             o = render_passes.index("rgb")
             r = batch["render"][i, o : o + 3].permute(1, 2, 0).numpy()
@@ -223,17 +241,42 @@ def _vis_png(batch: dict, pred: torch.Tensor, path: Path, S: int, render_passes)
         p = pred[i].permute(1, 2, 0).numpy() * S
         mx = float(np.linalg.norm(true, axis=-1)[m].max()) if m.any() else 1.0
         err = np.linalg.norm(p - true, axis=-1)
-        err_img = cv2.applyColorMap(np.clip(err / max(mx, 1e-6) * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_INFERNO)
+        err_img = cv2.applyColorMap(
+            np.clip(err / max(mx, 1e-6) * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_INFERNO
+        )
         err_img = err_img[..., ::-1] * m[..., None]
         tiles = [photo, rend, flow_to_rgb(true, m, mx), flow_to_rgb(p, m, mx), err_img]
-        row = np.concatenate([cv2.resize(np.ascontiguousarray(t), (S, S), interpolation=cv2.INTER_NEAREST) for t in tiles], 1)
+        row = np.concatenate(
+            [
+                cv2.resize(np.ascontiguousarray(t), (S, S), interpolation=cv2.INTER_NEAREST)
+                for t in tiles
+            ],
+            1,
+        )
         epe = float(err[m].mean()) if m.any() else float("nan")
-        cv2.putText(row, f"max {mx:.1f}px epe {epe:.2f}px", (3 * S + 2, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.35,
-                    (255, 255, 255), 1, cv2.LINE_AA)
+        cv2.putText(
+            row,
+            f"max {mx:.1f}px epe {epe:.2f}px",
+            (3 * S + 2, 12),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.35,
+            (255, 255, 255),
+            1,
+            cv2.LINE_AA,
+        )
         rows.append(row)
     header = np.zeros((14, rows[0].shape[1], 3), np.uint8)
     for k, name in enumerate(["photo", "render", "true", "predicted", "error"]):
-        cv2.putText(header, name, (k * S + 2, 11), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (255, 255, 255), 1, cv2.LINE_AA)
+        cv2.putText(
+            header,
+            name,
+            (k * S + 2, 11),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.35,
+            (255, 255, 255),
+            1,
+            cv2.LINE_AA,
+        )
     img = np.concatenate([header] + rows, 0)
     tmp = path.with_name(f".{path.stem}.tmp.png")
     cv2.imwrite(str(tmp), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
@@ -261,7 +304,8 @@ def _device(cfg: TrainConfig) -> torch.device:
 def _to(batch: dict, device) -> dict:
     """Batch to the device; images channels-last (faster convolutions on CPU and GPU)."""
     return {
-        k: v.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last) if v.ndim == 4
+        k: v.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        if v.ndim == 4
         else v.to(device, non_blocking=True)
         for k, v in batch.items()
     }
@@ -284,10 +328,13 @@ def _validation_set(cfg: TrainConfig, out_dir: Path) -> dict:
         except Exception:  # noqa: BLE001 - a broken cache is regenerated
             pass
     ds = DisplacementDataset(cfg.data, cfg.net, "val")
-    if cfg.num_workers > 0:
-        loader = make_loader(ds, StepBatchSampler(cfg.data.num_val, 0, 1), min(cfg.num_workers, 2))
-        batch = next(iter(loader))
+    if cfg.num_workers > 0:  # chunks of 8 so that all workers share the work
+        n = cfg.data.num_val
+        chunks = [list(range(a, min(a + 8, n))) for a in range(0, n, 8)]
+        loader = make_loader(ds, chunks, cfg.num_workers)
+        parts = list(loader)
         del loader
+        batch = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
     else:
         batch = collate([ds[i] for i in range(len(ds))])
     _atomic_save({"key": key, "batch": batch}, path)
@@ -295,7 +342,9 @@ def _validation_set(cfg: TrainConfig, out_dir: Path) -> dict:
 
 
 @torch.no_grad()
-def evaluate(net: DisplacementNet, batch: dict, device, batch_size: int = 16, amp: bool = False) -> dict:
+def evaluate(
+    net: DisplacementNet, batch: dict, device, batch_size: int = 16, amp: bool = False
+) -> dict:
     """Loss and EPE of the last stack over a batch dict (crop px, full-image px, and the
     zero-prediction baseline in crop px), plus the predictions (CPU)."""
     was = net.training
@@ -321,12 +370,27 @@ def evaluate(net: DisplacementNet, batch: dict, device, batch_size: int = 16, am
     }
 
 
-CSV_FIELDS = ["step", "wall_s", "lr", "loss", "train_epe_px", "steps_per_s", "val_loss", "val_epe_px",
-              "val_epe_full_px", "val_zero_epe_px"]
+CSV_FIELDS = [
+    "step",
+    "wall_s",
+    "lr",
+    "loss",
+    "train_epe_px",
+    "steps_per_s",
+    "val_loss",
+    "val_epe_px",
+    "val_epe_full_px",
+    "val_zero_epe_px",
+]
 
 
-def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True, progress: bool = True,
-          max_steps: int | None = None) -> TrainResult:
+def train(
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    resume: bool = True,
+    progress: bool = True,
+    max_steps: int | None = None,
+) -> TrainResult:
     """Train (or continue training) the displacement network; see the module docstring.
 
     max_steps: stop after this many steps of *this call* (the schedule still runs to
@@ -342,9 +406,14 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True, progress: 
         torch.set_num_threads(threads)
     torch.manual_seed(cfg.data.seed)
     net = DisplacementNet(cfg.net).to(device, memory_format=torch.channels_last)
+    net.grad_checkpointing = cfg.grad_checkpoint
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(cfg, s))
-    ck_path, w_path, log_path = out_dir / "checkpoint.pt", out_dir / "weights.pt", out_dir / "log.csv"
+    ck_path, w_path, log_path = (
+        out_dir / "checkpoint.pt",
+        out_dir / "weights.pt",
+        out_dir / "log.csv",
+    )
     step, val_epe = 0, float("nan")
     if resume and ck_path.exists():
         ck = torch.load(ck_path, map_location="cpu", weights_only=False)
@@ -372,11 +441,15 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True, progress: 
             "val_epe_px": val_epe,
         }
         _atomic_save(state, ck_path)
-        save_weights(net, w_path, {"step": step, "val_epe_px": val_epe, "train_config": state["train_config"]})
+        save_weights(
+            net,
+            w_path,
+            {"step": step, "val_epe_px": val_epe, "train_config": state["train_config"]},
+        )
 
     new_log = not log_path.exists() or not resume
     log_f = open(log_path, "w" if new_log else "a", newline="")
-    writer = csv.DictWriter(log_f, fieldnames=CSV_FIELDS)
+    writer = csv.DictWriter(log_f, fieldnames=CSV_FIELDS, lineterminator="\n")
     if new_log:
         writer.writeheader()
 
@@ -398,8 +471,12 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True, progress: 
     try:
         if step < end:
             ds = DisplacementDataset(cfg.data, cfg.net, "train")
-            loader = make_loader(ds, StepBatchSampler(cfg.batch_size, step, end - step), cfg.num_workers,
-                                 pin_memory=device.type == "cuda")
+            loader = make_loader(
+                ds,
+                StepBatchSampler(cfg.batch_size, step, end - step),
+                cfg.num_workers,
+                pin_memory=device.type == "cuda",
+            )
             net.train()
             for batch in loader:
                 b = _to(batch, device)
@@ -413,31 +490,52 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True, progress: 
                 opt.step()
                 sched.step()
                 step += 1
-                epe = float(endpoint_error(preds[-1].detach(), b["target"], b["mask"], cfg.net.crop_size))
+                epe = float(
+                    endpoint_error(preds[-1].detach(), b["target"], b["mask"], cfg.net.crop_size)
+                )
                 run_loss, run_epe, run_n = run_loss + float(loss.detach()), run_epe + epe, run_n + 1
                 bar.update(1)
-                bar.set_postfix(loss=f"{float(loss.detach()):.4f}", epe=f"{epe:.2f}px", val=f"{val_epe:.2f}px")
+                bar.set_postfix(
+                    loss=f"{float(loss.detach()):.4f}", epe=f"{epe:.2f}px", val=f"{val_epe:.2f}px"
+                )
                 row = None
                 if step % cfg.log_every == 0 or step == end:
                     now = time.time()
-                    row = {"step": step, "wall_s": round(now - t_start, 1), "lr": f"{sched.get_last_lr()[0]:.3g}",
-                           "loss": f"{run_loss / run_n:.5f}", "train_epe_px": f"{run_epe / run_n:.3f}",
-                           "steps_per_s": f"{(step - step_log) / max(now - t_log, 1e-9):.3f}"}
+                    row = {
+                        "step": step,
+                        "wall_s": round(now - t_start, 1),
+                        "lr": f"{sched.get_last_lr()[0]:.3g}",
+                        "loss": f"{run_loss / run_n:.5f}",
+                        "train_epe_px": f"{run_epe / run_n:.3f}",
+                        "steps_per_s": f"{(step - step_log) / max(now - t_log, 1e-9):.3f}",
+                    }
                     run_loss, run_epe, run_n, t_log, step_log = 0.0, 0.0, 0, now, step
                 if step % cfg.val_every == 0 or step == end:
                     ev = evaluate(net, val_batch, device, amp=amp)
                     val_epe = ev["epe_px"]
                     row = row or {"step": step, "wall_s": round(time.time() - t_start, 1)}
-                    row.update(val_loss=f"{ev['loss']:.5f}", val_epe_px=f"{ev['epe_px']:.3f}",
-                               val_epe_full_px=f"{ev['epe_full_px']:.3f}", val_zero_epe_px=f"{ev['zero_epe_px']:.3f}")
+                    row.update(
+                        val_loss=f"{ev['loss']:.5f}",
+                        val_epe_px=f"{ev['epe_px']:.3f}",
+                        val_epe_full_px=f"{ev['epe_full_px']:.3f}",
+                        val_zero_epe_px=f"{ev['zero_epe_px']:.3f}",
+                    )
                     k = min(cfg.vis_samples, val_batch["photo"].shape[0])
                     if k > 0:
-                        _vis_png({kk: v[:k] for kk, v in val_batch.items()}, ev["pred"][:k], out_dir / "val_fields.png",
-                                 cfg.net.crop_size, cfg.net.render_passes)
+                        _vis_png(
+                            {kk: v[:k] for kk, v in val_batch.items()},
+                            ev["pred"][:k],
+                            out_dir / "val_fields.png",
+                            cfg.net.crop_size,
+                            cfg.net.render_passes,
+                        )
                 if row is not None:
                     writer.writerow(row)
                     log_f.flush()
-                if step % cfg.checkpoint_every == 0 or time.time() - t_ck > 60 * cfg.checkpoint_minutes:
+                if (
+                    step % cfg.checkpoint_every == 0
+                    or time.time() - t_ck > 60 * cfg.checkpoint_minutes
+                ):
                     checkpoint()
                     t_ck = time.time()
     except (KeyboardInterrupt, _Stop):
@@ -461,9 +559,13 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description="Train the displacement network")
     ap.add_argument("config")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--no-resume", action="store_true", help="start over even if out/checkpoint.pt exists")
+    ap.add_argument(
+        "--no-resume", action="store_true", help="start over even if out/checkpoint.pt exists"
+    )
     ap.add_argument("--max-steps", type=int, default=None)
-    ap.add_argument("overrides", nargs="*", help="config overrides, e.g. batch_size=4 net.hg_stacks=2")
+    ap.add_argument(
+        "overrides", nargs="*", help="config overrides, e.g. batch_size=4 net.hg_stacks=2"
+    )
     a = ap.parse_intermixed_args(argv)
     cfg = load_train_config(a.config, a.overrides)
     res = train(cfg, a.out, resume=not a.no_resume, max_steps=a.max_steps)

@@ -1,0 +1,45 @@
+"""Shared fixtures: the embedded body model and a tiny synthetic session."""
+
+from pathlib import Path
+
+import pytest
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.fixture(scope="session")
+def body_model():
+    from mvcap.body import load_body_model
+
+    return load_body_model()
+
+
+@pytest.fixture(scope="session")
+def tiny_session_path(tmp_path_factory, body_model):
+    """A 1-subject x 3-frame, 4-view, 128x128 synthetic session with ground truth (read-only
+    template: tests that write results copy it first)."""
+    from mvcap.synth import generate_benchmark, load_scene_config
+
+    cfg = load_scene_config(CONFIGS / "bench" / "tiny.toml")
+    return generate_benchmark(tmp_path_factory.mktemp("tiny"), cfg, body_model, progress=False)[0]
+
+
+@pytest.fixture
+def tiny_session(tiny_session_path, tmp_path):
+    """A private, writable copy of the tiny session."""
+    import shutil
+
+    dst = tmp_path / "tiny.h5"
+    shutil.copy(tiny_session_path, dst)
+    return dst
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """Small tensors: one thread is as fast and never spin-waits on a shared CI machine."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

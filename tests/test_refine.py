@@ -1,0 +1,104 @@
+import dataclasses
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from mvcap.capture import Session
+from mvcap.displace import FlowPredictor, OraclePredictor
+from mvcap.fit import FitConfig
+from mvcap.metrics import evaluate_body
+from mvcap.refine import RefineConfig, refine_frame, refine_session
+
+FAST = RefineConfig(predictor="oracle", outer_iterations=2, fit=FitConfig(iterations=30))
+
+
+def _metrics(model, params, gt, frames):
+    with torch.no_grad():
+        a = model(**params.slice(frames).to_torch())
+        b = model(**gt.slice(frames).to_torch())
+    return evaluate_body(a.joints, b.joints, a.vertices, b.vertices)
+
+
+def test_oracle_refinement_recovers_ground_truth_and_resumes(body_model, tiny_session):
+    res = refine_session(tiny_session, "oracle", FAST, frames=[0], model=body_model, progress=False)
+    assert res.done.tolist() == [True, False, False]
+    with Session.open(tiny_session) as s:
+        gt, init = s.read_ground_truth(), s.read_init()
+    before, after = _metrics(body_model, init, gt, [0]), _metrics(body_model, res.params, gt, [0])
+    assert before["PVE"] > 40 and after["PVE"] < 10 and after["MPJPE"] < 10
+    assert np.isfinite(res.residual_px[0]).all() and res.iterations[0] > 0
+
+    # resume: frame 0 is not recomputed, frame 1 is added
+    again = refine_session(tiny_session, "oracle", FAST, frames=[0, 1], model=body_model, progress=False)
+    assert again.done.tolist() == [True, True, False]
+    assert again.seconds[0] == res.seconds[0]
+    np.testing.assert_array_equal(again.pose_rotvecs[0], res.pose_rotvecs[0])
+
+
+def test_refit_fusion_and_single_view(body_model, tiny_session):
+    refit = dataclasses.replace(FAST, fusion="refit")
+    res = refine_session(tiny_session, "refit", refit, frames=[0], model=body_model, progress=False)
+    single = dataclasses.replace(FAST, views=("cam01",))
+    one = refine_session(tiny_session, "single", single, frames=[0], model=body_model, progress=False)
+    with Session.open(tiny_session) as s:
+        gt, init = s.read_ground_truth(), s.read_init()
+    before = _metrics(body_model, init, gt, [0])
+    assert _metrics(body_model, res.params, gt, [0])["PVE"] < 0.5 * before["PVE"]
+    # single view: only cam01 has a residual
+    assert np.isnan(one.residual_px[0][[0, 2, 3]]).all() and np.isfinite(one.residual_px[0][1])
+
+
+def test_flow_refinement_improves_on_init(body_model, tiny_session):
+    cfg = dataclasses.replace(FAST, predictor="flow")
+    res = refine_session(tiny_session, "flow", cfg, frames=[0], model=body_model, progress=False)
+    with Session.open(tiny_session) as s:
+        gt, init = s.read_ground_truth(), s.read_init()
+    assert _metrics(body_model, res.params, gt, [0])["PVE"] < _metrics(body_model, init, gt, [0])["PVE"]
+
+
+def test_view_without_the_person_is_skipped_with_a_warning(body_model, tiny_session):
+    with Session.open(tiny_session) as s:
+        rig, init, gt = s.rig, s.read_init(), s.read_ground_truth()
+        photos = s.read_frame(0)
+        betas = torch.as_tensor(np.array(s.subject.betas))
+    # turn camera 2 around so it looks away from the person
+    cams = list(rig.cameras)
+    c = cams[2]
+    flip = np.diag([-1.0, 1.0, -1.0])
+    cams[2] = dataclasses.replace(c, R_world2cam=flip @ c.R_world2cam, t_world2cam=flip @ c.t_world2cam)
+    rig = type(rig)(tuple(cams))
+    with torch.no_grad():
+        gt_verts = body_model(**gt.slice(0).to_torch()).vertices[0]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = refine_frame(body_model, rig, photos, torch.as_tensor(init.pose_rotvecs[0]), betas,
+                           torch.as_tensor(init.transl[0]), OraclePredictor(gt_verts), FAST)
+    assert res.skipped_views == (rig.names[2],)
+    assert np.isnan(res.residual_px[2]) and np.isfinite(res.residual_px[[0, 1, 3]]).all()
+    assert any("skipped" in str(w.message) for w in caught)
+
+
+def test_flow_predictor_is_zero_off_the_silhouette(body_model, tiny_session):
+    from mvcap.displace import PredictRequest
+    from mvcap.render import render
+
+    with Session.open(tiny_session) as s:
+        rig, init, photos, subject = s.rig.without_distortion(), s.read_init(), s.read_frame(0), s.subject
+    with torch.no_grad():
+        verts = body_model(**init.slice(0).to_torch()).vertices[0]
+    frags, passes = render(rig, verts, body_model.faces, texture=torch.from_numpy(np.array(subject.texture)),
+                           uvs=body_model.uvs, uv_faces=body_model.uv_faces, passes=("rgb", "mask"))
+    out = FlowPredictor()(PredictRequest(photos, passes, frags, rig, verts, body_model.faces))
+    assert out.flow.shape == (4, 128, 128, 2) and out.confidence.shape == (4, 128, 128)
+    off = ~frags.mask
+    assert out.flow[off].abs().max() == 0 and out.confidence[off].max() == 0
+    assert 0 <= out.confidence.min() and out.confidence.max() <= 1
+
+
+def test_config_rejects_unknown_choices():
+    with pytest.raises(ValueError, match="predictor"):
+        RefineConfig(predictor="magic")
+    with pytest.raises(ValueError, match="fusion"):
+        RefineConfig(fusion="average")
