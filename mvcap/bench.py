@@ -33,7 +33,13 @@ from mvcap.body import BodyModel, load_body_model
 from mvcap.capture import Session
 from mvcap.config import to_dict
 from mvcap.metrics import METRIC_KEYS, epe, evaluate_body
-from mvcap.refine import RefineConfig, keypoint_fit_frame, keypoint_targets, make_predictor, refine_session
+from mvcap.refine import (
+    RefineConfig,
+    keypoint_fit_frame,
+    keypoint_targets,
+    make_predictor,
+    refine_session,
+)
 
 __all__ = ["BenchConfig", "run_benchmark", "format_table", "parse_method"]
 

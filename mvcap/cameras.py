@@ -14,8 +14,8 @@ All functions are pure and differentiable in torch. Shapes use V for views, N fo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -165,7 +165,7 @@ class Rig:
 
     # construction -------------------------------------------------------------------------
     @classmethod
-    def from_arrays(cls, names, K, dist, R_world2cam, t_world2cam, image_size) -> "Rig":
+    def from_arrays(cls, names, K, dist, R_world2cam, t_world2cam, image_size) -> Rig:
         """Build from stacked arrays (V, ...) as stored in session files."""
         K, dist, R, t, size = (np.asarray(a) for a in (K, dist, R_world2cam, t_world2cam, image_size))
         return cls(
@@ -208,11 +208,11 @@ class Rig:
     def names(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.cameras)
 
-    def subset(self, names: Sequence[str]) -> "Rig":
+    def subset(self, names: Sequence[str]) -> Rig:
         """A rig with only the named cameras, in the given order."""
         return Rig(tuple(self[n] for n in names))
 
-    def with_image_size(self, image_size: tuple[int, int]) -> "Rig":
+    def with_image_size(self, image_size: tuple[int, int]) -> Rig:
         """Rescale every camera to a new image size (intrinsics scaled, same field of view)."""
         cams = []
         for c in self.cameras:
@@ -226,7 +226,7 @@ class Rig:
             cams.append(replace(c, K=K, image_size=tuple(image_size)))
         return Rig(tuple(cams))
 
-    def without_distortion(self) -> "Rig":
+    def without_distortion(self) -> Rig:
         """The same rig with zero lens distortion (the undistorted pinhole image space)."""
         return Rig(tuple(replace(c, dist=np.zeros(5)) for c in self.cameras))
 

@@ -18,11 +18,12 @@ class _Group(click.Group):
         from mvcap.cameras import RigError
         from mvcap.capture import SessionError
         from mvcap.config import ConfigError
+        from mvcap.nets.predictor import WeightsError
         from mvcap.subject import SubjectError
 
         try:
             return super().invoke(ctx)
-        except (ConfigError, RigError, SessionError, SubjectError, FileNotFoundError) as exc:
+        except (ConfigError, RigError, SessionError, SubjectError, WeightsError, FileNotFoundError) as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
 
@@ -176,6 +177,24 @@ def bench(sessions: Path, config_path, methods, max_frames, out_json, fresh, ove
     report["table"] = table
     save_report(report, out_json)
     click.echo(f"wrote {out_json}", err=True)
+
+
+@main.command("train-displacement")
+@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Run folder: checkpoints, logs, validation pictures, weights.")
+@click.option("--resume/--restart", default=None, help="Continue from OUT/checkpoint.pt, or start over.")
+@click.option("--max-steps", type=int, default=None, help="Stop after this many steps (default: the config's).")
+@click.option("--set", "overrides", multiple=True, help="Config overrides key=value, e.g. batch_size=4")
+def train_displacement(config: Path, out: Path, resume, max_steps, overrides):
+    """Train the displacement network (configs/nets/train_lite.toml runs on a CPU)."""
+    from mvcap.nets.train import load_train_config, train
+
+    cfg = load_train_config(config, list(overrides))
+    if resume is None and (out / "checkpoint.pt").exists():
+        raise click.UsageError(f"{out} already has a checkpoint; pass --resume to continue or --restart to start over")
+    res = train(cfg, out, resume=bool(resume), max_steps=max_steps)
+    click.echo(f"step {res.step}: val EPE {res.val_epe_px:.3f} px (crop); weights {res.weights}")
 
 
 if __name__ == "__main__":

@@ -109,7 +109,7 @@ class PosePrior:
         self.precision = precision  # (23, 3, 3)
 
     @classmethod
-    def from_sampler(cls, num_samples: int = 4000, seed: int = 0) -> "PosePrior":
+    def from_sampler(cls, num_samples: int = 4000, seed: int = 0) -> PosePrior:
         import numpy as np
 
         from mvcap.poses import sample_poses

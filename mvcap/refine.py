@@ -32,7 +32,13 @@ from torch import Tensor
 from mvcap.body import BodyModel, load_body_model
 from mvcap.cameras import Rig, project
 from mvcap.correspond import splat_to_vertices
-from mvcap.displace import DisplacementPredictor, FlowConfig, FlowPredictor, OraclePredictor, PredictRequest
+from mvcap.displace import (
+    DisplacementPredictor,
+    FlowConfig,
+    FlowPredictor,
+    OraclePredictor,
+    PredictRequest,
+)
 from mvcap.fit import FitConfig, Targets, fit_body
 from mvcap.fuse import fuse_bodies
 from mvcap.render import render, undistort_images
@@ -258,7 +264,7 @@ def refine_session(
     model: BodyModel | None = None,
     overwrite: bool = False,
     progress: bool = True,
-) -> "object":
+) -> object:
     """Refine the frames of a session file, writing each result as soon as it is done.
 
     Rerunning with the same run name skips finished frames (resume); ``overwrite`` starts

@@ -3,10 +3,19 @@ import numpy as np
 import pytest
 import torch
 
-from mvcap.cameras import Camera, Rig, RigError, pixel_rays, project, project_per_view, undistort_points
+from mvcap import demo
+from mvcap.cameras import (
+    Camera,
+    Rig,
+    RigError,
+    pixel_rays,
+    project,
+    project_per_view,
+    undistort_points,
+)
 from mvcap.rigio import load_rig, load_toml_rig, save_toml_rig
 
-DEMO_RIG = "calibration/demo_rig.toml"
+DEMO_RIG = str(demo.DEMO_RIG)
 
 
 def random_rig(rng, n=3):

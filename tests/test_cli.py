@@ -1,6 +1,7 @@
 from click.testing import CliRunner
 
 from mvcap.cli import main
+from mvcap.demo import DEMO_RIG
 
 
 def test_help_lists_commands():
@@ -12,7 +13,7 @@ def test_help_lists_commands():
 
 def test_rig_show_and_bad_rig_message(tmp_path):
     runner = CliRunner()
-    ok = runner.invoke(main, ["rig", "show", "calibration/demo_rig.toml"])
+    ok = runner.invoke(main, ["rig", "show", str(DEMO_RIG)])
     assert ok.exit_code == 0 and "4 cameras" in ok.output
     bad = tmp_path / "bad.toml"
     bad.write_text('[cam_0]\nname = "c0"\nsize = [10, 10]\n')

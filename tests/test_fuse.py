@@ -1,8 +1,13 @@
 import roma
 import torch
 
-from mvcap.fuse import (fuse_bodies, fuse_translations, root_camera_to_world, root_world_to_camera,
-                        rotation_average)
+from mvcap.fuse import (
+    fuse_bodies,
+    fuse_translations,
+    root_camera_to_world,
+    root_world_to_camera,
+    rotation_average,
+)
 
 
 def test_rotation_average_of_noisy_copies_recovers_rotation():
