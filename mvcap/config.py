@@ -15,7 +15,7 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
-__all__ = ["ConfigError", "load_config", "from_dict", "to_dict", "parse_overrides", "CONFIG_DIR"]
+__all__ = ["ConfigError", "load_config", "build_config", "read_toml", "merge", "from_dict", "to_dict", "parse_overrides", "CONFIG_DIR"]
 
 T = TypeVar("T")
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -47,10 +47,11 @@ def parse_overrides(items: typing.Iterable[str]) -> dict:
     return out
 
 
-def _merge(base: dict, extra: dict) -> dict:
+def merge(base: dict, extra: dict) -> dict:
+    """Recursive dict update (tables merge, other values replace)."""
     out = dict(base)
     for k, v in extra.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
@@ -102,24 +103,33 @@ def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: dict | list | None = None) -> T:
-    """Load ``cls`` from a TOML file (or defaults when path is None) plus overrides."""
-    data: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.exists() and not path.is_absolute() and (CONFIG_DIR / path).exists():
-            path = CONFIG_DIR / path
-        if not path.exists():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            data = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
+def read_toml(path: str | Path) -> tuple[dict, Path]:
+    """Read a TOML config (a relative path missing here is looked up under ``configs/``).
+    Returns (data, resolved path)."""
+    path = Path(path)
+    if not path.exists() and not path.is_absolute() and (CONFIG_DIR / path).exists():
+        path = CONFIG_DIR / path
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        return tomllib.loads(path.read_text()), path
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
+
+
+def build_config(cls: type[T], data: dict, overrides: dict | list | None = None, where: str = "config") -> T:
+    """``cls`` from already-read settings plus overrides (list of key=value or nested dict)."""
     if overrides:
         if isinstance(overrides, (list, tuple)):
             overrides = parse_overrides(overrides)
-        data = _merge(data, overrides)
+        data = merge(data, overrides)
     try:
         return from_dict(cls, data)
     except ConfigError as exc:
-        raise ConfigError(f"{path or 'config'}: {exc}") from exc
+        raise ConfigError(f"{where}: {exc}") from exc
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: dict | list | None = None) -> T:
+    """Load ``cls`` from a TOML file (or defaults when path is None) plus overrides."""
+    data, where = ({}, "config") if path is None else read_toml(path)
+    return build_config(cls, data, overrides, str(where))

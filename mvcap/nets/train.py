@@ -112,13 +112,6 @@ class TrainResult:
     weights: Path
 
 
-def _merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for k, v in extra.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def load_train_config(path=None, overrides=None) -> TrainConfig:
     """A :class:`TrainConfig` from TOML plus ``key=value`` overrides (list or nested dict).
 
@@ -128,19 +121,11 @@ def load_train_config(path=None, overrides=None) -> TrainConfig:
     """
     import tomllib
 
-    from mvcap.config import CONFIG_DIR, ConfigError, from_dict, parse_overrides
+    from mvcap.config import CONFIG_DIR, ConfigError, build_config, merge, read_toml
 
     data: dict = {}
     if path is not None:
-        path = Path(path)
-        if not path.exists() and not path.is_absolute() and (CONFIG_DIR / path).exists():
-            path = CONFIG_DIR / path
-        if not path.exists():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            data = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
+        data, path = read_toml(path)
         net_file = data.pop("net_file", None)
         if net_file:
             candidates = [path.parent / net_file, CONFIG_DIR / "nets" / net_file, Path(net_file)]
@@ -150,15 +135,8 @@ def load_train_config(path=None, overrides=None) -> TrainConfig:
                     f"{path}: net_file {net_file!r} not found "
                     f"(looked in {[str(c) for c in candidates]})"
                 )
-            data["net"] = _merge(tomllib.loads(found.read_text()), data.get("net", {}))
-    if overrides:
-        if isinstance(overrides, (list, tuple)):
-            overrides = parse_overrides(overrides)
-        data = _merge(data, overrides)
-    try:
-        return from_dict(TrainConfig, data)
-    except ConfigError as exc:
-        raise ConfigError(f"{path or 'config'}: {exc}") from exc
+            data["net"] = merge(tomllib.loads(found.read_text()), data.get("net", {}))
+    return build_config(TrainConfig, data, overrides, str(path or "config"))
 
 
 # ==========================================================================================
