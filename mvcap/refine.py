@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import roma
 import torch
 from torch import Tensor
 
@@ -286,7 +285,11 @@ def refine_session(
         if bad:
             raise ValueError(f"frames {bad[:5]} are outside the session's 0..{T - 1}")
         init = session.read_init(require_valid=False)
-        gt = session.read_ground_truth() if (cfg.predictor == "oracle" and session.has_ground_truth) else None
+        gt = None
+        if cfg.predictor == "oracle":
+            if not session.has_ground_truth:
+                raise ValueError(f"{session_path}: the oracle predictor needs ground truth, which this session lacks")
+            gt = session.read_ground_truth()
         if subject is None and cfg.predictor != "oracle":
             raise ValueError(f"{session_path}: no subject stored; register the subject first (mvcap register)")
         from mvcap.config import to_dict
@@ -294,39 +297,34 @@ def refine_session(
         writer = session.results_run(run_name, config=to_dict(cfg), overwrite=overwrite)
         done = writer.done_frames()
         todo = [t for t in frames if not done[t]]
-        prev_pose = None
+        # previous frames' results, for init="previous" and the temporal term
+        known = {}
+        if todo and todo[0] > 0 and done[todo[0] - 1]:
+            prev_run = session.read_results(run_name)
+            known[todo[0] - 1] = (prev_run.pose_rotvecs[todo[0] - 1], prev_run.transl[todo[0] - 1])
+        shared_predictor = None if cfg.predictor == "oracle" else make_predictor(cfg.predictor, cfg)
         bar = tqdm(todo, desc=f"refine {run_name}", unit="frame", disable=not progress)
         for t in bar:
             betas = torch.tensor(subject.betas if subject is not None else init.betas[t], dtype=torch.float32)
-            if cfg.init == "previous" and t > 0 and (done[t - 1] or prev_pose is not None):
-                prev_res = session.read_results(run_name)
-                p0 = torch.as_tensor(prev_res.pose_rotvecs[t - 1])
-                tr0 = torch.as_tensor(prev_res.transl[t - 1])
+            prev = known.get(t - 1)
+            if cfg.init == "previous" and prev is not None:
+                p0, tr0 = torch.as_tensor(prev[0]), torch.as_tensor(prev[1])
             else:
-                p0 = torch.as_tensor(init.pose_rotvecs[t])
-                tr0 = torch.as_tensor(init.transl[t])
+                p0, tr0 = torch.as_tensor(init.pose_rotvecs[t]), torch.as_tensor(init.transl[t])
             if not (torch.isfinite(p0).all() and torch.isfinite(tr0).all()):
                 log.warning("frame %d has no initial estimate; skipped", t)
                 continue
-            gt_verts = None
-            if gt is not None:
+            predictor = shared_predictor
+            if predictor is None:
                 with torch.no_grad():
-                    gt_verts = model(**gt.slice(t).to_torch()).vertices[0]
-            predictor = make_predictor(cfg.predictor, cfg, gt_verts)
+                    predictor = OraclePredictor(model(**gt.slice(t).to_torch()).vertices[0])
             photos = undistort_images(rig, session.read_frame(t, views=list(rig.names)))
-            prev = prev_pose if cfg.fit.w_temporal > 0 else None
-            res = refine_frame(model, rig, photos, p0, betas, tr0, predictor, cfg, subject, prev)
+            prev_pose = torch.as_tensor(prev[0]) if (prev is not None and cfg.fit.w_temporal > 0) else None
+            res = refine_frame(model, rig, photos, p0, betas, tr0, predictor, cfg, subject, prev_pose)
             residual = np.full(len(full_rig), np.nan, np.float32)
             residual[view_idx] = res.residual_px
             writer.write(t, res.pose_rotvecs, res.betas, res.transl, residual_px=residual,
                          iterations=res.iterations, seconds=res.seconds)
-            prev_pose = torch.as_tensor(res.pose_rotvecs)
+            known[t] = (res.pose_rotvecs, res.transl)
             bar.set_postfix(res_px=f"{np.nanmean(res.residual_px):.2f}", s=f"{res.seconds:.1f}")
         return session.read_results(run_name)
-
-
-def rotvec_distance_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Per-joint geodesic angle between two (..., 24, 3) poses, degrees."""
-    Ra = roma.rotvec_to_rotmat(torch.as_tensor(a, dtype=torch.float64))
-    Rb = roma.rotvec_to_rotmat(torch.as_tensor(b, dtype=torch.float64))
-    return np.rad2deg(roma.rotmat_geodesic_distance(Ra, Rb).numpy())

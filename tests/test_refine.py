@@ -102,3 +102,25 @@ def test_config_rejects_unknown_choices():
         RefineConfig(predictor="magic")
     with pytest.raises(ValueError, match="fusion"):
         RefineConfig(fusion="average")
+
+
+def test_sequence_mode_starts_from_the_previous_result(body_model, tiny_session, monkeypatch):
+    import mvcap.refine as R
+
+    seen = []
+    real = R.refine_frame
+
+    def spy(model, rig, photos, p0, betas, tr0, *args, **kwargs):
+        seen.append((p0.clone(), args[3] if len(args) > 3 else kwargs.get("prev_pose_rotvecs")))
+        return real(model, rig, photos, p0, betas, tr0, *args, **kwargs)
+
+    monkeypatch.setattr(R, "refine_frame", spy)
+    cfg = dataclasses.replace(FAST, init="previous", outer_iterations=1,
+                              fit=FitConfig(iterations=5, w_temporal=1e-3))
+    first = refine_session(tiny_session, "seq", cfg, frames=[0], model=body_model, progress=False)
+    refine_session(tiny_session, "seq", cfg, frames=[1], model=body_model, progress=False)  # resumed run
+    with Session.open(tiny_session) as s:
+        init = s.read_init()
+    np.testing.assert_allclose(seen[0][0].numpy(), init.pose_rotvecs[0])  # frame 0: stored init
+    np.testing.assert_allclose(seen[1][0].numpy(), first.pose_rotvecs[0])  # frame 1: frame 0's result
+    assert seen[0][1] is None and seen[1][1] is not None  # temporal term from frame 1 on
