@@ -18,12 +18,13 @@ class _Group(click.Group):
         from mvcap.cameras import RigError
         from mvcap.capture import SessionError
         from mvcap.config import ConfigError
+        from mvcap.export import ExportError
         from mvcap.nets.predictor import WeightsError
         from mvcap.subject import SubjectError
 
         try:
             return super().invoke(ctx)
-        except (ConfigError, RigError, SessionError, SubjectError, WeightsError, FileNotFoundError) as exc:
+        except (ConfigError, RigError, SessionError, SubjectError, WeightsError, ExportError, FileNotFoundError) as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
 
@@ -66,20 +67,65 @@ def rig():
     """Inspect and convert rig (camera calibration) files."""
 
 
-@rig.command("show")
-@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
-def rig_show(path: Path):
-    """Print a summary of a rig file."""
-    from mvcap.rigio import load_rig
-
-    r = load_rig(path)
-    click.echo(f"{len(r)} cameras in {path}")
+def _echo_cameras(r) -> None:
     for cam in r:
         c = cam.center_world
         click.echo(
             f"  {cam.name:>10s}  {cam.width}x{cam.height}  f=({cam.K[0, 0]:.1f}, {cam.K[1, 1]:.1f}) "
-            f"c=({cam.K[0, 2]:.1f}, {cam.K[1, 2]:.1f})  centre=({c[0]:.3f}, {c[1]:.3f}, {c[2]:.3f}) m"
+            f"c=({cam.K[0, 2]:.1f}, {cam.K[1, 2]:.1f})  k1={cam.dist[0]:+.4f}  "
+            f"centre=({c[0]:.3f}, {c[1]:.3f}, {c[2]:.3f}) m"
         )
+
+
+def _load_rig_verbose(path: Path, image_size):
+    """load_rig, echoing conversion warnings (approximate distortion refits, rotated video) to stderr."""
+    import warnings
+
+    from mvcap.rigio import RigConversionWarning, load_rig
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RigConversionWarning)
+        r = load_rig(path, image_size=tuple(image_size) if image_size else None)
+    for w in caught:
+        if issubclass(w.category, RigConversionWarning):
+            click.echo(f"warning: {w.message}", err=True)
+    return r
+
+
+_IMAGE_SIZE = click.option(
+    "--image-size", nargs=2, type=int, default=None, metavar="W H",
+    help="Image size (pixels) for files that lack it: EasyMocap intri.yml without H_/W_, "
+         "Qualisys cameras without fov_video.",
+)
+
+
+@rig.command("show")
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@_IMAGE_SIZE
+def rig_show(path: Path, image_size):
+    """Print a summary of a rig: .toml, EasyMocap folder/intri.yml/extri.yml, .qca.txt, .xcp."""
+    r = _load_rig_verbose(path, image_size)
+    click.echo(f"{len(r)} cameras in {path}")
+    _echo_cameras(r)
+
+
+@rig.command("convert")
+@click.argument("src", type=click.Path(exists=True, path_type=Path))
+@click.argument("dst", type=click.Path(path_type=Path))
+@_IMAGE_SIZE
+def rig_convert(src: Path, dst: Path, image_size):
+    """Convert rig SRC to DST.
+
+    SRC: anipose/Pose2Sim .toml, EasyMocap folder (or its intri.yml/extri.yml), Qualisys
+    .qca.txt or Vicon .xcp. DST: a .toml file, or EasyMocap: a folder (created) or an
+    intri.yml path (extri.yml is written beside it).
+    """
+    from mvcap.rigio import save_rig
+
+    r = _load_rig_verbose(src, image_size)
+    save_rig(r, dst)
+    click.echo(f"{len(r)} cameras: {src} -> {dst}")
+    _echo_cameras(r)
 
 
 @main.command()
@@ -195,6 +241,26 @@ def train_displacement(config: Path, out: Path, resume, max_steps, overrides):
         raise click.UsageError(f"{out} already has a checkpoint; pass --resume to continue or --restart to start over")
     res = train(cfg, out, resume=bool(resume), max_steps=max_steps)
     click.echo(f"step {res.step}: val EPE {res.val_epe_px:.3f} px (crop); weights {res.weights}")
+
+
+@main.command("export")
+@click.argument("session", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--run", "run_name", required=True, help="Results run to export.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Output folder.")
+@click.option("--formats", default="npz,json,bvh,glb,csv", show_default=True,
+              help="Comma-separated: npz (AMASS-style), json (EasyMocap), bvh, glb (skinned glTF), csv "
+                   "(joint positions), obj / ply (one mesh per frame).")
+@click.option("--frames", default=None, help="Frame range START:STOP (STOP exclusive; default: all done frames).")
+def export(session: Path, run_name: str, out: Path, formats: str, frames: str | None):
+    """Export a results run of SESSION to npz / EasyMocap json / BVH / glTF / csv / meshes."""
+    from mvcap.export import export_session
+
+    fmts = [f.strip() for f in formats.split(",") if f.strip()]
+    res = export_session(session, run_name, out, formats=fmts, frames=frames)
+    click.echo(f"{session}: run '{run_name}': exported {len(res.frames)} frames "
+               f"({int(res.frames[0])}..{int(res.frames[-1])})")
+    for fmt, path in res.paths.items():
+        click.echo(f"  {fmt:4s} {path}")
 
 
 if __name__ == "__main__":
