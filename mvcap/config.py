@@ -15,7 +15,17 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
-__all__ = ["ConfigError", "load_config", "build_config", "read_toml", "merge", "from_dict", "to_dict", "parse_overrides", "CONFIG_DIR"]
+__all__ = [
+    "ConfigError",
+    "load_config",
+    "build_config",
+    "read_toml",
+    "merge",
+    "from_dict",
+    "to_dict",
+    "parse_overrides",
+    "CONFIG_DIR",
+]
 
 T = TypeVar("T")
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"

@@ -70,8 +70,9 @@ def run_demo(out_dir: Path, rig_path: Path | None = None) -> list[Path]:
     # 2. render passes in the undistorted pinhole image of each camera
     pinhole = rig.without_distortion()
     template = model.template_vertices()[0]
-    _, passes = render(pinhole, verts, model.faces, template_vertices=template,
-                       passes=("rgb", "depth", "normal", "template", "mask"))
+    _, passes = render(
+        pinhole, verts, model.faces, template_vertices=template, passes=("rgb", "depth", "normal", "template", "mask")
+    )
     rgb = passes.get("rgb").numpy()
     depth = passes.get("depth").numpy()[..., 0]
     normal = passes.get("normal").numpy()
@@ -88,10 +89,17 @@ def run_demo(out_dir: Path, rig_path: Path | None = None) -> list[Path]:
         depth_img = cv2.applyColorMap(_to_u8(dn), cv2.COLORMAP_VIRIDIS)[..., ::-1] * mask[v][..., None]
         normal_img = _to_u8((normal[v] * [1, -1, -1] + 1) / 2) * mask[v][..., None]
         tmpl_img = _to_u8((tmpl[v] - lo) / (hi - lo)) * mask[v][..., None]
-        rows.append(np.concatenate([
-            _label(_to_u8(rgb[v]), f"{cam.name} rgb"), _label(depth_img.astype(np.uint8), "depth"),
-            _label(normal_img, "normals"), _label(tmpl_img, "template coords"),
-        ], axis=1))
+        rows.append(
+            np.concatenate(
+                [
+                    _label(_to_u8(rgb[v]), f"{cam.name} rgb"),
+                    _label(depth_img.astype(np.uint8), "depth"),
+                    _label(normal_img, "normals"),
+                    _label(tmpl_img, "template coords"),
+                ],
+                axis=1,
+            )
+        )
     passes_path = out_dir / "passes.png"
     cv2.imwrite(str(passes_path), cv2.cvtColor(np.concatenate(rows, axis=0), cv2.COLOR_RGB2BGR))
     return [proj_path, passes_path]

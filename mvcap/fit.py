@@ -175,7 +175,11 @@ def fit_body(
 
     # In independent mode the batch is (B*V) bodies, each seen by one view.
     nb = B * V if independent_views else B
-    expand = (lambda x: x[:, None].expand(B, V, *x.shape[1:]).reshape(B * V, *x.shape[1:])) if independent_views else (lambda x: x)
+    expand = (
+        (lambda x: x[:, None].expand(B, V, *x.shape[1:]).reshape(B * V, *x.shape[1:]))
+        if independent_views
+        else (lambda x: x)
+    )
     R_init = roma.rotvec_to_rotmat(expand(init_pose_rotvecs.to(dtype)))
     betas0 = expand(betas.to(dtype))
     transl0 = expand(init_transl.to(dtype))
@@ -227,8 +231,13 @@ def fit_body(
         return cfg.w_data * data + reg, uv
 
     optimizer = torch.optim.LBFGS(
-        params, lr=1.0, max_iter=cfg.iterations, history_size=cfg.lbfgs_history,
-        line_search_fn="strong_wolfe", tolerance_grad=1e-9, tolerance_change=1e-12,
+        params,
+        lr=1.0,
+        max_iter=cfg.iterations,
+        history_size=cfg.lbfgs_history,
+        line_search_fn="strong_wolfe",
+        tolerance_grad=1e-9,
+        tolerance_change=1e-12,
     )
 
     def closure():

@@ -85,7 +85,6 @@ def fuse_translations(
     ``T = (sum_v w_v P_v)^-1 sum_v w_v P_v T_v`` with ``P_v = I - (1 - depth_trust) d d^T``.
     Without directions: the weighted mean.
     """
-    V = transl_world.shape[0]
     if weights is None:
         weights = torch.ones(transl_world.shape[:-1], dtype=transl_world.dtype, device=transl_world.device)
     weights = weights.to(transl_world.dtype).clamp_min(0) + 1e-9
@@ -96,7 +95,6 @@ def fuse_translations(
     P = eye - (1.0 - depth_trust) * d[..., :, None] * d[..., None, :]  # (V, ..., 3, 3)
     A = (weights[..., None, None] * P).sum(0)
     b = (weights[..., None, None] * P @ transl_world[..., None]).sum(0)
-    del V
     return torch.linalg.solve(A, b)[..., 0]
 
 

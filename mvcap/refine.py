@@ -167,8 +167,12 @@ def refine_frame(
         with torch.no_grad():
             verts = model(pose[None], betas[None], transl[None]).vertices[0]
         fragments, passes = render(
-            pinhole, verts, faces, template_vertices=template,
-            passes=("rgb", "depth", "normal", "template", "mask"), **appearance,
+            pinhole,
+            verts,
+            faces,
+            template_vertices=template,
+            passes=("rgb", "depth", "normal", "template", "mask"),
+            **appearance,
         )
         disp = predictor(PredictRequest(photos, passes, fragments, pinhole, verts, faces))
         uv_target, weight, skipped = _vertex_targets(
@@ -189,13 +193,25 @@ def refine_frame(
             residual = res.residual_px[0]
         else:
             with torch_threads(cfg.threads):
-                res = fit_body(model, pinhole, pose[None], betas[None], transl[None], targets, cfg.fit, prev,
-                               independent_views=True)
+                res = fit_body(
+                    model,
+                    pinhole,
+                    pose[None],
+                    betas[None],
+                    transl[None],
+                    targets,
+                    cfg.fit,
+                    prev,
+                    independent_views=True,
+                )
             jw = _joint_visibility_weights(model, weight)  # (V, 24)
             active = jw.sum(-1) > 0
             fused_pose, fused_t = fuse_bodies(
-                res.pose_rotvecs[0][active][:, None], res.transl[0][active][:, None],
-                jw[active][:, None], view_dirs[active], cfg.translation_fusion,
+                res.pose_rotvecs[0][active][:, None],
+                res.transl[0][active][:, None],
+                jw[active][:, None],
+                view_dirs[active],
+                cfg.translation_fusion,
             )
             pose, transl = fused_pose[0], fused_t[0]
             with torch.no_grad():  # residual of the fused body against each view's targets
@@ -208,14 +224,23 @@ def refine_frame(
         residual[v] = float("nan")
     if skipped_all:
         names = [rig.names[v] for v in sorted(skipped_all)]
-        warnings.warn(f"views {names} saw fewer than {cfg.min_visible_vertices} body vertices and were skipped", stacklevel=2)
+        warnings.warn(
+            f"views {names} saw fewer than {cfg.min_visible_vertices} body vertices and were skipped", stacklevel=2
+        )
     return FrameResult(
-        pose.detach().numpy(), betas.numpy(), transl.detach().numpy(), residual.numpy(),
-        iterations, time.perf_counter() - t0, tuple(rig.names[v] for v in sorted(skipped_all)),
+        pose.detach().numpy(),
+        betas.numpy(),
+        transl.detach().numpy(),
+        residual.numpy(),
+        iterations,
+        time.perf_counter() - t0,
+        tuple(rig.names[v] for v in sorted(skipped_all)),
     )
 
 
-def keypoint_targets(rig: Rig, joints_world: Tensor, noise_px: float, dropout: float, rng: np.random.Generator) -> Targets:
+def keypoint_targets(
+    rig: Rig, joints_world: Tensor, noise_px: float, dropout: float, rng: np.random.Generator
+) -> Targets:
     """Sparse 2D joint targets (1, V, 24, 2) from 3D joints: projected into the undistorted
     image, with Gaussian pixel noise and random dropout, like a keypoint detector's output."""
     uv = project(rig.without_distortion(), joints_world.to(torch.float64), distort=False).to(torch.float32)
@@ -227,7 +252,12 @@ def keypoint_targets(rig: Rig, joints_world: Tensor, noise_px: float, dropout: f
 
 
 def keypoint_fit_frame(
-    model: BodyModel, rig: Rig, targets: Targets, init_pose_rotvecs: Tensor, betas: Tensor, init_transl: Tensor,
+    model: BodyModel,
+    rig: Rig,
+    targets: Targets,
+    init_pose_rotvecs: Tensor,
+    betas: Tensor,
+    init_transl: Tensor,
     cfg: FitConfig = FitConfig(),
     threads: int = 1,
 ) -> FrameResult:
@@ -235,10 +265,23 @@ def keypoint_fit_frame(
     pipelines such as EasyMocap do)."""
     t0 = time.perf_counter()
     with torch_threads(threads):
-        res = fit_body(model, rig.without_distortion(), init_pose_rotvecs[None].float(), betas[None].float(),
-                       init_transl[None].float(), targets, cfg)
-    return FrameResult(res.pose_rotvecs[0].numpy(), betas.numpy(), res.transl[0].numpy(), res.residual_px[0].numpy(),
-                       res.iterations, time.perf_counter() - t0)
+        res = fit_body(
+            model,
+            rig.without_distortion(),
+            init_pose_rotvecs[None].float(),
+            betas[None].float(),
+            init_transl[None].float(),
+            targets,
+            cfg,
+        )
+    return FrameResult(
+        res.pose_rotvecs[0].numpy(),
+        betas.numpy(),
+        res.transl[0].numpy(),
+        res.residual_px[0].numpy(),
+        res.iterations,
+        time.perf_counter() - t0,
+    )
 
 
 def make_predictor(name: str, cfg: RefineConfig, gt_vertices: Tensor | None = None) -> DisplacementPredictor:
@@ -323,8 +366,15 @@ def refine_session(
             res = refine_frame(model, rig, photos, p0, betas, tr0, predictor, cfg, subject, prev_pose)
             residual = np.full(len(full_rig), np.nan, np.float32)
             residual[view_idx] = res.residual_px
-            writer.write(t, res.pose_rotvecs, res.betas, res.transl, residual_px=residual,
-                         iterations=res.iterations, seconds=res.seconds)
+            writer.write(
+                t,
+                res.pose_rotvecs,
+                res.betas,
+                res.transl,
+                residual_px=residual,
+                iterations=res.iterations,
+                seconds=res.seconds,
+            )
             known[t] = (res.pose_rotvecs, res.transl)
             bar.set_postfix(res_px=f"{np.nanmean(res.residual_px):.2f}", s=f"{res.seconds:.1f}")
         return session.read_results(run_name)

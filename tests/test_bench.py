@@ -17,8 +17,13 @@ def test_parse_method():
 
 
 def test_gt_row_reads_zero_and_init_does_not(body_model, tiny_session, tmp_path):
-    report = run_benchmark([tiny_session], BenchConfig(methods=("init", "gt", "sparse-gt-keypoints")),
-                           model=body_model, progress=False, log=lambda m: None)
+    report = run_benchmark(
+        [tiny_session],
+        BenchConfig(methods=("init", "gt", "sparse-gt-keypoints")),
+        model=body_model,
+        progress=False,
+        log=lambda m: None,
+    )
     rows = report["methods"]
     for key in ("MPJPE", "PA-MPJPE", "N-MPJPE", "PVE", "PA-PVE", "N-PVE"):
         assert rows["gt"][key] < 1e-3

@@ -22,10 +22,22 @@ def random_rig(rng, n=3):
     cams = []
     for i in range(n):
         R, _ = cv2.Rodrigues(rng.normal(size=3) * 0.5)
-        K = np.array([[rng.uniform(400, 900), 0.0, rng.uniform(300, 340)],
-                      [0, rng.uniform(400, 900), rng.uniform(230, 250)], [0, 0, 1]])
-        dist = np.array([rng.uniform(-0.2, 0.2), rng.uniform(-0.05, 0.05),
-                         rng.uniform(-1e-3, 1e-3), rng.uniform(-1e-3, 1e-3), rng.uniform(-0.01, 0.01)])
+        K = np.array(
+            [
+                [rng.uniform(400, 900), 0.0, rng.uniform(300, 340)],
+                [0, rng.uniform(400, 900), rng.uniform(230, 250)],
+                [0, 0, 1],
+            ]
+        )
+        dist = np.array(
+            [
+                rng.uniform(-0.2, 0.2),
+                rng.uniform(-0.05, 0.05),
+                rng.uniform(-1e-3, 1e-3),
+                rng.uniform(-1e-3, 1e-3),
+                rng.uniform(-0.01, 0.01),
+            ]
+        )
         cams.append(Camera(f"c{i}", K, dist, R, np.array([0.1, -0.2, 4.0]) + rng.normal(size=3) * 0.1, (640, 480)))
     return Rig(tuple(cams))
 
@@ -125,8 +137,10 @@ def test_bad_rig_missing_field(tmp_path):
 
 
 def test_bad_rig_not_a_rotation(tmp_path):
-    p = _write(tmp_path, GOOD.replace("rotation = [0.0, 0.0, 0.0]",
-                                      "rotation = [[1.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 1.0]]"))
+    p = _write(
+        tmp_path,
+        GOOD.replace("rotation = [0.0, 0.0, 0.0]", "rotation = [[1.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 1.0]]"),
+    )
     with pytest.raises(RigError, match=r"left.*R_world2cam.*not a rotation"):
         load_rig(p)
 

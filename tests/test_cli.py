@@ -35,18 +35,43 @@ def test_refine_missing_session_is_a_clear_error(tmp_path):
 
 def test_refine_then_export_and_export_errors(tiny_session, tmp_path):
     runner = CliRunner()
-    out = runner.invoke(main, ["refine", str(tiny_session), "--predictor", "oracle", "--frames", "0:2",
-                               "--set", "outer_iterations=1", "--set", "fit.iterations=5"])
+    out = runner.invoke(
+        main,
+        [
+            "refine",
+            str(tiny_session),
+            "--predictor",
+            "oracle",
+            "--frames",
+            "0:2",
+            "--set",
+            "outer_iterations=1",
+            "--set",
+            "fit.iterations=5",
+        ],
+    )
     assert out.exit_code == 0, out.output
     assert "2/3 frames done" in out.output
-    exp = runner.invoke(main, ["export", str(tiny_session), "--run", "oracle-joint", "--out", str(tmp_path / "x"),
-                               "--formats", "npz,bvh,csv"])
+    exp = runner.invoke(
+        main,
+        [
+            "export",
+            str(tiny_session),
+            "--run",
+            "oracle-joint",
+            "--out",
+            str(tmp_path / "x"),
+            "--formats",
+            "npz,bvh,csv",
+        ],
+    )
     assert exp.exit_code == 0, exp.output
     assert (tmp_path / "x" / "oracle-joint.bvh").exists()
     missing = runner.invoke(main, ["export", str(tiny_session), "--run", "nope", "--out", str(tmp_path / "y")])
     assert missing.exit_code == 2 and "nope" in missing.output
-    outside = runner.invoke(main, ["export", str(tiny_session), "--run", "oracle-joint", "--out",
-                                   str(tmp_path / "z"), "--frames", "1:3"])
+    outside = runner.invoke(
+        main, ["export", str(tiny_session), "--run", "oracle-joint", "--out", str(tmp_path / "z"), "--frames", "1:3"]
+    )
     assert outside.exit_code == 2 and "not done" in outside.output
 
 

@@ -62,8 +62,9 @@ def test_sparse_joint_fit_improves_and_independent_views_shapes(body_model):
     after = _errors(body_model, res.pose_rotvecs, betas, res.transl, gt_pose, gt_t)
     assert after["MPJPE"] < 0.5 * before["MPJPE"]
 
-    per_view = fit_body(body_model, RIG, init_pose, betas, init_t, targets, FitConfig(iterations=5),
-                        independent_views=True)
+    per_view = fit_body(
+        body_model, RIG, init_pose, betas, init_t, targets, FitConfig(iterations=5), independent_views=True
+    )
     assert per_view.pose_rotvecs.shape == (1, 4, 24, 3) and per_view.transl.shape == (1, 4, 3)
 
 

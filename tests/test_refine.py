@@ -73,8 +73,16 @@ def test_view_without_the_person_is_skipped_with_a_warning(body_model, tiny_sess
         gt_verts = body_model(**gt.slice(0).to_torch()).vertices[0]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        res = refine_frame(body_model, rig, photos, torch.as_tensor(init.pose_rotvecs[0]), betas,
-                           torch.as_tensor(init.transl[0]), OraclePredictor(gt_verts), FAST)
+        res = refine_frame(
+            body_model,
+            rig,
+            photos,
+            torch.as_tensor(init.pose_rotvecs[0]),
+            betas,
+            torch.as_tensor(init.transl[0]),
+            OraclePredictor(gt_verts),
+            FAST,
+        )
     assert res.skipped_views == (rig.names[2],)
     assert np.isnan(res.residual_px[2]) and np.isfinite(res.residual_px[[0, 1, 3]]).all()
     assert any("skipped" in str(w.message) for w in caught)
@@ -88,8 +96,15 @@ def test_flow_predictor_is_zero_off_the_silhouette(body_model, tiny_session):
         rig, init, photos, subject = s.rig.without_distortion(), s.read_init(), s.read_frame(0), s.subject
     with torch.no_grad():
         verts = body_model(**init.slice(0).to_torch()).vertices[0]
-    frags, passes = render(rig, verts, body_model.faces, texture=torch.from_numpy(np.array(subject.texture)),
-                           uvs=body_model.uvs, uv_faces=body_model.uv_faces, passes=("rgb", "mask"))
+    frags, passes = render(
+        rig,
+        verts,
+        body_model.faces,
+        texture=torch.from_numpy(np.array(subject.texture)),
+        uvs=body_model.uvs,
+        uv_faces=body_model.uv_faces,
+        passes=("rgb", "mask"),
+    )
     out = FlowPredictor()(PredictRequest(photos, passes, frags, rig, verts, body_model.faces))
     assert out.flow.shape == (4, 128, 128, 2) and out.confidence.shape == (4, 128, 128)
     off = ~frags.mask
@@ -115,8 +130,7 @@ def test_sequence_mode_starts_from_the_previous_result(body_model, tiny_session,
         return real(model, rig, photos, p0, betas, tr0, *args, **kwargs)
 
     monkeypatch.setattr(R, "refine_frame", spy)
-    cfg = dataclasses.replace(FAST, init="previous", outer_iterations=1,
-                              fit=FitConfig(iterations=5, w_temporal=1e-3))
+    cfg = dataclasses.replace(FAST, init="previous", outer_iterations=1, fit=FitConfig(iterations=5, w_temporal=1e-3))
     first = refine_session(tiny_session, "seq", cfg, frames=[0], model=body_model, progress=False)
     refine_session(tiny_session, "seq", cfg, frames=[1], model=body_model, progress=False)  # resumed run
     with Session.open(tiny_session) as s:
