@@ -34,11 +34,14 @@ from mvcap.capture import Session
 from mvcap.config import to_dict
 from mvcap.metrics import METRIC_KEYS, epe, evaluate_body
 from mvcap.refine import (
+    ESTIMATE_PASSES,
     RefineConfig,
     keypoint_fit_frame,
     keypoint_targets,
     make_predictor,
     refine_session,
+    subject_appearance,
+    write_frame_result,
 )
 
 __all__ = ["BenchConfig", "run_benchmark", "format_table", "parse_method"]
@@ -115,17 +118,7 @@ def _run_keypoints(path: Path, name: str, cfg: RefineConfig, bench: BenchConfig,
                 torch.as_tensor(init.transl[t]),
                 cfg.fit,
             )
-            residual = np.full(len(rig), np.nan, np.float32)
-            residual[view_idx] = res.residual_px
-            writer.write(
-                t,
-                res.pose_rotvecs,
-                res.betas,
-                res.transl,
-                residual_px=residual,
-                iterations=res.iterations,
-                seconds=res.seconds,
-            )
+            write_frame_result(writer, t, res, len(rig), view_idx)
 
 
 def _epe_for(path: Path, cfg: RefineConfig, model: BodyModel, frames) -> list[float]:
@@ -146,18 +139,13 @@ def _epe_for(path: Path, cfg: RefineConfig, model: BodyModel, frames) -> list[fl
                     torch.as_tensor(init.pose_rotvecs[t])[None], betas, torch.as_tensor(init.transl[t])[None]
                 ).vertices[0]
                 gt_verts = model(**gt.slice(t).to_torch()).vertices[0]
-            appearance = {}
-            if subject.texture is not None:
-                appearance = dict(
-                    texture=torch.from_numpy(np.array(subject.texture)), uvs=model.uvs, uv_faces=model.uv_faces
-                )
             frags, passes = render(
                 pinhole,
                 verts,
                 model.faces,
                 template_vertices=template,
-                passes=("rgb", "depth", "normal", "template", "mask"),
-                **appearance,
+                passes=ESTIMATE_PASSES,
+                **subject_appearance(model, subject),
             )
             photos = undistort_images(rig, s.read_frame(t, views=list(rig.names)))
             req = PredictRequest(photos, passes, frags, pinhole, verts, model.faces)

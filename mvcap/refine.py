@@ -92,6 +92,28 @@ class FrameResult:
     skipped_views: tuple[str, ...] = ()
 
 
+ESTIMATE_PASSES = ("rgb", "depth", "normal", "template", "mask")  # what predictors see of the estimate
+
+
+def subject_appearance(model: BodyModel, subject: Subject | None) -> dict:
+    """Render keyword arguments for the subject's appearance: its UV texture (if the body
+    model has UVs), else its vertex colours, else nothing (uniform grey)."""
+    if subject is not None and subject.texture is not None and model.uvs is not None:
+        return dict(texture=torch.from_numpy(np.array(subject.texture)), uvs=model.uvs, uv_faces=model.uv_faces)
+    if subject is not None and subject.vertex_colors is not None:
+        return dict(vertex_colors=torch.from_numpy(np.array(subject.vertex_colors)))
+    return {}
+
+
+def write_frame_result(writer, t: int, res: FrameResult, num_views: int, view_idx: list[int]) -> None:
+    """Store one frame's result; residuals of views the run did not use stay NaN."""
+    residual = np.full(num_views, np.nan, np.float32)
+    residual[view_idx] = res.residual_px
+    writer.write(
+        t, res.pose_rotvecs, res.betas, res.transl, residual_px=residual, iterations=res.iterations, seconds=res.seconds
+    )
+
+
 @contextlib.contextmanager
 def torch_threads(n: int):
     """Run a block with ``n`` torch intra-op threads (0: leave as is)."""
@@ -152,11 +174,7 @@ def refine_frame(
     pose = init_pose_rotvecs.detach().to(torch.float32).clone()
     transl = init_transl.detach().to(torch.float32).clone()
     betas = betas.detach().to(torch.float32)
-    appearance = {}
-    if subject is not None and subject.texture is not None and model.uvs is not None:
-        appearance = dict(texture=torch.from_numpy(np.array(subject.texture)), uvs=model.uvs, uv_faces=model.uv_faces)
-    elif subject is not None and subject.vertex_colors is not None:
-        appearance = dict(vertex_colors=torch.from_numpy(np.ascontiguousarray(subject.vertex_colors)))
+    appearance = subject_appearance(model, subject)
     template = model.template_vertices()[0]
     iterations = 0
     residual = torch.full((len(rig),), float("nan"))
@@ -167,12 +185,7 @@ def refine_frame(
         with torch.no_grad():
             verts = model(pose[None], betas[None], transl[None]).vertices[0]
         fragments, passes = render(
-            pinhole,
-            verts,
-            faces,
-            template_vertices=template,
-            passes=("rgb", "depth", "normal", "template", "mask"),
-            **appearance,
+            pinhole, verts, faces, template_vertices=template, passes=ESTIMATE_PASSES, **appearance
         )
         disp = predictor(PredictRequest(photos, passes, fragments, pinhole, verts, faces))
         uv_target, weight, skipped = _vertex_targets(
@@ -364,17 +377,7 @@ def refine_session(
             photos = undistort_images(rig, session.read_frame(t, views=list(rig.names)))
             prev_pose = torch.as_tensor(prev[0]) if (prev is not None and cfg.fit.w_temporal > 0) else None
             res = refine_frame(model, rig, photos, p0, betas, tr0, predictor, cfg, subject, prev_pose)
-            residual = np.full(len(full_rig), np.nan, np.float32)
-            residual[view_idx] = res.residual_px
-            writer.write(
-                t,
-                res.pose_rotvecs,
-                res.betas,
-                res.transl,
-                residual_px=residual,
-                iterations=res.iterations,
-                seconds=res.seconds,
-            )
+            write_frame_result(writer, t, res, len(full_rig), view_idx)
             known[t] = (res.pose_rotvecs, res.transl)
             bar.set_postfix(res_px=f"{np.nanmean(res.residual_px):.2f}", s=f"{res.seconds:.1f}")
         return session.read_results(run_name)
