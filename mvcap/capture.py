@@ -12,6 +12,8 @@ dtypes, shapes) is documented in ``docs/session-format.md`` and summarised here:
                            timestamps (T,) float64 s, written (T,) bool
     /subject/              betas (10,), texture?, vertex_colors?; attrs name, gender, meta
     /init/                 pose_rotvecs (T,24,3), betas (T,10), transl (T,3), valid (T,)
+    /detections/           keypoints (T,V,K,3) float32 [x,y,conf] px, written (T,), masks/<view>
+                           (T,H,W) uint8; attrs keypoint_format            (optional)
     /ground_truth/         pose_rotvecs, betas, transl, extra/<name>   (optional)
     /results/<run>/        pose_rotvecs, betas, transl, done, residual_px (T,V),
                            iterations, seconds; attrs config (JSON), created_at
@@ -844,6 +846,97 @@ class Session:
                         "or pass require_valid=False"
                     )
             return BodyParams(*(_read_rows(g[k], idx) for k in _BODY_FIELDS))
+
+    # ---------------------------------------------------------------- detections ----------
+    def write_detections(self, t: int, keypoints, masks=None, keypoint_format: str = "mediapipe_pose_33") -> None:
+        """2D detections of frame ``t`` for every view.
+
+        keypoints: (V, K, 3) float ``[x_px, y_px, confidence]`` in the stored (distorted) image's
+        pixels; a keypoint not found has confidence 0 (x, y may be NaN).
+        masks: (V, H, W) bool / uint8 person masks (0-255 or 0-1), or None.
+        All frames of a session share one ``keypoint_format`` and K.
+        """
+        f = self._writable()
+        t = self._frame(t)
+        kp = _np(keypoints, np.float32)
+        if kp.ndim != 3 or kp.shape[0] != self.num_views or kp.shape[2] != 3:
+            raise SessionError(
+                f"keypoints must have shape (V={self.num_views}, K, 3) [x, y, confidence], got {kp.shape}"
+            )
+        g = f.get("detections")
+        if g is None:
+            g = f.create_group("detections")
+            g.attrs["keypoint_format"] = str(keypoint_format)
+            g.create_dataset(
+                "keypoints", shape=(self._T, self.num_views, kp.shape[1], 3), dtype=np.float32, fillvalue=np.nan
+            )
+            g.create_dataset("written", shape=(self._T,), dtype=bool, fillvalue=False)
+        fmt = str(g.attrs["keypoint_format"])
+        if fmt != keypoint_format or g["keypoints"].shape[2] != kp.shape[1]:
+            raise SessionError(
+                f"this session's detections are {fmt!r} with {g['keypoints'].shape[2]} keypoints; got "
+                f"{keypoint_format!r} with {kp.shape[1]}. Delete them first (delete_detections) to switch"
+            )
+        if masks is not None:
+            m = _np(masks)
+            for i, v in enumerate(self.view_names):
+                w, h = self.image_sizes[v]
+                if m.shape[0] != self.num_views or m[i].shape != (h, w):
+                    raise SessionError(f"masks must have shape (V={self.num_views}, H, W) = view sizes, got {m.shape}")
+                mg = g.require_group("masks")
+                if v not in mg:
+                    mg.create_dataset(
+                        v, shape=(self._T, h, w), dtype=np.uint8, chunks=(1, h, w), compression="lzf", fillvalue=0
+                    )
+                mi = m[i]
+                if mi.dtype == bool or mi.max(initial=0) <= 1:
+                    mi = mi.astype(np.uint8) * 255
+                mg[v][t] = mi.astype(np.uint8)
+        g["keypoints"][t] = kp
+        g["written"][t] = True
+        f.flush()
+
+    @property
+    def has_detections(self) -> bool:
+        return "detections" in self._h5()
+
+    @property
+    def detections_written(self) -> np.ndarray:
+        """(T,) bool: frames with stored detections."""
+        if not self.has_detections:
+            return np.zeros(self._T, bool)
+        with _reading(self._path, "detections/written"):
+            return self._h5()["detections"]["written"][()].astype(bool)
+
+    @property
+    def keypoint_format(self) -> str | None:
+        if not self.has_detections:
+            return None
+        return str(self._h5()["detections"].attrs["keypoint_format"])
+
+    def read_keypoints(self, frames=None) -> np.ndarray:
+        """(T', V, K, 3) float32 ``[x, y, confidence]`` for ``frames`` (default all); NaN rows for
+        frames never detected."""
+        if not self.has_detections:
+            raise SessionError(f"session {self._path} has no detections; run `mvcap detect` first")
+        idx = _frames_to_index(frames, self._T, "read_keypoints")
+        with _reading(self._path, "detections/keypoints"):
+            return _read_rows(self._h5()["detections"]["keypoints"], idx)
+
+    def read_masks(self, t: int) -> np.ndarray | None:
+        """(V, H, W) float32 in [0, 1] person masks of frame ``t``, or None if none are stored."""
+        if not self.has_detections or "masks" not in self._h5()["detections"]:
+            return None
+        t = self._frame(t)
+        with _reading(self._path, f"masks of frame {t}"):
+            mg = self._h5()["detections"]["masks"]
+            return np.stack([mg[v][t].astype(np.float32) / 255.0 for v in self.view_names])
+
+    def delete_detections(self) -> None:
+        f = self._writable()
+        if "detections" in f:
+            del f["detections"]
+            f.flush()
 
     # ---------------------------------------------------------------- ground truth --------
     def write_ground_truth(self, params: BodyParams, **extra_arrays) -> None:

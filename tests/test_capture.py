@@ -264,3 +264,26 @@ def test_body_params_helpers():
     assert b.betas.shape == (4, 10)
     with pytest.raises(ValueError, match=r"\(T, 24, 3\)"):
         BodyParams(p.pose_rotvecs[0], p.betas, p.transl)
+
+
+def test_detections_round_trip(tmp_path):
+    rig = small_rig()
+    (w, h) = rig[0].image_size
+    with Session.create(tmp_path / "d.h5", rig, num_frames=3) as s:
+        assert not s.has_detections and s.read_masks(0) is None
+        kp = np.random.default_rng(0).random((V, 33, 3)).astype(np.float32)
+        masks = np.zeros((V, h, w), bool)
+        masks[:, 2:5, 3:7] = True
+        s.write_detections(1, kp, masks)
+        with pytest.raises(SessionError, match="keypoints"):
+            s.write_detections(2, kp[:, :10], keypoint_format="coco_17")
+        with pytest.raises(SessionError, match="shape"):
+            s.write_detections(2, kp[:1])
+    with Session.open(tmp_path / "d.h5") as s:
+        assert s.keypoint_format == "mediapipe_pose_33"
+        assert s.detections_written.tolist() == [False, True, False]
+        got = s.read_keypoints()
+        np.testing.assert_array_equal(got[1], kp)
+        assert np.isnan(got[0]).all()
+        np.testing.assert_array_equal(s.read_masks(1) > 0.5, masks)
+        assert s.read_masks(0).sum() == 0
