@@ -211,7 +211,8 @@ figcaption{font-size:12px;color:#5a6478} pre{font-size:12px;background:#f0f3f8;p
 
 
 def _card(key: str, value: str, bad: bool = False) -> str:
-    return f'<div class="card{" bad" if bad else ""}"><div class="v">{html.escape(value)}</div><div class="k">{html.escape(key)}</div></div>'
+    cls = "card bad" if bad else "card"
+    return f'<div class="{cls}"><div class="v">{html.escape(value)}</div><div class="k">{html.escape(key)}</div></div>'
 
 
 def build_report(
