@@ -319,11 +319,15 @@ def refine_session(
     model: BodyModel | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    failures: list | None = None,
 ) -> object:
     """Refine the frames of a session file, writing each result as soon as it is done.
 
     Rerunning with the same run name skips finished frames (resume); ``overwrite`` starts
     over. Returns the session's Results for the run.
+    failures: if a list is given, a frame that cannot be refined (no initial estimate, or an
+    error in the frame) is appended to it as ``(frame, reason)`` and the run goes on;
+    otherwise frames without an initial estimate are skipped with a warning and errors raise.
     """
     from tqdm import tqdm
 
@@ -369,6 +373,8 @@ def refine_session(
                 p0, tr0 = torch.as_tensor(init.pose_rotvecs[t]), torch.as_tensor(init.transl[t])
             if not (torch.isfinite(p0).all() and torch.isfinite(tr0).all()):
                 log.warning("frame %d has no initial estimate; skipped", t)
+                if failures is not None:
+                    failures.append((t, "no initial estimate (no person found / init not run for this frame)"))
                 continue
             predictor = shared_predictor
             if predictor is None:
@@ -376,7 +382,14 @@ def refine_session(
                     predictor = OraclePredictor(model(**gt.slice(t).to_torch()).vertices[0])
             photos = undistort_images(rig, session.read_frame(t, views=list(rig.names)))
             prev_pose = torch.as_tensor(prev[0]) if (prev is not None and cfg.fit.w_temporal > 0) else None
-            res = refine_frame(model, rig, photos, p0, betas, tr0, predictor, cfg, subject, prev_pose)
+            try:
+                res = refine_frame(model, rig, photos, p0, betas, tr0, predictor, cfg, subject, prev_pose)
+            except Exception as exc:  # one bad frame must not end a long run
+                if failures is None:
+                    raise
+                log.warning("frame %d failed: %s", t, exc)
+                failures.append((t, f"refinement failed: {type(exc).__name__}: {exc}"))
+                continue
             write_frame_result(writer, t, res, len(full_rig), view_idx)
             known[t] = (res.pose_rotvecs, res.transl)
             bar.set_postfix(res_px=f"{np.nanmean(res.residual_px):.2f}", s=f"{res.seconds:.1f}")
