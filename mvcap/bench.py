@@ -36,11 +36,11 @@ from mvcap.metrics import METRIC_KEYS, epe, evaluate_body
 from mvcap.refine import (
     ESTIMATE_PASSES,
     RefineConfig,
+    estimate_appearance,
     keypoint_fit_frame,
     keypoint_targets,
     make_predictor,
     refine_session,
-    subject_appearance,
     write_frame_result,
 )
 
@@ -60,9 +60,21 @@ class BenchConfig:
     refine: RefineConfig = field(default_factory=RefineConfig)
 
 
+APPEARANCE_SUFFIXES = {"notexture": "none", "wrongtexture": "wrong"}
+
+
 def parse_method(name: str, base: RefineConfig) -> tuple[str, RefineConfig | None]:
-    """'dense-flow-refit@cam2' -> ("dense", RefineConfig(predictor=flow, fusion=refit, views=(cam2,)))."""
-    kind, _, view = name.partition("@")
+    """'dense-flow-refit@cam2' -> ("dense", RefineConfig(predictor=flow, fusion=refit, views=(cam2,))).
+
+    Ablations of the estimate's appearance: '+notexture' (uniform grey) or '+wrongtexture'
+    (another person's texture), e.g. 'dense-learned-joint+wrongtexture'."""
+    head, _, view = name.partition("@")
+    head, _, suffix = head.partition("+")
+    if suffix:
+        if suffix not in APPEARANCE_SUFFIXES:
+            raise ValueError(f"unknown method suffix '+{suffix}'; use one of {['+' + k for k in APPEARANCE_SUFFIXES]}")
+        base = dataclasses.replace(base, appearance=APPEARANCE_SUFFIXES[suffix])
+    kind = head
     views = (view,) if view else ()
     if kind in ("init", "gt"):
         if view:
@@ -145,7 +157,7 @@ def _epe_for(path: Path, cfg: RefineConfig, model: BodyModel, frames) -> list[fl
                 model.faces,
                 template_vertices=template,
                 passes=ESTIMATE_PASSES,
-                **subject_appearance(model, subject),
+                **estimate_appearance(model, subject, cfg.appearance),
             )
             photos = undistort_images(rig, s.read_frame(t, views=list(rig.names)))
             req = PredictRequest(photos, passes, frags, pinhole, verts, model.faces)

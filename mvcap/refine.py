@@ -18,6 +18,7 @@ done, so an interrupted run resumes where it stopped.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 import warnings
@@ -47,6 +48,7 @@ __all__ = ["RefineConfig", "FrameResult", "refine_frame", "refine_session", "key
 
 log = logging.getLogger(__name__)
 PREDICTORS = ("oracle", "flow", "learned")
+APPEARANCES = ("subject", "none", "wrong")
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,9 @@ class RefineConfig:
     translation_fusion: str = "ray"  # refit mode: "ray" (depth-aware) or "mean"
     init: str = "session"  # per-frame init: "session" (stored estimates) or "previous" result
     learned_weights: str = ""  # learned predictor weights (default: the shipped lite model)
+    # how the estimate is textured for the predictor: "subject" (its registered appearance),
+    # "none" (uniform grey) or "wrong" (another person's texture) -- the last two are ablations
+    appearance: str = "subject"
     threads: int = 1  # torch threads for the fit; 0 = torch's default. The fit's tensors are
     # small: more threads barely help and spin-wait badly when the cores are shared.
     fit: FitConfig = field(default_factory=FitConfig)
@@ -73,6 +78,8 @@ class RefineConfig:
             raise ValueError(f"fusion must be 'joint' or 'refit', got {self.fusion!r}")
         if self.init not in ("session", "previous"):
             raise ValueError(f"init must be 'session' or 'previous', got {self.init!r}")
+        if self.appearance not in APPEARANCES:
+            raise ValueError(f"appearance must be one of {APPEARANCES}, got {self.appearance!r}")
         if self.outer_iterations < 1:
             raise ValueError(f"outer_iterations must be >= 1, got {self.outer_iterations}")
 
@@ -103,6 +110,26 @@ def subject_appearance(model: BodyModel, subject: Subject | None) -> dict:
     if subject is not None and subject.vertex_colors is not None:
         return dict(vertex_colors=torch.from_numpy(np.array(subject.vertex_colors)))
     return {}
+
+
+@functools.lru_cache(maxsize=2)
+def _wrong_subject(texture_size: int) -> Subject:
+    from mvcap.synth import SubjectConfig, make_subject
+
+    # a fixed synthetic person none of the benchmark subjects is (its own seed stream)
+    rng = np.random.default_rng(987654321)
+    return make_subject(rng, load_body_model(), "wrong", SubjectConfig(texture_size=texture_size))
+
+
+def estimate_appearance(model: BodyModel, subject: Subject | None, mode: str = "subject") -> dict:
+    """Render keyword arguments for the estimate's appearance under ``mode`` (see
+    :attr:`RefineConfig.appearance`)."""
+    if mode == "none":
+        return {}
+    if mode == "wrong":
+        size = subject.texture.shape[0] if subject is not None and subject.texture is not None else 512
+        return subject_appearance(model, _wrong_subject(int(size)))
+    return subject_appearance(model, subject)
 
 
 def write_frame_result(writer, t: int, res: FrameResult, num_views: int, view_idx: list[int]) -> None:
@@ -174,7 +201,7 @@ def refine_frame(
     pose = init_pose_rotvecs.detach().to(torch.float32).clone()
     transl = init_transl.detach().to(torch.float32).clone()
     betas = betas.detach().to(torch.float32)
-    appearance = subject_appearance(model, subject)
+    appearance = estimate_appearance(model, subject, cfg.appearance)
     template = model.template_vertices()[0]
     iterations = 0
     residual = torch.full((len(rig),), float("nan"))

@@ -32,3 +32,22 @@ def test_gt_row_reads_zero_and_init_does_not(body_model, tiny_session, tmp_path)
     table = format_table(report)
     assert table.splitlines()[0].startswith("| method | MPJPE") and "| gt | 0.0 |" in table
     json.dumps(report, default=str)
+
+
+def test_appearance_ablation_methods(body_model):
+    from mvcap.bench import parse_method
+    from mvcap.refine import RefineConfig, estimate_appearance
+    from mvcap.synth import make_subject
+
+    kind, cfg = parse_method("dense-learned-joint+wrongtexture@cam01", RefineConfig())
+    assert kind == "dense" and cfg.appearance == "wrong" and cfg.views == ("cam01",) and cfg.predictor == "learned"
+    assert parse_method("dense-flow-refit+notexture", RefineConfig())[1].appearance == "none"
+    with pytest.raises(ValueError, match="unknown method suffix"):
+        parse_method("dense-flow-joint+sepia", RefineConfig())
+    import numpy as np
+
+    subject = make_subject(np.random.default_rng(0), body_model, "s")
+    own = estimate_appearance(body_model, subject, "subject")["texture"]
+    wrong = estimate_appearance(body_model, subject, "wrong")["texture"]
+    assert own.shape == wrong.shape and (own != wrong).any()
+    assert estimate_appearance(body_model, subject, "none") == {}
