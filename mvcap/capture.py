@@ -1002,6 +1002,8 @@ class Session:
         New run: created (needs ``create=True``) with ``config`` (dict or dataclass, stored as
         JSON). Existing run: reopened for resuming; a ``config`` that differs from the stored
         one is an error unless ``overwrite=True``, which deletes the old run and starts afresh.
+        Settings absent from the stored config are not compared: they were added to mvcap
+        after the run started, and a new setting's default keeps the old behaviour.
         """
         f = self._writable()
         if not name or "/" in name:
@@ -1013,7 +1015,7 @@ class Session:
         if name in runs:
             g = runs[name]
             stored = g.attrs.get("config", "{}")
-            if cfg_json is not None and json.loads(stored) != json.loads(cfg_json):
+            if cfg_json is not None and not _same_config(json.loads(stored), json.loads(cfg_json)):
                 raise SessionError(
                     f"results run {name!r} in {self._path} was started with a different config; "
                     f"resume with the same config, pick another run name, or pass overwrite=True "
@@ -1068,6 +1070,13 @@ class Session:
                 else self.view_names,
                 created_at=str(g.attrs.get("created_at", "")),
             )
+
+
+def _same_config(stored, new) -> bool:
+    """Equal, ignoring keys of ``new`` that ``stored`` lacks (settings added since)."""
+    if isinstance(stored, dict) and isinstance(new, dict):
+        return all(k in new and _same_config(v, new[k]) for k, v in stored.items())
+    return stored == new
 
 
 def _create_body_datasets(g: h5py.Group, T: int) -> None:

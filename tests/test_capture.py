@@ -143,6 +143,10 @@ def test_results_resume_and_config(tmp_path):
         assert s.result_names() == ["refine"]
         with pytest.raises(SessionError, match="different config"):
             s.results_run("refine", config={"iters": 4, "views": ["cam0", "cam1"]})
+        with pytest.raises(SessionError, match="different config"):  # a setting the run had is gone
+            s.results_run("refine", config={"views": ["cam0", "cam1"]})
+        # a setting added to mvcap after the run started is not a difference
+        s.results_run("refine", config={"iters": 3, "views": ["cam0", "cam1"], "new_setting": 1})
         w = s.results_run("refine", config={"iters": 3, "views": ("cam0", "cam1")})  # same as JSON
         assert w.done_frames().tolist() == [True] * 3 + [False] * 3 and w.next_frame() == 3
         for t in range(3, T):
