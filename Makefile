@@ -16,7 +16,8 @@ $(PY):
 # torch first, pinned to the CPU wheel available here (a bare `torch` would pull CUDA).
 $(STAMP): pyproject.toml | $(PY)
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,detect]" || { echo "MediaPipe (detect extra) unavailable here: installing without it"; \
+	  $(PY) -m pip install -q -e ".[dev]"; }
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -802,7 +802,7 @@ class Session:
             )
 
     # ---------------------------------------------------------------- init ----------------
-    def write_init(self, pose_rotvecs, betas, transl, frames=None) -> None:
+    def write_init(self, pose_rotvecs, betas=None, transl=None, frames=None) -> None:
         """Initial estimates for ``frames`` (default: all T). Shapes (T',24,3), (T',10) or (10,),
         (T',3). Accepts a BodyParams as the first argument (then betas/transl are ignored)."""
         f = self._writable()

@@ -18,13 +18,22 @@ class _Group(click.Group):
         from mvcap.cameras import RigError
         from mvcap.capture import SessionError
         from mvcap.config import ConfigError
+        from mvcap.detect import DetectError
         from mvcap.export import ExportError
+        from mvcap.ingest import IngestError
+        from mvcap.initialize import InitError
         from mvcap.nets.predictor import WeightsError
+        from mvcap.pipeline import RunError
+        from mvcap.register import RegisterError
         from mvcap.subject import SubjectError
+        from mvcap.triangulate import TriangulateError
 
         try:
             return super().invoke(ctx)
-        except (ConfigError, RigError, SessionError, SubjectError, WeightsError, ExportError, FileNotFoundError) as exc:
+        except (
+            ConfigError, RigError, SessionError, SubjectError, WeightsError, ExportError, IngestError,
+            DetectError, InitError, TriangulateError, RunError, RegisterError, FileNotFoundError,
+        ) as exc:  # fmt: skip
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
 
@@ -41,21 +50,86 @@ def main():
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("demo_out"),
     show_default=True,
-    help="Folder for the demo's pictures.",
+    help="Folder for the demo's capture, session, exports and report.",
 )
-@click.option(
-    "--rig",
-    "rig_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Rig file (default: calibration/demo_rig.toml).",
-)
-def demo(out: Path, rig_path: Path | None):
-    """Pose the embedded body and show it in every camera of the demo rig."""
-    from mvcap.demo import run_demo
+@click.option("--frames", type=int, default=None, help="Frames of the synthetic capture (default: the scene's 10).")
+@click.option("--size", type=int, default=None, help="Image size of the synthetic cameras (default: 320).")
+@click.option("--rig-pictures", is_flag=True, help="Only draw the body in the demo rig (projection/passes PNGs).")
+def demo(out: Path, frames: int | None, size: int | None, rig_pictures: bool):
+    """Run the whole chain on a small synthetic studio capture and write the HTML report."""
+    from mvcap.demo import run_demo, run_rig_pictures
 
-    for path in run_demo(out, rig_path):
-        click.echo(f"wrote {path}")
+    if rig_pictures:
+        for path in run_rig_pictures(out):
+            click.echo(f"wrote {path}")
+        return
+    summary = run_demo(out, frames=frames, image_size=size, echo=click.echo)
+    if summary.report is None:
+        sys.exit(1)
+
+
+@main.command("run")
+@click.argument("config", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Run folder for the session, subject, exports and report (default: the config's folder).",
+)
+@click.option("--restart", is_flag=True, help="Discard the results run and refine again (keeps ingest/init/subject).")
+@click.option("--set", "overrides", multiple=True, help="Config overrides key=value, e.g. refine.predictor=flow")
+def run_cmd(config: Path, out: Path | None, restart: bool, overrides):
+    """The whole chain from a run config: ingest -> init -> subject -> refine -> export -> report.
+
+    Resumable: rerunning skips what is done (ingested frames, detections, initial estimates,
+    the registered subject, refined frames)."""
+    from mvcap.pipeline import format_summary, load_run_config, run_pipeline
+
+    cfg, base = load_run_config(config, list(overrides))
+    summary = run_pipeline(cfg, base, out, restart=restart)
+    click.echo(format_summary(summary))
+    if summary.frames_done == 0:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("session", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--run", "run_name", required=True, help="Results run to report on.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="HTML file to write.")
+@click.option("--set", "overrides", multiple=True, help="Report settings, e.g. overlay_frames=6")
+def report(session: Path, run_name: str, out: Path | None, overrides):
+    """Write the self-contained HTML report of a results run."""
+    from mvcap.config import build_config
+    from mvcap.report import ReportConfig, build_report
+
+    cfg = build_config(ReportConfig, {}, list(overrides), where="report settings")
+    path = build_report(session, run_name, out or session.with_name(f"report_{run_name}.html"), cfg)
+    click.echo(f"wrote {path}")
+
+
+@main.command()
+@click.argument("session", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--run", "run_name", required=True, help="Results run to draw.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Output folder.")
+@click.option("--frames", default=None, help="Frame range START:STOP (default: every refined frame).")
+@click.option("--views", default=None, help="Comma-separated cameras (default: all).")
+@click.option("--video", is_flag=True, help="Also write one MP4 per view.")
+@click.option("--no-compare", is_flag=True, help="Only the refined body (no before | after).")
+def overlay(session: Path, run_name: str, out: Path, frames, views, video: bool, no_compare: bool):
+    """Draw the fitted body over the photos: PNG per view and frame (before | after), MP4 optional."""
+    from mvcap.overlay import session_overlays
+
+    fr = None
+    if frames:
+        a, b = frames.split(":")
+        fr = range(int(a or 0), int(b))
+    res = session_overlays(
+        session, run_name, out, frames=fr, views=views.split(",") if views else None,
+        compare_init=not no_compare, video=video,
+    )  # fmt: skip
+    click.echo(f"wrote overlays of {len(res.frames)} frames x {len(res.pngs)} views to {out}")
+    for v, p in res.videos.items():
+        click.echo(f"  {v}: {p}")
 
 
 @main.command("build-body")
@@ -309,6 +383,156 @@ def export(session: Path, run_name: str, out: Path, formats: str, frames: str | 
     )
     for fmt, path in res.paths.items():
         click.echo(f"  {fmt:4s} {path}")
+
+
+@main.command()
+@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Session file (.h5).")
+@click.option(
+    "--rig", "rig_path", type=click.Path(path_type=Path), default=None, help="Rig file (default: SOURCE/rig.toml)."
+)
+@click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Ingest TOML."
+)
+@click.option("--start", type=int, default=None, help="First timeline frame (default 0).")
+@click.option(
+    "--stop", type=int, default=None, help="Timeline frame to stop before (default: the shortest source's end)."
+)
+@click.option("--stride", type=int, default=None, help="Keep every N-th frame.")
+@click.option("--offset", "offsets", multiple=True, metavar="CAM=K", help="Camera CAM reads frame t+K (repeatable).")
+@click.option("--fps", type=float, default=None, help="Source frame rate (default: the videos'; image folders: 30).")
+@click.option(
+    "--image-size", nargs=2, type=int, default=None, metavar="W H", help="Store every view at W x H (rig rescaled)."
+)
+@click.option("--count-frames", is_flag=True, help="Decode the videos to count frames instead of trusting headers.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT and discard an interrupted OUT.partial.")
+@click.option("--set", "overrides", multiple=True, help="Config overrides key=value, e.g. offsets.cam1=2")
+def ingest(source, out, rig_path, config_path, start, stop, stride, offsets, fps, image_size, count_frames, overwrite,
+           overrides):  # fmt: skip
+    """Ingest synchronized videos (SOURCE/<cam>.mp4) or image folders (SOURCE/<cam>/) into a session file."""
+    from mvcap.config import load_config, parse_overrides
+    from mvcap.ingest import IngestConfig
+    from mvcap.ingest import ingest as run_ingest
+
+    extra = parse_overrides(overrides)
+    for key, value in (("start", start), ("stop", stop), ("stride", stride), ("fps", fps), ("image_size", image_size)):
+        if value is not None:
+            extra[key] = list(value) if key == "image_size" else value
+    if count_frames:
+        extra["count_frames"] = True
+    for item in offsets:
+        cam, sep, k = item.partition("=")
+        if not sep or not k.strip().lstrip("-").isdigit():
+            raise click.BadParameter(
+                f"{item!r} must look like CAM=K with an integer K, e.g. cam1=-3", param_hint="--offset"
+            )
+        extra.setdefault("offsets", {})[cam.strip()] = int(k)
+    cfg = load_config(IngestConfig, config_path, extra)
+    if rig_path is None:
+        rig_path = source / "rig.toml"
+        if not rig_path.exists():
+            raise click.UsageError(f"no rig given and no {rig_path}; pass --rig PATH")
+    res = run_ingest(source, rig_path, out, cfg, overwrite=overwrite)
+    f = res.source_frames
+    click.echo(
+        f"{res.path}: {res.num_frames} frames x {len(res.sources)} views at {res.fps:g} fps "
+        f"(source frames {int(f[0])}..{int(f[-1])} step {cfg.stride})"
+        + (f", resumed after {res.resumed_frames} frames" if res.resumed_frames else "")
+    )
+
+
+def _frame_range(frames: str | None) -> list[int] | None:
+    if not frames:
+        return None
+    start, sep, stop = frames.partition(":")
+    if not sep or not stop.strip():
+        raise click.BadParameter(f"{frames!r} must look like START:STOP, e.g. 0:100", param_hint="--frames")
+    return list(range(int(start or 0), int(stop)))
+
+
+@main.command()
+@click.argument("session", type=click.Path(path_type=Path))
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Init config TOML; its [detect] table is used (default: configs/init.toml).")  # fmt: skip
+@click.option("--frames", default=None, help="Frame range START:STOP (default: all).")
+@click.option("--overwrite", is_flag=True, help="Discard stored detections and detect again.")
+@click.option("--set", "overrides", multiple=True, help="Overrides key=value, e.g. detect.masks=false")
+def detect(session: Path, config_path, frames, overwrite, overrides):
+    """Detect 2D keypoints and person masks in every view with MediaPipe (resumable)."""
+    from mvcap.config import load_config
+    from mvcap.detect import detect_session
+    from mvcap.initialize import InitConfig
+
+    cfg = load_config(InitConfig, config_path or "init.toml", list(overrides))
+    for path in _session_paths(session):
+        res = detect_session(path, cfg.detect, frames=_frame_range(frames), overwrite=overwrite)
+        click.echo(f"{path}: {res}")
+
+
+@main.command("init")
+@click.argument("session", type=click.Path(path_type=Path))
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Init config TOML (default: configs/init.toml).")  # fmt: skip
+@click.option("--from-npz", "npz", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Use these SMPL parameters instead: poses (T,72), trans (T,3), betas (10,).")  # fmt: skip
+@click.option("--frames", default=None, help="Frame range START:STOP (default: all detected frames).")
+@click.option("--overwrite", is_flag=True, help="Replace existing initial estimates.")
+@click.option("--set", "overrides", multiple=True, help="Config overrides key=value, e.g. w_2d=0.5")
+def init_cmd(session: Path, config_path, npz, frames, overwrite, overrides):
+    """Initial body estimates: fit to triangulated detections (run `mvcap detect` first) or read an npz."""
+    from mvcap.config import load_config
+    from mvcap.initialize import InitConfig, init_from_npz, initialize_session
+
+    if npz is not None:
+        n = init_from_npz(session, npz, overwrite=overwrite)
+        click.echo(f"{session}: initial estimates for {n} frames from {npz}")
+        return
+    cfg = load_config(InitConfig, config_path or "init.toml", list(overrides))
+    for path in _session_paths(session):
+        res = initialize_session(path, cfg, frames=_frame_range(frames), overwrite=overwrite)
+        click.echo(f"{path}: {res}")
+
+
+@main.command()
+@click.argument("session", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Subject file to write (default: <session>.subject.npz beside the session).")  # fmt: skip
+@click.option("--name", default=None, help="Subject name (default: the session file's stem).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Registration TOML (default: configs/register.toml).")  # fmt: skip
+@click.option("--frames", default=None, help="Frames to use: START:STOP (num_frames spread over it) or a list 0,20,40.")
+@click.option("--views", default=None, help="Comma-separated cameras to use (default: all).")
+@click.option("--write-session", is_flag=True, help="Also store the subject in the session (used by refine).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing subject file.")
+@click.option("--set", "overrides", multiple=True, help="Config overrides key=value, e.g. texture.size=1024")
+def register(session: Path, out, name, config_path, frames, views, write_session, overwrite, overrides):
+    """Register the filmed person: fit their shape and build their texture (needs init + detections)."""
+    from mvcap.config import load_config, parse_overrides
+    from mvcap.register import RegisterConfig, register_subject
+
+    extra = parse_overrides(overrides)
+    if views:
+        extra["views"] = [v.strip() for v in views.split(",") if v.strip()]
+    within = _frame_range(frames) if frames and ":" in frames else None
+    if frames and within is None:
+        try:
+            extra["frames"] = [int(t) for t in frames.split(",") if t.strip()]
+        except ValueError:
+            raise click.BadParameter(f"{frames!r}: give START:STOP or a list 0,20", param_hint="--frames") from None
+    cfg = load_config(RegisterConfig, config_path or "register.toml", extra)
+    out = out or session.with_name(session.stem + ".subject.npz")
+    if out.exists() and not overwrite:
+        raise click.UsageError(f"{out} already exists; pass --overwrite to replace it")
+    res = register_subject(session, name, cfg, out=out, write_session=write_session, within=within)
+    iou = res.shape.silhouette_iou
+    b = res.subject.betas
+    click.echo(
+        f"{res.path}: subject '{res.subject.name}' from {len(res.frames)} frames x {len(res.views)} views; "
+        f"betas [{', '.join(f'{x:+.2f}' for x in b[:4])}, ...]"
+        + (f"; silhouette IoU {np.nanmean(iou):.3f}" if np.isfinite(iou).any() else "")
+        + f"; texture {res.appearance.texture.shape[0]}px, {100 * res.appearance.coverage:.0f}% of texels seen"
+        + ("; written into the session" if write_session else "")
+    )
 
 
 if __name__ == "__main__":

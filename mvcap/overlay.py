@@ -228,13 +228,13 @@ def session_overlays(
     ``<out_dir>/<view>.mp4`` when ``video``. ``frames`` default: every finished frame."""
     from tqdm import tqdm
 
-    from mvcap.capture import Session
+    from mvcap.capture import Session, SessionError
 
     model = model or load_body_model()
     out_dir = Path(out_dir)
     with Session.open(session_path) as s:
         if run_name not in s.result_names():
-            raise ValueError(
+            raise SessionError(
                 f"{session_path} has no results run {run_name!r}; runs: {s.result_names() or 'none (run refine first)'}"
             )
         res = s.read_results(run_name)
@@ -244,7 +244,7 @@ def session_overlays(
         frames = [int(t) for t in frames]
         missing = [t for t in frames if not (0 <= t < len(res.done) and res.done[t])]
         if missing:
-            raise ValueError(
+            raise SessionError(
                 f"frames {missing[:10]} of run {run_name!r} have no result (done frames: {_ranges(done) or 'none'})"
             )
         rig = s.rig if views is None else s.rig.subset(list(views))

@@ -25,7 +25,7 @@ import torch
 
 from mvcap.body import BodyModel, load_body_model
 from mvcap.cameras import Camera, Rig
-from mvcap.capture import BodyParams, Results, Session
+from mvcap.capture import BodyParams, Results, Session, SessionError
 from mvcap.overlay import OverlayConfig, before_after
 from mvcap.render import render, undistort_images
 
@@ -237,7 +237,7 @@ def build_report(
     summary = dict(summary or {})
     with Session.open(session_path) as s:
         if run_name not in s.result_names():
-            raise ValueError(
+            raise SessionError(
                 f"{session_path} has no results run {run_name!r}; runs: {s.result_names() or 'none (run refine first)'}"
             )
         res = s.read_results(run_name)

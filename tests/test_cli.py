@@ -22,7 +22,7 @@ def test_rig_show_and_bad_rig_message(tmp_path):
 
 
 def test_demo_writes_pictures(tmp_path):
-    out = CliRunner().invoke(main, ["demo", "--out", str(tmp_path)])
+    out = CliRunner().invoke(main, ["demo", "--out", str(tmp_path), "--rig-pictures"])
     assert out.exit_code == 0, out.output
     assert (tmp_path / "projection.png").stat().st_size > 10_000
     assert (tmp_path / "passes.png").stat().st_size > 10_000

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from mvcap.capture import Session
+from mvcap.capture import Session, SessionError
 from mvcap.overlay import OverlayConfig, draw_arrows, draw_overlay, session_overlays
 
 
@@ -62,7 +62,7 @@ def test_session_overlays_writes_before_after(tiny_session, tmp_path):
     cap = cv2.VideoCapture(str(out.videos[names[0]]))
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 2
     cap.release()
-    with pytest.raises(ValueError, match=r"frames \[1\].*no result.*0, 2"):
+    with pytest.raises(SessionError, match=r"frames \[1\].*no result.*0, 2"):
         session_overlays(tiny_session, "fake", tmp_path / "ov2", frames=[1], progress=False)
-    with pytest.raises(ValueError, match="no results run 'nope'"):
+    with pytest.raises(SessionError, match="no results run 'nope'"):
         session_overlays(tiny_session, "nope", tmp_path / "ov3", progress=False)

@@ -5,7 +5,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from mvcap.capture import Session
+from mvcap.capture import Session, SessionError
 from mvcap.report import ReportConfig, build_report
 
 SMALL = ReportConfig(overlay_frames=2, turntable_frames=1, turntable_steps=4, turntable_size=96)
@@ -54,7 +54,7 @@ def test_report_content(report):
 
 
 def test_report_errors(tiny_session, tmp_path):
-    with pytest.raises(ValueError, match="no results run 'none'"):
+    with pytest.raises(SessionError, match="no results run 'none'"):
         build_report(tiny_session, "none", tmp_path / "x.html", SMALL)
 
 

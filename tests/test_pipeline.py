@@ -1,0 +1,66 @@
+"""`mvcap run` end to end on a tiny synthetic capture written out as videos (the demo chain)."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from mvcap.cli import main
+from mvcap.pipeline import RunError, load_run_config, run_pipeline
+
+
+def _demo(tmp_path, monkeypatch, mediapipe: bool):
+    import mvcap.detect
+
+    if not mediapipe:
+        monkeypatch.setattr(mvcap.detect, "mediapipe_available", lambda: False)
+    elif not mvcap.detect.mediapipe_available():
+        pytest.skip("MediaPipe (the detect extra) is not installed")
+    out = CliRunner().invoke(main, ["demo", "--out", str(tmp_path), "--frames", "2", "--size", "160"])
+    assert out.exit_code == 0, out.output
+    return out.output
+
+
+def test_demo_chain_without_mediapipe_then_resume(tmp_path, monkeypatch):
+    text = _demo(tmp_path, monkeypatch, mediapipe=False)
+    assert "MediaPipe is not installed" in text and "2 / 2 frames refined" in text
+    summary = json.loads((tmp_path / "summary_demo.json").read_text())
+    assert summary["frames_done"] == 2 and summary["failures"] == []
+    assert "init.npz" in summary["stage_notes"]["init"] and "prescan" in summary["stage_notes"]["subject"]
+    for name in ("report_demo.html", "export/demo.npz", "export/demo.bvh", "export/demo.glb"):
+        assert (tmp_path / name).stat().st_size > 1000, name
+    assert "Accuracy against ground truth" in (tmp_path / "report_demo.html").read_text()
+    # rerun: everything is found done, nothing is computed again
+    cfg, base = load_run_config(tmp_path / "run.toml")
+    again = run_pipeline(cfg, base, progress=False)
+    assert again.frames_done == 2 and "not ingested again" in again.stage_notes["ingest"]
+    assert again.stage_seconds["refine"] < 5
+
+
+def test_demo_chain_with_mediapipe(tmp_path, monkeypatch):
+    _demo(tmp_path, monkeypatch, mediapipe=True)
+    summary = json.loads((tmp_path / "summary_demo.json").read_text())
+    assert summary["frames_done"] == 2
+    assert "MediaPipe found the person" in summary["stage_notes"]["init"]
+    assert "registered demo_subject" in summary["stage_notes"]["subject"]
+    assert (tmp_path / "demo_subject.npz").exists()
+
+
+def test_run_config_errors(tmp_path, tiny_session):
+    with pytest.raises(RunError, match="init.source"):
+        load_run_config(_toml(tmp_path, '[init]\nsource = "magic"'))
+    cfg, base = load_run_config(_toml(tmp_path, '[capture]\nvideos = "vids"'))
+    with pytest.raises(RunError, match="needs capture.rig"):
+        run_pipeline(cfg, base, progress=False)
+    cfg, base = load_run_config(_toml(tmp_path, ""))
+    with pytest.raises(RunError, match="does not exist and capture.videos is empty"):
+        run_pipeline(cfg, base, progress=False)
+    cfg, base = load_run_config(_toml(tmp_path, f'frames = "0:99"\n[capture]\nsession = "{tiny_session}"'))
+    with pytest.raises(RunError, match="outside the session's 0:3"):
+        run_pipeline(cfg, base, progress=False)
+
+
+def _toml(tmp_path, body: str):
+    p = tmp_path / "run.toml"
+    p.write_text(body + "\n")
+    return p
