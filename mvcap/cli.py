@@ -270,10 +270,19 @@ def _session_paths(target: Path) -> list[Path]:
 @click.option("--frames", default=None, help="Frame range START:STOP (default: all).")
 @click.option("--overwrite", is_flag=True, help="Start the run over instead of resuming it.")
 @click.option("--set", "overrides", multiple=True, help="Config overrides key=value, e.g. fit.iterations=60")
-def refine(session: Path, config_path, predictor, fusion, views, run_name, frames, overwrite, overrides):
+@click.option(
+    "--subject",
+    "subject_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Registered subject file (mvcap register) to store in the session first.",
+)
+def refine(session: Path, config_path, predictor, fusion, views, run_name, frames, overwrite, overrides, subject_path):
     """Refine the body in every frame of a session (resumable; results go into the file)."""
+    from mvcap.capture import Session
     from mvcap.config import load_config, parse_overrides
     from mvcap.refine import RefineConfig, refine_session
+    from mvcap.subject import Subject
 
     extra = parse_overrides(overrides)
     for key, value in (("predictor", predictor), ("fusion", fusion)):
@@ -287,7 +296,11 @@ def refine(session: Path, config_path, predictor, fusion, views, run_name, frame
         start, _, stop = frames.partition(":")
         frame_list = list(range(int(start or 0), int(stop)))
     name = run_name or f"{cfg.predictor}-{cfg.fusion}" + (f"@{'+'.join(cfg.views)}" if cfg.views else "")
+    subject = Subject.load(subject_path) if subject_path else None
     for path in _session_paths(session):
+        if subject is not None:
+            with Session.open(path, "a") as s:
+                s.write_subject(subject)
         res = refine_session(path, name, cfg, frames=frame_list, overwrite=overwrite)
         done = int(res.done.sum())
         click.echo(

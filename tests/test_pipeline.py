@@ -64,3 +64,41 @@ def _toml(tmp_path, body: str):
     p = tmp_path / "run.toml"
     p.write_text(body + "\n")
     return p
+
+
+def test_readme_chain_command_by_command(tmp_path):
+    """The README's step-by-step chain on a synthetic capture written out as MP4 videos."""
+    import mvcap.detect
+    from mvcap.config import CONFIG_DIR
+    from mvcap.demo import write_synthetic_capture
+
+    cap = write_synthetic_capture(
+        tmp_path / "capture", CONFIG_DIR / "demo" / "scene.toml", ["frames_per_subject=2", "rig.image_size=[160,160]"],
+        progress=False,
+    )  # fmt: skip
+    runner = CliRunner()
+
+    def ok(*args):
+        out = runner.invoke(main, [str(a) for a in args])
+        assert out.exit_code == 0, f"mvcap {' '.join(map(str, args))}:\n{out.output}"
+        return out.output
+
+    take = tmp_path / "take1.h5"
+    ok("ingest", cap, "--rig", cap / "rig.toml", "--out", take)
+    if mvcap.detect.mediapipe_available():
+        ok("detect", take)
+        ok("init", take)
+        ok("register", take, "--out", tmp_path / "alice.npz", "--name", "alice")
+        subject = tmp_path / "alice.npz"
+    else:
+        ok("init", take, "--from-npz", cap / "init.npz")
+        subject = cap / "prescan_subject.npz"
+    text = ok("refine", take, "--subject", subject, "--predictor", "learned")
+    assert "2/2 frames done" in text
+    ok("export", take, "--run", "learned-joint", "--out", tmp_path / "exp", "--formats", "npz,bvh")
+    ok("report", take, "--run", "learned-joint", "--out", tmp_path / "r.html")
+    ok("overlay", take, "--run", "learned-joint", "--out", tmp_path / "ov")
+    assert (tmp_path / "exp" / "learned-joint.bvh").exists() and (tmp_path / "r.html").stat().st_size > 10_000
+    # bad input: exporting a run that does not exist is one clear line, not a traceback
+    out = runner.invoke(main, ["export", str(take), "--run", "nope", "--out", str(tmp_path / "x")])
+    assert out.exit_code == 2 and "nope" in out.output and "Traceback" not in out.output
