@@ -115,7 +115,13 @@ def report(session: Path, run_name: str, out: Path | None, overrides):
 @click.option("--views", default=None, help="Comma-separated cameras (default: all).")
 @click.option("--video", is_flag=True, help="Also write one MP4 per view.")
 @click.option("--no-compare", is_flag=True, help="Only the refined body (no before | after).")
-def overlay(session: Path, run_name: str, out: Path, frames, views, video: bool, no_compare: bool):
+@click.option(
+    "--arrows",
+    type=click.Choice(["flow", "learned", "oracle"]),
+    default=None,
+    help="Draw this predictor's displacement field on the initial estimate (the 'before' half).",
+)
+def overlay(session: Path, run_name: str, out: Path, frames, views, video: bool, no_compare: bool, arrows):
     """Draw the fitted body over the photos: PNG per view and frame (before | after), MP4 optional."""
     from mvcap.overlay import session_overlays
 
@@ -125,7 +131,7 @@ def overlay(session: Path, run_name: str, out: Path, frames, views, video: bool,
         fr = range(int(a or 0), int(b))
     res = session_overlays(
         session, run_name, out, frames=fr, views=views.split(",") if views else None,
-        compare_init=not no_compare, video=video,
+        compare_init=not no_compare, video=video, arrows=arrows,
     )  # fmt: skip
     click.echo(f"wrote overlays of {len(res.frames)} frames x {len(res.pngs)} views to {out}")
     for v, p in res.videos.items():

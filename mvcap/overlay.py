@@ -35,6 +35,7 @@ __all__ = [
     "label",
     "body_overlays",
     "before_after",
+    "predicted_displacement",
     "session_overlays",
 ]
 
@@ -191,17 +192,44 @@ def before_after(
     before: tuple,
     after: tuple,
     cfg: OverlayConfig = OverlayConfig(),
+    before_flow_px: np.ndarray | None = None,
 ) -> np.ndarray:
     """Side by side per view: the ``before`` body (pose, betas, transl) | the ``after`` body.
-    Returns (V, H, 2W, 3) uint8; a missing (NaN) body leaves its half as the bare photo."""
+    before_flow_px: optional (V, H, W, 2) displacement field predicted on the ``before``
+    render, drawn as arrows on that half. Returns (V, H, 2W, 3) uint8; a missing (NaN) body
+    leaves its half as the bare photo."""
     halves = []
-    for params, color, text in ((before, cfg.init_color, "before"), (after, cfg.body_color, "after")):
+    for params, color, text, flow in (
+        (before, cfg.init_color, "before", before_flow_px),
+        (after, cfg.body_color, "after", None),
+    ):
         if params is None or not all(np.isfinite(np.asarray(p)).all() for p in params):
             imgs = np.asarray(photos_undistorted).copy()
         else:
-            imgs = body_overlays(model, rig, photos_undistorted, *params, cfg=cfg, color=color)
+            imgs = body_overlays(model, rig, photos_undistorted, *params, cfg=cfg, color=color, flow_px=flow)
         halves.append(np.stack([label(img, f"{rig.names[v]} {text}") for v, img in enumerate(imgs)]))
     return np.concatenate(halves, axis=2)
+
+
+def predicted_displacement(
+    model: BodyModel, rig: Rig, photos_undistorted: np.ndarray, params: tuple, predictor, subject=None
+) -> np.ndarray:
+    """The displacement field ``predictor`` sees between the render of ``params`` (pose, betas,
+    transl) and the photos: (V, H, W, 2) pixels, NaN off the rendered body."""
+    from mvcap.displace import PredictRequest
+    from mvcap.refine import ESTIMATE_PASSES, subject_appearance
+
+    pinhole = rig.without_distortion()
+    pose, betas, transl = (torch.as_tensor(np.asarray(p, np.float32)) for p in params)
+    with torch.no_grad():
+        verts = model(pose.reshape(1, -1, 3), betas.reshape(1, -1), transl.reshape(1, 3)).vertices[0]
+    frags, passes = render(
+        pinhole, verts, model.faces, template_vertices=model.template_vertices()[0], passes=ESTIMATE_PASSES,
+        **subject_appearance(model, subject),
+    )  # fmt: skip
+    disp = predictor(PredictRequest(photos_undistorted, passes, frags, pinhole, verts, model.faces))
+    flow = np.asarray(disp.flow, np.float32)
+    return np.where(frags.mask.numpy()[..., None], flow, np.nan)
 
 
 def _write_png(path: Path, image: np.ndarray) -> Path:
@@ -222,10 +250,13 @@ def session_overlays(
     cfg: OverlayConfig = OverlayConfig(),
     model: BodyModel | None = None,
     progress: bool = True,
+    arrows: str | None = None,
 ) -> OverlayOutputs:
     """Write overlays of a results run: ``<out_dir>/<view>/frame_<t>.png`` per view and frame
     (before | after when ``compare_init`` and the session has initial estimates), plus
-    ``<out_dir>/<view>.mp4`` when ``video``. ``frames`` default: every finished frame."""
+    ``<out_dir>/<view>.mp4`` when ``video``. ``frames`` default: every finished frame.
+    arrows: a predictor name ("flow", "learned", "oracle") whose displacement field on the
+    initial estimate's render is drawn as arrows on the "before" half."""
     from tqdm import tqdm
 
     from mvcap.capture import Session, SessionError
@@ -249,6 +280,18 @@ def session_overlays(
             )
         rig = s.rig if views is None else s.rig.subset(list(views))
         init = s.read_init(require_valid=False)
+        predictor = None
+        if arrows:
+            from mvcap.refine import RefineConfig, make_predictor
+
+            if arrows == "oracle":
+                if not s.has_ground_truth:
+                    raise SessionError(f"{session_path} has no ground truth for arrows='oracle'; use flow or learned")
+                gt = s.read_ground_truth()
+            elif arrows not in ("flow", "learned"):
+                raise SessionError(f"arrows must be 'flow', 'learned' or 'oracle', got {arrows!r}")
+            if arrows != "oracle":
+                predictor = make_predictor(arrows, RefineConfig(predictor=arrows))
         out = OverlayOutputs(frames=frames)
         writers = {}
         try:
@@ -257,7 +300,15 @@ def session_overlays(
                 after = (res.pose_rotvecs[t], res.betas[t], res.transl[t])
                 if compare_init:
                     before = (init.pose_rotvecs[t], res.betas[t], init.transl[t])
-                    imgs = before_after(model, rig, photos, before, after, cfg)
+                    flow = None
+                    if arrows and np.isfinite(init.pose_rotvecs[t]).all():
+                        if arrows == "oracle":
+                            from mvcap.displace import OraclePredictor
+
+                            with torch.no_grad():
+                                predictor = OraclePredictor(model(**gt.slice(t).to_torch()).vertices[0])
+                        flow = predicted_displacement(model, rig, photos, before, predictor, s.subject)
+                    imgs = before_after(model, rig, photos, before, after, cfg, flow)
                 else:
                     imgs = body_overlays(model, rig, photos, *after, cfg=cfg)
                 for v, name in enumerate(rig.names):

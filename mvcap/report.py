@@ -26,7 +26,7 @@ import torch
 from mvcap.body import BodyModel, load_body_model
 from mvcap.cameras import Camera, Rig
 from mvcap.capture import BodyParams, Results, Session, SessionError
-from mvcap.overlay import OverlayConfig, before_after
+from mvcap.overlay import OverlayConfig, before_after, predicted_displacement
 from mvcap.render import render, undistort_images
 
 __all__ = ["ReportConfig", "build_report", "turntable_frames", "accuracy"]
@@ -40,6 +40,11 @@ class ReportConfig:
     turntable_steps: int = 16  # views around the body per turntable
     turntable_size: int = 240  # pixels
     jpeg_quality: int = 85
+    arrows: str = ""  # "flow" or "learned": that predictor's field on the initial estimate, as arrows
+
+    def __post_init__(self):
+        if self.arrows not in ("", "flow", "learned"):
+            raise ValueError(f"report arrows must be '', 'flow' or 'learned', got {self.arrows!r}")
 
 
 # ------------------------------------------------------------------------------------------
@@ -265,11 +270,19 @@ def build_report(
             acc_rows = [(name, {k: float(np.mean(v)) for k, v in e.items()}) for name, e in rows]
 
         overlays = []
+        predictor = None
+        if cfg.arrows:
+            from mvcap.refine import RefineConfig, make_predictor
+
+            predictor = make_predictor(cfg.arrows, RefineConfig(predictor=cfg.arrows))
         for t in _pick(t_done, cfg.overlay_frames):
             photos = undistort_images(rig, s.read_frame(t))
             before = (init.pose_rotvecs[t], res.betas[t], init.transl[t])
             after = (res.pose_rotvecs[t], res.betas[t], res.transl[t])
-            imgs = before_after(model, rig, photos, before, after, overlay_cfg)
+            flow = None
+            if predictor is not None and np.isfinite(init.pose_rotvecs[t]).all():
+                flow = predicted_displacement(model, rig, photos, before, predictor, subject)
+            imgs = before_after(model, rig, photos, before, after, overlay_cfg, flow)
             overlays.append(
                 (
                     t,
@@ -348,7 +361,10 @@ def build_report(
         ]
         parts.append("</section>")
     if overlays:
-        parts.append("<section id='overlays'><h2>Overlays: initial estimate (left) and refined body (right)</h2>")
+        arrows = f"; arrows: the {cfg.arrows} displacement field on the initial estimate" if cfg.arrows else ""
+        parts.append(
+            f"<section id='overlays'><h2>Overlays: initial estimate (left) and refined body (right){arrows}</h2>"
+        )
         for t, imgs in overlays:
             parts.append(f"<h3>frame {t}</h3><div class='grid'>")
             parts += [

@@ -66,3 +66,21 @@ def test_session_overlays_writes_before_after(tiny_session, tmp_path):
         session_overlays(tiny_session, "fake", tmp_path / "ov2", frames=[1], progress=False)
     with pytest.raises(SessionError, match="no results run 'nope'"):
         session_overlays(tiny_session, "nope", tmp_path / "ov3", progress=False)
+
+
+def test_overlay_arrows_from_oracle(tiny_session, tmp_path):
+    with Session.open(tiny_session) as s:
+        gt = s.read_ground_truth()
+    _fake_run(tiny_session, [0])
+    plain = session_overlays(tiny_session, "fake", tmp_path / "a", frames=[0], progress=False)
+    arrows = session_overlays(tiny_session, "fake", tmp_path / "b", frames=[0], progress=False, arrows="oracle")
+    import cv2
+
+    a = cv2.imread(str(plain.pngs["cam00"][0]))
+    b = cv2.imread(str(arrows.pngs["cam00"][0]))
+    w = a.shape[1] // 2
+    assert (a[:, w:] == b[:, w:]).all()  # the "after" half has no arrows
+    assert (a[:, :w] != b[:, :w]).any(), "the init is off the truth: the oracle field must draw arrows"
+    assert gt.pose_rotvecs.shape[0] == 3
+    with pytest.raises(SessionError, match="arrows must be"):
+        session_overlays(tiny_session, "fake", tmp_path / "c", frames=[0], progress=False, arrows="magic")
