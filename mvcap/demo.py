@@ -60,13 +60,13 @@ def run_demo(
 ):
     """Run the demo chain into ``out_dir`` (see the module docstring); returns the run summary.
     ``frames`` / ``image_size`` shrink the scene (tests)."""
-    from mvcap.config import CONFIG_DIR, read_toml
+    from mvcap.config import CONFIG_DIR
     from mvcap.detect import mediapipe_available
     from mvcap.pipeline import format_summary, load_run_config, run_pipeline
 
     out_dir = Path(out_dir)
     capture = out_dir / "capture"
-    if not (capture / "ground_truth.npz").exists():
+    if not (capture / "prescan_subject.npz").exists():  # written last: a complete capture
         overrides = []
         if frames:
             overrides.append(f"frames_per_subject={int(frames)}")
@@ -84,11 +84,12 @@ def run_demo(
             )
             text = text.replace('file = ""  ', 'file = "capture/prescan_subject.npz"  ', 1)
         run_toml.write_text(text)
-    read_toml(run_toml)  # fail early on a hand-edited, broken file
     cfg, base = load_run_config(run_toml)
     summary = run_pipeline(cfg, base, out_dir, progress=progress)
     echo(format_summary(summary))
     run_rig_pictures(out_dir)
+    if summary.report is not None:
+        echo(f"[demo] open {summary.report} in a web browser (rerun with: mvcap run {run_toml})")
     return summary
 
 
