@@ -15,6 +15,7 @@ class _Group(click.Group):
     """Turn the library's input errors into one clear line instead of a traceback."""
 
     def invoke(self, ctx):
+        from mvcap.calibrate import CalibrationError
         from mvcap.cameras import RigError
         from mvcap.capture import SessionError
         from mvcap.config import ConfigError
@@ -32,7 +33,7 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except (
             ConfigError, RigError, SessionError, SubjectError, WeightsError, ExportError, IngestError,
-            DetectError, InitError, TriangulateError, RunError, RegisterError, FileNotFoundError,
+            DetectError, InitError, TriangulateError, RunError, RegisterError, FileNotFoundError, CalibrationError,
         ) as exc:  # fmt: skip
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
@@ -552,6 +553,49 @@ def register(session: Path, out, name, config_path, frames, views, write_session
         + f"; texture {res.appearance.texture.shape[0]}px, {100 * res.appearance.coverage:.0f}% of texels seen"
         + ("; written into the session" if write_session else "")
     )
+
+
+@main.command("calibrate")
+@click.argument("sources", nargs=-1, required=True)
+@click.option("--board", default=None, help="Board: a name in calibration/boards (e.g. charuco_5x7) or a TOML path.")
+@click.option("--out", "out_rig", type=click.Path(path_type=Path), required=True,
+              help="Rig to write: .toml (anipose/Pose2Sim), or an EasyMocap folder / intri.yml.")  # fmt: skip
+@click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Report folder: report.md/json and one picture per camera (default: <out>_report).")  # fmt: skip
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Calibration config TOML (default: configs/calibrate.toml).")  # fmt: skip
+@click.option("--stride", type=int, default=None, help="Read every n-th frame.")
+@click.option("--max-frames", type=int, default=None, help="Frames to read per camera (0 = all).")
+@click.option("--world-frame", type=int, default=None, help="Frame in which the board lies on the floor: the world.")
+@click.option("--up", type=click.Choice(["y", "z"]), default=None, help="World up axis with --world-frame.")
+@click.option("--set", "overrides", multiple=True, help="Config overrides key=value, e.g. min_frames=15")
+@click.option("--compare", "compare_to", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Print each camera's difference to this rig (an earlier calibration or ground truth).")  # fmt: skip
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def calibrate_cmd(sources, board, out_rig, report_dir, config_path, stride, max_frames, world_frame, up, overrides,
+                  compare_to, quiet):  # fmt: skip
+    """Calibrate a rig from board videos or image folders, one per camera (NAME=PATH to name one; a single
+    folder of videos / image folders works too). Frames are matched across cameras by index."""
+    from mvcap import calibrate as cal
+    from mvcap.config import parse_overrides
+
+    extra = parse_overrides(overrides)
+    for key, value in (("board", board), ("frame_stride", stride), ("max_frames", max_frames),
+                       ("world_frame", world_frame), ("up", up)):  # fmt: skip
+        if value is not None:
+            extra[key] = value
+    cfg = cal.load_calibrate_config(config_path, extra)
+    ref = _load_rig_verbose(compare_to, None) if compare_to else None
+    res = cal.calibrate(list(sources), cfg, progress=not quiet)
+    diffs = cal.compare_rigs(res.rig, ref) if ref is not None else None
+    report_dir = report_dir or out_rig.with_name(out_rig.stem + "_report")
+    cal.write_outputs(res, out_rig, report_dir)
+    click.echo(f"{len(res.rig)} cameras, board {res.board.name}, world: {res.world}")
+    click.echo(cal.format_report(res))
+    click.echo(f"wrote {out_rig} and {report_dir}/ (report.md, report.json, one picture per camera)")
+    if diffs is not None:
+        click.echo(f"difference to {compare_to}:")
+        click.echo(cal.format_comparison(diffs))
 
 
 if __name__ == "__main__":
