@@ -20,6 +20,7 @@ Landmark order and left/right pairs (the person's left) are in :data:`MEDIAPIPE_
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -82,6 +83,12 @@ _INSTALL_HINT = (
 )
 
 
+
+# MediaPipe / TF Lite log start-up chatter through glog; keep warnings and errors only. Set at
+# import so it is in place before MediaPipe's first import in this process.
+os.environ.setdefault("GLOG_minloglevel", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
 class DetectError(RuntimeError):
     """Detection cannot run (e.g. MediaPipe is not installed); the message says how to fix it."""
 
@@ -137,11 +144,6 @@ def mediapipe_available() -> bool:
 
 def require_mediapipe():
     """Import MediaPipe's Pose solution, or raise :class:`DetectError` saying how to install it."""
-    import os
-
-    # MediaPipe / TF Lite log start-up chatter through glog; keep warnings and errors only
-    os.environ.setdefault("GLOG_minloglevel", "2")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         import mediapipe as mp
         from mediapipe.python.solutions import pose as mp_pose
