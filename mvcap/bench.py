@@ -34,9 +34,9 @@ from mvcap.capture import Session
 from mvcap.config import to_dict
 from mvcap.metrics import METRIC_KEYS, epe, evaluate_body
 from mvcap.refine import (
-    ESTIMATE_PASSES,
     RefineConfig,
     estimate_appearance,
+    estimate_request,
     keypoint_fit_frame,
     keypoint_targets,
     make_predictor,
@@ -135,8 +135,7 @@ def _run_keypoints(path: Path, name: str, cfg: RefineConfig, bench: BenchConfig,
 
 def _epe_for(path: Path, cfg: RefineConfig, model: BodyModel, frames) -> list[float]:
     """EPE of the predictor against the oracle field on the initial estimate's render."""
-    from mvcap.displace import PredictRequest
-    from mvcap.render import render, undistort_images
+    from mvcap.render import undistort_images
 
     out = []
     with Session.open(path) as s:
@@ -144,6 +143,7 @@ def _epe_for(path: Path, cfg: RefineConfig, model: BodyModel, frames) -> list[fl
         pinhole = rig.without_distortion()
         gt, init, subject = s.read_ground_truth(), s.read_init(require_valid=False), s.subject
         template = model.template_vertices()[0]
+        appearance = estimate_appearance(model, subject, cfg.appearance)
         for t in frames:
             with torch.no_grad():
                 betas = torch.as_tensor(subject.betas)[None]
@@ -151,19 +151,11 @@ def _epe_for(path: Path, cfg: RefineConfig, model: BodyModel, frames) -> list[fl
                     torch.as_tensor(init.pose_rotvecs[t])[None], betas, torch.as_tensor(init.transl[t])[None]
                 ).vertices[0]
                 gt_verts = model(**gt.slice(t).to_torch()).vertices[0]
-            frags, passes = render(
-                pinhole,
-                verts,
-                model.faces,
-                template_vertices=template,
-                passes=ESTIMATE_PASSES,
-                **estimate_appearance(model, subject, cfg.appearance),
-            )
             photos = undistort_images(rig, s.read_frame(t, views=list(rig.names)))
-            req = PredictRequest(photos, passes, frags, pinhole, verts, model.faces)
+            req = estimate_request(model, pinhole, photos, verts, appearance, template)
             pred = make_predictor(cfg.predictor, cfg, gt_verts)(req)
             truth = make_predictor("oracle", cfg, gt_verts)(req)
-            out.append(epe(pred.flow, truth.flow, frags.mask))
+            out.append(epe(pred.flow, truth.flow, req.fragments.mask))
     return out
 
 

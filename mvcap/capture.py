@@ -879,11 +879,12 @@ class Session:
             )
         if masks is not None:
             m = _np(masks)
+            sizes = [self.image_sizes[v][::-1] for v in self.view_names]
+            if m.ndim != 3 or m.shape[0] != self.num_views or any(m.shape[1:] != hw for hw in sizes):
+                raise SessionError(f"masks must have shape (V={self.num_views}, H, W) = view sizes, got {m.shape}")
+            mg = g.require_group("masks")
             for i, v in enumerate(self.view_names):
-                w, h = self.image_sizes[v]
-                if m.shape[0] != self.num_views or m[i].shape != (h, w):
-                    raise SessionError(f"masks must have shape (V={self.num_views}, H, W) = view sizes, got {m.shape}")
-                mg = g.require_group("masks")
+                h, w = sizes[i]
                 if v not in mg:
                     mg.create_dataset(
                         v, shape=(self._T, h, w), dtype=np.uint8, chunks=(1, h, w), compression="lzf", fillvalue=0

@@ -45,6 +45,19 @@ def main():
     """mvcap: multi-view markerless motion capture."""
 
 
+def _frame_range(frames: str | None) -> list[int] | None:
+    """--frames START:STOP (STOP exclusive, START may be empty) -> frame list, None when not given."""
+    if not frames:
+        return None
+    start, sep, stop = frames.partition(":")
+    try:
+        if not sep or not stop.strip():
+            raise ValueError
+        return list(range(int(start or 0), int(stop)))
+    except ValueError:
+        raise click.BadParameter(f"{frames!r} must look like START:STOP, e.g. 0:100", param_hint="--frames") from None
+
+
 @main.command()
 @click.option(
     "--out",
@@ -126,12 +139,8 @@ def overlay(session: Path, run_name: str, out: Path, frames, views, video: bool,
     """Draw the fitted body over the photos: PNG per view and frame (before | after), MP4 optional."""
     from mvcap.overlay import session_overlays
 
-    fr = None
-    if frames:
-        a, b = frames.split(":")
-        fr = range(int(a or 0), int(b))
     res = session_overlays(
-        session, run_name, out, frames=fr, views=views.split(",") if views else None,
+        session, run_name, out, frames=_frame_range(frames), views=views.split(",") if views else None,
         compare_init=not no_compare, video=video, arrows=arrows,
     )  # fmt: skip
     click.echo(f"wrote overlays of {len(res.frames)} frames x {len(res.pngs)} views to {out}")
@@ -298,10 +307,7 @@ def refine(session: Path, config_path, predictor, fusion, views, run_name, frame
     if views:
         extra["views"] = [v.strip() for v in views.split(",") if v.strip()]
     cfg = load_config(RefineConfig, config_path or "refine.toml", extra)
-    frame_list = None
-    if frames:
-        start, _, stop = frames.partition(":")
-        frame_list = list(range(int(start or 0), int(stop)))
+    frame_list = _frame_range(frames)
     name = run_name or f"{cfg.predictor}-{cfg.fusion}" + (f"@{'+'.join(cfg.views)}" if cfg.views else "")
     subject = Subject.load(subject_path) if subject_path else None
     for path in _session_paths(session):
@@ -459,15 +465,6 @@ def ingest(source, out, rig_path, config_path, start, stop, stride, offsets, fps
         f"(source frames {int(f[0])}..{int(f[-1])} step {cfg.stride})"
         + (f", resumed after {res.resumed_frames} frames" if res.resumed_frames else "")
     )
-
-
-def _frame_range(frames: str | None) -> list[int] | None:
-    if not frames:
-        return None
-    start, sep, stop = frames.partition(":")
-    if not sep or not stop.strip():
-        raise click.BadParameter(f"{frames!r} must look like START:STOP, e.g. 0:100", param_hint="--frames")
-    return list(range(int(start or 0), int(stop)))
 
 
 @main.command()

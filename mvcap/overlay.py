@@ -33,6 +33,7 @@ __all__ = [
     "draw_overlay",
     "draw_arrows",
     "label",
+    "headlight",
     "body_overlays",
     "before_after",
     "predicted_displacement",
@@ -139,6 +140,12 @@ def label(image: np.ndarray, text: str, scale: float = 0.55) -> np.ndarray:
     return out
 
 
+def headlight(normal_cam: np.ndarray) -> np.ndarray:
+    """Brightness (..., H, W) in [0.35, 1] of surfaces lit from the camera, from the normal
+    pass (..., H, W, 3) in camera coordinates (facing the camera: n_z < 0)."""
+    return 0.35 + 0.65 * np.clip(-normal_cam[..., 2], 0.0, 1.0)
+
+
 def _shade_body(model: BodyModel, pinhole: Rig, pose_rotvecs, betas, transl) -> tuple[np.ndarray, np.ndarray]:
     """Render a grey, headlight-shaded body: shading (V, H, W) float and mask (V, H, W) bool."""
     pose = torch.as_tensor(np.asarray(pose_rotvecs, np.float32)).reshape(1, -1, 3)
@@ -149,8 +156,7 @@ def _shade_body(model: BodyModel, pinhole: Rig, pose_rotvecs, betas, transl) -> 
     _, passes = render(pinhole, verts, model.faces, passes=("normal", "mask"))
     normal = passes.get("normal").numpy()
     mask = passes.get("mask").numpy()[..., 0] > 0
-    # headlight shading: brightness from the normal's facing towards the camera
-    shade = 0.35 + 0.65 * np.clip(-normal[..., 2], 0.0, 1.0)
+    shade = headlight(normal)
     return np.where(mask, shade, 0.0), mask
 
 
@@ -216,20 +222,16 @@ def predicted_displacement(
 ) -> np.ndarray:
     """The displacement field ``predictor`` sees between the render of ``params`` (pose, betas,
     transl) and the photos: (V, H, W, 2) pixels, NaN off the rendered body."""
-    from mvcap.displace import PredictRequest
-    from mvcap.refine import ESTIMATE_PASSES, subject_appearance
+    from mvcap.refine import estimate_request, subject_appearance
 
     pinhole = rig.without_distortion()
     pose, betas, transl = (torch.as_tensor(np.asarray(p, np.float32)) for p in params)
     with torch.no_grad():
         verts = model(pose.reshape(1, -1, 3), betas.reshape(1, -1), transl.reshape(1, 3)).vertices[0]
-    frags, passes = render(
-        pinhole, verts, model.faces, template_vertices=model.template_vertices()[0], passes=ESTIMATE_PASSES,
-        **subject_appearance(model, subject),
-    )  # fmt: skip
-    disp = predictor(PredictRequest(photos_undistorted, passes, frags, pinhole, verts, model.faces))
+    req = estimate_request(model, pinhole, photos_undistorted, verts, subject_appearance(model, subject))
+    disp = predictor(req)
     flow = np.asarray(disp.flow, np.float32)
-    return np.where(frags.mask.numpy()[..., None], flow, np.nan)
+    return np.where(req.fragments.mask.numpy()[..., None], flow, np.nan)
 
 
 def _write_png(path: Path, image: np.ndarray) -> Path:
@@ -264,10 +266,6 @@ def session_overlays(
     model = model or load_body_model()
     out_dir = Path(out_dir)
     with Session.open(session_path) as s:
-        if run_name not in s.result_names():
-            raise SessionError(
-                f"{session_path} has no results run {run_name!r}; runs: {s.result_names() or 'none (run refine first)'}"
-            )
         res = s.read_results(run_name)
         done = np.flatnonzero(res.done)
         if frames is None:

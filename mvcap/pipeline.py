@@ -32,7 +32,7 @@ import numpy as np
 from mvcap.config import build_config, read_toml, to_dict
 from mvcap.detect import DetectConfig
 from mvcap.ingest import IngestConfig
-from mvcap.initialize import InitConfig
+from mvcap.initialize import InitConfig, load_npz_init
 from mvcap.refine import RefineConfig
 from mvcap.register import RegisterConfig
 from mvcap.report import ReportConfig
@@ -153,12 +153,6 @@ def _stage(summary: RunSummary, name: str, progress: bool):
     summary.stage_seconds[name] = round(time.perf_counter() - t0, 2)
 
 
-def _load_npz_params(path: Path, T: int):
-    from mvcap.initialize import load_npz_init
-
-    return load_npz_init(path, num_frames=T)
-
-
 def run_pipeline(
     cfg: RunConfig, base_dir: Path, out_dir: Path | None = None, progress: bool = True, restart: bool = False
 ) -> RunSummary:
@@ -236,7 +230,7 @@ def run_pipeline(
             if has_init[frames].all():
                 summary.stage_notes["init"] = "initial estimates already stored"
             else:
-                params = _load_npz_params(_resolve(base_dir, cfg.init.npz), T)
+                params = load_npz_init(_resolve(base_dir, cfg.init.npz), num_frames=T)
                 with Session.open(session_path, "a") as s:
                     s.write_init(params)
                 summary.stage_notes["init"] = f"initial estimates from {cfg.init.npz}"
@@ -334,7 +328,7 @@ def run_pipeline(
 
             gt = None
             if cfg.report.ground_truth:
-                gt = _load_npz_params(_resolve(base_dir, cfg.report.ground_truth), T)
+                gt = load_npz_init(_resolve(base_dir, cfg.report.ground_truth), num_frames=T)
             facts = {
                 "failures": [f"frame {t}: {r}" for t, r in summary.failures],
                 "stages (s)": summary.stage_seconds,

@@ -132,6 +132,18 @@ def estimate_appearance(model: BodyModel, subject: Subject | None, mode: str = "
     return subject_appearance(model, subject)
 
 
+def estimate_request(
+    model: BodyModel, pinhole: Rig, photos: np.ndarray, vertices_world: Tensor, appearance: dict, template=None
+) -> PredictRequest:
+    """Render what predictors see of the estimate (``ESTIMATE_PASSES`` with ``appearance``, see
+    :func:`estimate_appearance`) and pair it with the undistorted photos (V, H, W, 3)."""
+    template = model.template_vertices()[0] if template is None else template
+    fragments, passes = render(
+        pinhole, vertices_world, model.faces, template_vertices=template, passes=ESTIMATE_PASSES, **appearance
+    )
+    return PredictRequest(photos, passes, fragments, pinhole, vertices_world, model.faces)
+
+
 def write_frame_result(writer, t: int, res: FrameResult, num_views: int, view_idx: list[int]) -> None:
     """Store one frame's result; residuals of views the run did not use stay NaN."""
     residual = np.full(num_views, np.nan, np.float32)
@@ -211,10 +223,9 @@ def refine_frame(
     for _ in range(cfg.outer_iterations):
         with torch.no_grad():
             verts = model(pose[None], betas[None], transl[None]).vertices[0]
-        fragments, passes = render(
-            pinhole, verts, faces, template_vertices=template, passes=ESTIMATE_PASSES, **appearance
-        )
-        disp = predictor(PredictRequest(photos, passes, fragments, pinhole, verts, faces))
+        req = estimate_request(model, pinhole, photos, verts, appearance, template)
+        fragments = req.fragments
+        disp = predictor(req)
         uv_target, weight, skipped = _vertex_targets(
             pinhole, verts, disp.flow, disp.confidence, fragments, faces, cfg.min_visible_vertices
         )

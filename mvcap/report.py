@@ -25,8 +25,8 @@ import torch
 
 from mvcap.body import BodyModel, load_body_model
 from mvcap.cameras import Camera, Rig
-from mvcap.capture import BodyParams, Results, Session, SessionError
-from mvcap.overlay import OverlayConfig, before_after, predicted_displacement
+from mvcap.capture import BodyParams, Results, Session
+from mvcap.overlay import OverlayConfig, before_after, headlight, predicted_displacement
 from mvcap.render import render, undistort_images
 
 __all__ = ["ReportConfig", "build_report", "turntable_frames", "accuracy"]
@@ -88,14 +88,14 @@ def _resize_width(img: np.ndarray, width: int) -> np.ndarray:
 def accuracy(model: BodyModel, pred: BodyParams, gt: BodyParams) -> dict[str, np.ndarray]:
     """Per-frame errors in millimetres of ``pred`` against ``gt`` (same frames):
     keys MPJPE, PA-MPJPE, PVE, PA-PVE -> (T,) float."""
-    from mvcap.metrics import pa_mpjpe, pa_pve, pve
+    from mvcap.metrics import mpjpe, pa_mpjpe, pa_pve, pve
 
     with torch.no_grad():
         p = model(**pred.to_torch())
         g = model(**gt.to_torch())
     mm = 1000.0
     return {
-        "MPJPE": (p.joints - g.joints).norm(dim=-1).mean(-1).numpy() * mm,
+        "MPJPE": mpjpe(p.joints, g.joints).numpy() * mm,
         "PA-MPJPE": pa_mpjpe(p.joints, g.joints).numpy() * mm,
         "PVE": pve(p.vertices, g.vertices).numpy() * mm,
         "PA-PVE": pa_pve(p.vertices, g.vertices).numpy() * mm,
@@ -138,7 +138,7 @@ def turntable_frames(
     normal = passes.get("normal").numpy()
     mask = passes.get("mask").numpy()[..., 0] > 0
     if not appearance:  # untextured: headlight shading reads better than the default light
-        rgb = np.repeat(0.25 + 0.7 * np.clip(-normal[..., 2:3], 0, 1), 3, axis=-1) * np.array([0.75, 0.85, 1.0])
+        rgb = headlight(normal)[..., None] * np.array([0.75, 0.85, 1.0])
     ramp = np.linspace(0.16, 0.05, size, dtype=np.float32)[:, None, None]
     bg = np.broadcast_to(ramp, (size, size, 3))
     out = np.where(mask[..., None], rgb, bg[None])
@@ -241,10 +241,6 @@ def build_report(
     out_path = Path(out_path)
     summary = dict(summary or {})
     with Session.open(session_path) as s:
-        if run_name not in s.result_names():
-            raise SessionError(
-                f"{session_path} has no results run {run_name!r}; runs: {s.result_names() or 'none (run refine first)'}"
-            )
         res = s.read_results(run_name)
         done = res.done.astype(bool)
         t_done = np.flatnonzero(done)

@@ -43,3 +43,24 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+@pytest.fixture
+def write_gt_run():
+    """A function writing a results run from ground truth (see :func:`_write_gt_run`)."""
+    return _write_gt_run
+
+
+def _write_gt_run(path, frames, shift=(0.0, 0.0, 0.0), name="fake", config=None):
+    """Write results run ``name`` = ground truth shifted by ``shift`` metres for ``frames``,
+    residual_px = view index, 7 iterations, 0.25 s per frame."""
+    import numpy as np
+
+    from mvcap.capture import Session
+
+    with Session.open(path, "a") as s:
+        gt = s.read_ground_truth()
+        w = s.results_run(name, config=config or {"predictor": "test"})
+        for t in frames:
+            w.write(t, gt.pose_rotvecs[t], gt.betas[t], gt.transl[t] + np.asarray(shift, np.float32),
+                    residual_px=np.arange(s.num_views, dtype=np.float32), iterations=7, seconds=0.25)  # fmt: skip

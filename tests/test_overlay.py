@@ -32,24 +32,8 @@ def test_draw_arrows_points_along_flow():
         draw_arrows(img.astype(float), flow, mask)
 
 
-def _fake_run(path, frames, shift=0.0):
-    with Session.open(path, "a") as s:
-        gt = s.read_ground_truth()
-        w = s.results_run("fake", config={"note": "gt + shift"})
-        for t in frames:
-            w.write(
-                t,
-                gt.pose_rotvecs[t],
-                gt.betas[t],
-                gt.transl[t] + shift,
-                residual_px=np.full(s.num_views, 0.5, np.float32),
-                iterations=10,
-                seconds=0.1,
-            )
-
-
-def test_session_overlays_writes_before_after(tiny_session, tmp_path):
-    _fake_run(tiny_session, [0, 2])
+def test_session_overlays_writes_before_after(tiny_session, tmp_path, write_gt_run):
+    write_gt_run(tiny_session, [0, 2])
     out = session_overlays(tiny_session, "fake", tmp_path / "ov", video=True, progress=False)
     assert out.frames == [0, 2]
     with Session.open(tiny_session) as s:
@@ -68,10 +52,10 @@ def test_session_overlays_writes_before_after(tiny_session, tmp_path):
         session_overlays(tiny_session, "nope", tmp_path / "ov3", progress=False)
 
 
-def test_overlay_arrows_from_oracle(tiny_session, tmp_path):
+def test_overlay_arrows_from_oracle(tiny_session, tmp_path, write_gt_run):
     with Session.open(tiny_session) as s:
         gt = s.read_ground_truth()
-    _fake_run(tiny_session, [0])
+    write_gt_run(tiny_session, [0])
     plain = session_overlays(tiny_session, "fake", tmp_path / "a", frames=[0], progress=False)
     arrows = session_overlays(tiny_session, "fake", tmp_path / "b", frames=[0], progress=False, arrows="oracle")
     import cv2

@@ -2,34 +2,17 @@ import re
 import shutil
 import subprocess
 
-import numpy as np
 import pytest
 
-from mvcap.capture import Session, SessionError
+from mvcap.capture import SessionError
 from mvcap.report import ReportConfig, build_report
 
 SMALL = ReportConfig(overlay_frames=2, turntable_frames=1, turntable_steps=4, turntable_size=96)
 
 
-def _fake_run(path, frames, shift):
-    with Session.open(path, "a") as s:
-        gt = s.read_ground_truth()
-        w = s.results_run("fake", config={"predictor": "test"})
-        for t in frames:
-            w.write(
-                t,
-                gt.pose_rotvecs[t],
-                gt.betas[t],
-                gt.transl[t] + np.array(shift, np.float32),
-                residual_px=np.arange(s.num_views, dtype=np.float32),
-                iterations=7,
-                seconds=0.25,
-            )
-
-
 @pytest.fixture
-def report(tiny_session, tmp_path):
-    _fake_run(tiny_session, [0, 1], shift=[0.01, 0.0, 0.0])  # 10 mm off everywhere
+def report(tiny_session, tmp_path, write_gt_run):
+    write_gt_run(tiny_session, [0, 1], shift=[0.01, 0.0, 0.0])  # 10 mm off everywhere
     return build_report(
         tiny_session,
         "fake",
