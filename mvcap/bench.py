@@ -57,23 +57,35 @@ class BenchConfig:
     keypoint_dropout: float = 0.1
     epe_frames: int = 5  # frames per session used for the EPE column
     seed: int = 0
+    # appended to result-run names and table rows as "method#tag": compare another weights
+    # file or setting without overwriting (or resuming) the stored runs of the plain methods
+    tag: str = ""
     refine: RefineConfig = field(default_factory=RefineConfig)
 
+    def __post_init__(self):
+        if "/" in self.tag or "#" in self.tag:
+            raise ValueError(f"tag must not contain '/' or '#', got {self.tag!r}")
 
+
+# method suffix -> RefineConfig.appearance; "+noise<std>" / "+brightness<std>" pass through as they are
 APPEARANCE_SUFFIXES = {"notexture": "none", "wrongtexture": "wrong"}
 
 
 def parse_method(name: str, base: RefineConfig) -> tuple[str, RefineConfig | None]:
     """'dense-flow-refit@cam2' -> ("dense", RefineConfig(predictor=flow, fusion=refit, views=(cam2,))).
 
-    Ablations of the estimate's appearance: '+notexture' (uniform grey) or '+wrongtexture'
-    (another person's texture), e.g. 'dense-learned-joint+wrongtexture'."""
+    Ablations of the estimate's appearance (:attr:`RefineConfig.appearance`): '+notexture'
+    (uniform grey), '+wrongtexture' (another person's texture), '+noise30' (per-texel noise,
+    std in 8-bit levels) or '+brightness25' (a brightness shift), e.g.
+    'dense-learned-joint+wrongtexture'."""
     head, _, view = name.partition("@")
     head, _, suffix = head.partition("+")
     if suffix:
-        if suffix not in APPEARANCE_SUFFIXES:
-            raise ValueError(f"unknown method suffix '+{suffix}'; use one of {['+' + k for k in APPEARANCE_SUFFIXES]}")
-        base = dataclasses.replace(base, appearance=APPEARANCE_SUFFIXES[suffix])
+        try:
+            base = dataclasses.replace(base, appearance=APPEARANCE_SUFFIXES.get(suffix, suffix))
+        except ValueError:
+            known = [f"+{k}" for k in APPEARANCE_SUFFIXES] + ["+noise<std>", "+brightness<std>"]
+            raise ValueError(f"unknown method suffix '+{suffix}'; use one of {known}") from None
     kind = head
     views = (view,) if view else ()
     if kind in ("init", "gt"):
@@ -183,6 +195,7 @@ def run_benchmark(
     results = {}
     for name in bench.methods:
         kind, cfg = parse_method(name, bench.refine)
+        run = f"{name}#{bench.tag}" if bench.tag else name
         t0 = time.perf_counter()
         pj, gj, pv, gv, secs, epes = [], [], [], [], [], []
         for path in session_paths:
@@ -196,15 +209,15 @@ def run_benchmark(
                     params = s.read_ground_truth()
             if kind == "sparse-gt-keypoints":
                 if fresh:
-                    _delete_run(path, name)
-                _run_keypoints(path, name, cfg, bench, model, frames)
+                    _delete_run(path, run)
+                _run_keypoints(path, run, cfg, bench, model, frames)
             elif kind == "dense":
-                refine_session(path, name, cfg, frames=frames, model=model, overwrite=fresh, progress=progress)
+                refine_session(path, run, cfg, frames=frames, model=model, overwrite=fresh, progress=progress)
                 if bench.epe_frames > 0:
                     epes += _epe_for(path, cfg, model, frames[: bench.epe_frames])
             if kind in ("sparse-gt-keypoints", "dense"):
                 with Session.open(path) as s:
-                    res = s.read_results(name)
+                    res = s.read_results(run)
                 params = res.params
                 secs += list(res.seconds[frames])
             a, b, c, d = _evaluate(path, params, frames, model)
@@ -213,9 +226,9 @@ def run_benchmark(
         metrics["EPE"] = float(np.mean(epes)) if epes else float("nan")
         metrics["s/frame"] = float(np.mean(secs)) if secs else 0.0
         metrics["frames"] = int(sum(x.shape[0] for x in pj))
-        results[name] = metrics
+        results[run] = metrics
         log(
-            f"{name}: "
+            f"{run}: "
             + ", ".join(f"{k} {v:.1f}" for k, v in metrics.items() if k in METRIC_KEYS)
             + f" ({time.perf_counter() - t0:.0f} s)"
         )

@@ -342,8 +342,13 @@ def refine(session: Path, config_path, predictor, fusion, views, run_name, frame
     help="JSON report path (default: <sessions>/bench.json).",
 )
 @click.option("--fresh", is_flag=True, help="Recompute methods instead of reusing stored result runs.")
+@click.option(
+    "--tag",
+    default=None,
+    help="Store and report runs as METHOD#TAG, e.g. to compare weights given by --set refine.learned_weights=FILE",
+)
 @click.option("--set", "overrides", multiple=True, help="Config overrides key=value, e.g. refine.outer_iterations=5")
-def bench(sessions: Path, config_path, methods, max_frames, out_json, fresh, overrides):
+def bench(sessions: Path, config_path, methods, max_frames, out_json, fresh, tag, overrides):
     """Run methods over benchmark sessions and print a markdown table of accuracy."""
     from mvcap.bench import BenchConfig, format_table, run_benchmark, save_report
     from mvcap.config import load_config, parse_overrides
@@ -353,6 +358,8 @@ def bench(sessions: Path, config_path, methods, max_frames, out_json, fresh, ove
         extra["methods"] = [m.strip() for m in methods.split(",") if m.strip()]
     if max_frames is not None:
         extra["max_frames"] = max_frames
+    if tag is not None:
+        extra["tag"] = tag
     cfg = load_config(BenchConfig, config_path or "bench/methods.toml", extra)
     paths = _session_paths(sessions)
     report = run_benchmark(paths, cfg, fresh=fresh, log=lambda m: click.echo(m, err=True))
@@ -383,7 +390,7 @@ def train_displacement(config: Path, out: Path, resume, max_steps, overrides):
     if resume is None and (out / "checkpoint.pt").exists():
         raise click.UsageError(f"{out} already has a checkpoint; pass --resume to continue or --restart to start over")
     res = train(cfg, out, resume=bool(resume), max_steps=max_steps)
-    click.echo(f"step {res.step}: val EPE {res.val_epe_px:.3f} px (crop); weights {res.weights}")
+    click.echo(res.describe())
 
 
 @main.command("export")

@@ -20,9 +20,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import re
 import time
 import warnings
-from dataclasses import dataclass, field
+import zlib
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +50,13 @@ __all__ = ["RefineConfig", "FrameResult", "refine_frame", "refine_session", "key
 
 log = logging.getLogger(__name__)
 PREDICTORS = ("oracle", "flow", "learned")
-APPEARANCES = ("subject", "none", "wrong")
+APPEARANCES = ("subject", "none", "wrong", "noise<std>", "brightness<std>")
+_PERTURBED = re.compile(r"^(noise|brightness)(\d+(?:\.\d+)?)$")
+
+
+def _check_appearance(mode: str) -> None:
+    if mode not in APPEARANCES[:3] and not _PERTURBED.match(mode):
+        raise ValueError(f"appearance must be one of {APPEARANCES} (std in 8-bit levels, e.g. 'noise10'), got {mode!r}")
 
 
 @dataclass(frozen=True)
@@ -63,8 +71,10 @@ class RefineConfig:
     translation_fusion: str = "ray"  # refit mode: "ray" (depth-aware) or "mean"
     init: str = "session"  # per-frame init: "session" (stored estimates) or "previous" result
     learned_weights: str = ""  # learned predictor weights (default: the shipped lite model)
-    # how the estimate is textured for the predictor: "subject" (its registered appearance),
-    # "none" (uniform grey) or "wrong" (another person's texture) -- the last two are ablations
+    # how the estimate is textured for the predictor: "subject" (its registered appearance);
+    # the rest are ablations (the refinement paper's Table 3): "none" (uniform grey), "wrong"
+    # (another person's texture), "noise<std>" (per-texel Gaussian noise) or "brightness<std>"
+    # (one random brightness shift per subject), std in 8-bit levels, e.g. "noise30"
     appearance: str = "subject"
     threads: int = 1  # torch threads for the fit; 0 = torch's default. The fit's tensors are
     # small: more threads barely help and spin-wait badly when the cores are shared.
@@ -78,8 +88,7 @@ class RefineConfig:
             raise ValueError(f"fusion must be 'joint' or 'refit', got {self.fusion!r}")
         if self.init not in ("session", "previous"):
             raise ValueError(f"init must be 'session' or 'previous', got {self.init!r}")
-        if self.appearance not in APPEARANCES:
-            raise ValueError(f"appearance must be one of {APPEARANCES}, got {self.appearance!r}")
+        _check_appearance(self.appearance)
         if self.outer_iterations < 1:
             raise ValueError(f"outer_iterations must be >= 1, got {self.outer_iterations}")
 
@@ -129,7 +138,25 @@ def estimate_appearance(model: BodyModel, subject: Subject | None, mode: str = "
     if mode == "wrong":
         size = subject.texture.shape[0] if subject is not None and subject.texture is not None else 512
         return subject_appearance(model, _wrong_subject(int(size)))
-    return subject_appearance(model, subject)
+    _check_appearance(mode)
+    m = _PERTURBED.match(mode)
+    if m is None or subject is None or (subject.texture is None and subject.vertex_colors is None):
+        return subject_appearance(model, subject)
+    kind, std = m.group(1), float(m.group(2)) / 255.0
+    # seeded by the subject and the mode: the same perturbation on every frame and every run
+    rng = np.random.default_rng(zlib.crc32(f"{subject.name}/{mode}".encode()))
+    shift = rng.normal(0, std) if kind == "brightness" else 0.0
+
+    def perturb(colors):
+        if colors is None:
+            return None
+        c = np.asarray(colors, np.float32) / 255.0 + shift
+        if kind == "noise":
+            c = c + rng.normal(0, std, c.shape)
+        return np.round(np.clip(c, 0.0, 1.0) * 255).astype(np.uint8)
+
+    perturbed = replace(subject, texture=perturb(subject.texture), vertex_colors=perturb(subject.vertex_colors))
+    return subject_appearance(model, perturbed)
 
 
 def estimate_request(

@@ -1,8 +1,11 @@
 import json
 
+import numpy as np
 import pytest
+import torch
 
 from mvcap.bench import BenchConfig, format_table, parse_method, run_benchmark
+from mvcap.capture import Session
 from mvcap.refine import RefineConfig
 
 
@@ -33,6 +36,21 @@ def test_gt_row_reads_zero_and_init_does_not(body_model, tiny_session, tmp_path)
     assert table.splitlines()[0].startswith("| method | MPJPE") and "| gt | 0.0 |" in table
     json.dumps(report, default=str)
 
+    # a tagged run is stored beside the plain one instead of resuming or overwriting it
+    tagged = run_benchmark(
+        [tiny_session],
+        BenchConfig(methods=("sparse-gt-keypoints",), keypoint_noise_px=25.0, tag="noisy"),
+        model=body_model,
+        progress=False,
+        log=lambda m: None,
+    )["methods"]
+    assert list(tagged) == ["sparse-gt-keypoints#noisy"]
+    assert tagged["sparse-gt-keypoints#noisy"]["MPJPE"] != rows["sparse-gt-keypoints"]["MPJPE"]
+    with Session.open(tiny_session) as s:
+        assert {"sparse-gt-keypoints", "sparse-gt-keypoints#noisy"} <= set(s.result_names())
+    with pytest.raises(ValueError, match="tag"):
+        BenchConfig(tag="a/b")
+
 
 def test_appearance_ablation_methods(body_model):
     from mvcap.bench import parse_method
@@ -44,10 +62,24 @@ def test_appearance_ablation_methods(body_model):
     assert parse_method("dense-flow-refit+notexture", RefineConfig())[1].appearance == "none"
     with pytest.raises(ValueError, match="unknown method suffix"):
         parse_method("dense-flow-joint+sepia", RefineConfig())
-    import numpy as np
 
     subject = make_subject(np.random.default_rng(0), body_model, "s")
     own = estimate_appearance(body_model, subject, "subject")["texture"]
     wrong = estimate_appearance(body_model, subject, "wrong")["texture"]
     assert own.shape == wrong.shape and (own != wrong).any()
     assert estimate_appearance(body_model, subject, "none") == {}
+
+    # the paper's robustness rows: per-texel noise, a brightness shift; seeded, so repeatable
+    assert parse_method("dense-learned-joint+noise30", RefineConfig())[1].appearance == "noise30"
+    assert parse_method("dense-learned-joint+brightness25", RefineConfig())[1].appearance == "brightness25"
+    with pytest.raises(ValueError, match="appearance must be one of"):
+        RefineConfig(appearance="noise")
+    own_f = own.numpy().astype(np.float32)
+    for mode, lo, hi in (("noise10", 6, 10), ("noise30", 17, 30)):
+        tex = estimate_appearance(body_model, subject, mode)["texture"]
+        assert torch.equal(tex, estimate_appearance(body_model, subject, mode)["texture"])
+        d = tex.numpy().astype(np.float32) - own_f
+        assert lo < d.std() < hi  # clipping at 0 and 255 shrinks it a little
+    d = estimate_appearance(body_model, subject, "brightness50")["texture"].numpy().astype(np.float32) - own_f
+    inside = (own_f > 60) & (own_f < 195)  # away from clipping: one shift everywhere
+    assert np.ptp(d[inside]) <= 1 and abs(d[inside].mean()) > 0

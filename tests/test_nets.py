@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 
 import numpy as np
@@ -95,9 +96,7 @@ def test_loss_is_eq3_and_ignores_unmasked_pixels():
     pred2 = pred.clone()
     pred2[:, 0, :4] = 0.5  # |dx| = 0.5 on half the pixels -> mean 0.25
     assert float(displacement_loss([pred2], target, mask)) == pytest.approx(0.25)
-    assert float(displacement_loss([pred2, pred2, pred], target, mask)) == pytest.approx(
-        0.5
-    )  # summed over stacks
+    assert float(displacement_loss([pred2, pred2, pred], target, mask)) == pytest.approx(0.5)  # summed over stacks
     assert float(endpoint_error(pred2, target, mask, scale=S)) == pytest.approx(0.5 * S)
 
 
@@ -266,6 +265,17 @@ def test_checkpoint_resume_round_trip(tmp_path, small_data):
     rows = (tmp_path / "log.csv").read_text().strip().splitlines()
     assert rows[0].startswith("step,") and rows[-1].startswith("3,")
 
+    # best.pt holds the weights of the lowest validation EPE logged, across the resume
+    with open(tmp_path / "log.csv") as f:
+        vals = [(float(r["val_epe_px"]), int(r["step"])) for r in csv.DictReader(f) if r["val_epe_px"]]
+    assert len(vals) == 2  # step 2 (val_every) and step 3 (the end of the run)
+    best_epe, best_step = min(vals)
+    assert r2.best == tmp_path / "best.pt" and r2.best_step == best_step
+    assert r2.best_val_epe_px == pytest.approx(best_epe, abs=1e-3)
+    meta = torch.load(r2.best, weights_only=False)["meta"]
+    assert meta["step"] == best_step and meta["val_epe_px"] == pytest.approx(best_epe, abs=1e-3)
+    assert "best: step" in r2.describe()
+
     # a fresh run from step 2 sees the same data as the resumed one: 2 + 1 == 3 steps
     with pytest.raises(ValueError, match="different \\[net\\] config"):
         train(
@@ -403,9 +413,7 @@ def test_predictor_runs_a_real_network_on_a_rendered_body():
     )
     assert frags.mask.any()
     photos = np.full((1, 128, 128, 3), 128, np.uint8)
-    out = LearnedPredictor(DisplacementNet(TINY))(
-        PredictRequest(photos, passes, frags, rig, verts, model.faces)
-    )
+    out = LearnedPredictor(DisplacementNet(TINY))(PredictRequest(photos, passes, frags, rig, verts, model.faces))
     assert out.flow.shape == (1, 128, 128, 2) and torch.isfinite(out.flow).all()
     assert torch.all(out.flow[~frags.mask] == 0)
 

@@ -104,12 +104,23 @@ class TrainConfig:
 @dataclass(frozen=True)
 class TrainResult:
     """step: the step reached; val_epe_px: last validation EPE (crop pixels, NaN if none);
-    checkpoint / weights: the files written."""
+    checkpoint / weights: the files written (weights: the latest); best: the weights with the
+    lowest validation EPE so far (None before the first validation), at ``best_step``."""
 
     step: int
     val_epe_px: float
     checkpoint: Path
     weights: Path
+    best: Path | None = None
+    best_val_epe_px: float = float("nan")
+    best_step: int = 0
+
+    def describe(self) -> str:
+        """What a person reads at the end of a training run."""
+        text = f"step {self.step}: val EPE {self.val_epe_px:.3f} px (crop); weights {self.weights}"
+        if self.best is not None:
+            text += f"\nbest: step {self.best_step}, val EPE {self.best_val_epe_px:.3f} px; weights {self.best}"
+        return text
 
 
 def load_train_config(path=None, overrides=None) -> TrainConfig:
@@ -131,10 +142,7 @@ def load_train_config(path=None, overrides=None) -> TrainConfig:
             candidates = [path.parent / net_file, CONFIG_DIR / "nets" / net_file, Path(net_file)]
             found = next((c for c in candidates if c.exists()), None)
             if found is None:
-                raise ConfigError(
-                    f"{path}: net_file {net_file!r} not found "
-                    f"(looked in {[str(c) for c in candidates]})"
-                )
+                raise ConfigError(f"{path}: net_file {net_file!r} not found (looked in {[str(c) for c in candidates]})")
             data["net"] = merge(tomllib.loads(found.read_text()), data.get("net", {}))
     return build_config(TrainConfig, data, overrides, str(path or "config"))
 
@@ -174,6 +182,10 @@ def export_weights(checkpoint: str | Path, out: str | Path) -> Path:
     return save_weights(net, Path(out), {"step": ck["step"], "val_epe_px": ck.get("val_epe_px")})
 
 
+def _cfg_json(cfg) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
 def _tuples(d: dict) -> dict:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
 
@@ -181,9 +193,7 @@ def _tuples(d: dict) -> dict:
 # ==========================================================================================
 # visualisation
 # ==========================================================================================
-def flow_to_rgb(
-    flow: np.ndarray, mask: np.ndarray | None = None, max_mag: float | None = None
-) -> np.ndarray:
+def flow_to_rgb(flow: np.ndarray, mask: np.ndarray | None = None, max_mag: float | None = None) -> np.ndarray:
     """(H, W, 2) field -> (H, W, 3) uint8 on the HSV colour wheel: hue = direction,
     value = length / max_mag (default: the largest length), black off the mask."""
     flow = np.asarray(flow, np.float32)
@@ -206,9 +216,7 @@ def _vis_png(batch: dict, pred: torch.Tensor, path: Path, S: int, render_passes)
     rows = []
     for i in range(pred.shape[0]):
         m = batch["mask"][i, 0].numpy() > 0
-        photo = (
-            ((batch["photo"][i].permute(1, 2, 0).numpy() + 1) * 127.5).clip(0, 255).astype(np.uint8)
-        )
+        photo = ((batch["photo"][i].permute(1, 2, 0).numpy() + 1) * 127.5).clip(0, 255).astype(np.uint8)
         if "rgb" in render_passes:
             o = render_passes.index("rgb")
             r = batch["render"][i, o : o + 3].permute(1, 2, 0).numpy()
@@ -219,16 +227,11 @@ def _vis_png(batch: dict, pred: torch.Tensor, path: Path, S: int, render_passes)
         p = pred[i].permute(1, 2, 0).numpy() * S
         mx = float(np.linalg.norm(true, axis=-1)[m].max()) if m.any() else 1.0
         err = np.linalg.norm(p - true, axis=-1)
-        err_img = cv2.applyColorMap(
-            np.clip(err / max(mx, 1e-6) * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_INFERNO
-        )
+        err_img = cv2.applyColorMap(np.clip(err / max(mx, 1e-6) * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_INFERNO)
         err_img = err_img[..., ::-1] * m[..., None]
         tiles = [photo, rend, flow_to_rgb(true, m, mx), flow_to_rgb(p, m, mx), err_img]
         row = np.concatenate(
-            [
-                cv2.resize(np.ascontiguousarray(t), (S, S), interpolation=cv2.INTER_NEAREST)
-                for t in tiles
-            ],
+            [cv2.resize(np.ascontiguousarray(t), (S, S), interpolation=cv2.INTER_NEAREST) for t in tiles],
             1,
         )
         epe = float(err[m].mean()) if m.any() else float("nan")
@@ -320,9 +323,7 @@ def _validation_set(cfg: TrainConfig, out_dir: Path) -> dict:
 
 
 @torch.no_grad()
-def evaluate(
-    net: DisplacementNet, batch: dict, device, batch_size: int = 16, amp: bool = False
-) -> dict:
+def evaluate(net: DisplacementNet, batch: dict, device, batch_size: int = 16, amp: bool = False) -> dict:
     """Loss and EPE of the last stack over a batch dict (crop px, full-image px, and the
     zero-prediction baseline in crop px), plus the predictions (CPU)."""
     was = net.training
@@ -387,12 +388,15 @@ def train(
     net.grad_checkpointing = cfg.grad_checkpoint
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(cfg, s))
-    ck_path, w_path, log_path = (
+    ck_path, w_path, best_path, log_path = (
         out_dir / "checkpoint.pt",
         out_dir / "weights.pt",
+        out_dir / "best.pt",
         out_dir / "log.csv",
     )
     step, val_epe = 0, float("nan")
+    # validation EPE is noisy between checkpoints, so the best weights are kept beside the latest
+    best_epe, best_step = float("inf"), 0
     if resume and ck_path.exists():
         ck = torch.load(ck_path, map_location="cpu", weights_only=False)
         if ck.get("net_config") != json.loads(json.dumps(dataclasses.asdict(cfg.net))):
@@ -404,6 +408,11 @@ def train(
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         step, val_epe = int(ck["step"]), float(ck.get("val_epe_px", float("nan")))
+        if best_path.exists():
+            best_epe = float(ck.get("best_val_epe_px", float("inf")))
+            best_step = int(ck.get("best_step", 0))
+    else:
+        best_path.unlink(missing_ok=True)  # from the run this one starts over
     (out_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
     amp = cfg.amp and device.type == "cuda"
 
@@ -412,11 +421,13 @@ def train(
             "format": "mvcap-displacement-checkpoint",
             "step": step,
             "net_config": json.loads(json.dumps(dataclasses.asdict(cfg.net))),
-            "train_config": json.loads(json.dumps(dataclasses.asdict(cfg))),
+            "train_config": _cfg_json(cfg),
             "model": _state_dict_cpu(net),
             "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict(),
             "val_epe_px": val_epe,
+            "best_val_epe_px": best_epe,
+            "best_step": best_step,
         }
         _atomic_save(state, ck_path)
         save_weights(
@@ -468,14 +479,10 @@ def train(
                 opt.step()
                 sched.step()
                 step += 1
-                epe = float(
-                    endpoint_error(preds[-1].detach(), b["target"], b["mask"], cfg.net.crop_size)
-                )
+                epe = float(endpoint_error(preds[-1].detach(), b["target"], b["mask"], cfg.net.crop_size))
                 run_loss, run_epe, run_n = run_loss + float(loss.detach()), run_epe + epe, run_n + 1
                 bar.update(1)
-                bar.set_postfix(
-                    loss=f"{float(loss.detach()):.4f}", epe=f"{epe:.2f}px", val=f"{val_epe:.2f}px"
-                )
+                bar.set_postfix(loss=f"{float(loss.detach()):.4f}", epe=f"{epe:.2f}px", val=f"{val_epe:.2f}px")
                 row = None
                 if step % cfg.log_every == 0 or step == end:
                     now = time.time()
@@ -491,6 +498,13 @@ def train(
                 if step % cfg.val_every == 0 or step == end:
                     ev = evaluate(net, val_batch, device, amp=amp)
                     val_epe = ev["epe_px"]
+                    if val_epe < best_epe:
+                        best_epe, best_step = val_epe, step
+                        save_weights(
+                            net,
+                            best_path,
+                            {"step": step, "val_epe_px": val_epe, "train_config": _cfg_json(cfg)},
+                        )
                     row = row or {"step": step, "wall_s": round(time.time() - t_start, 1)}
                     row.update(
                         val_loss=f"{ev['loss']:.5f}",
@@ -510,10 +524,7 @@ def train(
                 if row is not None:
                     writer.writerow(row)
                     log_f.flush()
-                if (
-                    step % cfg.checkpoint_every == 0
-                    or time.time() - t_ck > 60 * cfg.checkpoint_minutes
-                ):
+                if step % cfg.checkpoint_every == 0 or time.time() - t_ck > 60 * cfg.checkpoint_minutes:
                     checkpoint()
                     t_ck = time.time()
     except (KeyboardInterrupt, _Stop):
@@ -526,7 +537,16 @@ def train(
         if old_handler is not None:
             signal.signal(signal.SIGTERM, old_handler)
         del loader
-    return TrainResult(step, val_epe, ck_path, w_path)
+    found = best_path.exists() and best_step > 0
+    return TrainResult(
+        step,
+        val_epe,
+        ck_path,
+        w_path,
+        best_path if found else None,
+        best_epe if found else float("nan"),
+        best_step,
+    )
 
 
 def main(argv=None) -> None:
@@ -537,17 +557,13 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description="Train the displacement network")
     ap.add_argument("config")
     ap.add_argument("--out", required=True)
-    ap.add_argument(
-        "--no-resume", action="store_true", help="start over even if out/checkpoint.pt exists"
-    )
+    ap.add_argument("--no-resume", action="store_true", help="start over even if out/checkpoint.pt exists")
     ap.add_argument("--max-steps", type=int, default=None)
-    ap.add_argument(
-        "overrides", nargs="*", help="config overrides, e.g. batch_size=4 net.hg_stacks=2"
-    )
+    ap.add_argument("overrides", nargs="*", help="config overrides, e.g. batch_size=4 net.hg_stacks=2")
     a = ap.parse_intermixed_args(argv)
     cfg = load_train_config(a.config, a.overrides)
     res = train(cfg, a.out, resume=not a.no_resume, max_steps=a.max_steps)
-    print(f"step {res.step}: val EPE {res.val_epe_px:.3f} px (crop); weights {res.weights}")
+    print(res.describe())
 
 
 if __name__ == "__main__":
