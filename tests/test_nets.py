@@ -16,7 +16,9 @@ from mvcap.nets.displacement import (
     crop_passes,
     crop_window,
     displacement_loss,
+    encode_render,
     endpoint_error,
+    select_render_passes,
     uncrop_flow,
 )
 
@@ -133,6 +135,22 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 
 
 # ------------------------------------------------------------------------- crop geometry
+def test_selecting_passes_equals_encoding_them():
+    rng = np.random.default_rng(0)
+    S = 8
+    passes = {
+        k: rng.random((S, S, c)).astype(np.float32)
+        for k, c in (("rgb", 3), ("depth", 1), ("normal", 3), ("template", 3))
+    }
+    cov = (rng.random((S, S)) > 0.3).astype(np.float32)
+    everything = ("rgb", "depth", "normal", "template", "mask")
+    full = encode_render(passes, cov, everything)
+    for want in (("depth", "normal", "template", "mask"), ("rgb", "mask"), ("mask", "rgb")):
+        assert torch.equal(select_render_passes(full[None], everything, want)[0], encode_render(passes, cov, want))
+    with pytest.raises(ValueError, match="not in the input"):
+        select_render_passes(full, ("rgb", "mask"), ("depth",))
+
+
 def test_crop_window_is_square_and_enlarged():
     m = np.zeros((100, 120), bool)
     m[20:60, 50:70] = True  # 40 tall, 20 wide

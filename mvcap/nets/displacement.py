@@ -48,6 +48,7 @@ __all__ = [
     "endpoint_error",
     "RENDER_PASS_CHANNELS",
     "render_channels",
+    "select_render_passes",
     "CropWindow",
     "crop_window",
     "crop_resize",
@@ -63,6 +64,20 @@ RENDER_PASS_CHANNELS: dict[str, int] = {"rgb": 3, "depth": 1, "normal": 3, "temp
 
 def render_channels(passes: tuple[str, ...]) -> int:
     return sum(RENDER_PASS_CHANNELS[p] for p in passes)
+
+
+def select_render_passes(render: Tensor, have: tuple[str, ...], want: tuple[str, ...]) -> Tensor:
+    """The channels of the passes ``want`` from a render input (..., C, S, S) encoded with
+    the passes ``have`` (see :func:`encode_render`): one sample set serves networks built
+    for different passes."""
+    missing = [p for p in want if p not in have]
+    if missing:
+        raise ValueError(f"render passes {missing} are not in the input's passes {have}")
+    start, spans = 0, {}
+    for p in have:
+        spans[p] = slice(start, start + RENDER_PASS_CHANNELS[p])
+        start += RENDER_PASS_CHANNELS[p]
+    return torch.cat([render[..., spans[p], :, :] for p in want], dim=-3)
 
 
 @dataclass(frozen=True)
@@ -99,19 +114,12 @@ class NetConfig:
 
     def __post_init__(self):
         unknown = [p for p in self.render_passes if p not in RENDER_PASS_CHANNELS]
-        if (
-            unknown
-            or not self.render_passes
-            or len(set(self.render_passes)) != len(self.render_passes)
-        ):
+        if unknown or not self.render_passes or len(set(self.render_passes)) != len(self.render_passes):
             raise ValueError(
-                "net.render_passes must be distinct names from "
-                f"{list(RENDER_PASS_CHANNELS)}, got {self.render_passes}"
+                f"net.render_passes must be distinct names from {list(RENDER_PASS_CHANNELS)}, got {self.render_passes}"
             )
         if "mask" not in self.render_passes:
-            raise ValueError(
-                "net.render_passes must include 'mask' (the network needs to know the silhouette)"
-            )
+            raise ValueError("net.render_passes must include 'mask' (the network needs to know the silhouette)")
         for name in (
             "crop_size",
             "stem_width",
@@ -128,10 +136,7 @@ class NetConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"net.{name} must be >= 1, got {getattr(self, name)}")
         if self.crop_size % (2**self.hg_depth):
-            raise ValueError(
-                f"net.crop_size={self.crop_size} must be divisible by "
-                f"2**hg_depth={2**self.hg_depth}"
-            )
+            raise ValueError(f"net.crop_size={self.crop_size} must be divisible by 2**hg_depth={2**self.hg_depth}")
         if self.stem_kernel % 2 == 0:
             raise ValueError(f"net.stem_kernel must be odd, got {self.stem_kernel}")
         if self.norm not in ("batch", "group"):
@@ -164,9 +169,7 @@ class Bottleneck(nn.Module):
             nn.Conv2d(mid, cout, 1, bias=False), _norm(norm, cout),
         )  # fmt: skip
         self.skip = (
-            nn.Identity()
-            if cin == cout
-            else nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), _norm(norm, cout))
+            nn.Identity() if cin == cout else nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), _norm(norm, cout))
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -205,9 +208,7 @@ class Hourglass(nn.Module):
         super().__init__()
         self.up = _residual(ch, blocks, norm)
         self.low1 = _residual(ch, blocks, norm)
-        self.low2 = (
-            Hourglass(depth - 1, ch, blocks, norm) if depth > 1 else _residual(ch, blocks, norm)
-        )
+        self.low2 = Hourglass(depth - 1, ch, blocks, norm) if depth > 1 else _residual(ch, blocks, norm)
         self.low3 = _residual(ch, blocks, norm)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -278,9 +279,7 @@ class DisplacementNet(nn.Module):
                 f"got {tuple(photo.shape)} and {tuple(render.shape)}"
             )
         if photo.shape[0] != render.shape[0] or photo.shape[-2:] != render.shape[-2:]:
-            raise ValueError(
-                f"photo {tuple(photo.shape)} and render {tuple(render.shape)} must match in B, H, W"
-            )
+            raise ValueError(f"photo {tuple(photo.shape)} and render {tuple(render.shape)} must match in B, H, W")
         if photo.shape[-2] % (2**self.cfg.hg_depth) or photo.shape[-1] % (2**self.cfg.hg_depth):
             raise ValueError(
                 f"input size {tuple(photo.shape[-2:])} must be divisible by "
@@ -306,14 +305,11 @@ def _check_target(preds, target: Tensor, mask: Tensor):
         raise ValueError(f"target must be (B, 2, S, S), got {tuple(target.shape)}")
     if mask.shape != (target.shape[0], 1, *target.shape[-2:]):
         raise ValueError(
-            f"mask must be (B, 1, S, S) = {(target.shape[0], 1, *target.shape[-2:])}, "
-            f"got {tuple(mask.shape)}"
+            f"mask must be (B, 1, S, S) = {(target.shape[0], 1, *target.shape[-2:])}, got {tuple(mask.shape)}"
         )
     for p in preds:
         if p.shape != target.shape:
-            raise ValueError(
-                f"prediction {tuple(p.shape)} does not match target {tuple(target.shape)}"
-            )
+            raise ValueError(f"prediction {tuple(p.shape)} does not match target {tuple(target.shape)}")
 
 
 def displacement_loss(preds: list[Tensor] | Tensor, target: Tensor, mask: Tensor) -> Tensor:
@@ -329,17 +325,13 @@ def displacement_loss(preds: list[Tensor] | Tensor, target: Tensor, mask: Tensor
     m = mask.to(target.dtype) > 0
     total = target.new_zeros(())
     for p in preds:
-        err = torch.where(
-            m, (p.float() - target).abs(), torch.zeros((), dtype=target.dtype, device=target.device)
-        )
+        err = torch.where(m, (p.float() - target).abs(), torch.zeros((), dtype=target.dtype, device=target.device))
         total = total + err.sum(dim=1, keepdim=True).mean()
     return total
 
 
 @torch.no_grad()
-def endpoint_error(
-    pred: Tensor, target: Tensor, mask: Tensor, scale: float | Tensor = 1.0
-) -> Tensor:
+def endpoint_error(pred: Tensor, target: Tensor, mask: Tensor, scale: float | Tensor = 1.0) -> Tensor:
     """Mean end-point error over masked pixels: mean_m ||pred - target||_2 * scale
     (scale converts the network's units to pixels, e.g. S for crop pixels). Scalar."""
     _check_target([pred], target, mask)
@@ -409,17 +401,12 @@ def crop_resize(image: np.ndarray, win: CropWindow, S: int) -> np.ndarray:
         res = cv2.resize(out, (S, S), interpolation=interp)
         return res.reshape((S, S) + out.shape[2:])
     return np.concatenate(
-        [
-            cv2.resize(out[..., c : c + 4], (S, S), interpolation=interp).reshape(S, S, -1)
-            for c in range(0, C, 4)
-        ],
+        [cv2.resize(out[..., c : c + 4], (S, S), interpolation=interp).reshape(S, S, -1) for c in range(0, C, 4)],
         axis=-1,
     )
 
 
-def crop_passes(
-    surface: np.ndarray, mask: np.ndarray, win: CropWindow, S: int
-) -> tuple[np.ndarray, np.ndarray]:
+def crop_passes(surface: np.ndarray, mask: np.ndarray, win: CropWindow, S: int) -> tuple[np.ndarray, np.ndarray]:
     """Resample surface attributes defined on the silhouette without blending in the
     background: ``crop(surface * m) / crop(m)``.
 
@@ -440,9 +427,7 @@ def encode_photo(photo_crop: np.ndarray) -> Tensor:
     return (x / 127.5 - 1.0).permute(2, 0, 1).contiguous()
 
 
-def encode_render(
-    passes: dict[str, np.ndarray], coverage: np.ndarray, render_passes: tuple[str, ...]
-) -> Tensor:
+def encode_render(passes: dict[str, np.ndarray], coverage: np.ndarray, render_passes: tuple[str, ...]) -> Tensor:
     """Render passes of a crop -> the render branch's input (C_r, S, S) float32.
 
     passes: name -> (S, S, c) crop values (from :func:`crop_passes`: rgb in [0, 1], depth in
