@@ -26,7 +26,7 @@ import torch
 
 from mvcap.nets.data import DisplacementDataset, collate
 from mvcap.nets.displacement import RENDER_PASS_CHANNELS, endpoint_error, select_render_passes
-from mvcap.nets.predictor import LearnedPredictor
+from mvcap.nets.predictor import LearnedPredictor, WeightsError
 from mvcap.nets.train import load_train_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,7 +66,12 @@ def main(argv=None) -> None:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
             ap.error(f"weights must be given as NAME=FILE, got {item!r}")
-        named.append((name, LearnedPredictor.load(path, device="cpu", batch_size=16)))
+        try:
+            named.append((name, LearnedPredictor.load(path, device="cpu", batch_size=16)))
+        except (FileNotFoundError, WeightsError) as exc:
+            ap.error(str(exc))
+    if a.samples < 2:
+        ap.error(f"--samples must be >= 2 (standard errors need two), got {a.samples}")
     cfg = load_train_config(a.config)
     data = dataclasses.replace(cfg.data, val_seed=a.seed, num_val=a.samples)
     geometry = {(p.cfg.crop_size, p.cfg.crop_scale) for _, p in named}

@@ -65,6 +65,8 @@ class BenchConfig:
     def __post_init__(self):
         if "/" in self.tag or "#" in self.tag:
             raise ValueError(f"tag must not contain '/' or '#', got {self.tag!r}")
+        for name in self.methods:  # a misspelt method fails now, not after the others have run
+            parse_method(name, self.refine)
 
 
 # method suffix -> RefineConfig.appearance; "+noise<std>" / "+brightness<std>" pass through as they are

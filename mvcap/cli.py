@@ -259,6 +259,13 @@ def synth(config: Path, out: Path, overrides, sheet: bool):
             click.echo(f"wrote {sheet_path}")
 
 
+def _config_option(help_text: str):
+    """The ``--config FILE`` option every configurable command takes (-> ``config_path``)."""
+    return click.option(
+        "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help=help_text
+    )
+
+
 def _session_paths(target: Path) -> list[Path]:
     if target.is_dir():
         paths = sorted(target.glob("*.h5"))
@@ -272,13 +279,7 @@ def _session_paths(target: Path) -> list[Path]:
 
 @main.command()
 @click.argument("session", type=click.Path(path_type=Path))
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Refinement config TOML (default: configs/refine.toml).",
-)
+@_config_option("Refinement config TOML (default: configs/refine.toml).")
 @click.option("--predictor", type=click.Choice(["oracle", "flow", "learned"]), default=None)
 @click.option("--fusion", type=click.Choice(["joint", "refit"]), default=None)
 @click.option("--views", default=None, help="Comma-separated cameras to use (one = single-view fallback).")
@@ -325,13 +326,7 @@ def refine(session: Path, config_path, predictor, fusion, views, run_name, frame
 
 @main.command()
 @click.argument("sessions", type=click.Path(path_type=Path))
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Benchmark config TOML (default: configs/bench/methods.toml).",
-)
+@_config_option("Benchmark config TOML (default: configs/bench/methods.toml).")
 @click.option("--methods", default=None, help="Comma-separated methods (overrides the config).")
 @click.option("--max-frames", type=int, default=None, help="Frames per session (0 = all).")
 @click.option(
@@ -424,9 +419,7 @@ def export(session: Path, run_name: str, out: Path, formats: str, frames: str | 
 @click.option(
     "--rig", "rig_path", type=click.Path(path_type=Path), default=None, help="Rig file (default: SOURCE/rig.toml)."
 )
-@click.option(
-    "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Ingest TOML."
-)
+@_config_option("Ingest TOML.")
 @click.option("--start", type=int, default=None, help="First timeline frame (default 0).")
 @click.option(
     "--stop", type=int, default=None, help="Timeline frame to stop before (default: the shortest source's end)."
@@ -476,8 +469,7 @@ def ingest(source, out, rig_path, config_path, start, stop, stride, offsets, fps
 
 @main.command()
 @click.argument("session", type=click.Path(path_type=Path))
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Init config TOML; its [detect] table is used (default: configs/init.toml).")  # fmt: skip
+@_config_option("Init config TOML; its [detect] table is used (default: configs/init.toml).")
 @click.option("--frames", default=None, help="Frame range START:STOP (default: all).")
 @click.option("--overwrite", is_flag=True, help="Discard stored detections and detect again.")
 @click.option("--set", "overrides", multiple=True, help="Overrides key=value, e.g. detect.masks=false")
@@ -495,8 +487,7 @@ def detect(session: Path, config_path, frames, overwrite, overrides):
 
 @main.command("init")
 @click.argument("session", type=click.Path(path_type=Path))
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Init config TOML (default: configs/init.toml).")  # fmt: skip
+@_config_option("Init config TOML (default: configs/init.toml).")
 @click.option("--from-npz", "npz", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Use these SMPL parameters instead: poses (T,72), trans (T,3), betas (10,).")  # fmt: skip
 @click.option("--frames", default=None, help="Frame range START:STOP (default: all detected frames).")
@@ -522,8 +513,7 @@ def init_cmd(session: Path, config_path, npz, frames, overwrite, overrides):
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Subject file to write (default: <session>.subject.npz beside the session).")  # fmt: skip
 @click.option("--name", default=None, help="Subject name (default: the session file's stem).")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Registration TOML (default: configs/register.toml).")  # fmt: skip
+@_config_option("Registration TOML (default: configs/register.toml).")
 @click.option("--frames", default=None, help="Frames to use: START:STOP (num_frames spread over it) or a list 0,20,40.")
 @click.option("--views", default=None, help="Comma-separated cameras to use (default: all).")
 @click.option("--write-session", is_flag=True, help="Also store the subject in the session (used by refine).")
@@ -566,8 +556,7 @@ def register(session: Path, out, name, config_path, frames, views, write_session
               help="Rig to write: .toml (anipose/Pose2Sim), or an EasyMocap folder / intri.yml.")  # fmt: skip
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Report folder: report.md/json and one picture per camera (default: <out>_report).")  # fmt: skip
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Calibration config TOML (default: configs/calibrate.toml).")  # fmt: skip
+@_config_option("Calibration config TOML (default: configs/calibrate.toml).")
 @click.option("--stride", type=int, default=None, help="Read every n-th frame.")
 @click.option("--max-frames", type=int, default=None, help="Frames to read per camera (0 = all).")
 @click.option("--world-frame", type=int, default=None, help="Frame in which the board lies on the floor: the world.")

@@ -105,7 +105,12 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
     kwargs = {}
     for name, value in data.items():
         kwargs[name] = _convert(hints[name], value, f"{where}.{name}" if where else name)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except ValueError as exc:  # a config's own range checks (__post_init__) read like the rest
+        raise ConfigError(f"[{where}] {exc}" if where else str(exc)) from exc
 
 
 def to_dict(cfg) -> dict:

@@ -28,6 +28,7 @@ from torch import Tensor
 
 from mvcap.body import BodyModel
 from mvcap.cameras import Rig, cam_to_pixels, world_to_cam, world_to_cam_per_view
+from mvcap.poses import limit_violation
 
 __all__ = ["FitConfig", "Targets", "FitResult", "fit_body", "geman_mcclure", "person_scale"]
 
@@ -136,12 +137,6 @@ def default_pose_prior() -> PosePrior:
     return _PRIOR_CACHE["prior"]
 
 
-def _limits_penalty(pose_rotvecs: Tensor) -> Tensor:
-    from mvcap.poses import limit_violation
-
-    return limit_violation(pose_rotvecs)
-
-
 def fit_body(
     model: BodyModel,
     rig: Rig,
@@ -219,7 +214,7 @@ def fit_body(
         pose = roma.rotmat_to_rotvec(rotmats)
         reg = cfg.w_init * (delta**2).sum((-1, -2))
         if cfg.w_limits > 0:
-            reg = reg + cfg.w_limits * _limits_penalty(pose)
+            reg = reg + cfg.w_limits * limit_violation(pose)
         if prior is not None:
             reg = reg + cfg.w_prior * prior(pose)
         if prev is not None and cfg.w_temporal > 0:

@@ -215,6 +215,10 @@ figcaption{font-size:12px;color:#5a6478} pre{font-size:12px;background:#f0f3f8;p
 """
 
 
+def _figure(src: str, alt: str, caption: str) -> str:
+    return f"<figure><img alt='{html.escape(alt)}' src='{src}'><figcaption>{html.escape(caption)}</figcaption></figure>"
+
+
 def _card(key: str, value: str, bad: bool = False) -> str:
     cls = "card bad" if bad else "card"
     return f'<div class="{cls}"><div class="v">{html.escape(value)}</div><div class="k">{html.escape(key)}</div></div>'
@@ -351,10 +355,7 @@ def build_report(
         )
     if plots:
         parts.append("<section id='plots'><h2>Per-frame plots</h2>")
-        parts += [
-            f"<figure><img alt='{html.escape(n)}' src='{u}'><figcaption>{html.escape(n)}</figcaption></figure>"
-            for n, u in plots
-        ]
+        parts += [_figure(u, n, n) for n, u in plots]
         parts.append("</section>")
     if overlays:
         arrows = f"; arrows: the {cfg.arrows} displacement field on the initial estimate" if cfg.arrows else ""
@@ -363,19 +364,12 @@ def build_report(
         )
         for t, imgs in overlays:
             parts.append(f"<h3>frame {t}</h3><div class='grid'>")
-            parts += [
-                f"<figure><img alt='{html.escape(n)} frame {t}' src='{u}'><figcaption>{html.escape(n)}"
-                "</figcaption></figure>"
-                for n, u in imgs
-            ]
+            parts += [_figure(u, f"{n} frame {t}", n) for n, u in imgs]
             parts.append("</div>")
         parts.append("</section>")
     if turntables:
         parts.append("<section id='turntable'><h2>Turntable of the fitted body</h2><div class='grid'>")
-        parts += [
-            f"<figure><img alt='turntable frame {t}' src='{u}'><figcaption>frame {t}</figcaption></figure>"
-            for t, u in turntables
-        ]
+        parts += [_figure(u, f"turntable frame {t}", f"frame {t}") for t, u in turntables]
         parts.append("</div></section>")
     parts.append(
         "<section id='config'><h2>Run configuration</h2><pre>"
