@@ -107,9 +107,10 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
         kwargs[name] = _convert(hints[name], value, f"{where}.{name}" if where else name)
     try:
         return cls(**kwargs)
-    except ConfigError:
-        raise
-    except ValueError as exc:  # a config's own range checks (__post_init__) read like the rest
+    except ValueError as exc:
+        if type(exc) is not ValueError:  # ConfigError, or a module's own error type: keep it
+            raise
+        # a config's plain range checks (__post_init__) read like the rest
         raise ConfigError(f"[{where}] {exc}" if where else str(exc)) from exc
 
 
