@@ -472,16 +472,24 @@ def ingest(source, out, rig_path, config_path, start, stop, stride, offsets, fps
 @_config_option("Init config TOML; its [detect] table is used (default: configs/init.toml).")
 @click.option("--frames", default=None, help="Frame range START:STOP (default: all).")
 @click.option("--overwrite", is_flag=True, help="Discard stored detections and detect again.")
+@click.option("--subject", default=None,
+              help="Follow one person when several are filmed: 'centre' (nearest the rig centre), 'near:X,Y,Z' "
+                   "(world metres) or 'pixel:CAM:X,Y' (the person whose hips are at that pixel of CAM).")  # fmt: skip
 @click.option("--set", "overrides", multiple=True, help="Overrides key=value, e.g. detect.masks=false")
-def detect(session: Path, config_path, frames, overwrite, overrides):
+def detect(session: Path, config_path, frames, overwrite, subject, overrides):
     """Detect 2D keypoints and person masks in every view with MediaPipe (resumable)."""
     from mvcap.config import load_config
     from mvcap.detect import detect_session
     from mvcap.initialize import InitConfig
+    from mvcap.track import detect_subject, parse_seed
 
     cfg = load_config(InitConfig, config_path or "init.toml", list(overrides))
     for path in _session_paths(session):
-        res = detect_session(path, cfg.detect, frames=_frame_range(frames), overwrite=overwrite)
+        if subject:
+            res = detect_subject(path, parse_seed(subject), cfg.detect, triangulate=cfg.triangulate,
+                                 frames=_frame_range(frames), overwrite=overwrite)  # fmt: skip
+        else:
+            res = detect_session(path, cfg.detect, frames=_frame_range(frames), overwrite=overwrite)
         click.echo(f"{path}: {res}")
 
 
@@ -506,6 +514,31 @@ def init_cmd(session: Path, config_path, npz, frames, overwrite, overrides):
     for path in _session_paths(session):
         res = initialize_session(path, cfg, frames=_frame_range(frames), overwrite=overwrite)
         click.echo(f"{path}: {res}")
+
+
+@main.command()
+@click.argument("session", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--run", "run_name", required=True, help="Results run to check.")
+@click.option("--holdout", default=None, help="Comma-separated cameras to leave out one at a time (default: all).")
+@click.option("--frames", default=None, help="Frames to check, START:STOP:STEP over the run's frames (default ::10).")
+@_config_option("Init config TOML for the refits without each camera (default: configs/init.toml).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="JSON file to write (default: <session>.validate_<run>.json, which the report shows).")  # fmt: skip
+@click.option("--no-in-view", is_flag=True, help="Skip the in-view rows (stored result vs stored init).")
+def validate(session: Path, run_name: str, holdout, frames, config_path, out, no_in_view):
+    """Did refinement help? Leave each camera out, redo init + refinement with the others, and
+    measure init and result in the camera left out (keypoints, silhouette IoU, photometric)."""
+    from mvcap.config import load_config
+    from mvcap.initialize import InitConfig
+    from mvcap.validate import ValidateConfig, format_report, report_path, save_report, validate_run
+
+    init_cfg = load_config(InitConfig, config_path or "init.toml")
+    cfg = ValidateConfig(frames=frames or ValidateConfig.frames, init=init_cfg)
+    held = [v.strip() for v in holdout.split(",") if v.strip()] if holdout else None
+    rep = validate_run(session, run_name, cfg, holdout=held, in_view=not no_in_view)
+    path = save_report(rep, out or report_path(session, run_name))
+    click.echo(format_report(rep))
+    click.echo(f"wrote {path} ({rep.seconds:.0f} s)")
 
 
 @main.command()

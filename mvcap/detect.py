@@ -103,6 +103,7 @@ class DetectConfig:
     smooth_landmarks: bool = True
     masks: bool = True  # store MediaPipe's person segmentation masks
     smooth_segmentation: bool = True
+    static_image_mode: bool = False  # detect every image on its own (no tracking between frames)
 
     def __post_init__(self):
         if self.model_complexity not in (0, 1, 2):
@@ -161,7 +162,7 @@ class PoseDetector:
         mp_pose, _ = require_mediapipe()
         self.cfg = cfg
         self._pose = mp_pose.Pose(
-            static_image_mode=False,
+            static_image_mode=cfg.static_image_mode,
             model_complexity=cfg.model_complexity,
             smooth_landmarks=cfg.smooth_landmarks,
             enable_segmentation=cfg.masks,
