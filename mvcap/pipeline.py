@@ -77,6 +77,13 @@ class ExportStage:
 
 
 @dataclass(frozen=True)
+class ValidateStage:
+    enabled: bool = True  # leave-one-camera-out cross-validation (needs detections and >= 3 views)
+    frames: str = "::10"  # START:STOP:STEP over the refined frames: a fraction of the run's cost
+    holdout: tuple[str, ...] = ()  # cameras to leave out one at a time; empty = every camera
+
+
+@dataclass(frozen=True)
 class ReportStage:
     enabled: bool = True
     ground_truth: str = ""  # npz of ground-truth SMPL parameters (synthetic captures): adds accuracy
@@ -91,6 +98,7 @@ class RunConfig:
     init: InitStage = InitStage()
     subject: SubjectStage = SubjectStage()
     refine: RefineConfig = RefineConfig()
+    validate: ValidateStage = ValidateStage()
     export: ExportStage = ExportStage()
     report: ReportStage = ReportStage()
 
@@ -118,6 +126,7 @@ class RunSummary:
     stage_notes: dict[str, str] = field(default_factory=dict)
     report: Path | None = None
     exports: dict[str, Path] = field(default_factory=dict)
+    validation: dict | None = None  # the cross-validation (mvcap.validate), when it ran
 
 
 def load_run_config(path: str | Path, overrides=None) -> tuple[RunConfig, Path]:
@@ -241,8 +250,7 @@ def run_pipeline(
             det = detect_session(session_path, cfg.init.detect, frames=frames, progress=progress)
             ini = initialize_session(session_path, cfg.init.fit, frames=frames, progress=progress, model=model)
             summary.stage_notes["init"] = (
-                f"MediaPipe found the person in {100 * det.found_fraction:.0f} % of new view images; "
-                f"{ini}"
+                f"MediaPipe found the person in {100 * det.found_fraction:.0f} % of new view images; {ini}"
             )
 
     # 3. subject --------------------------------------------------------------------------
@@ -309,19 +317,28 @@ def run_pipeline(
                 summary.residual_px = np.nanmean(res.residual_px[idx], axis=0)
             summary.seconds_per_frame = float(np.mean(res.seconds[idx]))
 
-    # 5. export ---------------------------------------------------------------------------
+    # 5. validate -------------------------------------------------------------------------
+    if cfg.validate.enabled and summary.frames_done:
+        with _stage(summary, "validate", progress):
+            _validate_stage(cfg, session_path, summary, model, restart, progress)
+
+    # 6. export ---------------------------------------------------------------------------
     if cfg.export.formats and summary.frames_done:
         with _stage(summary, "export", progress):
             from mvcap.export import export_session
 
             done_idx = np.asarray(frames)[res.done[frames]]
             exp = export_session(
-                session_path, cfg.name, out_dir / "export", formats=list(cfg.export.formats), frames=done_idx,
+                session_path,
+                cfg.name,
+                out_dir / "export",
+                formats=list(cfg.export.formats),
+                frames=done_idx,
                 model=model,
             )
             summary.exports = dict(exp.paths)
 
-    # 6. report ---------------------------------------------------------------------------
+    # 7. report ---------------------------------------------------------------------------
     if cfg.report.enabled and summary.frames_done:
         with _stage(summary, "report", progress):
             from mvcap.report import build_report
@@ -336,10 +353,44 @@ def run_pipeline(
                 "config": to_dict(cfg),
             }
             summary.report = build_report(
-                session_path, cfg.name, out_dir / f"report_{cfg.name}.html", cfg.report.config, facts, gt, model
+                session_path,
+                cfg.name,
+                out_dir / f"report_{cfg.name}.html",
+                cfg.report.config,
+                facts,
+                gt,
+                model,
+                validation=summary.validation,
             )
     (out_dir / f"summary_{cfg.name}.json").write_text(json.dumps(_summary_dict(summary), indent=2, default=str))
     return summary
+
+
+def _validate_stage(cfg: RunConfig, session_path: Path, summary: RunSummary, model, restart: bool, progress: bool):
+    """Cross-validate the run (skipped, with a note saying why, when it cannot be done)."""
+    from mvcap.capture import Session
+    from mvcap.validate import ValidateConfig, load_report, report_path, save_report, validate_run
+
+    path = report_path(session_path, cfg.name)
+    with Session.open(session_path) as s:
+        detected = s.has_detections
+        views = len(cfg.refine.views or s.view_names)
+    if not detected:
+        summary.stage_notes["validate"] = "skipped: no 2D detections to check against (run `mvcap detect`)"
+        return
+    if views < 3:
+        summary.stage_notes["validate"] = f"skipped: {views} camera(s); leaving one out needs at least 3"
+        return
+    if path.exists() and not restart:
+        summary.validation = load_report(path)
+        summary.stage_notes["validate"] = f"cross-validation {path.name} exists; not redone"
+        return
+    vcfg = ValidateConfig(frames=cfg.validate.frames, init=cfg.init.fit)
+    rep = validate_run(session_path, cfg.name, vcfg, holdout=list(cfg.validate.holdout) or None, model=model,
+                       progress=progress)  # fmt: skip
+    save_report(rep, path)
+    summary.validation = load_report(path)
+    summary.stage_notes["validate"] = f"{len(rep.frames)} frames x {len(rep.cameras)} held-out cameras -> {path.name}"
 
 
 def _summary_dict(s: RunSummary) -> dict:
@@ -355,6 +406,13 @@ def _summary_dict(s: RunSummary) -> dict:
         "stage_notes": s.stage_notes,
         "report": str(s.report) if s.report else None,
         "exports": {k: str(v) for k, v in s.exports.items()},
+        "validation": None
+        if s.validation is None
+        else {
+            "verdict": s.validation.get("verdict"),
+            "worse": s.validation.get("worse"),
+            "cameras": s.validation.get("cameras"),
+        },  # fmt: skip
     }
 
 
@@ -373,6 +431,17 @@ def format_summary(s: RunSummary) -> str:
     lines.append("  stages: " + ", ".join(f"{k} {v:.1f} s" for k, v in s.stage_seconds.items()))
     for k, v in s.stage_notes.items():
         lines.append(f"  {k}: {v}")
+    if s.validation is not None:
+        words = {"improved": "improved", "unchanged": "no change", "worse": "WORSE", "no data": "no data"}
+        per_cam = ", ".join(
+            f"{c['view']} {words.get(c['verdict'], c['verdict'])}" for c in s.validation.get("cameras", [])
+        )
+        lines.append(f"  cross-validation (held-out cameras): {per_cam}")
+        if s.validation.get("worse"):
+            lines.append(
+                f"  WARNING: the refined result disagrees with camera(s) {', '.join(s.validation['worse'])} more "
+                "than the initial estimate did; see the report's cross-validation section"
+            )
     for fmt, p in s.exports.items():
         lines.append(f"  export {fmt}: {p}")
     if s.report:

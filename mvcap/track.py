@@ -113,7 +113,12 @@ def crop_window(camera: Rig, centre: np.ndarray, cfg: TrackConfig, up: np.ndarra
     b = np.cross(up, a)
     w = cfg.half_width_m
     corners = np.array(
-        [centre + sa * w * a + sb * w * b + h * up for sa in (-1, 1) for sb in (-1, 1) for h in (-cfg.below_m, cfg.above_m)]
+        [
+            centre + sa * w * a + sb * w * b + h * up
+            for sa in (-1, 1)
+            for sb in (-1, 1)
+            for h in (-cfg.below_m, cfg.above_m)
+        ]
     )
     cam = camera[0]
     z = (corners @ np.asarray(cam.R_world2cam, np.float64).T + np.asarray(cam.t_world2cam, np.float64))[:, 2]

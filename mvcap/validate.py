@@ -519,7 +519,8 @@ def _f(x: float, fmt: str = ".2f") -> str:
 
 
 def format_table(cameras: list[CameraVerdict], title: str) -> str:
-    head = f"{'camera':<10} {'frames':>6}  {'keypoints % height':>20}  {'silhouette IoU':>15}  {'photometric':>13}  verdict"
+    head = f"{'camera':<10} {'frames':>6}  {'keypoints % height':>20}  {'silhouette IoU':>15}  {'photometric':>13}"
+    head += "  verdict"
     lines = [title, head]
     for c in cameras:
         lines.append(

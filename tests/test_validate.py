@@ -39,7 +39,10 @@ def _detect_from_ground_truth(path, model, noise_px=1.5, seed=0):
                 _, rp = render(rig.without_distortion(), out.vertices[0], model.faces, passes=("mask",))
             conf = np.broadcast_to(definition.defined.astype(np.float32), uv.shape[:2])[..., None]
             masks = np.stack(
-                [distort_image((rp.get("mask")[v, ..., 0].numpy() * 255).astype(np.uint8), cam) for v, cam in enumerate(rig)]
+                [
+                    distort_image((rp.get("mask")[v, ..., 0].numpy() * 255).astype(np.uint8), cam)
+                    for v, cam in enumerate(rig)
+                ]
             )
             s.write_detections(t, np.concatenate([uv, conf], -1), masks)
 
