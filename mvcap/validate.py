@@ -34,21 +34,19 @@ import numpy as np
 import torch
 
 from mvcap.body import BodyModel, load_body_model
-from mvcap.cameras import Rig, project
+from mvcap.cameras import Rig
 from mvcap.config import ConfigError, from_dict
-from mvcap.initialize import InitConfig, KeypointDefinition, fit_keypoints, mediapipe_keypoint_definition
+from mvcap.evidence import Agreement, EvidenceConfig, ViewEvidence, agreement, view_evidence
+from mvcap.initialize import InitConfig, fit_keypoints, mediapipe_keypoint_definition
 from mvcap.refine import RefineConfig, make_predictor, refine_frame, subject_appearance
-from mvcap.render import render, undistort_images
+from mvcap.render import undistort_images
 from mvcap.triangulate import triangulate_keypoints
 
 __all__ = [
     "ValidateConfig",
-    "Agreement",
-    "ViewEvidence",
     "HoldoutRow",
     "CameraVerdict",
     "ValidationReport",
-    "agreement",
     "validate_run",
     "format_report",
     "report_path",
@@ -69,48 +67,14 @@ class ValidateConfig:
     """Cross-validation settings (``[validate]`` of a run config)."""
 
     frames: str = "::10"  # the frames to check, START:STOP:STEP over the run's done frames
-    min_keypoint_confidence: float = 0.5  # the detector's confident keypoints only
-    mask_threshold: float = 0.5  # detector mask -> person pixels
+    evidence: EvidenceConfig = field(default_factory=EvidenceConfig)
     keypoint_tolerance_pct: float = 0.25  # a change smaller than this (% of height) is no change
     iou_tolerance: float = 0.01
     init: InitConfig = field(default_factory=InitConfig)
 
     def __post_init__(self):
-        if not 0 <= self.min_keypoint_confidence <= 1:
-            raise ValueError(f"min_keypoint_confidence must be in [0, 1], got {self.min_keypoint_confidence}")
-        if not 0 < self.mask_threshold < 1:
-            raise ValueError(f"mask_threshold must be in (0, 1), got {self.mask_threshold}")
         if self.keypoint_tolerance_pct < 0 or self.iou_tolerance < 0:
             raise ValueError("tolerances must be >= 0")
-
-
-@dataclass(frozen=True)
-class ViewEvidence:
-    """What an independent detector says about one view: keypoints (K, 3) ``[x, y, conf]`` in
-    the stored (distorted) image; mask (H, W) bool person pixels in the undistorted pinhole
-    image, or None; photo (H, W, 3) uint8 undistorted; height_px: the person's pixel height."""
-
-    keypoints: np.ndarray
-    mask: np.ndarray | None
-    photo: np.ndarray | None
-    height_px: float
-
-
-@dataclass(frozen=True)
-class Agreement:
-    """How well one body agrees with one view's evidence (NaN where there is no evidence).
-
-    keypoint_*_px / _pct: median and 90th percentile distance of the projected landmarks to
-    the confident detector keypoints (pixels, % of the person's height); keypoints: how many;
-    iou: silhouette IoU; photometric: mean |render - photo| over the body's pixels (0-255)."""
-
-    keypoint_median_px: float
-    keypoint_p90_px: float
-    keypoint_median_pct: float
-    keypoint_p90_pct: float
-    keypoints: int
-    iou: float
-    photometric: float
 
 
 @dataclass(frozen=True)
@@ -184,86 +148,6 @@ class ValidationReport:
         d["verdict"] = self.verdict
         d["worse"] = self.worse
         return d
-
-
-# ------------------------------------------------------------------------------------------
-# measuring one body in one view
-# ------------------------------------------------------------------------------------------
-def person_height_px(keypoints: np.ndarray, mask: np.ndarray | None, min_conf: float) -> float:
-    """The person's pixel height from the detector's evidence: the mask's vertical extent, else
-    the confident keypoints' (x1.15 for the head above the eyes and the soles below the ankles)."""
-    if mask is not None and mask.any():
-        rows = np.flatnonzero(mask.any(axis=1))
-        return float(rows[-1] - rows[0] + 1)
-    ok = keypoints[:, 2] >= min_conf
-    if ok.sum() < 2:
-        return float("nan")
-    y = keypoints[ok, 1]
-    return float(1.15 * (y.max() - y.min()))
-
-
-def view_evidence(camera: Rig, keypoints: np.ndarray, mask: np.ndarray | None, photo: np.ndarray | None,
-                  cfg: ValidateConfig) -> ViewEvidence:  # fmt: skip
-    """Evidence of one view from stored detections: keypoints (K, 3); mask (H, W) uint8 0-255
-    or float [0, 1] in the stored image; photo (H, W, 3) uint8 stored image (both undistorted
-    here into the pinhole image the renderer draws in)."""
-    m = None
-    if mask is not None:
-        mf = np.asarray(mask, np.float32)
-        if mf.max() > 1.0:
-            mf = mf / 255.0
-        m = undistort_images(camera, mf[None])[0] >= cfg.mask_threshold
-    ph = None if photo is None else undistort_images(camera, np.asarray(photo)[None])[0]
-    kp = np.asarray(keypoints, np.float32)
-    height_mask = None if mask is None else np.asarray(mask, np.float32) >= cfg.mask_threshold * (
-        255.0 if np.asarray(mask).dtype == np.uint8 else 1.0)  # fmt: skip
-    return ViewEvidence(kp, m, ph, person_height_px(kp, height_mask, cfg.min_keypoint_confidence))
-
-
-def agreement(
-    model: BodyModel,
-    definition: KeypointDefinition,
-    camera: Rig,
-    pose_rotvecs,
-    betas,
-    transl,
-    evidence: ViewEvidence,
-    appearance: dict | None = None,
-    cfg: ValidateConfig = ValidateConfig(),
-) -> Agreement:
-    """Measure one body (pose_rotvecs (24, 3), betas (K,), transl (3,)) in one camera (a
-    one-view rig) against that view's evidence. ``appearance``: render keyword arguments of
-    the subject's texture (:func:`mvcap.refine.subject_appearance`); None skips the
-    photometric error."""
-    if len(camera) != 1:
-        raise ValueError(f"agreement measures one view; got a rig of {len(camera)}")
-    f32 = torch.float32
-    with torch.no_grad():
-        out = model(
-            torch.as_tensor(np.asarray(pose_rotvecs), dtype=f32)[None],
-            torch.as_tensor(np.asarray(betas), dtype=f32)[None],
-            torch.as_tensor(np.asarray(transl), dtype=f32)[None],
-        )
-        verts = out.vertices[0]
-        kp3 = definition.evaluate(out.joints.double(), out.vertices.double())[0]
-        uv = project(camera, kp3, distort=True)[0].numpy()
-    det = evidence.keypoints
-    ok = definition.defined & (det[:, 2] >= cfg.min_keypoint_confidence) & np.isfinite(det[:, :2]).all(1)
-    d = np.linalg.norm(uv[ok] - det[ok, :2], axis=1)
-    med, p90 = (float(np.median(d)), float(np.percentile(d, 90))) if d.size else (math.nan, math.nan)
-    h = evidence.height_px if evidence.height_px > 0 else math.nan
-    iou = photometric = math.nan
-    if evidence.mask is not None or (evidence.photo is not None and appearance is not None):
-        passes = ("albedo", "mask") if appearance is not None else ("mask",)
-        _, rp = render(camera.without_distortion(), verts, model.faces, passes=passes, **(appearance or {}))
-        body = rp.get("mask")[0, ..., 0].numpy() > 0.5
-        if evidence.mask is not None:
-            union = np.logical_or(body, evidence.mask).sum()
-            iou = float(np.logical_and(body, evidence.mask).sum() / union) if union else math.nan
-        if appearance is not None and evidence.photo is not None and body.any():
-            albedo = rp.get("albedo")[0].numpy()[body] * 255.0
-            photometric = float(np.abs(albedo - evidence.photo[body].astype(np.float32)).mean())
-    return Agreement(med, p90, 100 * med / h, 100 * p90 / h, int(d.size), iou, photometric)
 
 
 # ------------------------------------------------------------------------------------------
@@ -397,7 +281,8 @@ def validate_run(
             masks = s.read_masks(t)
             photo = s.read_frame(t, views=[view])[0]
             cam = rig.subset([view])
-            return view_evidence(cam, kp_all[frames.index(t), v], None if masks is None else masks[v], photo, cfg)
+            mask = None if masks is None else masks[v]
+            return view_evidence(cam, kp_all[frames.index(t), v], mask, photo, cfg.evidence)
 
         rows: list[HoldoutRow] = []
         steps = [(h, t) for h in holdout for t in frames]
@@ -423,7 +308,7 @@ def validate_run(
                     continue
                 ev = evidence(t, h)
                 p0, tr0 = init.pose_rotvecs[i], init.transl[i]
-                a_init = agreement(model, definition, cam, p0, betas, tr0, ev, appearance, cfg)
+                a_init = agreement(model, definition, cam, p0, betas, tr0, ev, appearance, cfg.evidence)
                 photos = undistort_images(rig_fit, s.read_frame(t, views=fit_names))
                 try:
                     pose, transl = refiner(
@@ -437,7 +322,7 @@ def validate_run(
                 except Exception as exc:  # a failed refinement is a finding, not a crash
                     rows.append(HoldoutRow(t, h, a_init, None, f"refinement failed: {type(exc).__name__}: {exc}"))
                     continue
-                a_res = agreement(model, definition, cam, pose, betas, transl, ev, appearance, cfg)
+                a_res = agreement(model, definition, cam, pose, betas, transl, ev, appearance, cfg.evidence)
                 rows.append(HoldoutRow(t, h, a_init, a_res))
         bar.close()
         cameras = [camera_verdict(h, [r for r in rows if r.view == h], cfg) for h in holdout]
@@ -452,9 +337,9 @@ def validate_run(
                 for view in run_views:
                     ev = evidence(t, view)
                     cam = rig.subset([view])
-                    a_init = agreement(model, definition, cam, p0, betas, tr0, ev, appearance, cfg)
+                    a_init = agreement(model, definition, cam, p0, betas, tr0, ev, appearance, cfg.evidence)
                     a_res = agreement(model, definition, cam, res.pose_rotvecs[t], betas, res.transl[t], ev,
-                                      appearance, cfg)  # fmt: skip
+                                      appearance, cfg.evidence)  # fmt: skip
                     view_rows.append(HoldoutRow(t, view, a_init, a_res))
         in_view_cameras = [camera_verdict(v, [r for r in view_rows if r.view == v], cfg) for v in run_views]
     return ValidationReport(

@@ -5,17 +5,16 @@ import pytest
 import torch
 
 from mvcap.capture import Session
+from mvcap.evidence import agreement, view_evidence
 from mvcap.validate import (
     ValidateConfig,
     ValidateError,
-    agreement,
     camera_verdict,
     format_report,
     load_report,
     report_path,
     save_report,
     validate_run,
-    view_evidence,
 )
 
 
@@ -116,8 +115,7 @@ def test_agreement_of_a_perfect_body_is_perfect(detected_session, body_model):
     with Session.open(detected_session) as s:
         gt, rig = s.read_ground_truth(), s.rig
         cam = rig.subset(["cam02"])
-        ev = view_evidence(cam, s.read_keypoints([0])[0, 2], s.read_masks(0)[2], s.read_frame(0, views=["cam02"])[0],
-                           ValidateConfig())  # fmt: skip
+        ev = view_evidence(cam, s.read_keypoints([0])[0, 2], s.read_masks(0)[2], s.read_frame(0, views=["cam02"])[0])
     d = mediapipe_keypoint_definition(body_model)
     a = agreement(body_model, d, cam, gt.pose_rotvecs[0], gt.betas[0], gt.transl[0], ev)
     assert a.iou > 0.95
@@ -127,7 +125,8 @@ def test_agreement_of_a_perfect_body_is_perfect(detected_session, body_model):
 
 
 def test_verdict_tolerances():
-    from mvcap.validate import Agreement, HoldoutRow
+    from mvcap.evidence import Agreement
+    from mvcap.validate import HoldoutRow
 
     def row(k_init, k_res, iou_init, iou_res):
         mk = lambda k, i: Agreement(k, k, k, k, 10, i, 0.0)  # noqa: E731

@@ -1,0 +1,143 @@
+"""How well a body agrees with what the cameras saw, measured the same way for any estimate.
+
+The evidence of a view is an independent detector's output (2D keypoints and a person mask)
+and the photo. A body's agreement with it: the projected landmarks' distance to the
+confident keypoints (pixels and % of the person's pixel height), the silhouette IoU and the
+photometric error of the textured render. Cross-validation (:mod:`mvcap.validate`) uses it
+in cameras left out of the fit; refinement's acceptance guard uses it to keep an update only
+when it agrees better with every camera's evidence than the estimate it replaces.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mvcap.body import BodyModel
+from mvcap.cameras import Rig, project
+from mvcap.render import render, undistort_images
+
+__all__ = ["EvidenceConfig", "ViewEvidence", "Agreement", "person_height_px", "view_evidence", "agreement"]
+
+
+@dataclass(frozen=True)
+class EvidenceConfig:
+    """What counts as evidence: confident keypoints and mask pixels."""
+
+    min_keypoint_confidence: float = 0.5
+    mask_threshold: float = 0.5
+
+    def __post_init__(self):
+        if not 0 <= self.min_keypoint_confidence <= 1:
+            raise ValueError(f"min_keypoint_confidence must be in [0, 1], got {self.min_keypoint_confidence}")
+        if not 0 < self.mask_threshold < 1:
+            raise ValueError(f"mask_threshold must be in (0, 1), got {self.mask_threshold}")
+
+
+@dataclass(frozen=True)
+class ViewEvidence:
+    """What an independent detector says about one view: keypoints (K, 3) ``[x, y, conf]`` in
+    the stored (distorted) image; mask (H, W) bool person pixels in the undistorted pinhole
+    image, or None; photo (H, W, 3) uint8 undistorted; height_px: the person's pixel height."""
+
+    keypoints: np.ndarray
+    mask: np.ndarray | None
+    photo: np.ndarray | None
+    height_px: float
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How well one body agrees with one view's evidence (NaN where there is no evidence).
+
+    keypoint_*_px / _pct: median and 90th percentile distance of the projected landmarks to
+    the confident detector keypoints (pixels, % of the person's height); keypoints: how many;
+    iou: silhouette IoU; photometric: mean |render - photo| over the body's pixels (0-255)."""
+
+    keypoint_median_px: float
+    keypoint_p90_px: float
+    keypoint_median_pct: float
+    keypoint_p90_pct: float
+    keypoints: int
+    iou: float
+    photometric: float
+
+
+def person_height_px(keypoints: np.ndarray, mask: np.ndarray | None, min_conf: float) -> float:
+    """The person's pixel height from the detector's evidence: the mask's vertical extent, else
+    the confident keypoints' (x1.15 for the head above the eyes and the soles below the ankles)."""
+    if mask is not None and mask.any():
+        rows = np.flatnonzero(mask.any(axis=1))
+        return float(rows[-1] - rows[0] + 1)
+    ok = keypoints[:, 2] >= min_conf
+    if ok.sum() < 2:
+        return float("nan")
+    y = keypoints[ok, 1]
+    return float(1.15 * (y.max() - y.min()))
+
+
+def view_evidence(camera: Rig, keypoints: np.ndarray, mask: np.ndarray | None, photo: np.ndarray | None,
+                  cfg: EvidenceConfig = EvidenceConfig()) -> ViewEvidence:  # fmt: skip
+    """Evidence of one view from stored detections: keypoints (K, 3); mask (H, W) uint8 0-255
+    or float [0, 1] in the stored image; photo (H, W, 3) uint8 stored image (both undistorted
+    here into the pinhole image the renderer draws in)."""
+    m = None
+    if mask is not None:
+        mf = np.asarray(mask, np.float32)
+        if mf.max() > 1.0:
+            mf = mf / 255.0
+        m = undistort_images(camera, mf[None])[0] >= cfg.mask_threshold
+    ph = None if photo is None else undistort_images(camera, np.asarray(photo)[None])[0]
+    kp = np.asarray(keypoints, np.float32)
+    height_mask = None if mask is None else np.asarray(mask, np.float32) >= cfg.mask_threshold * (
+        255.0 if np.asarray(mask).dtype == np.uint8 else 1.0)  # fmt: skip
+    return ViewEvidence(kp, m, ph, person_height_px(kp, height_mask, cfg.min_keypoint_confidence))
+
+
+def agreement(
+    model: BodyModel,
+    definition,
+    camera: Rig,
+    pose_rotvecs,
+    betas,
+    transl,
+    evidence: ViewEvidence,
+    appearance: dict | None = None,
+    cfg: EvidenceConfig = EvidenceConfig(),
+) -> Agreement:
+    """Measure one body (pose_rotvecs (24, 3), betas (K,), transl (3,)) in one camera (a
+    one-view rig) against that view's evidence. ``appearance``: render keyword arguments of
+    the subject's texture (:func:`mvcap.refine.subject_appearance`); None skips the
+    photometric error."""
+    if len(camera) != 1:
+        raise ValueError(f"agreement measures one view; got a rig of {len(camera)}")
+    f32 = torch.float32
+    with torch.no_grad():
+        out = model(
+            torch.as_tensor(np.asarray(pose_rotvecs), dtype=f32)[None],
+            torch.as_tensor(np.asarray(betas), dtype=f32)[None],
+            torch.as_tensor(np.asarray(transl), dtype=f32)[None],
+        )
+        verts = out.vertices[0]
+        kp3 = definition.evaluate(out.joints.double(), out.vertices.double())[0]
+        uv = project(camera, kp3, distort=True)[0].numpy()
+    det = evidence.keypoints
+    ok = definition.defined & (det[:, 2] >= cfg.min_keypoint_confidence) & np.isfinite(det[:, :2]).all(1)
+    d = np.linalg.norm(uv[ok] - det[ok, :2], axis=1)
+    med, p90 = (float(np.median(d)), float(np.percentile(d, 90))) if d.size else (math.nan, math.nan)
+    h = evidence.height_px if evidence.height_px > 0 else math.nan
+    iou = photometric = math.nan
+    if evidence.mask is not None or (evidence.photo is not None and appearance is not None):
+        passes = ("albedo", "mask") if appearance is not None else ("mask",)
+        _, rp = render(camera.without_distortion(), verts, model.faces, passes=passes, **(appearance or {}))
+        body = rp.get("mask")[0, ..., 0].numpy() > 0.5
+        if evidence.mask is not None:
+            union = np.logical_or(body, evidence.mask).sum()
+            iou = float(np.logical_and(body, evidence.mask).sum() / union) if union else math.nan
+        if appearance is not None and evidence.photo is not None and body.any():
+            albedo = rp.get("albedo")[0].numpy()[body] * 255.0
+            photometric = float(np.abs(albedo - evidence.photo[body].astype(np.float32)).mean())
+    return Agreement(med, p90, 100 * med / h, 100 * p90 / h, int(d.size), iou, photometric)
