@@ -20,7 +20,16 @@ from mvcap.body import BodyModel
 from mvcap.cameras import Rig, project
 from mvcap.render import render, undistort_images
 
-__all__ = ["EvidenceConfig", "ViewEvidence", "Agreement", "person_height_px", "view_evidence", "agreement"]
+__all__ = [
+    "EvidenceConfig",
+    "ViewEvidence",
+    "Agreement",
+    "person_height_px",
+    "view_evidence",
+    "agreement",
+    "view_costs",
+    "evidence_cost",
+]
 
 
 @dataclass(frozen=True)
@@ -141,3 +150,47 @@ def agreement(
             albedo = rp.get("albedo")[0].numpy()[body] * 255.0
             photometric = float(np.abs(albedo - evidence.photo[body].astype(np.float32)).mean())
     return Agreement(med, p90, 100 * med / h, 100 * p90 / h, int(d.size), iou, photometric)
+
+
+def view_costs(agreements: list[Agreement], w_keypoints: float = 1.0, w_silhouette: float = 1.0) -> np.ndarray:
+    """(V,) disagreement of one body with each view: ``w_keypoints`` x the median landmark
+    distance as a fraction of the person's height + ``w_silhouette`` x (1 - IoU); a term
+    without evidence counts 0, a view with no evidence at all is NaN."""
+    out = np.full(len(agreements), np.nan)
+    for i, a in enumerate(agreements):
+        terms = []
+        if math.isfinite(a.keypoint_median_pct):
+            terms.append(w_keypoints * a.keypoint_median_pct / 100.0)
+        if math.isfinite(a.iou):
+            terms.append(w_silhouette * (1.0 - a.iou))
+        if terms:
+            out[i] = sum(terms)
+    return out
+
+
+def evidence_cost(
+    model: BodyModel,
+    definition,
+    rig: Rig,
+    pose_rotvecs,
+    betas,
+    transl,
+    evidence: list[ViewEvidence | None],
+    view_weights: np.ndarray | None = None,
+    cfg: EvidenceConfig = EvidenceConfig(),
+) -> tuple[float, np.ndarray]:
+    """How much one body disagrees with every view's evidence: (weighted mean cost, (V,) per
+    view costs) (see :func:`view_costs`); views without evidence are ignored. Init and result
+    measured by this same function is what the acceptance guard compares."""
+    agreements = []
+    for v, ev in enumerate(evidence):
+        if ev is None:
+            agreements.append(Agreement(*([math.nan] * 4), 0, math.nan, math.nan))
+            continue
+        agreements.append(agreement(model, definition, rig.subset([rig.names[v]]), pose_rotvecs, betas, transl, ev,
+                                    None, cfg))  # fmt: skip
+    costs = view_costs(agreements)
+    w = np.ones(len(costs)) if view_weights is None else np.asarray(view_weights, np.float64)
+    ok = np.isfinite(costs) & (w > 0)
+    total = float((w[ok] * costs[ok]).sum() / w[ok].sum()) if ok.any() else math.nan
+    return total, costs
