@@ -47,6 +47,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .cameras import Camera, Rig
+from .errors import MvcapError
 
 __all__ = [
     "CalibrationError",
@@ -81,7 +82,7 @@ VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".webm", 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
-class CalibrationError(ValueError):
+class CalibrationError(MvcapError):
     """Calibration input the user can fix (board, sources, too few detections); the message
     says what is wrong and how to fix it."""
 

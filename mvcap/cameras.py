@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mvcap.errors import MvcapError
+
 __all__ = [
     "Camera",
     "Rig",
@@ -41,7 +43,7 @@ __all__ = [
 _ROT_TOL = 1e-4
 
 
-class RigError(ValueError):
+class RigError(MvcapError):
     """A rig or camera description is invalid; the message names the camera and field."""
 
 

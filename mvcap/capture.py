@@ -47,6 +47,7 @@ import h5py
 import numpy as np
 
 from mvcap.cameras import Rig, RigError
+from mvcap.errors import MvcapError
 from mvcap.subject import NUM_BETAS, Subject, SubjectError
 
 __all__ = [
@@ -69,7 +70,7 @@ _STR = h5py.string_dtype("utf-8")
 _BODY_FIELDS = ("pose_rotvecs", "betas", "transl")
 
 
-class SessionError(RuntimeError):
+class SessionError(MvcapError):
     """A session file cannot be created, opened, read or written; the message says why."""
 
 
