@@ -20,9 +20,8 @@ def _crash_report(exc: BaseException) -> Path | None:
     import tempfile
     import traceback
 
-    text = (
-        f"mvcap {__version__}, python {sys.version.split()[0]}\ncommand: {' '.join(sys.argv)}\n\n"
-        + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    text = f"mvcap {__version__}, python {sys.version.split()[0]}\ncommand: {' '.join(sys.argv)}\n\n" + "".join(
+        traceback.format_exception(type(exc), exc, exc.__traceback__)
     )
     name = f"crash-{datetime.datetime.now():%Y%m%d-%H%M%S}-{os.getpid()}.txt"
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mvcap"
@@ -624,11 +623,13 @@ def register(session: Path, out, name, config_path, frames, views, write_session
 @click.option("--set", "overrides", multiple=True, help="Config overrides key=value, e.g. min_frames=15")
 @click.option("--compare", "compare_to", type=click.Path(exists=True, path_type=Path), default=None,
               help="Print each camera's difference to this rig (an earlier calibration or ground truth).")  # fmt: skip
+@click.option("--allow-gaps", is_flag=True, help="Accept image folders that lack some frame numbers.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def calibrate_cmd(sources, board, out_rig, report_dir, config_path, stride, max_frames, world_frame, up, overrides,
-                  compare_to, quiet):  # fmt: skip
+                  compare_to, allow_gaps, quiet):  # fmt: skip
     """Calibrate a rig from board videos or image folders, one per camera (NAME=PATH to name one; a single
-    folder of videos / image folders works too). Frames are matched across cameras by index."""
+    folder of videos / image folders works too). Frames are matched across cameras by index: a video's
+    decoded order, an image's file-name number."""
     from mvcap import calibrate as cal
     from mvcap.config import parse_overrides
 
@@ -637,6 +638,8 @@ def calibrate_cmd(sources, board, out_rig, report_dir, config_path, stride, max_
                        ("world_frame", world_frame), ("up", up)):  # fmt: skip
         if value is not None:
             extra[key] = value
+    if allow_gaps:
+        extra["allow_gaps"] = True
     cfg = cal.load_calibrate_config(config_path, extra)
     ref = _load_rig_verbose(compare_to, None) if compare_to else None
     res = cal.calibrate(list(sources), cfg, progress=not quiet)
