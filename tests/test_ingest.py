@@ -231,3 +231,59 @@ def test_config_from_toml(tmp_path):
         load_config(IngestConfig, p, ["strides=2"])
     with pytest.raises(IngestError, match="offsets must map camera names to integers"):
         load_config(IngestConfig, p, ["offsets.cam1=1.5"])
+
+
+def test_missing_image_is_an_error_or_an_explicit_gap_never_a_shift(src, tmp_path):
+    """Image-folder frames are matched by the number in their names (issue 17: a camera missing
+    one frame used to run one frame ahead from there on)."""
+    path, rig, frames = src
+    exp = export_frames(path, tmp_path / "png", format="png")
+    (exp.paths["cam01"] / "000004.png").unlink()
+    out = tmp_path / "x.h5"
+    with pytest.raises(IngestError, match=r"camera 'cam01': no image for frame 4 .*allow_gaps \(CLI: --allow-gaps\)"):
+        ingest(exp.out_dir, rig, out, IngestConfig(fps=FPS), progress=False)
+    assert _left_behind(out) == []
+    # a range that leaves the frame out needs no gap
+    res = ingest(exp.out_dir, rig, out, IngestConfig(fps=FPS, frames="5:"), progress=False)
+    np.testing.assert_array_equal(_read_all(out), frames[5:])
+    # explicit gaps: the missing view is black and recorded; every other frame is the right one
+    res = ingest(exp.out_dir, rig, out, IngestConfig(fps=FPS, allow_gaps=True), progress=False, overwrite=True)
+    assert {c: m.tolist() for c, m in res.missing.items()} == {"cam01": [4]}
+    got = _read_all(out)
+    assert not got[4, 1].any()
+    keep = np.ones((T, len(rig)), bool)
+    keep[4, 1] = False
+    np.testing.assert_array_equal(got[keep], frames[keep])
+    with Session.open(out) as s:
+        assert s.provenance["ingest"]["missing"] == {"cam01": [4]}
+    # with an offset the same file is session frame 4 - 2 = 2 of cam01
+    res = ingest(exp.out_dir, rig, out, IngestConfig(fps=FPS, allow_gaps=True, offsets={"cam01": 2}), progress=False,
+                 overwrite=True)  # fmt: skip
+    assert res.missing["cam01"].tolist() == [2]
+    np.testing.assert_array_equal(_read_all(out)[3, 1], frames[5, 1])
+
+
+def test_cli_ingest_frames_list_name_eq_path_and_gaps(src, tmp_path):
+    path, rig, frames = src
+    exp = export_frames(path, tmp_path / "png", format="png")
+    for cam, pattern in (("cam00", "{}.png"), ("cam01", "c1_{:03d}.png"), ("cam02", "img_{:04d}.png")):
+        for f in exp.paths[cam].iterdir():  # numbered from 1 (-> frame 0), each camera its own way
+            f.rename(f.with_name(pattern.format(int(f.stem) + 1)))
+    runner = CliRunner()
+    named = [f"{c}={exp.out_dir / d}" for c, d in (("cam00", "cam00"), ("cam01", "cam01"), ("cam02", "cam02"))]
+    out = tmp_path / "a.h5"
+    args = ["ingest", *named, "--rig", str(exp.rig_path), "--out", str(out), "--frames", "0:2,5,9:12:2"]
+    r = runner.invoke(main, args)
+    assert r.exit_code == 0, r.output
+    assert "5 frames x 3 views" in r.output and "step 1" in r.output
+    np.testing.assert_array_equal(_read_all(out), frames[[0, 1, 5, 9, 11]])
+    (exp.paths["cam02"] / "img_0008.png").unlink()  # frame 7 of cam02
+    r = runner.invoke(main, ["ingest", str(exp.out_dir), "--out", str(tmp_path / "b.h5")])
+    assert r.exit_code == 2 and r.output.count("\n") == 1
+    assert r.output.startswith("error: camera 'cam02': no image for frame 7")
+    r = runner.invoke(main, ["ingest", str(exp.out_dir), "--out", str(tmp_path / "b.h5"), "--allow-gaps"])
+    assert r.exit_code == 0 and "warning: camera 'cam02' has no image for session frame(s) 7" in r.output
+    r = runner.invoke(main, ["ingest", str(exp.out_dir), "--out", str(tmp_path / "c.h5"), "--frames", "0:99"])
+    assert r.exit_code == 2 and "shorter than the frame range" in r.output and "Traceback" not in r.output
+    r = runner.invoke(main, ["ingest", str(exp.out_dir), "--out", str(tmp_path / "c.h5"), "--frames", "4:x"])
+    assert r.exit_code == 2 and r.output.startswith("error: frames '4:x': STOP 'x' is not a frame number")
