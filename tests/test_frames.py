@@ -54,9 +54,7 @@ def test_malformed_text_is_a_clear_error(text, message):
 
 
 def test_resolve_checks_the_frame_count():
-    with pytest.raises(
-        FrameSelectionError, match=r"'5:9' asks for frame\(s\) 5:9 but the session has 3 frames"
-    ):
+    with pytest.raises(FrameSelectionError, match=r"'5:9' asks for frame\(s\) 5:9 but the session has 3 frames"):
         select_frames("5:9", 3)
     with pytest.raises(FrameSelectionError, match=r"asks for frame\(s\) 12 but take.h5 has 10 frames"):
         select_frames("0:2,12", 10, what="take.h5")

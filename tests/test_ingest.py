@@ -224,7 +224,7 @@ def test_cli_ingest_and_existing_output(src, tmp_path):
 
 def test_config_from_toml(tmp_path):
     p = tmp_path / "ingest.toml"
-    p.write_text("frames = \"3::2\"\nimage_size = [320, 240]\n[offsets]\ncam1 = -1\ncam2 = 4\n")
+    p.write_text('frames = "3::2"\nimage_size = [320, 240]\n[offsets]\ncam1 = -1\ncam2 = 4\n')
     cfg = load_config(IngestConfig, p)
     assert cfg.offsets == {"cam1": -1, "cam2": 4} and cfg.image_size == (320, 240) and cfg.frames == "3::2"
     with pytest.raises(ConfigError, match="unknown setting"):
