@@ -41,9 +41,10 @@ import numpy as np
 import torch
 from numba import njit
 
-from . import poses as P
+from . import motions as M
 from .cameras import Camera, Rig, undistort_points
-from .poses import PerturbConfig
+from .motions import PerturbConfig
+from .poses import SMPL_PARENTS
 
 __all__ = [
     "RigConfig",
@@ -118,7 +119,7 @@ class SceneConfig:
     """A synthetic benchmark: ``num_subjects`` sessions of ``frames_per_subject`` frames.
 
     motion: "poses" (independent varied poses per frame, ``pose_style``), or a motion kind
-      of :func:`mvcap.poses.motion_sequence` ("walk", "squat", "reach", "turn", "mixed").
+      of :func:`mvcap.motions.motion_sequence` ("walk", "squat", "reach", "turn", "mixed").
     position_jitter_m: for "poses", the root's random horizontal offset from the centre.
     new_rig_per_subject: draw a new rig for every session (else one rig for all).
     noise_std: (lo, hi) read-noise std in 8-bit levels; shot_noise: signal-dependent part.
@@ -960,12 +961,12 @@ def _subject_rng(seed: int, index: int, stream: int) -> np.random.Generator:
 def _motion(cfg: SceneConfig, rng, model, betas):
     T = cfg.frames_per_subject
     if cfg.motion == "poses":
-        pose = P.sample_poses(rng, T, cfg.pose_style)
+        pose = M.sample_poses(rng, T, cfg.pose_style)
         transl = np.zeros((T, 3))
         transl[:, [0, 2]] = rng.uniform(-1, 1, (T, 2)) * cfg.position_jitter_m
     else:
-        pose, transl = P.motion_sequence(cfg.motion, T, cfg.fps, rng)
-    transl = P.place_on_floor(model, pose, betas, transl)
+        pose, transl = M.motion_sequence(cfg.motion, T, cfg.fps, rng)
+    transl = M.place_on_floor(model, pose, betas, transl)
     return pose, transl
 
 
@@ -982,7 +983,7 @@ def generate_session(
     Contents: rig, frames (distorted photos, timestamps), the subject (betas + texture),
     ground truth (pose_rotvecs, betas, transl; extras joints (T,24,3), masks (T,V,H,W) uint8,
     visibility (T,V,N) bool), initial estimates from
-    :func:`mvcap.poses.perturb_like_regressor`, and provenance (the config, seed, subject
+    :func:`mvcap.motions.perturb_like_regressor`, and provenance (the config, seed, subject
     index and the sampled studio/looks). Deterministic in (cfg, subject_index)."""
     from .body import load_body_model
     from .capture import BodyParams, Session
@@ -1026,8 +1027,8 @@ def generate_session(
 
     init_R = rig[cfg.init_view].R_world2cam if 0 <= cfg.init_view < V else None
     betas_T = np.tile(betas, (T, 1))
-    init_pose, init_transl, init_betas = P.perturb_like_regressor(
-        rng_init, pose, transl, betas_T, P.SMPL_PARENTS, cfg.perturb, init_R
+    init_pose, init_transl, init_betas = M.perturb_like_regressor(
+        rng_init, pose, transl, betas_T, SMPL_PARENTS, cfg.perturb, init_R
     )
 
     W, H = cfg.rig.image_size
