@@ -47,12 +47,6 @@ class RigError(MvcapError):
     """A rig or camera description is invalid; the message names the camera and field."""
 
 
-def _as_tensor(x, dtype=torch.float64) -> Tensor:
-    if isinstance(x, Tensor):
-        return x.to(dtype)
-    return torch.as_tensor(np.asarray(x, dtype=np.float64), dtype=dtype)
-
-
 def rotvec_to_rotmat_np(rotvec: np.ndarray) -> np.ndarray:
     """Rodrigues vector (3,) -> rotation matrix (3, 3), numpy float64."""
     rotvec = np.asarray(rotvec, dtype=np.float64).reshape(3)

@@ -38,7 +38,7 @@ import datetime as _dt
 import json
 import os
 import platform
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,7 +59,6 @@ __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "NUM_JOINTS",
-    "iter_frames",
 ]
 
 FORMAT = "mvcap-session"
@@ -1153,11 +1152,3 @@ class ResultsWriter:
 
     def read(self) -> Results:
         return self._session.read_results(self.name)
-
-
-def iter_frames(session: Session, frames: Iterable[int] | None = None):
-    """Yield ``(t, images (V,H,W,3))`` for the given frames (default all written frames)."""
-    if frames is None:
-        frames = np.flatnonzero(session.frames_written)
-    for t in frames:
-        yield int(t), session.read_frame(int(t))

@@ -450,11 +450,6 @@ def _parse_xml(path: Path) -> ET.Element:
         raise RigError(f"{path}: not valid XML ({exc})") from exc
 
 
-def _ci(elem: ET.Element, tag: str) -> list[ET.Element]:
-    """Direct children with this tag, case-insensitively."""
-    return [c for c in elem if c.tag.lower() == tag.lower()]
-
-
 def _iter_ci(elem: ET.Element, tag: str) -> list[ET.Element]:
     return [c for c in elem.iter() if c.tag.lower() == tag.lower()]
 

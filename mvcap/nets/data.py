@@ -153,11 +153,6 @@ def _identity_maps(W: int, H: int):
     return mx, my
 
 
-def _random_unit(rng) -> np.ndarray:
-    d = rng.standard_normal(3)
-    return d / np.linalg.norm(d)
-
-
 class SampleGenerator:
     """Makes samples of one stream (``seed``); caches subjects and cameras lazily.
 
