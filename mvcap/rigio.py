@@ -96,7 +96,7 @@ def load_rig(path: str | Path, image_size: tuple[int, int] | None = None) -> Rig
     """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"rig file not found: {path}")
+        raise RigError(f"rig file not found: {path}; pass the path of an existing rig file (e.g. --rig rig.toml)")
     kind = _kind(path)
     if kind == "toml":
         rig = load_toml_rig(path)
