@@ -104,6 +104,12 @@ class RigConfig:
     azimuth_jitter_deg: float = 12.0
     roll_deg: float = 1.5
 
+    def __post_init__(self):  # a plain ValueError here reads as a ConfigError naming the file
+        if self.num_cameras < 1:
+            raise ValueError(f"num_cameras must be >= 1, got {self.num_cameras}")
+        if len(self.image_size) != 2 or min(self.image_size) < 1:
+            raise ValueError(f"image_size must be (width, height) >= 1 pixel, got {self.image_size}")
+
 
 @dataclass(frozen=True)
 class SubjectConfig:
