@@ -61,9 +61,7 @@ def test_perturb_magnitudes_and_chain_accumulation():
     transl = np.zeros((T, 3))
     betas = np.zeros((T, 10))
     cfg = M.PerturbConfig(joint_deg=(5, 15), global_deg=5, transl_std_m=0.04)
-    p2, t2, b2 = M.perturb_like_regressor(
-        np.random.default_rng(1), pose, transl, betas, P.SMPL_PARENTS, cfg
-    )
+    p2, t2, b2 = M.perturb_like_regressor(np.random.default_rng(1), pose, transl, betas, P.SMPL_PARENTS, cfg)
     ang = _geodesic_deg(p2, pose)
     assert ang[:, 1:].min() > 5 - 1e-6 and ang[:, 1:].max() < 15 + 1e-6
     np.testing.assert_allclose(ang[:, 0], 5.0, atol=1e-6)
@@ -71,16 +69,12 @@ def test_perturb_magnitudes_and_chain_accumulation():
     assert 0.04 < err < 0.1
     np.testing.assert_array_equal(b2, betas)
     # deterministic
-    again = M.perturb_like_regressor(
-        np.random.default_rng(1), pose, transl, betas, P.SMPL_PARENTS, cfg
-    )
+    again = M.perturb_like_regressor(np.random.default_rng(1), pose, transl, betas, P.SMPL_PARENTS, cfg)
     np.testing.assert_array_equal(again[0], p2)
 
     # errors accumulate down the chain (no global / translation error)
     cfg0 = M.PerturbConfig(joint_deg=(10, 10), global_deg=0, transl_std_m=0)
-    p3, _, _ = M.perturb_like_regressor(
-        np.random.default_rng(2), pose, transl, betas, P.SMPL_PARENTS, cfg0
-    )
+    p3, _, _ = M.perturb_like_regressor(np.random.default_rng(2), pose, transl, betas, P.SMPL_PARENTS, cfg0)
     J0, J1 = P.forward_kinematics(pose), P.forward_kinematics(p3)
     e = np.linalg.norm(J1 - J0, axis=-1).mean(0)
     idx = {n: i for i, n in enumerate(P.JOINT_NAMES)}
@@ -108,9 +102,7 @@ def test_perturb_magnitudes_and_chain_accumulation():
     cam = t4 @ R.T
     assert cam[:, 2].std() > 2 * cam[:, :2].std(0).max()
     # noisy shape on request
-    _, _, b5 = M.perturb_like_regressor(
-        rng, pose, transl, betas, P.SMPL_PARENTS, M.PerturbConfig(betas_std=0.1)
-    )
+    _, _, b5 = M.perturb_like_regressor(rng, pose, transl, betas, P.SMPL_PARENTS, M.PerturbConfig(betas_std=0.1))
     assert 0.05 < b5.std() < 0.2
 
 

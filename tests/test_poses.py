@@ -27,10 +27,7 @@ def test_limit_table_shape_and_mirror():
     knee = P.JOINT_NAMES.index("L_knee")
     assert tuple(L[knee, 0]) == (0, 150)
     # left elbow flexes about -Y, right about +Y
-    assert (
-        L[P.JOINT_NAMES.index("L_elbow"), 1, 1] == 0
-        and L[P.JOINT_NAMES.index("R_elbow"), 1, 0] == 0
-    )
+    assert L[P.JOINT_NAMES.index("L_elbow"), 1, 1] == 0 and L[P.JOINT_NAMES.index("R_elbow"), 1, 0] == 0
 
 
 def test_euler_round_trip():
