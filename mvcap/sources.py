@@ -21,6 +21,7 @@ as ``IngestError`` or ``CalibrationError``), so each command reports them as its
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -144,7 +145,7 @@ class SourceInfo:
 
     def file_for(self, frame: int) -> Path | None:
         """The image file of ``frame`` (None: a gap); image folders only."""
-        k = int(np.searchsorted(self.frame_ids, frame))
+        k = bisect.bisect_left(self.frame_ids, frame)  # O(log n), no array per call
         return self.files[k] if k < len(self.frame_ids) and self.frame_ids[k] == frame else None
 
     def lacks(self, frames) -> np.ndarray:
