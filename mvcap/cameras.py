@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mvcap.errors import MvcapError
+
 __all__ = [
     "Camera",
     "Rig",
@@ -41,14 +43,8 @@ __all__ = [
 _ROT_TOL = 1e-4
 
 
-class RigError(ValueError):
+class RigError(MvcapError):
     """A rig or camera description is invalid; the message names the camera and field."""
-
-
-def _as_tensor(x, dtype=torch.float64) -> Tensor:
-    if isinstance(x, Tensor):
-        return x.to(dtype)
-    return torch.as_tensor(np.asarray(x, dtype=np.float64), dtype=dtype)
 
 
 def rotvec_to_rotmat_np(rotvec: np.ndarray) -> np.ndarray:

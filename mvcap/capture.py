@@ -38,7 +38,7 @@ import datetime as _dt
 import json
 import os
 import platform
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,7 @@ import h5py
 import numpy as np
 
 from mvcap.cameras import Rig, RigError
+from mvcap.errors import MvcapError
 from mvcap.subject import NUM_BETAS, Subject, SubjectError
 
 __all__ = [
@@ -58,7 +59,6 @@ __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "NUM_JOINTS",
-    "iter_frames",
 ]
 
 FORMAT = "mvcap-session"
@@ -69,7 +69,7 @@ _STR = h5py.string_dtype("utf-8")
 _BODY_FIELDS = ("pose_rotvecs", "betas", "transl")
 
 
-class SessionError(RuntimeError):
+class SessionError(MvcapError):
     """A session file cannot be created, opened, read or written; the message says why."""
 
 
@@ -1152,11 +1152,3 @@ class ResultsWriter:
 
     def read(self) -> Results:
         return self._session.read_results(self.name)
-
-
-def iter_frames(session: Session, frames: Iterable[int] | None = None):
-    """Yield ``(t, images (V,H,W,3))`` for the given frames (default all written frames)."""
-    if frames is None:
-        frames = np.flatnonzero(session.frames_written)
-    for t in frames:
-        yield int(t), session.read_frame(int(t))

@@ -15,6 +15,8 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
+from mvcap.errors import MvcapError
+
 __all__ = [
     "ConfigError",
     "load_config",
@@ -31,7 +33,7 @@ T = TypeVar("T")
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
-class ConfigError(ValueError):
+class ConfigError(MvcapError):
     """A config file or override is invalid; the message names the key."""
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from mvcap.config import ConfigError
+from mvcap.errors import MvcapError
 
 __all__ = [
     "MEDIAPIPE_POSE_33",
@@ -89,7 +90,7 @@ _INSTALL_HINT = (
 os.environ.setdefault("GLOG_minloglevel", "2")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-class DetectError(RuntimeError):
+class DetectError(MvcapError):
     """Detection cannot run (e.g. MediaPipe is not installed); the message says how to fix it."""
 
 

@@ -47,6 +47,8 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from mvcap.capture import BodyParams, Session, SessionError
+from mvcap.errors import MvcapError
+from mvcap.frames import FrameSelection, FrameSelectionError, select_frames
 
 __all__ = [
     "ExportError",
@@ -78,7 +80,7 @@ _NPZ_NOTE = (
 )
 
 
-class ExportError(ValueError):
+class ExportError(MvcapError):
     """An export request that cannot be satisfied (no done frames, bad range, bad format)."""
 
 
@@ -754,34 +756,13 @@ def export_joints_csv(path, params: BodyParams, model, fps: float | None = None,
 # a session run
 # ------------------------------------------------------------------------------------------
 def parse_frames(frames, num_frames: int):
-    """``None`` | ``"A:B"`` (B exclusive, either side may be empty) | ``"A"`` | slice | range
-    | sequence of ints -> sorted unique int64 session frame indices (or None = all done)."""
-    if frames is None:
-        return None
-    if isinstance(frames, str):
-        s = frames.strip()
-        try:
-            if ":" in s:
-                a, b = s.split(":", 1)
-                frames = slice(int(a) if a.strip() else None, int(b) if b.strip() else None)
-            else:
-                frames = [int(s)]
-        except ValueError as exc:
-            raise ExportError(f"frames must look like 'A:B' or 'A' (integers), got {frames!r}") from exc
-    if isinstance(frames, slice):
-        if frames.step not in (None, 1):
-            raise ExportError(f"frame ranges must be contiguous (step 1), got step {frames.step}")
-        a = 0 if frames.start is None else frames.start
-        b = num_frames if frames.stop is None else frames.stop
-        if a < 0 or b > num_frames or a >= b:
-            raise ExportError(f"frame range {a}:{b} is empty or outside the session's frames 0:{num_frames}")
-        return np.arange(a, b, dtype=np.int64)
-    idx = np.unique(np.asarray(list(frames) if isinstance(frames, range) else frames, np.int64).reshape(-1))
-    if idx.size == 0:
-        raise ExportError("no frames requested")
-    if idx.min() < 0 or idx.max() >= num_frames:
-        raise ExportError(f"frames {_done_ranges(idx)} outside the session's frames 0-{num_frames - 1}")
-    return idx
+    """Any frame request (``None``, a selection text in the one grammar of :mod:`mvcap.frames`
+    such as ``"0:100"`` or ``"10,20,30"``, a slice / range, a sequence of ints) -> sorted unique
+    int64 session frame indices, or None (= all done frames)."""
+    try:
+        return select_frames(frames, num_frames, what="the session")
+    except FrameSelectionError as exc:
+        raise ExportError(str(exc)) from exc
 
 
 def export_session(
@@ -833,7 +814,8 @@ def export_session(
         sel = done
     else:
         missing = np.setdiff1d(req, done)
-        asked = f"{frames} ({_done_ranges(req)})" if isinstance(frames, str) else _done_ranges(req)
+        text = frames.text if isinstance(frames, FrameSelection) else frames
+        asked = f"{text} ({_done_ranges(req)})" if isinstance(text, str) else _done_ranges(req)
         if missing.size:
             raise ExportError(
                 f"results run {run_name!r} in {session_path}: requested frames {asked} include "

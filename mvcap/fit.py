@@ -113,7 +113,7 @@ class PosePrior:
     def from_sampler(cls, num_samples: int = 4000, seed: int = 0) -> PosePrior:
         import numpy as np
 
-        from mvcap.poses import sample_poses
+        from mvcap.motions import sample_poses
 
         poses = torch.as_tensor(sample_poses(np.random.default_rng(seed), num_samples), dtype=torch.float64)
         body = poses[:, 1:]  # (S, 23, 3) relative joint rotations

@@ -39,6 +39,7 @@ from mvcap.body import BodyModel
 from mvcap.cameras import Rig, cam_to_pixels, world_to_cam
 from mvcap.config import ConfigError
 from mvcap.detect import KEYPOINT_FORMAT, MEDIAPIPE_POSE_33, DetectConfig
+from mvcap.errors import MvcapError
 from mvcap.fit import default_pose_prior, geman_mcclure
 from mvcap.poses import limit_violation
 from mvcap.triangulate import TriangulateConfig, Triangulation, triangulate_keypoints
@@ -58,7 +59,7 @@ __all__ = [
 ]
 
 
-class InitError(ValueError):
+class InitError(MvcapError):
     """An initial estimate cannot be made from the given inputs; the message says how to fix it."""
 
 

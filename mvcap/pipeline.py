@@ -31,6 +31,8 @@ import numpy as np
 
 from mvcap.config import build_config, read_toml, to_dict
 from mvcap.detect import DetectConfig
+from mvcap.errors import MvcapError
+from mvcap.frames import FrameSelectionError, select_frames
 from mvcap.ingest import IngestConfig
 from mvcap.initialize import InitConfig, load_npz_init
 from mvcap.refine import RefineConfig
@@ -44,7 +46,7 @@ __all__ = ["RunConfig", "RunSummary", "RunError", "load_run_config", "run_pipeli
 INIT_SOURCES = ("auto", "keypoints", "npz", "session")
 
 
-class RunError(ValueError):
+class RunError(MvcapError):
     """The run config or its inputs are not usable; the message says what to change."""
 
 
@@ -93,7 +95,7 @@ class ReportStage:
 @dataclass(frozen=True)
 class RunConfig:
     name: str = "main"  # results run name inside the session
-    frames: str = ""  # session frames to refine, "START:STOP" ("" = all)
+    frames: str = ""  # session frames to refine: "0:100", "::5", "10,20,30" (mvcap.frames; "" = all)
     capture: CaptureStage = CaptureStage()
     init: InitStage = InitStage()
     subject: SubjectStage = SubjectStage()
@@ -141,16 +143,12 @@ def _resolve(base: Path, p: str) -> Path:
 
 
 def _frames(spec: str, T: int) -> list[int]:
-    if not spec:
-        return list(range(T))
+    """The run's session frames: ``frames`` in the one frame grammar (:mod:`mvcap.frames`)."""
     try:
-        a, b = (s.strip() for s in spec.split(":"))
-        start, stop = int(a or 0), int(b) if b else T
-    except ValueError as exc:
-        raise RunError(f"frames must be 'START:STOP' (e.g. '0:100'), got {spec!r}") from exc
-    if not (0 <= start < stop <= T):
-        raise RunError(f"frames {spec!r} is outside the session's 0:{T}")
-    return list(range(start, stop))
+        idx = select_frames(spec, T, what="the session")
+    except FrameSelectionError as exc:
+        raise RunError(f"run config: {exc}") from exc
+    return list(range(T)) if idx is None else idx.tolist()
 
 
 @contextlib.contextmanager

@@ -61,6 +61,7 @@ from torch import Tensor
 from mvcap.body import BodyModel, load_body_model
 from mvcap.cameras import Camera, Rig, cam_to_pixels, world_to_cam
 from mvcap.capture import BodyParams, Session
+from mvcap.errors import MvcapError
 from mvcap.fit import default_pose_prior, geman_mcclure, person_scale
 from mvcap.poses import limit_violation
 from mvcap.render import rasterize, undistort_images, vertex_normals
@@ -84,7 +85,7 @@ __all__ = [
 ]
 
 
-class RegisterError(ValueError):
+class RegisterError(MvcapError):
     """Registration cannot run on this input; the message says what is missing and how to fix it."""
 
 

@@ -96,7 +96,7 @@ def load_rig(path: str | Path, image_size: tuple[int, int] | None = None) -> Rig
     """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"rig file not found: {path}")
+        raise RigError(f"rig file not found: {path}; pass the path of an existing rig file (e.g. --rig rig.toml)")
     kind = _kind(path)
     if kind == "toml":
         rig = load_toml_rig(path)
@@ -448,11 +448,6 @@ def _parse_xml(path: Path) -> ET.Element:
         return ET.parse(path).getroot()
     except ET.ParseError as exc:
         raise RigError(f"{path}: not valid XML ({exc})") from exc
-
-
-def _ci(elem: ET.Element, tag: str) -> list[ET.Element]:
-    """Direct children with this tag, case-insensitively."""
-    return [c for c in elem if c.tag.lower() == tag.lower()]
 
 
 def _iter_ci(elem: ET.Element, tag: str) -> list[ET.Element]:

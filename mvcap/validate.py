@@ -66,7 +66,7 @@ class ValidateError(ConfigError):
 class ValidateConfig:
     """Cross-validation settings (``[validate]`` of a run config)."""
 
-    frames: str = "::10"  # the frames to check, START:STOP:STEP over the run's done frames
+    frames: str = "::10"  # the frames to check (mvcap.frames grammar); only the run's done frames count
     evidence: EvidenceConfig = field(default_factory=EvidenceConfig)
     keypoint_tolerance_pct: float = 0.25  # a change smaller than this (% of height) is no change
     iou_tolerance: float = 0.01
@@ -184,21 +184,16 @@ def camera_verdict(view: str, rows: list[HoldoutRow], cfg: ValidateConfig) -> Ca
 # ------------------------------------------------------------------------------------------
 # the cross-validation
 # ------------------------------------------------------------------------------------------
-def _select_frames(spec: str, candidates: np.ndarray) -> list[int]:
-    """``START:STOP:STEP`` (any part may be empty) applied to the list of candidate frames."""
-    parts = (spec or "::").split(":")
-    if len(parts) > 3:
-        raise ValidateError(f"frames must be START:STOP:STEP, got {spec!r}")
+def _select_frames(spec: str, candidates: np.ndarray, num_frames: int) -> list[int]:
+    """The frames of ``spec`` (:mod:`mvcap.frames` grammar, over the session's frame numbers)
+    that are among ``candidates`` (done and detected)."""
+    from mvcap.frames import FrameSelectionError, parse_frames
+
     try:
-        start, stop, step = (int(p) if p.strip() else None for p in parts + [""] * (3 - len(parts)))
-    except ValueError:
-        raise ValidateError(f"frames must be START:STOP:STEP with integers, got {spec!r}") from None
-    if step is not None and step < 1:
-        raise ValidateError(f"the frame step must be >= 1, got {step}")
-    lo = -math.inf if start is None else start
-    hi = math.inf if stop is None else stop
-    sel = [int(t) for t in candidates if lo <= t < hi]
-    return sel[:: step or 1]
+        wanted = parse_frames(spec or "::1").resolve(num_frames, check=False)
+    except FrameSelectionError as exc:
+        raise ValidateError(str(exc)) from None
+    return sorted(set(int(t) for t in wanted) & set(int(t) for t in candidates))
 
 
 def _run_refiner(model: BodyModel, rcfg: RefineConfig, subject) -> Refiner:
@@ -259,7 +254,7 @@ def validate_run(
                 f"run {run!r} used {len(run_views)} camera(s): leaving one out leaves fewer than 2 to triangulate"
             )
         usable = np.flatnonzero(res.done & s.detections_written)
-        frames = _select_frames(cfg.frames, usable)
+        frames = _select_frames(cfg.frames, usable, s.num_frames)
         if not frames:
             raise ValidateError(
                 f"no frame of run {run!r} matches --frames {cfg.frames!r} and has detections "

@@ -7,7 +7,7 @@ from mvcap.cameras import project
 from mvcap.demo import DEMO_RIG
 from mvcap.fit import FitConfig, Targets, fit_body, geman_mcclure, person_scale
 from mvcap.metrics import evaluate_body
-from mvcap.poses import perturb_like_regressor, sample_poses
+from mvcap.motions import perturb_like_regressor, sample_poses
 from mvcap.rigio import load_rig
 
 RIG = load_rig(DEMO_RIG).without_distortion()

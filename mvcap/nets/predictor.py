@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from mvcap.displace import Displacement, PredictRequest
+from mvcap.errors import MvcapError
 
 from .displacement import CropWindow, DisplacementNet, NetConfig, uncrop_flow
 
@@ -35,7 +36,7 @@ TRAIN_HINT = (
 )
 
 
-class WeightsError(ValueError):
+class WeightsError(MvcapError):
     """A weights file is not a displacement-network file or does not fit the network."""
 
 
