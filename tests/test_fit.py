@@ -3,6 +3,7 @@ import pytest
 import roma
 import torch
 
+from mvcap.body import BodyParams
 from mvcap.cameras import project
 from mvcap.demo import DEMO_RIG
 from mvcap.fit import FitConfig, Targets, fit_body, geman_mcclure, person_scale
@@ -44,7 +45,7 @@ def test_dense_fit_converges_from_regression_like_init(body_model):
     uv = project(RIG, gt_verts[0]).float()[None]  # exact dense targets, all vertices, 4 views
     targets = Targets(uv, torch.ones(uv.shape[:-1]))
     before = _errors(body_model, init_pose, betas, init_t, gt_pose, gt_t)
-    res = fit_body(body_model, RIG, init_pose, betas, init_t, targets, FitConfig(iterations=80))
+    res = fit_body(body_model, RIG, BodyParams(init_pose, betas, init_t), targets, FitConfig(iterations=80))
     after = _errors(body_model, res.pose_rotvecs, betas, res.transl, gt_pose, gt_t)
     assert before["PVE"] > 40
     assert after["PVE"] < 5 and after["MPJPE"] < 5
@@ -57,13 +58,13 @@ def test_sparse_joint_fit_improves_and_independent_views_shapes(body_model):
         joints = body_model(gt_pose, betas, gt_t).joints
     uv = project(RIG, joints[0]).float()[None]
     targets = Targets(uv, torch.ones(uv.shape[:-1]), points="joints")
-    res = fit_body(body_model, RIG, init_pose, betas, init_t, targets, FitConfig(iterations=60))
+    res = fit_body(body_model, RIG, BodyParams(init_pose, betas, init_t), targets, FitConfig(iterations=60))
     before = _errors(body_model, init_pose, betas, init_t, gt_pose, gt_t)
     after = _errors(body_model, res.pose_rotvecs, betas, res.transl, gt_pose, gt_t)
     assert after["MPJPE"] < 0.5 * before["MPJPE"]
 
     per_view = fit_body(
-        body_model, RIG, init_pose, betas, init_t, targets, FitConfig(iterations=5), independent_views=True
+        body_model, RIG, BodyParams(init_pose, betas, init_t), targets, FitConfig(iterations=5), independent_views=True
     )
     assert per_view.pose_rotvecs.shape == (1, 4, 24, 3) and per_view.transl.shape == (1, 4, 3)
 
@@ -75,7 +76,7 @@ def test_fit_ignores_views_without_targets(body_model):
     uv = project(RIG, gt_verts[0]).float()[None]
     w = torch.ones(uv.shape[:-1])
     w[:, 1:] = 0  # only view 0 has targets
-    res = fit_body(body_model, RIG, init_pose, betas, init_t, Targets(uv, w), FitConfig(iterations=20))
+    res = fit_body(body_model, RIG, BodyParams(init_pose, betas, init_t), Targets(uv, w), FitConfig(iterations=20))
     assert torch.isfinite(res.pose_rotvecs).all()
     assert torch.isnan(res.residual_px[0, 1:]).all() and torch.isfinite(res.residual_px[0, 0])
 
@@ -92,6 +93,6 @@ def test_targets_validate_shapes():
 def test_rotation_parameterisation_starts_at_init(body_model):
     _, betas, _, init_pose, init_t = _scene(body_model, seed=3)
     targets = Targets(torch.zeros(1, 4, 24, 2), torch.zeros(1, 4, 24), points="joints")
-    res = fit_body(body_model, RIG, init_pose, betas, init_t, targets, FitConfig(iterations=0))
+    res = fit_body(body_model, RIG, BodyParams(init_pose, betas, init_t), targets, FitConfig(iterations=0))
     diff = roma.rotmat_geodesic_distance(roma.rotvec_to_rotmat(res.pose_rotvecs), roma.rotvec_to_rotmat(init_pose))
     assert diff.max() < 1e-5
