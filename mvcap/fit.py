@@ -79,7 +79,7 @@ class FitConfig:
     w_init: float = 1e-4  # closeness to the initial estimate, per joint, radians^2
     w_limits: float = 1e-2  # anatomical joint-limit violations, radians^2
     w_prior: float = 1e-4  # Gaussian pose prior fitted on our pose sampler (Mahalanobis)
-    w_temporal: float = 0.0  # closeness to the previous frame's result (sequences)
+    w_temporal: float = 0.0  # closeness to the previous frame's joint rotations 1..23 (sequences)
     w_betas: float = 1e-3  # closeness to the known shape, when optimize_betas
     optimize_betas: bool = False
     optimize_transl: bool = True

@@ -36,7 +36,7 @@ import torch
 from smplx.lbs import batch_rigid_transform
 from torch import Tensor
 
-from mvcap.body import BodyModel
+from mvcap.body import BodyModel, BodyParams
 from mvcap.cameras import Rig, cam_to_pixels, world_to_cam
 from mvcap.config import ConfigError
 from mvcap.detect import KEYPOINT_FORMAT, MEDIAPIPE_POSE_33, DetectConfig
@@ -690,16 +690,14 @@ def _pad_betas(b: np.ndarray, n: int = 10) -> np.ndarray:
 # ------------------------------------------------------------------------------------------
 # user-supplied estimates
 # ------------------------------------------------------------------------------------------
-def load_npz_init(path: str | Path, num_frames: int | None = None, default_betas=None):
-    """Read SMPL parameters from an npz into a :class:`mvcap.capture.BodyParams`.
+def load_npz_init(path: str | Path, num_frames: int | None = None, default_betas=None) -> BodyParams:
+    """Read SMPL parameters from an npz into a :class:`mvcap.body.BodyParams`.
 
     Keys: ``poses`` (T, 72) or ``pose_rotvecs`` (T, 24, 3) axis-angle (joint 0 = global
     orientation); ``trans`` or ``transl`` (T, 3) metres; ``betas`` (n,) or (T, n), n <= 10
     (zero-padded; optional when ``default_betas`` is given). All in the rig's world frame.
     ``num_frames``: the session's frame count, which T must equal.
     """
-    from mvcap.capture import BodyParams
-
     path = Path(path)
     if not path.is_file():
         raise InitError(f"npz file {path} does not exist")
