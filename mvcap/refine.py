@@ -1,6 +1,6 @@
 """The refinement loop: render -> predict displacements -> per-vertex targets -> fit.
 
-Per frame, T outer iterations of:
+Per frame, ``outer_iterations`` rounds of:
 
 1. render the current body estimate in every view (undistorted pinhole images), textured
    with the subject's appearance, plus depth, normals and template coordinates;
@@ -46,9 +46,8 @@ from mvcap.render import render, undistort_images
 from mvcap.subject import Subject
 from mvcap.threads import torch_threads
 
+# what other modules use (cli, pipeline, bench, overlay, report, benchmarks/)
 __all__ = [
-    "PREDICTORS",
-    "APPEARANCES",
     "ESTIMATE_PASSES",
     "RefineConfig",
     "FrameResult",
