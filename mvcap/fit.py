@@ -83,7 +83,7 @@ class FitConfig:
     w_betas: float = 1e-3  # closeness to the known shape, when optimize_betas
     optimize_betas: bool = False
     optimize_transl: bool = True
-    tolerance_grad: float = 1e-9  # L-BFGS stops early below these (the defaults: run all iterations)
+    tolerance_grad: float = 1e-9  # L-BFGS stops early below these (the defaults practically never do)
     tolerance_change: float = 1e-12
 
     @property
