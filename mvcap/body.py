@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import os
 import pickle
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,10 @@ import torch
 from smplx.lbs import batch_rigid_transform, batch_rodrigues, blend_shapes, vertices2joints
 from torch import Tensor
 
+from mvcap.subject import NUM_BETAS
+
 __all__ = [
+    "BodyParams",
     "BodyOutput",
     "BodyModel",
     "load_body_model",
@@ -51,6 +55,87 @@ SMPL_PARENTS: tuple[int, ...] = (
     -1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17, 18, 19, 20, 21,
 )  # fmt: skip
 NUM_JOINTS = 24
+
+
+# --------------------------------------------------------------------------- parameters
+_BODY_FIELDS = ("pose_rotvecs", "betas", "transl")
+
+
+def _as_numpy(x) -> np.ndarray:
+    """float32 numpy copy of an array-like or torch tensor (detached, on CPU)."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=np.float32)
+
+
+@dataclass
+class BodyParams:
+    """Per-frame body parameters, numpy float32, world frame.
+
+    pose_rotvecs: (T, 24, 3) axis-angle radians (joint 0 = global orientation, SMPL order);
+    betas: (T, 10); transl: (T, 3) metres. Unknown frames may hold NaN.
+    """
+
+    pose_rotvecs: np.ndarray
+    betas: np.ndarray
+    transl: np.ndarray
+
+    def __post_init__(self):
+        pose = _as_numpy(self.pose_rotvecs)
+        betas = _as_numpy(self.betas)
+        transl = _as_numpy(self.transl)
+        if pose.ndim != 3 or pose.shape[1:] != (NUM_JOINTS, 3):
+            raise ValueError(
+                f"pose_rotvecs must have shape (T, {NUM_JOINTS}, 3), got {pose.shape}; "
+                "add a leading frame axis (pose[None]) for a single frame"
+            )
+        T = pose.shape[0]
+        if betas.shape == (NUM_BETAS,):
+            betas = np.broadcast_to(betas, (T, NUM_BETAS)).copy()
+        if betas.shape != (T, NUM_BETAS):
+            raise ValueError(f"betas must have shape ({T}, {NUM_BETAS}) or ({NUM_BETAS},), got {betas.shape}")
+        if transl.shape != (T, 3):
+            raise ValueError(f"transl must have shape ({T}, 3), got {transl.shape}")
+        self.pose_rotvecs, self.betas, self.transl = pose, betas, transl
+
+    def __len__(self) -> int:
+        return self.pose_rotvecs.shape[0]
+
+    @property
+    def num_frames(self) -> int:
+        return len(self)
+
+    def slice(self, frames) -> BodyParams:
+        """Subset of frames: an int, a slice, or a sequence of indices / bool mask."""
+        if isinstance(frames, (int, np.integer)):
+            frames = [int(frames)]
+        return BodyParams(self.pose_rotvecs[frames], self.betas[frames], self.transl[frames])
+
+    __getitem__ = slice
+
+    def to_torch(self, device="cpu", dtype=None) -> dict:
+        """``{"pose_rotvecs": (T,24,3), "betas": (T,10), "transl": (T,3)}`` torch tensors,
+        ready for ``BodyModel.forward(**params.to_torch())``."""
+        import torch
+
+        dtype = dtype or torch.float32
+        return {k: torch.as_tensor(getattr(self, k), dtype=dtype, device=device) for k in _BODY_FIELDS}
+
+    @classmethod
+    def concatenate(cls, items: Sequence[BodyParams]) -> BodyParams:
+        return cls(*(np.concatenate([getattr(b, k) for b in items]) for k in _BODY_FIELDS))
+
+    @classmethod
+    def nan(cls, num_frames: int) -> BodyParams:
+        """``num_frames`` frames of NaN (placeholder for unknown frames)."""
+        return cls(
+            np.full((num_frames, NUM_JOINTS, 3), np.nan, np.float32),
+            np.full((num_frames, NUM_BETAS), np.nan, np.float32),
+            np.full((num_frames, 3), np.nan, np.float32),
+        )
+
+    def allclose(self, other: BodyParams, atol: float = 1e-6) -> bool:
+        return all(np.allclose(getattr(self, k), getattr(other, k), atol=atol, equal_nan=True) for k in _BODY_FIELDS)
 
 
 def default_body_model_path() -> Path:

@@ -306,28 +306,28 @@ def project(rig: Rig, points_world: Tensor, distort: bool = True) -> Tensor:
     """
     if points_world.shape[-1] != 3:
         raise ValueError(f"points_world must have shape (..., N, 3), got {tuple(points_world.shape)}")
-    T = _rig_tensors(rig, points_world)
-    cam = world_to_cam(points_world, T["R_world2cam"], T["t_world2cam"])
-    return cam_to_pixels(cam, T["K"], T["dist"] if distort else None)
+    cams = _rig_tensors(rig, points_world)
+    cam = world_to_cam(points_world, cams["R_world2cam"], cams["t_world2cam"])
+    return cam_to_pixels(cam, cams["K"], cams["dist"] if distort else None)
 
 
 def project_per_view(rig: Rig, points_world: Tensor, distort: bool = True) -> Tensor:
     """Project a different point set into each view: (..., V, N, 3) -> (..., V, N, 2) pixels."""
     if points_world.shape[-1] != 3 or points_world.shape[-3] != len(rig):
         raise ValueError(f"points_world must have shape (..., V={len(rig)}, N, 3), got {tuple(points_world.shape)}")
-    T = _rig_tensors(rig, points_world)
-    cam = world_to_cam_per_view(points_world, T["R_world2cam"], T["t_world2cam"])
-    return cam_to_pixels(cam, T["K"], T["dist"] if distort else None)
+    cams = _rig_tensors(rig, points_world)
+    cam = world_to_cam_per_view(points_world, cams["R_world2cam"], cams["t_world2cam"])
+    return cam_to_pixels(cam, cams["K"], cams["dist"] if distort else None)
 
 
 def undistort_points(rig: Rig, uv_pixels: Tensor, iterations: int = 20) -> Tensor:
     """Distorted pixels (..., V, N, 2) -> pixels of the undistorted pinhole image (same K)."""
-    T = _rig_tensors(rig, uv_pixels)
-    K = T["K"]
+    cams = _rig_tensors(rig, uv_pixels)
+    K = cams["K"]
     fx, fy = K[:, 0, 0, None], K[:, 1, 1, None]
     cx, cy = K[:, 0, 2, None], K[:, 1, 2, None]
     xy = torch.stack([(uv_pixels[..., 0] - cx) / fx, (uv_pixels[..., 1] - cy) / fy], -1)
-    xy = undistort_normalized(xy, T["dist"], iterations)
+    xy = undistort_normalized(xy, cams["dist"], iterations)
     return torch.stack([fx * xy[..., 0] + cx, fy * xy[..., 1] + cy], dim=-1)
 
 
@@ -339,13 +339,13 @@ def camera_centers(rig: Rig, dtype=torch.float32, device="cpu") -> Tensor:
 def pixel_rays(rig: Rig, uv_pixels: Tensor, distorted: bool = True) -> tuple[Tensor, Tensor]:
     """World-space rays through pixels. uv_pixels (..., V, N, 2) ->
     (origins (..., V, N, 3), unit directions (..., V, N, 3))."""
-    T = _rig_tensors(rig, uv_pixels)
+    cams = _rig_tensors(rig, uv_pixels)
     uv = undistort_points(rig, uv_pixels) if distorted else uv_pixels
-    K = T["K"]
+    K = cams["K"]
     y = (uv[..., 1] - K[:, 1, 2, None]) / K[:, 1, 1, None]
     x = (uv[..., 0] - K[:, 0, 2, None]) / K[:, 0, 0, None]
     d_cam = torch.stack([x, y, torch.ones_like(x)], -1)
-    d_world = torch.einsum("vji,...vnj->...vni", T["R_world2cam"], d_cam)  # R^T d
+    d_world = torch.einsum("vji,...vnj->...vni", cams["R_world2cam"], d_cam)  # R^T d
     d_world = d_world / d_world.norm(dim=-1, keepdim=True)
     origins = camera_centers(rig, uv.dtype, uv.device)[:, None, :].expand_as(d_world)
     return origins, d_world

@@ -46,6 +46,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from mvcap.body import NUM_JOINTS, BodyParams
 from mvcap.cameras import Rig, RigError
 from mvcap.errors import MvcapError
 from mvcap.subject import NUM_BETAS, Subject, SubjectError
@@ -63,7 +64,6 @@ __all__ = [
 
 FORMAT = "mvcap-session"
 FORMAT_VERSION = 1
-NUM_JOINTS = 24
 
 _STR = h5py.string_dtype("utf-8")
 _BODY_FIELDS = ("pose_rotvecs", "betas", "transl")
@@ -114,86 +114,6 @@ def _to_json(obj, what: str) -> str:
         return json.dumps(obj if obj is not None else {}, sort_keys=True, default=_json_default)
     except (TypeError, ValueError) as exc:
         raise SessionError(f"{what} must be JSON-serialisable ({exc})") from exc
-
-
-# ------------------------------------------------------------------------------------------
-# body parameters
-# ------------------------------------------------------------------------------------------
-@dataclass
-class BodyParams:
-    """Per-frame body parameters, numpy float32, world frame.
-
-    pose_rotvecs: (T, 24, 3) axis-angle radians (joint 0 = global orientation, SMPL order);
-    betas: (T, 10); transl: (T, 3) metres. Unknown frames may hold NaN.
-    """
-
-    pose_rotvecs: np.ndarray
-    betas: np.ndarray
-    transl: np.ndarray
-
-    def __post_init__(self):
-        pose = _np(self.pose_rotvecs, np.float32)
-        betas = _np(self.betas, np.float32)
-        transl = _np(self.transl, np.float32)
-        if pose.ndim != 3 or pose.shape[1:] != (NUM_JOINTS, 3):
-            raise ValueError(
-                f"pose_rotvecs must have shape (T, {NUM_JOINTS}, 3), got {pose.shape}; "
-                "add a leading frame axis (pose[None]) for a single frame"
-            )
-        T = pose.shape[0]
-        if betas.shape == (NUM_BETAS,):
-            betas = np.broadcast_to(betas, (T, NUM_BETAS)).copy()
-        if betas.shape != (T, NUM_BETAS):
-            raise ValueError(
-                f"betas must have shape ({T}, {NUM_BETAS}) or ({NUM_BETAS},), got {betas.shape}"
-            )
-        if transl.shape != (T, 3):
-            raise ValueError(f"transl must have shape ({T}, 3), got {transl.shape}")
-        self.pose_rotvecs, self.betas, self.transl = pose, betas, transl
-
-    def __len__(self) -> int:
-        return self.pose_rotvecs.shape[0]
-
-    @property
-    def num_frames(self) -> int:
-        return len(self)
-
-    def slice(self, frames) -> BodyParams:
-        """Subset of frames: an int, a slice, or a sequence of indices / bool mask."""
-        if isinstance(frames, (int, np.integer)):
-            frames = [int(frames)]
-        return BodyParams(self.pose_rotvecs[frames], self.betas[frames], self.transl[frames])
-
-    __getitem__ = slice
-
-    def to_torch(self, device="cpu", dtype=None) -> dict:
-        """``{"pose_rotvecs": (T,24,3), "betas": (T,10), "transl": (T,3)}`` torch tensors,
-        ready for ``BodyModel.forward(**params.to_torch())``."""
-        import torch
-
-        dtype = dtype or torch.float32
-        return {
-            k: torch.as_tensor(getattr(self, k), dtype=dtype, device=device) for k in _BODY_FIELDS
-        }
-
-    @classmethod
-    def concatenate(cls, items: Sequence[BodyParams]) -> BodyParams:
-        return cls(*(np.concatenate([getattr(b, k) for b in items]) for k in _BODY_FIELDS))
-
-    @classmethod
-    def nan(cls, num_frames: int) -> BodyParams:
-        """``num_frames`` frames of NaN (placeholder for unknown frames)."""
-        return cls(
-            np.full((num_frames, NUM_JOINTS, 3), np.nan, np.float32),
-            np.full((num_frames, NUM_BETAS), np.nan, np.float32),
-            np.full((num_frames, 3), np.nan, np.float32),
-        )
-
-    def allclose(self, other: BodyParams, atol: float = 1e-6) -> bool:
-        return all(
-            np.allclose(getattr(self, k), getattr(other, k), atol=atol, equal_nan=True)
-            for k in _BODY_FIELDS
-        )
 
 
 @dataclass

@@ -114,13 +114,12 @@ def agreement(
     betas,
     transl,
     evidence: ViewEvidence,
-    appearance: dict | None = None,
+    appearance=None,
     cfg: EvidenceConfig = EvidenceConfig(),
 ) -> Agreement:
     """Measure one body (pose_rotvecs (24, 3), betas (K,), transl (3,)) in one camera (a
-    one-view rig) against that view's evidence. ``appearance``: render keyword arguments of
-    the subject's texture (:func:`mvcap.refine.subject_appearance`); None skips the
-    photometric error."""
+    one-view rig) against that view's evidence. ``appearance``: the subject's
+    :class:`mvcap.refine.Appearance`; None (or an untextured one) skips the photometric error."""
     if len(camera) != 1:
         raise ValueError(f"agreement measures one view; got a rig of {len(camera)}")
     f32 = torch.float32
@@ -139,9 +138,12 @@ def agreement(
     med, p90 = (float(np.median(d)), float(np.percentile(d, 90))) if d.size else (math.nan, math.nan)
     h = evidence.height_px if evidence.height_px > 0 else math.nan
     iou = photometric = math.nan
+    if appearance is not None and not appearance.textured:
+        appearance = None
     if evidence.mask is not None or (evidence.photo is not None and appearance is not None):
         passes = ("albedo", "mask") if appearance is not None else ("mask",)
-        _, rp = render(camera.without_distortion(), verts, model.faces, passes=passes, **(appearance or {}))
+        _, rp = render(camera.without_distortion(), verts, model.faces, passes=passes,
+                       **(appearance.render_kwargs() if appearance is not None else {}))  # fmt: skip
         body = rp.get("mask")[0, ..., 0].numpy() > 0.5
         if evidence.mask is not None:
             union = np.logical_or(body, evidence.mask).sum()

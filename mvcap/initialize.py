@@ -28,6 +28,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import roma
@@ -35,13 +36,13 @@ import torch
 from smplx.lbs import batch_rigid_transform
 from torch import Tensor
 
-from mvcap.body import BodyModel
+from mvcap.body import BodyModel, BodyParams
 from mvcap.cameras import Rig, cam_to_pixels, world_to_cam
 from mvcap.config import ConfigError
 from mvcap.detect import KEYPOINT_FORMAT, MEDIAPIPE_POSE_33, DetectConfig
 from mvcap.errors import MvcapError
-from mvcap.fit import default_pose_prior, geman_mcclure
-from mvcap.poses import limit_violation
+from mvcap.fit import BodyFit, DataTerm, Regularisers, SolverConfig, geman_mcclure
+from mvcap.threads import torch_threads
 from mvcap.triangulate import TriangulateConfig, Triangulation, triangulate_keypoints
 
 __all__ = [
@@ -199,6 +200,14 @@ def mediapipe_keypoint_definition(model: BodyModel) -> KeypointDefinition:
     return KeypointDefinition(names, jw, np.array(vid, np.int64), vw, defined, tuple(rules))
 
 
+class KeypointPosed(NamedTuple):
+    """keypoints (B, K, 3), joints (B, 24, 3), vertices (B, E, 3): the extra vertices asked for."""
+
+    keypoints: Tensor
+    joints: Tensor
+    vertices: Tensor
+
+
 class KeypointBody:
     """Posed keypoints (and a few vertices) without skinning the whole mesh.
 
@@ -212,6 +221,7 @@ class KeypointBody:
         f64 = torch.float64
         ids = np.asarray(definition.vertex_ids, np.int64)
         self.num_kp_vertices = ids.size
+        self.num_extra_vertices = 0 if extra_vertices is None else len(extra_vertices)
         if extra_vertices is not None:
             ids = np.concatenate([ids, np.asarray(extra_vertices, np.int64)])
         idx = torch.as_tensor(ids)
@@ -226,7 +236,7 @@ class KeypointBody:
         self.vw = torch.as_tensor(definition.vertex_weights, dtype=f64)
         self.num_betas = model.num_betas
 
-    def __call__(self, rotmats: Tensor, betas: Tensor, transl: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def __call__(self, rotmats: Tensor, betas: Tensor, transl: Tensor) -> KeypointPosed:
         """rotmats (B, 24, 3, 3), betas (B, k), transl (B, 3) -> keypoints (B, K, 3), joints
         (B, 24, 3), extra vertices (B, E, 3)."""
         dt = rotmats.dtype
@@ -246,7 +256,7 @@ class KeypointBody:
         kp = torch.einsum("kj,bjc->bkc", self.jw.to(dt), joints) + torch.einsum(
             "km,bmc->bkc", self.vw.to(dt), verts[:, :n]
         )
-        return kp, joints, verts[:, n:]
+        return KeypointPosed(kp, joints, verts[:, n:])
 
 
 # ------------------------------------------------------------------------------------------
@@ -296,14 +306,16 @@ def _torso_orientation(points: np.ndarray, names=MEDIAPIPE_POSE_33) -> np.ndarra
 
 
 class _Problem:
-    """Per-frame data and the batched objective (B candidate bodies of one frame)."""
+    """One frame's data and its data terms (for B candidate bodies of that frame)."""
 
     def __init__(self, kb: KeypointBody, rig: Rig, cfg: InitConfig, mask_dt=None):
         self.kb, self.cfg = kb, cfg
-        T = rig.tensors(dtype=torch.float64)
-        self.R, self.t, self.K, self.dist = T["R_world2cam"], T["t_world2cam"], T["K"], T["dist"]
+        cams = rig.tensors(dtype=torch.float64)
+        self.R, self.t, self.K, self.dist = cams["R_world2cam"], cams["t_world2cam"], cams["K"], cams["dist"]
         self.defined = torch.as_tensor(kb.definition.defined)
-        self.prior = default_pose_prior() if cfg.w_prior > 0 else None
+        self.reg = Regularisers(
+            w_limits=cfg.w_limits, w_prior=cfg.w_prior, w_temporal=cfg.w_temporal, w_betas=cfg.w_betas
+        )
         self.mask_dt = mask_dt  # (V, 1, H, W) distance outside the mask, or None
         self.sigma_scale = 1.0  # graduated robustness: large scales first, so far points still pull
         names = kb.definition.names
@@ -335,34 +347,32 @@ class _Problem:
     def project(self, pts: Tensor) -> Tensor:  # (B, P, 3) -> (B, V, P, 2)
         return cam_to_pixels(world_to_cam(pts, self.R, self.t), self.K, self.dist)
 
-    def losses(self, rotmats, body_rotvecs, betas, transl, prev_body=None, fit_betas=False):
-        """Per-candidate objective (B,) and the keypoints (B, K, 3). rotmats (B, 24, 3, 3);
-        body_rotvecs (B, 23, 3) the same joints 1..23 as rotation vectors (for the priors)."""
-        cfg = self.cfg
-        kp, _, verts = self.kb(rotmats, betas, transl)
-        s = self.sigma_scale
+    def data_terms(self) -> list[DataTerm]:
+        """The fit's data terms at the current robust scale and keypoint selection: the 3D
+        keypoints, the 2D detections and (when set) the person masks; each posed -> (B,)."""
+        cfg, s = self.cfg, self.sigma_scale
         w3, w2 = self.w3, self.w2
-        d2 = ((kp - self.X) ** 2).sum(-1)
-        data3 = (w3 * geman_mcclure(d2, cfg.sigma_3d_m * s)).sum(-1) / w3.sum().clamp_min(1e-9)
-        loss = cfg.w_3d * data3
-        if cfg.w_2d > 0 and w2.sum() > 0:
-            uv = self.project(kp)  # (B, V, K, 2)
+
+        def keypoints_3d(posed: KeypointPosed) -> Tensor:
+            d2 = ((posed.keypoints - self.X) ** 2).sum(-1)
+            return cfg.w_3d * (w3 * geman_mcclure(d2, cfg.sigma_3d_m * s)).sum(-1) / w3.sum().clamp_min(1e-9)
+
+        def keypoints_2d(posed: KeypointPosed) -> Tensor:
+            uv = self.project(posed.keypoints)  # (B, V, K, 2)
             sq = ((uv - self.y2) ** 2).sum(-1) / self.scale[:, None] ** 2
             per_view = (w2 * geman_mcclure(sq, cfg.sigma_2d * s)).sum(-1) / w2.sum(-1).clamp_min(1e-9)
             has = (w2.sum(-1) > 0).to(per_view.dtype)
-            loss = loss + cfg.w_2d * (per_view * has).sum(-1) / has.sum().clamp_min(1)
-        if cfg.w_mask > 0 and self.mask_dt is not None and verts.shape[1] > 0:
-            loss = loss + cfg.w_mask * self._mask_term(verts)
-        pose = torch.cat([torch.zeros_like(body_rotvecs[:, :1]), body_rotvecs], 1)  # root: no prior
-        if cfg.w_limits > 0:
-            loss = loss + cfg.w_limits * limit_violation(pose)
-        if self.prior is not None:
-            loss = loss + cfg.w_prior * self.prior(pose)
-        if prev_body is not None and cfg.w_temporal > 0:
-            loss = loss + cfg.w_temporal * ((body_rotvecs - prev_body) ** 2).sum((-1, -2))
-        if fit_betas:
-            loss = loss + cfg.w_betas * (betas**2).sum(-1)
-        return loss, kp
+            return cfg.w_2d * (per_view * has).sum(-1) / has.sum().clamp_min(1)
+
+        def mask(posed: KeypointPosed) -> Tensor:
+            return cfg.w_mask * self._mask_term(posed.vertices)
+
+        terms = [keypoints_3d]
+        if cfg.w_2d > 0 and w2.sum() > 0:
+            terms.append(keypoints_2d)
+        if cfg.w_mask > 0 and self.mask_dt is not None and self.kb.num_extra_vertices > 0:
+            terms.append(mask)
+        return terms
 
     def _mask_term(self, verts: Tensor) -> Tensor:
         uv = self.project(verts)  # (B, V, E, 2)
@@ -375,51 +385,28 @@ class _Problem:
         return (d / self.scale[:, None]).mean((-1, -2))
 
 
-def _solve(problem: _Problem, R_base, betas0, transl0, cfg, stage, prev_body=None, fit_betas=False, iterations=None):
-    """L-BFGS from (R_base (B,24,3,3), betas0 (B,nb), transl0 (B,3)); stage 'global' fits the
-    root rotation and translation only, 'full' everything. The root is updated as
-    ``R0 exp(d0)`` (no singularity at any heading), the other joints' rotation vectors
-    additively. prev_body (B, 23, 3): previous frame's joints for the temporal term.
-    Returns rotmats, betas, transl, loss."""
-    B = R_base.shape[0]
-    dt = torch.float64
-    d_root = torch.zeros(B, 1, 3, dtype=dt, requires_grad=True)
-    body0 = roma.rotmat_to_rotvec(R_base[:, 1:])
-    d_body = torch.zeros(B, 23, 3, dtype=dt, requires_grad=stage == "full")
-    d_tr = torch.zeros(B, 3, dtype=dt, requires_grad=True)
-    d_b = torch.zeros_like(betas0, requires_grad=True)
-    params = [d_root, d_tr] + ([d_body] if stage == "full" else []) + ([d_b] if fit_betas else [])
-
-    def rot():
-        root = R_base[:, :1] @ roma.rotvec_to_rotmat(d_root)
-        if stage != "full":
-            return torch.cat([root, R_base[:, 1:]], 1), body0
-        body = body0 + d_body
-        return torch.cat([root, roma.rotvec_to_rotmat(body)], 1), body
-
-    def total():
-        R, body = rot()
-        return problem.losses(R, body, betas0 + d_b, transl0 + d_tr, prev_body, fit_betas)[0]
-
-    opt = torch.optim.LBFGS(
-        params,
-        lr=1.0,
-        max_iter=iterations or cfg.iterations,
-        history_size=20,
-        line_search_fn="strong_wolfe",
-        tolerance_grad=1e-8,
-        tolerance_change=1e-10,
+def _solve(problem: _Problem, R_base, betas0, transl0, cfg, stage, prev_pose=None, fit_betas=False, iterations=None):
+    """One run of the fitting kit from (R_base (B,24,3,3), betas0 (B,nb), transl0 (B,3)); stage
+    'global' fits the root rotation and translation only, 'full' everything. prev_pose
+    (B, 24, 3): the previous frame's pose for the temporal term. Returns rotmats, betas,
+    transl, loss (B,)."""
+    fit = BodyFit(
+        problem.kb,
+        R_base,
+        betas0,
+        transl0,
+        problem.reg,
+        free_joints=24 if stage == "full" else 1,
+        optimize_betas=fit_betas,
+        betas_ref=torch.zeros_like(betas0),  # the shape prior: |betas|^2
+        prev_pose_rotvecs=prev_pose,
     )
-
-    def closure():
-        opt.zero_grad()
-        loss = total().sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
+    terms = problem.data_terms()
+    fit.solve(
+        terms, SolverConfig(iterations or cfg.iterations, history=20, tolerance_grad=1e-8, tolerance_change=1e-10)
+    )
     with torch.no_grad():
-        return rot()[0], betas0 + d_b, transl0 + d_tr, total()
+        return fit.rotmats(), fit.betas(), fit.transl(), fit.losses(terms)
 
 
 def _fresh_starts(problem: _Problem, X: np.ndarray, betas: Tensor, cfg: InitConfig) -> tuple[Tensor, Tensor]:
@@ -483,10 +470,7 @@ def fit_keypoints(
     """
     from tqdm import tqdm
 
-    torch_threads = torch.get_num_threads()
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
-    try:
+    with torch_threads(cfg.threads):
         definition = definition or mediapipe_keypoint_definition(model)
         K = len(definition.names)
         if tri.points_world.shape[1] != K:
@@ -532,9 +516,9 @@ def fit_keypoints(
             problem.set_frame(tri.points_world[t], tri.confidence[t], tri.keypoints[t, :, :, :2], inlier_w[t])
             best = None
             if prev is not None:
-                prev_body = roma.rotmat_to_rotvec(prev[0][:, 1:])
+                prev_pose = roma.rotmat_to_rotvec(prev[0])
                 R, b, tr, loss = _annealed(
-                    problem, prev[0], b_cur, prev[2], cfg, cfg.anneal_warm, prev_body, iterations=cfg.iterations_warm
+                    problem, prev[0], b_cur, prev[2], cfg, cfg.anneal_warm, prev_pose, iterations=cfg.iterations_warm
                 )
                 kp = kb(R, b, tr)[0]
                 best = (R, b, tr, loss, kp)
@@ -559,8 +543,6 @@ def fit_keypoints(
             if on_frame is not None:
                 on_frame(t, out_pose[t], out_betas[t], out_tr[t])
         return KeypointFitResult(out_pose, out_betas, out_tr, fitted, err3, err2, restarts, secs)
-    finally:
-        torch.set_num_threads(torch_threads)
 
 
 def _fresh_fit(problem: _Problem, betas: Tensor, cfg: InitConfig, fit_betas: bool):
@@ -584,12 +566,12 @@ def _fresh_fit(problem: _Problem, betas: Tensor, cfg: InitConfig, fit_betas: boo
     return R, b, tr, loss, kp
 
 
-def _annealed(problem: _Problem, R, b, tr, cfg: InitConfig, scales, prev_body=None, fit_betas=False, iterations=None):
+def _annealed(problem: _Problem, R, b, tr, cfg: InitConfig, scales, prev_pose=None, fit_betas=False, iterations=None):
     """Full fits at decreasing robust scales; the returned loss is at the last scale."""
     loss = None
     for sc in scales:
         problem.sigma_scale = sc
-        R, b, tr, loss = _solve(problem, R, b, tr, cfg, "full", prev_body, fit_betas, iterations)
+        R, b, tr, loss = _solve(problem, R, b, tr, cfg, "full", prev_pose, fit_betas, iterations)
     problem.sigma_scale = 1.0
     return R, b, tr, loss
 
@@ -709,16 +691,14 @@ def _pad_betas(b: np.ndarray, n: int = 10) -> np.ndarray:
 # ------------------------------------------------------------------------------------------
 # user-supplied estimates
 # ------------------------------------------------------------------------------------------
-def load_npz_init(path: str | Path, num_frames: int | None = None, default_betas=None):
-    """Read SMPL parameters from an npz into a :class:`mvcap.capture.BodyParams`.
+def load_npz_init(path: str | Path, num_frames: int | None = None, default_betas=None) -> BodyParams:
+    """Read SMPL parameters from an npz into a :class:`mvcap.body.BodyParams`.
 
     Keys: ``poses`` (T, 72) or ``pose_rotvecs`` (T, 24, 3) axis-angle (joint 0 = global
     orientation); ``trans`` or ``transl`` (T, 3) metres; ``betas`` (n,) or (T, n), n <= 10
     (zero-padded; optional when ``default_betas`` is given). All in the rig's world frame.
     ``num_frames``: the session's frame count, which T must equal.
     """
-    from mvcap.capture import BodyParams
-
     path = Path(path)
     if not path.is_file():
         raise InitError(f"npz file {path} does not exist")

@@ -23,11 +23,11 @@ import cv2
 import numpy as np
 import torch
 
-from mvcap.body import BodyModel, load_body_model
+from mvcap.body import BodyModel, BodyParams, load_body_model
 from mvcap.cameras import Camera, Rig
-from mvcap.capture import BodyParams, Results, Session
+from mvcap.capture import Results, Session
 from mvcap.overlay import OverlayConfig, before_after, headlight, predicted_displacement
-from mvcap.render import render, undistort_images
+from mvcap.render import render
 
 __all__ = ["ReportConfig", "build_report", "turntable_frames", "accuracy"]
 
@@ -122,9 +122,10 @@ def _turntable_rig(center: np.ndarray, height: float, steps: int, size: int) -> 
 
 
 def turntable_frames(
-    model: BodyModel, pose_rotvecs, betas, transl, appearance: dict | None = None, steps: int = 16, size: int = 240
+    model: BodyModel, pose_rotvecs, betas, transl, appearance=None, steps: int = 16, size: int = 240
 ) -> list[np.ndarray]:
-    """Render the body from ``steps`` cameras circling it: list of (size, size, 3) uint8."""
+    """Render the body from ``steps`` cameras circling it: list of (size, size, 3) uint8.
+    appearance: a :class:`mvcap.refine.Appearance` (None: grey, headlight-shaded)."""
     pose = torch.as_tensor(np.asarray(pose_rotvecs, np.float32)).reshape(1, -1, 3)
     b = torch.as_tensor(np.asarray(betas, np.float32)).reshape(1, -1)
     tr = torch.as_tensor(np.asarray(transl, np.float32)).reshape(1, 3)
@@ -133,11 +134,13 @@ def turntable_frames(
     lo, hi = verts.min(0).values.numpy(), verts.max(0).values.numpy()
     center = (lo + hi) / 2
     rig = _turntable_rig(center.astype(np.float64), float(hi[1] - lo[1]), steps, size)
-    _, passes = render(rig, verts, model.faces, passes=("rgb", "normal", "mask"), **(appearance or {}))
+    textured = appearance is not None and appearance.textured
+    kwargs = appearance.render_kwargs() if textured else {}
+    _, passes = render(rig, verts, model.faces, passes=("rgb", "normal", "mask"), **kwargs)
     rgb = passes.get("rgb").numpy()
     normal = passes.get("normal").numpy()
     mask = passes.get("mask").numpy()[..., 0] > 0
-    if not appearance:  # untextured: headlight shading reads better than the default light
+    if not textured:  # untextured: headlight shading reads better than the default light
         rgb = headlight(normal)[..., None] * np.array([0.75, 0.85, 1.0])
     ramp = np.linspace(0.16, 0.05, size, dtype=np.float32)[:, None, None]
     bg = np.broadcast_to(ramp, (size, size, 3))
@@ -290,7 +293,7 @@ def build_report(
     validation: a cross-validation of the run (:mod:`mvcap.validate`; default: the one stored
     beside the session by ``mvcap validate``, if any).
     """
-    from mvcap.refine import subject_appearance
+    from mvcap.refine import load_frame_inputs, subject_appearance
     from mvcap.validate import load_report, report_path
 
     if validation is None:
@@ -331,11 +334,12 @@ def build_report(
 
             predictor = make_predictor(cfg.arrows, RefineConfig(predictor=cfg.arrows))
         for t in _pick(t_done, cfg.overlay_frames):
-            photos = undistort_images(rig, s.read_frame(t))
-            before = (init.pose_rotvecs[t], res.betas[t], init.transl[t])
+            inputs = load_frame_inputs(s, t)
+            photos = inputs.photos
+            before = (inputs.init.pose_rotvecs[0], res.betas[t], inputs.init.transl[0])
             after = (res.pose_rotvecs[t], res.betas[t], res.transl[t])
             flow = None
-            if predictor is not None and np.isfinite(init.pose_rotvecs[t]).all():
+            if predictor is not None and inputs.has_init:
                 flow = predicted_displacement(model, rig, photos, before, predictor, subject)
             imgs = before_after(model, rig, photos, before, after, overlay_cfg, flow)
             overlays.append(

@@ -33,12 +33,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mvcap.body import BodyModel, load_body_model
+from mvcap.body import BodyModel, BodyParams, load_body_model
 from mvcap.cameras import Rig
 from mvcap.config import ConfigError, from_dict
 from mvcap.evidence import Agreement, EvidenceConfig, ViewEvidence, agreement, view_evidence
 from mvcap.initialize import InitConfig, fit_keypoints, mediapipe_keypoint_definition
-from mvcap.refine import RefineConfig, make_predictor, refine_frame, subject_appearance
+from mvcap.refine import RefineConfig, estimate_appearance, make_predictor, refine_frame, subject_appearance
 from mvcap.render import undistort_images
 from mvcap.triangulate import triangulate_keypoints
 
@@ -198,9 +198,12 @@ def _select_frames(spec: str, candidates: np.ndarray, num_frames: int) -> list[i
 
 def _run_refiner(model: BodyModel, rcfg: RefineConfig, subject) -> Refiner:
     predictor = make_predictor(rcfg.predictor, rcfg)
+    appearance = estimate_appearance(model, subject, rcfg.appearance)
+    cfg = replace(rcfg, views=())
 
     def refiner(t, rig, photos, pose0, betas, transl0):
-        res = refine_frame(model, rig, photos, pose0, betas, transl0, predictor, replace(rcfg, views=()), subject)
+        init = BodyParams(pose0.numpy()[None], betas.numpy()[None], transl0.numpy()[None])
+        res = refine_frame(model, rig, photos, init, predictor, cfg, appearance)
         return res.pose_rotvecs, res.transl
 
     return refiner

@@ -7,8 +7,9 @@ import h5py
 import numpy as np
 import pytest
 
+from mvcap.body import BodyParams
 from mvcap.cameras import Camera, Rig
-from mvcap.capture import FORMAT_VERSION, BodyParams, Session, SessionError
+from mvcap.capture import FORMAT_VERSION, Session, SessionError
 from mvcap.subject import Subject
 
 T, V, H, W = 6, 2, 12, 16
