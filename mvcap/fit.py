@@ -370,16 +370,20 @@ def fit_body(
     cfg: FitConfig = FitConfig(),
     prev_pose_rotvecs: Tensor | None = None,
     independent_views: bool = False,
+    extra_terms: Sequence[DataTerm] = (),
 ) -> FitResult:
     """Fit pose (and root translation, optionally shape) to 2D targets in all views.
 
     init: B frames of initial estimates (betas: the subject's known shape); targets for B
     frames and the rig's V views; prev_pose_rotvecs (B, 24, 3) for the temporal term. With
     ``independent_views`` every view gets its own body (returned pose/transl/betas have shape
-    (B, V, ...)).
+    (B, V, ...)). extra_terms: more data terms (e.g. :mod:`mvcap.cues`' keypoints and
+    silhouettes) added to the objective; joint fits only.
     """
     t0 = time.perf_counter()
     B, V = targets.uv.shape[:2]
+    if extra_terms and independent_views:
+        raise ValueError("extra_terms apply to joint fits only (independent views fit one body per view)")
     if V != len(rig):
         raise ValueError(f"targets have {V} views but the rig has {len(rig)} cameras")
     if not isinstance(init, BodyParams):
@@ -434,7 +438,7 @@ def fit_body(
         data = data * view_has_data
         return cfg.w_data * (data.reshape(B * V) if independent_views else data.sum(-1))
 
-    n_iter = fit.solve([reprojection], cfg.solver)
+    n_iter = fit.solve([reprojection, *extra_terms], cfg.solver)
 
     with torch.no_grad():
         loss = fit.losses([reprojection])

@@ -39,6 +39,7 @@ from torch import Tensor
 from mvcap.body import BodyModel, BodyParams
 from mvcap.cameras import Rig, cam_to_pixels, world_to_cam
 from mvcap.config import ConfigError
+from mvcap.cues import outside_distance, sample_outside
 from mvcap.detect import KEYPOINT_FORMAT, MEDIAPIPE_POSE_33, DetectConfig
 from mvcap.errors import MvcapError
 from mvcap.fit import BodyFit, DataTerm, Regularisers, SolverConfig, geman_mcclure
@@ -375,13 +376,7 @@ class _Problem:
         return terms
 
     def _mask_term(self, verts: Tensor) -> Tensor:
-        uv = self.project(verts)  # (B, V, E, 2)
-        V, _, H, W = self.mask_dt.shape
-        gx = (uv[..., 0] + 0.5) / W * 2 - 1
-        gy = (uv[..., 1] + 0.5) / H * 2 - 1
-        grid = torch.stack([gx, gy], -1).transpose(0, 1)  # (V, B, E, 2)
-        d = torch.nn.functional.grid_sample(self.mask_dt, grid, align_corners=False, padding_mode="zeros")
-        d = d[:, 0].transpose(0, 1)  # (B, V, E)
+        d = sample_outside(self.mask_dt, self.project(verts))  # (B, V, E)
         return (d / self.scale[:, None]).mean((-1, -2))
 
 
@@ -511,7 +506,7 @@ def fit_keypoints(
             mask_dt = None
             if extra is not None:
                 m = masks(t)
-                mask_dt = None if m is None else _outside_distance(m)
+                mask_dt = None if m is None else outside_distance(m)
             problem = _Problem(kb, rig, cfg, mask_dt)
             problem.set_frame(tri.points_world[t], tri.confidence[t], tri.keypoints[t, :, :, :2], inlier_w[t])
             best = None
@@ -581,18 +576,6 @@ def _as_betas(betas, nb: int) -> Tensor:
     if b.shape[1] > nb:
         raise InitError(f"betas have {b.shape[1]} values but the body model has {nb} shape components")
     return torch.nn.functional.pad(b, (0, nb - b.shape[1]))
-
-
-def _outside_distance(mask: np.ndarray) -> Tensor:
-    """(V, H, W) masks in [0, 1] -> (V, 1, H, W) distance (px) to the mask, 0 inside."""
-    import cv2
-
-    out = []
-    for m in np.asarray(mask):
-        outside = (m < 0.5).astype(np.uint8)
-        out.append(cv2.distanceTransform(outside, cv2.DIST_L2, 3) if outside.any() and not outside.all() else
-                   np.zeros(m.shape, np.float32))  # fmt: skip
-    return torch.as_tensor(np.stack(out)[:, None], dtype=torch.float64)
 
 
 # ------------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from torch import Tensor
 from mvcap.body import BodyModel, BodyParams, load_body_model
 from mvcap.cameras import Rig, project
 from mvcap.correspond import splat_to_vertices
+from mvcap.cues import CueConfig, dead_views, keypoint_term, silhouette_term, view_trust
 from mvcap.displace import (
     DisplacementPredictor,
     FlowConfig,
@@ -40,6 +41,7 @@ from mvcap.displace import (
     OraclePredictor,
     PredictRequest,
 )
+from mvcap.evidence import EvidenceConfig, ViewEvidence, evidence_cost, view_evidence
 from mvcap.fit import FitConfig, Targets, fit_body
 from mvcap.fuse import fuse_bodies
 from mvcap.render import render, undistort_images
@@ -59,6 +61,8 @@ __all__ = [
     "load_frame_inputs",
     "make_predictor",
     "refine_frame",
+    "frame_evidence",
+    "FAILED_STATES",
     "refine_session",
     "keypoint_targets",
     "keypoint_fit_frame",
@@ -97,6 +101,7 @@ class RefineConfig:
     # small: more threads barely help and spin-wait badly when the cores are shared.
     fit: FitConfig = field(default_factory=FitConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
+    cues: CueConfig = field(default_factory=CueConfig)  # keypoints, silhouettes, view trust, guard
 
     def __post_init__(self):
         if self.predictor not in PREDICTORS:
@@ -110,11 +115,20 @@ class RefineConfig:
             raise ValueError(f"outer_iterations must be >= 1, got {self.outer_iterations}")
 
 
+#: FrameResult.status: "done" (refined), "kept" (no round agreed better with the evidence
+#: than the estimate it started from: that estimate is the result), or a failure: "out of
+#: view" (no camera sees enough of the body), "diverged" (the fit left finite numbers).
+FAILED_STATES = ("out of view", "diverged")
+
+
 @dataclass(frozen=True)
 class FrameResult:
     """One refined frame: pose_rotvecs (24, 3), betas (K,), transl (3,), residual_px (V,)
     mean distance of the fitted vertices to their targets per view (NaN for skipped views),
-    fit iterations summed over outer iterations, wall seconds, skipped view names."""
+    fit iterations summed over outer iterations, wall seconds, skipped view names; status
+    (see :data:`FAILED_STATES`), notes (what the guard and the trust did, in words),
+    view_weights (V,) the trust each view got, dead_views (names of cameras with no picture),
+    evidence_cost (start, end) of the body against the detector's evidence (NaN without)."""
 
     pose_rotvecs: np.ndarray
     betas: np.ndarray
@@ -123,6 +137,15 @@ class FrameResult:
     iterations: int
     seconds: float
     skipped_views: tuple[str, ...] = ()
+    status: str = "done"
+    notes: tuple[str, ...] = ()
+    view_weights: np.ndarray | None = None
+    dead_views: tuple[str, ...] = ()
+    evidence_cost: tuple[float, float] = (float("nan"), float("nan"))
+
+    @property
+    def failed(self) -> bool:
+        return self.status in FAILED_STATES
 
 
 ESTIMATE_PASSES = ("rgb", "depth", "normal", "template", "mask")  # what predictors see of the estimate
@@ -276,6 +299,22 @@ def _joint_visibility_weights(model: BodyModel, weight: Tensor) -> Tensor:
     return weight @ model.weights.to(weight.dtype)
 
 
+def frame_evidence(session, t: int, rig: Rig, cfg: CueConfig = CueConfig()) -> list[ViewEvidence | None] | None:
+    """The detector's evidence of frame ``t`` for the cameras of ``rig`` (keypoints, masks
+    undistorted to the pinhole image), or None when the session has no detections for it."""
+    if not session.has_detections or not session.detections_written[int(t)]:
+        return None
+    names = list(session.view_names)
+    kp = session.read_keypoints([int(t)])[0]
+    masks = session.read_masks(int(t))
+    ecfg = EvidenceConfig(min_keypoint_confidence=cfg.min_keypoint_confidence)
+    out = []
+    for name in rig.names:
+        v = names.index(name)
+        out.append(view_evidence(rig.subset([name]), kp[v], None if masks is None else masks[v], None, ecfg))
+    return out
+
+
 def refine_frame(
     model: BodyModel,
     rig: Rig,
@@ -285,6 +324,8 @@ def refine_frame(
     cfg: RefineConfig = RefineConfig(),
     appearance: Appearance = Appearance(),
     prev_pose_rotvecs: Tensor | None = None,
+    evidence: list[ViewEvidence | None] | None = None,
+    definition=None,
 ) -> FrameResult:
     """Refine one frame.
 
@@ -292,7 +333,11 @@ def refine_frame(
     the pinhole image space (see :func:`mvcap.render.undistort_images`); init: the frame's
     initial estimate (one frame, world frame; its betas are held); appearance: how the
     estimate is rendered for the predictor (:func:`estimate_appearance`); prev_pose_rotvecs
-    (24, 3): the previous frame's result for the temporal term.
+    (24, 3): the previous frame's result for the temporal term; evidence: per view, an
+    independent detector's keypoints and mask (:func:`frame_evidence`), with ``definition``
+    its landmarks on our mesh: then the fit also pulls to keypoints and silhouettes, views
+    are trusted by their agreement, and a round's update is kept only when it agrees better
+    with that evidence than the estimate before it (``cfg.cues``).
     """
     t0 = time.perf_counter()
     if len(init) != 1:
@@ -306,8 +351,25 @@ def refine_frame(
     residual = torch.full((len(rig),), float("nan"))
     skipped_all: set[int] = set()
     view_dirs = torch.as_tensor(np.stack([c.R_world2cam[2] for c in rig]), dtype=torch.float32)
+    cues = cfg.cues
+    notes: list[str] = []
+    status = "done"
+    dead = dead_views(photos)
+    trust = np.ones(len(rig))
+    trust[dead] = 0.0
+    if dead:
+        notes.append(f"camera(s) {', '.join(rig.names[v] for v in dead)} show no picture (dead or black): ignored")
+    if evidence is not None and (definition is None or len(evidence) != len(rig)):
+        raise ValueError("evidence needs one entry per camera of the rig and the detector's landmark definition")
+    cost_start = cost_cur = float("nan")
+    if evidence is not None:
+        evidence = [None if v in dead else ev for v, ev in enumerate(evidence)]
+        cost_cur, per_view = evidence_cost(model, definition, rig, pose, betas, transl, evidence)
+        cost_start = cost_cur
+        if cues.trust:
+            trust = np.minimum(trust, view_trust(per_view, cues.trust_ratio))
 
-    for _ in range(cfg.outer_iterations):
+    for r in range(cfg.outer_iterations):
         with torch.no_grad():
             vertices_world = model(pose[None], betas[None], transl[None]).vertices[0]
         req = estimate_request(model, pinhole, photos, vertices_world, appearance, template)
@@ -316,20 +378,35 @@ def refine_frame(
         uv_target, weight, skipped = _vertex_targets(
             pinhole, vertices_world, disp.flow, disp.confidence, fragments, faces, cfg.min_visible_vertices
         )
+        weight = weight * torch.as_tensor(trust, dtype=weight.dtype)[:, None]
         skipped_all.update(skipped)
-        if len(skipped) == len(rig):
-            warnings.warn("no view sees enough of the body; keeping the current estimate", stacklevel=2)
+        if len(skipped) == len(rig) or float(weight.sum()) <= 0:
+            status = "out of view"
+            notes.append("no camera sees enough of the body")
             break
         targets = Targets(uv_target[None], weight[None], points="vertices", distorted=False)
         prev = prev_pose_rotvecs[None].to(torch.float32) if prev_pose_rotvecs is not None else None
         current = BodyParams(pose[None], betas[None], transl[None])
+        extra = []
+        if evidence is not None:
+            heights = np.array([np.nan if ev is None else ev.height_px for ev in evidence])
+            kp = np.stack([ev.keypoints if ev is not None else _no_keypoints(definition) for ev in evidence])
+            extra = [
+                term
+                for term in (
+                    keypoint_term(definition, rig, kp, heights, cues, trust),
+                    silhouette_term(pinhole, [None if ev is None else ev.mask for ev in evidence], heights,
+                                    model.num_vertices, cues, trust),  # fmt: skip
+                )
+                if term is not None
+            ]
         # re-assert torch's thread count here: numba's OpenMP layer (the renderer) resets
         # the process-wide OpenMP setting that torch reads
         if cfg.fusion == "joint" or len(rig) == 1:
             with torch_threads(cfg.threads):
-                res = fit_body(model, pinhole, current, targets, cfg.fit, prev)
-            pose, transl = res.pose_rotvecs[0], res.transl[0]
-            residual = res.residual_px[0]
+                res = fit_body(model, pinhole, current, targets, cfg.fit, prev, extra_terms=extra)
+            new_pose, new_transl = res.pose_rotvecs[0], res.transl[0]
+            new_residual = res.residual_px[0]
         else:
             with torch_threads(cfg.threads):
                 res = fit_body(model, pinhole, current, targets, cfg.fit, prev, independent_views=True)
@@ -342,16 +419,38 @@ def refine_frame(
                 view_dirs[active],
                 cfg.translation_fusion,
             )
-            pose, transl = fused_pose[0], fused_t[0]
+            new_pose, new_transl = fused_pose[0], fused_t[0]
             with torch.no_grad():  # residual of the fused body against each view's targets
-                v_f = model(pose[None], betas[None], transl[None]).vertices[0]
+                v_f = model(new_pose[None], betas[None], new_transl[None]).vertices[0]
                 d = (project(pinhole, v_f, distort=False) - uv_target).norm(dim=-1)
-                residual = (weight * d).sum(-1) / weight.sum(-1).clamp_min(1e-6)
+                new_residual = (weight * d).sum(-1) / weight.sum(-1).clamp_min(1e-6)
         iterations += res.iterations
+        if not (torch.isfinite(new_pose).all() and torch.isfinite(new_transl).all()):
+            status = "diverged"
+            notes.append(f"round {r + 1}: the fit diverged (non-finite pose or translation)")
+            break
+        if evidence is not None and cues.guard:
+            cost_new, per_view = evidence_cost(model, definition, rig, new_pose, betas, new_transl, evidence, trust)
+            cost_old_w, _ = evidence_cost(model, definition, rig, pose, betas, transl, evidence, trust)
+            if not cost_new < cost_old_w - cues.guard_margin:
+                notes.append(
+                    f"round {r + 1}: update rejected, it agrees less with the cameras' keypoints and masks "
+                    f"(cost {cost_new:.4f} vs {cost_old_w:.4f})"
+                )
+                if r == 0:
+                    status = "kept"
+                break
+            cost_cur = cost_new
+            if cues.trust:
+                trust = np.minimum(trust, view_trust(per_view, cues.trust_ratio)) if r == 0 else trust
+        pose, transl, residual = new_pose, new_transl, new_residual
     residual = residual.clone()
     for v in skipped_all:
         residual[v] = float("nan")
-    if skipped_all:
+    low = [rig.names[v] for v in range(len(rig)) if 0 < trust[v] < 0.5]
+    if low:
+        notes.append(f"camera(s) {', '.join(low)} disagree with the others and were down-weighted")
+    if skipped_all and status != "out of view":
         names = [rig.names[v] for v in sorted(skipped_all)]
         warnings.warn(
             f"views {names} saw fewer than {cfg.min_visible_vertices} body vertices and were skipped", stacklevel=2
@@ -364,7 +463,18 @@ def refine_frame(
         iterations,
         time.perf_counter() - t0,
         tuple(rig.names[v] for v in sorted(skipped_all)),
+        status,
+        tuple(notes),
+        trust.copy(),
+        tuple(rig.names[v] for v in dead),
+        (cost_start, cost_cur),
     )
+
+
+def _no_keypoints(definition) -> np.ndarray:
+    kp = np.full((len(definition.names), 3), np.nan, np.float32)
+    kp[:, 2] = 0.0
+    return kp
 
 
 def keypoint_targets(
