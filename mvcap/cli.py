@@ -228,10 +228,10 @@ def rig_convert(src: Path, dst: Path, image_size):
     .qca.txt or Vicon .xcp. DST: a .toml file, or EasyMocap: a folder (created) or an
     intri.yml path (extri.yml is written beside it).
     """
-    from mvcap.rigio import save_rig
+    from mvcap.rigio import rig_world_up, save_rig
 
     r = _load_rig_verbose(src, image_size)
-    save_rig(r, dst)
+    save_rig(r, dst, up=rig_world_up(src))  # keep the world's up axis (Qualisys/Vicon: +Z)
     click.echo(f"{len(r)} cameras: {src} -> {dst}")
     _echo_cameras(r)
 

@@ -44,6 +44,7 @@ from mvcap.cameras import Camera, Rig, RigError, rotmat_to_rotvec_np, rotvec_to_
 __all__ = [
     "load_rig",
     "save_rig",
+    "rig_world_up",
     "load_toml_rig",
     "save_toml_rig",
     "load_easymocap_rig",
@@ -113,13 +114,33 @@ def load_rig(path: str | Path, image_size: tuple[int, int] | None = None) -> Rig
     raise RigError(f"unknown rig file format '{path.suffix}' for {path}; supported: {SUPPORTED}")
 
 
-def save_rig(rig: Rig, path: str | Path) -> None:
+def rig_world_up(path: str | Path) -> str | None:
+    """The up axis of a rig file's world (``"+y"``, ``"+z"``, ...), or None when unknown.
+
+    mvcap TOML: its ``[metadata] up`` (written by ``mvcap calibrate``; older mvcap files have
+    none: None). Other TOML (Pose2Sim / anipose, floor-board worlds), Qualisys, Vicon and
+    EasyMocap calibrations: ``"+z"``, those tools' floor convention.
+    """
+    path = Path(path)
+    kind = _kind(path)
+    if kind == "toml":
+        try:
+            meta = tomllib.loads(path.read_text()).get("metadata", {})
+        except (OSError, tomllib.TOMLDecodeError):
+            return None
+        if isinstance(meta, dict) and meta.get("up"):
+            return str(meta["up"])
+        return None if isinstance(meta, dict) and meta.get("written_by") == "mvcap" else "+z"
+    return "+z" if kind in ("qualisys", "vicon", "easymocap") else None
+
+
+def save_rig(rig: Rig, path: str | Path, up: str | None = None) -> None:
     """Write a rig: ``*.toml`` (anipose/Pose2Sim), or EasyMocap YAML when ``path`` is a
     folder (existing, or a path without suffix: created) or an ``intri.yml`` path (the
-    ``extri.yml`` goes beside it)."""
+    ``extri.yml`` goes beside it). ``up``: the world's up axis, kept in the TOML's metadata."""
     path = Path(path)
     if path.suffix.lower() == ".toml":
-        return save_toml_rig(rig, path)
+        return save_toml_rig(rig, path, up=up)
     if path.is_dir() or path.suffix == "" or path.suffix.lower() in (".yml", ".yaml"):
         return save_easymocap_rig(rig, path)
     raise RigError(f"cannot write rig format '{path.suffix}' ({path}); writable: {WRITABLE}")
@@ -195,8 +216,9 @@ def _fmt(x) -> str:
     return repr(float(x))
 
 
-def save_toml_rig(rig: Rig, path: str | Path) -> None:
-    """Write the anipose/Pose2Sim TOML layout (float64 values written exactly)."""
+def save_toml_rig(rig: Rig, path: str | Path, up: str | None = None) -> None:
+    """Write the anipose/Pose2Sim TOML layout (float64 values written exactly); ``up`` (e.g.
+    ``"+z"``) is recorded as ``[metadata] up`` (read back by :func:`rig_world_up`)."""
     lines = []
     for i, cam in enumerate(rig):
         lines += [
@@ -209,7 +231,7 @@ def save_toml_rig(rig: Rig, path: str | Path) -> None:
             f"translation = {_fmt(cam.t_world2cam.tolist())}",
             "",
         ]
-    lines += ["[metadata]", 'written_by = "mvcap"', ""]
+    lines += ["[metadata]", 'written_by = "mvcap"'] + ([f"up = {_fmt(str(up))}"] if up else []) + [""]
     Path(path).write_text("\n".join(lines))
 
 
