@@ -397,20 +397,56 @@ def train_displacement(config: Path, out: Path, resume, max_steps, overrides):
     default="npz,json,bvh,glb,csv",
     show_default=True,
     help="Comma-separated: npz (AMASS-style), json (EasyMocap), bvh, glb (skinned glTF), csv "
-    "(joint positions), obj / ply (one mesh per frame).",
+    "(joint positions), obj / ply (one mesh per frame), trc (OpenSim/Pose2Sim markers), c3d "
+    "(markers; needs the 'export' extra).",
 )
 @click.option("--frames", default=None, help="Frame range START:STOP (STOP exclusive; default: all done frames).")
-def export(session: Path, run_name: str, out: Path, formats: str, frames: str | None):
-    """Export a results run of SESSION to npz / EasyMocap json / BVH / glTF / csv / meshes."""
+@click.option(
+    "--up",
+    type=click.Choice(["x", "y", "z", "+x", "+y", "+z", "-x", "-y", "-z"]),
+    default=None,
+    help="Up axis of every written file (default: each format's own: glb/bvh/trc/obj/ply +Y, npz/c3d +Z, "
+    "json/csv the session's).",
+)
+@click.option(
+    "--units",
+    type=click.Choice(["m", "cm", "mm"]),
+    default=None,
+    help="Length unit for bvh, trc, c3d, csv, obj, ply (default: m; c3d: mm). npz/json/glb are always metres.",
+)
+@click.option(
+    "--world-up",
+    type=click.Choice(["x", "y", "z", "+x", "+y", "+z", "-x", "-y", "-z"]),
+    default=None,
+    help="The session world's up axis, when the session does not record it or records it wrongly "
+    "(default: the session's record, else +Y).",
+)
+@click.option(
+    "--max-influences",
+    type=click.IntRange(1, 8),
+    default=4,
+    show_default=True,
+    help="GLB skin weights per vertex (the largest, renormalised); 8 is exact for mvcap's body.",
+)
+def export(session: Path, run_name: str, out: Path, formats: str, frames: str | None, up, units, world_up,
+           max_influences: int):  # fmt: skip
+    """Export a results run of SESSION to npz / EasyMocap json / BVH / glTF / TRC / C3D / csv / meshes.
+
+    Each format is written in its own convention (up axis, units) unless --up / --units say
+    otherwise; animations (bvh, glb, trc, c3d) get one file per contiguous run of frames.
+    """
     from mvcap.export import export_session
 
     fmts = [f.strip() for f in formats.split(",") if f.strip()]
-    res = export_session(session, run_name, out, formats=fmts, frames=frames)
+    res = export_session(session, run_name, out, formats=fmts, frames=frames, up=up, units=units,
+                         world_up=world_up, max_influences=max_influences)  # fmt: skip
+    runs = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in res.runs)
     click.echo(
-        f"{session}: run '{run_name}': exported {len(res.frames)} frames ({int(res.frames[0])}..{int(res.frames[-1])})"
+        f"{session}: run '{run_name}': exported {len(res.frames)} frames ({runs}); world up {res.world_up}"
     )
     for fmt, path in res.paths.items():
-        click.echo(f"  {fmt:4s} {path}")
+        fup, funits = res.conventions[fmt]
+        click.echo(f"  {fmt:4s} {path}  ({fup} up, {funits})")
 
 
 @main.command()

@@ -14,7 +14,6 @@ joint centres under their SMPL names.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,16 +41,17 @@ class MarkerSet:
         return np.asarray(vertices)[:, self.vertex_ids]
 
 
-def _pick(v: np.ndarray, mask_fn: Callable[[float], np.ndarray], score: np.ndarray, what: str) -> int:
-    """Index of the vertex maximising ``score`` among ``mask_fn(half_width)``, widening the
-    cross-section (x2, up to 4 times) when it holds no vertex."""
+def _pick(score: np.ndarray, among: np.ndarray, axis: np.ndarray | None = None, at: float = 0.0) -> int:
+    """Index of the vertex maximising ``score`` (N,) among ``among`` (N,) bool, restricted to
+    the cross-section ``|axis - at| < w`` when ``axis`` (N,) is given; w starts at 1 cm and
+    doubles (up to 16 cm) while the cross-section holds no candidate."""
     half = _SLAB
     for _ in range(5):
-        sel = np.flatnonzero(mask_fn(half))
+        sel = np.flatnonzero(among if axis is None else among & (np.abs(axis - at) < half))
         if sel.size:
             return int(sel[np.argmax(score[sel])])
         half *= 2
-    raise ValueError(f"marker {what}: no mesh vertex satisfies its rule; is this an SMPL-layout body (Y up, +Z forward)?")
+    raise ValueError("a marker rule matches no mesh vertex; is this an SMPL-layout body (Y up, +Z forward)?")
 
 
 def anatomical_markers(model) -> MarkerSet:
@@ -72,26 +72,22 @@ def anatomical_markers(model) -> MarkerSet:
         ids.append(idx)
         rules.append(rule)
 
-    def at(axis: np.ndarray, value: float):
-        return lambda h: np.abs(axis - value) < h
-
     mid = np.abs(x - J[_PELVIS, 0]) < _MIDLINE
+    everywhere = np.ones(len(v), bool)
 
     # head and trunk (midline)
-    add("HEAD_TOP", int(np.argmax(y)), "highest vertex of the mesh")
+    add("HEAD_TOP", _pick(y, everywhere), "highest vertex of the mesh")
     y_fore = J[_HEAD, 1] + 0.5 * (y.max() - J[_HEAD, 1])
-    add("HEAD_FRONT", _pick(v, lambda h: at(y, y_fore)(h) & mid, z, "HEAD_FRONT"),
+    add("HEAD_FRONT", _pick(z, mid, y, y_fore),
         "most anterior midline vertex halfway between the head joint and the top of the head")  # fmt: skip
-    add("HEAD_BACK", _pick(v, lambda h: at(y, y_fore)(h) & mid, -z, "HEAD_BACK"),
-        "most posterior midline vertex at the HEAD_FRONT height")  # fmt: skip
-    add("C7", _pick(v, lambda h: at(y, J[_NECK, 1])(h) & mid, -z, "C7"),
+    add("HEAD_BACK", _pick(-z, mid, y, y_fore), "most posterior midline vertex at the HEAD_FRONT height")
+    add("C7", _pick(-z, mid, y, J[_NECK, 1]),
         "most posterior midline vertex at the neck joint's height (base of the neck)")  # fmt: skip
-    add("T10", _pick(v, lambda h: at(y, J[_SPINE2, 1])(h) & mid, -z, "T10"),
-        "most posterior midline vertex at the spine2 joint's height")  # fmt: skip
+    add("T10", _pick(-z, mid, y, J[_SPINE2, 1]), "most posterior midline vertex at the spine2 joint's height")
     y_clav = 0.5 * (J[_COLLAR[0], 1] + J[_COLLAR[1], 1])
-    add("CLAV", _pick(v, lambda h: at(y, y_clav)(h) & mid, z, "CLAV"),
+    add("CLAV", _pick(z, mid, y, y_clav),
         "most anterior midline vertex at the collar joints' height (jugular notch)")  # fmt: skip
-    add("STRN", _pick(v, lambda h: at(y, J[_SPINE3, 1])(h) & mid, z, "STRN"),
+    add("STRN", _pick(z, mid, y, J[_SPINE3, 1]),
         "most anterior midline vertex at the spine3 joint's height (lower sternum)")  # fmt: skip
 
     for k, side in enumerate("LR"):
@@ -100,51 +96,44 @@ def anatomical_markers(model) -> MarkerSet:
         hip_x = s * (J[_HIP[k], 0] - J[_PELVIS, 0])
         # pelvis
         y_asis = J[_HIP[k], 1] + 0.5 * (J[_SPINE1, 1] - J[_HIP[k], 1])
-        band = (sx > 0.7 * hip_x) & (sx < 1.3 * hip_x)
-        add(f"{side}ASIS", _pick(v, lambda h, b=band, yy=y_asis: at(y, yy)(h) & b, z, f"{side}ASIS"),
-            "most anterior vertex halfway between the hip and spine1 joints' heights, 0.7-1.3 x the hip joint's "
-            "lateral offset")  # fmt: skip
-        band = (sx > 0.2 * hip_x) & (sx < 0.6 * hip_x)
-        add(f"{side}PSIS", _pick(v, lambda h, b=band, yy=y_asis: at(y, yy)(h) & b, -z, f"{side}PSIS"),
+        add(f"{side}ASIS", _pick(z, (sx > 0.7 * hip_x) & (sx < 1.3 * hip_x), y, y_asis),
+            "most anterior vertex halfway between the hip and spine1 joints' heights, 0.7-1.3 x the hip "
+            "joint's lateral offset")  # fmt: skip
+        add(f"{side}PSIS", _pick(-z, (sx > 0.2 * hip_x) & (sx < 0.6 * hip_x), y, y_asis),
             "most posterior vertex at the ASIS height, 0.2-0.6 x the hip joint's lateral offset")  # fmt: skip
-        add(f"{side}GTR", _pick(v, lambda h, kk=k: at(y, J[_HIP[kk], 1])(h) & (sx > 0), sx, f"{side}GTR"),
+        add(f"{side}GTR", _pick(sx, sx > 0, y, J[_HIP[k], 1]),
             "most lateral vertex at the hip joint's height (greater trochanter)")  # fmt: skip
         # arm (T-pose: the arm lies along X, palm down, thumb forward)
         arm = sx > s * (J[_SHOULDER[k], 0] - J[_PELVIS, 0]) * 0.8
         near_sh = np.abs(z - J[_SHOULDER[k], 2]) < 0.03
-        add(f"{side}ACR", _pick(v, lambda h, kk=k: at(x, J[_SHOULDER[kk], 0])(h) & near_sh, y, f"{side}ACR"),
+        add(f"{side}ACR", _pick(y, near_sh, x, J[_SHOULDER[k], 0]),
             "highest vertex above the shoulder joint (|z - z_shoulder| < 3 cm): acromion")  # fmt: skip
         for name, sc, rule in (("ELB_LAT", y, "highest"), ("ELB_MED", -y, "lowest")):
-            add(f"{side}{name}", _pick(v, lambda h, kk=k: at(x, J[_ELBOW[kk], 0])(h) & arm, sc, f"{side}{name}"),
+            add(f"{side}{name}", _pick(sc, arm, x, J[_ELBOW[k], 0]),
                 f"{rule} vertex of the arm's cross-section at the elbow joint (T-pose, palm down: the humeral "
-                f"epicondyles lie above/below the flexion axis)")  # fmt: skip
+                "epicondyles lie above/below the flexion axis)")  # fmt: skip
         for name, sc, rule in (("WRI_RAD", z, "most anterior"), ("WRI_ULN", -z, "most posterior")):
-            add(f"{side}{name}", _pick(v, lambda h, kk=k: at(x, J[_WRIST[kk], 0])(h) & arm, sc, f"{side}{name}"),
-                f"{rule} vertex of the arm's cross-section at the wrist joint (palm down, thumb forward: radial / "
-                "ulnar styloid)")  # fmt: skip
+            add(f"{side}{name}", _pick(sc, arm, x, J[_WRIST[k], 0]),
+                f"{rule} vertex of the arm's cross-section at the wrist joint (palm down, thumb forward: "
+                "radial / ulnar styloid)")  # fmt: skip
         # leg
         leg = sx > 0.01
-        for joint, lbl in ((_KNEE, "KNE"), (_ANKLE, "ANK")):
-            yy = J[joint[k], 1]
-            add(f"{side}{lbl}_LAT", _pick(v, lambda h, yy=yy: at(y, yy)(h) & leg, sx, f"{side}{lbl}_LAT"),
-                f"most lateral vertex of this leg's cross-section at the {'knee' if lbl == 'KNE' else 'ankle'} "
-                "joint (lateral epicondyle / malleolus)")  # fmt: skip
-            add(f"{side}{lbl}_MED", _pick(v, lambda h, yy=yy: at(y, yy)(h) & leg, -sx, f"{side}{lbl}_MED"),
-                f"most medial vertex of this leg's cross-section at the {'knee' if lbl == 'KNE' else 'ankle'} "
-                "joint (medial epicondyle / malleolus)")  # fmt: skip
+        for joint, lbl, what in ((_KNEE, "KNE", "knee joint (femoral epicondyle)"),
+                                 (_ANKLE, "ANK", "ankle joint (malleolus)")):  # fmt: skip
+            add(f"{side}{lbl}_LAT", _pick(sx, leg, y, J[joint[k], 1]),
+                f"most lateral vertex of this leg's cross-section at the {what}")  # fmt: skip
+            add(f"{side}{lbl}_MED", _pick(-sx, leg, y, J[joint[k], 1]),
+                f"most medial vertex of this leg's cross-section at the {what}")  # fmt: skip
         foot = leg & (y < J[_ANKLE[k], 1])
         heel_z, toe_z = z[foot].min(), z[foot].max()
-        floor = y[foot].min()
-        low = foot & (y < 0.5 * (J[_ANKLE[k], 1] + floor))
-        add(f"{side}HEEL", _pick(v, lambda h, lo=low: lo, -z, f"{side}HEEL"),
-            "most posterior vertex of the foot below mid-ankle height (calcaneus)")  # fmt: skip
-        add(f"{side}TOE", _pick(v, lambda h, f=foot: f, z, f"{side}TOE"),
-            "most anterior vertex of the foot below the ankle joint (toe tip)")  # fmt: skip
+        low = foot & (y < 0.5 * (J[_ANKLE[k], 1] + y[foot].min()))
+        add(f"{side}HEEL", _pick(-z, low), "most posterior vertex of the foot below mid-ankle height (calcaneus)")
+        add(f"{side}TOE", _pick(z, foot), "most anterior vertex of the foot below the ankle joint (toe tip)")
         fore = low & (z > 0.5 * (heel_z + toe_z))
-        add(f"{side}MT5", _pick(v, lambda h, f=fore: f, sx, f"{side}MT5"),
-            "most lateral vertex of the front half of the foot below mid-ankle height (5th metatarsal head)")  # fmt: skip
-        add(f"{side}MT1", _pick(v, lambda h, f=fore: f, -sx, f"{side}MT1"),
-            "most medial vertex of the front half of the foot below mid-ankle height (1st metatarsal head)")  # fmt: skip
+        add(f"{side}MT5", _pick(sx, fore),
+            "most lateral vertex of the foot's front half below mid-ankle height (5th metatarsal head)")  # fmt: skip
+        add(f"{side}MT1", _pick(-sx, fore),
+            "most medial vertex of the foot's front half below mid-ankle height (1st metatarsal head)")  # fmt: skip
     return MarkerSet(tuple(names), np.asarray(ids, np.int64), tuple(rules))
 
 
