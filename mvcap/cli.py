@@ -509,8 +509,41 @@ def ingest(source, out, rig_path, config_path, start, stop, stride, offsets, fps
 @click.option("--frames", default=None, help="Frame range START:STOP (default: all).")
 @click.option("--overwrite", is_flag=True, help="Discard stored detections and detect again.")
 @click.option("--set", "overrides", multiple=True, help="Overrides key=value, e.g. detect.masks=false")
-def detect(session: Path, config_path, frames, overwrite, overrides):
-    """Detect 2D keypoints and person masks in every view with MediaPipe (resumable)."""
+@click.option(
+    "--from",
+    "from_files",
+    nargs=2,
+    type=(click.Choice(["openpose", "rtmpose", "pose2sim", "easymocap"]), click.Path(exists=True, path_type=Path)),
+    default=None,
+    metavar="FORMAT PATH",
+    help="Read another detector's 2D keypoints instead of running MediaPipe: openpose (BODY_25 JSON), "
+    "rtmpose / pose2sim (HALPE_26, COCO_17, COCO_133 JSON), easymocap (annots/<camera>/<frame>.json); "
+    "PATH holds one folder per camera.",
+)
+@click.option(
+    "--keypoints",
+    "keypoint_format",
+    type=click.Choice(["body_25", "coco_17", "halpe_26", "coco_133"]),
+    default=None,
+    help="With --from: the files' landmark set (default: recognised from the keypoint count).",
+)
+@click.option("--person", type=int, default=None, help="With --from: person index / EasyMocap personID (default: "
+              "the most confident person).")  # fmt: skip
+@click.option("--first-frame", type=int, default=None, help="With --from: the file frame number of session frame 0 "
+              "(default: from the ingest, else each camera's first file).")  # fmt: skip
+def detect(session: Path, config_path, frames, overwrite, overrides, from_files, keypoint_format, person, first_frame):
+    """Detect 2D keypoints and person masks in every view with MediaPipe (resumable), or read
+    another detector's keypoints with --from FORMAT PATH (no masks)."""
+    if from_files is not None:
+        from mvcap.detect import import_detections
+
+        fmt, src = from_files
+        res = import_detections(session, fmt, src, keypoint_format=keypoint_format, frames=_frame_range(frames),
+                                first_frame=first_frame, person=person, overwrite=overwrite)  # fmt: skip
+        click.echo(f"{session}: {res}")
+        return
+    if keypoint_format or person is not None or first_frame is not None:
+        raise click.UsageError("--keypoints, --person and --first-frame go with --from FORMAT PATH")
     from mvcap.config import load_config
     from mvcap.detect import detect_session
     from mvcap.initialize import InitConfig
