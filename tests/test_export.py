@@ -613,3 +613,25 @@ def test_session_world_up_from_rig_files(tmp_path):
             s.set_world_convention("up")
     with Session.open(tmp_path / "s.h5") as s:
         assert s.world_up == "-y"
+
+
+def test_ingest_records_the_rig_files_up_axis(tmp_path):
+    from mvcap.ingest import export_frames, ingest
+    from mvcap.rigio import save_rig
+
+    K = np.array([[20.0, 0, 8], [0, 20.0, 6], [0, 0, 1]])
+    rig = Rig(tuple(Camera(f"cam{i}", K, np.zeros(5), np.eye(3), np.array([i, 0.0, 3.0]), (16, 12)) for i in range(2)))
+    with Session.create(tmp_path / "src.h5", rig, num_frames=2) as s:
+        for t in range(2):
+            s.write_frame(t, np.full((2, 12, 16, 3), 40 * t, np.uint8))
+        s.mark_complete()
+    exp = export_frames(tmp_path / "src.h5", tmp_path / "png", format="png")
+    ingest(tmp_path / "png", exp.rig_path, tmp_path / "y.h5", progress=False)  # an mvcap rig without up
+    save_rig(rig, tmp_path / "z.toml", up="+z")  # e.g. `mvcap calibrate --world-frame N --up z`
+    ingest(tmp_path / "png", tmp_path / "z.toml", tmp_path / "z.h5", progress=False)
+    ingest(tmp_path / "png", tmp_path / "z.toml", tmp_path / "x.h5", progress=False, world_up="-x")
+    ups = []
+    for name in ("y", "z", "x"):
+        with Session.open(tmp_path / f"{name}.h5") as s:
+            ups.append(s.world_up)
+    assert ups == [None, "+z", "-x"]
