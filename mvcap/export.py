@@ -105,8 +105,8 @@ _NPZ_NOTE = (
     "(= root_orient), joints 1-21 = pose_body (T,63), joints 22-23 = pose_hand (T,6; SMPL's two "
     "hand joints, not MANO fingers). Global-orient convention (SMPL's): a rest vertex X goes to "
     "R(root_orient) (X - J0) + J0 + trans, J0 = rest-pose root joint for these betas, so the "
-    "pelvis is at J0 + trans (see 'joints'). World frame: the session's, metres (mvcap's synthetic "
-    "scenes: Y up, floor y = 0)."
+    "pelvis is at J0 + trans (see 'joints'). World frame: metres, {up} up ('up_axis'; mvcap export "
+    "writes AMASS's +Z up unless told otherwise)."
 )
 
 
@@ -280,6 +280,7 @@ def export_npz(
     model_name: str = "mvcap_body",
     model=None,
     frame_ids=None,
+    up_axis: str = "unknown",
 ) -> Path:
     """Write an AMASS-style ``.npz``.
 
@@ -287,8 +288,9 @@ def export_npz(
     ``betas`` (10,) (the first frame's; mvcap holds shape fixed), ``gender``,
     ``mocap_framerate``, ``root_orient`` (T,3) = poses[:, :3], ``pose_body`` (T,63) = joints
     1-21, ``pose_hand`` (T,6) = joints 22-23 (SMPL's hand joints), ``betas_per_frame`` (T,10),
-    ``frame_indices`` (T,) session frames, ``model_name``, ``note`` (the conventions, see the
-    module docstring), and with ``model`` given, ``joints`` (T,24,3) world joint positions.
+    ``frame_indices`` (T,) session frames, ``model_name``, ``up_axis`` (the world's up axis
+    of ``params``, e.g. "+z" as AMASS), ``note`` (the conventions, see the module docstring),
+    and with ``model`` given, ``joints`` (T,24,3) world joint positions.
     ``trans`` follows SMPL's convention (pelvis at J0 + trans), so
     ``model(poses.reshape(T,24,3), betas, trans)`` reproduces the body.
     """
@@ -311,7 +313,8 @@ def export_npz(
         pose_hand=poses[:, 66:72].copy(),
         frame_indices=_frame_ids(frame_ids, T),
         model_name=np.array(str(model_name)),
-        note=np.array(_NPZ_NOTE),
+        up_axis=np.array(str(up_axis)),
+        note=np.array(_NPZ_NOTE.format(up=up_axis)),
     )
     if model is not None:
         data["joints"] = _posed(model, params)[1].astype(np.float32)
@@ -339,7 +342,7 @@ Hence Rh = global orientation (axis-angle) and Th = transl + J0 - Rh J0.
 
 J0 for this subject (metres): {j0}
 Body model: {model_name} (mvcap's embedded body is not SMPL's mesh; same joint layout).
-World frame: the session's, metres.
+World frame: metres, {up} up.
 """
 
 
@@ -362,6 +365,7 @@ def export_easymocap_json(
     model=None,
     frame_ids=None,
     model_name: str = "mvcap_body",
+    up_axis: str = "unknown",
 ) -> list[Path]:
     """Write one EasyMocap SMPL json per frame into ``folder`` (``NNNNNN.json``) plus a
     ``README.txt`` spelling out the convention:
@@ -397,7 +401,9 @@ def export_easymocap_json(
         p = folder / f"{int(ids[k]):06d}.json"
         p.write_text(json.dumps([person]))
         paths.append(p)
-    (folder / "README.txt").write_text(_EASYMOCAP_README.format(j0=np.round(j0[0], 6).tolist(), model_name=model_name))
+    (folder / "README.txt").write_text(
+        _EASYMOCAP_README.format(j0=np.round(j0[0], 6).tolist(), model_name=model_name, up=up_axis)
+    )
     return paths
 
 
@@ -1106,10 +1112,10 @@ def export_session(
         params = in_frame(target)
         if fmt == "npz":
             paths[fmt] = export_npz(out_dir / f"{stem}.npz", params, fps, gender=gender, model=model,
-                                    frame_ids=sel)  # fmt: skip
+                                    frame_ids=sel, up_axis=target)  # fmt: skip
         elif fmt == "json":
             d = out_dir / f"{stem}_easymocap"
-            export_easymocap_json(d, params, model=model, frame_ids=sel)
+            export_easymocap_json(d, params, model=model, frame_ids=sel, up_axis=target)
             paths[fmt] = d
         elif fmt == "bvh":
             paths[fmt] = per_run(fmt, lambda pth, p, ids, u=u: export_bvh(pth, p, model, betas, fps, units=u))

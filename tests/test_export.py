@@ -537,7 +537,7 @@ def test_zup_session_exports_in_each_convention(tmp_path, body_model):
     path = make_session(tmp_path / "z.h5", zup, np.ones(len(zup), bool))
     with Session.open(path, "a") as s:
         s.set_world_convention("z")
-    fmts = ("glb", "bvh", "trc", "npz", "csv") + (("c3d",) if _has("c3d") else ())
+    fmts = ("glb", "bvh", "trc", "npz", "csv", "json") + (("c3d",) if _has("c3d") else ())
     out = export_session(path, "fit", tmp_path / "out", formats=fmts, model=body_model)
     assert out.world_up == "+z" and out.conventions["glb"] == ("+y", "m") and out.conventions["csv"] == ("+z", "m")
     R_back = up_rotation("+z", "+y")
@@ -552,6 +552,8 @@ def test_zup_session_exports_in_each_convention(tmp_path, body_model):
     assert (xyz[:, names.index("HEAD_TOP"), 1] - xyz[:, names.index("LHEEL"), 1] > 1.2).all()  # OpenSim: Y up
     d = np.load(out.paths["npz"])
     assert np.abs(d["joints"] - j_zup).max() <= MM  # AMASS: Z up, the session's own frame here
+    assert str(d["up_axis"]) == "+z" and "+z up" in str(d["note"])
+    assert "+z up" in (out.paths["json"] / "README.txt").read_text()  # EasyMocap: the session world
     if "c3d" in out.paths:
         pytest.importorskip("ezc3d")
         import ezc3d
