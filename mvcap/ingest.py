@@ -623,7 +623,7 @@ def export_frames(
         idx = _frame_index(frames, s.frames_written)
         if idx.size == 0:
             raise IngestError(f"no frames to export from {session_path}")
-        save_rig(s.rig, out_dir / "rig.toml")
+        save_rig(s.rig, out_dir / "rig.toml", up=s.world_up)  # keep the world convention
         for v in s.view_names:
             w, h = s.image_sizes[v]
             if format == "mp4":
