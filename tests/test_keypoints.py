@@ -184,3 +184,30 @@ def test_import_errors(tiny_session, body_model, tmp_path):
         import_detections(tiny_session, "pose2sim", tmp_path / "big", overwrite=True)
     res = CliRunner().invoke(main, ["detect", str(tiny_session), "--person", "1"])
     assert res.exit_code != 0 and "--from" in res.output
+
+
+def test_frame_numbers_follow_the_ingest(tmp_path):
+    """Session frame t reads file number start + t * stride + offset[camera] of the ingest."""
+    from mvcap.cameras import Camera, Rig
+
+    K = np.array([[20.0, 0, 8], [0, 20.0, 6], [0, 0, 1]])
+    rig = Rig(tuple(Camera(c, K, np.zeros(5), np.eye(3), np.array([0.0, 0, 3]), (16, 12)) for c in ("a", "b")))
+    prov = {"ingest": {"config": {"start": 10, "stride": 2, "offsets": {"b": 1}}}}
+    Session.create(tmp_path / "s.h5", rig, num_frames=3, provenance=prov).close()
+    for cam in ("a", "b"):
+        (tmp_path / "kp" / cam).mkdir(parents=True)
+        for n in range(30):  # keypoint x = the file's frame number (kept inside the 16 x 12 image)
+            kp = np.tile([n / 4.0, 5.0, 0.8], (25, 1))
+            (tmp_path / "kp" / cam / f"{cam}_{n:012d}_keypoints.json").write_text(
+                json.dumps({"people": [{"pose_keypoints_2d": kp.reshape(-1).tolist()}]})
+            )
+    res = import_detections(tmp_path / "s.h5", "openpose", tmp_path / "kp")
+    with Session.open(tmp_path / "s.h5") as s:
+        x = s.read_keypoints()[:, :, 0, 0] * 4.0
+    assert res.keypoint_format == "body_25" and not res.missing
+    np.testing.assert_allclose(x, [[10, 11], [12, 13], [14, 15]])
+    import_detections(tmp_path / "s.h5", "openpose", tmp_path / "kp", first_frame=20)
+    with Session.open(tmp_path / "s.h5") as s:
+        np.testing.assert_allclose(s.read_keypoints()[:, :, 0, 0] * 4.0, [[20, 20], [22, 22], [24, 24]])
+    res = import_detections(tmp_path / "s.h5", "openpose", tmp_path / "kp", first_frame=26)
+    assert res.missing == ((2, "a"), (2, "b")) and not res.found[2].any()
