@@ -211,3 +211,16 @@ def test_frame_numbers_follow_the_ingest(tmp_path):
         np.testing.assert_allclose(s.read_keypoints()[:, :, 0, 0] * 4.0, [[20, 20], [22, 22], [24, 24]])
     res = import_detections(tmp_path / "s.h5", "openpose", tmp_path / "kp", first_frame=26)
     assert res.missing == ((2, "a"), (2, "b")) and not res.found[2].any()
+
+
+def test_register_from_imported_keypoints_without_masks(tiny_session, body_model, tmp_path):
+    """No masks from OpenPose/RTMPose: the registration fits the shape to the keypoints alone."""
+    from mvcap.register import RegisterConfig, ShapeFitConfig, TextureConfig, register_subject
+
+    kp, names, _ = synthetic_detections(tiny_session, body_model, "halpe_26")
+    write_openpose_folders(tmp_path / "pose", kp, names, "pose2sim")
+    import_detections(tiny_session, "rtmpose", tmp_path / "pose")
+    cfg = RegisterConfig(num_frames=2, shape=ShapeFitConfig(rounds=1, iterations=5), texture=TextureConfig(size=64))
+    res = register_subject(tiny_session, cfg=cfg, model=body_model, progress=False)
+    assert res.shape.cues == ("keypoints",) and np.isfinite(res.shape.keypoint_px).all()
+    assert res.shape.keypoint_px.max() < 10.0
