@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
@@ -637,3 +638,15 @@ def test_ingest_records_the_rig_files_up_axis(tmp_path):
         with Session.open(tmp_path / f"{name}.h5") as s:
             ups.append(s.world_up)
     assert ups == [None, "+z", "-x"]
+
+
+def test_rig_convert_keeps_the_up_axis(tmp_path):
+    from mvcap.cli import main
+    from mvcap.rigio import rig_world_up
+
+    em = Path(__file__).resolve().parents[1] / "calibration" / "examples" / "easymocap"
+    res = CliRunner().invoke(main, ["rig", "convert", str(em), str(tmp_path / "r.toml")])
+    assert res.exit_code == 0, res.output
+    assert rig_world_up(tmp_path / "r.toml") == "+z"  # EasyMocap's floor world, kept in [metadata]
+    demo = Path(__file__).resolve().parents[1] / "calibration" / "demo_rig.toml"
+    assert rig_world_up(demo) == "+y"
