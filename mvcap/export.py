@@ -18,9 +18,9 @@ format      function                         read by                            
 Conventions
 -----------
 * **World frame**: the session records its world's up axis (``Session.world_up``, written by
-  ingest from the rig file: Qualisys / Vicon / Pose2Sim / EasyMocap worlds are +Z up, ``mvcap
-  calibrate`` writes its own; a session without it is taken as +Y up, mvcap's synthetic and
-  demo convention). :func:`export_session` rotates the body into each format's convention
+  ingest from the rig file (:func:`mvcap.rigio.rig_world_up`: ``mvcap calibrate``'s record,
+  Qualisys / Vicon +Z, else what the cameras' layout says); a session without it is taken as
+  +Y up, mvcap's synthetic and demo convention). :func:`export_session` rotates the body into each format's convention
   (table above; "session" = no rotation) with the smallest rotation taking the session's up
   axis to the format's (+Z -> +Y: ``(x, y, z) -> (x, z, -y)``), and scales lengths to the
   format's unit. ``up=`` / ``units=`` (CLI ``--up`` / ``--units``) override the format's

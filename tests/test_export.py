@@ -597,9 +597,24 @@ def test_glb_four_influences_by_default(tmp_path, body_model, params):
         export_glb(tmp_path / "b.glb", params, body_model, max_influences=9)
 
 
+def upright_camera(name, heading, up="+z", portrait=False, tilt=0.3):
+    """A camera looking along ``heading`` (radians about the up axis), tilted down by ``tilt``,
+    image up = world up (portrait: turned 90 degrees in its image plane)."""
+    from mvcap.export import up_rotation
+
+    R_zy = up_rotation("+z", up)  # build in a Z-up world, then turn the world
+    f = np.array([np.cos(heading) * np.cos(tilt), np.sin(heading) * np.cos(tilt), -np.sin(tilt)])
+    x = np.cross(f, [0.0, 0.0, 1.0])
+    x /= np.linalg.norm(x)
+    y = np.cross(f, x)
+    R = np.stack([y, -x, f]) if portrait else np.stack([x, y, f])
+    K = np.array([[20.0, 0, 8], [0, 20.0, 6], [0, 0, 1]])
+    return Camera(name, K, np.zeros(5), R @ R_zy.T, np.zeros(3), (16, 12))
+
+
 def test_session_world_up_from_rig_files(tmp_path):
     from mvcap.capture import SessionError
-    from mvcap.rigio import rig_world_up, save_rig
+    from mvcap.rigio import cameras_up_axis, rig_world_up, save_rig
 
     K = np.array([[20.0, 0, 8], [0, 20.0, 6], [0, 0, 1]])
     rig = Rig((Camera("cam0", K, np.zeros(5), np.eye(3), np.array([0.0, 0.0, 3.0]), (16, 12)),))
@@ -609,6 +624,12 @@ def test_session_world_up_from_rig_files(tmp_path):
     (tmp_path / "p2s.toml").write_text((tmp_path / "b.toml").read_text().replace('written_by = "mvcap"', ""))
     assert rig_world_up(tmp_path / "p2s.toml") == "+z"  # Pose2Sim / anipose floor worlds
     assert rig_world_up(tmp_path / "x.qca.txt") == "+z"
+    # without a record, the cameras' layout says where up is: a ring of upright cameras
+    for up, portrait, want in (("+z", False, "+z"), ("-y", False, "-y"), ("+z", True, None)):
+        ring = Rig(tuple(upright_camera(f"c{i}", 2 * np.pi * i / 5 + 0.2, up, portrait) for i in range(5)))
+        assert cameras_up_axis(ring) == want, (up, portrait)
+        save_rig(ring, tmp_path / "ring.toml")
+        assert rig_world_up(tmp_path / "ring.toml") == want  # an mvcap TOML without an up record
     with Session.create(tmp_path / "s.h5", rig, num_frames=1) as s:
         assert s.world_up is None and s.world_units == "m"
         s.set_world_convention("-y")
@@ -647,6 +668,9 @@ def test_rig_convert_keeps_the_up_axis(tmp_path):
     em = Path(__file__).resolve().parents[1] / "calibration" / "examples" / "easymocap"
     res = CliRunner().invoke(main, ["rig", "convert", str(em), str(tmp_path / "r.toml")])
     assert res.exit_code == 0, res.output
-    assert rig_world_up(tmp_path / "r.toml") == "+z"  # EasyMocap's floor world, kept in [metadata]
+    # the example is the demo rig (Y-up) in EasyMocap's format: its upright cameras say +Y, which
+    # the converted TOML keeps in [metadata]
+    assert rig_world_up(em) == "+y" and rig_world_up(tmp_path / "r.toml") == "+y"
+    assert 'up = "+y"' in (tmp_path / "r.toml").read_text()
     demo = Path(__file__).resolve().parents[1] / "calibration" / "demo_rig.toml"
     assert rig_world_up(demo) == "+y"
