@@ -441,9 +441,7 @@ def export(session: Path, run_name: str, out: Path, formats: str, frames: str | 
     res = export_session(session, run_name, out, formats=fmts, frames=frames, up=up, units=units,
                          world_up=world_up, max_influences=max_influences)  # fmt: skip
     runs = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in res.runs)
-    click.echo(
-        f"{session}: run '{run_name}': exported {len(res.frames)} frames ({runs}); world up {res.world_up}"
-    )
+    click.echo(f"{session}: run '{run_name}': exported {len(res.frames)} frames ({runs}); world up {res.world_up}")
     for fmt, path in res.paths.items():
         fup, funits = res.conventions[fmt]
         click.echo(f"  {fmt:4s} {path}  ({fup} up, {funits})")
