@@ -593,7 +593,8 @@ def detect(session: Path, config_path, frames, overwrite, overrides, from_files,
         from mvcap.detect import import_detections
 
         fmt, src = from_files
-        res = import_detections(session, fmt, src, keypoint_format=keypoint_format, frames=_frame_range(frames),
+        selected = _session_frames(session, frames)
+        res = import_detections(session, fmt, src, keypoint_format=keypoint_format, frames=selected,
                                 first_frame=first_frame, person=person, overwrite=overwrite)  # fmt: skip
         click.echo(f"{session}: {res}")
         return
