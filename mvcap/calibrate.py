@@ -1289,7 +1289,9 @@ def write_outputs(result: CalibrationResult, rig_path: str | Path, report_dir: s
             stage(report_dir / "report.md").write_text(md)
         rig_path.parent.mkdir(parents=True, exist_ok=True)
         if rig_path.suffix.lower() == ".toml":
-            save_rig(result.rig, stage(rig_path))
+            # the world's up axis: the floor board's (else unrecorded: ingest reads it from the cameras' layout)
+            up = f"+{result.config.up}" if result.config.world_frame is not None else None
+            save_rig(result.rig, stage(rig_path), up=up)
         else:
             # EasyMocap folders / yml pairs: written in place, last (only after the report)
             save_rig(result.rig, rig_path)

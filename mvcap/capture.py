@@ -7,7 +7,8 @@ dtypes, shapes) is documented in ``docs/session-format.md`` and summarised here:
                                   created_at, provenance (JSON), complete (bool), fps,
                                   num_frames
     /rig/                  names (V,) utf-8, K (V,3,3), dist (V,5), R_world2cam (V,3,3),
-                           t_world2cam (V,3), image_size (V,2) int64 (width, height)
+                           t_world2cam (V,3), image_size (V,2) int64 (width, height);
+                           attrs world_up ("+y", "+z", ...), world_units ("m")  (optional)
     /frames/<view>/        images (T,H,W,3) uint8 (one frame per chunk, compressed),
                            timestamps (T,) float64 s, written (T,) bool
     /subject/              betas (10,), texture?, vertex_colors?; attrs name, gender, meta
@@ -54,6 +55,8 @@ from mvcap.subject import NUM_BETAS, Subject, SubjectError
 __all__ = [
     "Session",
     "SessionError",
+    "WORLD_UP_AXES",
+    "normalize_up",
     "BodyParams",
     "Results",
     "ResultsWriter",
@@ -66,6 +69,8 @@ FORMAT = "mvcap-session"
 FORMAT_VERSION = 1
 
 _STR = h5py.string_dtype("utf-8")
+#: Signed world axes a session may record as its up direction (``Session.world_up``).
+WORLD_UP_AXES = ("+x", "-x", "+y", "-y", "+z", "-z")
 _BODY_FIELDS = ("pose_rotvecs", "betas", "transl")
 
 
@@ -84,6 +89,15 @@ def _mvcap_version() -> str:
 
 def _now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+def normalize_up(up: str) -> str:
+    """``"z"``, ``"+Z"``, ``"-y"``, ... -> one of :data:`WORLD_UP_AXES`; a clear error otherwise."""
+    u = str(up).strip().lower()
+    u = u if u[:1] in "+-" else "+" + u
+    if u not in WORLD_UP_AXES:
+        raise SessionError(f"up axis must be one of {', '.join(WORLD_UP_AXES)} (or x, y, z), got {up!r}")
+    return u
 
 
 def _np(x, dtype=None) -> np.ndarray:
@@ -532,6 +546,31 @@ class Session:
                 k: (v.item() if isinstance(v, np.generic) else v)
                 for k, v in self._h5().attrs.items()
             }
+
+    # ---------------------------------------------------------------- world convention ----
+    @property
+    def world_up(self) -> str | None:
+        """The world's up axis (one of :data:`WORLD_UP_AXES`) as recorded by ingest / rig import
+        (``/rig`` attribute ``world_up``), or None when the session does not record it (then
+        mvcap's own convention, +Y up, is the best guess: synthetic scenes and the demo)."""
+        up = self._h5()["rig"].attrs.get("world_up")
+        return None if up is None else str(up)
+
+    @property
+    def world_units(self) -> str:
+        """Length unit of every stored position (``/rig`` attribute ``world_units``): always "m"."""
+        return str(self._h5()["rig"].attrs.get("world_units", "m"))
+
+    def set_world_convention(self, up: str, units: str = "m") -> None:
+        """Record the world's up axis (``"+z"``, ``"y"`` = ``"+y"``, ...) and units (only "m":
+        mvcap stores metres) in the ``/rig`` group."""
+        up = normalize_up(up)
+        if units != "m":
+            raise SessionError(f"world units must be 'm' (mvcap stores metres), got {units!r}")
+        g = self._writable()["rig"]
+        g.attrs["world_up"] = up
+        g.attrs["world_units"] = units
+        self._f.flush()
 
     # ---------------------------------------------------------------- frames --------------
     def _view(self, view: str | int) -> str:

@@ -271,10 +271,10 @@ def rig_convert(src: Path, dst: Path, image_size):
     .qca.txt or Vicon .xcp. DST: a .toml file, or EasyMocap: a folder (created) or an
     intri.yml path (extri.yml is written beside it).
     """
-    from mvcap.rigio import save_rig
+    from mvcap.rigio import rig_world_up, save_rig
 
     r = _load_rig_verbose(src, image_size)
-    save_rig(r, dst)
+    save_rig(r, dst, up=rig_world_up(src))  # keep the world's up axis (Qualisys/Vicon: +Z)
     click.echo(f"{len(r)} cameras: {src} -> {dst}")
     _echo_cameras(r)
 
@@ -439,20 +439,54 @@ def train_displacement(config: Path, out: Path, resume, max_steps, overrides):
     default="npz,json,bvh,glb,csv",
     show_default=True,
     help="Comma-separated: npz (AMASS-style), json (EasyMocap), bvh, glb (skinned glTF), csv "
-    "(joint positions), obj / ply (one mesh per frame).",
+    "(joint positions), obj / ply (one mesh per frame), trc (OpenSim/Pose2Sim markers), c3d "
+    "(markers; needs the 'export' extra).",
 )
 @_frames_option("all done frames")
-def export(session: Path, run_name: str, out: Path, formats: str, frames):
-    """Export a results run of SESSION to npz / EasyMocap json / BVH / glTF / csv / meshes."""
+@click.option(
+    "--up",
+    type=click.Choice(["x", "y", "z", "+x", "+y", "+z", "-x", "-y", "-z"]),
+    default=None,
+    help="Up axis of every written file (default: each format's own: glb/bvh/trc/obj/ply +Y, npz/c3d +Z, "
+    "json/csv the session's).",
+)
+@click.option(
+    "--units",
+    type=click.Choice(["m", "cm", "mm"]),
+    default=None,
+    help="Length unit for bvh, trc, c3d, csv, obj, ply (default: m; c3d: mm). npz/json/glb are always metres.",
+)
+@click.option(
+    "--world-up",
+    type=click.Choice(["x", "y", "z", "+x", "+y", "+z", "-x", "-y", "-z"]),
+    default=None,
+    help="The session world's up axis, when the session does not record it or records it wrongly "
+    "(default: the session's record, else +Y).",
+)
+@click.option(
+    "--max-influences",
+    type=click.IntRange(1, 8),
+    default=4,
+    show_default=True,
+    help="GLB skin weights per vertex (the largest, renormalised); 8 is exact for mvcap's body.",
+)
+def export(session: Path, run_name: str, out: Path, formats: str, frames, up, units, world_up,
+           max_influences: int):  # fmt: skip
+    """Export a results run of SESSION to npz / EasyMocap json / BVH / glTF / TRC / C3D / csv / meshes.
+
+    Each format is written in its own convention (up axis, units) unless --up / --units say
+    otherwise; animations (bvh, glb, trc, c3d) get one file per contiguous run of frames.
+    """
     from mvcap.export import export_session
 
     fmts = [f.strip() for f in formats.split(",") if f.strip()]
-    res = export_session(session, run_name, out, formats=fmts, frames=frames)
-    click.echo(
-        f"{session}: run '{run_name}': exported {len(res.frames)} frames ({int(res.frames[0])}..{int(res.frames[-1])})"
-    )
+    res = export_session(session, run_name, out, formats=fmts, frames=frames, up=up, units=units,
+                         world_up=world_up, max_influences=max_influences)  # fmt: skip
+    runs = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in res.runs)
+    click.echo(f"{session}: run '{run_name}': exported {len(res.frames)} frames ({runs}); world up {res.world_up}")
     for fmt, path in res.paths.items():
-        click.echo(f"  {fmt:4s} {path}")
+        fup, funits = res.conventions[fmt]
+        click.echo(f"  {fmt:4s} {path}  ({fup} up, {funits})")
 
 
 @main.command()
@@ -533,8 +567,43 @@ def ingest(sources, out, rig_path, config_path, frames, allow_gaps, offsets, fps
               help="Follow one person when several are filmed: 'centre' (nearest the rig centre), 'near:X,Y,Z' "
                    "(world metres) or 'pixel:CAM:X,Y' (the person whose hips are at that pixel of CAM).")  # fmt: skip
 @click.option("--set", "overrides", multiple=True, help="Overrides key=value, e.g. detect.masks=false")
-def detect(session: Path, config_path, frames, overwrite, subject, overrides):
-    """Detect 2D keypoints and person masks in every view with MediaPipe (resumable)."""
+@click.option(
+    "--from",
+    "from_files",
+    nargs=2,
+    type=(click.Choice(["openpose", "rtmpose", "pose2sim", "easymocap"]), click.Path(exists=True, path_type=Path)),
+    default=None,
+    metavar="FORMAT PATH",
+    help="Read another detector's 2D keypoints instead of running MediaPipe: openpose (BODY_25 JSON), "
+    "rtmpose / pose2sim (HALPE_26, COCO_17, COCO_133 JSON), easymocap (annots/<camera>/<frame>.json); "
+    "PATH holds one folder per camera.",
+)
+@click.option(
+    "--keypoints",
+    "keypoint_format",
+    type=click.Choice(["body_25", "coco_17", "halpe_26", "coco_133"]),
+    default=None,
+    help="With --from: the files' landmark set (default: recognised from the keypoint count).",
+)
+@click.option("--person", type=int, default=None, help="With --from: person index / EasyMocap personID (default: "
+              "the most confident person).")  # fmt: skip
+@click.option("--first-frame", type=int, default=None, help="With --from: the file frame number of session frame 0 "
+              "(default: from the ingest, else each camera's first file).")  # fmt: skip
+def detect(session: Path, config_path, frames, overwrite, subject, overrides, from_files, keypoint_format, person,
+           first_frame):  # fmt: skip
+    """Detect 2D keypoints and person masks in every view with MediaPipe (resumable), or read
+    another detector's keypoints with --from FORMAT PATH (no masks)."""
+    if from_files is not None:
+        from mvcap.detect import import_detections
+
+        fmt, src = from_files
+        selected = _session_frames(session, frames)
+        res = import_detections(session, fmt, src, keypoint_format=keypoint_format, frames=selected,
+                                first_frame=first_frame, person=person, overwrite=overwrite)  # fmt: skip
+        click.echo(f"{session}: {res}")
+        return
+    if keypoint_format or person is not None or first_frame is not None:
+        raise click.UsageError("--keypoints, --person and --first-frame go with --from FORMAT PATH")
     from mvcap.config import load_config
     from mvcap.detect import detect_session
     from mvcap.initialize import InitConfig

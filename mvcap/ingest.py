@@ -351,11 +351,14 @@ def ingest(
     *,
     overwrite: bool = False,
     progress: bool = True,
+    world_up: str | None = None,
 ) -> IngestResult:
     """Ingest synchronized per-camera videos or image folders into the session file ``out``.
 
     sources: a folder (one ``<camera>.<video ext>`` or ``<camera>/`` image folder per rig
     camera) or a ``{camera: path}`` mapping. rig: a :class:`Rig` or a rig file path.
+    world_up: the world's up axis to record (``"+z"``, ...); default: the rig file's
+    (:func:`mvcap.rigio.rig_world_up`), none recorded when unknown (exports then assume +Y).
     Resumes ``<out>.partial`` left by an interrupted run of the same command; ``overwrite``
     discards it and replaces an existing ``out``. See the module docstring.
     """
@@ -363,8 +366,9 @@ def ingest(
 
     t0 = time.perf_counter()
     if not isinstance(rig, Rig):
-        from mvcap.rigio import load_rig
+        from mvcap.rigio import load_rig, rig_world_up
 
+        world_up = world_up or rig_world_up(rig)
         rig = load_rig(rig)
     out = Path(out)
     partial = _partial_path(out)
@@ -409,6 +413,8 @@ def ingest(
             partial, rig, len(frames), image_size=cfg.image_size, fps=fps / step, provenance=prov,
             compression=cfg.compression,
         )  # fmt: skip
+        if world_up:
+            session.set_world_convention(world_up)
     readers: list[FrameReader] = []
     done_before = 0
     try:
@@ -491,7 +497,7 @@ def export_frames(
         idx = _frame_index(frames, s.frames_written)
         if idx.size == 0:
             raise IngestError(f"no frames to export from {session_path}")
-        save_rig(s.rig, out_dir / "rig.toml")
+        save_rig(s.rig, out_dir / "rig.toml", up=s.world_up)  # keep the world convention
         for v in s.view_names:
             w, h = s.image_sizes[v]
             if format == "mp4":

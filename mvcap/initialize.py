@@ -43,6 +43,7 @@ from mvcap.cues import outside_distance, sample_outside
 from mvcap.detect import KEYPOINT_FORMAT, MEDIAPIPE_POSE_33, DetectConfig
 from mvcap.errors import MvcapError
 from mvcap.fit import BodyFit, DataTerm, Regularisers, SolverConfig, geman_mcclure
+from mvcap.keypoints import keypoint_set
 from mvcap.threads import torch_threads
 from mvcap.triangulate import TriangulateConfig, Triangulation, triangulate_keypoints
 
@@ -407,7 +408,7 @@ def _solve(problem: _Problem, R_base, betas0, transl0, cfg, stage, prev_pose=Non
 def _fresh_starts(problem: _Problem, X: np.ndarray, betas: Tensor, cfg: InitConfig) -> tuple[Tensor, Tensor]:
     """Candidate (rotmats (B,24,3,3), transl (B,3)): torso orientation turned about the body's
     up axis in ``yaw_starts`` steps, rest-pose body, keypoint centroids aligned."""
-    R_torso = _torso_orientation(X)
+    R_torso = _torso_orientation(X, problem.kb.definition.names)
     if R_torso is None:
         R_torso = np.eye(3)
     up = R_torso[:, 1]
@@ -629,8 +630,10 @@ def initialize_session(
                 f"{path} has no 2D detections; run `mvcap detect {path}` first (needs the 'detect' "
                 "extra), or give an estimate yourself with `mvcap init SESSION --from-npz FILE`"
             )
-        if s.keypoint_format != KEYPOINT_FORMAT:
-            raise InitError(f"{path} holds {s.keypoint_format!r} detections; init needs {KEYPOINT_FORMAT!r}")
+        try:  # the landmark set the stored detections use (mvcap.keypoints)
+            kset = keypoint_set(s.keypoint_format)
+        except ValueError as exc:
+            raise InitError(f"{path}: its detections cannot be used: {exc}") from exc
         detected = s.detections_written
         todo = np.flatnonzero(detected) if frames is None else np.unique(np.asarray(list(frames), np.int64))
         not_det = todo[~detected[todo]] if todo.size else todo
@@ -643,7 +646,7 @@ def initialize_session(
         if todo.size == 0:
             return InitSummary(todo, np.zeros(0, bool), skipped, 0, *(np.zeros(0) for _ in range(3)))
         kp = s.read_keypoints(todo)
-        tri = triangulate_keypoints(s.rig, kp, cfg.triangulate)
+        tri = triangulate_keypoints(s.rig, kp, cfg.triangulate, flip_index=kset.flip_index)
         betas = None
         if cfg.betas == "zero":
             betas = np.zeros(model.num_betas)
@@ -660,7 +663,8 @@ def initialize_session(
         def write(i, pose, b, tr):
             s.write_init(pose[None], _pad_betas(b)[None], tr[None], frames=[int(todo[i])])
 
-        res = fit_keypoints(model, s.rig, tri, cfg, betas, masks=masks, init=init, progress=progress, on_frame=write)
+        res = fit_keypoints(model, s.rig, tri, cfg, betas, definition=kset.definition(model), masks=masks, init=init,
+                            progress=progress, on_frame=write)  # fmt: skip
     return InitSummary(
         todo, res.fitted, skipped, int(tri.swapped.sum()), res.keypoint_error_m, res.reprojection_px, res.seconds
     )

@@ -63,6 +63,7 @@ from mvcap.cameras import Camera, Rig, cam_to_pixels, world_to_cam
 from mvcap.capture import Session
 from mvcap.errors import MvcapError
 from mvcap.fit import BodyFit, DataTerm, Regularisers, SolverConfig, geman_mcclure, person_scale
+from mvcap.keypoints import register_joint_pairs
 from mvcap.render import rasterize, undistort_images, vertex_normals
 from mvcap.subject import Subject
 from mvcap.threads import torch_threads
@@ -211,6 +212,8 @@ KEYPOINT_JOINTS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
     # than SMPL's hip joints, which w_keypoints being small (next to the silhouettes) absorbs
     "mediapipe_pose_33": ((11, 12, 13, 14, 15, 16, 23, 24, 25, 26, 27, 28), (16, 17, 18, 19, 20, 21, 1, 2, 4, 5, 7, 8)),
 }
+# the other detectors' landmark sets (mvcap.keypoints, `mvcap detect --from`): the same joints
+KEYPOINT_JOINTS.update({n: register_joint_pairs(n) for n in ("body_25", "coco_17", "halpe_26", "coco_133")})
 
 
 # ------------------------------------------------------------------------------------------

@@ -44,6 +44,8 @@ from mvcap.cameras import Camera, Rig, RigError, rotmat_to_rotvec_np, rotvec_to_
 __all__ = [
     "load_rig",
     "save_rig",
+    "rig_world_up",
+    "cameras_up_axis",
     "load_toml_rig",
     "save_toml_rig",
     "load_easymocap_rig",
@@ -113,13 +115,68 @@ def load_rig(path: str | Path, image_size: tuple[int, int] | None = None) -> Rig
     raise RigError(f"unknown rig file format '{path.suffix}' for {path}; supported: {SUPPORTED}")
 
 
-def save_rig(rig: Rig, path: str | Path) -> None:
+def cameras_up_axis(rig: Rig, min_cos: float = 0.8) -> str | None:
+    """The world axis (``"+y"``, ``"-z"``, ...) that points up by the cameras' layout, or None.
+
+    Cameras around a subject look roughly horizontally and stand upright: the up line is the
+    normal of the plane the optical axes lie closest to, its sign that of the cameras' mean
+    image-up vector (``R_world2cam.T @ (0, -1, 0)``). None with fewer than two cameras, when the
+    optical axes span no clear plane, when the normal is further than ``acos(min_cos)`` from
+    every world axis, or when the sign is unclear (e.g. portrait cameras, image up horizontal)."""
+    if len(rig) < 2:
+        return None
+    z = np.stack([c.R_world2cam[2] for c in rig])  # optical axes in the world
+    img_up = np.mean([-c.R_world2cam[1] for c in rig], axis=0)
+    _, sv, vt = np.linalg.svd(z)
+    if not sv[-1] < 0.5 * sv[-2]:  # the optical axes span no clear plane (one heading)
+        return None
+    side = float(img_up @ vt[-1])
+    if abs(side) < 0.3:
+        return None
+    u = vt[-1] * np.sign(side)
+    k = int(np.argmax(np.abs(u)))
+    return ("+" if u[k] > 0 else "-") + "xyz"[k] if abs(u[k]) >= min_cos else None
+
+
+def rig_world_up(path: str | Path) -> str | None:
+    """The up axis of a rig file's world (``"+y"``, ``"+z"``, ...), or None when unknown.
+
+    * an ``[metadata] up`` in a TOML (``mvcap calibrate`` writes it);
+    * Qualisys and Vicon: ``"+z"``, those systems' lab convention;
+    * other files (Pose2Sim / anipose TOML, EasyMocap, older mvcap TOML): the axis the cameras'
+      image-up directions agree on (:func:`cameras_up_axis`); when they do not agree,
+      ``"+z"`` for Pose2Sim/anipose TOML and EasyMocap (their floor-board worlds are Z-up)
+      and None for an mvcap TOML.
+    """
+    path = Path(path)
+    kind = _kind(path)
+    if kind in ("qualisys", "vicon"):
+        return "+z"
+    if kind not in ("toml", "easymocap"):
+        return None
+    mvcap_toml = False
+    if kind == "toml":
+        try:
+            meta = tomllib.loads(path.read_text()).get("metadata", {})
+        except (OSError, tomllib.TOMLDecodeError):
+            return None
+        if isinstance(meta, dict) and meta.get("up"):
+            return str(meta["up"])
+        mvcap_toml = isinstance(meta, dict) and meta.get("written_by") == "mvcap"
+    try:
+        up = cameras_up_axis(load_rig(path))
+    except (RigError, OSError, ValueError):
+        up = None
+    return up if up is not None else (None if mvcap_toml else "+z")
+
+
+def save_rig(rig: Rig, path: str | Path, up: str | None = None) -> None:
     """Write a rig: ``*.toml`` (anipose/Pose2Sim), or EasyMocap YAML when ``path`` is a
     folder (existing, or a path without suffix: created) or an ``intri.yml`` path (the
-    ``extri.yml`` goes beside it)."""
+    ``extri.yml`` goes beside it). ``up``: the world's up axis, kept in the TOML's metadata."""
     path = Path(path)
     if path.suffix.lower() == ".toml":
-        return save_toml_rig(rig, path)
+        return save_toml_rig(rig, path, up=up)
     if path.is_dir() or path.suffix == "" or path.suffix.lower() in (".yml", ".yaml"):
         return save_easymocap_rig(rig, path)
     raise RigError(f"cannot write rig format '{path.suffix}' ({path}); writable: {WRITABLE}")
@@ -195,8 +252,9 @@ def _fmt(x) -> str:
     return repr(float(x))
 
 
-def save_toml_rig(rig: Rig, path: str | Path) -> None:
-    """Write the anipose/Pose2Sim TOML layout (float64 values written exactly)."""
+def save_toml_rig(rig: Rig, path: str | Path, up: str | None = None) -> None:
+    """Write the anipose/Pose2Sim TOML layout (float64 values written exactly); ``up`` (e.g.
+    ``"+z"``) is recorded as ``[metadata] up`` (read back by :func:`rig_world_up`)."""
     lines = []
     for i, cam in enumerate(rig):
         lines += [
@@ -209,7 +267,7 @@ def save_toml_rig(rig: Rig, path: str | Path) -> None:
             f"translation = {_fmt(cam.t_world2cam.tolist())}",
             "",
         ]
-    lines += ["[metadata]", 'written_by = "mvcap"', ""]
+    lines += ["[metadata]", 'written_by = "mvcap"'] + ([f"up = {_fmt(str(up))}"] if up else []) + [""]
     Path(path).write_text("\n".join(lines))
 
 

@@ -1067,6 +1067,7 @@ def generate_session(
     masks = np.zeros((T, V, H, W), np.uint8)
     vis = np.zeros((T, V, verts.shape[1]), bool)
     with Session.create(path, rig, T, fps=cfg.fps, provenance=prov, overwrite=overwrite) as s:
+        s.set_world_convention("+y")  # the synthetic studio: Y up, floor y = 0
         s.write_subject(subject)
         for t in range(T):
             imgs, m, vv = render_frame(
