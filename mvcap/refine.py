@@ -41,6 +41,7 @@ from mvcap.displace import (
     OraclePredictor,
     PredictRequest,
 )
+from mvcap.errors import MvcapError
 from mvcap.evidence import EvidenceConfig, ViewEvidence, evidence_cost, view_evidence
 from mvcap.fit import FitConfig, Targets, fit_body
 from mvcap.fuse import fuse_bodies
@@ -63,6 +64,7 @@ __all__ = [
     "refine_frame",
     "frame_evidence",
     "FAILED_STATES",
+    "RefineError",
     "refine_session",
     "keypoint_targets",
     "keypoint_fit_frame",
@@ -70,6 +72,12 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+
+class RefineError(MvcapError):
+    """A frame could not be refined (the message says why: out of view, diverged, ...)."""
+
+
 PREDICTORS = ("oracle", "flow", "learned")
 APPEARANCES = ("subject", "none", "wrong", "noise<std>", "brightness<std>")
 _PERTURBED = re.compile(r"^(noise|brightness)(\d+(?:\.\d+)?)$")
@@ -395,8 +403,14 @@ def refine_frame(
                 term
                 for term in (
                     keypoint_term(definition, rig, kp, heights, cues, trust),
-                    silhouette_term(pinhole, [None if ev is None else ev.mask for ev in evidence], heights,
-                                    model.num_vertices, cues, trust),  # fmt: skip
+                    silhouette_term(
+                        pinhole,
+                        [None if ev is None else ev.mask for ev in evidence],
+                        heights,
+                        model.num_vertices,
+                        cues,
+                        trust,
+                    ),  # fmt: skip
                 )
                 if term is not None
             ]
@@ -537,6 +551,7 @@ def refine_session(
     progress: bool = True,
     failures: list | None = None,
     appearance: Appearance | None = None,
+    events: dict | None = None,
 ) -> object:
     """Refine the frames of a session file, writing each result as soon as it is done.
 
@@ -544,9 +559,18 @@ def refine_session(
     over. Returns the session's Results for the run.
     appearance: how estimates are rendered for the predictor (default: the session's
     subject under ``cfg.appearance``, see :func:`estimate_appearance`).
-    failures: if a list is given, a frame that cannot be refined (no initial estimate, or an
-    error in the frame) is appended to it as ``(frame, reason)`` and the run goes on;
-    otherwise frames without an initial estimate are skipped with a warning and errors raise.
+    failures: if a list is given, a frame that cannot be refined (no initial estimate, the
+    body out of every view, a diverged fit, or an error in the frame) is appended to it as
+    ``(frame, reason)``, is not marked done (a rerun retries it) and the run goes on;
+    otherwise frames without an initial estimate are skipped with a warning and other
+    failures raise :class:`RefineError`.
+    events: if a dict is given, it collects what the safeguards did: ``dead_views`` {camera:
+    frames}, ``kept`` frames whose initial estimate was kept by the acceptance guard,
+    ``down_weighted`` {camera: frames}, ``previous_rejected`` frames where init="previous"
+    fell back to the frame's own estimate.
+
+    With the session's 2D detections (``mvcap detect``), every frame is also fitted to the
+    detector's keypoints and masks and guarded by them (``cfg.cues``).
     """
     from tqdm import tqdm
 
@@ -584,12 +608,38 @@ def refine_session(
             prev_run = session.read_results(run_name)
             known[todo[0] - 1] = (prev_run.pose_rotvecs[todo[0] - 1], prev_run.transl[todo[0] - 1])
         shared_predictor = None if cfg.predictor == "oracle" else make_predictor(cfg.predictor, cfg)
+        definition = None
+        if session.has_detections:
+            from mvcap.keypoints import keypoint_set
+
+            definition = keypoint_set(session.keypoint_format).definition(model)
+        events = {} if events is None else events
+        for key in ("dead_views", "down_weighted"):
+            events.setdefault(key, {})
+        for key in ("kept", "previous_rejected"):
+            events.setdefault(key, [])
         bar = tqdm(todo, desc=f"refine {run_name}", unit="frame", disable=not progress)
         for t in bar:
             prev = known.get(t - 1)
             start = init[t]
+            evidence = None
+            if definition is not None:
+                evidence = frame_evidence(session, t, full_rig.subset(views), cfg.cues)
             if cfg.init == "previous" and prev is not None:
-                start = BodyParams(prev[0][None], start.betas, prev[1][None])
+                candidate = BodyParams(prev[0][None], start.betas, prev[1][None])
+                own_ok = np.isfinite(start.pose_rotvecs).all() and np.isfinite(start.transl).all()
+                if evidence is not None and own_ok:
+                    # the previous result drifts on fast motion: keep it only if this frame's
+                    # evidence agrees with it at least as well as with the frame's own estimate
+                    sub = full_rig.subset(views)
+                    betas0 = start.betas[0] if subject is None else subject.betas
+                    c_prev, _ = evidence_cost(model, definition, sub, prev[0], betas0, prev[1], evidence)
+                    c_own, _ = evidence_cost(model, definition, sub, start.pose_rotvecs[0], betas0, start.transl[0],
+                                             evidence)  # fmt: skip
+                    if c_prev > c_own:
+                        events["previous_rejected"].append(t)
+                        candidate = start
+                start = candidate
             if not (np.isfinite(start.pose_rotvecs).all() and np.isfinite(start.transl).all()):
                 log.warning("frame %d has no initial estimate; skipped", t)
                 if failures is not None:
@@ -603,13 +653,29 @@ def refine_session(
             start = BodyParams(start.pose_rotvecs, inputs.init.betas, start.transl)
             prev_pose = torch.as_tensor(prev[0]) if (prev is not None and cfg.fit.w_temporal > 0) else None
             try:
-                res = refine_frame(model, inputs.rig, inputs.photos, start, predictor, cfg, appearance, prev_pose)
+                res = refine_frame(model, inputs.rig, inputs.photos, start, predictor, cfg, appearance, prev_pose,
+                                   evidence, definition)  # fmt: skip
             except Exception as exc:  # one bad frame must not end a long run
                 if failures is None:
                     raise
                 log.warning("frame %d failed: %s", t, exc)
                 failures.append((t, f"refinement failed: {type(exc).__name__}: {exc}"))
                 continue
+            for name in res.dead_views:
+                events["dead_views"].setdefault(name, []).append(t)
+            if res.view_weights is not None:
+                for v, w in enumerate(res.view_weights):
+                    if 0 < w < 0.5:
+                        events["down_weighted"].setdefault(inputs.rig.names[v], []).append(t)
+            if res.failed:
+                reason = f"{res.status}: {'; '.join(res.notes)}"
+                if failures is None:
+                    raise RefineError(f"frame {t}: {reason}")
+                log.warning("frame %d failed: %s", t, reason)
+                failures.append((t, reason))
+                continue
+            if res.status == "kept":
+                events["kept"].append(t)
             write_frame_result(writer, t, res, len(full_rig), view_idx)
             known[t] = (res.pose_rotvecs, res.transl)
             bar.set_postfix(res_px=f"{np.nanmean(res.residual_px):.2f}", s=f"{res.seconds:.1f}")

@@ -37,7 +37,8 @@ from mvcap.body import BodyModel, BodyParams, load_body_model
 from mvcap.cameras import Rig
 from mvcap.config import ConfigError, from_dict
 from mvcap.evidence import Agreement, EvidenceConfig, ViewEvidence, agreement, view_evidence
-from mvcap.initialize import InitConfig, fit_keypoints, mediapipe_keypoint_definition
+from mvcap.initialize import InitConfig, fit_keypoints
+from mvcap.keypoints import keypoint_set
 from mvcap.refine import RefineConfig, estimate_appearance, make_predictor, refine_frame, subject_appearance
 from mvcap.render import undistort_images
 from mvcap.triangulate import triangulate_keypoints
@@ -232,7 +233,6 @@ def validate_run(
 
     t_start = time.perf_counter()
     model = model or load_body_model()
-    definition = mediapipe_keypoint_definition(model)
     with Session.open(session_path, "r") as s:
         if not s.has_detections:
             raise ValidateError(
@@ -241,6 +241,8 @@ def validate_run(
             )
         res = s.read_results(run)
         rig = s.rig
+        kset = keypoint_set(s.keypoint_format)
+        definition = kset.definition(model)
         try:
             rcfg = from_dict(RefineConfig, dict(res.config), where=f"results run {run!r}")
         except (ValueError, TypeError) as exc:
@@ -289,7 +291,7 @@ def validate_run(
             fit_names = [n for n in run_views if n != h]
             idx = [rig.index(n) for n in fit_names]
             rig_fit = rig.subset(fit_names)
-            tri = triangulate_keypoints(rig_fit, kp_all[:, idx], cfg.init.triangulate)
+            tri = triangulate_keypoints(rig_fit, kp_all[:, idx], cfg.init.triangulate, kset.flip_index)
             masks = None
             if cfg.init.w_mask > 0:
 
@@ -297,7 +299,7 @@ def validate_run(
                     m = s.read_masks(frames[i])
                     return None if m is None else m[idx].astype(np.float32) / 255.0
 
-            init = fit_keypoints(model, rig_fit, tri, cfg.init, betas.astype(np.float64), masks=masks)
+            init = fit_keypoints(model, rig_fit, tri, cfg.init, betas.astype(np.float64), definition, masks=masks)
             cam = rig.subset([h])
             for i, t in enumerate(frames):
                 bar.update(1)

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 
 from mvcap.capture import Session
 from mvcap.evidence import agreement, view_evidence
@@ -18,41 +17,15 @@ from mvcap.validate import (
 )
 
 
-def _detect_from_ground_truth(path, model, noise_px=1.5, seed=0):
-    """Detector-like evidence from ground truth: the MediaPipe landmarks on our mesh projected
-    into every view with pixel noise, and the true silhouettes as person masks."""
-    from mvcap.cameras import project
-    from mvcap.initialize import mediapipe_keypoint_definition
-    from mvcap.render import render
-    from mvcap.synth import distort_image
-
-    rng = np.random.default_rng(seed)
-    definition = mediapipe_keypoint_definition(model)
-    with Session.open(path, "a") as s:
-        rig, gt = s.rig, s.read_ground_truth()
-        for t in range(s.num_frames):
-            with torch.no_grad():
-                out = model(**gt.slice(t).to_torch(dtype=torch.float32))
-                kp3 = definition.evaluate(out.joints.double(), out.vertices.double())[0]
-                uv = project(rig, kp3).numpy() + rng.normal(scale=noise_px, size=(len(rig), len(definition.names), 2))
-                _, rp = render(rig.without_distortion(), out.vertices[0], model.faces, passes=("mask",))
-            conf = np.broadcast_to(definition.defined.astype(np.float32), uv.shape[:2])[..., None]
-            masks = np.stack(
-                [
-                    distort_image((rp.get("mask")[v, ..., 0].numpy() * 255).astype(np.uint8), cam)
-                    for v, cam in enumerate(rig)
-                ]
-            )
-            s.write_detections(t, np.concatenate([uv, conf], -1), masks)
-
-
 @pytest.fixture(scope="module")
 def detected_session(tiny_session_path, body_model, tmp_path_factory):
     import shutil
 
+    from conftest import detect_from_ground_truth
+
     path = tmp_path_factory.mktemp("validate") / "tiny.h5"
     shutil.copy(tiny_session_path, path)
-    _detect_from_ground_truth(path, body_model)
+    detect_from_ground_truth(path, body_model)
     return path
 
 
