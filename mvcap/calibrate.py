@@ -47,6 +47,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .cameras import Camera, Rig
+from .resources import resource_path
 
 __all__ = [
     "CalibrationError",
@@ -76,7 +77,7 @@ __all__ = [
     "write_outputs",
 ]
 
-BOARD_DIR = Path(__file__).resolve().parents[1] / "calibration" / "boards"
+BOARD_DIR = resource_path("calibration/boards", must_exist=False)  # shipped boards
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".webm", ".wmv")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 

@@ -15,6 +15,8 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
+from mvcap.resources import resource_path
+
 __all__ = [
     "ConfigError",
     "load_config",
@@ -28,7 +30,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIG_DIR = resource_path("configs", must_exist=False)  # shipped configs (mvcap/assets/configs)
 
 
 class ConfigError(ValueError):
