@@ -175,8 +175,9 @@ CRASH_SCRIPT = textwrap.dedent(
     for t in range(k + 1):
         w.write(t, np.full((24, 3), t, np.float32), np.zeros(10), np.ones(3) * t)
     # start writing frame k+1 but die before it is marked done, without closing the file
-    g = s._f["results"]["crashy"]
+    g = s._results_group("crashy", write=True)
     g["pose_rotvecs"][k + 1] = 99.0
+    g.file.flush()
     os._exit(3)
     """
 )
