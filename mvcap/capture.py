@@ -151,14 +151,52 @@ def _close_quietly(f: h5py.File | None) -> None:
             f.close()
 
 
+_ABANDONED: list = []
+_FREE_SPACE_MARGIN = 1 << 20  # bytes kept free beyond a write's own size (HDF5 metadata, chunk index)
+
+
+def _abandon(f: h5py.File) -> None:
+    """Stop using a file whose write failed. A file that can still be flushed (the failure was
+    passing) is closed. One that cannot is never touched again: after a failed flush HDF5
+    cannot close it, and closing or flushing it again crashed the process; the handle is
+    kept referenced so that h5py does not try either while the program runs."""
+    errors: list = []
+    with _collect_unraisable(errors):
+        try:
+            f.flush()
+        except (OSError, RuntimeError) as exc:
+            errors.append(exc)
+    if errors:
+        _ABANDONED.append(f)
+    else:
+        _close_quietly(f)
+
+
+def _check_space(path: Path, need_bytes: int, what: str) -> None:
+    """Refuse a write the disk cannot hold, before HDF5 starts it: HDF5 cannot recover from a
+    write that fails half-way (see :func:`_abandon`)."""
+    try:
+        free = shutil.disk_usage(path if path.exists() else path.parent).free
+    except OSError:
+        return  # cannot tell: the guarded write still reports a failure
+    if free < need_bytes + _FREE_SPACE_MARGIN:
+        raise SessionError(
+            f"cannot write {what} to {path}: the disk is full ({free / 1e6:.1f} MB free, this write needs up to "
+            f"{(need_bytes + _FREE_SPACE_MARGIN) / 1e6:.1f} MB). What was written before is kept; free disk "
+            "space and rerun the command to resume"
+        )
+
+
 @contextlib.contextmanager
-def _guarded_write(f: h5py.File, path: Path, what: str, on_fail=None):
+def _guarded_write(f: h5py.File, path: Path, what: str, on_fail=None, need_bytes: int = 0):
     """Run the writes of the block, then flush ``f``; any I/O error (raised, or swallowed by
     h5py while discarding a handle) closes ``f`` (HDF5's state after a failed write is
     undefined) and becomes a one-line SessionError. ``on_fail()`` runs before raising.
 
     Yields ``commit()``: flush now and raise if any write so far failed; call it before
-    setting a "written" / "valid" / "done" flag so a flag never outlives its data."""
+    setting a "written" / "valid" / "done" flag so a flag never outlives its data.
+    need_bytes: an upper bound of the bytes the block adds to the file (checked first)."""
+    _check_space(path, need_bytes, what)
     errors: list = []
 
     def commit() -> None:
@@ -175,7 +213,7 @@ def _guarded_write(f: h5py.File, path: Path, what: str, on_fail=None):
                 raise
             errors.insert(0, exc)
     if errors:
-        _close_quietly(f)
+        _abandon(f)
         if on_fail is not None:
             on_fail()
         raise SessionError(
@@ -649,10 +687,15 @@ class Session:
         with contextlib.suppress(SessionError):  # the error in flight says more
             self.close()
 
-    def _writing(self, what: str):
+    def _writing(self, what: str, need_bytes: int = 0):
         """Context manager around writes to the session file (see :func:`_guarded_write`);
-        yields the h5py.File. A failed write closes the session."""
-        return _guarded_write(self._writable(), self._path, what)
+        yields ``commit()``. A failed write closes the session: HDF5 must not touch that file
+        handle again (flushing it after a failed close crashes the process)."""
+
+        def forget() -> None:
+            self._f = None
+
+        return _guarded_write(self._writable(), self._path, what, on_fail=forget, need_bytes=need_bytes)
 
     def __repr__(self) -> str:
         state = "closed" if self._f is None else ("complete" if self.complete else "incomplete")
@@ -803,7 +846,7 @@ class Session:
                 )
         ts = t / self._fps if timestamp is None else float(timestamp)
         checked = [self._check_images(images[i], v, None) for i, v in enumerate(self.view_names)]
-        with self._writing(f"frame {t}") as commit:
+        with self._writing(f"frame {t}", need_bytes=sum(x.nbytes for x in checked)) as commit:
             for v, img in zip(self.view_names, checked, strict=True):
                 vg = f["frames"][v]
                 images_ds, ts_ds = vg["images"], vg["timestamps"]  # held: flushed below, never GC-flushed
@@ -834,7 +877,7 @@ class Session:
         timestamps = _np(timestamps, np.float64)
         if timestamps.shape != (n,):
             raise SessionError(f"timestamps must have shape ({n},), got {timestamps.shape}")
-        with self._writing(f"frames {start}..{start + n - 1} of view {v!r}") as commit:
+        with self._writing(f"frames {start}..{start + n - 1} of view {v!r}", need_bytes=images.nbytes) as commit:
             vg = f["frames"][v]
             images_ds, ts_ds = vg["images"], vg["timestamps"]
             images_ds[start : start + n] = images
@@ -1028,7 +1071,8 @@ class Session:
                     f"this session's detections are {fmt!r} with {g['keypoints'].shape[2]} keypoints; got "
                     f"{keypoint_format!r} with {kp.shape[1]}. Delete them first (delete_detections) to switch"
                 )
-        with self._writing(f"detections of frame {t}") as commit:
+        mask_bytes = sum(x.nbytes for x in masks_u8) if masks_u8 is not None else 0
+        with self._writing(f"detections of frame {t}", need_bytes=kp.nbytes * self._T + mask_bytes) as commit:
             if g is None:
                 g = f.create_group("detections")
                 g.attrs["keypoint_format"] = str(keypoint_format)
@@ -1215,7 +1259,10 @@ class Session:
         except OSError as exc:
             raise SessionError(f"cannot create results file {tmp}: {_io_reason(exc)}") from exc
         try:
-            with _guarded_write(f, tmp, f"results run {name!r}", on_fail=lambda: tmp.unlink(missing_ok=True)):
+            need = self._T * (NUM_JOINTS * 3 + NUM_BETAS + 3 + self.num_views + 3) * 4
+            with _guarded_write(
+                f, tmp, f"results run {name!r}", on_fail=lambda: tmp.unlink(missing_ok=True), need_bytes=need
+            ):
                 f.attrs["format"] = RESULTS_FORMAT
                 f.attrs["format_version"] = np.int64(1)
                 f.attrs["session"] = self._path.name
