@@ -167,9 +167,35 @@ def _abandon(f: h5py.File) -> None:
         except (OSError, RuntimeError) as exc:
             errors.append(exc)
     if errors:
-        _ABANDONED.append(f)
+        _detach_and_close(f)
     else:
         _close_quietly(f)
+
+
+def _detach_and_close(f: h5py.File) -> None:
+    """Close a file HDF5 can no longer write: its descriptor is pointed at /dev/null first,
+    so the flush that closing does cannot fail (nor change the file on disk, which keeps
+    what the last successful flush wrote). Without a descriptor to redirect, keep the handle
+    referenced so h5py never tries to close it while the program runs."""
+    try:
+        fd = f.id.get_vfd_handle()
+        null = os.open(os.devnull, os.O_RDWR)
+    except Exception:  # noqa: BLE001 - any driver without a plain descriptor
+        _ABANDONED.append(f)
+        return
+    try:
+        os.dup2(null, fd)
+    finally:
+        os.close(null)
+    _close_quietly(f)
+
+
+def _write_error(failure: str, advice: str) -> SessionError:
+    """SessionError for a failed write; ``.failure`` holds the first part alone (for callers
+    that give their own advice, e.g. ingest)."""
+    err = SessionError(f"{failure}. What was written before is kept; {advice}")
+    err.failure = failure
+    return err
 
 
 def _check_space(path: Path, need_bytes: int, what: str) -> None:
@@ -180,10 +206,10 @@ def _check_space(path: Path, need_bytes: int, what: str) -> None:
     except OSError:
         return  # cannot tell: the guarded write still reports a failure
     if free < need_bytes + _FREE_SPACE_MARGIN:
-        raise SessionError(
+        raise _write_error(
             f"cannot write {what} to {path}: the disk is full ({free / 1e6:.1f} MB free, this write needs up to "
-            f"{(need_bytes + _FREE_SPACE_MARGIN) / 1e6:.1f} MB). What was written before is kept; free disk "
-            "space and rerun the command to resume"
+            f"{(need_bytes + _FREE_SPACE_MARGIN) / 1e6:.1f} MB)",
+            "free disk space and rerun the command to resume",
         )
 
 
@@ -216,9 +242,9 @@ def _guarded_write(f: h5py.File, path: Path, what: str, on_fail=None, need_bytes
         _abandon(f)
         if on_fail is not None:
             on_fail()
-        raise SessionError(
-            f"cannot write {what} to {path}: {_io_reason(errors[0])}. What was written before is kept; "
-            "free disk space (or fix the file's permissions) and rerun the command to resume"
+        raise _write_error(
+            f"cannot write {what} to {path}: {_io_reason(errors[0])}",
+            "free disk space (or fix the file's permissions) and rerun the command to resume",
         ) from errors[0]
 
 
@@ -1253,13 +1279,15 @@ class Session:
         new disk space. ``fill(group)`` writes the contents."""
         path = self._results_path(name)
         tmp = path.with_name(path.name + ".partial")
+        need = self._T * (NUM_JOINTS * 3 + NUM_BETAS + 3 + self.num_views + 3) * 4
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            _check_space(path.parent, need, f"results run {name!r}")
             f = h5py.File(tmp, "w")
         except OSError as exc:
-            raise SessionError(f"cannot create results file {tmp}: {_io_reason(exc)}") from exc
+            tmp.unlink(missing_ok=True)
+            raise SessionError(f"cannot create the file of results run {name!r} ({tmp}): {_io_reason(exc)}") from exc
         try:
-            need = self._T * (NUM_JOINTS * 3 + NUM_BETAS + 3 + self.num_views + 3) * 4
             with _guarded_write(
                 f, tmp, f"results run {name!r}", on_fail=lambda: tmp.unlink(missing_ok=True), need_bytes=need
             ):

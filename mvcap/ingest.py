@@ -584,7 +584,8 @@ def ingest(
             session.close()
         kept = _frames_kept(partial)
         raise IngestError(
-            f"ingest stopped at frame {exc.frame}: {exc.cause}. The {kept} frame(s) written so far are kept in "
+            f"ingest stopped at frame {exc.frame}: {getattr(exc.cause, 'failure', exc.cause)}. The {kept} frame(s) "
+            "written so far are kept in "
             f"{partial}: free disk space and rerun the same command to resume"
         ) from exc.cause
     except BaseException as exc:
