@@ -1264,6 +1264,11 @@ class Session:
             try:
                 self._runs[name] = h5py.File(path, "r+" if write else "r")
             except OSError as exc:
+                if "lock" in str(exc).lower():
+                    raise SessionError(
+                        f"results run {name!r} ({path}) is open for writing in another process; wait for it "
+                        "to finish, or read a copy of the file"
+                    ) from exc
                 raise SessionError(
                     f"cannot open results run {name!r} ({path}): {_io_reason(exc)}; the file may be truncated "
                     f"(a full disk?): delete it to redo the run"
