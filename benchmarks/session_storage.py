@@ -115,9 +115,10 @@ def main() -> None:
                 times.append(time.perf_counter() - t0)
             q = min(psnr(x, y) for x, y in zip(ref, back, strict=True))
             size = path.stat().st_size
+            quality = "lossless" if q == float("inf") else f"{q:.1f}"
             print(
                 f"| {name} | {size / 1e6:.2f} | {size / raw:.2f} | {size / mp4 if mp4 else float('nan'):.1f} | "
-                f"{w:.2f} | {1e3 * statistics.median(times) / n:.2f} | {'lossless' if q == float('inf') else f'{q:.1f}'} |"
+                f"{w:.2f} | {1e3 * statistics.median(times) / n:.2f} | {quality} |"
             )
 
 
