@@ -139,8 +139,10 @@ class BodyParams:
 
 
 def default_body_model_path() -> Path:
-    """The embedded free body model shipped in the repository."""
-    return Path(__file__).resolve().parents[1] / "models" / "body" / "mvcap_body.npz"
+    """The embedded free body model shipped in the package (``mvcap/assets/models/body``)."""
+    from mvcap.resources import resource_path
+
+    return resource_path("models/body/mvcap_body.npz", must_exist=False)
 
 
 def _resolve_path(path: str | os.PathLike | None) -> Path:

@@ -52,6 +52,7 @@ from tqdm import tqdm
 from . import sources as sources_mod
 from .cameras import Camera, Rig
 from .errors import MvcapError
+from .resources import resource_path
 from .sources import FrameReader, SourceInfo, check_gaps, probe_sources
 
 __all__ = [
@@ -82,7 +83,7 @@ __all__ = [
     "write_outputs",
 ]
 
-BOARD_DIR = Path(__file__).resolve().parents[1] / "calibration" / "boards"
+BOARD_DIR = resource_path("calibration/boards", must_exist=False)  # shipped boards
 
 
 class CalibrationError(MvcapError):

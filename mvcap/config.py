@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from mvcap.errors import MvcapError
+from mvcap.resources import resource_path
 
 __all__ = [
     "ConfigError",
@@ -30,7 +31,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIG_DIR = resource_path("configs", must_exist=False)  # shipped configs (mvcap/assets/configs)
 
 
 class ConfigError(MvcapError):

@@ -32,9 +32,11 @@ rig as ``rig.toml``), for tests, demos and round trips.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -44,7 +46,7 @@ import cv2
 import numpy as np
 
 from mvcap.cameras import Rig
-from mvcap.capture import Session, SessionError
+from mvcap.capture import Session, SessionError, results_dir
 from mvcap.errors import MvcapError
 from mvcap.frames import FrameSelection, format_frames, parse_frames, select_frames
 from mvcap.sources import IMAGE_EXTS, VIDEO_EXTS, FrameReader, SourceInfo, check_gaps, probe_sources, resolve_sources
@@ -91,7 +93,8 @@ class IngestConfig:
       may then be any uniform rescale of the calibrated image (same aspect ratio).
     count_frames: decode every video once to count its frames instead of trusting the
       container's header (exact, slower).
-    compression: HDF5 compression of the frames, "lzf", "gzip" or None.
+    compression: HDF5 compression of the frames: "gzip" (default, level 1, readable by every
+      HDF5 tool), "lzf" (h5py-only) or None. See docs/session-format.md.
     """
 
     frames: str = ""
@@ -100,7 +103,7 @@ class IngestConfig:
     fps: float | None = None
     image_size: tuple[int, int] | None = None
     count_frames: bool = False
-    compression: str | None = "lzf"
+    compression: str | None = "gzip"
 
     def __post_init__(self):
         if not isinstance(self.frames, str):
@@ -314,6 +317,23 @@ def _fingerprint(infos, frames, cfg: IngestConfig, fps: float) -> dict:
     }
 
 
+class _WriteFailed(Exception):
+    """A frame could not be written (disk full, I/O error): the partial file is kept."""
+
+    def __init__(self, frame: int, cause: SessionError):
+        super().__init__(str(cause))
+        self.frame, self.cause = frame, cause
+
+
+def _frames_kept(partial: Path) -> int | str:
+    """Frames a partial file holds for every view after a failed write (what a rerun keeps)."""
+    try:
+        with Session.open(partial) as s:
+            return int(s.frames_written.sum())
+    except SessionError:
+        return "?"
+
+
 def _open_for_resume(partial: Path, rig: Rig, fingerprint: dict) -> Session:
     try:
         s = Session.open(partial, mode="a")
@@ -432,19 +452,39 @@ def ingest(
                     images.append(np.zeros((size[1], size[0], 3), np.uint8))
                 else:
                     images.append(_read_rgb(r, t + offs[c], size))
-            session.write_frame(int(i), images, timestamp=t / fps)
+            try:
+                # flushes and checks; a frame is marked written only once its images are on disk
+                session.write_frame(int(i), images, timestamp=t / fps)
+            except SessionError as exc:
+                raise _WriteFailed(int(i), exc) from exc
         session.mark_complete()
+        session.close()  # raises if the last data could not be written out
+    except _WriteFailed as exc:
+        for r in readers:
+            r.close()
+        with contextlib.suppress(SessionError):  # the error in flight says more
+            session.close()
+        kept = _frames_kept(partial)
+        raise IngestError(
+            f"ingest stopped at frame {exc.frame}: {getattr(exc.cause, 'failure', exc.cause)}. The {kept} frame(s) "
+            "written so far are kept in "
+            f"{partial}: free disk space and rerun the same command to resume"
+        ) from exc.cause
     except BaseException as exc:
         for r in readers:
             r.close()
-        session.close()
-        # keep the partial file when interrupted (to resume) or when it holds an earlier run's work
-        if isinstance(exc, Exception) and not resumed:
+        with contextlib.suppress(SessionError):  # the error in flight says more
+            session.close()
+        # keep the partial file when interrupted (to resume), when it holds an earlier run's work or when
+        # a write failed (the frames before it are intact); otherwise nothing of value is in it
+        if isinstance(exc, Exception) and not resumed and not isinstance(exc, SessionError):
             partial.unlink(missing_ok=True)
         raise
     for r in readers:
         r.close()
-    session.close()
+    results = results_dir(out)
+    if results.is_dir():  # results of the session file being replaced
+        shutil.rmtree(results)
     os.replace(partial, out)  # atomic: `out` exists only once complete
     return IngestResult(
         path=out,

@@ -41,8 +41,10 @@ class WeightsError(MvcapError):
 
 
 def default_weights_path() -> Path:
-    """The shipped lite model: ``models/displacement/lite.pt``."""
-    return Path(__file__).resolve().parents[2] / "models" / "displacement" / "lite.pt"
+    """The shipped lite model: ``models/displacement/lite.pt`` inside the package."""
+    from mvcap.resources import resource_path
+
+    return resource_path("models/displacement/lite.pt", must_exist=False)
 
 
 def _net_config_from(d: dict, path) -> NetConfig:
