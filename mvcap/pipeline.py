@@ -296,6 +296,7 @@ def run_pipeline(
     # 4. refine ---------------------------------------------------------------------------
     with _stage(summary, "refine", progress):
         failures: list = []
+        events: dict = {}
         res = refine_session(
             session_path,
             cfg.name,
@@ -305,8 +306,12 @@ def run_pipeline(
             overwrite=restart,
             progress=progress,
             failures=failures,
+            events=events,
         )
         summary.failures = [(int(t), str(r)) for t, r in failures]
+        notes = _refine_events(events)
+        if notes:
+            summary.stage_notes["refine"] = notes
         done = res.done[frames]
         summary.frames_done = int(done.sum())
         idx = np.asarray(frames)[done]
@@ -362,6 +367,25 @@ def run_pipeline(
             )
     (out_dir / f"summary_{cfg.name}.json").write_text(json.dumps(_summary_dict(summary), indent=2, default=str))
     return summary
+
+
+def _refine_events(events: dict) -> str:
+    """What refinement's safeguards did, in one line for the summary."""
+    out = []
+    for cam, frames in sorted(events.get("dead_views", {}).items()):
+        out.append(f"camera {cam} showed no picture (dead or black) in {len(frames)} frame(s) and was ignored")
+    for cam, frames in sorted(events.get("down_weighted", {}).items()):
+        out.append(f"camera {cam} disagreed with the others in {len(frames)} frame(s) and was down-weighted")
+    if events.get("kept"):
+        out.append(
+            f"{len(events['kept'])} frame(s) kept their initial estimate: no refinement round agreed better with "
+            "the cameras' keypoints and masks"
+        )
+    if events.get("previous_rejected"):
+        out.append(
+            f"{len(events['previous_rejected'])} frame(s) started from their own estimate, not the drifted previous result"
+        )
+    return "; ".join(out)
 
 
 def _validate_stage(cfg: RunConfig, session_path: Path, summary: RunSummary, model, restart: bool, progress: bool):
