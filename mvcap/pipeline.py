@@ -383,7 +383,8 @@ def _refine_events(events: dict) -> str:
         )
     if events.get("previous_rejected"):
         out.append(
-            f"{len(events['previous_rejected'])} frame(s) started from their own estimate, not the drifted previous result"
+            f"{len(events['previous_rejected'])} frame(s) started from their own estimate, not the drifted "
+            "previous result"
         )
     return "; ".join(out)
 
