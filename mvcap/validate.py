@@ -36,10 +36,18 @@ import torch
 from mvcap.body import BodyModel, BodyParams, load_body_model
 from mvcap.cameras import Rig
 from mvcap.config import ConfigError, from_dict
+from mvcap.cues import CueConfig
 from mvcap.evidence import Agreement, EvidenceConfig, ViewEvidence, agreement, view_evidence
 from mvcap.initialize import InitConfig, fit_keypoints
 from mvcap.keypoints import keypoint_set
-from mvcap.refine import RefineConfig, estimate_appearance, make_predictor, refine_frame, subject_appearance
+from mvcap.refine import (
+    RefineConfig,
+    estimate_appearance,
+    frame_evidence,
+    make_predictor,
+    refine_frame,
+    subject_appearance,
+)
 from mvcap.render import undistort_images
 from mvcap.triangulate import triangulate_keypoints
 
@@ -197,14 +205,17 @@ def _select_frames(spec: str, candidates: np.ndarray, num_frames: int) -> list[i
     return sorted(set(int(t) for t in wanted) & set(int(t) for t in candidates))
 
 
-def _run_refiner(model: BodyModel, rcfg: RefineConfig, subject) -> Refiner:
+def _run_refiner(model: BodyModel, rcfg: RefineConfig, subject, session, definition) -> Refiner:
+    """The run's refinement, redone on the fitting views only (their detections included)."""
     predictor = make_predictor(rcfg.predictor, rcfg)
     appearance = estimate_appearance(model, subject, rcfg.appearance)
     cfg = replace(rcfg, views=())
 
     def refiner(t, rig, photos, pose0, betas, transl0):
         init = BodyParams(pose0.numpy()[None], betas.numpy()[None], transl0.numpy()[None])
-        res = refine_frame(model, rig, photos, init, predictor, cfg, appearance)
+        evidence = frame_evidence(session, t, rig, cfg.cues)
+        res = refine_frame(model, rig, photos, init, predictor, cfg, appearance, None, evidence,
+                           definition if evidence is not None else None)  # fmt: skip
         return res.pose_rotvecs, res.transl
 
     return refiner
@@ -245,6 +256,8 @@ def validate_run(
         definition = kset.definition(model)
         try:
             rcfg = from_dict(RefineConfig, dict(res.config), where=f"results run {run!r}")
+            if "cues" not in res.config:  # a run from before the cues: redo it without them
+                rcfg = replace(rcfg, cues=CueConfig(w_keypoints=0, w_silhouette=0, trust=False, guard=False))
         except (ValueError, TypeError) as exc:
             if refiner is None:
                 raise ValidateError(f"run {run!r} has no usable refinement config ({exc}); pass a refiner") from exc
@@ -272,7 +285,7 @@ def validate_run(
                 raise ValidateError("the oracle predictor needs ground truth; cross-validation is for real captures")
             if subject is None:
                 raise ValidateError(f"{session_path}: no subject stored; register the subject first")
-            refiner = _run_refiner(model, rcfg, subject)
+            refiner = _run_refiner(model, rcfg, subject, s, definition)
         betas = np.asarray(subject.betas if subject is not None else res.betas[frames[0]], np.float32)
         kp_all = s.read_keypoints(frames)  # (F, V, K, 3)
 
