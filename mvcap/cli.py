@@ -341,6 +341,7 @@ def refine(session: Path, config_path, predictor, fusion, views, run_name, frame
     """Refine the body in every frame of a session (resumable; results go into the file)."""
     from mvcap.capture import Session
     from mvcap.config import load_config, parse_overrides
+    from mvcap.pipeline import refine_events
     from mvcap.refine import RefineConfig, refine_session
     from mvcap.subject import Subject
 
@@ -357,13 +358,20 @@ def refine(session: Path, config_path, predictor, fusion, views, run_name, frame
         if subject is not None:
             with Session.open(path, "a") as s:
                 s.write_subject(subject)
-        res = refine_session(path, name, cfg, frames=_session_frames(path, frames), overwrite=overwrite)
+        failures, events = [], {}
+        res = refine_session(path, name, cfg, frames=_session_frames(path, frames), overwrite=overwrite,
+                             failures=failures, events=events)  # fmt: skip
         done = int(res.done.sum())
         click.echo(
             f"{path}: run '{name}': {done}/{len(res.done)} frames done, "
             f"mean residual {float(np.nanmean(res.residual_px[res.done])) if done else float('nan'):.2f} px, "
             f"{float(np.mean(res.seconds[res.done])) if done else 0:.2f} s/frame"
         )
+        for t, reason in failures:
+            click.echo(f"  frame {t} failed ({reason}); a rerun retries it")
+        notes = refine_events(events)
+        if notes:
+            click.echo(f"  {notes}")
 
 
 @main.command()

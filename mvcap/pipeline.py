@@ -41,7 +41,7 @@ from mvcap.report import ReportConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RunConfig", "RunSummary", "RunError", "load_run_config", "run_pipeline", "format_summary"]
+__all__ = ["RunConfig", "RunSummary", "RunError", "load_run_config", "run_pipeline", "format_summary", "refine_events"]
 
 INIT_SOURCES = ("auto", "keypoints", "npz", "session")
 
@@ -309,7 +309,7 @@ def run_pipeline(
             events=events,
         )
         summary.failures = [(int(t), str(r)) for t, r in failures]
-        notes = _refine_events(events)
+        notes = refine_events(events)
         if notes:
             summary.stage_notes["refine"] = notes
         done = res.done[frames]
@@ -369,7 +369,7 @@ def run_pipeline(
     return summary
 
 
-def _refine_events(events: dict) -> str:
+def refine_events(events: dict) -> str:
     """What refinement's safeguards did, in one line for the summary."""
     out = []
     for cam, frames in sorted(events.get("dead_views", {}).items()):
