@@ -338,7 +338,7 @@ def _session_paths(target: Path) -> list[Path]:
     help="Registered subject file (mvcap register) to store in the session first.",
 )
 def refine(session: Path, config_path, predictor, fusion, views, run_name, frames, overwrite, overrides, subject_path):
-    """Refine the body in every frame of a session (resumable; results go into the file)."""
+    """Refine the body in every frame of a session (resumable; results go to <session>.results/<run>.h5)."""
     from mvcap.capture import Session
     from mvcap.config import load_config, parse_overrides
     from mvcap.pipeline import refine_events
