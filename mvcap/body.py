@@ -16,6 +16,8 @@ The model is stateless: ``forward(pose, betas, transl)`` holds no parameters.
 
 from __future__ import annotations
 
+import _compat_pickle
+import builtins
 import functools
 import os
 import pickle
@@ -28,7 +30,10 @@ import torch
 from smplx.lbs import batch_rigid_transform, batch_rodrigues, blend_shapes, vertices2joints
 from torch import Tensor
 
+from mvcap.errors import MvcapError
+
 __all__ = [
+    "BodyModelError",
     "BodyOutput",
     "BodyModel",
     "load_body_model",
@@ -95,20 +100,65 @@ class _ChumpyStandIn:
         )
 
 
+class BodyModelError(MvcapError):
+    """A body-model file is unreadable, malformed, or holds something other than model data."""
+
+
+# What an SMPL pickle may name (module, name), after Python 2 names are mapped to Python 3's
+# and numpy.core to numpy._core. Everything here only builds plain data: arrays, dtypes,
+# scalars, sparse matrices, containers. A pickle naming anything else (os.system, eval,
+# a class whose constructor has side effects, ...) is refused before it is called.
+_NUMPY_ALLOWED = {
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy._core.numeric", "_frombuffer"),
+}
+_SPARSE_ALLOWED = frozenset({"csc_matrix", "csr_matrix", "coo_matrix", "csc_array", "csr_array", "coo_array"})
+_BUILTINS_ALLOWED = frozenset(
+    {"dict", "list", "tuple", "set", "frozenset", "slice", "object", "str", "bytes", "bytearray",
+     "int", "float", "complex", "bool"}
+)  # fmt: skip
+
+
 class _ChumpyFreeUnpickler(pickle.Unpickler):
-    """Unpickles SMPL ``.pkl`` files without chumpy (and Python 2 pickles on numpy 2)."""
+    """Unpickles SMPL ``.pkl`` files without chumpy (and Python 2 pickles on numpy 2).
+
+    A strict allow-list: only numpy arrays/dtypes/scalars, scipy.sparse matrices, plain
+    builtin containers and the chumpy stand-ins can be named by the file; anything else
+    raises :class:`BodyModelError` without being imported or called."""
 
     def find_class(self, module: str, name: str) -> Any:
+        original = f"{module}.{name}"
+        if (module, name) in _compat_pickle.NAME_MAPPING:  # Python 2 names (as fix_imports does)
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        elif module in _compat_pickle.IMPORT_MAPPING:
+            module = _compat_pickle.IMPORT_MAPPING[module]
         if module == "chumpy" or module.startswith("chumpy."):
             return _ChumpyStandIn
-        if module.startswith("scipy.sparse"):
-            import scipy.sparse
-
-            if hasattr(scipy.sparse, name):
-                return getattr(scipy.sparse, name)
         if module.startswith("numpy.core"):
             module = "numpy._core" + module[len("numpy.core") :]
-        return super().find_class(module, name)
+        if (module, name) in _NUMPY_ALLOWED:
+            return super().find_class(module, name)
+        scalar_type = getattr(np, name, None) if module == "numpy" else None
+        if isinstance(scalar_type, type) and issubclass(scalar_type, np.generic):
+            return scalar_type  # scalar types (numpy.float64, ...)
+        if (module == "scipy.sparse" or module.startswith("scipy.sparse.")) and name in _SPARSE_ALLOWED:
+            import scipy.sparse
+
+            return getattr(scipy.sparse, name)
+        if module == "builtins" and name in _BUILTINS_ALLOWED:
+            return getattr(builtins, name)
+        if (module, name) in (("copyreg", "_reconstructor"), ("_codecs", "encode")):
+            # _reconstructor(cls, base, state) only instantiates classes this method allowed;
+            # _codecs.encode turns text back into bytes (Python 3 protocol-2 array data)
+            return super().find_class(module, name)
+        raise _Disallowed(original)
+
+
+class _Disallowed(Exception):
+    """Raised inside unpickling; turned into a BodyModelError naming the file."""
 
 
 def _to_plain(value: Any) -> Any:
@@ -142,10 +192,16 @@ def load_model_arrays(path: str | os.PathLike) -> dict[str, Any]:
         with open(path, "rb") as f:
             try:
                 raw = _ChumpyFreeUnpickler(f, encoding="latin1").load()
+            except _Disallowed as exc:
+                raise BodyModelError(
+                    f"{path} contains a disallowed object '{exc}' and is not a body-model pickle "
+                    "(SMPL .pkl files hold only arrays, sparse matrices and chumpy arrays); it was "
+                    "not loaded. Use the official SMPL file or convert the model to .npz"
+                ) from None
             except Exception as exc:  # noqa: BLE001 - re-raised with the file named
-                raise ValueError(f"Could not unpickle body model file {path}: {exc}") from exc
+                raise BodyModelError(f"Could not unpickle body model file {path}: {exc}") from exc
         if not isinstance(raw, dict):
-            raise ValueError(
+            raise BodyModelError(
                 f"Body model file {path} holds a {type(raw).__name__}, expected a dict of arrays"
             )
     else:

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mvcap.cameras import Camera, Rig, RigError, rotmat_to_rotvec_np, rotvec_to_rotmat_np
+from mvcap.cameras import Camera, Rig, RigError, _image_size, rotmat_to_rotvec_np, rotvec_to_rotmat_np
 
 __all__ = [
     "load_rig",
@@ -120,9 +120,37 @@ def save_rig(rig: Rig, path: str | Path) -> None:
     path = Path(path)
     if path.suffix.lower() == ".toml":
         return save_toml_rig(rig, path)
+    if path.suffix == "" and path.exists() and not path.is_dir():
+        raise RigError(
+            f"{path} is an existing file, not a folder; give a folder (EasyMocap) or a .toml/intri.yml path"
+        )
     if path.is_dir() or path.suffix == "" or path.suffix.lower() in (".yml", ".yaml"):
         return save_easymocap_rig(rig, path)
     raise RigError(f"cannot write rig format '{path.suffix}' ({path}); writable: {WRITABLE}")
+
+
+def _read_text(path: Path) -> str:
+    """A text rig file as UTF-8, or a RigError saying it is not."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise RigError(
+            f"{path}: not a UTF-8 text file (byte {exc.start}: {exc.object[exc.start:exc.start + 1]!r}); "
+            "a rig file is text: save it as UTF-8, or check that this is the rig and not another file"
+        ) from None
+    except IsADirectoryError:
+        raise RigError(f"{path} is a folder, not a rig file") from None
+    except OSError as exc:
+        raise RigError(f"cannot read rig file {path}: {exc.strerror or exc}") from None
+
+
+def _size(path, name: str, field: str, width_height) -> tuple[int, int]:
+    """(width, height) from a file's field, checked finite, positive and whole."""
+    try:
+        return _image_size(name, width_height)
+    except RigError as exc:
+        msg = str(exc).replace("field 'image_size'", f"field '{field}'")
+        raise RigError(f"{path}: {msg}") from None
 
 
 def _check_size(path, name, field, from_file, image_size) -> None:
@@ -148,10 +176,11 @@ def _is_rotation(R: np.ndarray) -> bool:
 def load_toml_rig(path: str | Path) -> Rig:
     """Read an anipose/Pose2Sim calibration TOML. Errors name the section and field."""
     path = Path(path)
+    text = _read_text(path)
     try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise RigError(f"{path}: not valid TOML ({exc})") from exc
+        data = tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, RecursionError) as exc:
+        raise RigError(f"{path}: not valid TOML ({str(exc)[:300]})") from None
     cams = []
     for section, entry in data.items():
         if section == "metadata" or not isinstance(entry, dict):
@@ -165,6 +194,15 @@ def load_toml_rig(path: str | Path) -> Rig:
             )
         try:
             rotation = np.asarray(entry["rotation"], dtype=np.float64)
+            if not np.all(np.isfinite(rotation)):
+                raise RigError(
+                    f"camera '{name}': field 'rotation' contains NaN or infinite values: {rotation.tolist()}"
+                )
+            if rotation.size not in (3, 9):
+                raise RigError(
+                    f"camera '{name}': field 'rotation' must be a Rodrigues vector [rx, ry, rz] "
+                    f"(or a 3x3 matrix), got {rotation.size} values"
+                )
             R = rotvec_to_rotmat_np(rotation) if rotation.size == 3 else rotation.reshape(3, 3)
             cams.append(
                 Camera(
@@ -173,13 +211,15 @@ def load_toml_rig(path: str | Path) -> Rig:
                     dist=np.asarray(entry["distortions"], dtype=np.float64),
                     R_world2cam=R,
                     t_world2cam=np.asarray(entry["translation"], dtype=np.float64),
-                    image_size=tuple(entry["size"]),
+                    image_size=_size(path, name, "size", entry["size"]),
                 )
             )
         except RigError as exc:
-            raise RigError(f"{path}: {exc}") from exc
-        except (TypeError, ValueError) as exc:
-            raise RigError(f"{path}: camera '{name}' (section [{section}]) has a malformed value: {exc}") from exc
+            msg = str(exc)
+            raise RigError(msg if msg.startswith(f"{path}: ") else f"{path}: {msg}") from None
+        except (TypeError, ValueError, OverflowError) as exc:
+            msg = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            raise RigError(f"{path}: camera '{name}' (section [{section}]) has a malformed value: {msg}") from None
     if not cams:
         raise RigError(f"{path}: no camera sections found (expected [cam_0], [cam_1], ...)")
     return Rig(tuple(cams))
@@ -210,7 +250,14 @@ def save_toml_rig(rig: Rig, path: str | Path) -> None:
             "",
         ]
     lines += ["[metadata]", 'written_by = "mvcap"', ""]
-    Path(path).write_text("\n".join(lines))
+    path = Path(path)
+    if path.is_dir():
+        raise RigError(f"{path} is a folder; give the rig file to write, e.g. {path / 'rig.toml'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n".join(lines), encoding="utf-8")
+    except OSError as exc:
+        raise RigError(f"cannot write rig file {path}: {exc.strerror or exc}") from None
 
 
 # ------------------------------------------------------------------------------------------
@@ -285,11 +332,11 @@ def _mat(fs, path: Path, name: str, key: str, shapes: tuple, required: bool = Tr
     return m
 
 
-def _int(fs, key: str) -> int | None:
+def _number(fs, key: str) -> float | None:
     node = fs.getNode(key)
     if node.empty() or node.isNone() or not (node.isInt() or node.isReal()):
         return None
-    return int(round(node.real()))
+    return float(node.real())
 
 
 def load_easymocap_rig(path: str | Path, image_size: tuple[int, int] | None = None) -> Rig:
@@ -345,7 +392,7 @@ def load_easymocap_rig(path: str | Path, image_size: tuple[int, int] | None = No
                         "coefficients; mvcap supports OpenCV's 5 (k1, k2, p1, p2, k3)"
                     )
                 dist = dist[:5]
-            h, w = _int(fi, f"H_{n}"), _int(fi, f"W_{n}")
+            h, w = _number(fi, f"H_{n}"), _number(fi, f"W_{n}")
             if h is None or w is None:
                 if image_size is None:
                     raise RigError(
@@ -354,7 +401,7 @@ def load_easymocap_rig(path: str | Path, image_size: tuple[int, int] | None = No
                     )
                 size = tuple(int(s) for s in image_size)
             else:
-                size = (w, h)
+                size = _size(intri, n, f"W_{n}/H_{n}", (w, h))
                 if image_size is not None:
                     _check_size(intri, n, f"W_{n}/H_{n}", size, image_size)
             rot = _mat(fe, extri, n, f"Rot_{n}", ((3, 3),), required=False)
@@ -558,6 +605,8 @@ def load_qualisys_rig(
         t = -R @ centre
         # subpixel factor
         s = subpixel_factor
+        if s is not None and not (np.isfinite(s) and s > 0):
+            raise RigError(f"{path}: subpixel_factor must be a positive number, got {s}")
         if s is None:
             s = 64.0
             fmax = sub.get("fov_video_max")
@@ -566,7 +615,7 @@ def load_qualisys_rig(
                              - _float(path, name, "fov_video_max.", fmax, "left") + 1)
                 sensor_u = (_float(path, name, "intrinsic.", it, "sensorMaxU")
                             - _float(path, name, "intrinsic.", it, "sensorMinU") + 1)
-                ratio = sensor_u / width_max
+                ratio = sensor_u / width_max if width_max > 0 else float("nan")
                 if ratio > 0.5 and abs(ratio - round(ratio)) < 0.01:
                     s = float(round(ratio))
                 else:
@@ -579,12 +628,12 @@ def load_qualisys_rig(
             left, top = _float(path, name, "fov_video.", fov, "left"), _float(path, name, "fov_video.", fov, "top")
             w = _float(path, name, "fov_video.", fov, "right") - left + 1
             h = _float(path, name, "fov_video.", fov, "bottom") - top + 1
-            size = (int(round(w)), int(round(h)))
+            size = _size(path, name, "fov_video", (w, h))
             if image_size is not None:
                 _check_size(path, name, "fov_video", size, image_size)
         elif image_size is not None:
             left = top = 0.0
-            size = tuple(int(v) for v in image_size)
+            size = _size(path, name, "image_size", image_size)
         else:
             raise RigError(
                 f"{path}: camera '{name}': field '<fov_video>' (image size and offsets) is missing; "
@@ -595,6 +644,11 @@ def load_qualisys_rig(
             raise RigError(f"{path}: camera '{name}': field 'intrinsic.skew' = {skew}; mvcap supports zero skew only")
         fx = _float(path, name, "intrinsic.", it, "focalLengthU") / s
         fy = _float(path, name, "intrinsic.", it, "focalLengthV") / s
+        if not (fx > 0 and fy > 0):
+            raise RigError(
+                f"{path}: camera '{name}': fields 'intrinsic.focalLengthU/V' must be positive, "
+                f"got {fx * s}, {fy * s}"
+            )
         cx = _float(path, name, "intrinsic.", it, "centerPointU") / s - left
         cy = _float(path, name, "intrinsic.", it, "centerPointV") / s - top
         K = np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
@@ -669,11 +723,13 @@ def vicon_radial_to_opencv(
     rd = np.linspace(0.0, r_max, 400)[1:]
     s = 1 + rd**2 * (w2 + rd**2 * (w3 + rd**2 * w4))
     ru = rd * s
-    if np.any(ru <= 0) or np.any(np.diff(ru) <= 0):
+    if not np.all(np.isfinite(ru)) or np.any(ru <= 0) or np.any(np.diff(ru) <= 0):
         raise RigError("the Vicon radial model is not monotonic over the image; cannot convert it to OpenCV")
     A = np.stack([ru**3, ru**5], axis=1)
     k1, k2 = np.linalg.lstsq(A, rd - ru, rcond=None)[0]
     dist = np.array([k1, k2, 0.0, 0.0, 0.0])
+    if not np.all(np.isfinite(dist)):
+        raise RigError("the Vicon radial model cannot be refitted as OpenCV k1, k2 (the fit is not finite)")
     # full 2-D check over the image
     gx, gy = np.meshgrid(np.linspace(-0.5, W - 0.5, 41), np.linspace(-0.5, H - 0.5, 41))
     ux, uy = vicon_correct(gx, gy)
@@ -681,7 +737,10 @@ def vicon_radial_to_opencv(
     r2 = xn * xn + yn * yn
     radial = 1 + r2 * (k1 + r2 * k2)
     err = np.hypot(fx * xn * radial + cx - gx, fy * yn * radial + cy - gy)
-    return dist, float(err.max())
+    err_max = float(err.max())
+    if not np.isfinite(err_max):
+        raise RigError("the Vicon radial model cannot be refitted as OpenCV k1, k2 (the refit error is not finite)")
+    return dist, err_max
 
 
 def load_vicon_rig(path: str | Path, image_size: tuple[int, int] | None = None, video_only: bool = True) -> Rig:
@@ -728,14 +787,21 @@ def load_vicon_rig(path: str | Path, image_size: tuple[int, int] | None = None, 
                           RigConversionWarning, stacklevel=2)
         k = _attrs_ci(kfs[0])
         size_f = _floats(path, name, "", a, "SENSOR_SIZE", 2)
-        size = (int(round(size_f[0])), int(round(size_f[1])))
+        size = _size(path, name, "SENSOR_SIZE", size_f)
         if image_size is not None:
             _check_size(path, name, "SENSOR_SIZE", size, image_size)
         aspect = _float(path, name, "", a, "PIXEL_ASPECT_RATIO", default=1.0)
+        if not aspect > 0:
+            raise RigError(
+                f"{path}: camera '{name}': field 'PIXEL_ASPECT_RATIO' must be positive, got {aspect} "
+                "(1 for square pixels)"
+            )
         skew = _float(path, name, "", a, "SKEW", default=0.0)
         if skew != 0:
             raise RigError(f"{path}: camera '{name}': field 'SKEW' = {skew}; mvcap supports zero skew only")
         f = _float(path, name, "KeyFrame.", k, "FOCAL_LENGTH")
+        if not f > 0:
+            raise RigError(f"{path}: camera '{name}': field 'KeyFrame.FOCAL_LENGTH' must be positive (pixels), got {f}")
         cx, cy = _floats(path, name, "KeyFrame.", k, "PRINCIPAL_POINT", 2)
         q = _floats(path, name, "KeyFrame.", k, "ORIENTATION", 4)
         if abs(np.linalg.norm(q) - 1) > 1e-3:
@@ -761,8 +827,9 @@ def load_vicon_rig(path: str | Path, image_size: tuple[int, int] | None = None, 
             centre_d, coeffs = (cx, cy), ()
         if any(c != 0 for c in coeffs):
             try:
-                dist, err = vicon_radial_to_opencv(f, aspect, (cx, cy), centre_d, coeffs, size)
-            except RigError as exc:
+                with np.errstate(all="ignore"):  # overflow in absurd coefficients: refused below
+                    dist, err = vicon_radial_to_opencv(f, aspect, (cx, cy), centre_d, coeffs, size)
+            except (RigError, np.linalg.LinAlgError) as exc:
                 raise RigError(f"{path}: camera '{name}': field 'VICON_RADIAL2': {exc}") from exc
             off = float(np.hypot(centre_d[0] - cx, centre_d[1] - cy))
             warnings.warn(

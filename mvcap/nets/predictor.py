@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ from mvcap.displace import Displacement, PredictRequest
 
 from .displacement import CropWindow, DisplacementNet, NetConfig, uncrop_flow
 
-__all__ = ["LearnedPredictor", "default_weights_path", "WeightsError", "TRAIN_HINT"]
+__all__ = ["LearnedPredictor", "default_weights_path", "WeightsError", "TRAIN_HINT", "load_plain_torch"]
 
 TRAIN_HINT = (
     "train them with `mvcap train-displacement configs/nets/train_lite.toml --out runs/lite` "
@@ -37,6 +38,23 @@ TRAIN_HINT = (
 
 class WeightsError(ValueError):
     """A weights file is not a displacement-network file or does not fit the network."""
+
+
+def load_plain_torch(path: str | Path, error: type[Exception], hint: str):
+    """``torch.load`` with ``weights_only=True``: tensors, dicts, lists, numbers and strings
+    only, so a crafted file cannot run code. Anything else raises ``error`` (one line)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch's message is a page long; its first line names the refused global
+        first = next((ln.strip() for ln in str(exc).splitlines() if "GLOBAL" in ln or "global" in ln), "")
+        raise error(
+            f"{path} holds objects other than tensors and plain data and was not loaded "
+            f"({first[:200] or 'refused by torch.load(weights_only=True)'}); mvcap files hold only "
+            f"tensors, numbers, strings, lists and dicts; {hint}"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same clear message
+        raise error(f"{path} is not a readable torch file ({str(exc).splitlines()[0][:300]}); {hint}") from exc
 
 
 def default_weights_path() -> Path:
@@ -96,12 +114,7 @@ class LearnedPredictor:
         path = Path(path) if path else default_weights_path()
         if not path.exists():
             raise FileNotFoundError(f"no displacement-network weights at {path}; {TRAIN_HINT}")
-        try:
-            blob = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same clear message
-            raise WeightsError(
-                f"{path} is not a readable torch file ({exc}); {TRAIN_HINT}"
-            ) from exc
+        blob = load_plain_torch(path, WeightsError, TRAIN_HINT)
         if not isinstance(blob, dict) or "net_config" not in blob:
             raise WeightsError(
                 f"{path} is not a mvcap displacement-network weights file (no net config "
