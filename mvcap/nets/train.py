@@ -137,20 +137,20 @@ def load_train_config(path=None, overrides=None) -> TrainConfig:
     (relative to the config's folder, then to ``configs/nets/``); keys of a ``[net]``
     table in the training file override it.
     """
-    import tomllib
-
     from mvcap.config import CONFIG_DIR, ConfigError, build_config, merge, read_toml
 
     data: dict = {}
     if path is not None:
         data, path = read_toml(path)
         net_file = data.pop("net_file", None)
+        if net_file is not None and not isinstance(net_file, str):
+            raise ConfigError(f"{path}: 'net_file' must be a file name (a string), got {net_file!r}")
         if net_file:
             candidates = [path.parent / net_file, CONFIG_DIR / "nets" / net_file, Path(net_file)]
             found = next((c for c in candidates if c.exists()), None)
             if found is None:
                 raise ConfigError(f"{path}: net_file {net_file!r} not found (looked in {[str(c) for c in candidates]})")
-            data["net"] = merge(tomllib.loads(found.read_text()), data.get("net", {}))
+            data["net"] = merge(read_toml(found)[0], data.get("net", {}))
     return build_config(TrainConfig, data, overrides, str(path or "config"))
 
 
