@@ -726,6 +726,8 @@ def vicon_radial_to_opencv(
     if not np.all(np.isfinite(ru)) or np.any(ru <= 0) or np.any(np.diff(ru) <= 0):
         raise RigError("the Vicon radial model is not monotonic over the image; cannot convert it to OpenCV")
     A = np.stack([ru**3, ru**5], axis=1)
+    if not np.all(np.isfinite(A)):
+        raise RigError("the Vicon radial model cannot be refitted as OpenCV k1, k2 (its coefficients are too large)")
     k1, k2 = np.linalg.lstsq(A, rd - ru, rcond=None)[0]
     dist = np.array([k1, k2, 0.0, 0.0, 0.0])
     if not np.all(np.isfinite(dist)):
