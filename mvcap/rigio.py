@@ -359,6 +359,8 @@ def load_easymocap_rig(path: str | Path, image_size: tuple[int, int] | None = No
                 f"{p} not found: an EasyMocap rig needs both intri.yml and extri.yml in the same "
                 f"folder ({other} are missing)"
             )
+    import cv2
+
     fi, fe = _open_fs(intri, "r"), _open_fs(extri, "r")
     try:
         names = _names(fi, intri)
@@ -430,6 +432,11 @@ def load_easymocap_rig(path: str | Path, image_size: tuple[int, int] | None = No
                 cams.append(Camera(n, K, dist, R, T, size))
             except RigError as exc:
                 raise RigError(f"{intri.parent}: {exc}") from exc
+    except cv2.error as exc:  # a file OpenCV parsed but whose layout is not a map of named entries
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        raise RigError(
+            f"{intri.parent}: intri.yml/extri.yml are not EasyMocap rig files ({lines[-1][:200] if lines else exc})"
+        ) from None
     finally:
         fi.release()
         fe.release()
