@@ -90,9 +90,7 @@ def _image_size(name: str, image_size) -> tuple[int, int]:
             f"up to {MAX_IMAGE_SIDE} pixels, got {np.asarray(image_size).tolist()}"
         )
     if np.any(np.abs(size - np.round(size)) > 1e-6):
-        raise RigError(
-            f"camera '{name}': field 'image_size' must be whole pixels, got {size.tolist()}"
-        )
+        raise RigError(f"camera '{name}': field 'image_size' must be whole pixels, got {size.tolist()}")
     return int(round(size[0])), int(round(size[1]))
 
 
@@ -212,11 +210,7 @@ class Rig:
     def from_arrays(cls, names, K, dist, R_world2cam, t_world2cam, image_size) -> Rig:
         """Build from stacked arrays (V, ...) as stored in session files."""
         K, dist, R, t, size = (np.asarray(a) for a in (K, dist, R_world2cam, t_world2cam, image_size))
-        return cls(
-            tuple(
-                Camera(str(n), K[i], dist[i], R[i], t[i], size[i]) for i, n in enumerate(names)
-            )
-        )
+        return cls(tuple(Camera(str(n), K[i], dist[i], R[i], t[i], size[i]) for i, n in enumerate(names)))
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Stacked float64 arrays: names, K, dist, R_world2cam, t_world2cam, image_size."""

@@ -121,9 +121,7 @@ def save_rig(rig: Rig, path: str | Path) -> None:
     if path.suffix.lower() == ".toml":
         return save_toml_rig(rig, path)
     if path.suffix == "" and path.exists() and not path.is_dir():
-        raise RigError(
-            f"{path} is an existing file, not a folder; give a folder (EasyMocap) or a .toml/intri.yml path"
-        )
+        raise RigError(f"{path} is an existing file, not a folder; give a folder (EasyMocap) or a .toml/intri.yml path")
     if path.is_dir() or path.suffix == "" or path.suffix.lower() in (".yml", ".yaml"):
         return save_easymocap_rig(rig, path)
     raise RigError(f"cannot write rig format '{path.suffix}' ({path}); writable: {WRITABLE}")
@@ -135,7 +133,7 @@ def _read_text(path: Path) -> str:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise RigError(
-            f"{path}: not a UTF-8 text file (byte {exc.start}: {exc.object[exc.start:exc.start + 1]!r}); "
+            f"{path}: not a UTF-8 text file (byte {exc.start}: {exc.object[exc.start : exc.start + 1]!r}); "
             "a rig file is text: save it as UTF-8, or check that this is the rig and not another file"
         ) from None
     except IsADirectoryError:
@@ -165,8 +163,10 @@ def _check_size(path, name, field, from_file, image_size) -> None:
 
 
 def _is_rotation(R: np.ndarray) -> bool:
-    return R.shape == (3, 3) and bool(np.all(np.isfinite(R))) and (
-        float(np.abs(R @ R.T - np.eye(3)).max()) <= _ROT_TOL and np.linalg.det(R) > 0
+    return (
+        R.shape == (3, 3)
+        and bool(np.all(np.isfinite(R)))
+        and (float(np.abs(R @ R.T - np.eye(3)).max()) <= _ROT_TOL and np.linalg.det(R) > 0)
     )
 
 
@@ -380,8 +380,7 @@ def load_easymocap_rig(path: str | Path, image_size: tuple[int, int] | None = No
             m = re.match(r"^(Rot|R|T)_(.+)$", key)
             if m and m.group(2) not in names:
                 raise RigError(
-                    f"{extri}: camera '{m.group(2)}' (field '{key}') is unknown; cameras in "
-                    f"intri.yml are {names}"
+                    f"{extri}: camera '{m.group(2)}' (field '{key}') is unknown; cameras in intri.yml are {names}"
                 )
         cams = []
         for n in names:
@@ -485,7 +484,7 @@ def save_easymocap_rig(rig: Rig, path: str | Path) -> None:
     for p in (intri, extri):  # EasyMocap's files (and OpenCV < 4) use the "%YAML:1.0" header
         text = p.read_text()
         if text.startswith("%YAML 1."):
-            p.write_text("%YAML:1.0" + text[len("%YAML 1.x"):])
+            p.write_text("%YAML:1.0" + text[len("%YAML 1.x") :])
 
 
 def _seq_flag():
@@ -618,17 +617,26 @@ def load_qualisys_rig(
             s = 64.0
             fmax = sub.get("fov_video_max")
             if fmax is not None and "sensormaxu" in it and "sensorminu" in it:
-                width_max = (_float(path, name, "fov_video_max.", fmax, "right")
-                             - _float(path, name, "fov_video_max.", fmax, "left") + 1)
-                sensor_u = (_float(path, name, "intrinsic.", it, "sensorMaxU")
-                            - _float(path, name, "intrinsic.", it, "sensorMinU") + 1)
+                width_max = (
+                    _float(path, name, "fov_video_max.", fmax, "right")
+                    - _float(path, name, "fov_video_max.", fmax, "left")
+                    + 1
+                )
+                sensor_u = (
+                    _float(path, name, "intrinsic.", it, "sensorMaxU")
+                    - _float(path, name, "intrinsic.", it, "sensorMinU")
+                    + 1
+                )
                 ratio = sensor_u / width_max if width_max > 0 else float("nan")
                 if ratio > 0.5 and abs(ratio - round(ratio)) < 0.01:
                     s = float(round(ratio))
                 else:
                     warnings.warn(
                         f"{path}: camera '{name}': cannot infer the subpixel factor from sensorMin/MaxU and "
-                        f"fov_video_max (ratio {ratio:.3f}); using 64", RigConversionWarning, stacklevel=2)
+                        f"fov_video_max (ratio {ratio:.3f}); using 64",
+                        RigConversionWarning,
+                        stacklevel=2,
+                    )
         # image size and field-of-view offsets
         fov = sub.get("fov_video")
         if fov is not None:
@@ -653,8 +661,7 @@ def load_qualisys_rig(
         fy = _float(path, name, "intrinsic.", it, "focalLengthV") / s
         if not (fx > 0 and fy > 0):
             raise RigError(
-                f"{path}: camera '{name}': fields 'intrinsic.focalLengthU/V' must be positive, "
-                f"got {fx * s}, {fy * s}"
+                f"{path}: camera '{name}': fields 'intrinsic.focalLengthU/V' must be positive, got {fx * s}, {fy * s}"
             )
         cx = _float(path, name, "intrinsic.", it, "centerPointU") / s - left
         cy = _float(path, name, "intrinsic.", it, "centerPointV") / s - top
@@ -665,7 +672,10 @@ def load_qualisys_rig(
         if rot not in ("", "0"):
             warnings.warn(
                 f"{path}: camera '{name}' has viewrotation={rot}: its video is rotated, but this rig "
-                "describes the unrotated sensor image", RigConversionWarning, stacklevel=2)
+                "describes the unrotated sensor image",
+                RigConversionWarning,
+                stacklevel=2,
+            )
         try:
             cams.append(Camera(name, K, np.array([k1, k2, p1, p2, k3]), R, t, size))
         except RigError as exc:
@@ -678,11 +688,13 @@ def load_qualisys_rig(
 # ------------------------------------------------------------------------------------------
 def _quat_xyzw_to_rotmat(q: np.ndarray) -> np.ndarray:
     x, y, z, w = q / np.linalg.norm(q)
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-    ])
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+        ]
+    )
 
 
 def vicon_radial_to_opencv(
@@ -792,8 +804,11 @@ def load_vicon_rig(path: str | Path, image_size: tuple[int, int] | None = None, 
         if not kfs:
             raise RigError(f"{path}: camera '{name}': field '<KeyFrames><KeyFrame>' is missing")
         if len(kfs) > 1:
-            warnings.warn(f"{path}: camera '{name}' has {len(kfs)} key frames (a moving camera); using the first",
-                          RigConversionWarning, stacklevel=2)
+            warnings.warn(
+                f"{path}: camera '{name}' has {len(kfs)} key frames (a moving camera); using the first",
+                RigConversionWarning,
+                stacklevel=2,
+            )
         k = _attrs_ci(kfs[0])
         size_f = _floats(path, name, "", a, "SENSOR_SIZE", 2)
         size = _size(path, name, "SENSOR_SIZE", size_f)
@@ -814,8 +829,10 @@ def load_vicon_rig(path: str | Path, image_size: tuple[int, int] | None = None, 
         cx, cy = _floats(path, name, "KeyFrame.", k, "PRINCIPAL_POINT", 2)
         q = _floats(path, name, "KeyFrame.", k, "ORIENTATION", 4)
         if abs(np.linalg.norm(q) - 1) > 1e-3:
-            raise RigError(f"{path}: camera '{name}': field 'KeyFrame.ORIENTATION' is not a unit quaternion "
-                           f"(norm {np.linalg.norm(q):.4f})")
+            raise RigError(
+                f"{path}: camera '{name}': field 'KeyFrame.ORIENTATION' is not a unit quaternion "
+                f"(norm {np.linalg.norm(q):.4f})"
+            )
         R = _quat_xyzw_to_rotmat(q)
         centre = _floats(path, name, "KeyFrame.", k, "POSITION", 3) / 1000.0
         t = -R @ centre
@@ -823,12 +840,16 @@ def load_vicon_rig(path: str | Path, image_size: tuple[int, int] | None = None, 
         if "vicon_radial2" in k:
             tokens = k["vicon_radial2"].split()
             if not tokens or tokens[0] != "ThirdOrderRadial":
-                raise RigError(f"{path}: camera '{name}': field 'KeyFrame.VICON_RADIAL2' has an unknown model "
-                               f"{tokens[:1]}; supported: ThirdOrderRadial")
+                raise RigError(
+                    f"{path}: camera '{name}': field 'KeyFrame.VICON_RADIAL2' has an unknown model "
+                    f"{tokens[:1]}; supported: ThirdOrderRadial"
+                )
             vals = _floats(path, name, "KeyFrame.", {"vicon_radial2": " ".join(tokens[1:])}, "VICON_RADIAL2")
             if vals.size < 3:
-                raise RigError(f"{path}: camera '{name}': field 'KeyFrame.VICON_RADIAL2' needs "
-                               "'ThirdOrderRadial cx cy w2 [w3 [w4]]'")
+                raise RigError(
+                    f"{path}: camera '{name}': field 'KeyFrame.VICON_RADIAL2' needs "
+                    "'ThirdOrderRadial cx cy w2 [w3 [w4]]'"
+                )
             centre_d, coeffs = (vals[0], vals[1]), tuple(vals[2:5])
         elif "vicon_radial" in k:
             centre_d, coeffs = (cx, cy), tuple(_floats(path, name, "KeyFrame.", k, "VICON_RADIAL"))
@@ -845,7 +866,10 @@ def load_vicon_rig(path: str | Path, image_size: tuple[int, int] | None = None, 
                 f"{path}: camera '{name}': Vicon radial distortion {list(coeffs)} refitted as OpenCV "
                 f"k1={dist[0]:.6g}, k2={dist[1]:.6g} (approximate: largest error {err:.3f} px over the image"
                 + (f"; Vicon's distortion centre is {off:.1f} px from the principal point" if off > 0 else "")
-                + ")", RigConversionWarning, stacklevel=2)
+                + ")",
+                RigConversionWarning,
+                stacklevel=2,
+            )
         else:
             dist = np.zeros(5)
         try:

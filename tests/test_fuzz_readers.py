@@ -21,6 +21,7 @@ from hypothesis.extra import numpy as hnp
 
 from mvcap.errors import MvcapError
 
+
 def FUZZ(n: int = 100):  # noqa: N802 - reads like the settings decorator it returns
     """Settings of one fuzz test: ``n`` examples (the suite's fuzzing stays well under 30 s)."""
     return settings(max_examples=n, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -152,10 +153,13 @@ def _yaml_num(v) -> str:
 
 
 def _yaml_mat(rows, cols, vals) -> str:
-    return f"!!opencv-matrix\n   rows: {rows}\n   cols: {cols}\n   dt: d\n   data: [ {', '.join(_yaml_num(v) for v in vals)} ]"
+    data = ", ".join(_yaml_num(v) for v in vals)
+    return f"!!opencv-matrix\n   rows: {rows}\n   cols: {cols}\n   dt: d\n   data: [ {data} ]"
 
 
-yaml_nums = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.floats(-1e4, 1e4), st.integers(-(10**9), 10**9))
+yaml_nums = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True), st.floats(-1e4, 1e4), st.integers(-(10**9), 10**9)
+)
 
 
 @st.composite
@@ -204,7 +208,10 @@ def _attrs(d: dict) -> str:
 
 
 def _xml_text(s: str) -> str:
-    return "".join(c for c in s if c in "\t\n\r" or (" " <= c and c not in "\ufffe\uffff" and not 0xD800 <= ord(c) < 0xE000))
+    """Only characters XML 1.0 allows in attribute values."""
+    return "".join(
+        c for c in s if c in "\t\n\r" or (" " <= c and c not in "\ufffe\uffff" and not 0xD800 <= ord(c) < 0xE000)
+    )
 
 
 def _fuzz_attrs(draw, valid: dict) -> dict:

@@ -54,8 +54,12 @@ def _smpl_like(n=5):
         "posedirs": np.zeros((n, 3, 207)),
         "J_regressor": scipy.sparse.csc_matrix(np.full((24, n), 1.0 / n)),
         "weights": np.full((n, 24), 1.0 / 24),
-        "kintree_table": np.array([[4294967295, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17, 18,
-                                    19, 20, 21], list(range(24))]),  # fmt: skip
+        "kintree_table": np.array(
+            [
+                [4294967295, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17, 18, 19, 20, 21],
+                list(range(24)),
+            ]
+        ),  # fmt: skip
         "f": np.array([[0, 1, 2], [2, 3, 4]]),
         "bs_style": "lbs",
     }

@@ -66,9 +66,7 @@ def _net_config_from(d: dict, path) -> NetConfig:
     try:
         return NetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
     except (TypeError, ValueError) as exc:
-        raise WeightsError(
-            f"{path}: the stored network config is not valid for this mvcap version ({exc})"
-        ) from exc
+        raise WeightsError(f"{path}: the stored network config is not valid for this mvcap version ({exc})") from exc
 
 
 def _default_cpu_threads() -> int | None:
@@ -117,8 +115,7 @@ class LearnedPredictor:
         blob = load_plain_torch(path, WeightsError, TRAIN_HINT)
         if not isinstance(blob, dict) or "net_config" not in blob:
             raise WeightsError(
-                f"{path} is not a mvcap displacement-network weights file (no net config "
-                f"inside); {TRAIN_HINT}"
+                f"{path} is not a mvcap displacement-network weights file (no net config inside); {TRAIN_HINT}"
             )
         state = blob.get("state_dict", blob.get("model"))
         if state is None:
@@ -161,11 +158,7 @@ class LearnedPredictor:
                 for a in range(0, photos.shape[0], self.batch_size):
                     cl = torch.channels_last
                     p = photos[a : a + self.batch_size].to(self.device).contiguous(memory_format=cl)
-                    r = (
-                        renders[a : a + self.batch_size]
-                        .to(self.device)
-                        .contiguous(memory_format=cl)
-                    )
+                    r = renders[a : a + self.batch_size].to(self.device).contiguous(memory_format=cl)
                     outs.append(self.net(p, r)[-1].float().cpu())
         finally:
             if limit:
@@ -194,8 +187,7 @@ class LearnedPredictor:
                 c = crop_sample(self.cfg, photos[v], images[v], channels, mask[v])
             except ValueError as exc:
                 raise ValueError(
-                    f"{exc}; render them (mvcap.render.render(..., passes=...)) "
-                    "for the learned predictor"
+                    f"{exc}; render them (mvcap.render.render(..., passes=...)) for the learned predictor"
                 ) from exc
             crops.append(c)
             wins.append(CropWindow(int(c["x0"]), int(c["y0"]), int(round(float(c["window"])))))
