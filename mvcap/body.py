@@ -95,8 +95,7 @@ class _ChumpyStandIn:
             if value is not None and not isinstance(value, _ChumpyStandIn):
                 return np.asarray(value)
         raise ValueError(
-            "a chumpy object in the model file holds no plain array "
-            f"(state keys: {sorted(self.__dict__)})"
+            f"a chumpy object in the model file holds no plain array (state keys: {sorted(self.__dict__)})"
         )
 
 
@@ -201,13 +200,9 @@ def load_model_arrays(path: str | os.PathLike) -> dict[str, Any]:
             except Exception as exc:  # noqa: BLE001 - re-raised with the file named
                 raise BodyModelError(f"Could not unpickle body model file {path}: {exc}") from exc
         if not isinstance(raw, dict):
-            raise BodyModelError(
-                f"Body model file {path} holds a {type(raw).__name__}, expected a dict of arrays"
-            )
+            raise BodyModelError(f"Body model file {path} holds a {type(raw).__name__}, expected a dict of arrays")
     else:
-        raise ValueError(
-            f"Body model file {path} has suffix {suffix!r}; expected an SMPL-layout .npz or .pkl"
-        )
+        raise ValueError(f"Body model file {path} has suffix {suffix!r}; expected an SMPL-layout .npz or .pkl")
     return {key: _to_plain(value) for key, value in raw.items()}
 
 
@@ -259,9 +254,7 @@ def _check_arrays(arrays: dict[str, Any], path: Path) -> dict[str, np.ndarray]:
     parents = kintree[0].astype(np.int64)
     parents[0] = -1  # SMPL pkl files store 2**32 - 1 for the root
     if np.any(parents[1:] < 0) or np.any(parents[1:] >= np.arange(1, NUM_JOINTS)):
-        raise fail(
-            "kintree_table", "parents preceding their children", f"parents {parents.tolist()}"
-        )
+        raise fail("kintree_table", "parents preceding their children", f"parents {parents.tolist()}")
     faces = arr("f").astype(np.int64)
     if faces.ndim != 2 or faces.shape[1] != 3 or faces.min() < 0 or faces.max() >= n:
         raise fail("f", f"shape (F, 3) with indices in [0, {n})", f"shape {faces.shape}")
@@ -319,8 +312,7 @@ class BodyModel(torch.nn.Module):
         if num_betas is not None:
             if not 1 <= num_betas <= arrays["shapedirs"].shape[2]:
                 raise ValueError(
-                    f"num_betas={num_betas} but the model has {arrays['shapedirs'].shape[2]}"
-                    " shape components"
+                    f"num_betas={num_betas} but the model has {arrays['shapedirs'].shape[2]} shape components"
                 )
             arrays["shapedirs"] = arrays["shapedirs"][:, :, :num_betas]
 
@@ -336,9 +328,7 @@ class BodyModel(torch.nn.Module):
         self.extra_vertex_ids: dict[str, int] = {}
         if "extra_vertex_ids" in raw and "extra_vertex_names" in raw:
             ids = np.asarray(raw["extra_vertex_ids"]).astype(np.int64)
-            for name, idx in zip(
-                np.asarray(raw["extra_vertex_names"]).tolist(), ids.tolist(), strict=True
-            ):
+            for name, idx in zip(np.asarray(raw["extra_vertex_names"]).tolist(), ids.tolist(), strict=True):
                 self.extra_vertex_ids[str(name)] = int(idx)
         self.provenance: str = str(raw["provenance"]) if "provenance" in raw else ""
         self.license: str = str(raw["license"]) if "license" in raw else ""
@@ -379,9 +369,7 @@ class BodyModel(torch.nn.Module):
 
     def _shaped(self, betas: Tensor, dtype) -> Tensor:
         k = betas.shape[1]
-        return self._buf("v_template", dtype)[None] + blend_shapes(
-            betas, self._buf("shapedirs", dtype)[:, :, :k]
-        )
+        return self._buf("v_template", dtype)[None] + blend_shapes(betas, self._buf("shapedirs", dtype)[:, :, :k])
 
     # ----------------------------------------------------------------- public API
 
@@ -421,9 +409,7 @@ class BodyModel(torch.nn.Module):
         """
         if pose_rotvecs is not None and rotmats is not None:
             raise ValueError("give pose_rotvecs or rotmats, not both")
-        ref = next(
-            (x for x in (pose_rotvecs, rotmats, betas, transl) if x is not None), self.v_template
-        )
+        ref = next((x for x in (pose_rotvecs, rotmats, betas, transl) if x is not None), self.v_template)
         dtype, device = ref.dtype, ref.device
         if not dtype.is_floating_point:
             raise ValueError(f"inputs must be floating point tensors, got {dtype}")
@@ -438,23 +424,16 @@ class BodyModel(torch.nn.Module):
             rot = batch_rodrigues(pose_rotvecs.reshape(-1, 3)).view(batch, NUM_JOINTS, 3, 3)
         elif rotmats is not None:
             if rotmats.ndim != 4 or rotmats.shape[1:] != (NUM_JOINTS, 3, 3):
-                raise ValueError(
-                    f"rotmats must have shape (B, {NUM_JOINTS}, 3, 3), got {tuple(rotmats.shape)}"
-                )
+                raise ValueError(f"rotmats must have shape (B, {NUM_JOINTS}, 3, 3), got {tuple(rotmats.shape)}")
             batch = rotmats.shape[0]
             rot = rotmats
         else:
-            batch = max(
-                (x.shape[0] for x in (betas, transl) if x is not None and x.ndim == 2), default=1
-            )
+            batch = max((x.shape[0] for x in (betas, transl) if x is not None and x.ndim == 2), default=1)
             rot = torch.eye(3, dtype=dtype, device=device).expand(batch, NUM_JOINTS, 3, 3)
         betas = self._check_betas(betas, batch, dtype, device)
         if transl is not None:
             if transl.ndim != 2 or transl.shape[1] != 3 or transl.shape[0] not in (1, batch):
-                raise ValueError(
-                    f"transl must have shape (B, 3) with B = {batch} (or 1), "
-                    f"got {tuple(transl.shape)}"
-                )
+                raise ValueError(f"transl must have shape (B, 3) with B = {batch} (or 1), got {tuple(transl.shape)}")
 
         v_shaped = self._shaped(betas, dtype)  # (B, N, 3)
         joints_rest = vertices2joints(self._buf("J_regressor", dtype), v_shaped)
@@ -478,9 +457,7 @@ def _cached_model(path: str, device: str) -> BodyModel:
     return BodyModel(path).to(device)
 
 
-def load_body_model(
-    path: str | os.PathLike | None = None, device: str | torch.device = "cpu"
-) -> BodyModel:
+def load_body_model(path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> BodyModel:
     """The body model at ``path`` (see ``BodyModel``), cached per resolved path and device."""
     resolved = _resolve_path(path).resolve()
     return _cached_model(str(resolved), str(torch.device(device)))
