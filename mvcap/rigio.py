@@ -147,7 +147,7 @@ def _size(path, name: str, field: str, width_height) -> tuple[int, int]:
     try:
         return _image_size(name, width_height)
     except RigError as exc:
-        msg = str(exc).replace("field 'image_size'", f"field '{field}'")
+        msg = str(exc).replace("field 'image_size'", f"field '{field}' (image_size)")
         raise RigError(f"{path}: {msg}") from None
 
 

@@ -237,14 +237,16 @@ def _rig_variant(tmp_path, name, old, new):
 RIG_CASES = [
     ("nan_rotation.toml", "rotation = ", "rotation = [nan, 0.0, 0.0]", r"'rotation' contains NaN or infinite"),
     ("inf_rotation.toml", "rotation = ", "rotation = [inf, 0.0, 0.0]", r"'rotation' contains NaN or infinite"),
-    ("inf_size.toml", "size = ", "size = [inf, 240]", r"field 'size' must be \(width, height\) with finite positive"),
+    ("inf_size.toml", "size = ", "size = [inf, 240]",
+     r"field 'size' \(image_size\) must be \(width, height\) with finite positive"),
     ("zero_focal.toml", "matrix = ", "matrix = [[0.0, 0.0, 260.0], [0.0, 560.0, 253.0], [0.0, 0.0, 1.0]]",
      r"focal lengths must be positive"),
     ("reflection.toml", "rotation = ", "rotation = [[1, 0, 0], [0, 1, 0], [0, 0, -1]]",
      r"not a rotation matrix .*det = -1"),
     ("nan_translation.toml", "translation = ", "translation = [nan, 0, 0]", r"'t_world2cam' contains NaN"),
-    ("half_pixel.toml", "size = ", "size = [512.5, 512]", r"'size' must be whole pixels"),
-    ("text_size.toml", "size = ", 'size = ["512", "512"]', r"'size' must be \(width, height\) in pixels"),
+    ("half_pixel.toml", "size = ", "size = [512.5, 512]", r"'size' \(image_size\) must be whole pixels"),
+    ("text_size.toml", "size = ", 'size = ["512", "512"]',
+     r"'size' \(image_size\) must be \(width, height\) in pixels"),
 ]  # fmt: skip
 
 
@@ -277,7 +279,7 @@ def _xcp(tmp_path, name, **attrs):
         ({"aspect": "0", "radial": "ThirdOrderRadial 958 542 0 0 0"}, r"'PIXEL_ASPECT_RATIO' must be positive"),
         ({"focal": "0"}, r"'KeyFrame\.FOCAL_LENGTH' must be positive"),
         ({"focal": "-5"}, r"'KeyFrame\.FOCAL_LENGTH' must be positive"),
-        ({"size": "0 1080"}, r"'SENSOR_SIZE' must be \(width, height\) with finite positive"),
+        ({"size": "0 1080"}, r"'SENSOR_SIZE' \(image_size\) must be \(width, height\) with finite positive"),
         ({"radial": "ThirdOrderRadial 958 542 1e300 1e300 1e300"}, r"VICON_RADIAL2.*(monotonic|refitted)"),
     ],
 )
@@ -304,7 +306,7 @@ def test_qualisys_zero_focal_and_zero_fov(tmp_path):
     assert load_rig(write(right=1919, fu=96000))["1"].K[0, 0] == 1500.0
     with pytest.raises(RigError, match=r"'intrinsic\.focalLengthU/V' must be positive"):
         load_rig(write(right=1919, fu=0))
-    with pytest.raises(RigError, match=r"'fov_video' must be \(width, height\) with finite positive"):
+    with pytest.raises(RigError, match=r"'fov_video' \(image_size\) must be \(width, height\) with finite positive"):
         load_rig(write(right=-1, fu=96000))
     with pytest.raises(RigError, match=r"subpixel_factor must be a positive number"):
         load_qualisys_rig(write(right=1919, fu=96000), subpixel_factor=0)
