@@ -225,9 +225,17 @@ def load_toml_rig(path: str | Path) -> Rig:
     return Rig(tuple(cams))
 
 
+_TOML_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
 def _fmt(x) -> str:
     if isinstance(x, str):
-        return '"' + x.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        # TOML basic string: escape backslash, quote and every control character
+        return (
+            '"'
+            + "".join(_TOML_ESCAPES.get(c) or (f"\\u{ord(c):04x}" if ord(c) < 32 or ord(c) == 127 else c) for c in x)
+            + '"'
+        )
     if isinstance(x, (list, tuple, np.ndarray)):
         return "[" + ", ".join(_fmt(v) for v in x) + "]"
     if isinstance(x, (int, np.integer)):
