@@ -556,11 +556,27 @@ class Session:
             raise SessionError(f"session file {path} does not exist")
         if path.is_dir():
             raise SessionError(f"session path {path} is a directory, expected an .h5 file")
+        if mode == "a":
+            # Check the file read-only first: opening anything for writing (an empty file, another
+            # program's HDF5 file) lets HDF5 write into it before we could refuse it.
+            cls.open(path, "r").close()
         try:
             f = h5py.File(path, "r" if mode == "r" else "r+")
         except OSError as exc:
             msg = str(exc)
             low = msg.lower()
+            if isinstance(exc, PermissionError) or "permission denied" in low or "not permitted" in low:
+                access = "reading" if mode == "r" else "writing"
+                raise SessionError(
+                    f"no permission to open session file {path} for {access} (it is protected or owned "
+                    f"by another user, not corrupt); "
+                    + ("make it writable (chmod u+w) or work on a copy" if mode == "a" else "make it readable")
+                ) from None
+            if path.stat().st_size == 0:
+                raise SessionError(
+                    f"session file {path} is empty (0 bytes), not an mvcap session; it was left unchanged. "
+                    "Create the session with `mvcap ingest` (or delete the empty file)"
+                ) from None
             if "truncated" in low:
                 raise SessionError(
                     f"session file {path} is truncated ({path.stat().st_size} bytes on disk, the "

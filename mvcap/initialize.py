@@ -696,12 +696,25 @@ def load_npz_init(path: str | Path, num_frames: int | None = None, default_betas
         raise InitError(f"cannot read {path} as an npz file ({type(exc).__name__}: {exc})") from exc
     keys = sorted(data)
     hint = "expected poses (T,72) or pose_rotvecs (T,24,3), trans or transl (T,3), betas (10,) or (T,10)"
+
+    def real(key: str, value) -> np.ndarray:
+        """float64 from a real-valued array; text, objects and complex numbers are refused
+        (a complex array cast to float would silently drop its imaginary part)."""
+        value = np.asarray(value)
+        if value.dtype.kind not in "biuf":
+            kinds = {"U": "text", "S": "bytes", "O": "objects", "c": "complex numbers", "V": "records"}
+            raise InitError(
+                f"{path}: '{key}' holds {kinds.get(value.dtype.kind, value.dtype.name)} (dtype {value.dtype}); "
+                "SMPL parameters must be real numbers (float arrays)"
+            )
+        return value.astype(np.float64)
+
     if "pose_rotvecs" in data:
-        pose = np.asarray(data["pose_rotvecs"], np.float64)
+        pose = real("pose_rotvecs", data["pose_rotvecs"])
         if pose.ndim != 3 or pose.shape[1:] != (24, 3):
             raise InitError(f"{path}: 'pose_rotvecs' must have shape (T, 24, 3), got {pose.shape}")
     elif "poses" in data:
-        pose = np.asarray(data["poses"], np.float64)
+        pose = real("poses", data["poses"])
         if pose.ndim != 2 or pose.shape[1] != 72:
             extra = (
                 " (SMPL-H/SMPL-X poses hold hand joints: keep the first 66 values and append 6 zeros)"
@@ -713,16 +726,18 @@ def load_npz_init(path: str | Path, num_frames: int | None = None, default_betas
     else:
         raise InitError(f"{path}: no pose; {hint}. Keys found: {keys}")
     T = pose.shape[0]
+    if T == 0:
+        raise InitError(f"{path}: the pose has 0 frames; give one row per session frame")
     tkey = "transl" if "transl" in data else "trans" if "trans" in data else None
     if tkey is None:
         raise InitError(f"{path}: no root translation ('trans' or 'transl'); {hint}. Keys found: {keys}")
-    transl = np.asarray(data[tkey], np.float64)
+    transl = real(tkey, data[tkey])
     if transl.shape != (T, 3):
         raise InitError(f"{path}: '{tkey}' must have shape (T={T}, 3) like the pose, got {transl.shape}")
     if "betas" in data:
-        betas = np.asarray(data["betas"], np.float64)
+        betas = real("betas", data["betas"])
     elif default_betas is not None:
-        betas = np.asarray(default_betas, np.float64)
+        betas = real("betas (the session's subject)", default_betas)
     else:
         raise InitError(f"{path}: no 'betas' and the session has no subject shape to use instead; {hint}")
     if betas.ndim == 1:
