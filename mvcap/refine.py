@@ -453,6 +453,10 @@ def refine_frame(
                 )
                 if r == 0:
                     status = "kept"
+                    with torch.no_grad():  # the kept estimate's residual against this round's targets
+                        d = (project(pinhole, vertices_world, distort=False) - uv_target).norm(dim=-1)
+                        residual = (weight * d).sum(-1) / weight.sum(-1).clamp_min(1e-6)
+                        residual = torch.where(weight.sum(-1) > 0, residual, torch.full_like(residual, float("nan")))
                 break
             cost_cur = cost_new
             if cues.trust:
