@@ -35,6 +35,6 @@ for who in $WHO; do
   [ -f "$OUT/$who.subject.npz" ] || $MV register "$S" --write-session --out "$OUT/$who.subject.npz"
   for p in $PREDICTORS; do
     $MV refine "$S" --predictor "$p" --frames 0:50:5
-    $MV validate "$S" --run "$p-joint" --frames ::2
+    $MV validate "$S" --run "$p-joint" --frames ::10
   done
 done
