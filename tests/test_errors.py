@@ -14,7 +14,8 @@ from mvcap.errors import MvcapError
 # modules whose import needs an optional extra (checked only when it is installed)
 OPTIONAL = {"mvcap.tools.build_body": "anny"}
 # control-flow signals, not errors: raised and caught inside one function, never shown to a user
-SIGNALS = {"mvcap.nets.train._Stop"}
+# internal signals, raised and caught inside one module and turned into a user error there
+SIGNALS = {"mvcap.nets.train._Stop", "mvcap.body._Disallowed", "mvcap.ingest._WriteFailed"}
 
 
 def _all_modules():
