@@ -81,7 +81,8 @@ class SimulatedDetections:
     (NaN xy and confidence 0 where missed); clean_uv: (T, V, K, 2) the biased landmarks
     projected without noise (before swaps); swapped: (T, V) bool; dropped: (T, V, K) bool (by
     dropout, among defined landmarks); noise_px: (V,) noise std used per view; dropout: (V,)
-    rate per view; offsets_m: (K, 3) the per-landmark offsets in their body part's frame."""
+    rate per view; offsets_m: (K, 3) the per-landmark offsets in their body part's frame;
+    defined: (K,) bool, the landmarks our mesh defines (the others are never found)."""
 
     keypoints: np.ndarray
     clean_uv: np.ndarray
@@ -90,6 +91,7 @@ class SimulatedDetections:
     noise_px: np.ndarray
     dropout: np.ndarray
     offsets_m: np.ndarray
+    defined: np.ndarray
 
 
 def _global_rotations(pose_rotvecs: np.ndarray) -> np.ndarray:
@@ -170,7 +172,7 @@ def simulate_detections(
     kp[~ok] = (np.nan, np.nan, 0.0)
     swapped = rng.random((T, V)) < cfg.swap_prob
     kp[swapped] = kp[swapped][:, FLIP_INDEX]  # the detector labels left as right and vice versa
-    return SimulatedDetections(kp.astype(np.float32), uv, swapped, dropped, noise, rates, offsets)
+    return SimulatedDetections(kp.astype(np.float32), uv, swapped, dropped, noise, rates, offsets, definition.defined)
 
 
 @dataclass(frozen=True)
@@ -195,7 +197,7 @@ class KeypointInit:
             "keypoint_format": KEYPOINT_FORMAT,
             "noise_px": d.noise_px.tolist(),
             "dropout_rate": d.dropout.tolist(),
-            "dropped_frac": float(d.dropped.mean()),
+            "dropped_frac": float(d.dropped[..., d.defined].mean()),  # of the defined landmarks
             "swapped_frac": float(d.swapped.mean()),
             "swaps_undone_frac": float(self.swaps_undone.mean()),
             "swaps_caught": int((self.swaps_undone & d.swapped).sum()),
