@@ -67,7 +67,7 @@ def main() -> None:
         verts = model(**init.to_torch()).vertices[0]
     frags, passes = render(
         pinhole, verts, model.faces, template_vertices=model.template_vertices()[0], passes=ESTIMATE_PASSES,
-        **subject_appearance(model, subject),
+        **subject_appearance(model, subject).render_kwargs(),
     )
     req = PredictRequest(photos, passes, frags, pinhole, verts, model.faces)
     V = len(rig)

@@ -1,4 +1,13 @@
-"""mvcap: multi-view markerless motion capture by dense displacement refinement."""
+"""mvcap: multi-view markerless motion capture by dense displacement refinement.
+
+Layers, lowest first (a module builds on its own line and the ones above it):
+
+    core geometry   errors, config, frames, cameras, rigio, poses (joint limits), metrics
+    body + fit      body, subject, render, correspond, displace, nets/, fit, fuse, refine
+    I/O             capture (the session file), sources (camera videos / image folders), export
+    capture prep    calibrate, ingest, detect, triangulate, initialize, register
+    apps + synth    cli, pipeline, demo, report, overlay, bench; synth, synth_board, motions
+"""
 
 import os as _os
 

@@ -27,6 +27,7 @@ rendered pixels, dense methods only) and wall seconds per frame.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 from dataclasses import dataclass, field
@@ -35,22 +36,26 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mvcap.body import BodyModel, load_body_model
+from mvcap.body import BodyModel, BodyParams, load_body_model
 from mvcap.capture import Session
 from mvcap.config import to_dict
 from mvcap.metrics import METRIC_KEYS, epe, evaluate_body
 from mvcap.refine import (
+    Appearance,
     RefineConfig,
     estimate_appearance,
     estimate_request,
     keypoint_fit_frame,
     keypoint_targets,
+    load_frame_inputs,
     make_predictor,
     refine_session,
+    subject_appearance,
     write_frame_result,
 )
+from mvcap.subject import Subject
 
-__all__ = ["BenchConfig", "run_benchmark", "format_table", "parse_method"]
+__all__ = ["BenchConfig", "run_benchmark", "format_table", "parse_method", "method_appearance"]
 
 
 @dataclass(frozen=True)
@@ -114,6 +119,24 @@ def parse_method(name: str, base: RefineConfig) -> tuple[str, RefineConfig | Non
         f"unknown method {name!r}; use init, gt, sparse-gt-keypoints, sparse-detector-keypoints or "
         "dense-<oracle|flow|learned>-<joint|refit>, optionally with @<camera>[+<camera>...]"
     )
+
+
+@functools.lru_cache(maxsize=2)
+def _wrong_subject(texture_size: int) -> Subject:
+    from mvcap.synth import SubjectConfig, make_subject
+
+    # a fixed synthetic person none of the benchmark subjects is (its own seed stream)
+    rng = np.random.default_rng(987654321)
+    return make_subject(rng, load_body_model(), "wrong", SubjectConfig(texture_size=texture_size))
+
+
+def method_appearance(model: BodyModel, subject: Subject | None, mode: str) -> Appearance:
+    """The estimate's appearance for a benchmark method: :func:`mvcap.refine.estimate_appearance`,
+    plus the "wrong" ablation (another synthetic person's texture, same texture size)."""
+    if mode == "wrong":
+        size = subject.texture.shape[0] if subject is not None and subject.texture is not None else 512
+        return subject_appearance(model, _wrong_subject(int(size)))
+    return estimate_appearance(model, subject, mode)
 
 
 def _frames(session: Session, max_frames: int) -> list[int]:
@@ -191,39 +214,27 @@ def _run_keypoints(
                 with torch.no_grad():
                     joints = model(**gt.slice(t).to_torch()).joints[0]
                 targets = keypoint_targets(sub, joints, bench.keypoint_noise_px, bench.keypoint_dropout, noise_rng)
-            betas = torch.tensor(subject.betas if subject is not None else init.betas[t])
-            res = keypoint_fit_frame(
-                model,
-                sub,
-                targets,
-                torch.as_tensor(init.pose_rotvecs[t]),
-                betas,
-                torch.as_tensor(init.transl[t]),
-                cfg.fit,
-            )
+            start = init[t]
+            if subject is not None:
+                start = BodyParams(start.pose_rotvecs, np.asarray(subject.betas), start.transl)
+            res = keypoint_fit_frame(model, sub, targets, start, cfg.fit)
             write_frame_result(writer, t, res, len(rig), view_idx)
 
 
 def _epe_for(path: Path, cfg: RefineConfig, model: BodyModel, frames) -> list[float]:
     """EPE of the predictor against the oracle field on the initial estimate's render."""
-    from mvcap.render import undistort_images
-
     out = []
     with Session.open(path) as s:
-        rig = s.rig if not cfg.views else s.rig.subset(cfg.views)
-        pinhole = rig.without_distortion()
-        gt, init, subject = s.read_ground_truth(), s.read_init(require_valid=False), s.subject
+        gt = s.read_ground_truth()
         template = model.template_vertices()[0]
-        appearance = estimate_appearance(model, subject, cfg.appearance)
+        appearance = method_appearance(model, s.subject, cfg.appearance)
         for t in frames:
+            inputs = load_frame_inputs(s, t, cfg.views)
             with torch.no_grad():
-                betas = torch.as_tensor(subject.betas)[None]
-                verts = model(
-                    torch.as_tensor(init.pose_rotvecs[t])[None], betas, torch.as_tensor(init.transl[t])[None]
-                ).vertices[0]
+                vertices_world = model(**inputs.init.to_torch()).vertices[0]
                 gt_verts = model(**gt.slice(t).to_torch()).vertices[0]
-            photos = undistort_images(rig, s.read_frame(t, views=list(rig.names)))
-            req = estimate_request(model, pinhole, photos, verts, appearance, template)
+            pinhole = inputs.rig.without_distortion()
+            req = estimate_request(model, pinhole, inputs.photos, vertices_world, appearance, template)
             pred = make_predictor(cfg.predictor, cfg, gt_verts)(req)
             truth = make_predictor("oracle", cfg, gt_verts)(req)
             out.append(epe(pred.flow, truth.flow, req.fragments.mask))
@@ -271,7 +282,18 @@ def run_benchmark(
                     _delete_run(path, run)
                 _run_keypoints(path, run, cfg, bench, model, frames, kind)
             elif kind == "dense":
-                refine_session(path, run, cfg, frames=frames, model=model, overwrite=fresh, progress=progress)
+                with Session.open(path) as s:
+                    appearance = method_appearance(model, s.subject, cfg.appearance)
+                refine_session(
+                    path,
+                    run,
+                    cfg,
+                    frames=frames,
+                    model=model,
+                    overwrite=fresh,
+                    progress=progress,
+                    appearance=appearance,
+                )
                 if bench.epe_frames > 0:
                     epes += _epe_for(path, cfg, model, frames[: bench.epe_frames])
             if kind in (*SPARSE_KINDS, "dense"):

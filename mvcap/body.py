@@ -16,9 +16,12 @@ The model is stateless: ``forward(pose, betas, transl)`` holds no parameters.
 
 from __future__ import annotations
 
+import _compat_pickle
+import builtins
 import functools
 import os
 import pickle
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +31,12 @@ import torch
 from smplx.lbs import batch_rigid_transform, batch_rodrigues, blend_shapes, vertices2joints
 from torch import Tensor
 
+from mvcap.errors import MvcapError
+from mvcap.subject import NUM_BETAS
+
 __all__ = [
+    "BodyModelError",
+    "BodyParams",
     "BodyOutput",
     "BodyModel",
     "load_body_model",
@@ -53,9 +61,92 @@ SMPL_PARENTS: tuple[int, ...] = (
 NUM_JOINTS = 24
 
 
+# --------------------------------------------------------------------------- parameters
+_BODY_FIELDS = ("pose_rotvecs", "betas", "transl")
+
+
+def _as_numpy(x) -> np.ndarray:
+    """float32 numpy copy of an array-like or torch tensor (detached, on CPU)."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=np.float32)
+
+
+@dataclass
+class BodyParams:
+    """Per-frame body parameters, numpy float32, world frame.
+
+    pose_rotvecs: (T, 24, 3) axis-angle radians (joint 0 = global orientation, SMPL order);
+    betas: (T, 10); transl: (T, 3) metres. Unknown frames may hold NaN.
+    """
+
+    pose_rotvecs: np.ndarray
+    betas: np.ndarray
+    transl: np.ndarray
+
+    def __post_init__(self):
+        pose = _as_numpy(self.pose_rotvecs)
+        betas = _as_numpy(self.betas)
+        transl = _as_numpy(self.transl)
+        if pose.ndim != 3 or pose.shape[1:] != (NUM_JOINTS, 3):
+            raise ValueError(
+                f"pose_rotvecs must have shape (T, {NUM_JOINTS}, 3), got {pose.shape}; "
+                "add a leading frame axis (pose[None]) for a single frame"
+            )
+        T = pose.shape[0]
+        if betas.shape == (NUM_BETAS,):
+            betas = np.broadcast_to(betas, (T, NUM_BETAS)).copy()
+        if betas.shape != (T, NUM_BETAS):
+            raise ValueError(f"betas must have shape ({T}, {NUM_BETAS}) or ({NUM_BETAS},), got {betas.shape}")
+        if transl.shape != (T, 3):
+            raise ValueError(f"transl must have shape ({T}, 3), got {transl.shape}")
+        self.pose_rotvecs, self.betas, self.transl = pose, betas, transl
+
+    def __len__(self) -> int:
+        return self.pose_rotvecs.shape[0]
+
+    @property
+    def num_frames(self) -> int:
+        return len(self)
+
+    def slice(self, frames) -> BodyParams:
+        """Subset of frames: an int, a slice, or a sequence of indices / bool mask."""
+        if isinstance(frames, (int, np.integer)):
+            frames = [int(frames)]
+        return BodyParams(self.pose_rotvecs[frames], self.betas[frames], self.transl[frames])
+
+    __getitem__ = slice
+
+    def to_torch(self, device="cpu", dtype=None) -> dict:
+        """``{"pose_rotvecs": (T,24,3), "betas": (T,10), "transl": (T,3)}`` torch tensors,
+        ready for ``BodyModel.forward(**params.to_torch())``."""
+        import torch
+
+        dtype = dtype or torch.float32
+        return {k: torch.as_tensor(getattr(self, k), dtype=dtype, device=device) for k in _BODY_FIELDS}
+
+    @classmethod
+    def concatenate(cls, items: Sequence[BodyParams]) -> BodyParams:
+        return cls(*(np.concatenate([getattr(b, k) for b in items]) for k in _BODY_FIELDS))
+
+    @classmethod
+    def nan(cls, num_frames: int) -> BodyParams:
+        """``num_frames`` frames of NaN (placeholder for unknown frames)."""
+        return cls(
+            np.full((num_frames, NUM_JOINTS, 3), np.nan, np.float32),
+            np.full((num_frames, NUM_BETAS), np.nan, np.float32),
+            np.full((num_frames, 3), np.nan, np.float32),
+        )
+
+    def allclose(self, other: BodyParams, atol: float = 1e-6) -> bool:
+        return all(np.allclose(getattr(self, k), getattr(other, k), atol=atol, equal_nan=True) for k in _BODY_FIELDS)
+
+
 def default_body_model_path() -> Path:
-    """The embedded free body model shipped in the repository."""
-    return Path(__file__).resolve().parents[1] / "models" / "body" / "mvcap_body.npz"
+    """The embedded free body model shipped in the package (``mvcap/assets/models/body``)."""
+    from mvcap.resources import resource_path
+
+    return resource_path("models/body/mvcap_body.npz", must_exist=False)
 
 
 def _resolve_path(path: str | os.PathLike | None) -> Path:
@@ -90,25 +181,69 @@ class _ChumpyStandIn:
             if value is not None and not isinstance(value, _ChumpyStandIn):
                 return np.asarray(value)
         raise ValueError(
-            "a chumpy object in the model file holds no plain array "
-            f"(state keys: {sorted(self.__dict__)})"
+            f"a chumpy object in the model file holds no plain array (state keys: {sorted(self.__dict__)})"
         )
 
 
+class BodyModelError(MvcapError):
+    """A body-model file is unreadable, malformed, or holds something other than model data."""
+
+
+# What an SMPL pickle may name (module, name), after Python 2 names are mapped to Python 3's
+# and numpy.core to numpy._core. Everything here only builds plain data: arrays, dtypes,
+# scalars, sparse matrices, containers. A pickle naming anything else (os.system, eval,
+# a class whose constructor has side effects, ...) is refused before it is called.
+_NUMPY_ALLOWED = {
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy._core.numeric", "_frombuffer"),
+}
+_SPARSE_ALLOWED = frozenset({"csc_matrix", "csr_matrix", "coo_matrix", "csc_array", "csr_array", "coo_array"})
+_BUILTINS_ALLOWED = frozenset(
+    {"dict", "list", "tuple", "set", "frozenset", "slice", "object", "str", "bytes", "bytearray",
+     "int", "float", "complex", "bool"}
+)  # fmt: skip
+
+
 class _ChumpyFreeUnpickler(pickle.Unpickler):
-    """Unpickles SMPL ``.pkl`` files without chumpy (and Python 2 pickles on numpy 2)."""
+    """Unpickles SMPL ``.pkl`` files without chumpy (and Python 2 pickles on numpy 2).
+
+    A strict allow-list: only numpy arrays/dtypes/scalars, scipy.sparse matrices, plain
+    builtin containers and the chumpy stand-ins can be named by the file; anything else
+    raises :class:`BodyModelError` without being imported or called."""
 
     def find_class(self, module: str, name: str) -> Any:
+        original = f"{module}.{name}"
+        if (module, name) in _compat_pickle.NAME_MAPPING:  # Python 2 names (as fix_imports does)
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        elif module in _compat_pickle.IMPORT_MAPPING:
+            module = _compat_pickle.IMPORT_MAPPING[module]
         if module == "chumpy" or module.startswith("chumpy."):
             return _ChumpyStandIn
-        if module.startswith("scipy.sparse"):
-            import scipy.sparse
-
-            if hasattr(scipy.sparse, name):
-                return getattr(scipy.sparse, name)
         if module.startswith("numpy.core"):
             module = "numpy._core" + module[len("numpy.core") :]
-        return super().find_class(module, name)
+        if (module, name) in _NUMPY_ALLOWED:
+            return super().find_class(module, name)
+        scalar_type = getattr(np, name, None) if module == "numpy" else None
+        if isinstance(scalar_type, type) and issubclass(scalar_type, np.generic):
+            return scalar_type  # scalar types (numpy.float64, ...)
+        if (module == "scipy.sparse" or module.startswith("scipy.sparse.")) and name in _SPARSE_ALLOWED:
+            import scipy.sparse
+
+            return getattr(scipy.sparse, name)
+        if module == "builtins" and name in _BUILTINS_ALLOWED:
+            return getattr(builtins, name)
+        if (module, name) in (("copyreg", "_reconstructor"), ("_codecs", "encode")):
+            # _reconstructor(cls, base, state) only instantiates classes this method allowed;
+            # _codecs.encode turns text back into bytes (Python 3 protocol-2 array data)
+            return super().find_class(module, name)
+        raise _Disallowed(original)
+
+
+class _Disallowed(Exception):
+    """Raised inside unpickling; turned into a BodyModelError naming the file."""
 
 
 def _to_plain(value: Any) -> Any:
@@ -142,16 +277,18 @@ def load_model_arrays(path: str | os.PathLike) -> dict[str, Any]:
         with open(path, "rb") as f:
             try:
                 raw = _ChumpyFreeUnpickler(f, encoding="latin1").load()
+            except _Disallowed as exc:
+                raise BodyModelError(
+                    f"{path} contains a disallowed object '{exc}' and is not a body-model pickle "
+                    "(SMPL .pkl files hold only arrays, sparse matrices and chumpy arrays); it was "
+                    "not loaded. Use the official SMPL file or convert the model to .npz"
+                ) from None
             except Exception as exc:  # noqa: BLE001 - re-raised with the file named
-                raise ValueError(f"Could not unpickle body model file {path}: {exc}") from exc
+                raise BodyModelError(f"Could not unpickle body model file {path}: {exc}") from exc
         if not isinstance(raw, dict):
-            raise ValueError(
-                f"Body model file {path} holds a {type(raw).__name__}, expected a dict of arrays"
-            )
+            raise BodyModelError(f"Body model file {path} holds a {type(raw).__name__}, expected a dict of arrays")
     else:
-        raise ValueError(
-            f"Body model file {path} has suffix {suffix!r}; expected an SMPL-layout .npz or .pkl"
-        )
+        raise ValueError(f"Body model file {path} has suffix {suffix!r}; expected an SMPL-layout .npz or .pkl")
     return {key: _to_plain(value) for key, value in raw.items()}
 
 
@@ -203,9 +340,7 @@ def _check_arrays(arrays: dict[str, Any], path: Path) -> dict[str, np.ndarray]:
     parents = kintree[0].astype(np.int64)
     parents[0] = -1  # SMPL pkl files store 2**32 - 1 for the root
     if np.any(parents[1:] < 0) or np.any(parents[1:] >= np.arange(1, NUM_JOINTS)):
-        raise fail(
-            "kintree_table", "parents preceding their children", f"parents {parents.tolist()}"
-        )
+        raise fail("kintree_table", "parents preceding their children", f"parents {parents.tolist()}")
     faces = arr("f").astype(np.int64)
     if faces.ndim != 2 or faces.shape[1] != 3 or faces.min() < 0 or faces.max() >= n:
         raise fail("f", f"shape (F, 3) with indices in [0, {n})", f"shape {faces.shape}")
@@ -263,8 +398,7 @@ class BodyModel(torch.nn.Module):
         if num_betas is not None:
             if not 1 <= num_betas <= arrays["shapedirs"].shape[2]:
                 raise ValueError(
-                    f"num_betas={num_betas} but the model has {arrays['shapedirs'].shape[2]}"
-                    " shape components"
+                    f"num_betas={num_betas} but the model has {arrays['shapedirs'].shape[2]} shape components"
                 )
             arrays["shapedirs"] = arrays["shapedirs"][:, :, :num_betas]
 
@@ -280,9 +414,7 @@ class BodyModel(torch.nn.Module):
         self.extra_vertex_ids: dict[str, int] = {}
         if "extra_vertex_ids" in raw and "extra_vertex_names" in raw:
             ids = np.asarray(raw["extra_vertex_ids"]).astype(np.int64)
-            for name, idx in zip(
-                np.asarray(raw["extra_vertex_names"]).tolist(), ids.tolist(), strict=True
-            ):
+            for name, idx in zip(np.asarray(raw["extra_vertex_names"]).tolist(), ids.tolist(), strict=True):
                 self.extra_vertex_ids[str(name)] = int(idx)
         self.provenance: str = str(raw["provenance"]) if "provenance" in raw else ""
         self.license: str = str(raw["license"]) if "license" in raw else ""
@@ -323,9 +455,7 @@ class BodyModel(torch.nn.Module):
 
     def _shaped(self, betas: Tensor, dtype) -> Tensor:
         k = betas.shape[1]
-        return self._buf("v_template", dtype)[None] + blend_shapes(
-            betas, self._buf("shapedirs", dtype)[:, :, :k]
-        )
+        return self._buf("v_template", dtype)[None] + blend_shapes(betas, self._buf("shapedirs", dtype)[:, :, :k])
 
     # ----------------------------------------------------------------- public API
 
@@ -365,9 +495,7 @@ class BodyModel(torch.nn.Module):
         """
         if pose_rotvecs is not None and rotmats is not None:
             raise ValueError("give pose_rotvecs or rotmats, not both")
-        ref = next(
-            (x for x in (pose_rotvecs, rotmats, betas, transl) if x is not None), self.v_template
-        )
+        ref = next((x for x in (pose_rotvecs, rotmats, betas, transl) if x is not None), self.v_template)
         dtype, device = ref.dtype, ref.device
         if not dtype.is_floating_point:
             raise ValueError(f"inputs must be floating point tensors, got {dtype}")
@@ -382,23 +510,16 @@ class BodyModel(torch.nn.Module):
             rot = batch_rodrigues(pose_rotvecs.reshape(-1, 3)).view(batch, NUM_JOINTS, 3, 3)
         elif rotmats is not None:
             if rotmats.ndim != 4 or rotmats.shape[1:] != (NUM_JOINTS, 3, 3):
-                raise ValueError(
-                    f"rotmats must have shape (B, {NUM_JOINTS}, 3, 3), got {tuple(rotmats.shape)}"
-                )
+                raise ValueError(f"rotmats must have shape (B, {NUM_JOINTS}, 3, 3), got {tuple(rotmats.shape)}")
             batch = rotmats.shape[0]
             rot = rotmats
         else:
-            batch = max(
-                (x.shape[0] for x in (betas, transl) if x is not None and x.ndim == 2), default=1
-            )
+            batch = max((x.shape[0] for x in (betas, transl) if x is not None and x.ndim == 2), default=1)
             rot = torch.eye(3, dtype=dtype, device=device).expand(batch, NUM_JOINTS, 3, 3)
         betas = self._check_betas(betas, batch, dtype, device)
         if transl is not None:
             if transl.ndim != 2 or transl.shape[1] != 3 or transl.shape[0] not in (1, batch):
-                raise ValueError(
-                    f"transl must have shape (B, 3) with B = {batch} (or 1), "
-                    f"got {tuple(transl.shape)}"
-                )
+                raise ValueError(f"transl must have shape (B, 3) with B = {batch} (or 1), got {tuple(transl.shape)}")
 
         v_shaped = self._shaped(betas, dtype)  # (B, N, 3)
         joints_rest = vertices2joints(self._buf("J_regressor", dtype), v_shaped)
@@ -422,9 +543,7 @@ def _cached_model(path: str, device: str) -> BodyModel:
     return BodyModel(path).to(device)
 
 
-def load_body_model(
-    path: str | os.PathLike | None = None, device: str | torch.device = "cpu"
-) -> BodyModel:
+def load_body_model(path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> BodyModel:
     """The body model at ``path`` (see ``BodyModel``), cached per resolved path and device."""
     resolved = _resolve_path(path).resolve()
     return _cached_model(str(resolved), str(torch.device(device)))

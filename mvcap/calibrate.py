@@ -1,6 +1,8 @@
 """Board calibration: ChArUco or checkerboard videos / image folders -> a calibrated rig.
 
-Pipeline (one video file or one image folder per camera, frames synchronised by index):
+Pipeline (one video file or one image folder per camera, found and read by
+:mod:`mvcap.sources`; frames synchronised by index: a video's decoded order, an image's
+file-name number):
 
 1. **Detection** per camera: OpenCV's ChArUco detector with its default parameters (about
    20x faster than aniposelib's settings, same accuracy), or ``findChessboardCornersSB`` for
@@ -33,10 +35,11 @@ failed run never leaves a rig file or report that looks complete.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import json
 import math
 import os
-import re
 import tomllib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -46,7 +49,11 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from . import sources as sources_mod
 from .cameras import Camera, Rig
+from .errors import MvcapError
+from .resources import resource_path
+from .sources import FrameReader, SourceInfo, check_gaps, probe_sources
 
 __all__ = [
     "CalibrationError",
@@ -76,12 +83,10 @@ __all__ = [
     "write_outputs",
 ]
 
-BOARD_DIR = Path(__file__).resolve().parents[1] / "calibration" / "boards"
-VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".webm", ".wmv")
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+BOARD_DIR = resource_path("calibration/boards", must_exist=False)  # shipped boards
 
 
-class CalibrationError(ValueError):
+class CalibrationError(MvcapError):
     """Calibration input the user can fix (board, sources, too few detections); the message
     says what is wrong and how to fix it."""
 
@@ -321,6 +326,8 @@ class CalibrateConfig:
       to place it in the rig.
     ba_iterations: aniposelib bundle-adjustment rounds (robust threshold shrinking 15 -> 1 px).
     world_frame: frame index in which the board lies on the floor (None: camera 0's frame).
+    allow_gaps: accept image folders missing some frame numbers (that camera just has no view
+      of those frames) instead of stopping with an error naming the camera and frame.
     up: world up axis for ``world_frame``: "y" (mvcap, floor y = 0) or "z" (anipose/Pose2Sim).
     seed: seeds aniposelib's point resampling (reproducible results).
     """
@@ -340,6 +347,7 @@ class CalibrateConfig:
     world_frame: int | None = None
     up: str = "y"
     seed: int = 0
+    allow_gaps: bool = False
 
     def __post_init__(self):
         if self.frame_stride < 1:
@@ -373,124 +381,37 @@ def load_calibrate_config(path=None, overrides=None) -> CalibrateConfig:
 # ==========================================================================================
 # sources and frames
 # ==========================================================================================
-def _natural_key(path: Path):
-    return [int(s) if s.isdigit() else s.lower() for s in re.split(r"(\d+)", path.name)]
-
-
-def _images_in(folder: Path) -> list[Path]:
-    return sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS), key=_natural_key)
-
-
-def _is_source(path: Path) -> bool:
-    return (path.is_file() and path.suffix.lower() in VIDEO_EXTS) or (path.is_dir() and bool(_images_in(path)))
-
-
 def resolve_sources(sources: Mapping[str, str | Path] | Sequence[str | Path]) -> dict[str, Path]:
-    """Camera name -> video file or image folder.
-
-    ``sources``: a mapping name -> path, or a list whose items are ``NAME=PATH`` or paths
-    whose stems name the cameras (``calib/cam00.mp4``, ``calib/cam00/`` with images), or a
-    single folder holding one video or image folder per camera. Names keep the given order
-    (a folder's entries are sorted).
-    """
-    if isinstance(sources, Mapping):
-        pairs = [(str(k), Path(v)) for k, v in sources.items()]
-    else:
-        items = [str(p) for p in sources]
-        pairs = []
-        for item in items:
-            name, sep, rest = item.partition("=")
-            if sep and name and not Path(item).exists():
-                pairs.append((name, Path(rest)))
-            else:
-                pairs.append((None, Path(item)))
-        if len(pairs) == 1 and pairs[0][0] is None and pairs[0][1].is_dir() and not _images_in(pairs[0][1]):
-            folder = pairs[0][1]
-            children = sorted((p for p in folder.iterdir() if _is_source(p)), key=_natural_key)
-            if not children:
-                raise CalibrationError(
-                    f"{folder} holds no videos ({', '.join(VIDEO_EXTS)}) and no image folders; "
-                    "pass one video file or image folder per camera"
-                )
-            pairs = [(None, p) for p in children]
-    out: dict[str, Path] = {}
-    for name, p in pairs:
-        name = name or (p.name if p.is_dir() else p.stem)
-        if name in out:
-            raise CalibrationError(
-                f"two sources would both name camera '{name}' ({out[name]} and {p}); rename one, or pass NAME=PATH"
-            )
-        out[name] = p
-    if not out:
-        raise CalibrationError("no camera sources given; pass one video file or image folder per camera")
-    for name, p in out.items():
-        if not p.exists():
-            raise CalibrationError(f"camera '{name}': source {p} does not exist")
-        if p.is_dir() and not _images_in(p):
-            raise CalibrationError(f"camera '{name}': folder {p} holds no images ({', '.join(IMAGE_EXTS)})")
-        if p.is_file() and p.suffix.lower() not in VIDEO_EXTS:
-            hint = "pass the folder of images instead" if p.suffix.lower() in IMAGE_EXTS else "not a known video type"
-            raise CalibrationError(f"camera '{name}': {p}: {hint} (videos: {', '.join(VIDEO_EXTS)})")
-    return out
+    """Camera name -> video file or image folder (:func:`mvcap.sources.resolve_sources`:
+    a mapping, ``NAME=PATH`` items, paths named after their cameras or one folder of them)."""
+    return sources_mod.resolve_sources(sources, error=CalibrationError)
 
 
 def iter_frames(
-    source: str | Path, stride: int = 1, max_frames: int = 0, extra: Sequence[int] = ()
+    source: str | Path | SourceInfo, stride: int = 1, max_frames: int = 0, extra: Sequence[int] = ()
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield (frame index, grey image (H, W) uint8) for every ``stride``-th frame of a video
-    or sorted image folder (at most ``max_frames``, 0 = all), plus the frame indices in
-    ``extra`` wherever they fall."""
-    source = Path(source)
-    extra = set(int(e) for e in extra)
-    n_read = 0
-
-    def wanted(i):
-        on_grid = i % stride == 0 and (max_frames == 0 or i // stride < max_frames)
-        return on_grid or i in extra
-
-    def finished(i):
-        grid_done = max_frames > 0 and i >= stride * max_frames
-        return grid_done and all(e < i for e in extra)
-
-    if source.is_dir():
-        for i, p in enumerate(_images_in(source)):
-            if finished(i):
-                break
-            if wanted(i):
-                img = cv2.imread(str(p), cv2.IMREAD_GRAYSCALE)
-                if img is None:
-                    raise CalibrationError(f"cannot read image {p}")
-                n_read += 1
-                yield i, img
-        return
-    cap = cv2.VideoCapture(str(source))
-    if not cap.isOpened():
-        raise CalibrationError(f"cannot open video {source} (is it a video file OpenCV can decode?)")
-    try:
-        i = 0
-        while not finished(i):
-            if wanted(i):
-                ok, frame = cap.read()
-                if not ok:
+    or image folder (at most ``max_frames``, 0 = all), plus the frame indices in ``extra``
+    wherever they fall. An image folder's frame index is the number in the file name (counted
+    from the first); frames it has no file for are skipped (see ``allow_gaps``)."""
+    info = source if isinstance(source, SourceInfo) else _probe({"source": Path(source)})["source"]
+    grid = itertools.count(0, stride) if max_frames <= 0 else iter(range(0, stride * max_frames, stride))
+    wanted = (k for k, _ in itertools.groupby(heapq.merge(grid, sorted(set(int(e) for e in extra)))))
+    with FrameReader(info, CalibrationError, until_end=True) as reader:
+        for i in wanted:
+            if info.kind == "images":
+                if i >= info.num_frames:
                     break
-                n_read += 1
-                yield i, frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
-            elif not cap.grab():
+                if info.file_for(i) is None:
+                    continue
+            img = reader.read(i)
+            if img is None:  # the video ended
                 break
-            i += 1
-    finally:
-        cap.release()
+            yield i, cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
 
 
-def _frame_count(source: Path) -> int:
-    """Frames in a video (as its header says; 0 if unknown) or images in a folder."""
-    if source.is_dir():
-        return len(_images_in(source))
-    cap = cv2.VideoCapture(str(source))
-    try:
-        return max(int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), 0) if cap.isOpened() else 0
-    finally:
-        cap.release()
+def _probe(paths: Mapping[str, Path]) -> dict[str, SourceInfo]:
+    return probe_sources(paths, error=CalibrationError)
 
 
 # ==========================================================================================
@@ -522,7 +443,7 @@ class BoardDetections:
 def detect_source(
     board: Board,
     camera: str,
-    source: str | Path,
+    source: str | Path | SourceInfo,
     stride: int = 1,
     max_frames: int = 0,
     extra_frames: Sequence[int] = (),
@@ -562,7 +483,7 @@ def detect_source(
         raise CalibrationError(f"camera '{camera}': no frames could be read from {source}")
     return BoardDetections(
         camera=camera,
-        source=Path(source),
+        source=source.path if isinstance(source, SourceInfo) else Path(source),
         image_size=size,
         frames=np.asarray(frames, np.int64),
         uv_pixels=np.stack(uvs),
@@ -1259,17 +1180,23 @@ def calibrate(
     ``board`` overrides ``cfg.board``. Nothing is written; see :func:`write_outputs`.
     """
     board = load_board(board if board is not None else cfg.board)
-    srcs = resolve_sources(sources)
-    names = list(srcs)
+    infos = _probe(resolve_sources(sources))
+    names = list(infos)
+    check_gaps(
+        infos, {n: np.arange(i.num_frames) for n, i in infos.items()}, cfg.allow_gaps, CalibrationError,
+        hint=", or pass allow_gaps (CLI: --allow-gaps) to calibrate without that camera's view of it",
+    )  # fmt: skip
     extra = () if cfg.world_frame is None else (cfg.world_frame,)
     if cfg.world_frame is not None:
-        counts = [_frame_count(srcs[n]) for n in names]
+        counts = [infos[n].num_frames for n in names]
         if all(c > 0 for c in counts) and cfg.world_frame >= max(counts):
             raise CalibrationError(
                 f"world_frame {cfg.world_frame} was not read: the sources have frames 0..{max(counts) - 1}; "
                 "pick a frame in which the board lies on the floor"
             )
-    dets = [detect_source(board, n, srcs[n], cfg.frame_stride, cfg.max_frames, extra, progress=progress) for n in names]
+    dets = [
+        detect_source(board, n, infos[n], cfg.frame_stride, cfg.max_frames, extra, progress=progress) for n in names
+    ]
     intr = [calibrate_intrinsics(board, d, cfg) for d in dets]
     rig = calibrate_extrinsics(board, dets, intr, cfg)
     frames, b2w, n_views = board_poses_world(board, dets, intr, rig)
@@ -1363,7 +1290,9 @@ def write_outputs(result: CalibrationResult, rig_path: str | Path, report_dir: s
             stage(report_dir / "report.md").write_text(md)
         rig_path.parent.mkdir(parents=True, exist_ok=True)
         if rig_path.suffix.lower() == ".toml":
-            save_rig(result.rig, stage(rig_path))
+            # the world's up axis: the floor board's (else unrecorded: ingest reads it from the cameras' layout)
+            up = f"+{result.config.up}" if result.config.world_frame is not None else None
+            save_rig(result.rig, stage(rig_path), up=up)
         else:
             # EasyMocap folders / yml pairs: written in place, last (only after the report)
             save_rig(result.rig, rig_path)

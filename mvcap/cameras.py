@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mvcap.errors import MvcapError
+
 __all__ = [
     "Camera",
     "Rig",
@@ -41,14 +43,8 @@ __all__ = [
 _ROT_TOL = 1e-4
 
 
-class RigError(ValueError):
+class RigError(MvcapError):
     """A rig or camera description is invalid; the message names the camera and field."""
-
-
-def _as_tensor(x, dtype=torch.float64) -> Tensor:
-    if isinstance(x, Tensor):
-        return x.to(dtype)
-    return torch.as_tensor(np.asarray(x, dtype=np.float64), dtype=dtype)
 
 
 def rotvec_to_rotmat_np(rotvec: np.ndarray) -> np.ndarray:
@@ -69,6 +65,31 @@ def rotmat_to_rotvec_np(R: np.ndarray) -> np.ndarray:
     return Rotation.from_matrix(np.asarray(R, dtype=np.float64)).as_rotvec()
 
 
+MAX_IMAGE_SIDE = 1 << 16  # pixels; larger sides are not real cameras (and overflow buffers)
+
+
+def _image_size(name: str, image_size) -> tuple[int, int]:
+    """(width, height) as two positive whole numbers of pixels, or a RigError saying why not."""
+    try:
+        size = np.asarray(image_size)
+        if size.dtype.kind not in "biuf":
+            raise TypeError(f"values of type {size.dtype}")
+        size = size.astype(np.float64).reshape(-1)
+    except (TypeError, ValueError) as exc:
+        raise RigError(
+            f"camera '{name}': field 'image_size' must be (width, height) in pixels, got {image_size!r} "
+            f"({str(exc).splitlines()[0][:200]})"
+        ) from None
+    if size.size != 2 or not np.all(np.isfinite(size)) or np.any(size < 1) or np.any(size > MAX_IMAGE_SIDE):
+        raise RigError(
+            f"camera '{name}': field 'image_size' must be (width, height) with finite positive values "
+            f"up to {MAX_IMAGE_SIDE} pixels, got {np.asarray(image_size).tolist()}"
+        )
+    if np.any(np.abs(size - np.round(size)) > 1e-6):
+        raise RigError(f"camera '{name}': field 'image_size' must be whole pixels, got {size.tolist()}")
+    return int(round(size[0])), int(round(size[1]))
+
+
 @dataclass(frozen=True)
 class Camera:
     """One calibrated camera. Arrays are float64 numpy for exact file round trips.
@@ -86,19 +107,27 @@ class Camera:
 
     def __post_init__(self):
         name = self.name
+        if not isinstance(name, str) or not name.strip():
+            raise RigError(f"camera name must be a non-empty string, got {name!r}")
 
         def fail(field, msg):
             raise RigError(f"camera '{name}': field '{field}' {msg}")
 
-        try:
-            K = np.asarray(self.K, dtype=np.float64)
-            dist = np.asarray(self.dist, dtype=np.float64).reshape(-1)
-            R = np.asarray(self.R_world2cam, dtype=np.float64)
-            t = np.asarray(self.t_world2cam, dtype=np.float64).reshape(-1)
-        except (TypeError, ValueError) as exc:
-            raise RigError(f"camera '{name}': non-numeric calibration values ({exc})") from exc
+        arrays = {}
+        for attr in ("K", "dist", "R_world2cam", "t_world2cam"):
+            try:
+                value = np.asarray(getattr(self, attr))
+                if value.dtype.kind not in "biuf":  # strings, objects, complex: not calibration values
+                    raise TypeError(f"values of type {value.dtype}")
+                arrays[attr] = value.astype(np.float64)
+            except (TypeError, ValueError) as exc:
+                fail(attr, f"must hold real numbers ({str(exc).splitlines()[0][:200]})")
+        K, R = arrays["K"], arrays["R_world2cam"]
+        dist, t = arrays["dist"].reshape(-1), arrays["t_world2cam"].reshape(-1)
         if K.shape != (3, 3):
             fail("K", f"must be a 3x3 matrix, got shape {K.shape}")
+        if not np.all(np.isfinite(K)):
+            fail("K", f"contains NaN or infinite values: {K.tolist()}")
         if not (K[0, 0] > 0 and K[1, 1] > 0):
             fail("K", f"focal lengths must be positive, got fx={K[0, 0]}, fy={K[1, 1]}")
         if not np.allclose(K[2], [0, 0, 1]) or abs(K[1, 0]) > 0:
@@ -108,26 +137,29 @@ class Camera:
             fail("K", f"has skew K[0,1]={K[0, 1]}; mvcap (like OpenCV) supports zero skew only")
         if dist.size > 5 or dist.size not in (0, 1, 2, 4, 5):
             fail("dist", f"needs 5 values (k1, k2, p1, p2, k3) (or fewer, zero-padded), got {dist.size}")
+        if not np.all(np.isfinite(dist)):
+            fail("dist", f"contains NaN or infinite values: {dist.tolist()}")
         dist = np.pad(dist, (0, 5 - dist.size))
         if R.shape != (3, 3):
             fail("R_world2cam", f"must be a 3x3 matrix, got shape {R.shape}")
+        if not np.all(np.isfinite(R)):
+            # NaN compares false with every tolerance, so it has to be refused explicitly
+            fail("R_world2cam", "contains NaN or infinite values; the file's rotation is not a valid rotation")
         ortho_err = float(np.abs(R @ R.T - np.eye(3)).max())
-        if ortho_err > _ROT_TOL or np.linalg.det(R) < 0:
+        det = float(np.linalg.det(R))
+        if ortho_err > _ROT_TOL or abs(det - 1.0) > 10 * _ROT_TOL:
             fail(
                 "R_world2cam",
                 f"is not a rotation matrix (max |R R^T - I| = {ortho_err:.2e}, det = "
-                f"{np.linalg.det(R):.4f}); check that the file stores a world-to-camera rotation",
+                f"{det:.4f}, must be orthonormal with det +1); check that the file stores a world-to-camera rotation",
             )
         if t.shape != (3,):
             fail("t_world2cam", f"must have 3 values, got {t.size}")
-        size = tuple(int(s) for s in np.asarray(self.image_size).reshape(-1))
-        if len(size) != 2 or min(size) <= 0:
-            fail("image_size", f"must be (width, height) with positive values, got {self.image_size}")
-        if not np.all(np.isfinite(K)) or not np.all(np.isfinite(dist)) or not np.all(np.isfinite(t)):
-            fail("K/dist/t_world2cam", "contains NaN or infinite values")
+        if not np.all(np.isfinite(t)):
+            fail("t_world2cam", f"contains NaN or infinite values: {t.tolist()}")
+        object.__setattr__(self, "image_size", _image_size(name, self.image_size))
         for attr, value in (("K", K), ("dist", dist), ("R_world2cam", R), ("t_world2cam", t)):
             object.__setattr__(self, attr, value)
-        object.__setattr__(self, "image_size", size)
 
     @property
     def center_world(self) -> np.ndarray:
@@ -154,9 +186,15 @@ class Rig:
     cameras: tuple[Camera, ...]
 
     def __post_init__(self):
-        cams = tuple(self.cameras)
+        try:
+            cams = tuple(self.cameras)
+        except TypeError:
+            raise RigError(f"a rig is a sequence of Camera objects, got {type(self.cameras).__name__}") from None
         if not cams:
             raise RigError("a rig needs at least one camera")
+        wrong = [type(c).__name__ for c in cams if not isinstance(c, Camera)]
+        if wrong:
+            raise RigError(f"a rig is a sequence of Camera objects, got {wrong[0]}")
         names = [c.name for c in cams]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -168,11 +206,7 @@ class Rig:
     def from_arrays(cls, names, K, dist, R_world2cam, t_world2cam, image_size) -> Rig:
         """Build from stacked arrays (V, ...) as stored in session files."""
         K, dist, R, t, size = (np.asarray(a) for a in (K, dist, R_world2cam, t_world2cam, image_size))
-        return cls(
-            tuple(
-                Camera(str(n), K[i], dist[i], R[i], t[i], tuple(int(s) for s in size[i])) for i, n in enumerate(names)
-            )
-        )
+        return cls(tuple(Camera(str(n), K[i], dist[i], R[i], t[i], size[i]) for i, n in enumerate(names)))
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Stacked float64 arrays: names, K, dist, R_world2cam, t_world2cam, image_size."""
@@ -310,28 +344,28 @@ def project(rig: Rig, points_world: Tensor, distort: bool = True) -> Tensor:
     """
     if points_world.shape[-1] != 3:
         raise ValueError(f"points_world must have shape (..., N, 3), got {tuple(points_world.shape)}")
-    T = _rig_tensors(rig, points_world)
-    cam = world_to_cam(points_world, T["R_world2cam"], T["t_world2cam"])
-    return cam_to_pixels(cam, T["K"], T["dist"] if distort else None)
+    cams = _rig_tensors(rig, points_world)
+    cam = world_to_cam(points_world, cams["R_world2cam"], cams["t_world2cam"])
+    return cam_to_pixels(cam, cams["K"], cams["dist"] if distort else None)
 
 
 def project_per_view(rig: Rig, points_world: Tensor, distort: bool = True) -> Tensor:
     """Project a different point set into each view: (..., V, N, 3) -> (..., V, N, 2) pixels."""
     if points_world.shape[-1] != 3 or points_world.shape[-3] != len(rig):
         raise ValueError(f"points_world must have shape (..., V={len(rig)}, N, 3), got {tuple(points_world.shape)}")
-    T = _rig_tensors(rig, points_world)
-    cam = world_to_cam_per_view(points_world, T["R_world2cam"], T["t_world2cam"])
-    return cam_to_pixels(cam, T["K"], T["dist"] if distort else None)
+    cams = _rig_tensors(rig, points_world)
+    cam = world_to_cam_per_view(points_world, cams["R_world2cam"], cams["t_world2cam"])
+    return cam_to_pixels(cam, cams["K"], cams["dist"] if distort else None)
 
 
 def undistort_points(rig: Rig, uv_pixels: Tensor, iterations: int = 20) -> Tensor:
     """Distorted pixels (..., V, N, 2) -> pixels of the undistorted pinhole image (same K)."""
-    T = _rig_tensors(rig, uv_pixels)
-    K = T["K"]
+    cams = _rig_tensors(rig, uv_pixels)
+    K = cams["K"]
     fx, fy = K[:, 0, 0, None], K[:, 1, 1, None]
     cx, cy = K[:, 0, 2, None], K[:, 1, 2, None]
     xy = torch.stack([(uv_pixels[..., 0] - cx) / fx, (uv_pixels[..., 1] - cy) / fy], -1)
-    xy = undistort_normalized(xy, T["dist"], iterations)
+    xy = undistort_normalized(xy, cams["dist"], iterations)
     return torch.stack([fx * xy[..., 0] + cx, fy * xy[..., 1] + cy], dim=-1)
 
 
@@ -343,13 +377,13 @@ def camera_centers(rig: Rig, dtype=torch.float32, device="cpu") -> Tensor:
 def pixel_rays(rig: Rig, uv_pixels: Tensor, distorted: bool = True) -> tuple[Tensor, Tensor]:
     """World-space rays through pixels. uv_pixels (..., V, N, 2) ->
     (origins (..., V, N, 3), unit directions (..., V, N, 3))."""
-    T = _rig_tensors(rig, uv_pixels)
+    cams = _rig_tensors(rig, uv_pixels)
     uv = undistort_points(rig, uv_pixels) if distorted else uv_pixels
-    K = T["K"]
+    K = cams["K"]
     y = (uv[..., 1] - K[:, 1, 2, None]) / K[:, 1, 1, None]
     x = (uv[..., 0] - K[:, 0, 2, None]) / K[:, 0, 0, None]
     d_cam = torch.stack([x, y, torch.ones_like(x)], -1)
-    d_world = torch.einsum("vji,...vnj->...vni", T["R_world2cam"], d_cam)  # R^T d
+    d_world = torch.einsum("vji,...vnj->...vni", cams["R_world2cam"], d_cam)  # R^T d
     d_world = d_world / d_world.norm(dim=-1, keepdim=True)
     origins = camera_centers(rig, uv.dtype, uv.device)[:, None, :].expand_as(d_world)
     return origins, d_world

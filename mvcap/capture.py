@@ -3,25 +3,33 @@
 One capture session is one ``.h5`` file; the layout (group / dataset / attribute names,
 dtypes, shapes) is documented in ``docs/session-format.md`` and summarised here::
 
-    /                      attrs: format="mvcap-session", format_version=1, created_by,
-                                  created_at, provenance (JSON), complete (bool), fps,
-                                  num_frames
+    /                      attrs: format="mvcap-session", format_version=2, created_by,
+                                  created_at, session_id, provenance (JSON), complete (bool),
+                                  fps, num_frames
     /rig/                  names (V,) utf-8, K (V,3,3), dist (V,5), R_world2cam (V,3,3),
-                           t_world2cam (V,3), image_size (V,2) int64 (width, height)
-    /frames/<view>/        images (T,H,W,3) uint8 (one frame per chunk, compressed),
+                           t_world2cam (V,3), image_size (V,2) int64 (width, height);
+                           attrs world_up ("+y", "+z", ...), world_units ("m")  (optional)
+    /frames/<view>/        images (T,H,W,3) uint8 (one frame per chunk, gzip),
                            timestamps (T,) float64 s, written (T,) bool
     /subject/              betas (10,), texture?, vertex_colors?; attrs name, gender, meta
     /init/                 pose_rotvecs (T,24,3), betas (T,10), transl (T,3), valid (T,)
     /detections/           keypoints (T,V,K,3) float32 [x,y,conf] px, written (T,), masks/<view>
                            (T,H,W) uint8; attrs keypoint_format            (optional)
     /ground_truth/         pose_rotvecs, betas, transl, extra/<name>   (optional)
-    /results/<run>/        pose_rotvecs, betas, transl, done, residual_px (T,V),
-                           iterations, seconds; attrs config (JSON), created_at
+    <name>.results/<run>.h5  one results run per side file (root: pose_rotvecs, betas, transl,
+                           done, residual_px (T,V), iterations, seconds; attrs config (JSON),
+                           created_at, session_id); version-1 sessions kept runs in /results/<run>/
 
 Crash safety: data is written in place; the root attribute ``complete`` stays False until
 :meth:`Session.mark_complete`. An incomplete file can be reopened with ``mode="a"`` to
 resume (``frames_written`` / ``ResultsWriter.done_frames()`` say what is already there).
 Results writers flush after every frame, so a crash loses at most the frame in flight.
+
+Write errors are errors: every write flushes and checks (also the errors h5py can only
+report while discarding a dataset handle), a frame is marked written / done only after its
+data was flushed, and a failed write raises :class:`SessionError` and closes the file.
+Results go to their own side file per run (allocated in full when the run starts), so a
+refinement that hits a full disk cannot damage the session's frames, init or ground truth.
 The file is written with HDF5's default (oldest compatible) format on purpose: newer
 superblocks record "open for writing" flags that make a crashed file unopenable without
 the ``h5clear`` tool.
@@ -35,10 +43,16 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as _dt
+import errno
 import json
+import logging
 import os
 import platform
-from collections.abc import Iterable, Sequence
+import re
+import shutil
+import sys
+import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,31 +60,197 @@ from typing import Any
 import h5py
 import numpy as np
 
+from mvcap.body import NUM_JOINTS, BodyParams
 from mvcap.cameras import Rig, RigError
+from mvcap.errors import MvcapError
 from mvcap.subject import NUM_BETAS, Subject, SubjectError
 
 __all__ = [
     "Session",
     "SessionError",
+    "WORLD_UP_AXES",
+    "normalize_up",
     "BodyParams",
     "Results",
     "ResultsWriter",
     "FORMAT",
     "FORMAT_VERSION",
     "NUM_JOINTS",
-    "iter_frames",
 ]
 
 FORMAT = "mvcap-session"
-FORMAT_VERSION = 1
-NUM_JOINTS = 24
+FORMAT_VERSION = 2  # 2: results in side files, gzip frames, session_id (version 1 is still read)
+RESULTS_FORMAT = "mvcap-results"
+FRAME_COMPRESSION = "gzip"  # every HDF5 build has it (LZF is h5py-only); docs/session-format.md
+_GZIP_LEVEL = 1  # smallest and fastest of levels 1/4/6 on the demo capture (benchmarks/session_storage.py)
 
 _STR = h5py.string_dtype("utf-8")
+#: Signed world axes a session may record as its up direction (``Session.world_up``).
+WORLD_UP_AXES = ("+x", "-x", "+y", "-y", "+z", "-z")
 _BODY_FIELDS = ("pose_rotvecs", "betas", "transl")
 
 
-class SessionError(RuntimeError):
+class SessionError(MvcapError):
     """A session file cannot be created, opened, read or written; the message says why."""
+
+
+log = logging.getLogger(__name__)
+
+
+def _filter(compression: str | None) -> dict:
+    """h5py create_dataset keywords for a frame / mask compression name."""
+    if compression == "gzip":
+        return {"compression": "gzip", "compression_opts": _GZIP_LEVEL}
+    return {} if compression is None else {"compression": compression}
+
+
+def results_dir(session_path: str | os.PathLike) -> Path:
+    """The folder holding a session's results side files: ``take1.h5`` -> ``take1.h5.results``."""
+    path = Path(session_path)
+    return path.with_name(path.name + ".results")
+
+
+# ------------------------------------------------------------------------------------------
+# write errors
+# ------------------------------------------------------------------------------------------
+def _io_reason(exc: BaseException) -> str:
+    """One line saying why a write failed (h5py's messages span lines and carry a buffer dump)."""
+    code = getattr(exc, "errno", None)
+    if not isinstance(code, int):
+        m = re.search(r"errno = (\d+)", str(exc))
+        code = int(m.group(1)) if m else None
+    if code == errno.ENOSPC:
+        return "the disk is full (No space left on device)"
+    if code == errno.EDQUOT:
+        return "the disk quota is exceeded"
+    if code is not None:
+        return f"{os.strerror(code)} (errno {code})"
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+
+@contextlib.contextmanager
+def _collect_unraisable(into: list):
+    """Collect the HDF5 errors h5py can only report as "Exception ignored" (a dataset handle
+    discarded with unwritten data: the write failed but nothing raised) into ``into``."""
+    old = sys.unraisablehook
+
+    def hook(unraisable):
+        if isinstance(unraisable.exc_value, (OSError, RuntimeError)) and "h5py" in repr(unraisable.object):
+            into.append(unraisable.exc_value)
+        else:
+            old(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield into
+    finally:
+        sys.unraisablehook = old
+
+
+def _close_quietly(f: h5py.File | None) -> None:
+    """Close a file after a failed write; its errors were already reported."""
+    if f is None:
+        return
+    with _collect_unraisable([]), contextlib.suppress(Exception):
+        if f.id.valid:
+            f.close()
+
+
+_ABANDONED: list = []
+_FREE_SPACE_MARGIN = 1 << 20  # bytes kept free beyond a write's own size (HDF5 metadata, chunk index)
+
+
+def _abandon(f: h5py.File) -> None:
+    """Stop using a file whose write failed. A file that can still be flushed (the failure was
+    passing) is closed. One that cannot is never touched again: after a failed flush HDF5
+    cannot close it, and closing or flushing it again crashed the process; the handle is
+    kept referenced so that h5py does not try either while the program runs."""
+    errors: list = []
+    with _collect_unraisable(errors):
+        try:
+            f.flush()
+        except (OSError, RuntimeError) as exc:
+            errors.append(exc)
+    if errors:
+        _detach_and_close(f)
+    else:
+        _close_quietly(f)
+
+
+def _detach_and_close(f: h5py.File) -> None:
+    """Close a file HDF5 can no longer write: its descriptor is pointed at /dev/null first,
+    so the flush that closing does cannot fail (nor change the file on disk, which keeps
+    what the last successful flush wrote). Without a descriptor to redirect, keep the handle
+    referenced so h5py never tries to close it while the program runs."""
+    try:
+        fd = f.id.get_vfd_handle()
+        null = os.open(os.devnull, os.O_RDWR)
+    except Exception:  # noqa: BLE001 - any driver without a plain descriptor
+        _ABANDONED.append(f)
+        return
+    try:
+        os.dup2(null, fd)
+    finally:
+        os.close(null)
+    _close_quietly(f)
+
+
+def _write_error(failure: str, advice: str) -> SessionError:
+    """SessionError for a failed write; ``.failure`` holds the first part alone (for callers
+    that give their own advice, e.g. ingest)."""
+    err = SessionError(f"{failure}. What was written before is kept; {advice}")
+    err.failure = failure
+    return err
+
+
+def _check_space(path: Path, need_bytes: int, what: str) -> None:
+    """Refuse a write the disk cannot hold, before HDF5 starts it: HDF5 cannot recover from a
+    write that fails half-way (see :func:`_abandon`)."""
+    try:
+        free = shutil.disk_usage(path if path.exists() else path.parent).free
+    except OSError:
+        return  # cannot tell: the guarded write still reports a failure
+    if free < need_bytes + _FREE_SPACE_MARGIN:
+        raise _write_error(
+            f"cannot write {what} to {path}: the disk is full ({free / 1e6:.1f} MB free, this write needs up to "
+            f"{(need_bytes + _FREE_SPACE_MARGIN) / 1e6:.1f} MB)",
+            "free disk space and rerun the command to resume",
+        )
+
+
+@contextlib.contextmanager
+def _guarded_write(f: h5py.File, path: Path, what: str, on_fail=None, need_bytes: int = 0):
+    """Run the writes of the block, then flush ``f``; any I/O error (raised, or swallowed by
+    h5py while discarding a handle) closes ``f`` (HDF5's state after a failed write is
+    undefined) and becomes a one-line SessionError. ``on_fail()`` runs before raising.
+
+    Yields ``commit()``: flush now and raise if any write so far failed; call it before
+    setting a "written" / "valid" / "done" flag so a flag never outlives its data.
+    need_bytes: an upper bound of the bytes the block adds to the file (checked first)."""
+    _check_space(path, need_bytes, what)
+    errors: list = []
+
+    def commit() -> None:
+        f.flush()
+        if errors:
+            raise errors[0]
+
+    with _collect_unraisable(errors):
+        try:
+            yield commit
+            commit()
+        except (OSError, RuntimeError) as exc:
+            if isinstance(exc, SessionError):
+                raise
+            errors.insert(0, exc)
+    if errors:
+        _abandon(f)
+        if on_fail is not None:
+            on_fail()
+        raise _write_error(
+            f"cannot write {what} to {path}: {_io_reason(errors[0])}",
+            "free disk space (or fix the file's permissions) and rerun the command to resume",
+        ) from errors[0]
 
 
 def _mvcap_version() -> str:
@@ -84,6 +264,15 @@ def _mvcap_version() -> str:
 
 def _now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+def normalize_up(up: str) -> str:
+    """``"z"``, ``"+Z"``, ``"-y"``, ... -> one of :data:`WORLD_UP_AXES`; a clear error otherwise."""
+    u = str(up).strip().lower()
+    u = u if u[:1] in "+-" else "+" + u
+    if u not in WORLD_UP_AXES:
+        raise SessionError(f"up axis must be one of {', '.join(WORLD_UP_AXES)} (or x, y, z), got {up!r}")
+    return u
 
 
 def _np(x, dtype=None) -> np.ndarray:
@@ -114,86 +303,6 @@ def _to_json(obj, what: str) -> str:
         return json.dumps(obj if obj is not None else {}, sort_keys=True, default=_json_default)
     except (TypeError, ValueError) as exc:
         raise SessionError(f"{what} must be JSON-serialisable ({exc})") from exc
-
-
-# ------------------------------------------------------------------------------------------
-# body parameters
-# ------------------------------------------------------------------------------------------
-@dataclass
-class BodyParams:
-    """Per-frame body parameters, numpy float32, world frame.
-
-    pose_rotvecs: (T, 24, 3) axis-angle radians (joint 0 = global orientation, SMPL order);
-    betas: (T, 10); transl: (T, 3) metres. Unknown frames may hold NaN.
-    """
-
-    pose_rotvecs: np.ndarray
-    betas: np.ndarray
-    transl: np.ndarray
-
-    def __post_init__(self):
-        pose = _np(self.pose_rotvecs, np.float32)
-        betas = _np(self.betas, np.float32)
-        transl = _np(self.transl, np.float32)
-        if pose.ndim != 3 or pose.shape[1:] != (NUM_JOINTS, 3):
-            raise ValueError(
-                f"pose_rotvecs must have shape (T, {NUM_JOINTS}, 3), got {pose.shape}; "
-                "add a leading frame axis (pose[None]) for a single frame"
-            )
-        T = pose.shape[0]
-        if betas.shape == (NUM_BETAS,):
-            betas = np.broadcast_to(betas, (T, NUM_BETAS)).copy()
-        if betas.shape != (T, NUM_BETAS):
-            raise ValueError(
-                f"betas must have shape ({T}, {NUM_BETAS}) or ({NUM_BETAS},), got {betas.shape}"
-            )
-        if transl.shape != (T, 3):
-            raise ValueError(f"transl must have shape ({T}, 3), got {transl.shape}")
-        self.pose_rotvecs, self.betas, self.transl = pose, betas, transl
-
-    def __len__(self) -> int:
-        return self.pose_rotvecs.shape[0]
-
-    @property
-    def num_frames(self) -> int:
-        return len(self)
-
-    def slice(self, frames) -> BodyParams:
-        """Subset of frames: an int, a slice, or a sequence of indices / bool mask."""
-        if isinstance(frames, (int, np.integer)):
-            frames = [int(frames)]
-        return BodyParams(self.pose_rotvecs[frames], self.betas[frames], self.transl[frames])
-
-    __getitem__ = slice
-
-    def to_torch(self, device="cpu", dtype=None) -> dict:
-        """``{"pose_rotvecs": (T,24,3), "betas": (T,10), "transl": (T,3)}`` torch tensors,
-        ready for ``BodyModel.forward(**params.to_torch())``."""
-        import torch
-
-        dtype = dtype or torch.float32
-        return {
-            k: torch.as_tensor(getattr(self, k), dtype=dtype, device=device) for k in _BODY_FIELDS
-        }
-
-    @classmethod
-    def concatenate(cls, items: Sequence[BodyParams]) -> BodyParams:
-        return cls(*(np.concatenate([getattr(b, k) for b in items]) for k in _BODY_FIELDS))
-
-    @classmethod
-    def nan(cls, num_frames: int) -> BodyParams:
-        """``num_frames`` frames of NaN (placeholder for unknown frames)."""
-        return cls(
-            np.full((num_frames, NUM_JOINTS, 3), np.nan, np.float32),
-            np.full((num_frames, NUM_BETAS), np.nan, np.float32),
-            np.full((num_frames, 3), np.nan, np.float32),
-        )
-
-    def allclose(self, other: BodyParams, atol: float = 1e-6) -> bool:
-        return all(
-            np.allclose(getattr(self, k), getattr(other, k), atol=atol, equal_nan=True)
-            for k in _BODY_FIELDS
-        )
 
 
 @dataclass
@@ -308,6 +417,7 @@ class Session:
         self._f = h5
         self._path = Path(path)
         self._mode = mode
+        self._runs: dict[str, h5py.File] = {}  # open results side files by run name
         with _reading(self._path, "the rig"):
             g = self._f["rig"]
             self._rig = Rig.from_arrays(
@@ -334,15 +444,17 @@ class Session:
         fps: float = 30.0,
         provenance: dict | None = None,
         overwrite: bool = False,
-        compression: str = "lzf",
+        compression: str | None = FRAME_COMPRESSION,
     ) -> Session:
         """Create a new session file sized for ``num_frames`` frames of every rig view.
 
         image_size: ``(width, height)`` to store every view at; ``None`` stores each view at
         its own rig image size. If it differs from the rig's sizes, the stored rig is
         ``rig.with_image_size(image_size)`` so calibration always matches the stored pixels.
-        compression: ``"lzf"`` (fast, default), ``"gzip"`` or ``None``.
-        Refuses to replace an existing file unless ``overwrite=True``.
+        compression: ``"gzip"`` (default: level 1, readable by every HDF5 tool), ``"lzf"``
+        (h5py-only: h5dump, HDFView and MATLAB read such frames as empty) or ``None``.
+        Refuses to replace an existing file unless ``overwrite=True`` (which also discards the
+        old file's results folder).
         """
         path = Path(path)
         if not isinstance(rig, Rig):
@@ -375,58 +487,58 @@ class Session:
             if path.is_dir():
                 raise SessionError(f"{path} is a directory")
             path.unlink()
+        if results_dir(path).is_dir():  # results of a file that was replaced or deleted
+            shutil.rmtree(results_dir(path))
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             f = h5py.File(path, "w")
         except OSError as exc:
-            raise SessionError(f"cannot create session file {path}: {exc}") from exc
+            raise SessionError(f"cannot create session file {path}: {_io_reason(exc)}") from exc
+        # a new file holds nothing yet: on a failed write remove it rather than leave a broken one
         try:
-            f.attrs["format"] = FORMAT
-            f.attrs["format_version"] = np.int64(FORMAT_VERSION)
-            f.attrs["created_by"] = (
-                f"mvcap {_mvcap_version()} (python {platform.python_version()}, "
-                f"h5py {h5py.__version__})"
-            )
-            f.attrs["created_at"] = _now()
-            f.attrs["provenance"] = prov_json
-            f.attrs["complete"] = False
-            f.attrs["fps"] = np.float64(fps)
-            f.attrs["num_frames"] = np.int64(num_frames)
-
-            arrays = rig.to_arrays()
-            g = f.create_group("rig")
-            g.create_dataset(
-                "names", data=np.array([str(n) for n in arrays["names"]], dtype=object), dtype=_STR
-            )
-            for k in ("K", "dist", "R_world2cam", "t_world2cam"):
-                g.create_dataset(k, data=np.asarray(arrays[k], np.float64))
-            g.create_dataset("image_size", data=np.asarray(arrays["image_size"], np.int64))
-
-            fr = f.create_group("frames")
-            fr.attrs["fps"] = np.float64(fps)
-            for cam in rig:
-                w, h = cam.image_size
-                vg = fr.create_group(cam.name)
-                vg.create_dataset(
-                    "images",
-                    shape=(num_frames, h, w, 3),
-                    dtype=np.uint8,
-                    chunks=(1, h, w, 3),
-                    compression=compression,
-                    fillvalue=0,
+            with _guarded_write(f, path, "the new session's layout", on_fail=lambda: path.unlink(missing_ok=True)):
+                f.attrs["format"] = FORMAT
+                f.attrs["format_version"] = np.int64(FORMAT_VERSION)
+                f.attrs["created_by"] = (
+                    f"mvcap {_mvcap_version()} (python {platform.python_version()}, "
+                    f"h5py {h5py.__version__})"
                 )
-                vg.create_dataset(
-                    "timestamps", shape=(num_frames,), dtype=np.float64, fillvalue=np.nan
-                )
-                vg.create_dataset("written", shape=(num_frames,), dtype=bool, fillvalue=False)
+                f.attrs["created_at"] = _now()
+                f.attrs["session_id"] = uuid.uuid4().hex  # ties results side files to this file
+                f.attrs["provenance"] = prov_json
+                f.attrs["complete"] = False
+                f.attrs["fps"] = np.float64(fps)
+                f.attrs["num_frames"] = np.int64(num_frames)
 
-            ig = f.create_group("init")
-            _create_body_datasets(ig, num_frames)
-            ig.create_dataset("valid", shape=(num_frames,), dtype=bool, fillvalue=False)
-            f.create_group("results")
-            f.flush()
-        except Exception:
-            f.close()
+                arrays = rig.to_arrays()
+                g = f.create_group("rig")
+                g.create_dataset(
+                    "names", data=np.array([str(n) for n in arrays["names"]], dtype=object), dtype=_STR
+                )
+                for k in ("K", "dist", "R_world2cam", "t_world2cam"):
+                    g.create_dataset(k, data=np.asarray(arrays[k], np.float64))
+                g.create_dataset("image_size", data=np.asarray(arrays["image_size"], np.int64))
+
+                fr = f.create_group("frames")
+                fr.attrs["fps"] = np.float64(fps)
+                for cam in rig:
+                    w, h = cam.image_size
+                    vg = fr.create_group(cam.name)
+                    vg.create_dataset(
+                        "images", shape=(num_frames, h, w, 3), dtype=np.uint8, chunks=(1, h, w, 3), fillvalue=0,
+                        **_filter(compression),
+                    )  # fmt: skip
+                    vg.create_dataset(
+                        "timestamps", shape=(num_frames,), dtype=np.float64, fillvalue=np.nan
+                    )
+                    vg.create_dataset("written", shape=(num_frames,), dtype=bool, fillvalue=False)
+
+                ig = f.create_group("init")
+                _create_body_datasets(ig, num_frames)
+                ig.create_dataset("valid", shape=(num_frames,), dtype=bool, fillvalue=False)
+                f.create_group("results")  # empty: runs live in side files (results_dir)
+        except BaseException:
+            _close_quietly(f)  # e.g. interrupted: never leave the handle open
             raise
         return cls(f, path, "a")
 
@@ -444,11 +556,27 @@ class Session:
             raise SessionError(f"session file {path} does not exist")
         if path.is_dir():
             raise SessionError(f"session path {path} is a directory, expected an .h5 file")
+        if mode == "a":
+            # Check the file read-only first: opening anything for writing (an empty file, another
+            # program's HDF5 file) lets HDF5 write into it before we could refuse it.
+            cls.open(path, "r").close()
         try:
             f = h5py.File(path, "r" if mode == "r" else "r+")
         except OSError as exc:
             msg = str(exc)
             low = msg.lower()
+            if isinstance(exc, PermissionError) or "permission denied" in low or "not permitted" in low:
+                access = "reading" if mode == "r" else "writing"
+                raise SessionError(
+                    f"no permission to open session file {path} for {access} (it is protected or owned "
+                    f"by another user, not corrupt); "
+                    + ("make it writable (chmod u+w) or work on a copy" if mode == "a" else "make it readable")
+                ) from None
+            if path.stat().st_size == 0:
+                raise SessionError(
+                    f"session file {path} is empty (0 bytes), not an mvcap session; it was left unchanged. "
+                    "Create the session with `mvcap ingest` (or delete the empty file)"
+                ) from None
             if "truncated" in low:
                 raise SessionError(
                     f"session file {path} is truncated ({path.stat().st_size} bytes on disk, the "
@@ -502,19 +630,48 @@ class Session:
 
     # ---------------------------------------------------------------- lifecycle -----------
     def close(self) -> None:
-        """Flush and close. Safe to call twice."""
-        if self._f is not None and self._f.id.valid:
-            if self._mode == "a":
-                with contextlib.suppress(Exception):
-                    self._f.flush()
-            self._f.close()
-        self._f = None
+        """Flush and close (the session and its open results files). Safe to call twice.
+        SessionError if data could not be written out."""
+        files = [(self._results_path(name), f) for name, f in self._runs.items()]
+        files.append((self._path, self._f))
+        self._runs, self._f = {}, None
+        failed = []
+        for path, f in files:
+            if f is None or not f.id.valid:
+                continue
+            errors: list = []
+            with _collect_unraisable(errors):
+                try:
+                    if f.mode == "r+":
+                        f.flush()
+                    f.close()
+                except (OSError, RuntimeError) as exc:
+                    errors.insert(0, exc)
+            if errors:
+                _close_quietly(f)
+                failed.append(f"{path}: {_io_reason(errors[0])}")
+        if failed:
+            raise SessionError(f"could not finish writing {'; '.join(failed)}; the last writes may be lost")
 
     def __enter__(self) -> Session:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        with contextlib.suppress(SessionError):  # the error in flight says more
+            self.close()
+
+    def _writing(self, what: str, need_bytes: int = 0):
+        """Context manager around writes to the session file (see :func:`_guarded_write`);
+        yields ``commit()``. A failed write closes the session: HDF5 must not touch that file
+        handle again (flushing it after a failed close crashes the process)."""
+
+        def forget() -> None:
+            self._f = None
+
+        return _guarded_write(self._writable(), self._path, what, on_fail=forget, need_bytes=need_bytes)
 
     def __repr__(self) -> str:
         state = "closed" if self._f is None else ("complete" if self.complete else "incomplete")
@@ -522,7 +679,8 @@ class Session:
         return f"Session({str(self._path)!r}, views={views}, frames={self._T}, {state})"
 
     def flush(self) -> None:
-        self._h5().flush()
+        with _guarded_write(self._h5(), self._path, "buffered data"):
+            pass
 
     def mark_complete(self, force: bool = False) -> None:
         """Set ``complete = True``. Refuses if some frame was never written, unless ``force``."""
@@ -535,8 +693,8 @@ class Session:
                     f"every "
                     f"view (first: {missing[:10].tolist()}); write them or pass force=True"
                 )
-        f.attrs["complete"] = True
-        f.flush()
+        with self._writing("the 'complete' flag"):
+            f.attrs["complete"] = True
 
     def _h5(self) -> h5py.File:
         if self._f is None or not self._f.id.valid:
@@ -613,6 +771,31 @@ class Session:
                 for k, v in self._h5().attrs.items()
             }
 
+    # ---------------------------------------------------------------- world convention ----
+    @property
+    def world_up(self) -> str | None:
+        """The world's up axis (one of :data:`WORLD_UP_AXES`) as recorded by ingest / rig import
+        (``/rig`` attribute ``world_up``), or None when the session does not record it (then
+        mvcap's own convention, +Y up, is the best guess: synthetic scenes and the demo)."""
+        up = self._h5()["rig"].attrs.get("world_up")
+        return None if up is None else str(up)
+
+    @property
+    def world_units(self) -> str:
+        """Length unit of every stored position (``/rig`` attribute ``world_units``): always "m"."""
+        return str(self._h5()["rig"].attrs.get("world_units", "m"))
+
+    def set_world_convention(self, up: str, units: str = "m") -> None:
+        """Record the world's up axis (``"+z"``, ``"y"`` = ``"+y"``, ...) and units (only "m":
+        mvcap stores metres) in the ``/rig`` group."""
+        up = normalize_up(up)
+        if units != "m":
+            raise SessionError(f"world units must be 'm' (mvcap stores metres), got {units!r}")
+        g = self._writable()["rig"]
+        g.attrs["world_up"] = up
+        g.attrs["world_units"] = units
+        self._f.flush()
+
     # ---------------------------------------------------------------- frames --------------
     def _view(self, view: str | int) -> str:
         if isinstance(view, (int, np.integer)):
@@ -663,13 +846,18 @@ class Session:
                     f"images must have shape (V={self.num_views}, H, W, 3), got {images.shape}"
                 )
         ts = t / self._fps if timestamp is None else float(timestamp)
-        for i, v in enumerate(self.view_names):
-            img = self._check_images(images[i], v, None)
-            vg = f["frames"][v]
-            vg["images"][t] = img
-            vg["timestamps"][t] = ts
-            vg["written"][t] = True
-        f.flush()
+        checked = [self._check_images(images[i], v, None) for i, v in enumerate(self.view_names)]
+        with self._writing(f"frame {t}", need_bytes=sum(x.nbytes for x in checked)) as commit:
+            for v, img in zip(self.view_names, checked, strict=True):
+                vg = f["frames"][v]
+                images_ds, ts_ds = vg["images"], vg["timestamps"]  # held: flushed below, never GC-flushed
+                images_ds[t] = img
+                ts_ds[t] = ts
+                images_ds.flush()
+                ts_ds.flush()
+            commit()  # the images are on disk before any view says "written"
+            for v in self.view_names:
+                f["frames"][v]["written"][t] = True
 
     def write_view_frames(self, view: str | int, start: int, images, timestamps=None) -> None:
         """Write frames ``start .. start+T-1`` of one view: images (T, H, W, 3) uint8."""
@@ -690,11 +878,15 @@ class Session:
         timestamps = _np(timestamps, np.float64)
         if timestamps.shape != (n,):
             raise SessionError(f"timestamps must have shape ({n},), got {timestamps.shape}")
-        vg = f["frames"][v]
-        vg["images"][start : start + n] = images
-        vg["timestamps"][start : start + n] = timestamps
-        vg["written"][start : start + n] = True
-        f.flush()
+        with self._writing(f"frames {start}..{start + n - 1} of view {v!r}", need_bytes=images.nbytes) as commit:
+            vg = f["frames"][v]
+            images_ds, ts_ds = vg["images"], vg["timestamps"]
+            images_ds[start : start + n] = images
+            ts_ds[start : start + n] = timestamps
+            images_ds.flush()
+            ts_ds.flush()
+            commit()  # on disk before they are marked written
+            vg["written"][start : start + n] = True
 
     def read_frame(
         self, t: int, views: Sequence[str | int] | None = None, allow_missing: bool = False
@@ -769,20 +961,18 @@ class Session:
             raise SessionError(
                 f"write_subject needs an mvcap.subject.Subject, got {type(subject).__name__}"
             )
-        if "subject" in f:
-            del f["subject"]
-        g = f.create_group("subject")
-        g.attrs["name"] = subject.name
-        g.attrs["gender"] = subject.gender
-        g.attrs["meta"] = json.dumps(subject.meta, sort_keys=True)
-        g.create_dataset("betas", data=np.asarray(subject.betas, np.float32))
-        if subject.texture is not None:
-            g.create_dataset("texture", data=np.asarray(subject.texture), compression="gzip")
-        if subject.vertex_colors is not None:
-            g.create_dataset(
-                "vertex_colors", data=np.asarray(subject.vertex_colors), compression="gzip"
-            )
-        f.flush()
+        with self._writing("the subject"):
+            if "subject" in f:
+                del f["subject"]
+            g = f.create_group("subject")
+            g.attrs["name"] = subject.name
+            g.attrs["gender"] = subject.gender
+            g.attrs["meta"] = json.dumps(subject.meta, sort_keys=True)
+            g.create_dataset("betas", data=np.asarray(subject.betas, np.float32))
+            if subject.texture is not None:
+                g.create_dataset("texture", data=np.asarray(subject.texture), compression="gzip")
+            if subject.vertex_colors is not None:
+                g.create_dataset("vertex_colors", data=np.asarray(subject.vertex_colors), compression="gzip")
 
     @property
     def subject(self) -> Subject | None:
@@ -818,11 +1008,12 @@ class Session:
             raise SessionError(
                 f"write_init: {len(params)} frames of parameters for {idx.size} frame indices"
             )
-        g = f["init"]
-        for k in _BODY_FIELDS:
-            _write_rows(g[k], idx, getattr(params, k))
-        _write_rows(g["valid"], idx, np.ones(idx.size, bool))
-        f.flush()
+        with self._writing("initial estimates") as commit:
+            g = f["init"]
+            for k in _BODY_FIELDS:
+                _write_rows(g[k], idx, getattr(params, k))
+            commit()  # the estimates are on disk before they are marked valid
+            _write_rows(g["valid"], idx, np.ones(idx.size, bool))
 
     @property
     def init_valid(self) -> np.ndarray:
@@ -863,39 +1054,45 @@ class Session:
             raise SessionError(
                 f"keypoints must have shape (V={self.num_views}, K, 3) [x, y, confidence], got {kp.shape}"
             )
-        g = f.get("detections")
-        if g is None:
-            g = f.create_group("detections")
-            g.attrs["keypoint_format"] = str(keypoint_format)
-            g.create_dataset(
-                "keypoints", shape=(self._T, self.num_views, kp.shape[1], 3), dtype=np.float32, fillvalue=np.nan
-            )
-            g.create_dataset("written", shape=(self._T,), dtype=bool, fillvalue=False)
-        fmt = str(g.attrs["keypoint_format"])
-        if fmt != keypoint_format or g["keypoints"].shape[2] != kp.shape[1]:
-            raise SessionError(
-                f"this session's detections are {fmt!r} with {g['keypoints'].shape[2]} keypoints; got "
-                f"{keypoint_format!r} with {kp.shape[1]}. Delete them first (delete_detections) to switch"
-            )
+        sizes = [self.image_sizes[v][::-1] for v in self.view_names]
+        masks_u8 = None
         if masks is not None:
             m = _np(masks)
-            sizes = [self.image_sizes[v][::-1] for v in self.view_names]
             if m.ndim != 3 or m.shape[0] != self.num_views or any(m.shape[1:] != hw for hw in sizes):
                 raise SessionError(f"masks must have shape (V={self.num_views}, H, W) = view sizes, got {m.shape}")
-            mg = g.require_group("masks")
-            for i, v in enumerate(self.view_names):
-                h, w = sizes[i]
-                if v not in mg:
-                    mg.create_dataset(
-                        v, shape=(self._T, h, w), dtype=np.uint8, chunks=(1, h, w), compression="lzf", fillvalue=0
-                    )
-                mi = m[i]
-                if mi.dtype == bool or mi.max(initial=0) <= 1:
-                    mi = mi.astype(np.uint8) * 255
-                mg[v][t] = mi.astype(np.uint8)
-        g["keypoints"][t] = kp
-        g["written"][t] = True
-        f.flush()
+            masks_u8 = [
+                (mi.astype(np.uint8) * 255 if mi.dtype == bool or mi.max(initial=0) <= 1 else mi).astype(np.uint8)
+                for mi in m
+            ]
+        g = f.get("detections")
+        if g is not None:
+            fmt = str(g.attrs["keypoint_format"])
+            if fmt != keypoint_format or g["keypoints"].shape[2] != kp.shape[1]:
+                raise SessionError(
+                    f"this session's detections are {fmt!r} with {g['keypoints'].shape[2]} keypoints; got "
+                    f"{keypoint_format!r} with {kp.shape[1]}. Delete them first (delete_detections) to switch"
+                )
+        mask_bytes = sum(x.nbytes for x in masks_u8) if masks_u8 is not None else 0
+        with self._writing(f"detections of frame {t}", need_bytes=kp.nbytes * self._T + mask_bytes) as commit:
+            if g is None:
+                g = f.create_group("detections")
+                g.attrs["keypoint_format"] = str(keypoint_format)
+                g.create_dataset(
+                    "keypoints", shape=(self._T, self.num_views, kp.shape[1], 3), dtype=np.float32, fillvalue=np.nan
+                )
+                g.create_dataset("written", shape=(self._T,), dtype=bool, fillvalue=False)
+            if masks_u8 is not None:
+                mg = g.require_group("masks")
+                for v, (h, w), mi in zip(self.view_names, sizes, masks_u8, strict=True):
+                    if v not in mg:
+                        mg.create_dataset(
+                            v, shape=(self._T, h, w), dtype=np.uint8, chunks=(1, h, w), fillvalue=0,
+                            **_filter(FRAME_COMPRESSION),
+                        )  # fmt: skip
+                    mg[v][t] = mi
+            g["keypoints"][t] = kp
+            commit()  # keypoints and masks on disk before the frame is marked detected
+            g["written"][t] = True
 
     @property
     def has_detections(self) -> bool:
@@ -936,8 +1133,8 @@ class Session:
     def delete_detections(self) -> None:
         f = self._writable()
         if "detections" in f:
-            del f["detections"]
-            f.flush()
+            with self._writing("the deletion of the detections"):
+                del f["detections"]
 
     # ---------------------------------------------------------------- ground truth --------
     def write_ground_truth(self, params: BodyParams, **extra_arrays) -> None:
@@ -948,23 +1145,23 @@ class Session:
             raise SessionError("write_ground_truth needs a BodyParams")
         if len(params) != self._T:
             raise SessionError(f"ground truth has {len(params)} frames, the session has {self._T}")
-        if "ground_truth" in f:
-            del f["ground_truth"]
-        g = f.create_group("ground_truth")
-        for k in _BODY_FIELDS:
-            g.create_dataset(k, data=getattr(params, k))
-        eg = g.create_group("extra")
-        for name, arr in extra_arrays.items():
-            a = _np(arr)
-            if a.dtype.kind in "OUS":
-                eg.create_dataset(
-                    name,
-                    data=np.array([str(x) for x in a.ravel()], dtype=object).reshape(a.shape),
-                    dtype=_STR,
-                )
-            else:
-                eg.create_dataset(name, data=a, compression="gzip" if a.size > 4096 else None)
-        f.flush()
+        with self._writing("the ground truth"):
+            if "ground_truth" in f:
+                del f["ground_truth"]
+            g = f.create_group("ground_truth")
+            for k in _BODY_FIELDS:
+                g.create_dataset(k, data=getattr(params, k))
+            eg = g.create_group("extra")
+            for name, arr in extra_arrays.items():
+                a = _np(arr)
+                if a.dtype.kind in "OUS":
+                    eg.create_dataset(
+                        name,
+                        data=np.array([str(x) for x in a.ravel()], dtype=object).reshape(a.shape),
+                        dtype=_STR,
+                    )
+                else:
+                    eg.create_dataset(name, data=a, compression="gzip" if a.size > 4096 else None)
 
     @property
     def has_ground_truth(self) -> bool:
@@ -991,14 +1188,105 @@ class Session:
             return out
 
     # ---------------------------------------------------------------- results -------------
-    def result_names(self) -> list[str]:
+    # Each run lives in its own side file <session>.results/<run>.h5 (root group laid out like
+    # a version-1 /results/<run> group), so a failed results write can never damage the frames,
+    # init or ground truth. Version-1 sessions' in-file runs are still read; writing to one
+    # copies it to a side file first (the side file then shadows it).
+    @property
+    def results_dir(self) -> Path:
+        """Folder of this session's results side files (``take1.h5.results``)."""
+        return results_dir(self._path)
+
+    def _results_path(self, name: str) -> Path:
+        return self.results_dir / f"{name}.h5"
+
+    def _session_id(self) -> str:
+        """Identity results side files are tied to (version-1 files: their creation time)."""
+        a = self._h5().attrs
+        return str(a.get("session_id", a.get("created_at", "")))
+
+    def _side_run_ok(self, path: Path) -> bool:
+        """Whether a side file is a results run of *this* session (not of a replaced file)."""
+        try:
+            with h5py.File(path, "r") as f:
+                return f.attrs.get("format") == RESULTS_FORMAT and str(f.attrs.get("session_id")) == self._session_id()
+        except OSError:
+            return path.stat().st_size > 0  # unreadable: report it when read, never hide it
+
+    def _side_runs(self) -> set[str]:
+        names = {name for name in self._runs if self._runs[name].id.valid}
+        if self.results_dir.is_dir():
+            names |= {p.stem for p in self.results_dir.glob("*.h5") if p.stem not in names and self._side_run_ok(p)}
+        return names
+
+    def _in_file_runs(self) -> set[str]:
         f = self._h5()
-        return sorted(f["results"].keys()) if "results" in f else []
+        return set(f["results"].keys()) if "results" in f else set()
+
+    def result_names(self) -> list[str]:
+        return sorted(self._side_runs() | self._in_file_runs())
+
+    def _results_group(self, name: str, write: bool = False) -> h5py.Group:
+        """The run's data: a side file's root group (opened once, kept open) or, for runs of
+        version-1 files not written since, the in-file group ``/results/<name>``."""
+        f = self._runs.get(name)
+        if f is not None and f.id.valid and (not write or f.mode == "r+"):
+            return f["/"]
+        path = self._results_path(name)
+        if name in self._side_runs() or (write and path.exists()):
+            if f is not None:
+                _close_quietly(f)
+            try:
+                self._runs[name] = h5py.File(path, "r+" if write else "r")
+            except OSError as exc:
+                if "lock" in str(exc).lower():
+                    raise SessionError(
+                        f"results run {name!r} ({path}) is open for writing in another process; wait for it "
+                        "to finish, or read a copy of the file"
+                    ) from exc
+                raise SessionError(
+                    f"cannot open results run {name!r} ({path}): {_io_reason(exc)}; the file may be truncated "
+                    f"(a full disk?): delete it to redo the run"
+                ) from exc
+            return self._runs[name]["/"]
+        if name in self._in_file_runs() and not write:
+            return self._h5()["results"][name]
+        raise SessionError(f"no results run {name!r} in {self._path}; runs are {self.result_names()}")
+
+    def _new_side_file(self, name: str, fill) -> None:
+        """Create ``<run>.h5`` atomically (written as ``.partial`` then renamed) with every
+        dataset allocated in full now: later per-frame writes overwrite in place and need no
+        new disk space. ``fill(group)`` writes the contents."""
+        path = self._results_path(name)
+        tmp = path.with_name(path.name + ".partial")
+        need = self._T * (NUM_JOINTS * 3 + NUM_BETAS + 3 + self.num_views + 3) * 4
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _check_space(path.parent, need, f"results run {name!r}")
+            f = h5py.File(tmp, "w")
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise SessionError(f"cannot create the file of results run {name!r} ({tmp}): {_io_reason(exc)}") from exc
+        try:
+            with _guarded_write(
+                f, tmp, f"results run {name!r}", on_fail=lambda: tmp.unlink(missing_ok=True), need_bytes=need
+            ):
+                f.attrs["format"] = RESULTS_FORMAT
+                f.attrs["format_version"] = np.int64(1)
+                f.attrs["session"] = self._path.name
+                f.attrs["session_id"] = self._session_id()
+                fill(f)
+            f.close()
+        except BaseException:
+            _close_quietly(f)
+            tmp.unlink(missing_ok=True)
+            raise
+        os.replace(tmp, path)
 
     def results_run(
         self, name: str, create: bool = True, config: Any = None, overwrite: bool = False
     ) -> ResultsWriter:
-        """Writer for results run ``name``.
+        """Writer for results run ``name`` (stored in ``results_dir / f"{name}.h5"``).
 
         New run: created (needs ``create=True``) with ``config`` (dict or dataclass, stored as
         JSON). Existing run: reopened for resuming; a ``config`` that differs from the stored
@@ -1006,58 +1294,73 @@ class Session:
         Settings absent from the stored config are not compared: they were added to mvcap
         after the run started, and a new setting's default keeps the old behaviour.
         """
-        f = self._writable()
-        if not name or "/" in name:
-            raise SessionError(f"results run name must be non-empty without '/', got {name!r}")
+        self._writable()
+        if not name or "/" in name or os.sep in name or name.startswith("."):
+            raise SessionError(f"results run name must be non-empty, without '/' and not start with '.', got {name!r}")
         cfg_json = None if config is None else _to_json(config, "results config")
-        runs = f.require_group("results")
-        if name in runs and overwrite:
-            del runs[name]
-        if name in runs:
-            g = runs[name]
-            stored = g.attrs.get("config", "{}")
+        if overwrite and name in self.result_names():
+            self.delete_results(name)
+        if name in self.result_names():
+            stored = self._results_group(name).attrs.get("config", "{}")
             if cfg_json is not None and not _same_config(json.loads(stored), json.loads(cfg_json)):
                 raise SessionError(
                     f"results run {name!r} in {self._path} was started with a different config; "
                     f"resume with the same config, pick another run name, or pass overwrite=True "
                     f"to discard it. Stored: {stored}  New: {cfg_json}"
                 )
+            if name not in self._side_runs():  # a version-1 in-file run: continue it in a side file
+                src = self._h5()["results"][name]
+
+                def copy(dst):
+                    for k in src:
+                        src.copy(src[k], dst, name=k)
+                    for k, v in src.attrs.items():
+                        dst.attrs[k] = v
+
+                self._new_side_file(name, copy)
             return ResultsWriter(self, name)
         if not create:
             raise SessionError(
                 f"no results run {name!r} in {self._path}; runs are {self.result_names()}"
             )
-        g = runs.create_group(name)
         T, V = self._T, self.num_views
-        g.attrs["config"] = cfg_json if cfg_json is not None else "{}"
-        g.attrs["created_at"] = _now()
-        g.attrs["created_by"] = f"mvcap {_mvcap_version()}"
-        g.create_dataset(
-            "view_names", data=np.array(list(self.view_names), dtype=object), dtype=_STR
-        )
-        _create_body_datasets(g, T)
-        g.create_dataset("done", shape=(T,), dtype=bool, fillvalue=False)
-        g.create_dataset("residual_px", shape=(T, V), dtype=np.float32, fillvalue=np.nan)
-        g.create_dataset("iterations", shape=(T,), dtype=np.int32, fillvalue=0)
-        g.create_dataset("seconds", shape=(T,), dtype=np.float32, fillvalue=np.nan)
-        f.flush()
+        if self._results_path(name).exists():
+            log.warning("replacing %s: a results file of another session file", self._results_path(name))
+            self._results_path(name).unlink()
+
+        def fill(g):
+            g.attrs["config"] = cfg_json if cfg_json is not None else "{}"
+            g.attrs["created_at"] = _now()
+            g.attrs["created_by"] = f"mvcap {_mvcap_version()}"
+            g.create_dataset("view_names", data=np.array(list(self.view_names), dtype=object), dtype=_STR)
+            for k, shape in (("pose_rotvecs", (T, NUM_JOINTS, 3)), ("betas", (T, NUM_BETAS)), ("transl", (T, 3))):
+                g.create_dataset(k, data=np.full(shape, np.nan, np.float32))
+            g.create_dataset("done", data=np.zeros(T, bool))
+            g.create_dataset("residual_px", data=np.full((T, V), np.nan, np.float32))
+            g.create_dataset("iterations", data=np.zeros(T, np.int32))
+            g.create_dataset("seconds", data=np.full(T, np.nan, np.float32))
+
+        self._new_side_file(name, fill)
         return ResultsWriter(self, name)
 
     def delete_results(self, name: str) -> None:
-        f = self._writable()
-        if name not in f["results"]:
+        """Delete results run ``name`` (its side file and, in version-1 files, its group)."""
+        self._writable()
+        if name not in self.result_names():
             raise SessionError(f"no results run {name!r} in {self._path}")
-        del f["results"][name]
-        f.flush()
+        _close_quietly(self._runs.pop(name, None))
+        self._results_path(name).unlink(missing_ok=True)
+        if name in self._in_file_runs():
+            with self._writing(f"the deletion of results run {name!r}"):
+                del self._h5()["results"][name]
 
     def read_results(self, name: str) -> Results:
-        f = self._h5()
-        if "results" not in f or name not in f["results"]:
+        if name not in self.result_names():
             raise SessionError(
                 f"no results run {name!r} in {self._path}; runs are {self.result_names()}"
             )
         with _reading(self._path, f"results run {name!r}"):
-            g = f["results"][name]
+            g = self._results_group(name)
             return Results(
                 name=name,
                 params=BodyParams(*(g[k][()] for k in _BODY_FIELDS)),
@@ -1087,18 +1390,19 @@ def _create_body_datasets(g: h5py.Group, T: int) -> None:
 
 
 class ResultsWriter:
-    """Writes one results run frame by frame; flushes the file after every frame."""
+    """Writes one results run frame by frame into its side file; flushes after every frame."""
 
     def __init__(self, session: Session, name: str):
         self._session = session
         self.name = name
 
     def _group(self) -> h5py.Group:
-        return self._session._writable()["results"][self.name]
+        self._session._writable()
+        return self._session._results_group(self.name, write=True)
 
     @property
     def config(self) -> dict:
-        return json.loads(self._session._h5()["results"][self.name].attrs.get("config", "{}"))
+        return json.loads(self._session._results_group(self.name).attrs.get("config", "{}"))
 
     def write(
         self,
@@ -1111,7 +1415,8 @@ class ResultsWriter:
         seconds: float = float("nan"),
     ) -> None:
         """Store frame ``t``: pose_rotvecs (24,3), betas (10,), transl (3,), residual_px (V,)
-        (NaN where unknown), then mark it done and flush."""
+        (NaN where unknown), then, once that is flushed, mark it done and flush.
+        SessionError when the file cannot be written (the frames done before are kept)."""
         s = self._session
         t = s._frame(t)
         pose = _np(pose_rotvecs, np.float32)
@@ -1132,18 +1437,17 @@ class ResultsWriter:
                 f"residual_px must have shape ({V},) (one per view), got {res.shape}"
             )
         g = self._group()
-        g["pose_rotvecs"][t] = pose
-        g["betas"][t] = b
-        g["transl"][t] = tr
-        g["residual_px"][t] = res
-        g["iterations"][t] = np.int32(iterations)
-        g["seconds"][t] = np.float32(seconds)
-        g["done"][t] = True  # last: a frame is only "done" once all its fields are in
-        s._f.flush()
+        values = {"pose_rotvecs": pose, "betas": b, "transl": tr, "residual_px": res}
+        values |= {"iterations": np.int32(iterations), "seconds": np.float32(seconds)}
+        with _guarded_write(g.file, s._results_path(self.name), f"results of frame {t} (run {self.name!r})") as commit:
+            for k, v in values.items():
+                g[k][t] = v
+            commit()  # a frame is only "done" once all its fields are on disk
+            g["done"][t] = True
 
     def done_frames(self) -> np.ndarray:
         """(T,) bool: frames already written (what a resumed run can skip)."""
-        return self._session._h5()["results"][self.name]["done"][()].astype(bool)
+        return self._session._results_group(self.name)["done"][()].astype(bool)
 
     def next_frame(self) -> int | None:
         """First frame not yet done, or None when all are."""
@@ -1152,11 +1456,3 @@ class ResultsWriter:
 
     def read(self) -> Results:
         return self._session.read_results(self.name)
-
-
-def iter_frames(session: Session, frames: Iterable[int] | None = None):
-    """Yield ``(t, images (V,H,W,3))`` for the given frames (default all written frames)."""
-    if frames is None:
-        frames = np.flatnonzero(session.frames_written)
-    for t in frames:
-        yield int(t), session.read_frame(int(t))

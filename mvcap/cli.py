@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -11,32 +12,57 @@ import numpy as np
 from mvcap import __version__
 
 
+def _crash_report(exc: BaseException) -> Path | None:
+    """Write the full traceback of an unexpected exception to a file; its path (None if nothing
+    could be written). Folder: $XDG_CACHE_HOME/mvcap or ~/.cache/mvcap, else the temp folder."""
+    import datetime
+    import os
+    import tempfile
+    import traceback
+
+    text = f"mvcap {__version__}, python {sys.version.split()[0]}\ncommand: {' '.join(sys.argv)}\n\n" + "".join(
+        traceback.format_exception(type(exc), exc, exc.__traceback__)
+    )
+    name = f"crash-{datetime.datetime.now():%Y%m%d-%H%M%S}-{os.getpid()}.txt"
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mvcap"
+    for folder in (cache, Path(tempfile.gettempdir()) / "mvcap"):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_text(text)
+            return folder / name
+        except OSError:
+            continue
+    return None
+
+
 class _Group(click.Group):
-    """Turn the library's input errors into one clear line instead of a traceback."""
+    """Input errors (:class:`~mvcap.errors.MvcapError`, or a file that is not there) become one
+    line ``error: ...`` (exit 2); anything else is a bug in mvcap: one line saying so and where
+    the full traceback was written (exit 70). MVCAP_DEBUG=1 shows the traceback instead."""
 
     def invoke(self, ctx):
-        from mvcap.calibrate import CalibrationError
-        from mvcap.cameras import RigError
-        from mvcap.capture import SessionError
-        from mvcap.config import ConfigError
-        from mvcap.detect import DetectError
-        from mvcap.export import ExportError
-        from mvcap.ingest import IngestError
-        from mvcap.initialize import InitError
-        from mvcap.nets.predictor import WeightsError
-        from mvcap.pipeline import RunError
-        from mvcap.register import RegisterError
-        from mvcap.subject import SubjectError
-        from mvcap.triangulate import TriangulateError
+        import os
+
+        from mvcap.errors import MvcapError
 
         try:
             return super().invoke(ctx)
-        except (
-            ConfigError, RigError, SessionError, SubjectError, WeightsError, ExportError, IngestError,
-            DetectError, InitError, TriangulateError, RunError, RegisterError, FileNotFoundError, CalibrationError,
-        ) as exc:  # fmt: skip
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except (MvcapError, FileNotFoundError) as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
+        except Exception as exc:
+            if os.environ.get("MVCAP_DEBUG"):
+                raise
+            path = _crash_report(exc)
+            where = f"the full traceback is in {path}" if path else "no traceback file could be written"
+            click.echo(
+                f"internal error (a bug in mvcap, please report it): {type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}; {where}",
+                err=True,
+            )
+            sys.exit(70)
 
 
 @click.group(cls=_Group)
@@ -45,17 +71,31 @@ def main():
     """mvcap: multi-view markerless motion capture."""
 
 
-def _frame_range(frames: str | None) -> list[int] | None:
-    """--frames START:STOP (STOP exclusive, START may be empty) -> frame list, None when not given."""
-    if not frames:
+_FRAMES_HELP = "START:STOP, START:STOP:STEP, ::10, a list 10,20,30 or mixed 0:10,20 (STOP exclusive)"
+
+
+def _frames_option(default: str, help_text: str | None = None):
+    """The ``--frames`` option: one grammar for every command (:mod:`mvcap.frames`); the
+    command receives a parsed FrameSelection, or None when the option is not given."""
+
+    def parse(ctx, param, value):
+        from mvcap.frames import parse_frames
+
+        return parse_frames(value)
+
+    help_text = help_text or f"Frames: {_FRAMES_HELP}"
+    return click.option("--frames", default=None, callback=parse, help=f"{help_text} (default: {default}).")
+
+
+def _session_frames(path: Path, selection) -> list[int] | None:
+    """A parsed --frames selection resolved against the session's frame count (None: all)."""
+    if selection is None:
         return None
-    start, sep, stop = frames.partition(":")
-    try:
-        if not sep or not stop.strip():
-            raise ValueError
-        return list(range(int(start or 0), int(stop)))
-    except ValueError:
-        raise click.BadParameter(f"{frames!r} must look like START:STOP, e.g. 0:100", param_hint="--frames") from None
+    from mvcap.capture import Session
+
+    with Session.open(path) as s:
+        num_frames = s.num_frames
+    return selection.resolve(num_frames, what=f"session {path}").tolist()
 
 
 @main.command()
@@ -91,8 +131,9 @@ def demo(out: Path, frames: int | None, size: int | None, rig_pictures: bool):
     help="Run folder for the session, subject, exports and report (default: the config's folder).",
 )
 @click.option("--restart", is_flag=True, help="Discard the results run and refine again (keeps ingest/init/subject).")
+@_frames_option("the config's frames, else all")
 @click.option("--set", "overrides", multiple=True, help="Config overrides key=value, e.g. refine.predictor=flow")
-def run_cmd(config: Path, out: Path | None, restart: bool, overrides):
+def run_cmd(config: Path, out: Path | None, restart: bool, frames, overrides):
     """The whole chain from a run config: ingest -> init -> subject -> refine -> export -> report.
 
     Resumable: rerunning skips what is done (ingested frames, detections, initial estimates,
@@ -100,6 +141,8 @@ def run_cmd(config: Path, out: Path | None, restart: bool, overrides):
     from mvcap.pipeline import format_summary, load_run_config, run_pipeline
 
     cfg, base = load_run_config(config, list(overrides))
+    if frames is not None:
+        cfg = dataclasses.replace(cfg, frames=frames.text)
     summary = run_pipeline(cfg, base, out, restart=restart)
     click.echo(format_summary(summary))
     if summary.frames_done == 0:
@@ -125,7 +168,7 @@ def report(session: Path, run_name: str, out: Path | None, overrides):
 @click.argument("session", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--run", "run_name", required=True, help="Results run to draw.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Output folder.")
-@click.option("--frames", default=None, help="Frame range START:STOP (default: every refined frame).")
+@_frames_option("every refined frame")
 @click.option("--views", default=None, help="Comma-separated cameras (default: all).")
 @click.option("--video", is_flag=True, help="Also write one MP4 per view.")
 @click.option("--no-compare", is_flag=True, help="Only the refined body (no before | after).")
@@ -140,7 +183,7 @@ def overlay(session: Path, run_name: str, out: Path, frames, views, video: bool,
     from mvcap.overlay import session_overlays
 
     res = session_overlays(
-        session, run_name, out, frames=_frame_range(frames), views=views.split(",") if views else None,
+        session, run_name, out, frames=_session_frames(session, frames), views=views.split(",") if views else None,
         compare_init=not no_compare, video=video, arrows=arrows,
     )  # fmt: skip
     click.echo(f"wrote overlays of {len(res.frames)} frames x {len(res.pngs)} views to {out}")
@@ -228,10 +271,10 @@ def rig_convert(src: Path, dst: Path, image_size):
     .qca.txt or Vicon .xcp. DST: a .toml file, or EasyMocap: a folder (created) or an
     intri.yml path (extri.yml is written beside it).
     """
-    from mvcap.rigio import save_rig
+    from mvcap.rigio import rig_world_up, save_rig
 
     r = _load_rig_verbose(src, image_size)
-    save_rig(r, dst)
+    save_rig(r, dst, up=rig_world_up(src))  # keep the world's up axis (Qualisys/Vicon: +Z)
     click.echo(f"{len(r)} cameras: {src} -> {dst}")
     _echo_cameras(r)
 
@@ -284,7 +327,7 @@ def _session_paths(target: Path) -> list[Path]:
 @click.option("--fusion", type=click.Choice(["joint", "refit"]), default=None)
 @click.option("--views", default=None, help="Comma-separated cameras to use (one = single-view fallback).")
 @click.option("--run", "run_name", default=None, help="Result run name (default: <predictor>-<fusion>).")
-@click.option("--frames", default=None, help="Frame range START:STOP (default: all).")
+@_frames_option("all")
 @click.option("--overwrite", is_flag=True, help="Start the run over instead of resuming it.")
 @click.option("--set", "overrides", multiple=True, help="Config overrides key=value, e.g. fit.iterations=60")
 @click.option(
@@ -295,9 +338,10 @@ def _session_paths(target: Path) -> list[Path]:
     help="Registered subject file (mvcap register) to store in the session first.",
 )
 def refine(session: Path, config_path, predictor, fusion, views, run_name, frames, overwrite, overrides, subject_path):
-    """Refine the body in every frame of a session (resumable; results go into the file)."""
+    """Refine the body in every frame of a session (resumable; results go to <session>.results/<run>.h5)."""
     from mvcap.capture import Session
     from mvcap.config import load_config, parse_overrides
+    from mvcap.pipeline import refine_events
     from mvcap.refine import RefineConfig, refine_session
     from mvcap.subject import Subject
 
@@ -308,20 +352,26 @@ def refine(session: Path, config_path, predictor, fusion, views, run_name, frame
     if views:
         extra["views"] = [v.strip() for v in views.split(",") if v.strip()]
     cfg = load_config(RefineConfig, config_path or "refine.toml", extra)
-    frame_list = _frame_range(frames)
     name = run_name or f"{cfg.predictor}-{cfg.fusion}" + (f"@{'+'.join(cfg.views)}" if cfg.views else "")
     subject = Subject.load(subject_path) if subject_path else None
     for path in _session_paths(session):
         if subject is not None:
             with Session.open(path, "a") as s:
                 s.write_subject(subject)
-        res = refine_session(path, name, cfg, frames=frame_list, overwrite=overwrite)
+        failures, events = [], {}
+        res = refine_session(path, name, cfg, frames=_session_frames(path, frames), overwrite=overwrite,
+                             failures=failures, events=events)  # fmt: skip
         done = int(res.done.sum())
         click.echo(
             f"{path}: run '{name}': {done}/{len(res.done)} frames done, "
             f"mean residual {float(np.nanmean(res.residual_px[res.done])) if done else float('nan'):.2f} px, "
             f"{float(np.mean(res.seconds[res.done])) if done else 0:.2f} s/frame"
         )
+        for t, reason in failures:
+            click.echo(f"  frame {t} failed ({reason}); a rerun retries it")
+        notes = refine_events(events)
+        if notes:
+            click.echo(f"  {notes}")
 
 
 @main.command()
@@ -397,34 +447,70 @@ def train_displacement(config: Path, out: Path, resume, max_steps, overrides):
     default="npz,json,bvh,glb,csv",
     show_default=True,
     help="Comma-separated: npz (AMASS-style), json (EasyMocap), bvh, glb (skinned glTF), csv "
-    "(joint positions), obj / ply (one mesh per frame).",
+    "(joint positions), obj / ply (one mesh per frame), trc (OpenSim/Pose2Sim markers), c3d "
+    "(markers; needs the 'export' extra).",
 )
-@click.option("--frames", default=None, help="Frame range START:STOP (STOP exclusive; default: all done frames).")
-def export(session: Path, run_name: str, out: Path, formats: str, frames: str | None):
-    """Export a results run of SESSION to npz / EasyMocap json / BVH / glTF / csv / meshes."""
+@_frames_option("all done frames")
+@click.option(
+    "--up",
+    type=click.Choice(["x", "y", "z", "+x", "+y", "+z", "-x", "-y", "-z"]),
+    default=None,
+    help="Up axis of every written file (default: each format's own: glb/bvh/trc/obj/ply +Y, npz/c3d +Z, "
+    "json/csv the session's).",
+)
+@click.option(
+    "--units",
+    type=click.Choice(["m", "cm", "mm"]),
+    default=None,
+    help="Length unit for bvh, trc, c3d, csv, obj, ply (default: m; c3d: mm). npz/json/glb are always metres.",
+)
+@click.option(
+    "--world-up",
+    type=click.Choice(["x", "y", "z", "+x", "+y", "+z", "-x", "-y", "-z"]),
+    default=None,
+    help="The session world's up axis, when the session does not record it or records it wrongly "
+    "(default: the session's record, else +Y).",
+)
+@click.option(
+    "--max-influences",
+    type=click.IntRange(1, 8),
+    default=4,
+    show_default=True,
+    help="GLB skin weights per vertex (the largest, renormalised); 8 is exact for mvcap's body.",
+)
+def export(session: Path, run_name: str, out: Path, formats: str, frames, up, units, world_up,
+           max_influences: int):  # fmt: skip
+    """Export a results run of SESSION to npz / EasyMocap json / BVH / glTF / TRC / C3D / csv / meshes.
+
+    Each format is written in its own convention (up axis, units) unless --up / --units say
+    otherwise; animations (bvh, glb, trc, c3d) get one file per contiguous run of frames.
+    """
     from mvcap.export import export_session
 
     fmts = [f.strip() for f in formats.split(",") if f.strip()]
-    res = export_session(session, run_name, out, formats=fmts, frames=frames)
-    click.echo(
-        f"{session}: run '{run_name}': exported {len(res.frames)} frames ({int(res.frames[0])}..{int(res.frames[-1])})"
-    )
+    res = export_session(session, run_name, out, formats=fmts, frames=frames, up=up, units=units,
+                         world_up=world_up, max_influences=max_influences)  # fmt: skip
+    runs = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in res.runs)
+    click.echo(f"{session}: run '{run_name}': exported {len(res.frames)} frames ({runs}); world up {res.world_up}")
     for fmt, path in res.paths.items():
-        click.echo(f"  {fmt:4s} {path}")
+        fup, funits = res.conventions[fmt]
+        click.echo(f"  {fmt:4s} {path}  ({fup} up, {funits})")
 
 
 @main.command()
-@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@click.argument("sources", nargs=-1, required=True)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Session file (.h5).")
 @click.option(
     "--rig", "rig_path", type=click.Path(path_type=Path), default=None, help="Rig file (default: SOURCE/rig.toml)."
 )
 @_config_option("Ingest TOML.")
-@click.option("--start", type=int, default=None, help="First timeline frame (default 0).")
 @click.option(
-    "--stop", type=int, default=None, help="Timeline frame to stop before (default: the shortest source's end)."
+    "--frames",
+    default=None,
+    help=f"Timeline frames: {_FRAMES_HELP}; ::2 keeps every other frame (default: every frame all cameras have).",
 )
-@click.option("--stride", type=int, default=None, help="Keep every N-th frame.")
+@click.option("--allow-gaps", is_flag=True, help="Store image-folder frames missing in a camera black, recorded as "
+              "missing, instead of stopping with an error.")  # fmt: skip
 @click.option("--offset", "offsets", multiple=True, metavar="CAM=K", help="Camera CAM reads frame t+K (repeatable).")
 @click.option("--fps", type=float, default=None, help="Source frame rate (default: the videos'; image folders: 30).")
 @click.option(
@@ -433,19 +519,29 @@ def export(session: Path, run_name: str, out: Path, formats: str, frames: str | 
 @click.option("--count-frames", is_flag=True, help="Decode the videos to count frames instead of trusting headers.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT and discard an interrupted OUT.partial.")
 @click.option("--set", "overrides", multiple=True, help="Config overrides key=value, e.g. offsets.cam1=2")
-def ingest(source, out, rig_path, config_path, start, stop, stride, offsets, fps, image_size, count_frames, overwrite,
+def ingest(sources, out, rig_path, config_path, frames, allow_gaps, offsets, fps, image_size, count_frames, overwrite,
            overrides):  # fmt: skip
-    """Ingest synchronized videos (SOURCE/<cam>.mp4) or image folders (SOURCE/<cam>/) into a session file."""
+    """Ingest synchronized videos or image folders into a session file.
+
+    SOURCES: a folder with one video (<camera>.mp4) or image folder (<camera>/) per camera, or one
+    video / image folder per camera (NAME=PATH to name one). Image-folder frames are matched across
+    cameras by the number in their file names."""
     from mvcap.config import load_config, parse_overrides
+    from mvcap.frames import format_frames, parse_frames
     from mvcap.ingest import IngestConfig
     from mvcap.ingest import ingest as run_ingest
 
     extra = parse_overrides(overrides)
-    for key, value in (("start", start), ("stop", stop), ("stride", stride), ("fps", fps), ("image_size", image_size)):
+    if frames is not None:
+        parse_frames(frames)  # fail on a malformed selection before reading the config
+        extra["frames"] = frames
+    for key, value in (("fps", fps), ("image_size", image_size)):
         if value is not None:
             extra[key] = list(value) if key == "image_size" else value
     if count_frames:
         extra["count_frames"] = True
+    if allow_gaps:
+        extra["allow_gaps"] = True
     for item in offsets:
         cam, sep, k = item.partition("=")
         if not sep or not k.strip().lstrip("-").isdigit():
@@ -454,34 +550,81 @@ def ingest(source, out, rig_path, config_path, start, stop, stride, offsets, fps
             )
         extra.setdefault("offsets", {})[cam.strip()] = int(k)
     cfg = load_config(IngestConfig, config_path, extra)
+    folder = Path(sources[0]) if len(sources) == 1 and Path(sources[0]).is_dir() else None
     if rig_path is None:
-        rig_path = source / "rig.toml"
-        if not rig_path.exists():
-            raise click.UsageError(f"no rig given and no {rig_path}; pass --rig PATH")
-    res = run_ingest(source, rig_path, out, cfg, overwrite=overwrite)
+        rig_path = folder / "rig.toml" if folder is not None else None
+        if rig_path is None or not rig_path.exists():
+            raise click.UsageError(f"no rig given{f' and no {rig_path}' if rig_path else ''}; pass --rig PATH")
+    res = run_ingest(folder if folder is not None else list(sources), rig_path, out, cfg, overwrite=overwrite)
     f = res.source_frames
     click.echo(
         f"{res.path}: {res.num_frames} frames x {len(res.sources)} views at {res.fps:g} fps "
-        f"(source frames {int(f[0])}..{int(f[-1])} step {cfg.stride})"
+        f"(source frames {int(f[0])}..{int(f[-1])} step {res.step})"
         + (f", resumed after {res.resumed_frames} frames" if res.resumed_frames else "")
     )
+    for cam, idx in res.missing.items():
+        click.echo(f"warning: camera '{cam}' has no image for session frame(s) {format_frames(idx)} (stored black)")
 
 
 @main.command()
 @click.argument("session", type=click.Path(path_type=Path))
 @_config_option("Init config TOML; its [detect] table is used (default: configs/init.toml).")
-@click.option("--frames", default=None, help="Frame range START:STOP (default: all).")
+@_frames_option("all written frames")
 @click.option("--overwrite", is_flag=True, help="Discard stored detections and detect again.")
+@click.option("--subject", default=None,
+              help="Follow one person when several are filmed: 'centre' (nearest the rig centre), 'near:X,Y,Z' "
+                   "(world metres) or 'pixel:CAM:X,Y' (the person whose hips are at that pixel of CAM).")  # fmt: skip
 @click.option("--set", "overrides", multiple=True, help="Overrides key=value, e.g. detect.masks=false")
-def detect(session: Path, config_path, frames, overwrite, overrides):
-    """Detect 2D keypoints and person masks in every view with MediaPipe (resumable)."""
+@click.option(
+    "--from",
+    "from_files",
+    nargs=2,
+    type=(click.Choice(["openpose", "rtmpose", "pose2sim", "easymocap"]), click.Path(exists=True, path_type=Path)),
+    default=None,
+    metavar="FORMAT PATH",
+    help="Read another detector's 2D keypoints instead of running MediaPipe: openpose (BODY_25 JSON), "
+    "rtmpose / pose2sim (HALPE_26, COCO_17, COCO_133 JSON), easymocap (annots/<camera>/<frame>.json); "
+    "PATH holds one folder per camera.",
+)
+@click.option(
+    "--keypoints",
+    "keypoint_format",
+    type=click.Choice(["body_25", "coco_17", "halpe_26", "coco_133"]),
+    default=None,
+    help="With --from: the files' landmark set (default: recognised from the keypoint count).",
+)
+@click.option("--person", type=int, default=None, help="With --from: person index / EasyMocap personID (default: "
+              "the most confident person).")  # fmt: skip
+@click.option("--first-frame", type=int, default=None, help="With --from: the file frame number of session frame 0 "
+              "(default: from the ingest, else each camera's first file).")  # fmt: skip
+def detect(session: Path, config_path, frames, overwrite, subject, overrides, from_files, keypoint_format, person,
+           first_frame):  # fmt: skip
+    """Detect 2D keypoints and person masks in every view with MediaPipe (resumable), or read
+    another detector's keypoints with --from FORMAT PATH (no masks)."""
+    if from_files is not None:
+        from mvcap.detect import import_detections
+
+        fmt, src = from_files
+        selected = _session_frames(session, frames)
+        res = import_detections(session, fmt, src, keypoint_format=keypoint_format, frames=selected,
+                                first_frame=first_frame, person=person, overwrite=overwrite)  # fmt: skip
+        click.echo(f"{session}: {res}")
+        return
+    if keypoint_format or person is not None or first_frame is not None:
+        raise click.UsageError("--keypoints, --person and --first-frame go with --from FORMAT PATH")
     from mvcap.config import load_config
     from mvcap.detect import detect_session
     from mvcap.initialize import InitConfig
+    from mvcap.track import detect_subject, parse_seed
 
     cfg = load_config(InitConfig, config_path or "init.toml", list(overrides))
     for path in _session_paths(session):
-        res = detect_session(path, cfg.detect, frames=_frame_range(frames), overwrite=overwrite)
+        selected = _session_frames(path, frames)
+        if subject:
+            res = detect_subject(path, parse_seed(subject), cfg.detect, triangulate=cfg.triangulate,
+                                 frames=selected, overwrite=overwrite)  # fmt: skip
+        else:
+            res = detect_session(path, cfg.detect, frames=selected, overwrite=overwrite)
         click.echo(f"{path}: {res}")
 
 
@@ -490,7 +633,7 @@ def detect(session: Path, config_path, frames, overwrite, overrides):
 @_config_option("Init config TOML (default: configs/init.toml).")
 @click.option("--from-npz", "npz", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Use these SMPL parameters instead: poses (T,72), trans (T,3), betas (10,).")  # fmt: skip
-@click.option("--frames", default=None, help="Frame range START:STOP (default: all detected frames).")
+@_frames_option("all detected frames")
 @click.option("--overwrite", is_flag=True, help="Replace existing initial estimates.")
 @click.option("--set", "overrides", multiple=True, help="Config overrides key=value, e.g. w_2d=0.5")
 def init_cmd(session: Path, config_path, npz, frames, overwrite, overrides):
@@ -504,8 +647,33 @@ def init_cmd(session: Path, config_path, npz, frames, overwrite, overrides):
         return
     cfg = load_config(InitConfig, config_path or "init.toml", list(overrides))
     for path in _session_paths(session):
-        res = initialize_session(path, cfg, frames=_frame_range(frames), overwrite=overwrite)
+        res = initialize_session(path, cfg, frames=_session_frames(path, frames), overwrite=overwrite)
         click.echo(f"{path}: {res}")
+
+
+@main.command()
+@click.argument("session", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--run", "run_name", required=True, help="Results run to check.")
+@click.option("--holdout", default=None, help="Comma-separated cameras to leave out one at a time (default: all).")
+@click.option("--frames", default=None, help="Frames to check among the run's done frames (default ::10).")
+@_config_option("Init config TOML for the refits without each camera (default: configs/init.toml).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="JSON file to write (default: <session>.validate_<run>.json, which the report shows).")  # fmt: skip
+@click.option("--no-in-view", is_flag=True, help="Skip the in-view rows (stored result vs stored init).")
+def validate(session: Path, run_name: str, holdout, frames, config_path, out, no_in_view):
+    """Did refinement help? Leave each camera out, redo init + refinement with the others, and
+    measure init and result in the camera left out (keypoints, silhouette IoU, photometric)."""
+    from mvcap.config import load_config
+    from mvcap.initialize import InitConfig
+    from mvcap.validate import ValidateConfig, format_report, report_path, save_report, validate_run
+
+    init_cfg = load_config(InitConfig, config_path or "init.toml")
+    cfg = ValidateConfig(frames=frames or ValidateConfig.frames, init=init_cfg)
+    held = [v.strip() for v in holdout.split(",") if v.strip()] if holdout else None
+    rep = validate_run(session, run_name, cfg, holdout=held, in_view=not no_in_view)
+    path = save_report(rep, out or report_path(session, run_name))
+    click.echo(format_report(rep))
+    click.echo(f"wrote {path} ({rep.seconds:.0f} s)")
 
 
 @main.command()
@@ -514,7 +682,11 @@ def init_cmd(session: Path, config_path, npz, frames, overwrite, overrides):
               help="Subject file to write (default: <session>.subject.npz beside the session).")  # fmt: skip
 @click.option("--name", default=None, help="Subject name (default: the session file's stem).")
 @_config_option("Registration TOML (default: configs/register.toml).")
-@click.option("--frames", default=None, help="Frames to use: START:STOP (num_frames spread over it) or a list 0,20,40.")
+@_frames_option(
+    "all usable frames",
+    f"Frames to register from: {_FRAMES_HELP}. With a range, num_frames usable frames are spread over the "
+    "selection; a list of single frames (0,20,40) is used as given.",
+)
 @click.option("--views", default=None, help="Comma-separated cameras to use (default: all).")
 @click.option("--write-session", is_flag=True, help="Also store the subject in the session (used by refine).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing subject file.")
@@ -527,12 +699,10 @@ def register(session: Path, out, name, config_path, frames, views, write_session
     extra = parse_overrides(overrides)
     if views:
         extra["views"] = [v.strip() for v in views.split(",") if v.strip()]
-    within = _frame_range(frames) if frames and ":" in frames else None
-    if frames and within is None:
-        try:
-            extra["frames"] = [int(t) for t in frames.split(",") if t.strip()]
-        except ValueError:
-            raise click.BadParameter(f"{frames!r}: give START:STOP or a list 0,20", param_hint="--frames") from None
+    chosen = _session_frames(session, frames)
+    within = chosen if frames is not None and not frames.only_frames else None
+    if frames is not None and frames.only_frames:
+        extra["frames"] = chosen
     cfg = load_config(RegisterConfig, config_path or "register.toml", extra)
     out = out or session.with_name(session.stem + ".subject.npz")
     if out.exists() and not overwrite:
@@ -564,11 +734,13 @@ def register(session: Path, out, name, config_path, frames, views, write_session
 @click.option("--set", "overrides", multiple=True, help="Config overrides key=value, e.g. min_frames=15")
 @click.option("--compare", "compare_to", type=click.Path(exists=True, path_type=Path), default=None,
               help="Print each camera's difference to this rig (an earlier calibration or ground truth).")  # fmt: skip
+@click.option("--allow-gaps", is_flag=True, help="Accept image folders that lack some frame numbers.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def calibrate_cmd(sources, board, out_rig, report_dir, config_path, stride, max_frames, world_frame, up, overrides,
-                  compare_to, quiet):  # fmt: skip
+                  compare_to, allow_gaps, quiet):  # fmt: skip
     """Calibrate a rig from board videos or image folders, one per camera (NAME=PATH to name one; a single
-    folder of videos / image folders works too). Frames are matched across cameras by index."""
+    folder of videos / image folders works too). Frames are matched across cameras by index: a video's
+    decoded order, an image's file-name number."""
     from mvcap import calibrate as cal
     from mvcap.config import parse_overrides
 
@@ -577,6 +749,8 @@ def calibrate_cmd(sources, board, out_rig, report_dir, config_path, stride, max_
                        ("world_frame", world_frame), ("up", up)):  # fmt: skip
         if value is not None:
             extra[key] = value
+    if allow_gaps:
+        extra["allow_gaps"] = True
     cfg = cal.load_calibrate_config(config_path, extra)
     ref = _load_rig_verbose(compare_to, None) if compare_to else None
     res = cal.calibrate(list(sources), cfg, progress=not quiet)

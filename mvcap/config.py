@@ -9,17 +9,22 @@ valid ones so a typo never passes silently.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
+from mvcap.errors import MvcapError
+from mvcap.resources import resource_path
+
 __all__ = [
     "ConfigError",
     "load_config",
     "build_config",
     "read_toml",
+    "read_text",
     "merge",
     "from_dict",
     "to_dict",
@@ -28,17 +33,17 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIG_DIR = resource_path("configs", must_exist=False)  # shipped configs (mvcap/assets/configs)
 
 
-class ConfigError(ValueError):
+class ConfigError(MvcapError):
     """A config file or override is invalid; the message names the key."""
 
 
 def _parse_value(text: str) -> Any:
     try:
         return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
+    except (tomllib.TOMLDecodeError, RecursionError, KeyError):
         return text  # a bare word, e.g. fusion=refit
 
 
@@ -50,9 +55,13 @@ def parse_overrides(items: typing.Iterable[str]) -> dict:
             raise ConfigError(f"override '{item}' must look like key=value (e.g. fit.iterations=50)")
         key, value = item.split("=", 1)
         node = out
-        parts = key.strip().split(".")
+        parts = [p.strip() for p in key.strip().split(".")]
+        if not all(parts):
+            raise ConfigError(f"override '{item}' has an empty key; use key=value or section.key=value")
         for p in parts[:-1]:
             node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{item}': '{p}' was already given a value, it cannot also be a table")
         node[parts[-1]] = _parse_value(value.strip())
     return out
 
@@ -87,17 +96,38 @@ def _convert(tp, value, where: str):
         if args and len(args) != len(value):
             raise ConfigError(f"'{where}' must have {len(args)} values, got {len(value)}")
         return tuple(_convert(a, v, where) for a, v in zip(args, value)) if args else tuple(value)
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+    if tp is float:
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ConfigError(f"'{where}' must be a number, got {_short(value)}")
+        if math.isnan(value):
+            raise ConfigError(f"'{where}' must be a number, got nan")
         return float(value)
+    if tp is int and isinstance(value, bool):  # True is an int to Python, not to a config reader
+        raise ConfigError(f"'{where}' must be int, got {value!r}")
     if tp in (int, str, bool) and not isinstance(value, tp):
-        raise ConfigError(f"'{where}' must be {tp.__name__}, got {value!r}")
+        raise ConfigError(f"'{where}' must be {tp.__name__}, got {_short(value)}")
+    if tp is Path:
+        if not isinstance(value, (str, Path)) or not str(value).strip():
+            raise ConfigError(f"'{where}' must be a path (a string), got {_short(value)}")
+        return Path(value)
+    if (origin or tp) is dict and not isinstance(value, dict):
+        raise ConfigError(f"'{where}' must be a table, got {_short(value)}")
+    if (origin or tp) is list and not isinstance(value, list):
+        raise ConfigError(f"'{where}' must be a list, got {_short(value)}")
     return value
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def from_dict(cls: type[T], data: dict, where: str = "") -> T:
     """Build a (nested) dataclass from a dict; unknown keys are an error."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{f'[{where}] ' if where else ''}must be a table of settings, got {_short(data)}")
     unknown = sorted(set(data) - set(fields))
     if unknown:
         prefix = f"[{where}] " if where else ""
@@ -112,6 +142,9 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
             raise
         # a config's plain range checks (__post_init__) read like the rest
         raise ConfigError(f"[{where}] {exc}" if where else str(exc)) from exc
+    except (TypeError, ArithmeticError) as exc:  # a value a range check could not even compare
+        msg = f"invalid value ({type(exc).__name__}: {exc})"
+        raise ConfigError(f"[{where}] {msg}" if where else msg) from exc
 
 
 def to_dict(cfg) -> dict:
@@ -127,10 +160,29 @@ def read_toml(path: str | Path) -> tuple[dict, Path]:
         path = CONFIG_DIR / path
     if not path.exists():
         raise ConfigError(f"config file not found: {path}")
+    text = read_text(path, "config file")
     try:
-        return tomllib.loads(path.read_text()), path
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
+        return tomllib.loads(text), path
+    except (tomllib.TOMLDecodeError, RecursionError) as exc:
+        raise ConfigError(f"{path}: not valid TOML ({str(exc)[:300]})") from None
+
+
+def read_text(path: str | Path, what: str = "file", error: type[Exception] = ConfigError) -> str:
+    """A text file decoded as UTF-8; a folder, an unreadable or a non-UTF-8 file raises ``error``
+    (one line saying which)."""
+    path = Path(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        bad = exc.object[exc.start : exc.start + 1]
+        raise error(
+            f"{path}: not a UTF-8 text file (byte {exc.start}: {bad!r}); save the {what} as UTF-8 "
+            "(or check that this is the right file)"
+        ) from None
+    except IsADirectoryError:
+        raise error(f"{path} is a folder, not a {what}") from None
+    except OSError as exc:
+        raise error(f"cannot read {what} {path}: {exc.strerror or exc}") from None
 
 
 def build_config(cls: type[T], data: dict, overrides: dict | list | None = None, where: str = "config") -> T:

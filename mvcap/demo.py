@@ -26,9 +26,10 @@ import torch
 
 from mvcap.body import load_body_model
 from mvcap.cameras import project
+from mvcap.resources import resource_path
 from mvcap.rigio import load_rig
 
-DEMO_RIG = Path(__file__).resolve().parents[1] / "calibration" / "demo_rig.toml"
+DEMO_RIG = resource_path("calibration/demo_rig.toml", must_exist=False)
 
 
 def demo_pose() -> torch.Tensor:

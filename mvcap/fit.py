@@ -1,17 +1,35 @@
-"""Fitting the body to 2D targets in every view (a SMPLify-style objective).
+"""Fitting the body: the one fitting kit (parameterisation, regularisers, solver) and the
+dense / sparse 2D fit built on it.
 
-Objective for B frames, V views, P target points (mesh vertices or joints)::
+**The kit** (:class:`BodyFit`, :func:`lbfgs`): B bodies around an initial estimate, fitted to a
+list of data terms plus a fixed set of regularisers::
 
-    E = w_data * sum_v sum_i w_vi rho(|pi_v(X_i) - y_vi| / s_v) / sum w
-      + w_init * |delta_pose|^2  + w_limits * limits(pose) + w_prior * prior(pose)
-      + w_temporal * |pose - pose_prev|^2 + w_betas * |betas - betas_known|^2
+    E_b = sum_k term_k(posed_b)                                  (the caller's data terms)
+        + w_init * |delta_b|^2 + w_limits * limits(pose_b) + w_prior * prior(pose_b)
+        + w_temporal * |body_b - body_prev_b|^2 + w_betas * |betas_b - betas_ref|^2
+
+A data term is any callable ``posed -> (B,)`` per-body loss, where ``posed`` is what the
+body callable returns for the current parameters (a :class:`mvcap.body.BodyOutput` with
+vertices (B, N, 3) and joints (B, 24, 3) for a :class:`~mvcap.body.BodyModel`); adding a cue
+to a fit means adding one callable to the list. The pose is parameterised as a local
+rotation update of the initial estimate, ``R_j = R_j_init exp(delta_j)`` (no singularity at
+any heading or joint angle); the first ``free_joints`` joints move (1: the root alone).
+``body_b`` are the relative joint rotations 1..23 (the root's heading is left to the data:
+rotation vectors jump at pi). The shape is held at the initial betas unless optimised;
+``betas_ref`` defaults to the initial betas. The solver is L-BFGS with a strong-Wolfe line
+search over all B bodies at once (their losses summed, or averaged with ``reduce="mean"``).
+The initializer (:mod:`mvcap.initialize`, 3D/2D keypoint and mask terms) and the
+registration (:mod:`mvcap.register`, silhouette and keypoint terms) use the same kit.
+
+**The 2D fit** (:func:`fit_body`). Objective for B frames, V views, P target points (mesh
+vertices or joints)::
+
+    E = w_data * sum_v sum_i w_vi rho(|pi_v(X_i) - y_vi| / s_v) / sum w  + regularisers
 
 ``rho`` is Geman-McClure, divided by sigma^2 so that it saturates at 1 for outliers;
 ``s_v`` is the person's size in view v (the diagonal of the projected body's bounding box),
 which makes the data term independent of image resolution and distance, as in the
-refinement paper. The pose is parameterised as a local rotation update of the initial
-estimate (``R_j = R_j_init exp(delta_j)``), the shape is held at the subject's known betas
-unless ``optimize_betas``. L-BFGS with a strong-Wolfe line search, batched over frames.
+refinement paper.
 
 ``independent_views=True`` fits one body per view (each view sees only its own targets):
 the per-view updates of ReFit's multi-view fusion (see :mod:`mvcap.fuse`).
@@ -20,17 +38,34 @@ the per-view updates of ReFit's multi-view fusion (see :mod:`mvcap.fuse`).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import roma
 import torch
 from torch import Tensor
 
-from mvcap.body import BodyModel
+from mvcap.body import BodyModel, BodyParams
 from mvcap.cameras import Rig, cam_to_pixels, world_to_cam, world_to_cam_per_view
 from mvcap.poses import limit_violation
 
-__all__ = ["FitConfig", "Targets", "FitResult", "fit_body", "geman_mcclure", "person_scale"]
+__all__ = [
+    "FitConfig",
+    "Targets",
+    "FitResult",
+    "fit_body",
+    "geman_mcclure",
+    "person_scale",
+    "Regularisers",
+    "SolverConfig",
+    "BodyFit",
+    "DataTerm",
+    "lbfgs",
+    "default_pose_prior",
+]
+
+#: A data term: posed body (what the fit's body callable returns) -> per-body loss (B,).
+DataTerm = Callable[[object], Tensor]
 
 
 @dataclass(frozen=True)
@@ -44,10 +79,20 @@ class FitConfig:
     w_init: float = 1e-4  # closeness to the initial estimate, per joint, radians^2
     w_limits: float = 1e-2  # anatomical joint-limit violations, radians^2
     w_prior: float = 1e-4  # Gaussian pose prior fitted on our pose sampler (Mahalanobis)
-    w_temporal: float = 0.0  # closeness to the previous frame's result (sequences)
+    w_temporal: float = 0.0  # closeness to the previous frame's joint rotations 1..23 (sequences)
     w_betas: float = 1e-3  # closeness to the known shape, when optimize_betas
     optimize_betas: bool = False
     optimize_transl: bool = True
+    tolerance_grad: float = 1e-9  # L-BFGS stops early below these (the defaults practically never do)
+    tolerance_change: float = 1e-12
+
+    @property
+    def regularisers(self) -> Regularisers:
+        return Regularisers(self.w_init, self.w_limits, self.w_prior, self.w_temporal, self.w_betas)
+
+    @property
+    def solver(self) -> SolverConfig:
+        return SolverConfig(self.iterations, self.lbfgs_history, self.tolerance_grad, self.tolerance_change)
 
 
 @dataclass(frozen=True)
@@ -113,7 +158,7 @@ class PosePrior:
     def from_sampler(cls, num_samples: int = 4000, seed: int = 0) -> PosePrior:
         import numpy as np
 
-        from mvcap.poses import sample_poses
+        from mvcap.motions import sample_poses
 
         poses = torch.as_tensor(sample_poses(np.random.default_rng(seed), num_samples), dtype=torch.float64)
         body = poses[:, 1:]  # (S, 23, 3) relative joint rotations
@@ -137,123 +182,273 @@ def default_pose_prior() -> PosePrior:
     return _PRIOR_CACHE["prior"]
 
 
+# ------------------------------------------------------------------------------------------
+# the kit
+# ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Regularisers:
+    """Weights of the kit's regulariser terms (per body; 0 = off)."""
+
+    w_init: float = 0.0  # |delta|^2: closeness to the initial estimate, radians^2 per joint
+    w_limits: float = 0.0  # anatomical joint-limit violations, radians^2
+    w_prior: float = 0.0  # Gaussian pose prior fitted on our pose sampler (Mahalanobis)
+    w_temporal: float = 0.0  # |body - body_prev|^2 over joints 1..23 (needs prev_pose_rotvecs)
+    w_betas: float = 0.0  # |betas - betas_ref|^2 (only when the betas are optimised)
+
+
+@dataclass(frozen=True)
+class SolverConfig:
+    """L-BFGS settings: iterations (max), history size and the stopping tolerances."""
+
+    iterations: int = 40
+    history: int = 20
+    tolerance_grad: float = 1e-9
+    tolerance_change: float = 1e-12
+
+
+def lbfgs(params: Sequence[Tensor], loss_fn: Callable[[], Tensor], solver: SolverConfig) -> int:
+    """Minimise the scalar ``loss_fn()`` over ``params`` with L-BFGS (strong-Wolfe line search,
+    unit step). Returns the iterations run (0 when ``solver.iterations`` is 0)."""
+    if solver.iterations <= 0:
+        return 0
+    optimizer = torch.optim.LBFGS(
+        params,
+        lr=1.0,
+        max_iter=solver.iterations,
+        history_size=solver.history,
+        line_search_fn="strong_wolfe",
+        tolerance_grad=solver.tolerance_grad,
+        tolerance_change=solver.tolerance_change,
+    )
+
+    def closure():
+        optimizer.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return int(optimizer.state[optimizer._params[0]].get("n_iter", 0))
+
+
+class BodyFit:
+    """B bodies being fitted: the parameters, the regularisers and the solver call.
+
+    body: callable ``(rotmats=(B, 24, 3, 3), betas=(B, K), transl=(B, 3)) -> posed`` (a
+    :class:`~mvcap.body.BodyModel`, or anything cheaper that poses what the data terms need);
+    rotmats (B, 24, 3, 3), betas (B, K) (or (1, K) with ``shared_betas``), transl (B, 3): the
+    initial estimate (its dtype is the fit's); free_joints: the first joints that move (24:
+    all, 1: the root alone); betas_step (K,): the betas are optimised as ``betas_init + z *
+    betas_step`` (rescaling so weak components move as fast as strong ones), default 1;
+    betas_ref (1 or B, K): target of the shape term (default: the initial betas);
+    prev_pose_rotvecs (B, 24, 3): the previous frame's pose for the temporal term;
+    shared_betas: one shape for all B bodies (its shape term counted once, not per body);
+    reduce: "sum" or "mean" of the per-body losses in the solver's objective.
+
+    :meth:`solve` can be called repeatedly (e.g. with new data terms after re-finding
+    correspondences); the parameters and the regularisers' reference (the initial estimate)
+    carry over.
+    """
+
+    def __init__(
+        self,
+        body: Callable,
+        rotmats: Tensor,
+        betas: Tensor,
+        transl: Tensor,
+        reg: Regularisers = Regularisers(),
+        *,
+        free_joints: int = 24,
+        optimize_transl: bool = True,
+        optimize_betas: bool = False,
+        shared_betas: bool = False,
+        betas_step: Tensor | None = None,
+        betas_ref: Tensor | None = None,
+        prev_pose_rotvecs: Tensor | None = None,
+        reduce: str = "sum",
+    ):
+        if rotmats.ndim != 4 or rotmats.shape[1:] != (24, 3, 3):
+            raise ValueError(f"rotmats must be (B, 24, 3, 3), got {tuple(rotmats.shape)}")
+        if not 1 <= free_joints <= 24:
+            raise ValueError(f"free_joints must be in 1..24, got {free_joints}")
+        if reduce not in ("sum", "mean"):
+            raise ValueError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
+        B = rotmats.shape[0]
+        dtype, device = rotmats.dtype, rotmats.device
+        self.body, self.reg, self.reduce, self.shared_betas = body, reg, reduce, shared_betas
+        self.R_init, self.betas0, self.transl0 = rotmats, betas.to(dtype), transl.to(dtype)
+        self.free_joints = free_joints
+        self.betas_step = None if betas_step is None else betas_step.to(dtype)
+        self.betas_ref = None if betas_ref is None else betas_ref.to(dtype)
+        self.prev_body = None
+        if prev_pose_rotvecs is not None and reg.w_temporal > 0:
+            self.prev_body = prev_pose_rotvecs.to(dtype)[:, 1:]
+        self.prior = default_pose_prior() if reg.w_prior > 0 else None
+        self.delta = torch.zeros(B, free_joints, 3, dtype=dtype, device=device, requires_grad=True)
+        self.d_transl = torch.zeros(B, 3, dtype=dtype, device=device, requires_grad=optimize_transl)
+        self.d_betas = torch.zeros_like(self.betas0, requires_grad=optimize_betas)
+        self.params = (
+            [self.delta] + ([self.d_transl] if optimize_transl else []) + ([self.d_betas] if optimize_betas else [])
+        )
+        self.optimize_betas = optimize_betas
+
+    def rotmats(self) -> Tensor:
+        """Current joint rotations (B, 24, 3, 3)."""
+        if self.free_joints == 24:
+            return self.R_init @ roma.rotvec_to_rotmat(self.delta)
+        f = self.free_joints
+        return torch.cat([self.R_init[:, :f] @ roma.rotvec_to_rotmat(self.delta), self.R_init[:, f:]], 1)
+
+    def betas(self) -> Tensor:
+        """Current betas (B, K) (or (1, K) when shared)."""
+        step = self.d_betas if self.betas_step is None else self.d_betas * self.betas_step
+        return self.betas0 + step
+
+    def transl(self) -> Tensor:
+        return self.transl0 + self.d_transl
+
+    def pose_rotvecs(self) -> Tensor:
+        return roma.rotmat_to_rotvec(self.rotmats())
+
+    def pose(self, rotmats: Tensor | None = None):
+        """The posed body for the current parameters (what the data terms receive)."""
+        rotmats = self.rotmats() if rotmats is None else rotmats
+        betas = self.betas()
+        if self.shared_betas:
+            betas = betas.expand(rotmats.shape[0], -1)
+        return self.body(rotmats=rotmats, betas=betas, transl=self.transl())
+
+    def _shape_term(self) -> Tensor:
+        """w_betas |betas - betas_ref|^2 per row of the betas parameter."""
+        if self.betas_ref is None:
+            d = self.d_betas if self.betas_step is None else self.d_betas * self.betas_step
+        else:
+            d = self.betas() - self.betas_ref
+        return self.reg.w_betas * (d**2).sum(-1)
+
+    def losses(self, terms: Sequence[DataTerm]) -> Tensor:
+        """Per-body objective (B,): the data terms plus the regularisers (a shared shape's term
+        is not included; see :meth:`objective`)."""
+        reg = self.reg
+        rotmats = self.rotmats()
+        posed = self.pose(rotmats)
+        data = sum(term(posed) for term in terms)
+        loss = reg.w_init * (self.delta**2).sum((-1, -2))
+        if reg.w_limits > 0 or self.prior is not None or self.prev_body is not None:
+            pose = roma.rotmat_to_rotvec(rotmats)
+            if reg.w_limits > 0:
+                loss = loss + reg.w_limits * limit_violation(pose)
+            if self.prior is not None:
+                loss = loss + reg.w_prior * self.prior(pose)
+            if self.prev_body is not None:
+                loss = loss + reg.w_temporal * ((pose[:, 1:] - self.prev_body) ** 2).sum((-1, -2))
+        if self.optimize_betas and not self.shared_betas:
+            loss = loss + self._shape_term()
+        return data + loss
+
+    def objective(self, terms: Sequence[DataTerm]) -> Tensor:
+        """The scalar the solver minimises."""
+        per_body = self.losses(terms)
+        total = per_body.sum() if self.reduce == "sum" else per_body.mean()
+        if self.optimize_betas and self.shared_betas:
+            total = total + self._shape_term().sum()
+        return total
+
+    def solve(self, terms: Sequence[DataTerm], solver: SolverConfig = SolverConfig()) -> int:
+        """Run the solver on ``terms``; returns its iterations."""
+        return lbfgs(self.params, lambda: self.objective(terms), solver)
+
+
+# ------------------------------------------------------------------------------------------
+# the 2D fit
+# ------------------------------------------------------------------------------------------
 def fit_body(
     model: BodyModel,
     rig: Rig,
-    init_pose_rotvecs: Tensor,
-    betas: Tensor,
-    init_transl: Tensor,
+    init: BodyParams,
     targets: Targets,
     cfg: FitConfig = FitConfig(),
     prev_pose_rotvecs: Tensor | None = None,
     independent_views: bool = False,
+    extra_terms: Sequence[DataTerm] = (),
 ) -> FitResult:
     """Fit pose (and root translation, optionally shape) to 2D targets in all views.
 
-    init_pose_rotvecs (B, 24, 3); betas (B, K) the subject's known shape; init_transl
-    (B, 3); targets for B frames and the rig's V views; prev_pose_rotvecs (B, 24, 3)
-    for the temporal term. With ``independent_views`` every view gets its own body
-    (returned pose/transl/betas have shape (B, V, ...)).
+    init: B frames of initial estimates (betas: the subject's known shape); targets for B
+    frames and the rig's V views; prev_pose_rotvecs (B, 24, 3) for the temporal term. With
+    ``independent_views`` every view gets its own body (returned pose/transl/betas have shape
+    (B, V, ...)). extra_terms: more data terms (e.g. :mod:`mvcap.cues`' keypoints and
+    silhouettes) added to the objective; joint fits only.
     """
     t0 = time.perf_counter()
     B, V = targets.uv.shape[:2]
+    if extra_terms and independent_views:
+        raise ValueError("extra_terms apply to joint fits only (independent views fit one body per view)")
     if V != len(rig):
         raise ValueError(f"targets have {V} views but the rig has {len(rig)} cameras")
-    if init_pose_rotvecs.shape != (B, 24, 3):
-        raise ValueError(f"init_pose_rotvecs must be (B={B}, 24, 3), got {tuple(init_pose_rotvecs.shape)}")
+    if not isinstance(init, BodyParams):
+        raise TypeError(f"init must be a BodyParams, got {type(init).__name__}")
+    if len(init) != B:
+        raise ValueError(f"init has {len(init)} frames but the targets have B={B}")
     dtype = torch.float32
-    device = init_pose_rotvecs.device
-    T = rig.tensors(device=device, dtype=dtype)
-    dist = T["dist"] if targets.distorted else None
+    device = model.v_template.device
+    init_t = init.to_torch(device=device, dtype=dtype)
+    cams = rig.tensors(device=device, dtype=dtype)
+    dist = cams["dist"] if targets.distorted else None
     uv_t = targets.uv.to(dtype)
     w_t = targets.weight.to(dtype).clamp_min(0)
 
     # In independent mode the batch is (B*V) bodies, each seen by one view.
-    nb = B * V if independent_views else B
     expand = (
         (lambda x: x[:, None].expand(B, V, *x.shape[1:]).reshape(B * V, *x.shape[1:]))
         if independent_views
         else (lambda x: x)
     )
-    R_init = roma.rotvec_to_rotmat(expand(init_pose_rotvecs.to(dtype)))
-    betas0 = expand(betas.to(dtype))
-    transl0 = expand(init_transl.to(dtype))
     prev = expand(prev_pose_rotvecs.to(dtype)) if prev_pose_rotvecs is not None else None
-
-    delta = torch.zeros(nb, 24, 3, dtype=dtype, device=device, requires_grad=True)
-    d_transl = torch.zeros(nb, 3, dtype=dtype, device=device, requires_grad=cfg.optimize_transl)
-    d_betas = torch.zeros_like(betas0, requires_grad=cfg.optimize_betas)
-    params = [delta] + ([d_transl] if cfg.optimize_transl else []) + ([d_betas] if cfg.optimize_betas else [])
-    prior = default_pose_prior() if cfg.w_prior > 0 else None
+    fit = BodyFit(
+        model,
+        roma.rotvec_to_rotmat(expand(init_t["pose_rotvecs"])),
+        expand(init_t["betas"]),
+        expand(init_t["transl"]),
+        cfg.regularisers,
+        optimize_transl=cfg.optimize_transl,
+        optimize_betas=cfg.optimize_betas,
+        prev_pose_rotvecs=prev,
+    )
 
     def project_points(points: Tensor) -> Tensor:  # (nb, P, 3) -> (B, V, P, 2)
         if independent_views:
-            cam = world_to_cam_per_view(points.view(B, V, *points.shape[1:]), T["R_world2cam"], T["t_world2cam"])
+            cam = world_to_cam_per_view(points.view(B, V, *points.shape[1:]), cams["R_world2cam"], cams["t_world2cam"])
         else:
-            cam = world_to_cam(points, T["R_world2cam"], T["t_world2cam"])
-        return cam_to_pixels(cam, T["K"], dist)
+            cam = world_to_cam(points, cams["R_world2cam"], cams["t_world2cam"])
+        return cam_to_pixels(cam, cams["K"], dist)
 
-    def current(delta_, d_transl_, d_betas_):
-        rotmats = R_init @ roma.rotvec_to_rotmat(delta_)
-        out = model(rotmats=rotmats, betas=betas0 + d_betas_, transl=transl0 + d_transl_)
-        pts = out.vertices if targets.points == "vertices" else out.joints
-        return rotmats, pts
+    def target_points(posed) -> Tensor:
+        return posed.vertices if targets.points == "vertices" else posed.joints
 
     with torch.no_grad():
-        _, pts0 = current(delta, d_transl, d_betas)
-        scale = person_scale(project_points(pts0))  # (B, V)
+        scale = person_scale(project_points(target_points(fit.pose())))  # (B, V)
     wsum = w_t.sum(-1).clamp_min(1e-6)  # (B, V)
     view_has_data = (w_t.sum(-1) > 0).to(dtype)
 
-    def per_frame_loss():
-        rotmats, pts = current(delta, d_transl, d_betas)
-        uv = project_points(pts)
+    def reprojection(posed) -> Tensor:  # per body: (B,), or (B*V,) with independent views
+        uv = project_points(target_points(posed))
         sq = ((uv - uv_t) ** 2).sum(-1) / scale[..., None] ** 2
         data = (w_t * geman_mcclure(sq, cfg.gm_sigma)).sum(-1) / wsum  # (B, V)
-        data = (data * view_has_data).sum(-1)  # (B,)
-        pose = roma.rotmat_to_rotvec(rotmats)
-        reg = cfg.w_init * (delta**2).sum((-1, -2))
-        if cfg.w_limits > 0:
-            reg = reg + cfg.w_limits * limit_violation(pose)
-        if prior is not None:
-            reg = reg + cfg.w_prior * prior(pose)
-        if prev is not None and cfg.w_temporal > 0:
-            reg = reg + cfg.w_temporal * ((pose - prev) ** 2).sum((-1, -2))
-        if cfg.optimize_betas:
-            reg = reg + cfg.w_betas * (d_betas**2).sum(-1)
-        if independent_views:
-            reg = reg.view(B, V).sum(-1)
-        return cfg.w_data * data + reg, uv
+        data = data * view_has_data
+        return cfg.w_data * (data.reshape(B * V) if independent_views else data.sum(-1))
 
-    optimizer = torch.optim.LBFGS(
-        params,
-        lr=1.0,
-        max_iter=cfg.iterations,
-        history_size=cfg.lbfgs_history,
-        line_search_fn="strong_wolfe",
-        tolerance_grad=1e-9,
-        tolerance_change=1e-12,
-    )
-
-    def closure():
-        optimizer.zero_grad()
-        loss = per_frame_loss()[0].sum()
-        loss.backward()
-        return loss
-
-    if cfg.iterations > 0:
-        optimizer.step(closure)
-    n_iter = int(optimizer.state[optimizer._params[0]].get("n_iter", 0)) if cfg.iterations > 0 else 0
+    n_iter = fit.solve([reprojection, *extra_terms], cfg.solver)
 
     with torch.no_grad():
-        loss, uv = per_frame_loss()
+        loss = fit.losses([reprojection])
+        if independent_views:
+            loss = loss.view(B, V).sum(-1)
+        uv = project_points(target_points(fit.pose()))
         dist_px = (uv - uv_t).norm(dim=-1)
         residual = (w_t * dist_px).sum(-1) / wsum
         residual = torch.where(view_has_data > 0, residual, torch.full_like(residual, float("nan")))
-        rotmats = R_init @ roma.rotvec_to_rotmat(delta)
-        pose = roma.rotmat_to_rotvec(rotmats)
-        transl = transl0 + d_transl
-        betas_out = betas0 + d_betas
+        pose, transl, betas_out = fit.pose_rotvecs(), fit.transl(), fit.betas()
         if independent_views:
             pose, transl, betas_out = (x.view(B, V, *x.shape[1:]) for x in (pose, transl, betas_out))
     return FitResult(pose, betas_out, transl, loss, residual, n_iter, time.perf_counter() - t0)

@@ -1,16 +1,12 @@
 """Multi-view fusion of per-view body estimates (ReFit's multi-view procedure).
 
-Each view yields its own body update. Fusion averages them into one body:
+Each view yields its own body update, fitted in the world frame (the per-view fits share
+the world frame, so no camera-frame conversion is needed). Fusion averages them into one body:
 
-* joint rotations (relative, view-independent): chordal L2 mean of rotation matrices,
+* joint rotations, the global orientation included: chordal L2 mean of rotation matrices,
   projected back to SO(3) by SVD with a determinant guard against reflections;
-* global orientation: per-view estimates given in a camera frame are moved to the world
-  frame with that camera's extrinsics first, then averaged like the joints;
-* root translation: converted between frames with SMPL's root pivot (the body rotates
-  about its rest-pose root joint J0, not the origin):
-  ``T_cam = R (J0 + T_world) + t - J0`` and ``T_world = R^T (T_cam + J0 - t) - J0``;
-  fused either by a plain mean or (default) by a depth-aware least squares that trusts
-  each view less along its own optical axis, where a single view sees depth poorly.
+* root translation: a plain mean or (default) a depth-aware least squares that trusts each
+  view less along its own optical axis, where a single view sees depth poorly.
 
 Pure functions on torch tensors. Shapes: V views, J joints, B frames.
 """
@@ -23,8 +19,6 @@ from torch import Tensor
 
 __all__ = [
     "rotation_average",
-    "root_world_to_camera",
-    "root_camera_to_world",
     "fuse_translations",
     "fuse_bodies",
 ]
@@ -46,30 +40,6 @@ def rotation_average(rotmats: Tensor, weights: Tensor | None = None) -> Tensor:
     weights = torch.where(total > 0, weights / total.clamp_min(1e-12), torch.full_like(weights, 1.0 / rotmats.shape[0]))
     mean = (weights[..., None, None] * rotmats).sum(0)
     return roma.special_procrustes(mean)  # nearest rotation, det +1
-
-
-def root_world_to_camera(
-    global_rotmat_world: Tensor, transl_world: Tensor, root_rest: Tensor, R_world2cam: Tensor, t_world2cam: Tensor
-) -> tuple[Tensor, Tensor]:
-    """Express a body's root (global orientation, translation) in a camera frame.
-
-    global_rotmat_world (..., 3, 3); transl_world (..., 3); root_rest (..., 3) the rest-pose
-    root joint J0 for the body's shape; R_world2cam (..., 3, 3); t_world2cam (..., 3).
-    Returns (global_rotmat_cam (..., 3, 3), transl_cam (..., 3)).
-    """
-    R_cam = R_world2cam @ global_rotmat_world
-    T_cam = (R_world2cam @ (root_rest + transl_world)[..., None])[..., 0] + t_world2cam - root_rest
-    return R_cam, T_cam
-
-
-def root_camera_to_world(
-    global_rotmat_cam: Tensor, transl_cam: Tensor, root_rest: Tensor, R_world2cam: Tensor, t_world2cam: Tensor
-) -> tuple[Tensor, Tensor]:
-    """Inverse of :func:`root_world_to_camera`: ``T_world = R^T (T_cam + J0 - t) - J0``."""
-    Rt = R_world2cam.transpose(-1, -2)
-    R_world = Rt @ global_rotmat_cam
-    T_world = (Rt @ (transl_cam + root_rest - t_world2cam)[..., None])[..., 0] - root_rest
-    return R_world, T_world
 
 
 def fuse_translations(

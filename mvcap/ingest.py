@@ -1,15 +1,23 @@
 """Ingest: synchronized videos or image folders (one per camera) into a session file.
 
-Sources, matched to the rig's camera names:
+Sources (:mod:`mvcap.sources`), matched to the rig's camera names:
 
-* a folder holding one video per camera, ``<camera>.mp4`` / ``.avi`` / ``.mov`` / ``.mkv``;
-* a folder holding one image folder per camera, ``<camera>/*.png|jpg|...`` (files sorted
-  naturally: ``img2`` before ``img10``);
-* an explicit ``{camera: path}`` mapping, each path a video file or an image folder.
+* a folder holding one video per camera, ``<camera>.mp4`` (any of ``VIDEO_EXTS``);
+* a folder holding one image folder per camera, ``<camera>/*.png|jpg|...``;
+* a list of ``NAME=PATH`` items or paths named after their cameras, or an explicit
+  ``{camera: path}`` mapping, each path a video file or an image folder.
 
-Timeline: session frame ``i`` is timeline frame ``t = start + stride * i``; camera ``c``
-contributes its own frame ``t + offsets[c]`` (integer per-camera synchronisation offsets).
-``stop`` (exclusive, on the timeline) defaults to the last frame every camera has.
+Frame identity: an image folder's frames are identified by the number in their file names,
+not by their order (see :mod:`mvcap.sources`). A frame missing in one camera is an error naming
+the camera and the frame, or, with ``allow_gaps``, a gap: that view of that frame is stored
+black and recorded in the session's provenance (``ingest.missing``: camera -> session frames)
+and in :attr:`IngestResult.missing`; it is never filled from a neighbouring file.
+
+Timeline: ``frames`` selects timeline frames in the one frame grammar (:mod:`mvcap.frames`:
+``START:STOP``, ``START:STOP:STEP``, ``::2``, lists, mixed); session frame ``i`` is the
+``i``-th selected timeline frame ``t``, and camera ``c`` contributes its own frame
+``t + offsets[c]`` (integer per-camera synchronisation offsets). An open range ends at the
+last frame every camera has.
 
 Every check that can be made before writing is made before writing: camera names, image
 sizes against the rig (naming the wrong camera), frame counts against the frame range.
@@ -24,12 +32,13 @@ rig as ``rig.toml``), for tests, demos and round trips.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
-import re
+import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,7 +46,10 @@ import cv2
 import numpy as np
 
 from mvcap.cameras import Rig
-from mvcap.capture import Session, SessionError
+from mvcap.capture import Session, SessionError, results_dir
+from mvcap.errors import MvcapError
+from mvcap.frames import FrameSelection, format_frames, parse_frames, select_frames
+from mvcap.sources import IMAGE_EXTS, VIDEO_EXTS, FrameReader, SourceInfo, check_gaps, probe_sources, resolve_sources
 
 __all__ = [
     "IngestConfig",
@@ -54,14 +66,12 @@ __all__ = [
     "export_frames",
 ]
 
-VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv")
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 DEFAULT_IMAGE_FPS = 30.0  # image folders carry no frame rate
 _FPS_TOL = 0.01  # relative fps difference between videos still treated as the same rate
 _ASPECT_TOL = 0.01
 
 
-class IngestError(ValueError):
+class IngestError(MvcapError):
     """Sources cannot be ingested as asked; the message names the camera and how to fix it."""
 
 
@@ -69,36 +79,36 @@ class IngestError(ValueError):
 class IngestConfig:
     """What to ingest (loadable from TOML with :func:`mvcap.config.load_config`).
 
-    start, stop: timeline frame range ``[start, stop)``; ``stop=None``: up to the last frame
-      every camera has. stride: keep every ``stride``-th timeline frame.
+    frames: timeline frames to ingest in the frame grammar of :mod:`mvcap.frames` (e.g.
+      ``"0:300"``, ``"::2"`` for every other frame, ``"10,20,30"``); "" = every frame every
+      camera has. An open range (``"100:"``) ends at the last frame every camera has.
+    allow_gaps: accept image-folder frames missing in some camera (stored black and recorded
+      as missing, see the module docstring) instead of stopping with an error.
     offsets: ``{camera: k}``, camera's frame index = timeline frame + k (default 0); in TOML
       a table ``[offsets]`` with ``cam1 = 3``.
     fps: source frame rate; None = from the videos (image folders: 30). The session's fps is
-      ``fps / stride``.
+      ``fps / step`` for evenly spaced frames (``fps`` otherwise; timestamps are exact).
     image_size: ``(width, height)`` to store every view at, None = the rig's sizes. The rig
       is rescaled to it (same field of view) and every source is resized to it, so sources
       may then be any uniform rescale of the calibrated image (same aspect ratio).
     count_frames: decode every video once to count its frames instead of trusting the
       container's header (exact, slower).
-    compression: HDF5 compression of the frames, "lzf", "gzip" or None.
+    compression: HDF5 compression of the frames: "gzip" (default, level 1, readable by every
+      HDF5 tool), "lzf" (h5py-only) or None. See docs/session-format.md.
     """
 
-    start: int = 0
-    stop: int | None = None
-    stride: int = 1
+    frames: str = ""
+    allow_gaps: bool = False
     offsets: dict[str, int] = field(default_factory=dict)
     fps: float | None = None
     image_size: tuple[int, int] | None = None
     count_frames: bool = False
-    compression: str | None = "lzf"
+    compression: str | None = "gzip"
 
     def __post_init__(self):
-        if not isinstance(self.start, int) or self.start < 0:
-            raise IngestError(f"start must be an integer >= 0, got {self.start!r}")
-        if self.stop is not None and (not isinstance(self.stop, int) or self.stop <= self.start):
-            raise IngestError(f"stop must be an integer > start ({self.start}) or None, got {self.stop!r}")
-        if not isinstance(self.stride, int) or self.stride < 1:
-            raise IngestError(f"stride must be an integer >= 1, got {self.stride!r}")
+        if not isinstance(self.frames, str):
+            raise IngestError(f"frames must be a frame selection text such as '0:300' or '::2', got {self.frames!r}")
+        parse_frames(self.frames)  # a malformed selection fails here, before any file is read
         offsets = dict(self.offsets or {})
         for cam, k in offsets.items():
             if not isinstance(cam, str) or isinstance(k, bool) or not isinstance(k, (int, np.integer)):
@@ -116,23 +126,10 @@ class IngestConfig:
 
 
 @dataclass(frozen=True)
-class SourceInfo:
-    """One camera's source. frame_size: (width, height) of its frames; num_frames: the
-    frame count (videos: the container's, unless counted); fps: None for image folders;
-    files: the sorted image files (image folders only)."""
-
-    camera: str
-    path: Path
-    kind: str  # "video" | "images"
-    frame_size: tuple[int, int]
-    num_frames: int
-    fps: float | None
-    files: tuple[Path, ...] = ()
-
-
-@dataclass(frozen=True)
 class IngestResult:
     """path: the finished session; source_frames: (T,) timeline frame of each session frame;
+    step: timeline frames between session frames (1 when unevenly spaced); missing: camera ->
+    session frames stored black because that camera has no image there (``allow_gaps``);
     resumed_frames: frames found already written in a partial file; seconds: wall time."""
 
     path: Path
@@ -142,6 +139,8 @@ class IngestResult:
     sources: dict[str, SourceInfo]
     resumed_frames: int
     seconds: float
+    step: int = 1
+    missing: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -158,102 +157,15 @@ class FrameExport:
 # ------------------------------------------------------------------------------------------
 # sources
 # ------------------------------------------------------------------------------------------
-def _natural_key(name: str):
-    return [int(tok) if tok.isdigit() else tok.lower() for tok in re.split(r"(\d+)", name)]
-
-
-def _image_files(folder: Path) -> list[Path]:
-    files = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS and not p.name.startswith(".")]
-    return sorted(files, key=lambda p: _natural_key(p.name))
-
-
-def _video_frame_count(cap) -> int:
-    """The container's frame count (may be wrong for some containers; see count_frames)."""
-    return int(round(cap.get(cv2.CAP_PROP_FRAME_COUNT)))
-
-
-def _decode_count(path: Path) -> int:
-    cap = cv2.VideoCapture(str(path))
-    n = 0
-    try:
-        while cap.grab():
-            n += 1
-    finally:
-        cap.release()
-    return n
-
-
-def _probe_video(camera: str, path: Path, count: bool) -> SourceInfo:
-    cap = cv2.VideoCapture(str(path))
-    try:
-        if not cap.isOpened():
-            raise IngestError(f"camera '{camera}': cannot open video {path} (unsupported codec or not a video)")
-        ok, frame = cap.read()
-        if not ok or frame is None:
-            raise IngestError(f"camera '{camera}': video {path} has no readable frame")
-        n = _video_frame_count(cap)
-        fps = float(cap.get(cv2.CAP_PROP_FPS))
-    finally:
-        cap.release()
-    if count or n <= 0:  # a missing count is common for streamed containers
-        n = _decode_count(path)
-    h, w = frame.shape[:2]
-    return SourceInfo(camera, path, "video", (w, h), n, fps if fps > 0 else None)
-
-
-def _probe_images(camera: str, path: Path) -> SourceInfo:
-    files = _image_files(path)
-    if not files:
-        raise IngestError(f"camera '{camera}': image folder {path} holds no images ({', '.join(IMAGE_EXTS)})")
-    first = cv2.imread(str(files[0]), cv2.IMREAD_COLOR)
-    if first is None:
-        raise IngestError(f"camera '{camera}': cannot read image {files[0]}")
-    h, w = first.shape[:2]
-    return SourceInfo(camera, path, "images", (w, h), len(files), None, tuple(files))
-
-
-def _discover(folder: Path) -> dict[str, Path]:
-    """camera name -> video file or image folder, for every candidate in ``folder``."""
-    found: dict[str, list[Path]] = {}
-    for p in sorted(folder.iterdir()):
-        if p.name.startswith("."):
-            continue
-        if p.is_file() and p.suffix.lower() in VIDEO_EXTS:
-            found.setdefault(p.stem, []).append(p)
-        elif p.is_dir() and _image_files(p):
-            found.setdefault(p.name, []).append(p)
-    dupes = {c: ps for c, ps in found.items() if len(ps) > 1}
-    if dupes:
-        c, ps = next(iter(dupes.items()))
-        raise IngestError(
-            f"camera '{c}' has several sources in {folder}: {[p.name for p in ps]}; keep one (or pass an "
-            "explicit {camera: path} mapping)"
-        )
-    return {c: ps[0] for c, ps in found.items()}
-
-
 def find_sources(sources, rig: Rig, count_frames: bool = False) -> dict[str, SourceInfo]:
-    """Match ``sources`` (a folder, or a ``{camera: path}`` mapping) to the rig's cameras and
-    probe each: ``{camera: SourceInfo}`` in rig order. IngestError lists the rig cameras
-    without a source and the sources without a rig camera."""
-    if isinstance(sources, Mapping):
-        paths = {str(c): Path(p) for c, p in sources.items()}
-        where = "the given mapping"
-    else:
-        folder = Path(sources)
-        if not folder.exists():
-            raise IngestError(f"source folder {folder} does not exist")
-        if not folder.is_dir():
-            raise IngestError(
-                f"{folder} is not a folder; give a folder with one video (<camera>.mp4/.avi/.mov/.mkv) or one "
-                "image folder (<camera>/*.png|jpg) per camera"
-            )
-        paths = _discover(folder)
-        where = str(folder)
-        if not paths:
-            raise IngestError(
-                f"no videos (<camera>{'/'.join(VIDEO_EXTS)}) or image folders (<camera>/*.png|jpg) in {folder}"
-            )
+    """Match ``sources`` (a folder, ``NAME=PATH`` items / named paths, or a ``{camera: path}``
+    mapping; see :func:`mvcap.sources.resolve_sources`) to the rig's cameras and probe each:
+    ``{camera: SourceInfo}`` in rig order. IngestError lists the rig cameras without a source
+    and the sources without a rig camera."""
+    if isinstance(sources, (str, os.PathLike)) and not Path(sources).exists():
+        raise IngestError(f"source folder {sources} does not exist")
+    paths = resolve_sources(sources, error=IngestError)
+    where = str(sources) if isinstance(sources, (str, os.PathLike)) else "the given sources"
     names = list(rig.names)
     missing = [n for n in names if n not in paths]
     extra = [c for c in paths if c not in names]
@@ -268,20 +180,9 @@ def find_sources(sources, rig: Rig, count_frames: bool = False) -> dict[str, Sou
             f"camera names in {where} do not match the rig: rig cameras without a source: {missing}; "
             f"sources without a rig camera: {[f'{c} ({paths[c].name})' for c in extra]}"
             + (f" ({'; '.join(hints)})" if hints else "")
-            + f". Name each video/image folder after its rig camera ({names}) or pass an explicit mapping"
+            + f". Name each video/image folder after its rig camera ({names}) or pass NAME=PATH per camera"
         )
-    infos = {}
-    for n in names:
-        p = paths[n]
-        if not p.exists():
-            raise IngestError(f"camera '{n}': source {p} does not exist")
-        if p.is_dir():
-            infos[n] = _probe_images(n, p)
-        elif p.suffix.lower() in VIDEO_EXTS:
-            infos[n] = _probe_video(n, p, count_frames)
-        else:
-            raise IngestError(f"camera '{n}': {p} is neither a video ({', '.join(VIDEO_EXTS)}) nor an image folder")
-    return infos
+    return probe_sources({n: paths[n] for n in names}, count_frames, error=IngestError)
 
 
 def _check_sizes(infos: dict[str, SourceInfo], rig: Rig, image_size) -> None:
@@ -316,45 +217,51 @@ def _check_sizes(infos: dict[str, SourceInfo], rig: Rig, image_size) -> None:
         raise IngestError("image sizes do not match the rig: " + "; ".join(bad))
 
 
+_ALL = FrameSelection(((0, None, 1),), "0:")
+
+
 def plan_frames(infos: dict[str, SourceInfo], cfg: IngestConfig) -> np.ndarray:
-    """(T,) timeline frames to ingest; IngestError naming each camera that is too short."""
+    """(T,) timeline frames to ingest (``cfg.frames`` resolved); IngestError naming each camera
+    that is too short or would read before its first frame."""
     unknown = sorted(set(cfg.offsets) - set(infos))
     if unknown:
         raise IngestError(f"offsets name unknown camera(s) {unknown}; cameras are {list(infos)}")
     off = {c: cfg.offsets.get(c, 0) for c in infos}
-    neg = [c for c in infos if cfg.start + off[c] < 0]
+    sel = parse_frames(cfg.frames) or _ALL
+    # timeline frames every camera has: t + off[c] < num_frames[c]
+    common = min(info.num_frames - off[c] for c, info in infos.items())
+    if sel.open_ended and common < 1:
+        short = min(infos, key=lambda c: infos[c].num_frames - off[c])
+        raise IngestError(
+            f"no frame to ingest: camera '{short}' has {infos[short].num_frames} frames, fewer than its offset "
+            f"{off[short]} + 1"
+        )
+    frames = sel.resolve(common if sel.open_ended else None, what="the frames every camera has", check=False)
+    first = int(frames[0])
+    neg = [c for c in infos if first + off[c] < 0]
     if neg:
         need = max(-off[c] for c in neg)
         raise IngestError(
-            f"camera(s) {neg} would read before their first frame (offset {[off[c] for c in neg]} with start "
-            f"{cfg.start}); set start >= {need}"
+            f"camera(s) {neg} would read before their first frame (offset {[off[c] for c in neg]} at timeline frame "
+            f"{first}); start at frame >= {need} (e.g. --frames {need}:)"
         )
-    if cfg.stop is None:
-        n = min((info.num_frames - off[c] - cfg.start - 1) // cfg.stride + 1 for c, info in infos.items())
-        if n < 1:
-            short = min(infos, key=lambda c: infos[c].num_frames - off[c])
-            raise IngestError(
-                f"no frame to ingest: camera '{short}' has {infos[short].num_frames} frames, fewer than "
-                f"start {cfg.start} + offset {off[short]} + 1"
-            )
-    else:
-        n = len(range(cfg.start, cfg.stop, cfg.stride))
-    last = cfg.start + cfg.stride * (n - 1)
-    short = []
-    for c, info in infos.items():
-        need = last + off[c] + 1
-        if info.num_frames < need:
-            short.append(
-                f"camera '{c}': {info.path.name} has {info.num_frames} frames but the range needs {need} "
-                f"(start {cfg.start} + stride {cfg.stride} x {n - 1} + offset {off[c]} + 1)"
-            )
+    last = int(frames[-1])
+    short = [
+        f"camera '{c}': {info.path.name} has {info.num_frames} frames but the range needs {last + off[c] + 1} "
+        f"(frame {last} + offset {off[c]} + 1)"
+        for c, info in infos.items()
+        if info.num_frames < last + off[c] + 1
+    ]
     if short:
-        fit = min((info.num_frames - off[c] - cfg.start - 1) // cfg.stride + 1 for c, info in infos.items())
-        hint = (
-            f"; lower stop to at most {cfg.start + cfg.stride * (fit - 1) + 1} (or leave it unset)" if fit >= 1 else ""
-        )
+        hint = f"; lower stop to at most {common} (or leave STOP out: --frames {first}:)" if common > first else ""
         raise IngestError("a source is shorter than the frame range: " + "; ".join(short) + hint)
-    return cfg.start + cfg.stride * np.arange(n, dtype=np.int64)
+    return frames
+
+
+def _step(frames: np.ndarray) -> int:
+    """Timeline frames between session frames: the common difference, 1 when uneven or single."""
+    d = np.diff(frames)
+    return int(d[0]) if d.size and (d == d[0]).all() else 1
 
 
 def _source_fps(infos: dict[str, SourceInfo], cfg: IngestConfig) -> tuple[float, str]:
@@ -372,62 +279,20 @@ def _source_fps(infos: dict[str, SourceInfo], cfg: IngestConfig) -> tuple[float,
     return float(np.median(list(rates.values()))), "video"
 
 
-# ------------------------------------------------------------------------------------------
-# readers
-# ------------------------------------------------------------------------------------------
-class _Reader:
-    """Reads frames of one source in increasing index order, as RGB uint8 at a fixed size."""
+_READ_HINT = (
+    ". Lower STOP below that frame (--frames), or rerun with count_frames (CLI: --count-frames) to count "
+    "decodable frames"
+)
 
-    def __init__(self, info: SourceInfo, out_size: tuple[int, int]):
-        self.info = info
-        self.out_size = out_size
-        self.cap = None
-        self.pos = 0  # next frame the capture will return
-        if info.kind == "video":
-            self.cap = cv2.VideoCapture(str(info.path))
-            if not self.cap.isOpened():
-                raise IngestError(f"camera '{info.camera}': cannot open video {info.path}")
 
-    def close(self) -> None:
-        if self.cap is not None:
-            self.cap.release()
-            self.cap = None
-
-    def _fail(self, index: int, why: str) -> IngestError:
-        return IngestError(
-            f"camera '{self.info.camera}': {why} at frame {index} of {self.info.path}, although it reports "
-            f"{self.info.num_frames} frames (the header may overstate its length, or the file is damaged). "
-            "Lower stop below that frame, or rerun with count_frames (CLI: --count-frames) to count decodable frames"
-        )
-
-    def read(self, index: int) -> np.ndarray:
-        info = self.info
-        if info.kind == "images":
-            path = info.files[index]
-            img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if img is None:
-                raise IngestError(f"camera '{info.camera}': cannot read image {path} (frame {index}; corrupt file?)")
-        else:
-            if index < self.pos:
-                raise IngestError(f"internal: camera '{info.camera}' asked for frame {index} after {self.pos}")
-            while self.pos < index:  # sequential decoding: exact, unlike seeking in many codecs
-                if not self.cap.grab():
-                    raise self._fail(self.pos, "decoding stopped")
-                self.pos += 1
-            ok, img = self.cap.read()
-            if not ok or img is None:
-                raise self._fail(index, "decoding stopped")
-            self.pos += 1
-        h, w = img.shape[:2]
-        if (w, h) != info.frame_size:
-            raise IngestError(
-                f"camera '{info.camera}': frame {index} of {info.path} is {w}x{h}, its first frame is "
-                f"{info.frame_size[0]}x{info.frame_size[1]}; all frames of a camera must share one size"
-            )
-        if (w, h) != self.out_size:
-            shrink = w > self.out_size[0]
-            img = cv2.resize(img, self.out_size, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+def _read_rgb(reader: FrameReader, index: int, out_size: tuple[int, int]) -> np.ndarray:
+    """Frame ``index`` as RGB uint8 at ``out_size`` (width, height)."""
+    img = reader.read(index)
+    h, w = img.shape[:2]
+    if (w, h) != out_size:
+        shrink = w > out_size[0]
+        img = cv2.resize(img, out_size, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
 # ------------------------------------------------------------------------------------------
@@ -444,13 +309,29 @@ def _fingerprint(infos, frames, cfg: IngestConfig, fps: float) -> dict:
             c: {"path": str(i.path.resolve()), "kind": i.kind, "frame_size": list(i.frame_size)}
             for c, i in infos.items()
         },
-        "start": int(cfg.start),
-        "stride": int(cfg.stride),
+        "frames": format_frames(frames),
         "num_frames": int(len(frames)),
         "offsets": {c: int(cfg.offsets.get(c, 0)) for c in infos},
         "source_fps": float(fps),
         "image_size": list(cfg.image_size) if cfg.image_size else None,
     }
+
+
+class _WriteFailed(Exception):
+    """A frame could not be written (disk full, I/O error): the partial file is kept."""
+
+    def __init__(self, frame: int, cause: SessionError):
+        super().__init__(str(cause))
+        self.frame, self.cause = frame, cause
+
+
+def _frames_kept(partial: Path) -> int | str:
+    """Frames a partial file holds for every view after a failed write (what a rerun keeps)."""
+    try:
+        with Session.open(partial) as s:
+            return int(s.frames_written.sum())
+    except SessionError:
+        return "?"
 
 
 def _open_for_resume(partial: Path, rig: Rig, fingerprint: dict) -> Session:
@@ -490,11 +371,14 @@ def ingest(
     *,
     overwrite: bool = False,
     progress: bool = True,
+    world_up: str | None = None,
 ) -> IngestResult:
     """Ingest synchronized per-camera videos or image folders into the session file ``out``.
 
     sources: a folder (one ``<camera>.<video ext>`` or ``<camera>/`` image folder per rig
     camera) or a ``{camera: path}`` mapping. rig: a :class:`Rig` or a rig file path.
+    world_up: the world's up axis to record (``"+z"``, ...); default: the rig file's
+    (:func:`mvcap.rigio.rig_world_up`), none recorded when unknown (exports then assume +Y).
     Resumes ``<out>.partial`` left by an interrupted run of the same command; ``overwrite``
     discards it and replaces an existing ``out``. See the module docstring.
     """
@@ -502,8 +386,9 @@ def ingest(
 
     t0 = time.perf_counter()
     if not isinstance(rig, Rig):
-        from mvcap.rigio import load_rig
+        from mvcap.rigio import load_rig, rig_world_up
 
+        world_up = world_up or rig_world_up(rig)
         rig = load_rig(rig)
     out = Path(out)
     partial = _partial_path(out)
@@ -515,7 +400,15 @@ def ingest(
     infos = find_sources(sources, rig, cfg.count_frames)
     _check_sizes(infos, rig, cfg.image_size)
     frames = plan_frames(infos, cfg)
+    offs = {c: cfg.offsets.get(c, 0) for c in rig.names}
+    gaps = check_gaps(
+        infos, {c: frames + offs[c] for c in rig.names}, cfg.allow_gaps, IngestError,
+        hint=", or pass allow_gaps (CLI: --allow-gaps) to store it black and record it as missing",
+    )  # fmt: skip
+    # camera -> session frames without an image (stored black)
+    missing = {c: np.flatnonzero(np.isin(frames + offs[c], g)) for c, g in gaps.items()}
     fps, fps_source = _source_fps(infos, cfg)
+    step = _step(frames)
     fingerprint = _fingerprint(infos, frames, cfg, fps)
     store_rig = rig if cfg.image_size is None else rig.with_image_size(cfg.image_size)
 
@@ -532,46 +425,77 @@ def ingest(
                 "config": dataclasses.asdict(cfg),
                 "fps_source": fps_source,
                 "source_frame_counts": {c: i.num_frames for c, i in infos.items()},
+                "missing": {c: m.tolist() for c, m in missing.items()},
                 "started_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
             }
         }
         session = Session.create(
-            partial, rig, len(frames), image_size=cfg.image_size, fps=fps / cfg.stride, provenance=prov,
+            partial, rig, len(frames), image_size=cfg.image_size, fps=fps / step, provenance=prov,
             compression=cfg.compression,
         )  # fmt: skip
-    readers: list[_Reader] = []
+        if world_up:
+            session.set_world_convention(world_up)
+    readers: list[FrameReader] = []
     done_before = 0
     try:
         written = session.frames_written
         done_before = int(written.sum())
-        readers = [_Reader(infos[c.name], c.image_size) for c in store_rig]
-        offs = [cfg.offsets.get(c, 0) for c in rig.names]
+        readers = [FrameReader(infos[c.name], IngestError, hint=_READ_HINT) for c in store_rig]
+        sizes = [c.image_size for c in store_rig]
         todo = np.flatnonzero(~written)
         for i in tqdm(todo, desc=f"ingest {out.name}", unit="frame", disable=not progress):
             t = int(frames[i])
-            images = [r.read(t + k) for r, k in zip(readers, offs, strict=True)]
-            session.write_frame(int(i), images, timestamp=t / fps)
+            images = []
+            for r, size in zip(readers, sizes, strict=True):
+                c = r.info.camera
+                if c in missing and i in missing[c]:  # an accepted gap: black, recorded in the provenance
+                    images.append(np.zeros((size[1], size[0], 3), np.uint8))
+                else:
+                    images.append(_read_rgb(r, t + offs[c], size))
+            try:
+                # flushes and checks; a frame is marked written only once its images are on disk
+                session.write_frame(int(i), images, timestamp=t / fps)
+            except SessionError as exc:
+                raise _WriteFailed(int(i), exc) from exc
         session.mark_complete()
+        session.close()  # raises if the last data could not be written out
+    except _WriteFailed as exc:
+        for r in readers:
+            r.close()
+        with contextlib.suppress(SessionError):  # the error in flight says more
+            session.close()
+        kept = _frames_kept(partial)
+        raise IngestError(
+            f"ingest stopped at frame {exc.frame}: {getattr(exc.cause, 'failure', exc.cause)}. The {kept} frame(s) "
+            "written so far are kept in "
+            f"{partial}: free disk space and rerun the same command to resume"
+        ) from exc.cause
     except BaseException as exc:
         for r in readers:
             r.close()
-        session.close()
-        # keep the partial file when interrupted (to resume) or when it holds an earlier run's work
-        if isinstance(exc, Exception) and not resumed:
+        with contextlib.suppress(SessionError):  # the error in flight says more
+            session.close()
+        # keep the partial file when interrupted (to resume), when it holds an earlier run's work or when
+        # a write failed (the frames before it are intact); otherwise nothing of value is in it
+        if isinstance(exc, Exception) and not resumed and not isinstance(exc, SessionError):
             partial.unlink(missing_ok=True)
         raise
     for r in readers:
         r.close()
-    session.close()
+    results = results_dir(out)
+    if results.is_dir():  # results of the session file being replaced
+        shutil.rmtree(results)
     os.replace(partial, out)  # atomic: `out` exists only once complete
     return IngestResult(
         path=out,
         num_frames=len(frames),
-        fps=fps / cfg.stride,
+        fps=fps / step,
         source_frames=frames,
         sources=infos,
         resumed_frames=done_before,
         seconds=time.perf_counter() - t0,
+        step=step,
+        missing=missing,
     )
 
 
@@ -579,30 +503,26 @@ def ingest(
 # export (the inverse)
 # ------------------------------------------------------------------------------------------
 def _frame_index(frames, written: np.ndarray) -> np.ndarray:
-    T = written.shape[0]
+    """Session frames to export: every written frame by default, else any frame request that
+    :func:`mvcap.frames.select_frames` takes, checked against the session's length."""
     if frames is None:
         return np.flatnonzero(written)
-    if isinstance(frames, slice):
-        return np.arange(T)[frames]
-    idx = np.asarray(list(frames) if not isinstance(frames, np.ndarray) else frames, dtype=np.int64).reshape(-1)
-    bad = idx[(idx < 0) | (idx >= T)]
-    if bad.size:
-        raise IngestError(f"frame {int(bad[0])} out of range for a session of {T} frames")
-    return idx
+    return select_frames(frames, written.shape[0])
 
 
 def export_frames(
     session_path: str | os.PathLike,
     out_dir: str | os.PathLike,
     format: str = "mp4",
-    frames: Sequence[int] | slice | None = None,
+    frames: Sequence[int] | slice | str | None = None,
     progress: bool = False,
 ) -> FrameExport:
     """Write a session's frames back out, one source per camera, plus ``rig.toml``.
 
     format: ``"mp4"`` (``<camera>.mp4``, MPEG-4 part 2 via cv2.VideoWriter: lossy) or
     ``"png"`` (``<camera>/000000.png`` ...: lossless). frames: session frames to write, in
-    order (default: every written frame). The videos' frame rate is the session's.
+    order (default: every written frame; a selection text such as ``"0:10"`` works too). The
+    videos' frame rate is the session's.
     """
     from tqdm import tqdm
 
@@ -617,7 +537,7 @@ def export_frames(
         idx = _frame_index(frames, s.frames_written)
         if idx.size == 0:
             raise IngestError(f"no frames to export from {session_path}")
-        save_rig(s.rig, out_dir / "rig.toml")
+        save_rig(s.rig, out_dir / "rig.toml", up=s.world_up)  # keep the world convention
         for v in s.view_names:
             w, h = s.image_sizes[v]
             if format == "mp4":

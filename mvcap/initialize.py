@@ -28,6 +28,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import roma
@@ -35,12 +36,15 @@ import torch
 from smplx.lbs import batch_rigid_transform
 from torch import Tensor
 
-from mvcap.body import BodyModel
+from mvcap.body import BodyModel, BodyParams
 from mvcap.cameras import Rig, cam_to_pixels, world_to_cam
 from mvcap.config import ConfigError
+from mvcap.cues import outside_distance, sample_outside
 from mvcap.detect import KEYPOINT_FORMAT, MEDIAPIPE_POSE_33, DetectConfig
-from mvcap.fit import default_pose_prior, geman_mcclure
-from mvcap.poses import limit_violation
+from mvcap.errors import MvcapError
+from mvcap.fit import BodyFit, DataTerm, Regularisers, SolverConfig, geman_mcclure
+from mvcap.keypoints import keypoint_set
+from mvcap.threads import torch_threads
 from mvcap.triangulate import TriangulateConfig, Triangulation, triangulate_keypoints
 
 __all__ = [
@@ -58,7 +62,7 @@ __all__ = [
 ]
 
 
-class InitError(ValueError):
+class InitError(MvcapError):
     """An initial estimate cannot be made from the given inputs; the message says how to fix it."""
 
 
@@ -198,6 +202,14 @@ def mediapipe_keypoint_definition(model: BodyModel) -> KeypointDefinition:
     return KeypointDefinition(names, jw, np.array(vid, np.int64), vw, defined, tuple(rules))
 
 
+class KeypointPosed(NamedTuple):
+    """keypoints (B, K, 3), joints (B, 24, 3), vertices (B, E, 3): the extra vertices asked for."""
+
+    keypoints: Tensor
+    joints: Tensor
+    vertices: Tensor
+
+
 class KeypointBody:
     """Posed keypoints (and a few vertices) without skinning the whole mesh.
 
@@ -211,6 +223,7 @@ class KeypointBody:
         f64 = torch.float64
         ids = np.asarray(definition.vertex_ids, np.int64)
         self.num_kp_vertices = ids.size
+        self.num_extra_vertices = 0 if extra_vertices is None else len(extra_vertices)
         if extra_vertices is not None:
             ids = np.concatenate([ids, np.asarray(extra_vertices, np.int64)])
         idx = torch.as_tensor(ids)
@@ -225,7 +238,7 @@ class KeypointBody:
         self.vw = torch.as_tensor(definition.vertex_weights, dtype=f64)
         self.num_betas = model.num_betas
 
-    def __call__(self, rotmats: Tensor, betas: Tensor, transl: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def __call__(self, rotmats: Tensor, betas: Tensor, transl: Tensor) -> KeypointPosed:
         """rotmats (B, 24, 3, 3), betas (B, k), transl (B, 3) -> keypoints (B, K, 3), joints
         (B, 24, 3), extra vertices (B, E, 3)."""
         dt = rotmats.dtype
@@ -245,7 +258,7 @@ class KeypointBody:
         kp = torch.einsum("kj,bjc->bkc", self.jw.to(dt), joints) + torch.einsum(
             "km,bmc->bkc", self.vw.to(dt), verts[:, :n]
         )
-        return kp, joints, verts[:, n:]
+        return KeypointPosed(kp, joints, verts[:, n:])
 
 
 # ------------------------------------------------------------------------------------------
@@ -295,14 +308,16 @@ def _torso_orientation(points: np.ndarray, names=MEDIAPIPE_POSE_33) -> np.ndarra
 
 
 class _Problem:
-    """Per-frame data and the batched objective (B candidate bodies of one frame)."""
+    """One frame's data and its data terms (for B candidate bodies of that frame)."""
 
     def __init__(self, kb: KeypointBody, rig: Rig, cfg: InitConfig, mask_dt=None):
         self.kb, self.cfg = kb, cfg
-        T = rig.tensors(dtype=torch.float64)
-        self.R, self.t, self.K, self.dist = T["R_world2cam"], T["t_world2cam"], T["K"], T["dist"]
+        cams = rig.tensors(dtype=torch.float64)
+        self.R, self.t, self.K, self.dist = cams["R_world2cam"], cams["t_world2cam"], cams["K"], cams["dist"]
         self.defined = torch.as_tensor(kb.definition.defined)
-        self.prior = default_pose_prior() if cfg.w_prior > 0 else None
+        self.reg = Regularisers(
+            w_limits=cfg.w_limits, w_prior=cfg.w_prior, w_temporal=cfg.w_temporal, w_betas=cfg.w_betas
+        )
         self.mask_dt = mask_dt  # (V, 1, H, W) distance outside the mask, or None
         self.sigma_scale = 1.0  # graduated robustness: large scales first, so far points still pull
         names = kb.definition.names
@@ -334,97 +349,66 @@ class _Problem:
     def project(self, pts: Tensor) -> Tensor:  # (B, P, 3) -> (B, V, P, 2)
         return cam_to_pixels(world_to_cam(pts, self.R, self.t), self.K, self.dist)
 
-    def losses(self, rotmats, body_rotvecs, betas, transl, prev_body=None, fit_betas=False):
-        """Per-candidate objective (B,) and the keypoints (B, K, 3). rotmats (B, 24, 3, 3);
-        body_rotvecs (B, 23, 3) the same joints 1..23 as rotation vectors (for the priors)."""
-        cfg = self.cfg
-        kp, _, verts = self.kb(rotmats, betas, transl)
-        s = self.sigma_scale
+    def data_terms(self) -> list[DataTerm]:
+        """The fit's data terms at the current robust scale and keypoint selection: the 3D
+        keypoints, the 2D detections and (when set) the person masks; each posed -> (B,)."""
+        cfg, s = self.cfg, self.sigma_scale
         w3, w2 = self.w3, self.w2
-        d2 = ((kp - self.X) ** 2).sum(-1)
-        data3 = (w3 * geman_mcclure(d2, cfg.sigma_3d_m * s)).sum(-1) / w3.sum().clamp_min(1e-9)
-        loss = cfg.w_3d * data3
-        if cfg.w_2d > 0 and w2.sum() > 0:
-            uv = self.project(kp)  # (B, V, K, 2)
+
+        def keypoints_3d(posed: KeypointPosed) -> Tensor:
+            d2 = ((posed.keypoints - self.X) ** 2).sum(-1)
+            return cfg.w_3d * (w3 * geman_mcclure(d2, cfg.sigma_3d_m * s)).sum(-1) / w3.sum().clamp_min(1e-9)
+
+        def keypoints_2d(posed: KeypointPosed) -> Tensor:
+            uv = self.project(posed.keypoints)  # (B, V, K, 2)
             sq = ((uv - self.y2) ** 2).sum(-1) / self.scale[:, None] ** 2
             per_view = (w2 * geman_mcclure(sq, cfg.sigma_2d * s)).sum(-1) / w2.sum(-1).clamp_min(1e-9)
             has = (w2.sum(-1) > 0).to(per_view.dtype)
-            loss = loss + cfg.w_2d * (per_view * has).sum(-1) / has.sum().clamp_min(1)
-        if cfg.w_mask > 0 and self.mask_dt is not None and verts.shape[1] > 0:
-            loss = loss + cfg.w_mask * self._mask_term(verts)
-        pose = torch.cat([torch.zeros_like(body_rotvecs[:, :1]), body_rotvecs], 1)  # root: no prior
-        if cfg.w_limits > 0:
-            loss = loss + cfg.w_limits * limit_violation(pose)
-        if self.prior is not None:
-            loss = loss + cfg.w_prior * self.prior(pose)
-        if prev_body is not None and cfg.w_temporal > 0:
-            loss = loss + cfg.w_temporal * ((body_rotvecs - prev_body) ** 2).sum((-1, -2))
-        if fit_betas:
-            loss = loss + cfg.w_betas * (betas**2).sum(-1)
-        return loss, kp
+            return cfg.w_2d * (per_view * has).sum(-1) / has.sum().clamp_min(1)
+
+        def mask(posed: KeypointPosed) -> Tensor:
+            return cfg.w_mask * self._mask_term(posed.vertices)
+
+        terms = [keypoints_3d]
+        if cfg.w_2d > 0 and w2.sum() > 0:
+            terms.append(keypoints_2d)
+        if cfg.w_mask > 0 and self.mask_dt is not None and self.kb.num_extra_vertices > 0:
+            terms.append(mask)
+        return terms
 
     def _mask_term(self, verts: Tensor) -> Tensor:
-        uv = self.project(verts)  # (B, V, E, 2)
-        V, _, H, W = self.mask_dt.shape
-        gx = (uv[..., 0] + 0.5) / W * 2 - 1
-        gy = (uv[..., 1] + 0.5) / H * 2 - 1
-        grid = torch.stack([gx, gy], -1).transpose(0, 1)  # (V, B, E, 2)
-        d = torch.nn.functional.grid_sample(self.mask_dt, grid, align_corners=False, padding_mode="zeros")
-        d = d[:, 0].transpose(0, 1)  # (B, V, E)
+        d = sample_outside(self.mask_dt, self.project(verts))  # (B, V, E)
         return (d / self.scale[:, None]).mean((-1, -2))
 
 
-def _solve(problem: _Problem, R_base, betas0, transl0, cfg, stage, prev_body=None, fit_betas=False, iterations=None):
-    """L-BFGS from (R_base (B,24,3,3), betas0 (B,nb), transl0 (B,3)); stage 'global' fits the
-    root rotation and translation only, 'full' everything. The root is updated as
-    ``R0 exp(d0)`` (no singularity at any heading), the other joints' rotation vectors
-    additively. prev_body (B, 23, 3): previous frame's joints for the temporal term.
-    Returns rotmats, betas, transl, loss."""
-    B = R_base.shape[0]
-    dt = torch.float64
-    d_root = torch.zeros(B, 1, 3, dtype=dt, requires_grad=True)
-    body0 = roma.rotmat_to_rotvec(R_base[:, 1:])
-    d_body = torch.zeros(B, 23, 3, dtype=dt, requires_grad=stage == "full")
-    d_tr = torch.zeros(B, 3, dtype=dt, requires_grad=True)
-    d_b = torch.zeros_like(betas0, requires_grad=True)
-    params = [d_root, d_tr] + ([d_body] if stage == "full" else []) + ([d_b] if fit_betas else [])
-
-    def rot():
-        root = R_base[:, :1] @ roma.rotvec_to_rotmat(d_root)
-        if stage != "full":
-            return torch.cat([root, R_base[:, 1:]], 1), body0
-        body = body0 + d_body
-        return torch.cat([root, roma.rotvec_to_rotmat(body)], 1), body
-
-    def total():
-        R, body = rot()
-        return problem.losses(R, body, betas0 + d_b, transl0 + d_tr, prev_body, fit_betas)[0]
-
-    opt = torch.optim.LBFGS(
-        params,
-        lr=1.0,
-        max_iter=iterations or cfg.iterations,
-        history_size=20,
-        line_search_fn="strong_wolfe",
-        tolerance_grad=1e-8,
-        tolerance_change=1e-10,
+def _solve(problem: _Problem, R_base, betas0, transl0, cfg, stage, prev_pose=None, fit_betas=False, iterations=None):
+    """One run of the fitting kit from (R_base (B,24,3,3), betas0 (B,nb), transl0 (B,3)); stage
+    'global' fits the root rotation and translation only, 'full' everything. prev_pose
+    (B, 24, 3): the previous frame's pose for the temporal term. Returns rotmats, betas,
+    transl, loss (B,)."""
+    fit = BodyFit(
+        problem.kb,
+        R_base,
+        betas0,
+        transl0,
+        problem.reg,
+        free_joints=24 if stage == "full" else 1,
+        optimize_betas=fit_betas,
+        betas_ref=torch.zeros_like(betas0),  # the shape prior: |betas|^2
+        prev_pose_rotvecs=prev_pose,
     )
-
-    def closure():
-        opt.zero_grad()
-        loss = total().sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
+    terms = problem.data_terms()
+    fit.solve(
+        terms, SolverConfig(iterations or cfg.iterations, history=20, tolerance_grad=1e-8, tolerance_change=1e-10)
+    )
     with torch.no_grad():
-        return rot()[0], betas0 + d_b, transl0 + d_tr, total()
+        return fit.rotmats(), fit.betas(), fit.transl(), fit.losses(terms)
 
 
 def _fresh_starts(problem: _Problem, X: np.ndarray, betas: Tensor, cfg: InitConfig) -> tuple[Tensor, Tensor]:
     """Candidate (rotmats (B,24,3,3), transl (B,3)): torso orientation turned about the body's
     up axis in ``yaw_starts`` steps, rest-pose body, keypoint centroids aligned."""
-    R_torso = _torso_orientation(X)
+    R_torso = _torso_orientation(X, problem.kb.definition.names)
     if R_torso is None:
         R_torso = np.eye(3)
     up = R_torso[:, 1]
@@ -482,10 +466,7 @@ def fit_keypoints(
     """
     from tqdm import tqdm
 
-    torch_threads = torch.get_num_threads()
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
-    try:
+    with torch_threads(cfg.threads):
         definition = definition or mediapipe_keypoint_definition(model)
         K = len(definition.names)
         if tri.points_world.shape[1] != K:
@@ -526,14 +507,14 @@ def fit_keypoints(
             mask_dt = None
             if extra is not None:
                 m = masks(t)
-                mask_dt = None if m is None else _outside_distance(m)
+                mask_dt = None if m is None else outside_distance(m)
             problem = _Problem(kb, rig, cfg, mask_dt)
             problem.set_frame(tri.points_world[t], tri.confidence[t], tri.keypoints[t, :, :, :2], inlier_w[t])
             best = None
             if prev is not None:
-                prev_body = roma.rotmat_to_rotvec(prev[0][:, 1:])
+                prev_pose = roma.rotmat_to_rotvec(prev[0])
                 R, b, tr, loss = _annealed(
-                    problem, prev[0], b_cur, prev[2], cfg, cfg.anneal_warm, prev_body, iterations=cfg.iterations_warm
+                    problem, prev[0], b_cur, prev[2], cfg, cfg.anneal_warm, prev_pose, iterations=cfg.iterations_warm
                 )
                 kp = kb(R, b, tr)[0]
                 best = (R, b, tr, loss, kp)
@@ -558,8 +539,6 @@ def fit_keypoints(
             if on_frame is not None:
                 on_frame(t, out_pose[t], out_betas[t], out_tr[t])
         return KeypointFitResult(out_pose, out_betas, out_tr, fitted, err3, err2, restarts, secs)
-    finally:
-        torch.set_num_threads(torch_threads)
 
 
 def _fresh_fit(problem: _Problem, betas: Tensor, cfg: InitConfig, fit_betas: bool):
@@ -583,12 +562,12 @@ def _fresh_fit(problem: _Problem, betas: Tensor, cfg: InitConfig, fit_betas: boo
     return R, b, tr, loss, kp
 
 
-def _annealed(problem: _Problem, R, b, tr, cfg: InitConfig, scales, prev_body=None, fit_betas=False, iterations=None):
+def _annealed(problem: _Problem, R, b, tr, cfg: InitConfig, scales, prev_pose=None, fit_betas=False, iterations=None):
     """Full fits at decreasing robust scales; the returned loss is at the last scale."""
     loss = None
     for sc in scales:
         problem.sigma_scale = sc
-        R, b, tr, loss = _solve(problem, R, b, tr, cfg, "full", prev_body, fit_betas, iterations)
+        R, b, tr, loss = _solve(problem, R, b, tr, cfg, "full", prev_pose, fit_betas, iterations)
     problem.sigma_scale = 1.0
     return R, b, tr, loss
 
@@ -598,18 +577,6 @@ def _as_betas(betas, nb: int) -> Tensor:
     if b.shape[1] > nb:
         raise InitError(f"betas have {b.shape[1]} values but the body model has {nb} shape components")
     return torch.nn.functional.pad(b, (0, nb - b.shape[1]))
-
-
-def _outside_distance(mask: np.ndarray) -> Tensor:
-    """(V, H, W) masks in [0, 1] -> (V, 1, H, W) distance (px) to the mask, 0 inside."""
-    import cv2
-
-    out = []
-    for m in np.asarray(mask):
-        outside = (m < 0.5).astype(np.uint8)
-        out.append(cv2.distanceTransform(outside, cv2.DIST_L2, 3) if outside.any() and not outside.all() else
-                   np.zeros(m.shape, np.float32))  # fmt: skip
-    return torch.as_tensor(np.stack(out)[:, None], dtype=torch.float64)
 
 
 # ------------------------------------------------------------------------------------------
@@ -663,8 +630,10 @@ def initialize_session(
                 f"{path} has no 2D detections; run `mvcap detect {path}` first (needs the 'detect' "
                 "extra), or give an estimate yourself with `mvcap init SESSION --from-npz FILE`"
             )
-        if s.keypoint_format != KEYPOINT_FORMAT:
-            raise InitError(f"{path} holds {s.keypoint_format!r} detections; init needs {KEYPOINT_FORMAT!r}")
+        try:  # the landmark set the stored detections use (mvcap.keypoints)
+            kset = keypoint_set(s.keypoint_format)
+        except ValueError as exc:
+            raise InitError(f"{path}: its detections cannot be used: {exc}") from exc
         detected = s.detections_written
         todo = np.flatnonzero(detected) if frames is None else np.unique(np.asarray(list(frames), np.int64))
         not_det = todo[~detected[todo]] if todo.size else todo
@@ -677,7 +646,7 @@ def initialize_session(
         if todo.size == 0:
             return InitSummary(todo, np.zeros(0, bool), skipped, 0, *(np.zeros(0) for _ in range(3)))
         kp = s.read_keypoints(todo)
-        tri = triangulate_keypoints(s.rig, kp, cfg.triangulate)
+        tri = triangulate_keypoints(s.rig, kp, cfg.triangulate, flip_index=kset.flip_index)
         betas = None
         if cfg.betas == "zero":
             betas = np.zeros(model.num_betas)
@@ -694,7 +663,8 @@ def initialize_session(
         def write(i, pose, b, tr):
             s.write_init(pose[None], _pad_betas(b)[None], tr[None], frames=[int(todo[i])])
 
-        res = fit_keypoints(model, s.rig, tri, cfg, betas, masks=masks, init=init, progress=progress, on_frame=write)
+        res = fit_keypoints(model, s.rig, tri, cfg, betas, definition=kset.definition(model), masks=masks, init=init,
+                            progress=progress, on_frame=write)  # fmt: skip
     return InitSummary(
         todo, res.fitted, skipped, int(tri.swapped.sum()), res.keypoint_error_m, res.reprojection_px, res.seconds
     )
@@ -708,16 +678,14 @@ def _pad_betas(b: np.ndarray, n: int = 10) -> np.ndarray:
 # ------------------------------------------------------------------------------------------
 # user-supplied estimates
 # ------------------------------------------------------------------------------------------
-def load_npz_init(path: str | Path, num_frames: int | None = None, default_betas=None):
-    """Read SMPL parameters from an npz into a :class:`mvcap.capture.BodyParams`.
+def load_npz_init(path: str | Path, num_frames: int | None = None, default_betas=None) -> BodyParams:
+    """Read SMPL parameters from an npz into a :class:`mvcap.body.BodyParams`.
 
     Keys: ``poses`` (T, 72) or ``pose_rotvecs`` (T, 24, 3) axis-angle (joint 0 = global
     orientation); ``trans`` or ``transl`` (T, 3) metres; ``betas`` (n,) or (T, n), n <= 10
     (zero-padded; optional when ``default_betas`` is given). All in the rig's world frame.
     ``num_frames``: the session's frame count, which T must equal.
     """
-    from mvcap.capture import BodyParams
-
     path = Path(path)
     if not path.is_file():
         raise InitError(f"npz file {path} does not exist")
@@ -728,12 +696,25 @@ def load_npz_init(path: str | Path, num_frames: int | None = None, default_betas
         raise InitError(f"cannot read {path} as an npz file ({type(exc).__name__}: {exc})") from exc
     keys = sorted(data)
     hint = "expected poses (T,72) or pose_rotvecs (T,24,3), trans or transl (T,3), betas (10,) or (T,10)"
+
+    def real(key: str, value) -> np.ndarray:
+        """float64 from a real-valued array; text, objects and complex numbers are refused
+        (a complex array cast to float would silently drop its imaginary part)."""
+        value = np.asarray(value)
+        if value.dtype.kind not in "biuf":
+            kinds = {"U": "text", "S": "bytes", "O": "objects", "c": "complex numbers", "V": "records"}
+            raise InitError(
+                f"{path}: '{key}' holds {kinds.get(value.dtype.kind, value.dtype.name)} (dtype {value.dtype}); "
+                "SMPL parameters must be real numbers (float arrays)"
+            )
+        return value.astype(np.float64)
+
     if "pose_rotvecs" in data:
-        pose = np.asarray(data["pose_rotvecs"], np.float64)
+        pose = real("pose_rotvecs", data["pose_rotvecs"])
         if pose.ndim != 3 or pose.shape[1:] != (24, 3):
             raise InitError(f"{path}: 'pose_rotvecs' must have shape (T, 24, 3), got {pose.shape}")
     elif "poses" in data:
-        pose = np.asarray(data["poses"], np.float64)
+        pose = real("poses", data["poses"])
         if pose.ndim != 2 or pose.shape[1] != 72:
             extra = (
                 " (SMPL-H/SMPL-X poses hold hand joints: keep the first 66 values and append 6 zeros)"
@@ -745,16 +726,18 @@ def load_npz_init(path: str | Path, num_frames: int | None = None, default_betas
     else:
         raise InitError(f"{path}: no pose; {hint}. Keys found: {keys}")
     T = pose.shape[0]
+    if T == 0:
+        raise InitError(f"{path}: the pose has 0 frames; give one row per session frame")
     tkey = "transl" if "transl" in data else "trans" if "trans" in data else None
     if tkey is None:
         raise InitError(f"{path}: no root translation ('trans' or 'transl'); {hint}. Keys found: {keys}")
-    transl = np.asarray(data[tkey], np.float64)
+    transl = real(tkey, data[tkey])
     if transl.shape != (T, 3):
         raise InitError(f"{path}: '{tkey}' must have shape (T={T}, 3) like the pose, got {transl.shape}")
     if "betas" in data:
-        betas = np.asarray(data["betas"], np.float64)
+        betas = real("betas", data["betas"])
     elif default_betas is not None:
-        betas = np.asarray(default_betas, np.float64)
+        betas = real("betas (the session's subject)", default_betas)
     else:
         raise InitError(f"{path}: no 'betas' and the session has no subject shape to use instead; {hint}")
     if betas.ndim == 1:

@@ -25,7 +25,7 @@ import torch
 
 from mvcap.body import BodyModel, load_body_model
 from mvcap.cameras import Rig
-from mvcap.render import render, undistort_images
+from mvcap.render import render
 
 __all__ = [
     "OverlayConfig",
@@ -262,6 +262,7 @@ def session_overlays(
     from tqdm import tqdm
 
     from mvcap.capture import Session, SessionError
+    from mvcap.refine import load_frame_inputs
 
     model = model or load_body_model()
     out_dir = Path(out_dir)
@@ -277,7 +278,6 @@ def session_overlays(
                 f"frames {missing[:10]} of run {run_name!r} have no result (done frames: {_ranges(done) or 'none'})"
             )
         rig = s.rig if views is None else s.rig.subset(list(views))
-        init = s.read_init(require_valid=False)
         predictor = None
         if arrows:
             from mvcap.refine import RefineConfig, make_predictor
@@ -294,12 +294,13 @@ def session_overlays(
         writers = {}
         try:
             for t in tqdm(frames, desc="overlays", unit="frame", disable=not progress):
-                photos = undistort_images(rig, s.read_frame(t, views=list(rig.names)))
+                inputs = load_frame_inputs(s, t, views)
+                photos = inputs.photos
                 after = (res.pose_rotvecs[t], res.betas[t], res.transl[t])
                 if compare_init:
-                    before = (init.pose_rotvecs[t], res.betas[t], init.transl[t])
+                    before = (inputs.init.pose_rotvecs[0], res.betas[t], inputs.init.transl[0])
                     flow = None
-                    if arrows and np.isfinite(init.pose_rotvecs[t]).all():
+                    if arrows and inputs.has_init:
                         if arrows == "oracle":
                             from mvcap.displace import OraclePredictor
 

@@ -31,6 +31,8 @@ import numpy as np
 
 from mvcap.config import build_config, read_toml, to_dict
 from mvcap.detect import DetectConfig
+from mvcap.errors import MvcapError
+from mvcap.frames import FrameSelectionError, select_frames
 from mvcap.ingest import IngestConfig
 from mvcap.initialize import InitConfig, load_npz_init
 from mvcap.refine import RefineConfig
@@ -39,12 +41,12 @@ from mvcap.report import ReportConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RunConfig", "RunSummary", "RunError", "load_run_config", "run_pipeline", "format_summary"]
+__all__ = ["RunConfig", "RunSummary", "RunError", "load_run_config", "run_pipeline", "format_summary", "refine_events"]
 
 INIT_SOURCES = ("auto", "keypoints", "npz", "session")
 
 
-class RunError(ValueError):
+class RunError(MvcapError):
     """The run config or its inputs are not usable; the message says what to change."""
 
 
@@ -77,6 +79,13 @@ class ExportStage:
 
 
 @dataclass(frozen=True)
+class ValidateStage:
+    enabled: bool = True  # leave-one-camera-out cross-validation (needs detections and >= 3 views)
+    frames: str = "::10"  # START:STOP:STEP over the refined frames: a fraction of the run's cost
+    holdout: tuple[str, ...] = ()  # cameras to leave out one at a time; empty = every camera
+
+
+@dataclass(frozen=True)
 class ReportStage:
     enabled: bool = True
     ground_truth: str = ""  # npz of ground-truth SMPL parameters (synthetic captures): adds accuracy
@@ -86,11 +95,12 @@ class ReportStage:
 @dataclass(frozen=True)
 class RunConfig:
     name: str = "main"  # results run name inside the session
-    frames: str = ""  # session frames to refine, "START:STOP" ("" = all)
+    frames: str = ""  # session frames to refine: "0:100", "::5", "10,20,30" (mvcap.frames; "" = all)
     capture: CaptureStage = CaptureStage()
     init: InitStage = InitStage()
     subject: SubjectStage = SubjectStage()
     refine: RefineConfig = RefineConfig()
+    validate: ValidateStage = ValidateStage()
     export: ExportStage = ExportStage()
     report: ReportStage = ReportStage()
 
@@ -118,6 +128,7 @@ class RunSummary:
     stage_notes: dict[str, str] = field(default_factory=dict)
     report: Path | None = None
     exports: dict[str, Path] = field(default_factory=dict)
+    validation: dict | None = None  # the cross-validation (mvcap.validate), when it ran
 
 
 def load_run_config(path: str | Path, overrides=None) -> tuple[RunConfig, Path]:
@@ -132,16 +143,12 @@ def _resolve(base: Path, p: str) -> Path:
 
 
 def _frames(spec: str, T: int) -> list[int]:
-    if not spec:
-        return list(range(T))
+    """The run's session frames: ``frames`` in the one frame grammar (:mod:`mvcap.frames`)."""
     try:
-        a, b = (s.strip() for s in spec.split(":"))
-        start, stop = int(a or 0), int(b) if b else T
-    except ValueError as exc:
-        raise RunError(f"frames must be 'START:STOP' (e.g. '0:100'), got {spec!r}") from exc
-    if not (0 <= start < stop <= T):
-        raise RunError(f"frames {spec!r} is outside the session's 0:{T}")
-    return list(range(start, stop))
+        idx = select_frames(spec, T, what="the session")
+    except FrameSelectionError as exc:
+        raise RunError(f"run config: {exc}") from exc
+    return list(range(T)) if idx is None else idx.tolist()
 
 
 @contextlib.contextmanager
@@ -241,8 +248,7 @@ def run_pipeline(
             det = detect_session(session_path, cfg.init.detect, frames=frames, progress=progress)
             ini = initialize_session(session_path, cfg.init.fit, frames=frames, progress=progress, model=model)
             summary.stage_notes["init"] = (
-                f"MediaPipe found the person in {100 * det.found_fraction:.0f} % of new view images; "
-                f"{ini}"
+                f"MediaPipe found the person in {100 * det.found_fraction:.0f} % of new view images; {ini}"
             )
 
     # 3. subject --------------------------------------------------------------------------
@@ -290,6 +296,7 @@ def run_pipeline(
     # 4. refine ---------------------------------------------------------------------------
     with _stage(summary, "refine", progress):
         failures: list = []
+        events: dict = {}
         res = refine_session(
             session_path,
             cfg.name,
@@ -299,8 +306,12 @@ def run_pipeline(
             overwrite=restart,
             progress=progress,
             failures=failures,
+            events=events,
         )
         summary.failures = [(int(t), str(r)) for t, r in failures]
+        notes = refine_events(events)
+        if notes:
+            summary.stage_notes["refine"] = notes
         done = res.done[frames]
         summary.frames_done = int(done.sum())
         idx = np.asarray(frames)[done]
@@ -309,19 +320,28 @@ def run_pipeline(
                 summary.residual_px = np.nanmean(res.residual_px[idx], axis=0)
             summary.seconds_per_frame = float(np.mean(res.seconds[idx]))
 
-    # 5. export ---------------------------------------------------------------------------
+    # 5. validate -------------------------------------------------------------------------
+    if cfg.validate.enabled and summary.frames_done:
+        with _stage(summary, "validate", progress):
+            _validate_stage(cfg, session_path, summary, model, restart, progress)
+
+    # 6. export ---------------------------------------------------------------------------
     if cfg.export.formats and summary.frames_done:
         with _stage(summary, "export", progress):
             from mvcap.export import export_session
 
             done_idx = np.asarray(frames)[res.done[frames]]
             exp = export_session(
-                session_path, cfg.name, out_dir / "export", formats=list(cfg.export.formats), frames=done_idx,
+                session_path,
+                cfg.name,
+                out_dir / "export",
+                formats=list(cfg.export.formats),
+                frames=done_idx,
                 model=model,
             )
             summary.exports = dict(exp.paths)
 
-    # 6. report ---------------------------------------------------------------------------
+    # 7. report ---------------------------------------------------------------------------
     if cfg.report.enabled and summary.frames_done:
         with _stage(summary, "report", progress):
             from mvcap.report import build_report
@@ -336,10 +356,64 @@ def run_pipeline(
                 "config": to_dict(cfg),
             }
             summary.report = build_report(
-                session_path, cfg.name, out_dir / f"report_{cfg.name}.html", cfg.report.config, facts, gt, model
+                session_path,
+                cfg.name,
+                out_dir / f"report_{cfg.name}.html",
+                cfg.report.config,
+                facts,
+                gt,
+                model,
+                validation=summary.validation,
             )
     (out_dir / f"summary_{cfg.name}.json").write_text(json.dumps(_summary_dict(summary), indent=2, default=str))
     return summary
+
+
+def refine_events(events: dict) -> str:
+    """What refinement's safeguards did, in one line for the summary."""
+    out = []
+    for cam, frames in sorted(events.get("dead_views", {}).items()):
+        out.append(f"camera {cam} showed no picture (dead or black) in {len(frames)} frame(s) and was ignored")
+    for cam, frames in sorted(events.get("down_weighted", {}).items()):
+        out.append(f"camera {cam} disagreed with the others in {len(frames)} frame(s) and was down-weighted")
+    if events.get("kept"):
+        out.append(
+            f"{len(events['kept'])} frame(s) kept their initial estimate: no refinement round agreed better with "
+            "the cameras' keypoints and masks"
+        )
+    if events.get("previous_rejected"):
+        out.append(
+            f"{len(events['previous_rejected'])} frame(s) started from their own estimate, not the drifted "
+            "previous result"
+        )
+    return "; ".join(out)
+
+
+def _validate_stage(cfg: RunConfig, session_path: Path, summary: RunSummary, model, restart: bool, progress: bool):
+    """Cross-validate the run (skipped, with a note saying why, when it cannot be done)."""
+    from mvcap.capture import Session
+    from mvcap.validate import ValidateConfig, load_report, report_path, save_report, validate_run
+
+    path = report_path(session_path, cfg.name)
+    with Session.open(session_path) as s:
+        detected = s.has_detections
+        views = len(cfg.refine.views or s.view_names)
+    if not detected:
+        summary.stage_notes["validate"] = "skipped: no 2D detections to check against (run `mvcap detect`)"
+        return
+    if views < 3:
+        summary.stage_notes["validate"] = f"skipped: {views} camera(s); leaving one out needs at least 3"
+        return
+    if path.exists() and not restart:
+        summary.validation = load_report(path)
+        summary.stage_notes["validate"] = f"cross-validation {path.name} exists; not redone"
+        return
+    vcfg = ValidateConfig(frames=cfg.validate.frames, init=cfg.init.fit)
+    rep = validate_run(session_path, cfg.name, vcfg, holdout=list(cfg.validate.holdout) or None, model=model,
+                       progress=progress)  # fmt: skip
+    save_report(rep, path)
+    summary.validation = load_report(path)
+    summary.stage_notes["validate"] = f"{len(rep.frames)} frames x {len(rep.cameras)} held-out cameras -> {path.name}"
 
 
 def _summary_dict(s: RunSummary) -> dict:
@@ -355,6 +429,13 @@ def _summary_dict(s: RunSummary) -> dict:
         "stage_notes": s.stage_notes,
         "report": str(s.report) if s.report else None,
         "exports": {k: str(v) for k, v in s.exports.items()},
+        "validation": None
+        if s.validation is None
+        else {
+            "verdict": s.validation.get("verdict"),
+            "worse": s.validation.get("worse"),
+            "cameras": s.validation.get("cameras"),
+        },  # fmt: skip
     }
 
 
@@ -373,6 +454,17 @@ def format_summary(s: RunSummary) -> str:
     lines.append("  stages: " + ", ".join(f"{k} {v:.1f} s" for k, v in s.stage_seconds.items()))
     for k, v in s.stage_notes.items():
         lines.append(f"  {k}: {v}")
+    if s.validation is not None:
+        words = {"improved": "improved", "unchanged": "no change", "worse": "WORSE", "no data": "no data"}
+        per_cam = ", ".join(
+            f"{c['view']} {words.get(c['verdict'], c['verdict'])}" for c in s.validation.get("cameras", [])
+        )
+        lines.append(f"  cross-validation (held-out cameras): {per_cam}")
+        if s.validation.get("worse"):
+            lines.append(
+                f"  WARNING: the refined result disagrees with camera(s) {', '.join(s.validation['worse'])} more "
+                "than the initial estimate did; see the report's cross-validation section"
+            )
     for fmt, p in s.exports.items():
         lines.append(f"  export {fmt}: {p}")
     if s.report:

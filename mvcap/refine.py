@@ -1,6 +1,6 @@
 """The refinement loop: render -> predict displacements -> per-vertex targets -> fit.
 
-Per frame, T outer iterations of:
+Per frame, ``outer_iterations`` rounds of:
 
 1. render the current body estimate in every view (undistorted pinhole images), textured
    with the subject's appearance, plus depth, normals and template coordinates;
@@ -17,23 +17,23 @@ done, so an interrupted run resumes where it stopped.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import logging
 import re
 import time
 import warnings
 import zlib
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from mvcap.body import BodyModel, load_body_model
+from mvcap.body import BodyModel, BodyParams, load_body_model
 from mvcap.cameras import Rig, project
 from mvcap.correspond import splat_to_vertices
+from mvcap.cues import CueConfig, dead_views, keypoint_term, silhouette_term, view_trust
 from mvcap.displace import (
     DisplacementPredictor,
     FlowConfig,
@@ -41,14 +41,43 @@ from mvcap.displace import (
     OraclePredictor,
     PredictRequest,
 )
+from mvcap.errors import MvcapError
+from mvcap.evidence import EvidenceConfig, ViewEvidence, evidence_cost, view_evidence
 from mvcap.fit import FitConfig, Targets, fit_body
 from mvcap.fuse import fuse_bodies
 from mvcap.render import render, undistort_images
 from mvcap.subject import Subject
+from mvcap.threads import torch_threads
 
-__all__ = ["RefineConfig", "FrameResult", "refine_frame", "refine_session", "keypoint_fit_frame", "PREDICTORS"]
+# what other modules use (cli, pipeline, bench, overlay, report, benchmarks/)
+__all__ = [
+    "ESTIMATE_PASSES",
+    "RefineConfig",
+    "FrameResult",
+    "FrameInputs",
+    "Appearance",
+    "subject_appearance",
+    "estimate_appearance",
+    "estimate_request",
+    "load_frame_inputs",
+    "make_predictor",
+    "refine_frame",
+    "frame_evidence",
+    "FAILED_STATES",
+    "RefineError",
+    "refine_session",
+    "keypoint_targets",
+    "keypoint_fit_frame",
+    "write_frame_result",
+]
 
 log = logging.getLogger(__name__)
+
+
+class RefineError(MvcapError):
+    """A frame could not be refined (the message says why: out of view, diverged, ...)."""
+
+
 PREDICTORS = ("oracle", "flow", "learned")
 APPEARANCES = ("subject", "none", "wrong", "noise<std>", "brightness<std>")
 _PERTURBED = re.compile(r"^(noise|brightness)(\d+(?:\.\d+)?)$")
@@ -80,6 +109,7 @@ class RefineConfig:
     # small: more threads barely help and spin-wait badly when the cores are shared.
     fit: FitConfig = field(default_factory=FitConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
+    cues: CueConfig = field(default_factory=CueConfig)  # keypoints, silhouettes, view trust, guard
 
     def __post_init__(self):
         if self.predictor not in PREDICTORS:
@@ -93,11 +123,20 @@ class RefineConfig:
             raise ValueError(f"outer_iterations must be >= 1, got {self.outer_iterations}")
 
 
+#: FrameResult.status: "done" (refined), "kept" (no round agreed better with the evidence
+#: than the estimate it started from: that estimate is the result), or a failure: "out of
+#: view" (no camera sees enough of the body), "diverged" (the fit left finite numbers).
+FAILED_STATES = ("out of view", "diverged")
+
+
 @dataclass(frozen=True)
 class FrameResult:
     """One refined frame: pose_rotvecs (24, 3), betas (K,), transl (3,), residual_px (V,)
     mean distance of the fitted vertices to their targets per view (NaN for skipped views),
-    fit iterations summed over outer iterations, wall seconds, skipped view names."""
+    fit iterations summed over outer iterations, wall seconds, skipped view names; status
+    (see :data:`FAILED_STATES`), notes (what the guard and the trust did, in words),
+    view_weights (V,) the trust each view got, dead_views (names of cameras with no picture),
+    evidence_cost (start, end) of the body against the detector's evidence (NaN without)."""
 
     pose_rotvecs: np.ndarray
     betas: np.ndarray
@@ -106,38 +145,63 @@ class FrameResult:
     iterations: int
     seconds: float
     skipped_views: tuple[str, ...] = ()
+    status: str = "done"
+    notes: tuple[str, ...] = ()
+    view_weights: np.ndarray | None = None
+    dead_views: tuple[str, ...] = ()
+    evidence_cost: tuple[float, float] = (float("nan"), float("nan"))
+
+    @property
+    def failed(self) -> bool:
+        return self.status in FAILED_STATES
 
 
 ESTIMATE_PASSES = ("rgb", "depth", "normal", "template", "mask")  # what predictors see of the estimate
 
 
-def subject_appearance(model: BodyModel, subject: Subject | None) -> dict:
-    """Render keyword arguments for the subject's appearance: its UV texture (if the body
-    model has UVs), else its vertex colours, else nothing (uniform grey)."""
+@dataclass(frozen=True)
+class Appearance:
+    """How a body estimate is coloured when rendered: a UV texture (Ht, Wt, 3) uint8 with the
+    body model's uvs (T, 2) and uv_faces (F, 3), or vertex_colors (N, 3) uint8, or neither
+    (uniform grey). See :func:`mvcap.render.render`."""
+
+    texture: Tensor | None = None
+    uvs: Tensor | None = None
+    uv_faces: Tensor | None = None
+    vertex_colors: Tensor | None = None
+
+    @property
+    def textured(self) -> bool:
+        """False for the uniform grey body."""
+        return self.texture is not None or self.vertex_colors is not None
+
+    def render_kwargs(self) -> dict:
+        """Keyword arguments for :func:`mvcap.render.render` (empty for grey)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+
+def subject_appearance(model: BodyModel, subject: Subject | None) -> Appearance:
+    """The subject's appearance: its UV texture (if the body model has UVs), else its vertex
+    colours, else uniform grey."""
     if subject is not None and subject.texture is not None and model.uvs is not None:
-        return dict(texture=torch.from_numpy(np.array(subject.texture)), uvs=model.uvs, uv_faces=model.uv_faces)
+        return Appearance(texture=torch.from_numpy(np.array(subject.texture)), uvs=model.uvs, uv_faces=model.uv_faces)
     if subject is not None and subject.vertex_colors is not None:
-        return dict(vertex_colors=torch.from_numpy(np.array(subject.vertex_colors)))
-    return {}
+        return Appearance(vertex_colors=torch.from_numpy(np.array(subject.vertex_colors)))
+    return Appearance()
 
 
-@functools.lru_cache(maxsize=2)
-def _wrong_subject(texture_size: int) -> Subject:
-    from mvcap.synth import SubjectConfig, make_subject
+def estimate_appearance(model: BodyModel, subject: Subject | None, mode: str = "subject") -> Appearance:
+    """The estimate's appearance under ``mode`` (see :attr:`RefineConfig.appearance`).
 
-    # a fixed synthetic person none of the benchmark subjects is (its own seed stream)
-    rng = np.random.default_rng(987654321)
-    return make_subject(rng, load_body_model(), "wrong", SubjectConfig(texture_size=texture_size))
-
-
-def estimate_appearance(model: BodyModel, subject: Subject | None, mode: str = "subject") -> dict:
-    """Render keyword arguments for the estimate's appearance under ``mode`` (see
-    :attr:`RefineConfig.appearance`)."""
+    "wrong" (another person's texture) is not made here: the benchmark supplies it
+    (:func:`mvcap.bench.method_appearance`) and passes it to :func:`refine_session`."""
     if mode == "none":
-        return {}
+        return Appearance()
     if mode == "wrong":
-        size = subject.texture.shape[0] if subject is not None and subject.texture is not None else 512
-        return subject_appearance(model, _wrong_subject(int(size)))
+        raise ValueError(
+            "appearance 'wrong' (another person's texture) is an ablation the benchmark supplies: run it as "
+            "`mvcap bench` method '...+wrongtexture', or pass appearance= to refine_session"
+        )
     _check_appearance(mode)
     m = _PERTURBED.match(mode)
     if m is None or subject is None or (subject.texture is None and subject.vertex_colors is None):
@@ -160,15 +224,54 @@ def estimate_appearance(model: BodyModel, subject: Subject | None, mode: str = "
 
 
 def estimate_request(
-    model: BodyModel, pinhole: Rig, photos: np.ndarray, vertices_world: Tensor, appearance: dict, template=None
+    model: BodyModel,
+    pinhole: Rig,
+    photos: np.ndarray,
+    vertices_world: Tensor,
+    appearance: Appearance = Appearance(),
+    template=None,
 ) -> PredictRequest:
     """Render what predictors see of the estimate (``ESTIMATE_PASSES`` with ``appearance``, see
-    :func:`estimate_appearance`) and pair it with the undistorted photos (V, H, W, 3)."""
+    :func:`estimate_appearance`) and pair it with the undistorted photos (V, H, W, 3).
+    vertices_world (N, 3); template (N, 3) rest-pose vertices (default: the mean shape's)."""
     template = model.template_vertices()[0] if template is None else template
     fragments, passes = render(
-        pinhole, vertices_world, model.faces, template_vertices=template, passes=ESTIMATE_PASSES, **appearance
+        pinhole,
+        vertices_world,
+        model.faces,
+        template_vertices=template,
+        passes=ESTIMATE_PASSES,
+        **appearance.render_kwargs(),
     )
     return PredictRequest(photos, passes, fragments, pinhole, vertices_world, model.faces)
+
+
+@dataclass(frozen=True)
+class FrameInputs:
+    """What refining (or drawing) one frame needs: rig, the V chosen cameras (with their
+    distortion); photos (V, H, W, 3) uint8 undistorted into the pinhole image space; init,
+    the frame's initial estimate (1 frame; betas: the registered subject's shape when the
+    session has one, else the estimate's; NaN when the frame has none)."""
+
+    rig: Rig
+    photos: np.ndarray
+    init: BodyParams
+
+    @property
+    def has_init(self) -> bool:
+        return bool(np.isfinite(self.init.pose_rotvecs).all() and np.isfinite(self.init.transl).all())
+
+
+def load_frame_inputs(session, t: int, views: Sequence[str] | None = None) -> FrameInputs:
+    """Read frame ``t`` of an open :class:`mvcap.capture.Session` for the cameras ``views``
+    (None or empty: all): the rig, the undistorted photos and the initial estimate."""
+    rig = session.rig if not views else session.rig.subset(list(views))
+    photos = undistort_images(rig, session.read_frame(int(t), views=list(rig.names)))
+    init = session.read_init([int(t)], require_valid=False)
+    subject = session.subject
+    if subject is not None:
+        init = BodyParams(init.pose_rotvecs, np.asarray(subject.betas, np.float32), init.transl)
+    return FrameInputs(rig, photos, init)
 
 
 def write_frame_result(writer, t: int, res: FrameResult, num_views: int, view_idx: list[int]) -> None:
@@ -178,18 +281,6 @@ def write_frame_result(writer, t: int, res: FrameResult, num_views: int, view_id
     writer.write(
         t, res.pose_rotvecs, res.betas, res.transl, residual_px=residual, iterations=res.iterations, seconds=res.seconds
     )
-
-
-@contextlib.contextmanager
-def torch_threads(n: int):
-    """Run a block with ``n`` torch intra-op threads (0: leave as is)."""
-    old = torch.get_num_threads()
-    if n > 0:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def _vertex_targets(
@@ -216,72 +307,123 @@ def _joint_visibility_weights(model: BodyModel, weight: Tensor) -> Tensor:
     return weight @ model.weights.to(weight.dtype)
 
 
+def frame_evidence(session, t: int, rig: Rig, cfg: CueConfig = CueConfig()) -> list[ViewEvidence | None] | None:
+    """The detector's evidence of frame ``t`` for the cameras of ``rig`` (keypoints, masks
+    undistorted to the pinhole image), or None when the session has no detections for it."""
+    if not session.has_detections or not session.detections_written[int(t)]:
+        return None
+    names = list(session.view_names)
+    kp = session.read_keypoints([int(t)])[0]
+    masks = session.read_masks(int(t))
+    ecfg = EvidenceConfig(min_keypoint_confidence=cfg.min_keypoint_confidence)
+    out = []
+    for name in rig.names:
+        v = names.index(name)
+        out.append(view_evidence(rig.subset([name]), kp[v], None if masks is None else masks[v], None, ecfg))
+    return out
+
+
 def refine_frame(
     model: BodyModel,
     rig: Rig,
     photos: np.ndarray,
-    init_pose_rotvecs: Tensor,
-    betas: Tensor,
-    init_transl: Tensor,
+    init: BodyParams,
     predictor: DisplacementPredictor,
     cfg: RefineConfig = RefineConfig(),
-    subject: Subject | None = None,
+    appearance: Appearance = Appearance(),
     prev_pose_rotvecs: Tensor | None = None,
+    evidence: list[ViewEvidence | None] | None = None,
+    definition=None,
 ) -> FrameResult:
     """Refine one frame.
 
     rig: the (possibly restricted) rig; photos: (V, H, W, 3) uint8 already undistorted into
-    the pinhole image space (see :func:`mvcap.render.undistort_images`); init_pose_rotvecs
-    (24, 3), betas (K,), init_transl (3,) world frame.
+    the pinhole image space (see :func:`mvcap.render.undistort_images`); init: the frame's
+    initial estimate (one frame, world frame; its betas are held); appearance: how the
+    estimate is rendered for the predictor (:func:`estimate_appearance`); prev_pose_rotvecs
+    (24, 3): the previous frame's result for the temporal term; evidence: per view, an
+    independent detector's keypoints and mask (:func:`frame_evidence`), with ``definition``
+    its landmarks on our mesh: then the fit also pulls to keypoints and silhouettes, views
+    are trusted by their agreement, and a round's update is kept only when it agrees better
+    with that evidence than the estimate before it (``cfg.cues``).
     """
     t0 = time.perf_counter()
+    if len(init) != 1:
+        raise ValueError(f"refine_frame refines one frame; init has {len(init)} (slice it: init[t])")
     pinhole = rig.without_distortion()
     faces = model.faces
-    pose = init_pose_rotvecs.detach().to(torch.float32).clone()
-    transl = init_transl.detach().to(torch.float32).clone()
-    betas = betas.detach().to(torch.float32)
-    appearance = estimate_appearance(model, subject, cfg.appearance)
+    start = init.to_torch()
+    pose, betas, transl = start["pose_rotvecs"][0], start["betas"][0], start["transl"][0]
     template = model.template_vertices()[0]
     iterations = 0
     residual = torch.full((len(rig),), float("nan"))
     skipped_all: set[int] = set()
     view_dirs = torch.as_tensor(np.stack([c.R_world2cam[2] for c in rig]), dtype=torch.float32)
+    cues = cfg.cues
+    notes: list[str] = []
+    status = "done"
+    dead = dead_views(photos)
+    trust = np.ones(len(rig))
+    trust[dead] = 0.0
+    if dead:
+        notes.append(f"camera(s) {', '.join(rig.names[v] for v in dead)} show no picture (dead or black): ignored")
+    if evidence is not None and (definition is None or len(evidence) != len(rig)):
+        raise ValueError("evidence needs one entry per camera of the rig and the detector's landmark definition")
+    cost_start = cost_cur = float("nan")
+    if evidence is not None:
+        evidence = [None if v in dead else ev for v, ev in enumerate(evidence)]
+        cost_cur, per_view = evidence_cost(model, definition, rig, pose, betas, transl, evidence)
+        cost_start = cost_cur
+        if cues.trust:
+            trust = np.minimum(trust, view_trust(per_view, cues.trust_ratio))
 
-    for _ in range(cfg.outer_iterations):
+    for r in range(cfg.outer_iterations):
         with torch.no_grad():
-            verts = model(pose[None], betas[None], transl[None]).vertices[0]
-        req = estimate_request(model, pinhole, photos, verts, appearance, template)
+            vertices_world = model(pose[None], betas[None], transl[None]).vertices[0]
+        req = estimate_request(model, pinhole, photos, vertices_world, appearance, template)
         fragments = req.fragments
         disp = predictor(req)
         uv_target, weight, skipped = _vertex_targets(
-            pinhole, verts, disp.flow, disp.confidence, fragments, faces, cfg.min_visible_vertices
+            pinhole, vertices_world, disp.flow, disp.confidence, fragments, faces, cfg.min_visible_vertices
         )
+        weight = weight * torch.as_tensor(trust, dtype=weight.dtype)[:, None]
         skipped_all.update(skipped)
-        if len(skipped) == len(rig):
-            warnings.warn("no view sees enough of the body; keeping the current estimate", stacklevel=2)
+        if len(skipped) == len(rig) or float(weight.sum()) <= 0:
+            status = "out of view"
+            notes.append("no camera sees enough of the body")
             break
         targets = Targets(uv_target[None], weight[None], points="vertices", distorted=False)
         prev = prev_pose_rotvecs[None].to(torch.float32) if prev_pose_rotvecs is not None else None
+        current = BodyParams(pose[None], betas[None], transl[None])
+        extra = []
+        if evidence is not None:
+            heights = np.array([np.nan if ev is None else ev.height_px for ev in evidence])
+            kp = np.stack([ev.keypoints if ev is not None else _no_keypoints(definition) for ev in evidence])
+            extra = [
+                term
+                for term in (
+                    keypoint_term(definition, rig, kp, heights, cues, trust),
+                    silhouette_term(
+                        pinhole,
+                        [None if ev is None else ev.mask for ev in evidence],
+                        heights,
+                        model.num_vertices,
+                        cues,
+                        trust,
+                    ),  # fmt: skip
+                )
+                if term is not None
+            ]
         # re-assert torch's thread count here: numba's OpenMP layer (the renderer) resets
         # the process-wide OpenMP setting that torch reads
         if cfg.fusion == "joint" or len(rig) == 1:
             with torch_threads(cfg.threads):
-                res = fit_body(model, pinhole, pose[None], betas[None], transl[None], targets, cfg.fit, prev)
-            pose, transl = res.pose_rotvecs[0], res.transl[0]
-            residual = res.residual_px[0]
+                res = fit_body(model, pinhole, current, targets, cfg.fit, prev, extra_terms=extra)
+            new_pose, new_transl = res.pose_rotvecs[0], res.transl[0]
+            new_residual = res.residual_px[0]
         else:
             with torch_threads(cfg.threads):
-                res = fit_body(
-                    model,
-                    pinhole,
-                    pose[None],
-                    betas[None],
-                    transl[None],
-                    targets,
-                    cfg.fit,
-                    prev,
-                    independent_views=True,
-                )
+                res = fit_body(model, pinhole, current, targets, cfg.fit, prev, independent_views=True)
             jw = _joint_visibility_weights(model, weight)  # (V, 24)
             active = jw.sum(-1) > 0
             fused_pose, fused_t = fuse_bodies(
@@ -291,16 +433,42 @@ def refine_frame(
                 view_dirs[active],
                 cfg.translation_fusion,
             )
-            pose, transl = fused_pose[0], fused_t[0]
+            new_pose, new_transl = fused_pose[0], fused_t[0]
             with torch.no_grad():  # residual of the fused body against each view's targets
-                v_f = model(pose[None], betas[None], transl[None]).vertices[0]
+                v_f = model(new_pose[None], betas[None], new_transl[None]).vertices[0]
                 d = (project(pinhole, v_f, distort=False) - uv_target).norm(dim=-1)
-                residual = (weight * d).sum(-1) / weight.sum(-1).clamp_min(1e-6)
+                new_residual = (weight * d).sum(-1) / weight.sum(-1).clamp_min(1e-6)
         iterations += res.iterations
+        if not (torch.isfinite(new_pose).all() and torch.isfinite(new_transl).all()):
+            status = "diverged"
+            notes.append(f"round {r + 1}: the fit diverged (non-finite pose or translation)")
+            break
+        if evidence is not None and cues.guard:
+            cost_new, per_view = evidence_cost(model, definition, rig, new_pose, betas, new_transl, evidence, trust)
+            cost_old_w, _ = evidence_cost(model, definition, rig, pose, betas, transl, evidence, trust)
+            if not cost_new < cost_old_w - cues.guard_margin:
+                notes.append(
+                    f"round {r + 1}: update rejected, it agrees less with the cameras' keypoints and masks "
+                    f"(cost {cost_new:.4f} vs {cost_old_w:.4f})"
+                )
+                if r == 0:
+                    status = "kept"
+                    with torch.no_grad():  # the kept estimate's residual against this round's targets
+                        d = (project(pinhole, vertices_world, distort=False) - uv_target).norm(dim=-1)
+                        residual = (weight * d).sum(-1) / weight.sum(-1).clamp_min(1e-6)
+                        residual = torch.where(weight.sum(-1) > 0, residual, torch.full_like(residual, float("nan")))
+                break
+            cost_cur = cost_new
+            if cues.trust:
+                trust = np.minimum(trust, view_trust(per_view, cues.trust_ratio)) if r == 0 else trust
+        pose, transl, residual = new_pose, new_transl, new_residual
     residual = residual.clone()
     for v in skipped_all:
         residual[v] = float("nan")
-    if skipped_all:
+    low = [rig.names[v] for v in range(len(rig)) if 0 < trust[v] < 0.5]
+    if low:
+        notes.append(f"camera(s) {', '.join(low)} disagree with the others and were down-weighted")
+    if skipped_all and status != "out of view":
         names = [rig.names[v] for v in sorted(skipped_all)]
         warnings.warn(
             f"views {names} saw fewer than {cfg.min_visible_vertices} body vertices and were skipped", stacklevel=2
@@ -313,7 +481,18 @@ def refine_frame(
         iterations,
         time.perf_counter() - t0,
         tuple(rig.names[v] for v in sorted(skipped_all)),
+        status,
+        tuple(notes),
+        trust.copy(),
+        tuple(rig.names[v] for v in dead),
+        (cost_start, cost_cur),
     )
+
+
+def _no_keypoints(definition) -> np.ndarray:
+    kp = np.full((len(definition.names), 3), np.nan, np.float32)
+    kp[:, 2] = 0.0
+    return kp
 
 
 def keypoint_targets(
@@ -333,28 +512,18 @@ def keypoint_fit_frame(
     model: BodyModel,
     rig: Rig,
     targets: Targets,
-    init_pose_rotvecs: Tensor,
-    betas: Tensor,
-    init_transl: Tensor,
+    init: BodyParams,
     cfg: FitConfig = FitConfig(),
     threads: int = 1,
 ) -> FrameResult:
     """The sparse-keypoint baseline: the same fitter on 2D joint targets (what keypoint
-    pipelines such as EasyMocap do)."""
+    pipelines such as EasyMocap do). init: the frame's initial estimate (one frame)."""
     t0 = time.perf_counter()
     with torch_threads(threads):
-        res = fit_body(
-            model,
-            rig.without_distortion(),
-            init_pose_rotvecs[None].float(),
-            betas[None].float(),
-            init_transl[None].float(),
-            targets,
-            cfg,
-        )
+        res = fit_body(model, rig.without_distortion(), init, targets, cfg)
     return FrameResult(
         res.pose_rotvecs[0].numpy(),
-        betas.numpy(),
+        init.betas[0],
         res.transl[0].numpy(),
         res.residual_px[0].numpy(),
         res.iterations,
@@ -385,14 +554,27 @@ def refine_session(
     overwrite: bool = False,
     progress: bool = True,
     failures: list | None = None,
+    appearance: Appearance | None = None,
+    events: dict | None = None,
 ) -> object:
     """Refine the frames of a session file, writing each result as soon as it is done.
 
     Rerunning with the same run name skips finished frames (resume); ``overwrite`` starts
     over. Returns the session's Results for the run.
-    failures: if a list is given, a frame that cannot be refined (no initial estimate, or an
-    error in the frame) is appended to it as ``(frame, reason)`` and the run goes on;
-    otherwise frames without an initial estimate are skipped with a warning and errors raise.
+    appearance: how estimates are rendered for the predictor (default: the session's
+    subject under ``cfg.appearance``, see :func:`estimate_appearance`).
+    failures: if a list is given, a frame that cannot be refined (no initial estimate, the
+    body out of every view, a diverged fit, or an error in the frame) is appended to it as
+    ``(frame, reason)``, is not marked done (a rerun retries it) and the run goes on;
+    otherwise frames without an initial estimate are skipped with a warning and other
+    failures raise :class:`RefineError`.
+    events: if a dict is given, it collects what the safeguards did: ``dead_views`` {camera:
+    frames}, ``kept`` frames whose initial estimate was kept by the acceptance guard,
+    ``down_weighted`` {camera: frames}, ``previous_rejected`` frames where init="previous"
+    fell back to the frame's own estimate.
+
+    With the session's 2D detections (``mvcap detect``), every frame is also fitted to the
+    detector's keypoints and masks and guarded by them (``cfg.cues``).
     """
     from tqdm import tqdm
 
@@ -402,7 +584,7 @@ def refine_session(
     with Session.open(session_path, mode="a") as session:
         full_rig = session.rig
         view_idx = [full_rig.index(n) for n in cfg.views] if cfg.views else list(range(len(full_rig)))
-        rig = full_rig.subset([full_rig.names[i] for i in view_idx])
+        views = [full_rig.names[i] for i in view_idx]
         subject = session.subject
         T = session.num_frames
         frames = list(range(T)) if frames is None else list(frames)
@@ -417,6 +599,8 @@ def refine_session(
             gt = session.read_ground_truth()
         if subject is None and cfg.predictor != "oracle":
             raise ValueError(f"{session_path}: no subject stored; register the subject first (mvcap register)")
+        if appearance is None:
+            appearance = estimate_appearance(model, subject, cfg.appearance)
         from mvcap.config import to_dict
 
         writer = session.results_run(run_name, config=to_dict(cfg), overwrite=overwrite)
@@ -428,15 +612,39 @@ def refine_session(
             prev_run = session.read_results(run_name)
             known[todo[0] - 1] = (prev_run.pose_rotvecs[todo[0] - 1], prev_run.transl[todo[0] - 1])
         shared_predictor = None if cfg.predictor == "oracle" else make_predictor(cfg.predictor, cfg)
+        definition = None
+        if session.has_detections:
+            from mvcap.keypoints import keypoint_set
+
+            definition = keypoint_set(session.keypoint_format).definition(model)
+        events = {} if events is None else events
+        for key in ("dead_views", "down_weighted"):
+            events.setdefault(key, {})
+        for key in ("kept", "previous_rejected"):
+            events.setdefault(key, [])
         bar = tqdm(todo, desc=f"refine {run_name}", unit="frame", disable=not progress)
         for t in bar:
-            betas = torch.tensor(subject.betas if subject is not None else init.betas[t], dtype=torch.float32)
             prev = known.get(t - 1)
+            start = init[t]
+            evidence = None
+            if definition is not None:
+                evidence = frame_evidence(session, t, full_rig.subset(views), cfg.cues)
             if cfg.init == "previous" and prev is not None:
-                p0, tr0 = torch.as_tensor(prev[0]), torch.as_tensor(prev[1])
-            else:
-                p0, tr0 = torch.as_tensor(init.pose_rotvecs[t]), torch.as_tensor(init.transl[t])
-            if not (torch.isfinite(p0).all() and torch.isfinite(tr0).all()):
+                candidate = BodyParams(prev[0][None], start.betas, prev[1][None])
+                own_ok = np.isfinite(start.pose_rotvecs).all() and np.isfinite(start.transl).all()
+                if evidence is not None and own_ok:
+                    # the previous result drifts on fast motion: keep it only if this frame's
+                    # evidence agrees with it at least as well as with the frame's own estimate
+                    sub = full_rig.subset(views)
+                    betas0 = start.betas[0] if subject is None else subject.betas
+                    c_prev, _ = evidence_cost(model, definition, sub, prev[0], betas0, prev[1], evidence)
+                    c_own, _ = evidence_cost(model, definition, sub, start.pose_rotvecs[0], betas0, start.transl[0],
+                                             evidence)  # fmt: skip
+                    if c_prev > c_own:
+                        events["previous_rejected"].append(t)
+                        candidate = start
+                start = candidate
+            if not (np.isfinite(start.pose_rotvecs).all() and np.isfinite(start.transl).all()):
                 log.warning("frame %d has no initial estimate; skipped", t)
                 if failures is not None:
                     failures.append((t, "no initial estimate (no person found / init not run for this frame)"))
@@ -445,16 +653,33 @@ def refine_session(
             if predictor is None:
                 with torch.no_grad():
                     predictor = OraclePredictor(model(**gt.slice(t).to_torch()).vertices[0])
-            photos = undistort_images(rig, session.read_frame(t, views=list(rig.names)))
+            inputs = load_frame_inputs(session, t, views)
+            start = BodyParams(start.pose_rotvecs, inputs.init.betas, start.transl)
             prev_pose = torch.as_tensor(prev[0]) if (prev is not None and cfg.fit.w_temporal > 0) else None
             try:
-                res = refine_frame(model, rig, photos, p0, betas, tr0, predictor, cfg, subject, prev_pose)
+                res = refine_frame(model, inputs.rig, inputs.photos, start, predictor, cfg, appearance, prev_pose,
+                                   evidence, definition)  # fmt: skip
             except Exception as exc:  # one bad frame must not end a long run
                 if failures is None:
                     raise
                 log.warning("frame %d failed: %s", t, exc)
                 failures.append((t, f"refinement failed: {type(exc).__name__}: {exc}"))
                 continue
+            for name in res.dead_views:
+                events["dead_views"].setdefault(name, []).append(t)
+            if res.view_weights is not None:
+                for v, w in enumerate(res.view_weights):
+                    if 0 < w < 0.5:
+                        events["down_weighted"].setdefault(inputs.rig.names[v], []).append(t)
+            if res.failed:
+                reason = f"{res.status}: {'; '.join(res.notes)}"
+                if failures is None:
+                    raise RefineError(f"frame {t}: {reason}")
+                log.warning("frame %d failed: %s", t, reason)
+                failures.append((t, reason))
+                continue
+            if res.status == "kept":
+                events["kept"].append(t)
             write_frame_result(writer, t, res, len(full_rig), view_idx)
             known[t] = (res.pose_rotvecs, res.transl)
             bar.set_postfix(res_px=f"{np.nanmean(res.residual_px):.2f}", s=f"{res.seconds:.1f}")

@@ -58,13 +58,15 @@ import roma
 import torch
 from torch import Tensor
 
-from mvcap.body import BodyModel, load_body_model
+from mvcap.body import BodyModel, BodyParams, load_body_model
 from mvcap.cameras import Camera, Rig, cam_to_pixels, world_to_cam
-from mvcap.capture import BodyParams, Session
-from mvcap.fit import default_pose_prior, geman_mcclure, person_scale
-from mvcap.poses import limit_violation
+from mvcap.capture import Session
+from mvcap.errors import MvcapError
+from mvcap.fit import BodyFit, DataTerm, Regularisers, SolverConfig, geman_mcclure, person_scale
+from mvcap.keypoints import register_joint_pairs
 from mvcap.render import rasterize, undistort_images, vertex_normals
 from mvcap.subject import Subject
+from mvcap.threads import torch_threads
 
 __all__ = [
     "RegisterError",
@@ -72,7 +74,7 @@ __all__ = [
     "TextureConfig",
     "RegisterConfig",
     "ShapeFit",
-    "Appearance",
+    "BackProjection",
     "RegisterResult",
     "KEYPOINT_JOINTS",
     "select_frames",
@@ -84,7 +86,7 @@ __all__ = [
 ]
 
 
-class RegisterError(ValueError):
+class RegisterError(MvcapError):
     """Registration cannot run on this input; the message says what is missing and how to fix it."""
 
 
@@ -168,11 +170,12 @@ class ShapeFit:
 
 
 @dataclass(frozen=True)
-class Appearance:
-    """texture (S, S, 3) uint8 (row 0 = top of UV space, as :class:`Subject`); vertex_colors
-    (N, 3) uint8; texel_seen (S, S) bool: texel observed in some photo (the rest is filled);
-    texel_chart (S, S) bool: texel inside a UV triangle; observations (S, S) int16 per texel;
-    vertex_seen (N,) bool."""
+class BackProjection:
+    """The appearance back-projected from photos (:func:`build_appearance`; what the refinement
+    renders is :class:`mvcap.refine.Appearance`): texture (S, S, 3) uint8 (row 0 = top of UV
+    space, as :class:`Subject`); vertex_colors (N, 3) uint8; texel_seen (S, S) bool: texel
+    observed in some photo (the rest is filled); texel_chart (S, S) bool: texel inside a UV
+    triangle; observations (S, S) int16 per texel; vertex_seen (N,) bool."""
 
     texture: np.ndarray
     vertex_colors: np.ndarray
@@ -197,7 +200,7 @@ class RegisterResult:
     frames: np.ndarray
     views: tuple[str, ...]
     shape: ShapeFit
-    appearance: Appearance
+    appearance: BackProjection
     path: Path | None
     seconds: float
 
@@ -209,6 +212,8 @@ KEYPOINT_JOINTS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
     # than SMPL's hip joints, which w_keypoints being small (next to the silhouettes) absorbs
     "mediapipe_pose_33": ((11, 12, 13, 14, 15, 16, 23, 24, 25, 26, 27, 28), (16, 17, 18, 19, 20, 21, 1, 2, 4, 5, 7, 8)),
 }
+# the other detectors' landmark sets (mvcap.keypoints, `mvcap detect --from`): the same joints
+KEYPOINT_JOINTS.update({n: register_joint_pairs(n) for n in ("body_25", "coco_17", "halpe_26", "coco_133")})
 
 
 # ------------------------------------------------------------------------------------------
@@ -281,7 +286,7 @@ def fit_shape(
             "disable the shape fit (shape.enabled=false) to keep the initial betas"
         )
     dtype = torch.float32
-    T = rig.tensors(dtype=dtype)
+    cams = rig.tensors(dtype=dtype)
     R_init = roma.rotvec_to_rotmat(torch.as_tensor(init.pose_rotvecs, dtype=dtype))
     transl0 = torch.as_tensor(init.transl, dtype=dtype)
     b0 = np.nanmean(init.betas, 0) if betas0 is None else np.asarray(betas0, np.float64)
@@ -330,47 +335,44 @@ def fit_shape(
         if not bool((kp_w > 0).any()):
             kp_uv = kp_w = None  # nothing confident: keypoints cannot help
 
-    delta = torch.zeros(F, 24, 3, dtype=dtype, requires_grad=True)
-    d_transl = torch.zeros(F, 3, dtype=dtype, requires_grad=True)
     # betas are optimised as z with betas = start + z * step: one unit of z moves the vertices by
     # ~10 cm for every component, so low-effect components converge as fast as stature does
     effect = model.shapedirs.norm(dim=1).mean(0)[: betas_start.shape[1]].to(dtype)  # (10,) m per unit
-    beta_step = (0.1 / effect.clamp_min(1e-4))[None]
-    z_betas = torch.zeros_like(betas_start, requires_grad=True)
-
-    def current_betas():
-        return betas_start + z_betas * beta_step
-
-    prior = default_pose_prior() if cfg.w_prior > 0 else None
-
-    def posed():
-        rotmats = R_init @ roma.rotvec_to_rotmat(delta)
-        out = model(rotmats=rotmats, betas=current_betas().expand(F, -1), transl=transl0 + d_transl)
-        return rotmats, out
+    fit = BodyFit(
+        model,
+        R_init,
+        betas_start,
+        transl0,
+        Regularisers(w_init=cfg.w_init, w_limits=cfg.w_limits, w_prior=cfg.w_prior, w_betas=cfg.w_betas),
+        optimize_betas=True,
+        shared_betas=True,
+        betas_step=0.1 / effect.clamp_min(1e-4),
+        betas_ref=torch.zeros_like(betas_start),  # the shape prior: |betas|^2
+        reduce="mean",
+    )
 
     def project(points: Tensor) -> Tensor:  # (F, P, 3) -> (F, V, P, 2) distorted pixels
-        return cam_to_pixels(world_to_cam(points, T["R_world2cam"], T["t_world2cam"]), T["K"], T["dist"])
+        return cam_to_pixels(world_to_cam(points, cams["R_world2cam"], cams["t_world2cam"]), cams["K"], cams["dist"])
 
     with torch.no_grad():
-        _, out0 = posed()
-        scale = mask_scale if masks is not None else person_scale(project(out0.vertices))  # (F, V) px
+        scale = mask_scale if masks is not None else person_scale(project(fit.pose().vertices))  # (F, V) px
     s2 = (scale**2)[..., None]
     fv = model.faces.numpy()
     edges = np.unique(np.sort(np.concatenate([fv[:, [0, 1]], fv[:, [1, 2]], fv[:, [2, 0]]]), 1), axis=0)  # (E, 2)
-    # (F, V, C*k, 2) candidate edges' vertex ids, (F, V, C, 2) outline points, (F, V, C) weights
-    cand = cand_pts = cand_w = None
 
-    sigma = cfg.gm_sigma
+    def data_terms(sigma: float, cand, cand_pts, cand_w) -> list[DataTerm]:
+        """Per-frame (F,) silhouette and keypoint terms (means over the views) at robust scale
+        ``sigma``; cand (F, V, C*k, 2) candidate edges' vertex ids, cand_pts (F, V, C, 2) outline
+        points, cand_w (F, V, C) their weights."""
 
-    def energy():
-        rotmats, out = posed()
-        data = torch.zeros(F, V, dtype=dtype)
-        if dist_out is not None:
+        def outside(out) -> Tensor:  # projected vertices outside the person mask
             uv = project(out.vertices)  # (F, V, N, 2)
             d, inside = _sample_maps(dist_out, uv.reshape(F * V, -1, 2))
             rho = geman_mcclure(d.view(F, V, -1) ** 2 / s2, sigma) * inside.view(F, V, -1)
-            data = data + cfg.w_outside * rho.mean(-1)
-            # distance from each outline point to its nearest candidate projected mesh edge
+            return (cfg.w_outside * rho.mean(-1)).mean(-1)
+
+        def coverage(out) -> Tensor:  # distance from each outline point to its nearest candidate edge
+            uv = project(out.vertices)
             ends = [torch.gather(uv, 2, cand[..., i, None].expand(-1, -1, -1, 2)) for i in (0, 1)]
             a, b = (e.view(*cand_pts.shape[:3], -1, 2) for e in ends)  # (F, V, C, k, 2) edge ends
             p = cand_pts[:, :, :, None]
@@ -378,26 +380,21 @@ def fit_shape(
             t = (((p - a) * ab).sum(-1) / (ab * ab).sum(-1).clamp_min(1e-9)).clamp(0, 1)
             d = (a + t[..., None] * ab - p).norm(dim=-1).amin(-1)  # (F, V, C) px
             rho = geman_mcclure(d**2 / s2, sigma)
-            data = data + cfg.w_coverage * (cand_w * rho).sum(-1) / cand_w.sum(-1).clamp_min(1)
-        if kp_uv is not None:
+            return (cfg.w_coverage * (cand_w * rho).sum(-1) / cand_w.sum(-1).clamp_min(1)).mean(-1)
+
+        def keypoints_2d(out) -> Tensor:
             uvj = project(out.joints[:, list(kp_joints)])
             rho = geman_mcclure(((uvj - kp_uv) ** 2).sum(-1) / s2, sigma)
-            data = data + cfg.w_keypoints * (kp_w * rho).sum(-1) / kp_w.sum(-1).clamp_min(1e-6)
-        pose = roma.rotmat_to_rotvec(rotmats)
-        reg = cfg.w_init * (delta**2).sum((-1, -2))
-        if cfg.w_limits > 0:
-            reg = reg + cfg.w_limits * limit_violation(pose)
-        if prior is not None:
-            reg = reg + cfg.w_prior * prior(pose)
-        return data.mean(-1).mean() + reg.mean() + cfg.w_betas * (current_betas() ** 2).sum()
+            return (cfg.w_keypoints * (kp_w * rho).sum(-1) / kp_w.sum(-1).clamp_min(1e-6)).mean(-1)
+
+        return ([outside, coverage] if dist_out is not None else []) + ([keypoints_2d] if kp_uv is not None else [])
 
     def find_candidates():
         """Nearest projected vertices of every outline point, padded to one (F, V, C) layout."""
         from scipy.spatial import cKDTree
 
         with torch.no_grad():
-            _, out = posed()
-            uv = project(out.vertices).numpy()  # (F, V, N, 2)
+            uv = project(fit.pose().vertices).numpy()  # (F, V, N, 2)
         C = max(len(o) for o in outline)
         k = min(cfg.candidates, len(edges))
         ids = np.zeros((F, V, C, k), np.int64)
@@ -413,37 +410,20 @@ def fit_shape(
         ends = edges[ids].reshape(F, V, C * k, 2)  # vertex ids of the candidate edges' ends
         return torch.as_tensor(ends), torch.as_tensor(pts), torch.as_tensor(w)
 
-    params = [delta, d_transl, z_betas]
-
-    def closure():
-        for q in params:
-            q.grad = None
-        e = energy()
-        e.backward()
-        return e
-
     n_iter = 0
     rounds = max(cfg.rounds, 1)
+    solver = SolverConfig(cfg.iterations, history=20)
+    cand = (None, None, None)
     for r in tqdm(range(rounds), desc="shape fit", unit="round", disable=not progress):
         sigma = cfg.gm_sigma_start * (cfg.gm_sigma / cfg.gm_sigma_start) ** (r / max(rounds - 1, 1))
-        if outline is not None:
-            cand, cand_pts, cand_w = find_candidates()
-        opt = torch.optim.LBFGS(
-            params,
-            lr=1.0,
-            max_iter=cfg.iterations,
-            history_size=20,
-            line_search_fn="strong_wolfe",
-            tolerance_grad=1e-9,
-            tolerance_change=1e-12,
-        )
-        opt.step(closure)
-        n_iter += int(opt.state[opt._params[0]].get("n_iter", 0))
+        if outline is not None:  # the coverage term's nearest mesh edges, re-found every round (ICP)
+            cand = find_candidates()
+        n_iter += fit.solve(data_terms(sigma, *cand), solver)
 
     with torch.no_grad():
-        rotmats, out = posed()
-        pose = roma.rotmat_to_rotvec(rotmats).numpy()
-        transl = (transl0 + d_transl).numpy()
+        out = fit.pose()
+        pose = fit.pose_rotvecs().numpy()
+        transl = fit.transl().numpy()
         kp_err = np.full((F, V), np.nan, np.float32)
         if kp_uv is not None:
             e = (project(out.joints[:, list(kp_joints)]) - kp_uv).norm(dim=-1)
@@ -453,7 +433,7 @@ def fit_shape(
         if masks is not None:
             iou = _silhouette_iou(rig, model, out.vertices, binary)
     return ShapeFit(
-        betas=current_betas().detach()[0].numpy().astype(np.float32),
+        betas=fit.betas().detach()[0].numpy().astype(np.float32),
         pose_rotvecs=pose.astype(np.float32),
         transl=transl.astype(np.float32),
         silhouette_iou=iou.astype(np.float32),
@@ -560,7 +540,7 @@ def build_appearance(
     masks: np.ndarray | None = None,
     cfg: TextureConfig = TextureConfig(),
     progress: bool = False,
-) -> Appearance:
+) -> BackProjection:
     """Median back-projected UV texture and vertex colours from photos of the fitted body.
 
     images: (F, V, H, W, 3) uint8 photos (the rig's distorted images); params: F frames of
@@ -593,7 +573,7 @@ def build_appearance(
     tt = np.stack([c.t_world2cam for c in rig])
     Ks = np.stack([c.K for c in rig])
     centres = np.stack([c.center_world for c in rig])
-    T = rig.tensors(dtype=torch.float64)
+    cams = rig.tensors(dtype=torch.float64)
     obs, seen = [], []
     kernel = np.ones((2 * cfg.edge_px + 1,) * 2, np.uint8)
     with torch.no_grad():
@@ -612,7 +592,9 @@ def build_appearance(
         depth = frags.depth.numpy()
         inner = [cv2.erode(m.astype(np.uint8), kernel) > 0 for m in frags.mask.numpy()]
         Xt = torch.as_tensor(X)
-        uv_d = cam_to_pixels(world_to_cam(Xt, T["R_world2cam"], T["t_world2cam"]), T["K"], T["dist"]).numpy()
+        uv_d = cam_to_pixels(
+            world_to_cam(Xt, cams["R_world2cam"], cams["t_world2cam"]), cams["K"], cams["dist"]
+        ).numpy()
         for v in range(V):
             xc = X @ Rt[v].T + tt[v]
             z = xc[:, 2]
@@ -663,7 +645,7 @@ def build_appearance(
     texel_seen = np.zeros((S, S), bool)
     texel_seen[chart] = seen_pts[:P]
     to_u8 = lambda a: np.clip(np.round(a), 0, 255).astype(np.uint8)  # noqa: E731
-    return Appearance(
+    return BackProjection(
         texture=to_u8(texture),
         vertex_colors=to_u8(filled[P:]),
         texel_seen=texel_seen,
@@ -707,8 +689,6 @@ def register_subject(
     within: session frames to pick ``cfg.num_frames`` from (default: all usable frames;
     ignored when ``cfg.frames`` lists the frames explicitly).
     """
-    from mvcap.refine import torch_threads
-
     t0 = time.perf_counter()
     session_path = Path(session_path)
     model = model or load_body_model()

@@ -393,10 +393,10 @@ def _raster_jobs(P, faces, H, W, near, fid, bary, depth, count, do_count):
 
 def _homogeneous_pixels(rig: Rig, vertices_world: Tensor) -> np.ndarray:
     """(..., N, 3) world -> (J = prod(...) * V, N, 3) float64 ``K @ x_cam`` (numpy)."""
-    T = rig.tensors(device="cpu", dtype=torch.float64)
+    cams = rig.tensors(device="cpu", dtype=torch.float64)
     v = vertices_world.detach().to("cpu", torch.float64)
-    M = T["K"] @ T["R_world2cam"]  # (V,3,3)
-    m = torch.einsum("vij,vj->vi", T["K"], T["t_world2cam"])  # (V,3)
+    M = cams["K"] @ cams["R_world2cam"]  # (V,3,3)
+    m = torch.einsum("vij,vj->vi", cams["K"], cams["t_world2cam"])  # (V,3)
     P = torch.einsum("vij,...nj->...vni", M, v) + m[:, None, :]
     return np.ascontiguousarray(P.reshape(-1, P.shape[-2], 3).numpy())
 
@@ -483,10 +483,10 @@ def _rasterize_nvdiffrast(rig, vertices_world, faces, W, H, near, far=DEFAULT_FA
     device = vertices_world.device if vertices_world.is_cuda else torch.device("cuda")
     v = vertices_world.detach().to(device, torch.float32)
     lead = tuple(v.shape[:-2]) + (len(rig),)
-    T = rig.tensors(device=device, dtype=torch.float32)
-    cam = torch.einsum("vij,...nj->...vni", T["R_world2cam"], v) + T["t_world2cam"][:, None, :]
+    cams = rig.tensors(device=device, dtype=torch.float32)
+    cam = torch.einsum("vij,...nj->...vni", cams["R_world2cam"], v) + cams["t_world2cam"][:, None, :]
     cam = cam.reshape(-1, cam.shape[-2], 3)  # (J, N, 3)
-    A = opencv_to_clip(T["K"].double(), (W, H), near, far).float()  # (V,4,4)
+    A = opencv_to_clip(cams["K"].double(), (W, H), near, far).float()  # (V,4,4)
     A = A.repeat(cam.shape[0] // len(rig), 1, 1)  # (J,4,4), views fastest
     cam_h = torch.cat([cam, torch.ones_like(cam[..., :1])], dim=-1)
     pos = torch.einsum("jab,jnb->jna", A, cam_h).contiguous()
@@ -883,13 +883,13 @@ def render_passes(
     C = len(channels)
 
     v = vertices_world.detach().to(dev, torch.float32)
-    T = rig.tensors(device=dev, dtype=torch.float32)
-    cam = torch.einsum("vij,...nj->...vni", T["R_world2cam"], v) + T["t_world2cam"][:, None, :]
+    cams = rig.tensors(device=dev, dtype=torch.float32)
+    cam = torch.einsum("vij,...nj->...vni", cams["R_world2cam"], v) + cams["t_world2cam"][:, None, :]
     cam = cam.reshape(J, N, 3).contiguous()
     need_nrm = "rgb" in passes or "normal" in passes
     if need_nrm:
         n_world = vertex_normals(v, faces)  # (..., N, 3)
-        n_cam = torch.einsum("vij,...nj->...vni", T["R_world2cam"], n_world).reshape(J, N, 3)
+        n_cam = torch.einsum("vij,...nj->...vni", cams["R_world2cam"], n_world).reshape(J, N, 3)
     else:
         n_cam = torch.zeros(1, N, 3, device=dev)
     if "template" in passes:

@@ -23,11 +23,11 @@ import cv2
 import numpy as np
 import torch
 
-from mvcap.body import BodyModel, load_body_model
+from mvcap.body import BodyModel, BodyParams, load_body_model
 from mvcap.cameras import Camera, Rig
-from mvcap.capture import BodyParams, Results, Session
+from mvcap.capture import Results, Session
 from mvcap.overlay import OverlayConfig, before_after, headlight, predicted_displacement
-from mvcap.render import render, undistort_images
+from mvcap.render import render
 
 __all__ = ["ReportConfig", "build_report", "turntable_frames", "accuracy"]
 
@@ -122,9 +122,10 @@ def _turntable_rig(center: np.ndarray, height: float, steps: int, size: int) -> 
 
 
 def turntable_frames(
-    model: BodyModel, pose_rotvecs, betas, transl, appearance: dict | None = None, steps: int = 16, size: int = 240
+    model: BodyModel, pose_rotvecs, betas, transl, appearance=None, steps: int = 16, size: int = 240
 ) -> list[np.ndarray]:
-    """Render the body from ``steps`` cameras circling it: list of (size, size, 3) uint8."""
+    """Render the body from ``steps`` cameras circling it: list of (size, size, 3) uint8.
+    appearance: a :class:`mvcap.refine.Appearance` (None: grey, headlight-shaded)."""
     pose = torch.as_tensor(np.asarray(pose_rotvecs, np.float32)).reshape(1, -1, 3)
     b = torch.as_tensor(np.asarray(betas, np.float32)).reshape(1, -1)
     tr = torch.as_tensor(np.asarray(transl, np.float32)).reshape(1, 3)
@@ -133,11 +134,13 @@ def turntable_frames(
     lo, hi = verts.min(0).values.numpy(), verts.max(0).values.numpy()
     center = (lo + hi) / 2
     rig = _turntable_rig(center.astype(np.float64), float(hi[1] - lo[1]), steps, size)
-    _, passes = render(rig, verts, model.faces, passes=("rgb", "normal", "mask"), **(appearance or {}))
+    textured = appearance is not None and appearance.textured
+    kwargs = appearance.render_kwargs() if textured else {}
+    _, passes = render(rig, verts, model.faces, passes=("rgb", "normal", "mask"), **kwargs)
     rgb = passes.get("rgb").numpy()
     normal = passes.get("normal").numpy()
     mask = passes.get("mask").numpy()[..., 0] > 0
-    if not appearance:  # untextured: headlight shading reads better than the default light
+    if not textured:  # untextured: headlight shading reads better than the default light
         rgb = headlight(normal)[..., None] * np.array([0.75, 0.85, 1.0])
     ramp = np.linspace(0.16, 0.05, size, dtype=np.float32)[:, None, None]
     bg = np.broadcast_to(ramp, (size, size, 3))
@@ -207,7 +210,7 @@ h2{font-size:17px;margin:0 0 10px}
 .cards{display:flex;flex-wrap:wrap;gap:10px}
 .card{background:#f0f3f8;border-radius:6px;padding:8px 14px;min-width:120px}
 .card .v{font-size:20px;font-weight:600} .card .k{font-size:12px;color:#5a6478}
-.bad .v{color:#c0392b}
+.bad .v{color:#c0392b} td.bad,li.bad{color:#c0392b;font-weight:600}
 table{border-collapse:collapse;font-size:14px} td,th{padding:4px 10px;border-bottom:1px solid #e3e6ec;text-align:right}
 th:first-child,td:first-child{text-align:left}
 img{max-width:100%} .grid{display:flex;flex-wrap:wrap;gap:8px} .grid figure{margin:0}
@@ -224,6 +227,54 @@ def _card(key: str, value: str, bad: bool = False) -> str:
     return f'<div class="{cls}"><div class="v">{html.escape(value)}</div><div class="k">{html.escape(key)}</div></div>'
 
 
+def _fmt(x, spec: str) -> str:
+    return "–" if x is None else format(x, spec)
+
+
+def _validation_section(v: dict) -> str:
+    """Cross-validation tables (held-out cameras, in-view) and one verdict per camera."""
+
+    def table(cameras: list[dict]) -> str:
+        head = (
+            "<tr><th>camera</th><th>frames</th><th>keypoints, % of height (init → result)</th>"
+            "<th>silhouette IoU</th><th>photometric (0-255)</th><th>verdict</th></tr>"
+        )
+        rows = "".join(
+            f"<tr><td>{html.escape(c['view'])}</td><td>{c['frames']}</td>"
+            f"<td>{_fmt(c['init_keypoint_pct'], '.2f')} → {_fmt(c['result_keypoint_pct'], '.2f')}</td>"
+            f"<td>{_fmt(c['init_iou'], '.3f')} → {_fmt(c['result_iou'], '.3f')}</td>"
+            f"<td>{_fmt(c['init_photometric'], '.1f')} → {_fmt(c['result_photometric'], '.1f')}</td>"
+            f"<td class='{'bad' if c['verdict'] == 'worse' else ''}'>{html.escape(c['verdict'])}</td></tr>"
+            for c in cameras
+        )
+        return f"<table>{head}{rows}</table>"
+
+    words = {
+        "improved": "refinement improved this capture in {}",
+        "unchanged": "refinement did not improve this capture in {} (no measurable change)",
+        "worse": "refinement did not improve this capture in {}: the result disagrees MORE with this camera",
+        "no data": "{}: no frame could be checked",
+    }
+    verdicts = "".join(
+        f"<li class='{'bad' if c['verdict'] == 'worse' else ''}'>"
+        f"{html.escape(words[c['verdict']].format(c['view']))}</li>"
+        for c in v.get("cameras", [])
+    )
+    parts = [
+        "<section id='validation'><h2>Cross-validation without ground truth</h2>",
+        f"<p>Each camera left out in turn: the initial estimate and the {html.escape(str(v.get('predictor')))} "
+        f"refinement were redone with the other cameras and measured in the one left out, against the detector's "
+        f"keypoints and person mask ({len(v.get('frames', []))} frames).</p>",
+        table(v.get("cameras", [])),
+        f"<ul>{verdicts}</ul>",
+    ]
+    if v.get("in_view_cameras"):
+        parts += ["<h3>In-view: stored initial estimate → stored result, views the run used</h3>",
+                  table(v["in_view_cameras"])]  # fmt: skip
+    parts.append("</section>")
+    return "".join(parts)
+
+
 def build_report(
     session_path: str | Path,
     run_name: str,
@@ -233,13 +284,20 @@ def build_report(
     ground_truth: BodyParams | None = None,
     model: BodyModel | None = None,
     overlay_cfg: OverlayConfig = OverlayConfig(),
+    validation: dict | None = None,
 ) -> Path:
     """Write the HTML report of results run ``run_name`` of a session to ``out_path``.
 
     summary: extra key facts from the pipeline (e.g. ``{"stages": {...}, "failures": [...]}``);
-    ground_truth: per-frame ground truth for all T frames (default: the session's, if any).
+    ground_truth: per-frame ground truth for all T frames (default: the session's, if any);
+    validation: a cross-validation of the run (:mod:`mvcap.validate`; default: the one stored
+    beside the session by ``mvcap validate``, if any).
     """
-    from mvcap.refine import subject_appearance
+    from mvcap.refine import load_frame_inputs, subject_appearance
+    from mvcap.validate import load_report, report_path
+
+    if validation is None:
+        validation = load_report(report_path(session_path, run_name))
 
     model = model or load_body_model()
     out_path = Path(out_path)
@@ -276,11 +334,12 @@ def build_report(
 
             predictor = make_predictor(cfg.arrows, RefineConfig(predictor=cfg.arrows))
         for t in _pick(t_done, cfg.overlay_frames):
-            photos = undistort_images(rig, s.read_frame(t))
-            before = (init.pose_rotvecs[t], res.betas[t], init.transl[t])
+            inputs = load_frame_inputs(s, t)
+            photos = inputs.photos
+            before = (inputs.init.pose_rotvecs[0], res.betas[t], inputs.init.transl[0])
             after = (res.pose_rotvecs[t], res.betas[t], res.transl[t])
             flow = None
-            if predictor is not None and np.isfinite(init.pose_rotvecs[t]).all():
+            if predictor is not None and inputs.has_init:
                 flow = predicted_displacement(model, rig, photos, before, predictor, subject)
             imgs = before_after(model, rig, photos, before, after, overlay_cfg, flow)
             overlays.append(
@@ -322,6 +381,11 @@ def build_report(
     if acc_rows:
         last = acc_rows[-1][1]
         cards += [_card("MPJPE", f"{last['MPJPE']:.1f} mm"), _card("PVE", f"{last['PVE']:.1f} mm")]
+    if validation:
+        worse = validation.get("worse") or []
+        text = {"improved": "improved", "worse": "WORSE", "mixed": "mixed", "unchanged": "no change"}
+        verdict = text.get(validation.get("verdict"), "–") + (f" ({', '.join(worse)})" if worse else "")
+        cards.append(_card("cross-validation", verdict, bad=bool(worse)))
 
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
@@ -353,6 +417,8 @@ def build_report(
             f"<section id='accuracy'><h2>Accuracy against ground truth ({t_done.size} frames)</h2>"
             f"<table><tr><th>estimate</th>{head}</tr>{body}</table></section>"
         )
+    if validation:
+        parts.append(_validation_section(validation))
     if plots:
         parts.append("<section id='plots'><h2>Per-frame plots</h2>")
         parts += [_figure(u, n, n) for n, u in plots]

@@ -39,11 +39,13 @@ from pathlib import Path
 
 import numpy as np
 
-from mvcap.cameras import Camera, Rig, RigError, rotmat_to_rotvec_np, rotvec_to_rotmat_np
+from mvcap.cameras import Camera, Rig, RigError, _image_size, rotmat_to_rotvec_np, rotvec_to_rotmat_np
 
 __all__ = [
     "load_rig",
     "save_rig",
+    "rig_world_up",
+    "cameras_up_axis",
     "load_toml_rig",
     "save_toml_rig",
     "load_easymocap_rig",
@@ -96,7 +98,7 @@ def load_rig(path: str | Path, image_size: tuple[int, int] | None = None) -> Rig
     """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"rig file not found: {path}")
+        raise RigError(f"rig file not found: {path}; pass the path of an existing rig file (e.g. --rig rig.toml)")
     kind = _kind(path)
     if kind == "toml":
         rig = load_toml_rig(path)
@@ -113,16 +115,97 @@ def load_rig(path: str | Path, image_size: tuple[int, int] | None = None) -> Rig
     raise RigError(f"unknown rig file format '{path.suffix}' for {path}; supported: {SUPPORTED}")
 
 
-def save_rig(rig: Rig, path: str | Path) -> None:
+def cameras_up_axis(rig: Rig, min_cos: float = 0.8) -> str | None:
+    """The world axis (``"+y"``, ``"-z"``, ...) that points up by the cameras' layout, or None.
+
+    Cameras around a subject look roughly horizontally and stand upright: the up line is the
+    normal of the plane the optical axes lie closest to, its sign that of the cameras' mean
+    image-up vector (``R_world2cam.T @ (0, -1, 0)``). None with fewer than two cameras, when the
+    optical axes span no clear plane, when the normal is further than ``acos(min_cos)`` from
+    every world axis, or when the sign is unclear (e.g. portrait cameras, image up horizontal)."""
+    if len(rig) < 2:
+        return None
+    z = np.stack([c.R_world2cam[2] for c in rig])  # optical axes in the world
+    img_up = np.mean([-c.R_world2cam[1] for c in rig], axis=0)
+    _, sv, vt = np.linalg.svd(z)
+    if not sv[-1] < 0.5 * sv[-2]:  # the optical axes span no clear plane (one heading)
+        return None
+    side = float(img_up @ vt[-1])
+    if abs(side) < 0.3:
+        return None
+    u = vt[-1] * np.sign(side)
+    k = int(np.argmax(np.abs(u)))
+    return ("+" if u[k] > 0 else "-") + "xyz"[k] if abs(u[k]) >= min_cos else None
+
+
+def rig_world_up(path: str | Path) -> str | None:
+    """The up axis of a rig file's world (``"+y"``, ``"+z"``, ...), or None when unknown.
+
+    * an ``[metadata] up`` in a TOML (``mvcap calibrate`` writes it);
+    * Qualisys and Vicon: ``"+z"``, those systems' lab convention;
+    * other files (Pose2Sim / anipose TOML, EasyMocap, older mvcap TOML): the axis the cameras'
+      image-up directions agree on (:func:`cameras_up_axis`); when they do not agree,
+      ``"+z"`` for Pose2Sim/anipose TOML and EasyMocap (their floor-board worlds are Z-up)
+      and None for an mvcap TOML.
+    """
+    path = Path(path)
+    kind = _kind(path)
+    if kind in ("qualisys", "vicon"):
+        return "+z"
+    if kind not in ("toml", "easymocap"):
+        return None
+    mvcap_toml = False
+    if kind == "toml":
+        try:
+            meta = tomllib.loads(path.read_text()).get("metadata", {})
+        except (OSError, tomllib.TOMLDecodeError):
+            return None
+        if isinstance(meta, dict) and meta.get("up"):
+            return str(meta["up"])
+        mvcap_toml = isinstance(meta, dict) and meta.get("written_by") == "mvcap"
+    try:
+        up = cameras_up_axis(load_rig(path))
+    except (RigError, OSError, ValueError):
+        up = None
+    return up if up is not None else (None if mvcap_toml else "+z")
+
+
+def save_rig(rig: Rig, path: str | Path, up: str | None = None) -> None:
     """Write a rig: ``*.toml`` (anipose/Pose2Sim), or EasyMocap YAML when ``path`` is a
     folder (existing, or a path without suffix: created) or an ``intri.yml`` path (the
-    ``extri.yml`` goes beside it)."""
+    ``extri.yml`` goes beside it). ``up``: the world's up axis, kept in the TOML's metadata."""
     path = Path(path)
     if path.suffix.lower() == ".toml":
-        return save_toml_rig(rig, path)
+        return save_toml_rig(rig, path, up=up)
+    if path.suffix == "" and path.exists() and not path.is_dir():
+        raise RigError(f"{path} is an existing file, not a folder; give a folder (EasyMocap) or a .toml/intri.yml path")
     if path.is_dir() or path.suffix == "" or path.suffix.lower() in (".yml", ".yaml"):
         return save_easymocap_rig(rig, path)
     raise RigError(f"cannot write rig format '{path.suffix}' ({path}); writable: {WRITABLE}")
+
+
+def _read_text(path: Path) -> str:
+    """A text rig file as UTF-8, or a RigError saying it is not."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise RigError(
+            f"{path}: not a UTF-8 text file (byte {exc.start}: {exc.object[exc.start : exc.start + 1]!r}); "
+            "a rig file is text: save it as UTF-8, or check that this is the rig and not another file"
+        ) from None
+    except IsADirectoryError:
+        raise RigError(f"{path} is a folder, not a rig file") from None
+    except OSError as exc:
+        raise RigError(f"cannot read rig file {path}: {exc.strerror or exc}") from None
+
+
+def _size(path, name: str, field: str, width_height) -> tuple[int, int]:
+    """(width, height) from a file's field, checked finite, positive and whole."""
+    try:
+        return _image_size(name, width_height)
+    except RigError as exc:
+        msg = str(exc).replace("field 'image_size'", f"field '{field}' (image_size)")
+        raise RigError(f"{path}: {msg}") from None
 
 
 def _check_size(path, name, field, from_file, image_size) -> None:
@@ -137,8 +220,10 @@ def _check_size(path, name, field, from_file, image_size) -> None:
 
 
 def _is_rotation(R: np.ndarray) -> bool:
-    return R.shape == (3, 3) and bool(np.all(np.isfinite(R))) and (
-        float(np.abs(R @ R.T - np.eye(3)).max()) <= _ROT_TOL and np.linalg.det(R) > 0
+    return (
+        R.shape == (3, 3)
+        and bool(np.all(np.isfinite(R)))
+        and (float(np.abs(R @ R.T - np.eye(3)).max()) <= _ROT_TOL and np.linalg.det(R) > 0)
     )
 
 
@@ -148,10 +233,11 @@ def _is_rotation(R: np.ndarray) -> bool:
 def load_toml_rig(path: str | Path) -> Rig:
     """Read an anipose/Pose2Sim calibration TOML. Errors name the section and field."""
     path = Path(path)
+    text = _read_text(path)
     try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise RigError(f"{path}: not valid TOML ({exc})") from exc
+        data = tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, RecursionError) as exc:
+        raise RigError(f"{path}: not valid TOML ({str(exc)[:300]})") from None
     cams = []
     for section, entry in data.items():
         if section == "metadata" or not isinstance(entry, dict):
@@ -165,6 +251,15 @@ def load_toml_rig(path: str | Path) -> Rig:
             )
         try:
             rotation = np.asarray(entry["rotation"], dtype=np.float64)
+            if not np.all(np.isfinite(rotation)):
+                raise RigError(
+                    f"camera '{name}': field 'rotation' contains NaN or infinite values: {rotation.tolist()}"
+                )
+            if rotation.size not in (3, 9):
+                raise RigError(
+                    f"camera '{name}': field 'rotation' must be a Rodrigues vector [rx, ry, rz] "
+                    f"(or a 3x3 matrix), got {rotation.size} values"
+                )
             R = rotvec_to_rotmat_np(rotation) if rotation.size == 3 else rotation.reshape(3, 3)
             cams.append(
                 Camera(
@@ -173,21 +268,31 @@ def load_toml_rig(path: str | Path) -> Rig:
                     dist=np.asarray(entry["distortions"], dtype=np.float64),
                     R_world2cam=R,
                     t_world2cam=np.asarray(entry["translation"], dtype=np.float64),
-                    image_size=tuple(entry["size"]),
+                    image_size=_size(path, name, "size", entry["size"]),
                 )
             )
         except RigError as exc:
-            raise RigError(f"{path}: {exc}") from exc
-        except (TypeError, ValueError) as exc:
-            raise RigError(f"{path}: camera '{name}' (section [{section}]) has a malformed value: {exc}") from exc
+            msg = str(exc)
+            raise RigError(msg if msg.startswith(f"{path}: ") else f"{path}: {msg}") from None
+        except (TypeError, ValueError, OverflowError) as exc:
+            msg = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            raise RigError(f"{path}: camera '{name}' (section [{section}]) has a malformed value: {msg}") from None
     if not cams:
         raise RigError(f"{path}: no camera sections found (expected [cam_0], [cam_1], ...)")
     return Rig(tuple(cams))
 
 
+_TOML_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
 def _fmt(x) -> str:
     if isinstance(x, str):
-        return '"' + x.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        # TOML basic string: escape backslash, quote and every control character
+        return (
+            '"'
+            + "".join(_TOML_ESCAPES.get(c) or (f"\\u{ord(c):04x}" if ord(c) < 32 or ord(c) == 127 else c) for c in x)
+            + '"'
+        )
     if isinstance(x, (list, tuple, np.ndarray)):
         return "[" + ", ".join(_fmt(v) for v in x) + "]"
     if isinstance(x, (int, np.integer)):
@@ -195,8 +300,9 @@ def _fmt(x) -> str:
     return repr(float(x))
 
 
-def save_toml_rig(rig: Rig, path: str | Path) -> None:
-    """Write the anipose/Pose2Sim TOML layout (float64 values written exactly)."""
+def save_toml_rig(rig: Rig, path: str | Path, up: str | None = None) -> None:
+    """Write the anipose/Pose2Sim TOML layout (float64 values written exactly); ``up`` (e.g.
+    ``"+z"``) is recorded as ``[metadata] up`` (read back by :func:`rig_world_up`)."""
     lines = []
     for i, cam in enumerate(rig):
         lines += [
@@ -209,8 +315,15 @@ def save_toml_rig(rig: Rig, path: str | Path) -> None:
             f"translation = {_fmt(cam.t_world2cam.tolist())}",
             "",
         ]
-    lines += ["[metadata]", 'written_by = "mvcap"', ""]
-    Path(path).write_text("\n".join(lines))
+    lines += ["[metadata]", 'written_by = "mvcap"'] + ([f"up = {_fmt(str(up))}"] if up else []) + [""]
+    path = Path(path)
+    if path.is_dir():
+        raise RigError(f"{path} is a folder; give the rig file to write, e.g. {path / 'rig.toml'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n".join(lines), encoding="utf-8")
+    except OSError as exc:
+        raise RigError(f"cannot write rig file {path}: {exc.strerror or exc}") from None
 
 
 # ------------------------------------------------------------------------------------------
@@ -285,11 +398,11 @@ def _mat(fs, path: Path, name: str, key: str, shapes: tuple, required: bool = Tr
     return m
 
 
-def _int(fs, key: str) -> int | None:
+def _number(fs, key: str) -> float | None:
     node = fs.getNode(key)
     if node.empty() or node.isNone() or not (node.isInt() or node.isReal()):
         return None
-    return int(round(node.real()))
+    return float(node.real())
 
 
 def load_easymocap_rig(path: str | Path, image_size: tuple[int, int] | None = None) -> Rig:
@@ -312,6 +425,8 @@ def load_easymocap_rig(path: str | Path, image_size: tuple[int, int] | None = No
                 f"{p} not found: an EasyMocap rig needs both intri.yml and extri.yml in the same "
                 f"folder ({other} are missing)"
             )
+    import cv2
+
     fi, fe = _open_fs(intri, "r"), _open_fs(extri, "r")
     try:
         names = _names(fi, intri)
@@ -331,8 +446,7 @@ def load_easymocap_rig(path: str | Path, image_size: tuple[int, int] | None = No
             m = re.match(r"^(Rot|R|T)_(.+)$", key)
             if m and m.group(2) not in names:
                 raise RigError(
-                    f"{extri}: camera '{m.group(2)}' (field '{key}') is unknown; cameras in "
-                    f"intri.yml are {names}"
+                    f"{extri}: camera '{m.group(2)}' (field '{key}') is unknown; cameras in intri.yml are {names}"
                 )
         cams = []
         for n in names:
@@ -345,7 +459,7 @@ def load_easymocap_rig(path: str | Path, image_size: tuple[int, int] | None = No
                         "coefficients; mvcap supports OpenCV's 5 (k1, k2, p1, p2, k3)"
                     )
                 dist = dist[:5]
-            h, w = _int(fi, f"H_{n}"), _int(fi, f"W_{n}")
+            h, w = _number(fi, f"H_{n}"), _number(fi, f"W_{n}")
             if h is None or w is None:
                 if image_size is None:
                     raise RigError(
@@ -354,7 +468,7 @@ def load_easymocap_rig(path: str | Path, image_size: tuple[int, int] | None = No
                     )
                 size = tuple(int(s) for s in image_size)
             else:
-                size = (w, h)
+                size = _size(intri, n, f"W_{n}/H_{n}", (w, h))
                 if image_size is not None:
                     _check_size(intri, n, f"W_{n}/H_{n}", size, image_size)
             rot = _mat(fe, extri, n, f"Rot_{n}", ((3, 3),), required=False)
@@ -383,6 +497,11 @@ def load_easymocap_rig(path: str | Path, image_size: tuple[int, int] | None = No
                 cams.append(Camera(n, K, dist, R, T, size))
             except RigError as exc:
                 raise RigError(f"{intri.parent}: {exc}") from exc
+    except cv2.error as exc:  # a file OpenCV parsed but whose layout is not a map of named entries
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        raise RigError(
+            f"{intri.parent}: intri.yml/extri.yml are not EasyMocap rig files ({lines[-1][:200] if lines else exc})"
+        ) from None
     finally:
         fi.release()
         fe.release()
@@ -431,7 +550,7 @@ def save_easymocap_rig(rig: Rig, path: str | Path) -> None:
     for p in (intri, extri):  # EasyMocap's files (and OpenCV < 4) use the "%YAML:1.0" header
         text = p.read_text()
         if text.startswith("%YAML 1."):
-            p.write_text("%YAML:1.0" + text[len("%YAML 1.x"):])
+            p.write_text("%YAML:1.0" + text[len("%YAML 1.x") :])
 
 
 def _seq_flag():
@@ -448,11 +567,6 @@ def _parse_xml(path: Path) -> ET.Element:
         return ET.parse(path).getroot()
     except ET.ParseError as exc:
         raise RigError(f"{path}: not valid XML ({exc})") from exc
-
-
-def _ci(elem: ET.Element, tag: str) -> list[ET.Element]:
-    """Direct children with this tag, case-insensitively."""
-    return [c for c in elem if c.tag.lower() == tag.lower()]
 
 
 def _iter_ci(elem: ET.Element, tag: str) -> list[ET.Element]:
@@ -558,33 +672,44 @@ def load_qualisys_rig(
         t = -R @ centre
         # subpixel factor
         s = subpixel_factor
+        if s is not None and not (np.isfinite(s) and s > 0):
+            raise RigError(f"{path}: subpixel_factor must be a positive number, got {s}")
         if s is None:
             s = 64.0
             fmax = sub.get("fov_video_max")
             if fmax is not None and "sensormaxu" in it and "sensorminu" in it:
-                width_max = (_float(path, name, "fov_video_max.", fmax, "right")
-                             - _float(path, name, "fov_video_max.", fmax, "left") + 1)
-                sensor_u = (_float(path, name, "intrinsic.", it, "sensorMaxU")
-                            - _float(path, name, "intrinsic.", it, "sensorMinU") + 1)
-                ratio = sensor_u / width_max
+                width_max = (
+                    _float(path, name, "fov_video_max.", fmax, "right")
+                    - _float(path, name, "fov_video_max.", fmax, "left")
+                    + 1
+                )
+                sensor_u = (
+                    _float(path, name, "intrinsic.", it, "sensorMaxU")
+                    - _float(path, name, "intrinsic.", it, "sensorMinU")
+                    + 1
+                )
+                ratio = sensor_u / width_max if width_max > 0 else float("nan")
                 if ratio > 0.5 and abs(ratio - round(ratio)) < 0.01:
                     s = float(round(ratio))
                 else:
                     warnings.warn(
                         f"{path}: camera '{name}': cannot infer the subpixel factor from sensorMin/MaxU and "
-                        f"fov_video_max (ratio {ratio:.3f}); using 64", RigConversionWarning, stacklevel=2)
+                        f"fov_video_max (ratio {ratio:.3f}); using 64",
+                        RigConversionWarning,
+                        stacklevel=2,
+                    )
         # image size and field-of-view offsets
         fov = sub.get("fov_video")
         if fov is not None:
             left, top = _float(path, name, "fov_video.", fov, "left"), _float(path, name, "fov_video.", fov, "top")
             w = _float(path, name, "fov_video.", fov, "right") - left + 1
             h = _float(path, name, "fov_video.", fov, "bottom") - top + 1
-            size = (int(round(w)), int(round(h)))
+            size = _size(path, name, "fov_video", (w, h))
             if image_size is not None:
                 _check_size(path, name, "fov_video", size, image_size)
         elif image_size is not None:
             left = top = 0.0
-            size = tuple(int(v) for v in image_size)
+            size = _size(path, name, "image_size", image_size)
         else:
             raise RigError(
                 f"{path}: camera '{name}': field '<fov_video>' (image size and offsets) is missing; "
@@ -595,6 +720,10 @@ def load_qualisys_rig(
             raise RigError(f"{path}: camera '{name}': field 'intrinsic.skew' = {skew}; mvcap supports zero skew only")
         fx = _float(path, name, "intrinsic.", it, "focalLengthU") / s
         fy = _float(path, name, "intrinsic.", it, "focalLengthV") / s
+        if not (fx > 0 and fy > 0):
+            raise RigError(
+                f"{path}: camera '{name}': fields 'intrinsic.focalLengthU/V' must be positive, got {fx * s}, {fy * s}"
+            )
         cx = _float(path, name, "intrinsic.", it, "centerPointU") / s - left
         cy = _float(path, name, "intrinsic.", it, "centerPointV") / s - top
         K = np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
@@ -604,7 +733,10 @@ def load_qualisys_rig(
         if rot not in ("", "0"):
             warnings.warn(
                 f"{path}: camera '{name}' has viewrotation={rot}: its video is rotated, but this rig "
-                "describes the unrotated sensor image", RigConversionWarning, stacklevel=2)
+                "describes the unrotated sensor image",
+                RigConversionWarning,
+                stacklevel=2,
+            )
         try:
             cams.append(Camera(name, K, np.array([k1, k2, p1, p2, k3]), R, t, size))
         except RigError as exc:
@@ -617,11 +749,13 @@ def load_qualisys_rig(
 # ------------------------------------------------------------------------------------------
 def _quat_xyzw_to_rotmat(q: np.ndarray) -> np.ndarray:
     x, y, z, w = q / np.linalg.norm(q)
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-    ])
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+        ]
+    )
 
 
 def vicon_radial_to_opencv(
@@ -669,11 +803,15 @@ def vicon_radial_to_opencv(
     rd = np.linspace(0.0, r_max, 400)[1:]
     s = 1 + rd**2 * (w2 + rd**2 * (w3 + rd**2 * w4))
     ru = rd * s
-    if np.any(ru <= 0) or np.any(np.diff(ru) <= 0):
+    if not np.all(np.isfinite(ru)) or np.any(ru <= 0) or np.any(np.diff(ru) <= 0):
         raise RigError("the Vicon radial model is not monotonic over the image; cannot convert it to OpenCV")
     A = np.stack([ru**3, ru**5], axis=1)
+    if not np.all(np.isfinite(A)):
+        raise RigError("the Vicon radial model cannot be refitted as OpenCV k1, k2 (its coefficients are too large)")
     k1, k2 = np.linalg.lstsq(A, rd - ru, rcond=None)[0]
     dist = np.array([k1, k2, 0.0, 0.0, 0.0])
+    if not np.all(np.isfinite(dist)):
+        raise RigError("the Vicon radial model cannot be refitted as OpenCV k1, k2 (the fit is not finite)")
     # full 2-D check over the image
     gx, gy = np.meshgrid(np.linspace(-0.5, W - 0.5, 41), np.linspace(-0.5, H - 0.5, 41))
     ux, uy = vicon_correct(gx, gy)
@@ -681,7 +819,10 @@ def vicon_radial_to_opencv(
     r2 = xn * xn + yn * yn
     radial = 1 + r2 * (k1 + r2 * k2)
     err = np.hypot(fx * xn * radial + cx - gx, fy * yn * radial + cy - gy)
-    return dist, float(err.max())
+    err_max = float(err.max())
+    if not np.isfinite(err_max):
+        raise RigError("the Vicon radial model cannot be refitted as OpenCV k1, k2 (the refit error is not finite)")
+    return dist, err_max
 
 
 def load_vicon_rig(path: str | Path, image_size: tuple[int, int] | None = None, video_only: bool = True) -> Rig:
@@ -724,23 +865,35 @@ def load_vicon_rig(path: str | Path, image_size: tuple[int, int] | None = None, 
         if not kfs:
             raise RigError(f"{path}: camera '{name}': field '<KeyFrames><KeyFrame>' is missing")
         if len(kfs) > 1:
-            warnings.warn(f"{path}: camera '{name}' has {len(kfs)} key frames (a moving camera); using the first",
-                          RigConversionWarning, stacklevel=2)
+            warnings.warn(
+                f"{path}: camera '{name}' has {len(kfs)} key frames (a moving camera); using the first",
+                RigConversionWarning,
+                stacklevel=2,
+            )
         k = _attrs_ci(kfs[0])
         size_f = _floats(path, name, "", a, "SENSOR_SIZE", 2)
-        size = (int(round(size_f[0])), int(round(size_f[1])))
+        size = _size(path, name, "SENSOR_SIZE", size_f)
         if image_size is not None:
             _check_size(path, name, "SENSOR_SIZE", size, image_size)
         aspect = _float(path, name, "", a, "PIXEL_ASPECT_RATIO", default=1.0)
+        if not aspect > 0:
+            raise RigError(
+                f"{path}: camera '{name}': field 'PIXEL_ASPECT_RATIO' must be positive, got {aspect} "
+                "(1 for square pixels)"
+            )
         skew = _float(path, name, "", a, "SKEW", default=0.0)
         if skew != 0:
             raise RigError(f"{path}: camera '{name}': field 'SKEW' = {skew}; mvcap supports zero skew only")
         f = _float(path, name, "KeyFrame.", k, "FOCAL_LENGTH")
+        if not f > 0:
+            raise RigError(f"{path}: camera '{name}': field 'KeyFrame.FOCAL_LENGTH' must be positive (pixels), got {f}")
         cx, cy = _floats(path, name, "KeyFrame.", k, "PRINCIPAL_POINT", 2)
         q = _floats(path, name, "KeyFrame.", k, "ORIENTATION", 4)
         if abs(np.linalg.norm(q) - 1) > 1e-3:
-            raise RigError(f"{path}: camera '{name}': field 'KeyFrame.ORIENTATION' is not a unit quaternion "
-                           f"(norm {np.linalg.norm(q):.4f})")
+            raise RigError(
+                f"{path}: camera '{name}': field 'KeyFrame.ORIENTATION' is not a unit quaternion "
+                f"(norm {np.linalg.norm(q):.4f})"
+            )
         R = _quat_xyzw_to_rotmat(q)
         centre = _floats(path, name, "KeyFrame.", k, "POSITION", 3) / 1000.0
         t = -R @ centre
@@ -748,12 +901,16 @@ def load_vicon_rig(path: str | Path, image_size: tuple[int, int] | None = None, 
         if "vicon_radial2" in k:
             tokens = k["vicon_radial2"].split()
             if not tokens or tokens[0] != "ThirdOrderRadial":
-                raise RigError(f"{path}: camera '{name}': field 'KeyFrame.VICON_RADIAL2' has an unknown model "
-                               f"{tokens[:1]}; supported: ThirdOrderRadial")
+                raise RigError(
+                    f"{path}: camera '{name}': field 'KeyFrame.VICON_RADIAL2' has an unknown model "
+                    f"{tokens[:1]}; supported: ThirdOrderRadial"
+                )
             vals = _floats(path, name, "KeyFrame.", {"vicon_radial2": " ".join(tokens[1:])}, "VICON_RADIAL2")
             if vals.size < 3:
-                raise RigError(f"{path}: camera '{name}': field 'KeyFrame.VICON_RADIAL2' needs "
-                               "'ThirdOrderRadial cx cy w2 [w3 [w4]]'")
+                raise RigError(
+                    f"{path}: camera '{name}': field 'KeyFrame.VICON_RADIAL2' needs "
+                    "'ThirdOrderRadial cx cy w2 [w3 [w4]]'"
+                )
             centre_d, coeffs = (vals[0], vals[1]), tuple(vals[2:5])
         elif "vicon_radial" in k:
             centre_d, coeffs = (cx, cy), tuple(_floats(path, name, "KeyFrame.", k, "VICON_RADIAL"))
@@ -761,15 +918,19 @@ def load_vicon_rig(path: str | Path, image_size: tuple[int, int] | None = None, 
             centre_d, coeffs = (cx, cy), ()
         if any(c != 0 for c in coeffs):
             try:
-                dist, err = vicon_radial_to_opencv(f, aspect, (cx, cy), centre_d, coeffs, size)
-            except RigError as exc:
+                with np.errstate(all="ignore"):  # overflow in absurd coefficients: refused below
+                    dist, err = vicon_radial_to_opencv(f, aspect, (cx, cy), centre_d, coeffs, size)
+            except (RigError, np.linalg.LinAlgError) as exc:
                 raise RigError(f"{path}: camera '{name}': field 'VICON_RADIAL2': {exc}") from exc
             off = float(np.hypot(centre_d[0] - cx, centre_d[1] - cy))
             warnings.warn(
                 f"{path}: camera '{name}': Vicon radial distortion {list(coeffs)} refitted as OpenCV "
                 f"k1={dist[0]:.6g}, k2={dist[1]:.6g} (approximate: largest error {err:.3f} px over the image"
                 + (f"; Vicon's distortion centre is {off:.1f} px from the principal point" if off > 0 else "")
-                + ")", RigConversionWarning, stacklevel=2)
+                + ")",
+                RigConversionWarning,
+                stacklevel=2,
+            )
         else:
             dist = np.zeros(5)
         try:

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from mvcap.errors import MvcapError
+
 __all__ = [
     "Subject",
     "SubjectError",
@@ -40,7 +42,7 @@ SUBJECT_FORMAT = "mvcap-subject"
 SUBJECT_FORMAT_VERSION = 1
 
 
-class SubjectError(ValueError):
+class SubjectError(MvcapError):
     """A subject is invalid or a subject file cannot be read; the message says what and how
     to fix it."""
 

@@ -32,6 +32,7 @@ import torch
 
 from mvcap.cameras import Rig, project, undistort_points
 from mvcap.config import ConfigError
+from mvcap.errors import MvcapError
 
 __all__ = [
     "TriangulateConfig",
@@ -45,7 +46,7 @@ __all__ = [
 ]
 
 
-class TriangulateError(ValueError):
+class TriangulateError(MvcapError):
     """Inputs to the triangulation are malformed; the message says which and how."""
 
 

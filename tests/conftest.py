@@ -74,3 +74,35 @@ def _write_gt_run(path, frames, shift=(0.0, 0.0, 0.0), name="fake", config=None)
         for t in frames:
             w.write(t, gt.pose_rotvecs[t], gt.betas[t], gt.transl[t] + np.asarray(shift, np.float32),
                     residual_px=np.arange(s.num_views, dtype=np.float32), iterations=7, seconds=0.25)  # fmt: skip
+
+
+def detect_from_ground_truth(path, model, noise_px=1.5, seed=0):
+    """Detector-like evidence from ground truth: the MediaPipe landmarks on our mesh projected
+    into every view with pixel noise, and the true silhouettes as person masks."""
+    import numpy as np
+    import torch
+
+    from mvcap.cameras import project
+    from mvcap.capture import Session
+    from mvcap.initialize import mediapipe_keypoint_definition
+    from mvcap.render import render
+    from mvcap.synth import distort_image
+
+    rng = np.random.default_rng(seed)
+    definition = mediapipe_keypoint_definition(model)
+    with Session.open(path, "a") as s:
+        rig, gt = s.rig, s.read_ground_truth()
+        for t in range(s.num_frames):
+            with torch.no_grad():
+                out = model(**gt.slice(t).to_torch(dtype=torch.float32))
+                kp3 = definition.evaluate(out.joints.double(), out.vertices.double())[0]
+                uv = project(rig, kp3).numpy() + rng.normal(scale=noise_px, size=(len(rig), len(definition.names), 2))
+                _, rp = render(rig.without_distortion(), out.vertices[0], model.faces, passes=("mask",))
+            conf = np.broadcast_to(definition.defined.astype(np.float32), uv.shape[:2])[..., None]
+            masks = np.stack(
+                [
+                    distort_image((rp.get("mask")[v, ..., 0].numpy() * 255).astype(np.uint8), cam)
+                    for v, cam in enumerate(rig)
+                ]
+            )
+            s.write_detections(t, np.concatenate([uv, conf], -1), masks)

@@ -53,7 +53,7 @@ def test_gt_row_reads_zero_and_init_does_not(body_model, tiny_session, tmp_path)
 
 
 def test_appearance_ablation_methods(body_model):
-    from mvcap.bench import parse_method
+    from mvcap.bench import method_appearance, parse_method
     from mvcap.refine import RefineConfig, estimate_appearance
     from mvcap.synth import make_subject
 
@@ -64,10 +64,13 @@ def test_appearance_ablation_methods(body_model):
         parse_method("dense-flow-joint+sepia", RefineConfig())
 
     subject = make_subject(np.random.default_rng(0), body_model, "s")
-    own = estimate_appearance(body_model, subject, "subject")["texture"]
-    wrong = estimate_appearance(body_model, subject, "wrong")["texture"]
+    own = estimate_appearance(body_model, subject, "subject").texture
+    wrong = method_appearance(body_model, subject, "wrong").texture  # the benchmark supplies the wrong texture
     assert own.shape == wrong.shape and (own != wrong).any()
-    assert estimate_appearance(body_model, subject, "none") == {}
+    assert not estimate_appearance(body_model, subject, "none").textured
+    assert estimate_appearance(body_model, subject, "none").render_kwargs() == {}
+    with pytest.raises(ValueError, match="benchmark supplies"):
+        estimate_appearance(body_model, subject, "wrong")  # the refine loop does not build it
 
     # the paper's robustness rows: per-texel noise, a brightness shift; seeded, so repeatable
     assert parse_method("dense-learned-joint+noise30", RefineConfig())[1].appearance == "noise30"
@@ -76,11 +79,11 @@ def test_appearance_ablation_methods(body_model):
         RefineConfig(appearance="noise")
     own_f = own.numpy().astype(np.float32)
     for mode, lo, hi in (("noise10", 6, 10), ("noise30", 17, 30)):
-        tex = estimate_appearance(body_model, subject, mode)["texture"]
-        assert torch.equal(tex, estimate_appearance(body_model, subject, mode)["texture"])
+        tex = estimate_appearance(body_model, subject, mode).texture
+        assert torch.equal(tex, estimate_appearance(body_model, subject, mode).texture)
         d = tex.numpy().astype(np.float32) - own_f
         assert lo < d.std() < hi  # clipping at 0 and 255 shrinks it a little
-    d = estimate_appearance(body_model, subject, "brightness50")["texture"].numpy().astype(np.float32) - own_f
+    d = estimate_appearance(body_model, subject, "brightness50").texture.numpy().astype(np.float32) - own_f
     inside = (own_f > 60) & (own_f < 195)  # away from clipping: one shift everywhere
     assert np.ptp(d[inside]) <= 1 and abs(d[inside].mean()) > 0
 

@@ -27,7 +27,7 @@ from mvcap.calibrate import (
 from mvcap.cameras import Camera, Rig
 from mvcap.cli import main
 from mvcap.rigio import load_rig, save_rig
-from mvcap.synth import BoardCaptureConfig, generate_board_capture
+from mvcap.synth_board import BoardCaptureConfig, generate_board_capture
 
 FLOOR_FRAME = 2
 NUM_FRAMES = 96

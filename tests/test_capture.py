@@ -7,8 +7,9 @@ import h5py
 import numpy as np
 import pytest
 
+from mvcap.body import BodyParams
 from mvcap.cameras import Camera, Rig
-from mvcap.capture import FORMAT_VERSION, BodyParams, Session, SessionError
+from mvcap.capture import FORMAT_VERSION, Session, SessionError
 from mvcap.subject import Subject
 
 T, V, H, W = 6, 2, 12, 16
@@ -175,8 +176,9 @@ CRASH_SCRIPT = textwrap.dedent(
     for t in range(k + 1):
         w.write(t, np.full((24, 3), t, np.float32), np.zeros(10), np.ones(3) * t)
     # start writing frame k+1 but die before it is marked done, without closing the file
-    g = s._f["results"]["crashy"]
+    g = s._results_group("crashy", write=True)
     g["pose_rotvecs"][k + 1] = 99.0
+    g.file.flush()
     os._exit(3)
     """
 )
@@ -291,3 +293,57 @@ def test_detections_round_trip(tmp_path):
         assert np.isnan(got[0]).all()
         np.testing.assert_array_equal(s.read_masks(1) > 0.5, masks)
         assert s.read_masks(0).sum() == 0
+
+
+def test_version1_session_lzf_frames_and_in_file_results(tmp_path):
+    """Version-1 files (LZF frames, runs under /results/<run>) are read, and continuing such a
+    run moves it to a results file without touching the session file's other data."""
+    rng = np.random.default_rng(7)
+    path = tmp_path / "old.h5"
+    imgs, p = frames(rng), random_params(rng)
+    with Session.create(path, small_rig(), T, compression="lzf") as s:
+        for t in range(T):
+            s.write_frame(t, imgs[t])
+    with h5py.File(path, "r+") as f:  # make it look like a file written by version 1
+        f.attrs["format_version"] = 1
+        del f.attrs["session_id"]
+        g = f["results"].create_group("old")
+        g.attrs["config"] = '{"a": 1}'
+        g.create_dataset("view_names", data=np.array(["cam0", "cam1"], dtype=object), dtype=h5py.string_dtype())
+        for k in ("pose_rotvecs", "betas", "transl"):
+            g.create_dataset(k, data=np.concatenate([getattr(p, k)[:2], np.full_like(getattr(p, k)[2:], np.nan)]))
+        g.create_dataset("done", data=np.arange(T) < 2)
+        g.create_dataset("residual_px", data=np.full((T, V), np.nan, np.float32))
+        g.create_dataset("iterations", data=np.zeros(T, np.int32))
+        g.create_dataset("seconds", data=np.full(T, np.nan, np.float32))
+        assert f["frames/cam0/images"].compression == "lzf"
+    with Session.open(path) as s:
+        assert np.array_equal(np.stack([s.read_frame(t) for t in range(T)]), imgs)
+        assert s.result_names() == ["old"] and s.read_results("old").done.sum() == 2
+    with Session.open(path, "a") as s:
+        w = s.results_run("old", config={"a": 1})
+        assert w.next_frame() == 2
+        w.write(2, p.pose_rotvecs[2], p.betas[2], p.transl[2])
+        assert (tmp_path / "old.h5.results" / "old.h5").is_file()
+        r = s.read_results("old")
+        assert r.done.tolist()[:3] == [True] * 3 and r.params.slice(slice(0, 3)).allclose(p.slice(slice(0, 3)))
+        s.delete_results("old")
+        assert s.result_names() == [] and not (tmp_path / "old.h5.results" / "old.h5").exists()
+    with Session.open(path) as s:
+        assert np.array_equal(s.read_frame(T - 1), imgs[T - 1])
+
+
+def test_results_file_of_replaced_session_is_ignored(tmp_path):
+    path = tmp_path / "s.h5"
+    with Session.create(path, small_rig(), T) as s:
+        s.results_run("r").write(0, np.zeros((24, 3)), np.zeros(10), np.zeros(3))
+    stale = tmp_path / "s.h5.results" / "r.h5"
+    keep = tmp_path / "keep.h5"
+    stale.rename(keep)
+    with Session.create(path, small_rig(), T, overwrite=True) as s:
+        assert s.result_names() == []
+    stale.parent.mkdir(exist_ok=True)
+    keep.rename(stale)  # a results file left by the replaced session
+    with Session.open(path, "a") as s:
+        assert s.result_names() == []  # another session_id: not this session's run
+        assert not s.results_run("r").done_frames().any()  # replaced by a fresh run

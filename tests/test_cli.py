@@ -80,3 +80,32 @@ def test_rig_convert_round_trip(tmp_path):
     assert out.exit_code == 0, out.output
     back = CliRunner().invoke(main, ["rig", "convert", str(tmp_path / "emc"), str(tmp_path / "back.toml")])
     assert back.exit_code == 0 and (tmp_path / "back.toml").exists()
+
+
+def test_refine_and_export_take_the_frame_grammar(tiny_session, tmp_path):
+    """refine, export (and every other command) read --frames with one grammar: lists, steps."""
+    runner = CliRunner()
+    args = ["refine", str(tiny_session), "--predictor", "oracle", "--set", "outer_iterations=1"]
+    out = runner.invoke(main, [*args, "--set", "fit.iterations=3", "--frames", "0,2"])
+    assert out.exit_code == 0, out.output
+    assert "2/3 frames done" in out.output
+    from mvcap.capture import Session
+
+    with Session.open(tiny_session) as s:
+        assert s.read_results("oracle-joint").done.tolist() == [True, False, True]
+    exp = runner.invoke(
+        main, ["export", str(tiny_session), "--run", "oracle-joint", "--out", str(tmp_path / "x"), "--formats", "csv",
+               "--frames", "::2"],
+    )  # fmt: skip
+    assert exp.exit_code == 0, exp.output
+    assert "exported 2 frames (0, 2)" in exp.output
+    rows = (tmp_path / "x" / "oracle-joint_joints.csv").read_text().splitlines()[1:]
+    assert [r.split(",")[0] for r in rows] == ["0", "2"]
+    cmds = (["overlay", "--run", "oracle-joint", "--out", str(tmp_path / "o")], ["detect"], ["init"], ["register"])
+    for cmd in cmds:
+        bad = runner.invoke(main, [cmd[0], str(tiny_session), *cmd[1:], "--frames", "1:7:2"])
+        assert bad.exit_code == 2 and "asks for frame(s) 3,5 but session" in bad.output, (cmd, bad.output)
+    run_toml = tmp_path / "run.toml"
+    run_toml.write_text(f'[capture]\nsession = "{tiny_session}"\n')
+    bad = runner.invoke(main, ["run", str(run_toml), "--frames", "1:7:2"])
+    assert bad.exit_code == 2 and "asks for frame(s) 3,5 but the session has 3 frames" in bad.output, bad.output

@@ -5,10 +5,12 @@ the body model."""
 import csv
 import json
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
@@ -23,6 +25,7 @@ from mvcap.export import (
     export_meshes,
     export_npz,
     export_session,
+    export_trc,
 )
 from mvcap.subject import Subject
 
@@ -194,7 +197,7 @@ def test_bvh_forward_kinematics(tmp_path, model_and_truth, params, units, scale)
 
 def test_bvh_bvhio(tmp_path, body_model, params, truth):
     bvhio = pytest.importorskip("bvhio")
-    p = export_bvh(tmp_path / "a.bvh", params, body_model, params.betas[0], FPS)
+    p = export_bvh(tmp_path / "a.bvh", params, body_model, params.betas[0], FPS, units="cm")
     container = bvhio.readAsBvh(str(p))
     assert container.FrameCount == T and abs(container.FrameTime - 1 / FPS) < 1e-6
     root = bvhio.readAsHierarchy(str(p))
@@ -356,13 +359,19 @@ def test_export_session(tmp_path, body_model):
     assert sorted(p.name for p in out.paths["json"].glob("*.json")) == [f"{k:06d}.json" for k in (1, 2, 3, 4)]
     _, pos, nframes, _ = fk_bvh(out.paths["bvh"].read_text())
     _, joints = posed(body_model, params.slice([1, 2, 3, 4]))
-    assert nframes == 4 and np.abs(pos[:, 0] / 100 - joints[:, 0]).max() <= MM
+    # a session that records no up axis is Y-up, BVH's convention: no rotation; BVH in metres
+    assert nframes == 4 and np.abs(pos[:, 0] - joints[:, 0]).max() <= MM
+    assert out.runs == ((1, 4),) and out.conventions["bvh"] == ("+y", "m") and out.conventions["npz"] == ("+z", "m")
 
-    # Per-frame formats take gappy done frames; animations need a contiguous range.
-    out = export_session(path, "fit", tmp_path / "out2", formats=("csv",), model=body_model)
-    assert out.frames.tolist() == [1, 2, 3, 4, 6, 7]
-    with pytest.raises(ExportError, match=r"not contiguous.*--frames"):
-        export_session(path, "fit", tmp_path / "out3", formats=("bvh",), model=body_model)
+    # Per-frame formats take gappy done frames; animations get one file per contiguous run.
+    out = export_session(path, "fit", tmp_path / "out2", formats=("csv", "bvh"), model=body_model)
+    assert out.frames.tolist() == [1, 2, 3, 4, 6, 7] and out.runs == ((1, 4), (6, 7))
+    assert len(list(csv.DictReader(out.paths["csv"].open()))) == 6
+    files = sorted(p.name for p in out.paths["bvh"].glob("*.bvh"))
+    assert files == ["fit_000001-000004.bvh", "fit_000006-000007.bvh"]
+    _, pos, nframes, _ = fk_bvh((out.paths["bvh"] / files[1]).read_text())
+    _, joints = posed(body_model, params.slice([6, 7]))
+    assert nframes == 2 and np.abs(pos[:, 0] - joints[:, 0]).max() <= MM
 
 
 def test_export_errors(tmp_path, body_model, params):
@@ -372,11 +381,11 @@ def test_export_errors(tmp_path, body_model, params):
         export_session(path, "fit", tmp_path / "o", frames="2:4", model=body_model)
     with pytest.raises(ExportError, match=r"no results run 'nope'.*\['fit'\]"):
         export_session(path, "nope", tmp_path / "o", model=body_model)
-    with pytest.raises(ExportError, match="outside the session"):
+    with pytest.raises(ExportError, match=r"asks for frame\(s\) 4:9 but the session has 4 frames"):
         export_session(path, "fit", tmp_path / "o", frames="2:9", model=body_model)
     with pytest.raises(ExportError, match="unknown export format"):
         export_session(path, "fit", tmp_path / "o", formats=("fbx",), model=body_model)
-    with pytest.raises(ExportError, match="'A:B'"):
+    with pytest.raises(ExportError, match="START 'x' is not a frame number"):
         export_session(path, "fit", tmp_path / "o", frames="x:y", model=body_model)
     empty = make_session(tmp_path / "e.h5", p, np.zeros(4, bool))
     with pytest.raises(ExportError, match=r"'fit'.*no done frames"):
@@ -384,3 +393,284 @@ def test_export_errors(tmp_path, body_model, params):
     with pytest.raises(ExportError, match="NaN"):
         export_bvh(tmp_path / "x.bvh", BodyParams.nan(2), body_model)
     assert isinstance(ExportError("x"), ValueError)
+
+
+# ----------------------------------------------------------------------------- biomechanics
+def read_trc_pose2sim(path):
+    """TRC read back with Pose2Sim's own rules (its ``extract_trc_data``): marker names from
+    line 4 at tab fields 2::3, data from line 6 on; plus the header values by name."""
+    lines = path.read_text().splitlines()
+    names = lines[3].strip().split("\t")[2::3]
+    header = dict(zip(lines[1].split("\t"), lines[2].split("\t"), strict=True))
+    data = np.genfromtxt(path, skip_header=5, delimiter="\t")
+    return names, header, data
+
+
+def expected_points(model, params):
+    from mvcap.markers import anatomical_markers
+
+    verts, joints = posed(model, params)
+    ms = anatomical_markers(model)
+    return list(model.joint_names) + list(ms.names), np.concatenate([joints, verts[:, ms.vertex_ids]], 1)
+
+
+@pytest.mark.parametrize("units,scale", [("m", 1.0), ("mm", 1000.0)])
+def test_trc_read_back(tmp_path, body_model, params, units, scale):
+    ids = np.arange(40, 40 + T)
+    p = export_trc(tmp_path / "a.trc", params, body_model, FPS, frame_ids=ids, units=units)
+    names, header, data = read_trc_pose2sim(p)
+    want_names, want = expected_points(body_model, params)
+    assert names == want_names and len(names) == 24 + 39
+    assert header["Units"] == units and float(header["DataRate"]) == FPS
+    assert int(header["NumFrames"]) == T and int(header["NumMarkers"]) == len(names)
+    assert data.shape == (T, 2 + 3 * len(names))
+    assert data[:, 0].tolist() == ids.tolist() and np.allclose(data[:, 1], ids / FPS)
+    assert np.abs(data[:, 2:].reshape(T, -1, 3) / scale - want).max() <= MM
+    # Pandas, as OpenSim users often read it: the X1/Y1/Z1 row as header
+    pd = pytest.importorskip("pandas")
+    df = pd.read_csv(p, sep="\t", skiprows=4)
+    assert np.abs(df[["X1", "Y1", "Z1"]].to_numpy() / scale - want[:, 0]).max() <= MM
+
+
+def test_c3d_read_back_with_ezc3d(tmp_path, body_model, params):
+    pytest.importorskip("c3d")  # the writer
+    ezc3d = pytest.importorskip("ezc3d")  # an independent reader (C++ library)
+    from mvcap.export import export_c3d
+
+    p = export_c3d(tmp_path / "a.c3d", params, body_model, FPS, frame_ids=np.arange(7, 7 + T))
+    c = ezc3d.c3d(str(p))
+    point = c["parameters"]["POINT"]
+    want_names, want = expected_points(body_model, params)
+    assert [n.strip() for n in point["LABELS"]["value"]] == want_names
+    assert point["UNITS"]["value"][0].strip() == "mm" and float(point["RATE"]["value"][0]) == FPS
+    assert c["header"]["points"]["first_frame"] == 7  # ezc3d counts from 0, the file from 1
+    pts = c["data"]["points"]  # (4, P, T) homogeneous, mm
+    assert pts.shape == (4, len(want_names), T)
+    assert np.abs(pts[:3].transpose(2, 1, 0) / 1000.0 - want).max() <= MM
+
+
+def test_markers_follow_the_skin(body_model):
+    from mvcap.markers import anatomical_markers
+
+    ms = anatomical_markers(body_model)
+    assert len(set(ms.names)) == len(ms.names) == 39 and len(set(ms.vertex_ids.tolist())) == 39
+    assert anatomical_markers(body_model).vertex_ids.tolist() == ms.vertex_ids.tolist()  # deterministic
+    with torch.no_grad():
+        v = body_model.template_vertices()[0].numpy()
+    P = dict(zip(ms.names, v[ms.vertex_ids], strict=True))
+    # anatomy in the rest pose (+X left, +Y up, +Z forward)
+    assert P["LASIS"][0] > 0 > P["RASIS"][0] and P["LASIS"][2] > P["LPSIS"][2]
+    assert P["HEAD_TOP"][1] > P["C7"][1] > P["LASIS"][1] > P["LKNE_LAT"][1] > P["LANK_LAT"][1] > P["LHEEL"][1]
+    assert P["LKNE_LAT"][0] > P["LKNE_MED"][0] and P["RKNE_LAT"][0] < P["RKNE_MED"][0]
+    assert P["LANK_LAT"][0] > P["LANK_MED"][0] and P["LTOE"][2] > P["LHEEL"][2] + 0.15
+    assert P["CLAV"][2] > 0 > P["C7"][2] and abs(P["LACR"][0] - P["RACR"][0]) > 0.25
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "markers.md").read_text()
+    for n, i in zip(ms.names, ms.vertex_ids, strict=True):
+        assert f"| `{n}` | {int(i)} |" in docs, f"docs/markers.md is stale for {n}; run python -m mvcap.markers"
+
+
+# ----------------------------------------------------------------------------- conventions
+def standing_params(n=3, seed=2):
+    """A person standing upright in mvcap's Y-up world (small joint rotations, pelvis ~0.95 m)."""
+    rng = np.random.default_rng(seed)
+    pose = rng.normal(size=(n, 24, 3)) * 0.1
+    pose[:, 0] = 0.0
+    pose[:, 0, 1] = rng.uniform(-np.pi, np.pi, n)  # turned about the vertical
+    transl = np.c_[rng.normal(size=n) * 0.3, np.full(n, 0.95), rng.normal(size=n) * 0.3]
+    betas = np.zeros((n, 10))
+    return BodyParams(pose.astype(np.float32), betas.astype(np.float32), transl.astype(np.float32))
+
+
+def test_up_rotation_and_rotate_world(shifted_model, params):
+    from mvcap.export import rotate_world, up_rotation
+
+    axes = ["+x", "-x", "+y", "-y", "+z", "-z"]
+    for a in axes:
+        for b in axes:
+            R = up_rotation(a, b)
+            assert np.allclose(R @ R.T, np.eye(3)) and np.isclose(np.linalg.det(R), 1.0)
+            ea, eb = (np.eye(3)[" xyz".index(u[1]) - 1] * (1 if u[0] == "+" else -1) for u in (a, b))
+            assert np.allclose(R @ ea, eb)
+    R = up_rotation("z", "+y")
+    assert np.allclose(R @ [1, 2, 3], [1, 3, -2])  # (x, y, z) -> (x, z, -y)
+    # the rotated parameters pose the rotated body (the J0 term matters for the shifted model)
+    v, j = posed(shifted_model, params)
+    v2, j2 = posed(shifted_model, rotate_world(params, R, shifted_model))
+    assert np.abs(v2 - v @ R.T).max() <= MM and np.abs(j2 - j @ R.T).max() <= MM
+
+
+def glb_joints(path, k=0):
+    """World joint positions (24, 3) of frame k of a GLB, by forward kinematics of its nodes."""
+    g, acc = read_glb(path)
+    (skin,) = g.skins
+    (anim,) = g.animations
+    parent = {c: i for i, n in enumerate(g.nodes) for c in (n.children or [])}
+    local = {}
+    for i, n in enumerate(g.nodes):
+        M = np.eye(4)
+        M[:3, 3] = n.translation or 0.0
+        local[i] = M
+    for ch in anim.channels:
+        out = acc(anim.samplers[ch.sampler].output)[k].astype(np.float64)
+        if ch.target.path == "rotation":
+            local[ch.target.node][:3, :3] = quat_to_mat(out)
+        else:
+            local[ch.target.node][:3, 3] = out
+
+    def world(i):
+        return local[i] if i not in parent else world(parent[i]) @ local[i]
+
+    return np.stack([world(j)[:3, 3] for j in skin.joints])
+
+
+def test_zup_session_exports_in_each_convention(tmp_path, body_model):
+    """A Z-up world (Qualisys/Vicon/Pose2Sim): the GLB/BVH/TRC come out +Y-up (the head above
+    the feet along Y), the npz/C3D stay Z-up, and everything is the same body."""
+    from mvcap.export import up_rotation
+
+    upright = standing_params()
+    R = up_rotation("+y", "+z")
+    from mvcap.export import rotate_world
+
+    zup = rotate_world(upright, R, body_model)  # the same person in a Z-up world
+    _, j_zup = posed(body_model, zup)
+    assert (j_zup[:, 15, 2] - j_zup[:, 7, 2] > 1.0).all()  # standing along +Z
+    path = make_session(tmp_path / "z.h5", zup, np.ones(len(zup), bool))
+    with Session.open(path, "a") as s:
+        s.set_world_convention("z")
+    fmts = ("glb", "bvh", "trc", "npz", "csv", "json") + (("c3d",) if _has("c3d") else ())
+    out = export_session(path, "fit", tmp_path / "out", formats=fmts, model=body_model)
+    assert out.world_up == "+z" and out.conventions["glb"] == ("+y", "m") and out.conventions["csv"] == ("+z", "m")
+    R_back = up_rotation("+z", "+y")
+    for k in range(len(zup)):
+        jg = glb_joints(out.paths["glb"], k)
+        assert jg[15, 1] - max(jg[7, 1], jg[8, 1]) > 1.0, "GLB is not upright: glTF is +Y up"
+        assert np.abs(jg - j_zup[k] @ R_back.T).max() <= MM
+    _, pos, _, _ = fk_bvh(out.paths["bvh"].read_text())
+    assert (pos[:, 15, 1] - pos[:, 7, 1] > 1.0).all()
+    names, header, data = read_trc_pose2sim(out.paths["trc"])
+    xyz = data[:, 2:].reshape(len(zup), -1, 3)
+    assert (xyz[:, names.index("HEAD_TOP"), 1] - xyz[:, names.index("LHEEL"), 1] > 1.2).all()  # OpenSim: Y up
+    d = np.load(out.paths["npz"])
+    assert np.abs(d["joints"] - j_zup).max() <= MM  # AMASS: Z up, the session's own frame here
+    assert str(d["up_axis"]) == "+z" and "+z up" in str(d["note"])
+    assert "+z up" in (out.paths["json"] / "README.txt").read_text()  # EasyMocap: the session world
+    if "c3d" in out.paths:
+        pytest.importorskip("ezc3d")
+        import ezc3d
+
+        pts = ezc3d.c3d(str(out.paths["c3d"]))["data"]["points"][:3].transpose(2, 1, 0) / 1000.0
+        assert np.abs(pts[:, :24] - j_zup).max() <= MM  # C3D: Z up, mm
+    # pygltflib loads the file and its structure is intact
+    g, acc = read_glb(out.paths["glb"])
+    assert len(g.skins[0].joints) == 24 and len(g.animations) == 1
+    # --up overrides every format's convention
+    out = export_session(path, "fit", tmp_path / "o2", formats=("glb", "trc"), model=body_model, up="z", units="mm")
+    jg = glb_joints(out.paths["glb"], 0)
+    assert np.abs(jg - j_zup[0]).max() <= MM and out.conventions == {"glb": ("+z", "m"), "trc": ("+z", "mm")}
+
+
+def _has(module):
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def test_glb_four_influences_by_default(tmp_path, body_model, params):
+    p = export_glb(tmp_path / "a.glb", params, body_model, fps=FPS)
+    g, acc = read_glb(p)
+    prim = g.meshes[0].primitives[0]
+    assert getattr(prim.attributes, "JOINTS_1", None) is None
+    w = acc(prim.attributes.WEIGHTS_0).astype(np.float64)
+    jidx = acc(prim.attributes.JOINTS_0)
+    assert np.allclose(w.sum(1), 1.0, atol=1e-6)
+    rest = acc(prim.attributes.POSITION).astype(np.float64)
+    with torch.no_grad():
+        template = body_model.template_vertices(torch.as_tensor(params.betas[:1], dtype=torch.float64))[0].numpy()
+    _, src = cKDTree(template).query(rest)
+    full = body_model.weights.numpy()[src]
+    top4 = np.sort(full, 1)[:, ::-1][:, :4]
+    assert np.allclose(np.sort(w, 1)[:, ::-1], top4 / top4.sum(1, keepdims=True), atol=1e-6)
+    assert np.allclose(np.take_along_axis(full, jidx.astype(np.int64), 1)[w > 0], (full[np.arange(len(src))[:, None],
+                       jidx.astype(np.int64)])[w > 0])  # fmt: skip
+    with pytest.raises(ExportError, match="max_influences"):
+        export_glb(tmp_path / "b.glb", params, body_model, max_influences=9)
+
+
+def upright_camera(name, heading, up="+z", portrait=False, tilt=0.3):
+    """A camera looking along ``heading`` (radians about the up axis), tilted down by ``tilt``,
+    image up = world up (portrait: turned 90 degrees in its image plane)."""
+    from mvcap.export import up_rotation
+
+    R_zy = up_rotation("+z", up)  # build in a Z-up world, then turn the world
+    f = np.array([np.cos(heading) * np.cos(tilt), np.sin(heading) * np.cos(tilt), -np.sin(tilt)])
+    x = np.cross(f, [0.0, 0.0, 1.0])
+    x /= np.linalg.norm(x)
+    y = np.cross(f, x)
+    R = np.stack([y, -x, f]) if portrait else np.stack([x, y, f])
+    K = np.array([[20.0, 0, 8], [0, 20.0, 6], [0, 0, 1]])
+    return Camera(name, K, np.zeros(5), R @ R_zy.T, np.zeros(3), (16, 12))
+
+
+def test_session_world_up_from_rig_files(tmp_path):
+    from mvcap.capture import SessionError
+    from mvcap.rigio import cameras_up_axis, rig_world_up, save_rig
+
+    K = np.array([[20.0, 0, 8], [0, 20.0, 6], [0, 0, 1]])
+    rig = Rig((Camera("cam0", K, np.zeros(5), np.eye(3), np.array([0.0, 0.0, 3.0]), (16, 12)),))
+    save_rig(rig, tmp_path / "a.toml", up="+z")
+    save_rig(rig, tmp_path / "b.toml")
+    assert rig_world_up(tmp_path / "a.toml") == "+z" and rig_world_up(tmp_path / "b.toml") is None
+    (tmp_path / "p2s.toml").write_text((tmp_path / "b.toml").read_text().replace('written_by = "mvcap"', ""))
+    assert rig_world_up(tmp_path / "p2s.toml") == "+z"  # Pose2Sim / anipose floor worlds
+    assert rig_world_up(tmp_path / "x.qca.txt") == "+z"
+    # without a record, the cameras' layout says where up is: a ring of upright cameras
+    for up, portrait, want in (("+z", False, "+z"), ("-y", False, "-y"), ("+z", True, None)):
+        ring = Rig(tuple(upright_camera(f"c{i}", 2 * np.pi * i / 5 + 0.2, up, portrait) for i in range(5)))
+        assert cameras_up_axis(ring) == want, (up, portrait)
+        save_rig(ring, tmp_path / "ring.toml")
+        assert rig_world_up(tmp_path / "ring.toml") == want  # an mvcap TOML without an up record
+    with Session.create(tmp_path / "s.h5", rig, num_frames=1) as s:
+        assert s.world_up is None and s.world_units == "m"
+        s.set_world_convention("-y")
+        with pytest.raises(SessionError, match="up axis"):
+            s.set_world_convention("up")
+    with Session.open(tmp_path / "s.h5") as s:
+        assert s.world_up == "-y"
+
+
+def test_ingest_records_the_rig_files_up_axis(tmp_path):
+    from mvcap.ingest import export_frames, ingest
+    from mvcap.rigio import save_rig
+
+    K = np.array([[20.0, 0, 8], [0, 20.0, 6], [0, 0, 1]])
+    rig = Rig(tuple(Camera(f"cam{i}", K, np.zeros(5), np.eye(3), np.array([i, 0.0, 3.0]), (16, 12)) for i in range(2)))
+    with Session.create(tmp_path / "src.h5", rig, num_frames=2) as s:
+        for t in range(2):
+            s.write_frame(t, np.full((2, 12, 16, 3), 40 * t, np.uint8))
+        s.mark_complete()
+    exp = export_frames(tmp_path / "src.h5", tmp_path / "png", format="png")
+    ingest(tmp_path / "png", exp.rig_path, tmp_path / "y.h5", progress=False)  # an mvcap rig without up
+    save_rig(rig, tmp_path / "z.toml", up="+z")  # e.g. `mvcap calibrate --world-frame N --up z`
+    ingest(tmp_path / "png", tmp_path / "z.toml", tmp_path / "z.h5", progress=False)
+    ingest(tmp_path / "png", tmp_path / "z.toml", tmp_path / "x.h5", progress=False, world_up="-x")
+    ups = []
+    for name in ("y", "z", "x"):
+        with Session.open(tmp_path / f"{name}.h5") as s:
+            ups.append(s.world_up)
+    assert ups == [None, "+z", "-x"]
+
+
+def test_rig_convert_keeps_the_up_axis(tmp_path):
+    from mvcap.cli import main
+    from mvcap.rigio import rig_world_up
+
+    em = Path(__file__).resolve().parents[1] / "calibration" / "examples" / "easymocap"
+    res = CliRunner().invoke(main, ["rig", "convert", str(em), str(tmp_path / "r.toml")])
+    assert res.exit_code == 0, res.output
+    # the example is the demo rig (Y-up) in EasyMocap's format: its upright cameras say +Y, which
+    # the converted TOML keeps in [metadata]
+    assert rig_world_up(em) == "+y" and rig_world_up(tmp_path / "r.toml") == "+y"
+    assert 'up = "+y"' in (tmp_path / "r.toml").read_text()
+    demo = Path(__file__).resolve().parents[1] / "calibration" / "demo_rig.toml"
+    assert rig_world_up(demo) == "+y"

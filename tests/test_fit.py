@@ -3,11 +3,12 @@ import pytest
 import roma
 import torch
 
+from mvcap.body import BodyParams
 from mvcap.cameras import project
 from mvcap.demo import DEMO_RIG
 from mvcap.fit import FitConfig, Targets, fit_body, geman_mcclure, person_scale
 from mvcap.metrics import evaluate_body
-from mvcap.poses import perturb_like_regressor, sample_poses
+from mvcap.motions import perturb_like_regressor, sample_poses
 from mvcap.rigio import load_rig
 
 RIG = load_rig(DEMO_RIG).without_distortion()
@@ -44,7 +45,7 @@ def test_dense_fit_converges_from_regression_like_init(body_model):
     uv = project(RIG, gt_verts[0]).float()[None]  # exact dense targets, all vertices, 4 views
     targets = Targets(uv, torch.ones(uv.shape[:-1]))
     before = _errors(body_model, init_pose, betas, init_t, gt_pose, gt_t)
-    res = fit_body(body_model, RIG, init_pose, betas, init_t, targets, FitConfig(iterations=80))
+    res = fit_body(body_model, RIG, BodyParams(init_pose, betas, init_t), targets, FitConfig(iterations=80))
     after = _errors(body_model, res.pose_rotvecs, betas, res.transl, gt_pose, gt_t)
     assert before["PVE"] > 40
     assert after["PVE"] < 5 and after["MPJPE"] < 5
@@ -57,13 +58,13 @@ def test_sparse_joint_fit_improves_and_independent_views_shapes(body_model):
         joints = body_model(gt_pose, betas, gt_t).joints
     uv = project(RIG, joints[0]).float()[None]
     targets = Targets(uv, torch.ones(uv.shape[:-1]), points="joints")
-    res = fit_body(body_model, RIG, init_pose, betas, init_t, targets, FitConfig(iterations=60))
+    res = fit_body(body_model, RIG, BodyParams(init_pose, betas, init_t), targets, FitConfig(iterations=60))
     before = _errors(body_model, init_pose, betas, init_t, gt_pose, gt_t)
     after = _errors(body_model, res.pose_rotvecs, betas, res.transl, gt_pose, gt_t)
     assert after["MPJPE"] < 0.5 * before["MPJPE"]
 
     per_view = fit_body(
-        body_model, RIG, init_pose, betas, init_t, targets, FitConfig(iterations=5), independent_views=True
+        body_model, RIG, BodyParams(init_pose, betas, init_t), targets, FitConfig(iterations=5), independent_views=True
     )
     assert per_view.pose_rotvecs.shape == (1, 4, 24, 3) and per_view.transl.shape == (1, 4, 3)
 
@@ -75,7 +76,7 @@ def test_fit_ignores_views_without_targets(body_model):
     uv = project(RIG, gt_verts[0]).float()[None]
     w = torch.ones(uv.shape[:-1])
     w[:, 1:] = 0  # only view 0 has targets
-    res = fit_body(body_model, RIG, init_pose, betas, init_t, Targets(uv, w), FitConfig(iterations=20))
+    res = fit_body(body_model, RIG, BodyParams(init_pose, betas, init_t), Targets(uv, w), FitConfig(iterations=20))
     assert torch.isfinite(res.pose_rotvecs).all()
     assert torch.isnan(res.residual_px[0, 1:]).all() and torch.isfinite(res.residual_px[0, 0])
 
@@ -92,6 +93,50 @@ def test_targets_validate_shapes():
 def test_rotation_parameterisation_starts_at_init(body_model):
     _, betas, _, init_pose, init_t = _scene(body_model, seed=3)
     targets = Targets(torch.zeros(1, 4, 24, 2), torch.zeros(1, 4, 24), points="joints")
-    res = fit_body(body_model, RIG, init_pose, betas, init_t, targets, FitConfig(iterations=0))
+    res = fit_body(body_model, RIG, BodyParams(init_pose, betas, init_t), targets, FitConfig(iterations=0))
     diff = roma.rotmat_geodesic_distance(roma.rotvec_to_rotmat(res.pose_rotvecs), roma.rotvec_to_rotmat(init_pose))
     assert diff.max() < 1e-5
+
+
+def test_kit_takes_any_data_term_and_frees_the_chosen_joints(body_model):
+    from mvcap.fit import BodyFit, Regularisers, SolverConfig
+
+    gt_pose, betas, gt_t, init_pose, init_t = _scene(body_model, seed=4)
+    with torch.no_grad():
+        joints_gt = body_model(gt_pose, betas, gt_t).joints
+
+    def joints_3d(out):  # a caller's own term: 3D joint distances, per body (B,)
+        return ((out.joints - joints_gt) ** 2).sum((-1, -2))
+
+    R0 = roma.rotvec_to_rotmat(init_pose)
+    fit = BodyFit(body_model, R0, betas, init_t, Regularisers(w_limits=1e-2, w_prior=1e-4))
+    with torch.no_grad():
+        before = joints_3d(fit.pose()).item()
+    n = fit.solve([joints_3d], SolverConfig(iterations=40))
+    with torch.no_grad():
+        after = joints_3d(fit.pose()).item()
+    assert 0 < n <= 40 and after < 0.05 * before
+
+    root = BodyFit(body_model, R0, betas, init_t, free_joints=1)
+    root.solve([joints_3d], SolverConfig(iterations=10))
+    with torch.no_grad():
+        assert torch.equal(root.rotmats()[:, 1:], R0[:, 1:])  # only the root turned
+        assert not torch.allclose(root.rotmats()[:, 0], R0[:, 0])
+
+    # a loose convergence tolerance stops early; the default runs the iterations it is given
+    loose = BodyFit(body_model, R0, betas, init_t)
+    assert loose.solve([joints_3d], SolverConfig(iterations=40, tolerance_change=1e-3)) < n
+
+
+def test_kit_shared_betas_are_one_shape_with_one_prior_term(body_model):
+    from mvcap.fit import BodyFit, Regularisers
+
+    _, betas, _, init_pose, init_t = _scene(body_model, seed=5)
+    R = roma.rotvec_to_rotmat(init_pose).expand(3, -1, -1, -1)
+    fit = BodyFit(
+        body_model, R, betas, init_t.expand(3, -1), Regularisers(w_betas=1.0), optimize_betas=True,
+        shared_betas=True, betas_ref=torch.zeros_like(betas),
+    )  # fmt: skip
+    assert fit.pose().vertices.shape[0] == 3 and fit.betas().shape == (1, 10)
+    # no data: the objective is the shape prior |betas|^2, counted once for the three bodies
+    assert fit.objective([]).item() == pytest.approx((betas**2).sum().item(), rel=1e-5)

@@ -4,8 +4,6 @@ import torch
 from mvcap.fuse import (
     fuse_bodies,
     fuse_translations,
-    root_camera_to_world,
-    root_world_to_camera,
     rotation_average,
 )
 
@@ -29,24 +27,6 @@ def test_rotation_average_weights_and_reflection_safety():
     m = rotation_average(a)
     assert torch.allclose(m @ m.T, torch.eye(3, dtype=torch.float64), atol=1e-9)
     assert torch.linalg.det(m) > 0
-
-
-def test_root_translation_round_trip_with_nonzero_pivot():
-    torch.manual_seed(1)
-    Rg = roma.random_rotmat(4, dtype=torch.float64)
-    Tw = torch.randn(4, 3, dtype=torch.float64)
-    J0 = torch.tensor([0.01, -0.23, 0.03], dtype=torch.float64)  # SMPL-like root pivot
-    Rc = roma.random_rotmat(4, dtype=torch.float64)
-    tc = torch.randn(4, 3, dtype=torch.float64)
-    R_cam, T_cam = root_world_to_camera(Rg, Tw, J0, Rc, tc)
-    R_back, T_back = root_camera_to_world(R_cam, T_cam, J0, Rc, tc)
-    assert torch.allclose(R_back, Rg) and torch.allclose(T_back, Tw)
-    # the conversion moves the body rigidly: a rest point X maps to the same camera point
-    X = torch.randn(3, dtype=torch.float64)
-    world = (Rg @ (X - J0)[:, None])[..., 0] + J0 + Tw
-    cam_direct = (Rc @ world[..., None])[..., 0] + tc
-    cam_via = (R_cam @ (X - J0)[:, None])[..., 0] + J0 + T_cam
-    assert torch.allclose(cam_direct, cam_via)
 
 
 def test_ray_translation_fusion_removes_depth_errors():

@@ -64,7 +64,7 @@ def test_png_round_trip_with_range_stride_and_offsets(src, tmp_path):
     assert res.num_frames == T and res.fps == FPS
     np.testing.assert_array_equal(_read_all(out), frames)
     # range, stride and per-camera offsets: view c of frame i is source frame start + stride * i + offset_c
-    cfg = IngestConfig(start=1, stop=9, stride=2, offsets={"cam01": 1, "cam02": 3}, fps=FPS)
+    cfg = IngestConfig(frames="1:9:2", offsets={"cam01": 1, "cam02": 3}, fps=FPS)
     res = ingest(exp.out_dir, rig, tmp_path / "sub.h5", cfg, progress=False)
     np.testing.assert_array_equal(res.source_frames, [1, 3, 5, 7])
     got = _read_all(res.path)
@@ -78,7 +78,7 @@ def test_png_round_trip_with_range_stride_and_offsets(src, tmp_path):
         assert s.provenance["ingest"]["fingerprint"]["offsets"] == {"cam00": 0, "cam01": 1, "cam02": 3}
     # stop unset: as far as the shortest camera allows (cam02 with offset 3 has frames up to 11 -> t <= 8)
     res = ingest(
-        exp.out_dir, rig, tmp_path / "open.h5", IngestConfig(start=2, stride=3, offsets={"cam02": 3}), progress=False
+        exp.out_dir, rig, tmp_path / "open.h5", IngestConfig(frames="2::3", offsets={"cam02": 3}), progress=False
     )
     np.testing.assert_array_equal(res.source_frames, [2, 5, 8])
 
@@ -87,7 +87,7 @@ def test_mp4_round_trip_is_close_and_keeps_frame_order(src, tmp_path):
     path, rig, frames = src
     exp = export_frames(path, tmp_path / "mp4", format="mp4")
     assert all(p.suffix == ".mp4" and p.stat().st_size > 0 for p in exp.paths.values())
-    cfg = IngestConfig(start=1, stride=2, offsets={"cam01": 2})
+    cfg = IngestConfig(frames="1::2", offsets={"cam01": 2})
     res = ingest(exp.out_dir, exp.rig_path, tmp_path / "v.h5", cfg, progress=False)
     assert res.fps == FPS / 2  # the video's rate over the stride
     np.testing.assert_array_equal(res.source_frames, [1, 3, 5, 7, 9])  # cam01 + 2 ends at frame 11
@@ -140,11 +140,11 @@ def test_too_short_is_reported_before_writing(src, tmp_path):
     exp = export_frames(path, tmp_path / "mp4", format="mp4")
     out = tmp_path / "x.h5"
     with pytest.raises(IngestError) as e:
-        ingest(exp.out_dir, rig, out, IngestConfig(stop=10, offsets={"cam02": 4}), progress=False)
+        ingest(exp.out_dir, rig, out, IngestConfig(frames=":10", offsets={"cam02": 4}), progress=False)
     msg = str(e.value)
     assert "camera 'cam02': cam02.mp4 has 12 frames but the range needs 14" in msg
     assert "cam00" not in msg and "lower stop to at most 8" in msg
-    with pytest.raises(IngestError, match=r"set start >= 2"):
+    with pytest.raises(IngestError, match=r"start at frame >= 2"):
         ingest(exp.out_dir, rig, out, IngestConfig(offsets={"cam01": -2}), progress=False)
     with pytest.raises(IngestError, match=r"unknown camera\(s\) \['cam9'\]"):
         ingest(exp.out_dir, rig, out, IngestConfig(offsets={"cam9": 1}), progress=False)
@@ -161,10 +161,10 @@ def test_read_failure_midway_leaves_nothing(src, tmp_path, monkeypatch):
     assert _left_behind(out) == []
     # a container that overstates its length: the pre-check passes, decoding stops mid-way
     mp4 = export_frames(path, tmp_path / "mp4", format="mp4")
-    import mvcap.ingest as ing
+    import mvcap.sources as sources
 
-    real = ing._video_frame_count
-    monkeypatch.setattr(ing, "_video_frame_count", lambda cap: real(cap) + 5)
+    real = sources._video_frame_count
+    monkeypatch.setattr(sources, "_video_frame_count", lambda cap: real(cap) + 5)
     with pytest.raises(IngestError, match=r"camera 'cam00': decoding stopped at frame 12 .* reports 17 frames"):
         ingest(mp4.out_dir, rig, out, progress=False)
     assert _left_behind(out) == []
@@ -195,8 +195,8 @@ def test_interrupted_ingest_resumes(src, tmp_path, monkeypatch):
     with Session.open(partial) as s:
         assert not s.complete and int(s.frames_written.sum()) == 3
     # a different command does not silently reuse it
-    with pytest.raises(IngestError, match=r"different command \(differs in: \['num_frames'\]\).*overwrite"):
-        ingest(exp.out_dir, rig, out, IngestConfig(fps=FPS, stop=6), progress=False)
+    with pytest.raises(IngestError, match=r"different command \(differs in: \['frames', 'num_frames'\]\).*overwrite"):
+        ingest(exp.out_dir, rig, out, IngestConfig(fps=FPS, frames=":6"), progress=False)
     assert partial.exists()
     res = ingest(exp.out_dir, rig, out, IngestConfig(fps=FPS), progress=False)
     assert res.resumed_frames == 3 and not partial.exists()
@@ -208,7 +208,7 @@ def test_cli_ingest_and_existing_output(src, tmp_path):
     exp = export_frames(path, tmp_path / "png", format="png")
     out = tmp_path / "cli.h5"
     runner = CliRunner()
-    args = ["ingest", str(exp.out_dir), "--out", str(out), "--fps", "25", "--stride", "2", "--offset", "cam01=1"]
+    args = ["ingest", str(exp.out_dir), "--out", str(out), "--fps", "25", "--frames", "::2", "--offset", "cam01=1"]
     r = runner.invoke(main, args)
     assert r.exit_code == 0, r.output
     assert "6 frames x 3 views" in r.output
@@ -224,10 +224,66 @@ def test_cli_ingest_and_existing_output(src, tmp_path):
 
 def test_config_from_toml(tmp_path):
     p = tmp_path / "ingest.toml"
-    p.write_text("start = 3\nstride = 2\nimage_size = [320, 240]\n[offsets]\ncam1 = -1\ncam2 = 4\n")
+    p.write_text('frames = "3::2"\nimage_size = [320, 240]\n[offsets]\ncam1 = -1\ncam2 = 4\n')
     cfg = load_config(IngestConfig, p)
-    assert cfg.offsets == {"cam1": -1, "cam2": 4} and cfg.image_size == (320, 240) and cfg.stop is None
+    assert cfg.offsets == {"cam1": -1, "cam2": 4} and cfg.image_size == (320, 240) and cfg.frames == "3::2"
     with pytest.raises(ConfigError, match="unknown setting"):
         load_config(IngestConfig, p, ["strides=2"])
     with pytest.raises(IngestError, match="offsets must map camera names to integers"):
         load_config(IngestConfig, p, ["offsets.cam1=1.5"])
+
+
+def test_missing_image_is_an_error_or_an_explicit_gap_never_a_shift(src, tmp_path):
+    """Image-folder frames are matched by the number in their names (issue 17: a camera missing
+    one frame used to run one frame ahead from there on)."""
+    path, rig, frames = src
+    exp = export_frames(path, tmp_path / "png", format="png")
+    (exp.paths["cam01"] / "000004.png").unlink()
+    out = tmp_path / "x.h5"
+    with pytest.raises(IngestError, match=r"camera 'cam01': no image for frame 4 .*allow_gaps \(CLI: --allow-gaps\)"):
+        ingest(exp.out_dir, rig, out, IngestConfig(fps=FPS), progress=False)
+    assert _left_behind(out) == []
+    # a range that leaves the frame out needs no gap
+    res = ingest(exp.out_dir, rig, out, IngestConfig(fps=FPS, frames="5:"), progress=False)
+    np.testing.assert_array_equal(_read_all(out), frames[5:])
+    # explicit gaps: the missing view is black and recorded; every other frame is the right one
+    res = ingest(exp.out_dir, rig, out, IngestConfig(fps=FPS, allow_gaps=True), progress=False, overwrite=True)
+    assert {c: m.tolist() for c, m in res.missing.items()} == {"cam01": [4]}
+    got = _read_all(out)
+    assert not got[4, 1].any()
+    keep = np.ones((T, len(rig)), bool)
+    keep[4, 1] = False
+    np.testing.assert_array_equal(got[keep], frames[keep])
+    with Session.open(out) as s:
+        assert s.provenance["ingest"]["missing"] == {"cam01": [4]}
+    # with an offset the same file is session frame 4 - 2 = 2 of cam01
+    res = ingest(exp.out_dir, rig, out, IngestConfig(fps=FPS, allow_gaps=True, offsets={"cam01": 2}), progress=False,
+                 overwrite=True)  # fmt: skip
+    assert res.missing["cam01"].tolist() == [2]
+    np.testing.assert_array_equal(_read_all(out)[3, 1], frames[5, 1])
+
+
+def test_cli_ingest_frames_list_name_eq_path_and_gaps(src, tmp_path):
+    path, rig, frames = src
+    exp = export_frames(path, tmp_path / "png", format="png")
+    for cam, pattern in (("cam00", "{}.png"), ("cam01", "c1_{:03d}.png"), ("cam02", "img_{:04d}.png")):
+        for f in exp.paths[cam].iterdir():  # numbered from 1 (-> frame 0), each camera its own way
+            f.rename(f.with_name(pattern.format(int(f.stem) + 1)))
+    runner = CliRunner()
+    named = [f"{c}={exp.out_dir / d}" for c, d in (("cam00", "cam00"), ("cam01", "cam01"), ("cam02", "cam02"))]
+    out = tmp_path / "a.h5"
+    args = ["ingest", *named, "--rig", str(exp.rig_path), "--out", str(out), "--frames", "0:2,5,9:12:2"]
+    r = runner.invoke(main, args)
+    assert r.exit_code == 0, r.output
+    assert "5 frames x 3 views" in r.output and "step 1" in r.output
+    np.testing.assert_array_equal(_read_all(out), frames[[0, 1, 5, 9, 11]])
+    (exp.paths["cam02"] / "img_0008.png").unlink()  # frame 7 of cam02
+    r = runner.invoke(main, ["ingest", str(exp.out_dir), "--out", str(tmp_path / "b.h5")])
+    assert r.exit_code == 2 and r.output.count("\n") == 1
+    assert r.output.startswith("error: camera 'cam02': no image for frame 7")
+    r = runner.invoke(main, ["ingest", str(exp.out_dir), "--out", str(tmp_path / "b.h5"), "--allow-gaps"])
+    assert r.exit_code == 0 and "warning: camera 'cam02' has no image for session frame(s) 7" in r.output
+    r = runner.invoke(main, ["ingest", str(exp.out_dir), "--out", str(tmp_path / "c.h5"), "--frames", "0:99"])
+    assert r.exit_code == 2 and "shorter than the frame range" in r.output and "Traceback" not in r.output
+    r = runner.invoke(main, ["ingest", str(exp.out_dir), "--out", str(tmp_path / "c.h5"), "--frames", "4:x"])
+    assert r.exit_code == 2 and r.output.startswith("error: frames '4:x': STOP 'x' is not a frame number")

@@ -18,7 +18,7 @@ from mvcap.initialize import (
     load_npz_init,
     mediapipe_keypoint_definition,
 )
-from mvcap.poses import PerturbConfig, perturb_like_regressor
+from mvcap.motions import PerturbConfig, perturb_like_regressor
 from mvcap.triangulate import triangulate_keypoints
 
 

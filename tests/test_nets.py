@@ -259,7 +259,7 @@ def test_checkpoint_resume_round_trip(tmp_path, small_data):
     r1 = train(cfg, tmp_path, progress=False, max_steps=2)
     assert r1.step == 2 and r1.checkpoint.exists() and r1.weights.exists()
     assert (tmp_path / "val_fields.png").exists() and (tmp_path / "log.csv").exists()
-    ck = torch.load(r1.checkpoint, weights_only=False)
+    ck = torch.load(r1.checkpoint, weights_only=True)
     assert ck["step"] == 2
 
     # resume: starts at the saved step with identical weights and optimizer state
@@ -290,7 +290,7 @@ def test_checkpoint_resume_round_trip(tmp_path, small_data):
     best_epe, best_step = min(vals)
     assert r2.best == tmp_path / "best.pt" and r2.best_step == best_step
     assert r2.best_val_epe_px == pytest.approx(best_epe, abs=1e-3)
-    meta = torch.load(r2.best, weights_only=False)["meta"]
+    meta = torch.load(r2.best, weights_only=True)["meta"]
     assert meta["step"] == best_step and meta["val_epe_px"] == pytest.approx(best_epe, abs=1e-3)
     assert "best: step" in r2.describe()
 
@@ -328,7 +328,7 @@ def test_weights_missing_or_wrong_give_clear_errors(tmp_path):
     assert p.cfg == TINY
     with pytest.raises(WeightsError, match="another network config"):
         LearnedPredictor.load(good, expected=dataclasses.replace(TINY, hg_stacks=3))
-    blob = torch.load(good, weights_only=False)
+    blob = torch.load(good, weights_only=True)
     blob["net_config"]["hg_width"] = 16  # weights no longer fit the stored config
     torch.save(blob, tmp_path / "bad.pt")
     with pytest.raises(WeightsError, match="do not fit"):

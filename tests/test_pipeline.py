@@ -30,6 +30,7 @@ def test_demo_chain_without_mediapipe_then_resume(tmp_path, monkeypatch):
     for name in ("report_demo.html", "export/demo.npz", "export/demo.bvh", "export/demo.glb"):
         assert (tmp_path / name).stat().st_size > 1000, name
     assert "Accuracy against ground truth" in (tmp_path / "report_demo.html").read_text()
+    assert "no 2D detections" in summary["stage_notes"]["validate"] and summary["validation"] is None
     # rerun: everything is found done, nothing is computed again
     cfg, base = load_run_config(tmp_path / "run.toml")
     again = run_pipeline(cfg, base, progress=False)
@@ -44,6 +45,11 @@ def test_demo_chain_with_mediapipe(tmp_path, monkeypatch):
     assert "MediaPipe found the person" in summary["stage_notes"]["init"]
     assert "registered demo_subject" in summary["stage_notes"]["subject"]
     assert (tmp_path / "demo_subject.npz").exists()
+    # the validate stage: every camera left out once, a verdict each, in the summary and the report
+    cams = summary["validation"]["cameras"]
+    assert [c["view"] for c in cams] == ["cam00", "cam01", "cam02", "cam03"]
+    assert all(c["verdict"] in ("improved", "unchanged", "worse") and c["frames"] == 1 for c in cams)
+    assert "Cross-validation without ground truth" in (tmp_path / "report_demo.html").read_text()
 
 
 def test_run_config_errors(tmp_path, tiny_session):
@@ -56,7 +62,7 @@ def test_run_config_errors(tmp_path, tiny_session):
     with pytest.raises(RunError, match="does not exist and capture.videos is empty"):
         run_pipeline(cfg, base, progress=False)
     cfg, base = load_run_config(_toml(tmp_path, f'frames = "0:99"\n[capture]\nsession = "{tiny_session}"'))
-    with pytest.raises(RunError, match="outside the session's 0:3"):
+    with pytest.raises(RunError, match=r"frames '0:99' asks for frame\(s\) 3:99 but the session has 3 frames"):
         run_pipeline(cfg, base, progress=False)
 
 

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from mvcap.body import BodyParams
 from mvcap.capture import Session
 from mvcap.displace import FlowPredictor, OraclePredictor
 from mvcap.fit import FitConfig
@@ -73,16 +74,8 @@ def test_view_without_the_person_is_skipped_with_a_warning(body_model, tiny_sess
         gt_verts = body_model(**gt.slice(0).to_torch()).vertices[0]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        res = refine_frame(
-            body_model,
-            rig,
-            photos,
-            torch.as_tensor(init.pose_rotvecs[0]),
-            betas,
-            torch.as_tensor(init.transl[0]),
-            OraclePredictor(gt_verts),
-            FAST,
-        )
+        start = BodyParams(init.pose_rotvecs[:1], betas, init.transl[:1])
+        res = refine_frame(body_model, rig, photos, start, OraclePredictor(gt_verts), FAST)
     assert res.skipped_views == (rig.names[2],)
     assert np.isnan(res.residual_px[2]) and np.isfinite(res.residual_px[[0, 1, 3]]).all()
     assert any("skipped" in str(w.message) for w in caught)
@@ -125,9 +118,9 @@ def test_sequence_mode_starts_from_the_previous_result(body_model, tiny_session,
     seen = []
     real = R.refine_frame
 
-    def spy(model, rig, photos, p0, betas, tr0, *args, **kwargs):
-        seen.append((p0.clone(), args[3] if len(args) > 3 else kwargs.get("prev_pose_rotvecs")))
-        return real(model, rig, photos, p0, betas, tr0, *args, **kwargs)
+    def spy(model, rig, photos, init, *args, **kwargs):
+        seen.append((init.pose_rotvecs[0].copy(), args[3] if len(args) > 3 else kwargs.get("prev_pose_rotvecs")))
+        return real(model, rig, photos, init, *args, **kwargs)
 
     monkeypatch.setattr(R, "refine_frame", spy)
     cfg = dataclasses.replace(FAST, init="previous", outer_iterations=1, fit=FitConfig(iterations=5, w_temporal=1e-3))
@@ -135,6 +128,30 @@ def test_sequence_mode_starts_from_the_previous_result(body_model, tiny_session,
     refine_session(tiny_session, "seq", cfg, frames=[1], model=body_model, progress=False)  # resumed run
     with Session.open(tiny_session) as s:
         init = s.read_init()
-    np.testing.assert_allclose(seen[0][0].numpy(), init.pose_rotvecs[0])  # frame 0: stored init
-    np.testing.assert_allclose(seen[1][0].numpy(), first.pose_rotvecs[0])  # frame 1: frame 0's result
+    np.testing.assert_allclose(seen[0][0], init.pose_rotvecs[0])  # frame 0: stored init
+    np.testing.assert_allclose(seen[1][0], first.pose_rotvecs[0])  # frame 1: frame 0's result
     assert seen[0][1] is None and seen[1][1] is not None  # temporal term from frame 1 on
+
+
+def test_load_frame_inputs_reads_one_frame_for_the_chosen_views(tiny_session):
+    from mvcap.refine import load_frame_inputs
+
+    with Session.open(tiny_session) as s:
+        inputs = load_frame_inputs(s, 1, ["cam01"])
+        init, subject = s.read_init(), s.subject
+        full = load_frame_inputs(s, 1)
+    assert inputs.rig.names == ("cam01",) and inputs.photos.shape[0] == 1 and inputs.photos.dtype == np.uint8
+    assert full.rig.names == s.rig.names and full.photos.shape[0] == len(full.rig)
+    assert len(inputs.init) == 1 and inputs.has_init
+    np.testing.assert_array_equal(inputs.init.pose_rotvecs[0], init.pose_rotvecs[1])
+    np.testing.assert_allclose(inputs.init.betas[0], np.asarray(subject.betas, np.float32))  # the registered shape
+
+
+def test_appearance_render_kwargs(body_model, tiny_session):
+    from mvcap.refine import Appearance, subject_appearance
+
+    with Session.open(tiny_session) as s:
+        subject = s.subject
+    app = subject_appearance(body_model, subject)
+    assert app.textured and set(app.render_kwargs()) == {"texture", "uvs", "uv_faces"}
+    assert not Appearance().textured and Appearance().render_kwargs() == {}

@@ -11,7 +11,8 @@ from conftest import CONFIGS
 
 from mvcap.capture import Session
 from mvcap.cli import main
-from mvcap.poses import SMPL_PARENTS, PerturbConfig, perturb_like_regressor
+from mvcap.motions import PerturbConfig, perturb_like_regressor
+from mvcap.poses import SMPL_PARENTS
 from mvcap.register import (
     RegisterConfig,
     RegisterError,

@@ -328,3 +328,13 @@ def test_unwritable_name_and_unknown_format(tmp_path):
         load_rig(tmp_path / "x.json")
     with pytest.raises(RigError, match="writable"):
         save_rig(rig, tmp_path / "x.json")
+
+
+def test_toml_names_with_quotes_and_control_characters_round_trip(tmp_path):
+    from dataclasses import replace
+
+    rig = load_rig(DEMO_RIG)
+    names = ['a\nb"c\\d', "tab\there\x7f\x01", "café", "plain"]
+    odd = Rig(tuple(replace(c, name=n) for c, n in zip(rig, names)))
+    save_rig(odd, tmp_path / "names.toml")
+    assert load_rig(tmp_path / "names.toml").names == tuple(names)

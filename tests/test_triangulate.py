@@ -19,7 +19,7 @@ from mvcap.triangulate import (
 def make_scene(body_model, seed=0, T=4, V=6, size=512):
     """GT keypoints of posed bodies, a ring rig with distortion, and the body's facing per view."""
     from mvcap.initialize import mediapipe_keypoint_definition
-    from mvcap.poses import place_on_floor, sample_poses
+    from mvcap.motions import place_on_floor, sample_poses
     from mvcap.synth import RigConfig, make_ring_rig
 
     rng = np.random.default_rng(seed)

@@ -6,11 +6,11 @@ the synthetic studio of :mod:`mvcap.synth` standing in for the paper's datasets)
 1. a subject (shape + procedural clothing texture, :func:`mvcap.synth.make_subject`) and a
    camera with its studio background (:func:`mvcap.synth.make_ring_rig`,
    :func:`mvcap.synth.make_studio`), drawn from fixed pools (cached per worker process);
-2. a ground-truth pose (:func:`mvcap.poses.sample_poses`) standing on the floor near the
+2. a ground-truth pose (:func:`mvcap.motions.sample_poses`) standing on the floor near the
    capture centre (sometimes far off it, so the body leaves the frame);
 3. the photo: :func:`mvcap.synth.render_frame` (key/fill lights drawn per sample,
    exposure, white balance, vignetting, blur, sensor noise) over the studio background;
-4. a second estimate, like a regressor's (:func:`mvcap.poses.perturb_like_regressor`,
+4. a second estimate, like a regressor's (:func:`mvcap.motions.perturb_like_regressor`,
    error magnitude drawn per sample), or -- with ``gt_pose_prob`` -- the true pose with
    perturbed shape and root ("camera"), to learn fine displacements;
 5. the estimate's render passes (textured RGB, depth, normals, template coordinates,
@@ -75,7 +75,7 @@ class DataConfig:
     radius_m / height_m / hfov_deg: camera placement and field of view.
     position_jitter_m: root's horizontal offset from the centre; far_prob / far_jitter_m:
       occasionally much further, so parts of the body leave the image.
-    pose_style: "varied" or "mild" (see :func:`mvcap.poses.sample_poses`).
+    pose_style: "varied" or "mild" (see :func:`mvcap.motions.sample_poses`).
     error_scale: multiplies the default regressor-like error (per-joint 5-15 deg, global
       5 deg, root 4 cm) per sample; betas_std: shape error of the estimate.
     gt_pose_prob: estimate = true pose with perturbed shape (gt_pose_betas_std) and root
@@ -151,11 +151,6 @@ def _u(rng: np.random.Generator, lohi) -> float:
 def _identity_maps(W: int, H: int):
     mx, my = np.meshgrid(np.arange(W, dtype=np.float32), np.arange(H, dtype=np.float32))
     return mx, my
-
-
-def _random_unit(rng) -> np.ndarray:
-    d = rng.standard_normal(3)
-    return d / np.linalg.norm(d)
 
 
 class SampleGenerator:
@@ -287,7 +282,7 @@ class SampleGenerator:
         )
 
     def _attempt(self, rng) -> dict | None:
-        from mvcap import poses as P
+        from mvcap import motions as M
         from mvcap import synth
         from mvcap.displace import OraclePredictor, PredictRequest
         from mvcap.render import render
@@ -300,16 +295,16 @@ class SampleGenerator:
         cam = rig[0]
 
         # ground truth
-        pose = P.sample_poses(rng, 1, c.pose_style)
+        pose = M.sample_poses(rng, 1, c.pose_style)
         jitter = c.far_jitter_m if rng.random() < c.far_prob else c.position_jitter_m
         transl = np.zeros((1, 3))
         transl[:, [0, 2]] = rng.uniform(-1, 1, (1, 2)) * jitter
         betas = subj.betas[None]
-        transl = P.place_on_floor(model, pose, betas, transl)
+        transl = M.place_on_floor(model, pose, betas, transl)
 
         # the second estimate
         if rng.random() < c.gt_pose_prob:
-            pcfg = P.PerturbConfig(
+            pcfg = M.PerturbConfig(
                 joint_deg=(0.0, 0.0),
                 global_deg=c.gt_pose_global_deg,
                 transl_std_m=c.gt_pose_transl_std_m,
@@ -317,13 +312,13 @@ class SampleGenerator:
             )
         else:
             s = _u(rng, c.error_scale)
-            pcfg = P.PerturbConfig(
+            pcfg = M.PerturbConfig(
                 joint_deg=(5.0 * s, 15.0 * s),
                 global_deg=5.0 * s,
                 transl_std_m=0.04 * s,
                 betas_std=_u(rng, c.betas_std),
             )
-        est_pose, est_transl, est_betas = P.perturb_like_regressor(
+        est_pose, est_transl, est_betas = M.perturb_like_regressor(
             rng, pose, transl, betas, cfg=pcfg, R_world2cam=cam.R_world2cam
         )
         with torch.no_grad():

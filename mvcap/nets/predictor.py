@@ -17,16 +17,18 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pickle
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from mvcap.displace import Displacement, PredictRequest
+from mvcap.errors import MvcapError
 
 from .displacement import CropWindow, DisplacementNet, NetConfig, uncrop_flow
 
-__all__ = ["LearnedPredictor", "default_weights_path", "WeightsError", "TRAIN_HINT"]
+__all__ = ["LearnedPredictor", "default_weights_path", "WeightsError", "TRAIN_HINT", "load_plain_torch"]
 
 TRAIN_HINT = (
     "train them with `mvcap train-displacement configs/nets/train_lite.toml --out runs/lite` "
@@ -35,22 +37,39 @@ TRAIN_HINT = (
 )
 
 
-class WeightsError(ValueError):
+class WeightsError(MvcapError):
     """A weights file is not a displacement-network file or does not fit the network."""
 
 
+def load_plain_torch(path: str | Path, error: type[Exception], hint: str):
+    """``torch.load`` with ``weights_only=True``: tensors, dicts, lists, numbers and strings
+    only, so a crafted file cannot run code. Anything else raises ``error`` (one line)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch's message is a page long; its first line names the refused global
+        first = next((ln.strip() for ln in str(exc).splitlines() if "GLOBAL" in ln or "global" in ln), "")
+        raise error(
+            f"{path} holds objects other than tensors and plain data and was not loaded "
+            f"({first[:200] or 'refused by torch.load(weights_only=True)'}); mvcap files hold only "
+            f"tensors, numbers, strings, lists and dicts; {hint}"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same clear message
+        raise error(f"{path} is not a readable torch file ({str(exc).splitlines()[0][:300]}); {hint}") from exc
+
+
 def default_weights_path() -> Path:
-    """The shipped lite model: ``models/displacement/lite.pt``."""
-    return Path(__file__).resolve().parents[2] / "models" / "displacement" / "lite.pt"
+    """The shipped lite model: ``models/displacement/lite.pt`` inside the package."""
+    from mvcap.resources import resource_path
+
+    return resource_path("models/displacement/lite.pt", must_exist=False)
 
 
 def _net_config_from(d: dict, path) -> NetConfig:
     try:
         return NetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
     except (TypeError, ValueError) as exc:
-        raise WeightsError(
-            f"{path}: the stored network config is not valid for this mvcap version ({exc})"
-        ) from exc
+        raise WeightsError(f"{path}: the stored network config is not valid for this mvcap version ({exc})") from exc
 
 
 def _default_cpu_threads() -> int | None:
@@ -96,16 +115,10 @@ class LearnedPredictor:
         path = Path(path) if path else default_weights_path()
         if not path.exists():
             raise FileNotFoundError(f"no displacement-network weights at {path}; {TRAIN_HINT}")
-        try:
-            blob = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same clear message
-            raise WeightsError(
-                f"{path} is not a readable torch file ({exc}); {TRAIN_HINT}"
-            ) from exc
+        blob = load_plain_torch(path, WeightsError, TRAIN_HINT)
         if not isinstance(blob, dict) or "net_config" not in blob:
             raise WeightsError(
-                f"{path} is not a mvcap displacement-network weights file (no net config "
-                f"inside); {TRAIN_HINT}"
+                f"{path} is not a mvcap displacement-network weights file (no net config inside); {TRAIN_HINT}"
             )
         state = blob.get("state_dict", blob.get("model"))
         if state is None:
@@ -148,11 +161,7 @@ class LearnedPredictor:
                 for a in range(0, photos.shape[0], self.batch_size):
                     cl = torch.channels_last
                     p = photos[a : a + self.batch_size].to(self.device).contiguous(memory_format=cl)
-                    r = (
-                        renders[a : a + self.batch_size]
-                        .to(self.device)
-                        .contiguous(memory_format=cl)
-                    )
+                    r = renders[a : a + self.batch_size].to(self.device).contiguous(memory_format=cl)
                     outs.append(self.net(p, r)[-1].float().cpu())
         finally:
             if limit:
@@ -181,8 +190,7 @@ class LearnedPredictor:
                 c = crop_sample(self.cfg, photos[v], images[v], channels, mask[v])
             except ValueError as exc:
                 raise ValueError(
-                    f"{exc}; render them (mvcap.render.render(..., passes=...)) "
-                    "for the learned predictor"
+                    f"{exc}; render them (mvcap.render.render(..., passes=...)) for the learned predictor"
                 ) from exc
             crops.append(c)
             wins.append(CropWindow(int(c["x0"]), int(c["y0"]), int(round(float(c["window"])))))

@@ -33,10 +33,13 @@ import cv2
 import numpy as np
 import torch
 
+from mvcap.errors import MvcapError
+
 from .data import DataConfig, DisplacementDataset, StepBatchSampler, collate, make_loader
 from .displacement import DisplacementNet, NetConfig, displacement_loss, endpoint_error
 
 __all__ = [
+    "CheckpointError",
     "TrainConfig",
     "TrainResult",
     "train",
@@ -49,6 +52,10 @@ __all__ = [
 
 WEIGHTS_FORMAT = "mvcap-displacement-net"
 WEIGHTS_VERSION = 1
+
+
+class CheckpointError(MvcapError):
+    """A training checkpoint cannot be read or is not a mvcap checkpoint."""
 
 
 @dataclass(frozen=True)
@@ -130,20 +137,20 @@ def load_train_config(path=None, overrides=None) -> TrainConfig:
     (relative to the config's folder, then to ``configs/nets/``); keys of a ``[net]``
     table in the training file override it.
     """
-    import tomllib
-
     from mvcap.config import CONFIG_DIR, ConfigError, build_config, merge, read_toml
 
     data: dict = {}
     if path is not None:
         data, path = read_toml(path)
         net_file = data.pop("net_file", None)
+        if net_file is not None and not isinstance(net_file, str):
+            raise ConfigError(f"{path}: 'net_file' must be a file name (a string), got {net_file!r}")
         if net_file:
             candidates = [path.parent / net_file, CONFIG_DIR / "nets" / net_file, Path(net_file)]
             found = next((c for c in candidates if c.exists()), None)
             if found is None:
                 raise ConfigError(f"{path}: net_file {net_file!r} not found (looked in {[str(c) for c in candidates]})")
-            data["net"] = merge(tomllib.loads(found.read_text()), data.get("net", {}))
+            data["net"] = merge(read_toml(found)[0], data.get("net", {}))
     return build_config(TrainConfig, data, overrides, str(path or "config"))
 
 
@@ -154,6 +161,18 @@ def _atomic_save(obj, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+def _load_checkpoint(path: str | Path) -> dict:
+    """A training checkpoint, read with ``weights_only=True`` (a crafted file cannot run code)."""
+    from .predictor import load_plain_torch
+
+    hint = "train again with --no-resume (or another --out folder) to start over"
+    ck = load_plain_torch(path, CheckpointError, hint)
+    missing = [k for k in ("net_config", "model", "step") if not isinstance(ck, dict) or k not in ck]
+    if missing:
+        raise CheckpointError(f"{path} is not a mvcap training checkpoint (missing {missing}); {hint}")
+    return ck
 
 
 def _state_dict_cpu(net: torch.nn.Module) -> dict:
@@ -176,7 +195,7 @@ def save_weights(net: DisplacementNet, path: Path, meta: dict | None = None) -> 
 
 def export_weights(checkpoint: str | Path, out: str | Path) -> Path:
     """Write the inference weights file from a training checkpoint."""
-    ck = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    ck = _load_checkpoint(checkpoint)
     net = DisplacementNet(NetConfig(**_tuples(ck["net_config"])))
     net.load_state_dict(ck["model"])
     return save_weights(net, Path(out), {"step": ck["step"], "val_epe_px": ck.get("val_epe_px")})
@@ -303,7 +322,7 @@ def _validation_set(cfg: TrainConfig, out_dir: Path) -> dict:
     key = json.loads(json.dumps(key))
     if path.exists():
         try:
-            blob = torch.load(path, map_location="cpu", weights_only=False)
+            blob = torch.load(path, map_location="cpu", weights_only=True)  # plain data only: no code
             if blob.get("key") == key:
                 return blob["batch"]
         except Exception:  # noqa: BLE001 - a broken cache is regenerated
@@ -398,7 +417,7 @@ def train(
     # validation EPE is noisy between checkpoints, so the best weights are kept beside the latest
     best_epe, best_step = float("inf"), 0
     if resume and ck_path.exists():
-        ck = torch.load(ck_path, map_location="cpu", weights_only=False)
+        ck = _load_checkpoint(ck_path)
         if ck.get("net_config") != json.loads(json.dumps(dataclasses.asdict(cfg.net))):
             raise ValueError(
                 f"{ck_path} was trained with a different [net] config; use another --out folder or "

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The whole chain on the real 4-camera lab take (../shared/data/real_multiperson: two people,
+# a bystander, Qualisys calibration, 1088x1920 at 60 fps) for each person as the subject, then
+# the leave-one-camera-out cross-validation of each refinement: `make real-take`.
+#
+#   DATA    the take's folder            (default ../shared/data/real_multiperson)
+#   OUT     where sessions/results go    (default real_out; ~0.6 GB per person)
+#   WHO     people to run                (default "man woman")
+#   PREDICTORS                           (default "flow learned")
+#
+# Every step resumes: rerunning skips what is done. Numbers: docs/BENCHMARKS.md ("Real take").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA=${DATA:-../shared/data/real_multiperson}
+OUT=${OUT:-real_out}
+WHO=${WHO:-man woman}
+PREDICTORS=${PREDICTORS:-flow learned}
+MV=${MVCAP:-.venv/bin/mvcap}
+[ -d "$DATA/videos" ] || { echo "no take at $DATA (set DATA=...)"; exit 2; }
+mkdir -p "$OUT"
+
+# the subject: the person whose hips are at this pixel of the first frame
+declare -A SEED=([man]="pixel:cam03:624,940" [woman]="pixel:cam01:820,1320")
+
+[ -f "$OUT/rig.toml" ] || $MV rig convert "$DATA/calibration/Calib.qca.txt" "$OUT/rig.toml"
+# every 2nd frame (30 fps): 50 frames x 4 views
+[ -f "$OUT/take.h5" ] || $MV ingest "$DATA/videos" --rig "$OUT/rig.toml" --out "$OUT/take.h5" --frames ::2
+
+for who in $WHO; do
+  S="$OUT/$who.h5"
+  [ -f "$S" ] || cp "$OUT/take.h5" "$S"
+  echo "== $who (${SEED[$who]})"
+  $MV detect "$S" --subject "${SEED[$who]}"
+  $MV init "$S"
+  [ -f "$OUT/$who.subject.npz" ] || $MV register "$S" --write-session --out "$OUT/$who.subject.npz"
+  for p in $PREDICTORS; do
+    $MV refine "$S" --predictor "$p" --frames 0:50:5
+    $MV validate "$S" --run "$p-joint" --frames ::10
+  done
+done

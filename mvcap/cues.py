@@ -1,0 +1,182 @@
+"""Cues beside the dense targets: an independent detector's keypoints and person masks as data
+terms of the fitting kit (:mod:`mvcap.fit`), and how much to trust each view.
+
+Dense displacement targets can be wrong (a predictor off its training distribution, a
+person the network has never seen); when they are, nothing else holds the body. The cues
+here are the same evidence the cross-validation measures against (:mod:`mvcap.evidence`):
+
+* **keypoints**: the detector's landmarks (its definitions on our mesh) projected into the
+  distorted image, Geman-McClure robust, confidence-weighted, normalised by the person's
+  pixel height per view;
+* **silhouette**: sampled body vertices projected outside the person mask are pulled back by
+  the mask's distance transform (body pixels outside the mask), normalised the same way;
+* **view trust**: a view whose evidence disagrees with the current body far more than the
+  other views do (a dead or black camera, someone else detected, heavy occlusion) gets a
+  lower weight for every cue, from robust re-weighting across views.
+
+Each term is a callable ``posed -> (B,)`` for :meth:`mvcap.fit.BodyFit.solve`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mvcap.cameras import Rig, cam_to_pixels, world_to_cam
+from mvcap.fit import DataTerm, geman_mcclure
+
+__all__ = [
+    "CueConfig",
+    "outside_distance",
+    "sample_outside",
+    "keypoint_term",
+    "silhouette_term",
+    "view_trust",
+    "dead_views",
+]
+
+
+@dataclass(frozen=True)
+class CueConfig:
+    """Cues and safeguards of the refinement fit (``[cues]`` of ``configs/refine.toml``)."""
+
+    w_keypoints: float = 0.2  # detector keypoints (0 = off); the dense data term has weight w_data
+    w_silhouette: float = 0.2  # body vertices outside the person mask (0 = off)
+    keypoint_sigma: float = 0.05  # Geman-McClure scale, fraction of the person's height
+    min_keypoint_confidence: float = 0.5
+    silhouette_vertices: int = 600  # vertices sampled for the silhouette term
+    trust: bool = True  # down-weight views that disagree with the body far more than the others
+    trust_ratio: float = 2.5  # a view costing more than this x the median view is down-weighted
+    guard: bool = True  # keep a round's update only if it agrees better with the evidence
+    guard_margin: float = 1e-4  # ... by at least this much (cost units: fraction of height + 1 - IoU)
+
+    def __post_init__(self):
+        if min(self.w_keypoints, self.w_silhouette, self.guard_margin) < 0:
+            raise ValueError("cue weights and guard_margin must be >= 0")
+        if self.keypoint_sigma <= 0 or self.trust_ratio <= 1:
+            raise ValueError("keypoint_sigma must be > 0 and trust_ratio > 1")
+
+
+def outside_distance(masks) -> Tensor:
+    """(V, H, W) masks in [0, 1] (or bool) -> (V, 1, H, W) float64 distance (px) to the mask,
+    0 inside; all zeros for an empty or full mask (no information)."""
+    import cv2
+
+    out = []
+    for m in np.asarray(masks, np.float32):
+        outside = (m < 0.5).astype(np.uint8)
+        out.append(cv2.distanceTransform(outside, cv2.DIST_L2, 3) if outside.any() and not outside.all() else
+                   np.zeros(m.shape, np.float32))  # fmt: skip
+    return torch.as_tensor(np.stack(out)[:, None], dtype=torch.float64)
+
+
+def sample_outside(dt: Tensor, uv: Tensor) -> Tensor:
+    """Distance outside the mask at pixels: dt (V, 1, H, W), uv (B, V, P, 2) -> (B, V, P)
+    (bilinear; 0 beyond the image, where the mask says nothing)."""
+    V, _, H, W = dt.shape
+    gx = (uv[..., 0] + 0.5) / W * 2 - 1
+    gy = (uv[..., 1] + 0.5) / H * 2 - 1
+    grid = torch.stack([gx, gy], -1).transpose(0, 1).to(dt.dtype)  # (V, B, P, 2)
+    d = torch.nn.functional.grid_sample(dt, grid, align_corners=False, padding_mode="zeros")
+    return d[:, 0].transpose(0, 1).to(uv.dtype)
+
+
+def _project(rig_tensors: dict, points: Tensor, distorted: bool) -> Tensor:
+    cam = world_to_cam(points, rig_tensors["R_world2cam"], rig_tensors["t_world2cam"])
+    return cam_to_pixels(cam, rig_tensors["K"], rig_tensors["dist"] if distorted else None)
+
+
+def keypoint_term(
+    definition,
+    rig: Rig,
+    keypoints: np.ndarray,
+    heights_px: np.ndarray,
+    cfg: CueConfig,
+    view_weights: np.ndarray | None = None,
+) -> DataTerm | None:
+    """The detector's keypoints as a data term. keypoints (V, K, 3) ``[x, y, conf]`` in the
+    distorted images; heights_px (V,) the person's pixel height per view; view_weights (V,).
+    None when there is nothing to fit (no confident defined keypoint)."""
+    kp = np.asarray(keypoints, np.float64)
+    ok = (kp[..., 2] >= cfg.min_keypoint_confidence) & np.isfinite(kp[..., :2]).all(-1) & definition.defined[None]
+    h = np.where(np.isfinite(heights_px) & (np.asarray(heights_px) > 1), heights_px, np.nan)
+    ok &= np.isfinite(h)[:, None]
+    if cfg.w_keypoints <= 0 or not ok.any():
+        return None
+    vw = np.ones(len(rig)) if view_weights is None else np.asarray(view_weights, np.float64)
+    w = torch.as_tensor(np.where(ok, kp[..., 2], 0.0) * vw[:, None], dtype=torch.float32)  # (V, K)
+    y = torch.as_tensor(np.nan_to_num(kp[..., :2]), dtype=torch.float32)
+    scale = torch.as_tensor(np.nan_to_num(h, nan=1.0), dtype=torch.float32)
+    cams = rig.tensors(dtype=torch.float32)
+    jw = torch.as_tensor(definition.joint_weights, dtype=torch.float32)
+    vwt = torch.as_tensor(definition.vertex_weights, dtype=torch.float32)
+    vid = torch.as_tensor(definition.vertex_ids)
+    wsum = w.sum().clamp_min(1e-9)
+
+    def keypoints_2d(posed) -> Tensor:
+        k3 = torch.einsum("kj,bjc->bkc", jw, posed.joints) + torch.einsum("km,bmc->bkc", vwt, posed.vertices[:, vid])
+        uv = _project(cams, k3, distorted=True)  # (B, V, K, 2)
+        sq = ((uv - y) ** 2).sum(-1) / scale[:, None] ** 2
+        return cfg.w_keypoints * (w * geman_mcclure(sq, cfg.keypoint_sigma)).sum((-1, -2)) / wsum
+
+    return keypoints_2d
+
+
+def silhouette_term(
+    rig_pinhole: Rig,
+    masks: list[np.ndarray | None],
+    heights_px: np.ndarray,
+    num_vertices: int,
+    cfg: CueConfig,
+    view_weights: np.ndarray | None = None,
+) -> DataTerm | None:
+    """Body vertices outside the person masks as a data term. masks: per view (H, W) bool in
+    the undistorted pinhole image (None: no mask); heights_px (V,); view_weights (V,)."""
+    have = np.array([m is not None and m.any() for m in masks])
+    h = np.asarray(heights_px, np.float64)
+    have &= np.isfinite(h) & (h > 1)
+    if cfg.w_silhouette <= 0 or not have.any():
+        return None
+    H, W = next(m.shape for m in masks if m is not None)
+    full = np.stack([m if (m is not None and m.shape == (H, W)) else np.zeros((H, W), bool) for m in masks])
+    dt = outside_distance(full).float()
+    vw = np.ones(len(masks)) if view_weights is None else np.asarray(view_weights, np.float64)
+    w = torch.as_tensor(np.where(have, vw, 0.0) / np.where(have, h, 1.0), dtype=torch.float32)  # (V,)
+    wsum = torch.as_tensor(np.where(have, vw, 0.0).sum(), dtype=torch.float32).clamp_min(1e-9)
+    ids = torch.as_tensor(np.linspace(0, num_vertices - 1, cfg.silhouette_vertices).round().astype(np.int64))
+    cams = rig_pinhole.tensors(dtype=torch.float32)
+
+    def silhouette(posed) -> Tensor:
+        uv = _project(cams, posed.vertices[:, ids], distorted=False)  # (B, V, E, 2)
+        d = sample_outside(dt, uv).mean(-1)  # (B, V) px
+        return cfg.w_silhouette * (d * w).sum(-1) / wsum
+
+    return silhouette
+
+
+def view_trust(costs: np.ndarray, ratio: float) -> np.ndarray:
+    """(V,) weights in [0, 1] from per-view disagreement costs (NaN: no evidence, weight 1): a
+    view costing more than ``ratio`` x the median of the views gets (ratio median / cost)^2."""
+    c = np.asarray(costs, np.float64)
+    w = np.ones_like(c)
+    ok = np.isfinite(c)
+    if ok.sum() < 2:
+        return w
+    ref = max(float(np.median(c[ok])), 1e-3)
+    bad = ok & (c > ratio * ref)
+    w[bad] = (ratio * ref / c[bad]) ** 2
+    return w
+
+
+def dead_views(photos: np.ndarray, min_std: float = 2.0) -> list[int]:
+    """Views whose photo carries no picture: (V, H, W, 3) uint8 -> indices of views whose pixel
+    standard deviation is below ``min_std`` levels (black, white or frozen-grey cameras)."""
+    out = []
+    for v, img in enumerate(np.asarray(photos)):
+        sub = img[::4, ::4].astype(np.float32)
+        if float(sub.std()) < min_std:
+            out.append(v)
+    return out

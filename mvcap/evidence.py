@@ -1,0 +1,198 @@
+"""How well a body agrees with what the cameras saw, measured the same way for any estimate.
+
+The evidence of a view is an independent detector's output (2D keypoints and a person mask)
+and the photo. A body's agreement with it: the projected landmarks' distance to the
+confident keypoints (pixels and % of the person's pixel height), the silhouette IoU and the
+photometric error of the textured render. Cross-validation (:mod:`mvcap.validate`) uses it
+in cameras left out of the fit; refinement's acceptance guard uses it to keep an update only
+when it agrees better with every camera's evidence than the estimate it replaces.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mvcap.body import BodyModel
+from mvcap.cameras import Rig, project
+from mvcap.render import render, undistort_images
+
+__all__ = [
+    "EvidenceConfig",
+    "ViewEvidence",
+    "Agreement",
+    "person_height_px",
+    "view_evidence",
+    "agreement",
+    "view_costs",
+    "evidence_cost",
+]
+
+
+@dataclass(frozen=True)
+class EvidenceConfig:
+    """What counts as evidence: confident keypoints and mask pixels."""
+
+    min_keypoint_confidence: float = 0.5
+    mask_threshold: float = 0.5
+
+    def __post_init__(self):
+        if not 0 <= self.min_keypoint_confidence <= 1:
+            raise ValueError(f"min_keypoint_confidence must be in [0, 1], got {self.min_keypoint_confidence}")
+        if not 0 < self.mask_threshold < 1:
+            raise ValueError(f"mask_threshold must be in (0, 1), got {self.mask_threshold}")
+
+
+@dataclass(frozen=True)
+class ViewEvidence:
+    """What an independent detector says about one view: keypoints (K, 3) ``[x, y, conf]`` in
+    the stored (distorted) image; mask (H, W) bool person pixels in the undistorted pinhole
+    image, or None; photo (H, W, 3) uint8 undistorted; height_px: the person's pixel height."""
+
+    keypoints: np.ndarray
+    mask: np.ndarray | None
+    photo: np.ndarray | None
+    height_px: float
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How well one body agrees with one view's evidence (NaN where there is no evidence).
+
+    keypoint_*_px / _pct: median and 90th percentile distance of the projected landmarks to
+    the confident detector keypoints (pixels, % of the person's height); keypoints: how many;
+    iou: silhouette IoU; photometric: mean |render - photo| over the body's pixels (0-255)."""
+
+    keypoint_median_px: float
+    keypoint_p90_px: float
+    keypoint_median_pct: float
+    keypoint_p90_pct: float
+    keypoints: int
+    iou: float
+    photometric: float
+
+
+def person_height_px(keypoints: np.ndarray, mask: np.ndarray | None, min_conf: float) -> float:
+    """The person's pixel height from the detector's evidence: the mask's vertical extent, else
+    the confident keypoints' (x1.15 for the head above the eyes and the soles below the ankles)."""
+    if mask is not None and mask.any():
+        rows = np.flatnonzero(mask.any(axis=1))
+        return float(rows[-1] - rows[0] + 1)
+    ok = keypoints[:, 2] >= min_conf
+    if ok.sum() < 2:
+        return float("nan")
+    y = keypoints[ok, 1]
+    return float(1.15 * (y.max() - y.min()))
+
+
+def view_evidence(camera: Rig, keypoints: np.ndarray, mask: np.ndarray | None, photo: np.ndarray | None,
+                  cfg: EvidenceConfig = EvidenceConfig()) -> ViewEvidence:  # fmt: skip
+    """Evidence of one view from stored detections: keypoints (K, 3); mask (H, W) uint8 0-255
+    or float [0, 1] in the stored image; photo (H, W, 3) uint8 stored image (both undistorted
+    here into the pinhole image the renderer draws in)."""
+    m = None
+    if mask is not None:
+        mf = np.asarray(mask, np.float32)
+        if mf.max() > 1.0:
+            mf = mf / 255.0
+        m = undistort_images(camera, mf[None])[0] >= cfg.mask_threshold
+    ph = None if photo is None else undistort_images(camera, np.asarray(photo)[None])[0]
+    kp = np.asarray(keypoints, np.float32)
+    height_mask = None if mask is None else np.asarray(mask, np.float32) >= cfg.mask_threshold * (
+        255.0 if np.asarray(mask).dtype == np.uint8 else 1.0)  # fmt: skip
+    return ViewEvidence(kp, m, ph, person_height_px(kp, height_mask, cfg.min_keypoint_confidence))
+
+
+def agreement(
+    model: BodyModel,
+    definition,
+    camera: Rig,
+    pose_rotvecs,
+    betas,
+    transl,
+    evidence: ViewEvidence,
+    appearance=None,
+    cfg: EvidenceConfig = EvidenceConfig(),
+) -> Agreement:
+    """Measure one body (pose_rotvecs (24, 3), betas (K,), transl (3,)) in one camera (a
+    one-view rig) against that view's evidence. ``appearance``: the subject's
+    :class:`mvcap.refine.Appearance`; None (or an untextured one) skips the photometric error."""
+    if len(camera) != 1:
+        raise ValueError(f"agreement measures one view; got a rig of {len(camera)}")
+    f32 = torch.float32
+    with torch.no_grad():
+        out = model(
+            torch.as_tensor(np.asarray(pose_rotvecs), dtype=f32)[None],
+            torch.as_tensor(np.asarray(betas), dtype=f32)[None],
+            torch.as_tensor(np.asarray(transl), dtype=f32)[None],
+        )
+        verts = out.vertices[0]
+        kp3 = definition.evaluate(out.joints.double(), out.vertices.double())[0]
+        uv = project(camera, kp3, distort=True)[0].numpy()
+    det = evidence.keypoints
+    ok = definition.defined & (det[:, 2] >= cfg.min_keypoint_confidence) & np.isfinite(det[:, :2]).all(1)
+    d = np.linalg.norm(uv[ok] - det[ok, :2], axis=1)
+    med, p90 = (float(np.median(d)), float(np.percentile(d, 90))) if d.size else (math.nan, math.nan)
+    h = evidence.height_px if evidence.height_px > 0 else math.nan
+    iou = photometric = math.nan
+    if appearance is not None and not appearance.textured:
+        appearance = None
+    if evidence.mask is not None or (evidence.photo is not None and appearance is not None):
+        passes = ("albedo", "mask") if appearance is not None else ("mask",)
+        _, rp = render(camera.without_distortion(), verts, model.faces, passes=passes,
+                       **(appearance.render_kwargs() if appearance is not None else {}))  # fmt: skip
+        body = rp.get("mask")[0, ..., 0].numpy() > 0.5
+        if evidence.mask is not None:
+            union = np.logical_or(body, evidence.mask).sum()
+            iou = float(np.logical_and(body, evidence.mask).sum() / union) if union else math.nan
+        if appearance is not None and evidence.photo is not None and body.any():
+            albedo = rp.get("albedo")[0].numpy()[body] * 255.0
+            photometric = float(np.abs(albedo - evidence.photo[body].astype(np.float32)).mean())
+    return Agreement(med, p90, 100 * med / h, 100 * p90 / h, int(d.size), iou, photometric)
+
+
+def view_costs(agreements: list[Agreement], w_keypoints: float = 1.0, w_silhouette: float = 1.0) -> np.ndarray:
+    """(V,) disagreement of one body with each view: ``w_keypoints`` x the median landmark
+    distance as a fraction of the person's height + ``w_silhouette`` x (1 - IoU); a term
+    without evidence counts 0, a view with no evidence at all is NaN."""
+    out = np.full(len(agreements), np.nan)
+    for i, a in enumerate(agreements):
+        terms = []
+        if math.isfinite(a.keypoint_median_pct):
+            terms.append(w_keypoints * a.keypoint_median_pct / 100.0)
+        if math.isfinite(a.iou):
+            terms.append(w_silhouette * (1.0 - a.iou))
+        if terms:
+            out[i] = sum(terms)
+    return out
+
+
+def evidence_cost(
+    model: BodyModel,
+    definition,
+    rig: Rig,
+    pose_rotvecs,
+    betas,
+    transl,
+    evidence: list[ViewEvidence | None],
+    view_weights: np.ndarray | None = None,
+    cfg: EvidenceConfig = EvidenceConfig(),
+) -> tuple[float, np.ndarray]:
+    """How much one body disagrees with every view's evidence: (weighted mean cost, (V,) per
+    view costs) (see :func:`view_costs`); views without evidence are ignored. Init and result
+    measured by this same function is what the acceptance guard compares."""
+    agreements = []
+    for v, ev in enumerate(evidence):
+        if ev is None:
+            agreements.append(Agreement(*([math.nan] * 4), 0, math.nan, math.nan))
+            continue
+        agreements.append(agreement(model, definition, rig.subset([rig.names[v]]), pose_rotvecs, betas, transl, ev,
+                                    None, cfg))  # fmt: skip
+    costs = view_costs(agreements)
+    w = np.ones(len(costs)) if view_weights is None else np.asarray(view_weights, np.float64)
+    ok = np.isfinite(costs) & (w > 0)
+    total = float((w[ok] * costs[ok]).sum() / w[ok].sum()) if ok.any() else math.nan
+    return total, costs

@@ -1,0 +1,160 @@
+"""The refinement's safeguards: keypoint/silhouette cues, view trust, dead cameras, the
+acceptance guard and failure states (each test fails if the state were reported as done)."""
+
+import dataclasses
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from mvcap.body import BodyParams
+from mvcap.capture import Session
+from mvcap.cues import CueConfig, dead_views, view_trust
+from mvcap.displace import Displacement
+from mvcap.fit import FitConfig
+from mvcap.keypoints import keypoint_set
+from mvcap.metrics import evaluate_body
+from mvcap.refine import (
+    RefineConfig,
+    RefineError,
+    estimate_appearance,
+    frame_evidence,
+    load_frame_inputs,
+    refine_frame,
+    refine_session,
+)
+
+FAST = RefineConfig(predictor="flow", outer_iterations=2, fit=FitConfig(iterations=25))
+
+
+@pytest.fixture(scope="module")
+def detected(tiny_session_path, body_model, tmp_path_factory):
+    from conftest import detect_from_ground_truth
+
+    path = tmp_path_factory.mktemp("cues") / "tiny.h5"
+    shutil.copy(tiny_session_path, path)
+    detect_from_ground_truth(path, body_model)
+    return path
+
+
+@pytest.fixture
+def session(detected, tmp_path):
+    dst = tmp_path / "s.h5"
+    shutil.copy(detected, dst)
+    return dst
+
+
+class _ShiftPredictor:
+    """A predictor that is confidently wrong: every pixel moves ``shift`` pixels."""
+
+    name = "shift"
+
+    def __init__(self, shift=(12.0, 0.0), value=None):
+        self.shift, self.value = shift, value
+
+    def __call__(self, req):
+        V, H, W = req.photos.shape[:3]
+        flow = torch.empty(V, H, W, 2)
+        flow[...] = torch.tensor(self.shift) if self.value is None else self.value
+        return Displacement(flow, torch.ones(V, H, W))
+
+
+def _frame(session, t, model):
+    s = Session.open(session)
+    inputs = load_frame_inputs(s, t)
+    definition = keypoint_set(s.keypoint_format).definition(model)
+    ev = frame_evidence(s, t, inputs.rig)
+    app = estimate_appearance(model, s.subject)
+    gt = s.read_ground_truth()
+    s.close()
+    return inputs, ev, definition, app, gt
+
+
+def _pve(model, params, gt, t):
+    with torch.no_grad():
+        a = model(**params.to_torch())
+        b = model(**gt.slice(t).to_torch())
+    return evaluate_body(a.joints, b.joints, a.vertices, b.vertices)["PVE"]
+
+
+def test_guard_keeps_the_estimate_when_targets_are_confidently_wrong(session, body_model):
+    inputs, ev, definition, app, gt = _frame(session, 0, body_model)
+    start = BodyParams(gt.pose_rotvecs[:1], inputs.init.betas, gt.transl[:1])  # a perfect start
+    bad = _ShiftPredictor((15.0, 0.0))
+    no_guard = dataclasses.replace(FAST, cues=CueConfig(guard=False, w_keypoints=0, w_silhouette=0))
+    off = refine_frame(body_model, inputs.rig, inputs.photos, start, bad, no_guard, app)
+    guarded = refine_frame(body_model, inputs.rig, inputs.photos, start, bad, FAST, app, None, ev, definition)
+    p_off = BodyParams(off.pose_rotvecs[None], off.betas[None], off.transl[None])
+    p_on = BodyParams(guarded.pose_rotvecs[None], guarded.betas[None], guarded.transl[None])
+    assert _pve(body_model, p_off, gt, 0) > 10  # unguarded, the wrong targets drag the body away
+    assert guarded.status == "kept" and any("rejected" in n for n in guarded.notes)
+    assert _pve(body_model, p_on, gt, 0) < 1.0  # guarded, the perfect start stays
+    assert guarded.evidence_cost[1] <= guarded.evidence_cost[0]
+
+
+def test_keypoint_and_silhouette_cues_alone_bring_a_shifted_body_back(session, body_model):
+    inputs, ev, definition, app, gt = _frame(session, 1, body_model)
+    start = BodyParams(gt.pose_rotvecs[1:2], inputs.init.betas, gt.transl[1:2] + np.float32([0.06, 0.0, 0.04]))
+    cues_only = dataclasses.replace(FAST, fit=FitConfig(iterations=25, w_data=0.0))  # no dense term
+    res = refine_frame(body_model, inputs.rig, inputs.photos, start, _ShiftPredictor((0.0, 0.0)), cues_only, app,
+                       None, ev, definition)  # fmt: skip
+    after = BodyParams(res.pose_rotvecs[None], res.betas[None], res.transl[None])
+    assert res.status == "done"
+    assert _pve(body_model, after, gt, 1) < 0.6 * _pve(body_model, start, gt, 1)
+    assert res.evidence_cost[1] < res.evidence_cost[0]
+
+
+def test_dead_camera_is_named_and_ignored(session, body_model):
+    with Session.open(session, "a") as s:
+        for t in range(s.num_frames):
+            imgs = s.read_frame(t)
+            imgs[2] = 0
+            s.write_frame(t, imgs)
+    events = {}
+    res = refine_session(session, "dead", FAST, frames=[0], model=body_model, progress=False, failures=[],
+                         events=events)  # fmt: skip
+    assert res.done[0]
+    assert events["dead_views"] == {"cam02": [0]}
+    assert dead_views(np.zeros((2, 8, 8, 3), np.uint8)) == [0, 1]
+
+
+def test_body_out_of_every_view_is_a_failure_not_done(session, body_model):
+    with Session.open(session, "a") as s:
+        init = s.read_init()
+        init.transl[0] += np.float32([0.0, 60.0, 0.0])  # far above every camera
+        s.write_init(init.pose_rotvecs, init.betas, init.transl)
+    failures = []
+    res = refine_session(session, "away", FAST, frames=[0], model=body_model, progress=False, failures=failures)
+    assert not res.done[0]
+    assert failures and failures[0][0] == 0 and "out of view" in failures[0][1]
+    with pytest.raises(RefineError, match="out of view"):
+        refine_session(session, "away2", FAST, frames=[0], model=body_model, progress=False)
+
+
+def test_diverged_fit_is_a_failure_not_done(session, body_model):
+    inputs, ev, definition, app, gt = _frame(session, 0, body_model)
+    res = refine_frame(body_model, inputs.rig, inputs.photos, inputs.init, _ShiftPredictor(value=float("nan")), FAST,
+                       app)  # fmt: skip
+    assert res.status == "diverged" and res.failed
+    assert np.isfinite(res.pose_rotvecs).all()  # the estimate before the failed round is what comes back
+
+
+def test_previous_result_that_drifted_falls_back_to_the_frames_own_estimate(session, body_model):
+    from mvcap.config import to_dict
+
+    cfg = dataclasses.replace(FAST, init="previous")
+    with Session.open(session, "a") as s:  # frame 0's stored result is 40 cm off; the run resumes after it
+        w = s.results_run("seq", config=to_dict(cfg))
+        gt = s.read_ground_truth()
+        w.write(0, gt.pose_rotvecs[0], gt.betas[0], gt.transl[0] + np.float32([0.4, 0, 0]),
+                residual_px=np.zeros(s.num_views, np.float32), iterations=1, seconds=0.1)  # fmt: skip
+    events = {}
+    refine_session(session, "seq", cfg, frames=[0, 1], model=body_model, progress=False, failures=[], events=events)
+    assert events["previous_rejected"] == [1]
+
+
+def test_view_trust_down_weights_the_odd_view_out():
+    w = view_trust(np.array([0.05, 0.06, 0.05, 0.9]), ratio=2.5)
+    assert w[:3].tolist() == [1.0, 1.0, 1.0] and w[3] < 0.1
+    assert view_trust(np.array([np.nan, 0.5]), 2.5).tolist() == [1.0, 1.0]

@@ -1,0 +1,125 @@
+"""Cross-validation without ground truth agrees with ground truth in direction."""
+
+import numpy as np
+import pytest
+
+from mvcap.capture import Session
+from mvcap.evidence import agreement, view_evidence
+from mvcap.validate import (
+    ValidateConfig,
+    ValidateError,
+    camera_verdict,
+    format_report,
+    load_report,
+    report_path,
+    save_report,
+    validate_run,
+)
+
+
+@pytest.fixture(scope="module")
+def detected_session(tiny_session_path, body_model, tmp_path_factory):
+    import shutil
+
+    from conftest import detect_from_ground_truth
+
+    path = tmp_path_factory.mktemp("validate") / "tiny.h5"
+    shutil.copy(tiny_session_path, path)
+    detect_from_ground_truth(path, body_model)
+    return path
+
+
+def _gt_refiner(path, shift):
+    with Session.open(path) as s:
+        gt = s.read_ground_truth()
+
+    def refiner(t, rig, photos, pose0, betas, transl0):
+        return gt.pose_rotvecs[t], gt.transl[t] + np.asarray(shift, np.float32)
+
+    return refiner
+
+
+def test_held_out_views_rank_a_shifted_body_worse_and_the_true_body_better(detected_session, body_model, write_gt_run):
+    write_gt_run(detected_session, range(3), name="gt", config={})
+    cfg = ValidateConfig(frames="::1")
+    true = validate_run(detected_session, "gt", cfg, model=body_model, refiner=_gt_refiner(detected_session, (0, 0, 0)),
+                        progress=False)  # fmt: skip
+    shifted = validate_run(detected_session, "gt", cfg, model=body_model, progress=False,
+                           refiner=_gt_refiner(detected_session, (0.05, 0.0, 0.0)))  # fmt: skip
+    assert [c.view for c in true.cameras] == list(Session.open(detected_session).view_names)
+    for c_true, c_shift in zip(true.cameras, shifted.cameras, strict=True):
+        assert c_true.frames == 3
+        # the same init (fitted without the camera) in both: only the result differs
+        assert c_true.init_iou == pytest.approx(c_shift.init_iou)
+        assert c_true.verdict == "improved", c_true
+        assert c_true.result_iou > c_true.init_iou and c_true.result_iou > 0.95
+        assert c_shift.verdict == "worse", c_shift
+        assert c_shift.result_iou < c_shift.init_iou
+    assert true.verdict == "improved" and shifted.verdict == "worse"
+    assert sorted(shifted.worse) == sorted(c.view for c in shifted.cameras)
+    assert "WARNING" in format_report(shifted) and "WARNING" not in format_report(true)
+
+
+def test_in_view_rows_compare_stored_result_and_init_on_the_same_evidence(detected_session, body_model, write_gt_run):
+    write_gt_run(detected_session, range(3), name="shifted", shift=(0.0, 0.0, 0.06), config={})
+    rep = validate_run(detected_session, "shifted", ValidateConfig(frames="::1"), model=body_model, progress=False,
+                       refiner=_gt_refiner(detected_session, (0, 0, 0)), holdout=["cam00"])  # fmt: skip
+    assert len(rep.cameras) == 1 and rep.cameras[0].view == "cam00"
+    assert len(rep.in_view) == 3 * 4
+    for row in rep.in_view:  # stored result = truth + 6 cm; the stored init is the synthetic regression init
+        assert np.isfinite(row.result.iou) and np.isfinite(row.result.keypoint_median_px)
+
+
+def test_report_round_trips_as_json(detected_session, body_model, write_gt_run, tmp_path):
+    write_gt_run(detected_session, range(3), name="gt2", config={})
+    rep = validate_run(detected_session, "gt2", ValidateConfig(frames="1:3"), model=body_model, progress=False,
+                       refiner=_gt_refiner(detected_session, (0, 0, 0)), holdout=["cam01"], in_view=False)  # fmt: skip
+    assert rep.frames == [1, 2]
+    out = save_report(rep, tmp_path / "v.json")
+    back = load_report(out)
+    assert back["run"] == "gt2" and back["cameras"][0]["view"] == "cam01"
+    assert back["verdict"] == rep.verdict
+    assert report_path("/x/take.h5", "main").name == "take.validate_main.json"
+
+
+def test_agreement_of_a_perfect_body_is_perfect(detected_session, body_model):
+    from mvcap.initialize import mediapipe_keypoint_definition
+
+    with Session.open(detected_session) as s:
+        gt, rig = s.read_ground_truth(), s.rig
+        cam = rig.subset(["cam02"])
+        ev = view_evidence(cam, s.read_keypoints([0])[0, 2], s.read_masks(0)[2], s.read_frame(0, views=["cam02"])[0])
+    d = mediapipe_keypoint_definition(body_model)
+    a = agreement(body_model, d, cam, gt.pose_rotvecs[0], gt.betas[0], gt.transl[0], ev)
+    assert a.iou > 0.95
+    assert a.keypoint_median_px < 3.0  # the detections' 1.5 px noise
+    assert a.keypoints == int(d.defined.sum())
+    assert np.isnan(a.photometric)  # no appearance given
+
+
+def test_verdict_tolerances():
+    from mvcap.evidence import Agreement
+    from mvcap.validate import HoldoutRow
+
+    def row(k_init, k_res, iou_init, iou_res):
+        mk = lambda k, i: Agreement(k, k, k, k, 10, i, 0.0)  # noqa: E731
+        return HoldoutRow(0, "c", mk(k_init, iou_init), mk(k_res, iou_res))
+
+    cfg = ValidateConfig()
+    assert camera_verdict("c", [row(2.0, 2.1, 0.8, 0.8)], cfg).verdict == "unchanged"
+    assert camera_verdict("c", [row(2.0, 1.0, 0.8, 0.8)], cfg).verdict == "improved"
+    assert camera_verdict("c", [row(2.0, 1.0, 0.8, 0.7)], cfg).verdict == "worse"  # IoU fell: worse wins
+    assert camera_verdict("c", [], cfg).verdict == "no data"
+
+
+def test_clear_errors(tiny_session, detected_session, body_model, write_gt_run):
+    write_gt_run(tiny_session, range(3), name="gt", config={})
+    with pytest.raises(ValidateError, match="mvcap detect"):
+        validate_run(tiny_session, "gt", model=body_model, progress=False)
+    write_gt_run(detected_session, range(3), name="gt3", config={"predictor": "flow"})
+    with pytest.raises(ValidateError, match="a:b"):
+        validate_run(detected_session, "gt3", ValidateConfig(frames="a:b"), model=body_model, progress=False)
+    with pytest.raises(ValidateError, match="unknown camera"):
+        validate_run(detected_session, "gt3", model=body_model, progress=False, holdout=["nope"])
+    with pytest.raises(ValidateError, match="no frame"):
+        validate_run(detected_session, "gt3", ValidateConfig(frames="50:60"), model=body_model, progress=False)
