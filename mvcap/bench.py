@@ -1,13 +1,19 @@
 """``mvcap bench``: run named methods over benchmark sessions and tabulate accuracy.
 
 A benchmark is a folder of session files with ground truth (``mvcap synth``). A method
-name is ``<kind>[@<camera>]``; ``@cam2`` restricts it to one view (single-view fallback).
-Kinds:
+name is ``<kind>[@<camera>[+<camera>...]]``; ``@cam2`` restricts it to one view (single-view
+fallback), ``@cam00+cam01+cam02`` to a subset of views (without ``@``, ``refine.views`` of the
+config applies, e.g. ``--set refine.views=["cam00","cam01"]``). Kinds:
 
 * ``init`` -- the stored initial estimates (regression-like errors);
 * ``gt`` -- the ground-truth parameters themselves (sanity row: must read 0);
 * ``sparse-gt-keypoints`` -- the fitter on projected ground-truth joints with pixel noise
   and dropout (what keypoint pipelines do);
+* ``sparse-detector-keypoints`` -- the same fitter on the session's stored 2D detections
+  (``mvcap detect``, or the simulated detector of ``SceneConfig.init = "keypoints"``: detector
+  noise, dropout, left/right swaps and landmark offsets), after the robust triangulation's
+  swap correction and outlier rejection; the landmarks that sit at SMPL joints (shoulders,
+  elbows, wrists, knees, ankles) are the targets, weighted by confidence;
 * ``dense-<predictor>-<fusion>`` -- the refinement loop, predictor ``oracle``, ``flow`` or
   ``learned``, fusion ``joint`` or ``refit``.
 
@@ -74,6 +80,8 @@ class BenchConfig:
             parse_method(name, self.refine)
 
 
+SPARSE_KINDS = ("sparse-gt-keypoints", "sparse-detector-keypoints")
+
 # method suffix -> RefineConfig.appearance; "+noise<std>" / "+brightness<std>" pass through as they are
 APPEARANCE_SUFFIXES = {"notexture": "none", "wrongtexture": "wrong"}
 
@@ -87,6 +95,8 @@ def parse_method(name: str, base: RefineConfig) -> tuple[str, RefineConfig | Non
     'dense-learned-joint+wrongtexture'."""
     head, _, view = name.partition("@")
     head, _, suffix = head.partition("+")
+    if view and not all(view.split("+")):
+        raise ValueError(f"method {name!r}: '@' takes camera names joined by '+', e.g. @cam00+cam01")
     if suffix:
         try:
             base = dataclasses.replace(base, appearance=APPEARANCE_SUFFIXES.get(suffix, suffix))
@@ -94,19 +104,20 @@ def parse_method(name: str, base: RefineConfig) -> tuple[str, RefineConfig | Non
             known = [f"+{k}" for k in APPEARANCE_SUFFIXES] + ["+noise<std>", "+brightness<std>"]
             raise ValueError(f"unknown method suffix '+{suffix}'; use one of {known}") from None
     kind = head
-    views = (view,) if view else ()
+    # '@a+b' names the views; without it the config's refine.views (default: all) applies
+    views = tuple(view.split("+")) if view else tuple(base.views)
     if kind in ("init", "gt"):
         if view:
             raise ValueError(f"method {name!r}: '@view' only applies to fitted methods")
         return kind, None
-    if kind == "sparse-gt-keypoints":
+    if kind in SPARSE_KINDS:
         return kind, dataclasses.replace(base, views=views)
     parts = kind.split("-")
     if len(parts) == 3 and parts[0] == "dense":
         return "dense", dataclasses.replace(base, predictor=parts[1], fusion=parts[2], views=views)
     raise ValueError(
-        f"unknown method {name!r}; use init, gt, sparse-gt-keypoints or dense-<oracle|flow|learned>-<joint|refit>"
-        ", optionally with @<camera>"
+        f"unknown method {name!r}; use init, gt, sparse-gt-keypoints, sparse-detector-keypoints or "
+        "dense-<oracle|flow|learned>-<joint|refit>, optionally with @<camera>[+<camera>...]"
     )
 
 
@@ -133,30 +144,76 @@ def _frames(session: Session, max_frames: int) -> list[int]:
     return list(range(T if max_frames <= 0 else min(T, max_frames)))
 
 
-def _run_keypoints(path: Path, name: str, cfg: RefineConfig, bench: BenchConfig, model: BodyModel, frames):
+def _detector_targets(session: Session, sub, frames, model: BodyModel) -> dict:
+    """Joint targets (1, V', 24, 2) per frame from the session's stored detections of the views
+    ``sub``: swap-corrected and outlier-rejected by the robust triangulation (as ``mvcap init``
+    does), in the undistorted image; the landmarks defined at an SMPL joint only."""
+    from mvcap.cameras import undistort_points
+    from mvcap.detect import KEYPOINT_FORMAT
+    from mvcap.fit import Targets
+    from mvcap.initialize import mediapipe_keypoint_definition
+    from mvcap.triangulate import triangulate_keypoints
+
+    if not session.has_detections or session.keypoint_format != KEYPOINT_FORMAT:
+        raise ValueError(
+            f"{session.path}: sparse-detector-keypoints needs {KEYPOINT_FORMAT} detections; generate the "
+            'benchmark with init = "keypoints" (configs/bench/studio.toml) or run `mvcap detect`'
+        )
+    view_idx = [session.rig.index(n) for n in sub.names]
+    kp = session.read_keypoints(frames)[:, view_idx].astype(np.float64)  # (F, V', 33, 3)
+    if len(sub) >= 2:
+        tri = triangulate_keypoints(sub, kp)
+        kp, use = tri.keypoints, tri.inliers
+    else:  # one view: nothing to triangulate against; the detections as they are
+        use = kp[..., 2] > 0
+    d = mediapipe_keypoint_definition(model)
+    at_joint = (d.joint_weights.max(1) == 1.0) & (d.vertex_weights.sum(1) == 0)  # (33,)
+    ks = np.flatnonzero(at_joint)
+    js = d.joint_weights[ks].argmax(1)
+    out = {}
+    for i, t in enumerate(frames):
+        uv = np.zeros((len(sub), 24, 2))
+        w = np.zeros((len(sub), 24))
+        uv[:, js] = np.nan_to_num(kp[i][:, ks, :2])
+        w[:, js] = np.where(use[i][:, ks] & np.isfinite(kp[i][:, ks, :2]).all(-1), kp[i][:, ks, 2], 0.0)
+        uv = undistort_points(sub, torch.as_tensor(uv)).numpy()
+        out[t] = Targets(
+            torch.as_tensor(uv, dtype=torch.float32)[None], torch.as_tensor(w, dtype=torch.float32)[None], "joints"
+        )
+    return out
+
+
+def _run_keypoints(
+    path: Path, name: str, cfg: RefineConfig, bench: BenchConfig, model: BodyModel, frames, kind="sparse-gt-keypoints"
+):
     with Session.open(path, mode="a") as s:
         rig = s.rig
         view_idx = [rig.index(n) for n in cfg.views] if cfg.views else list(range(len(rig)))
         sub = rig.subset([rig.names[i] for i in view_idx])
         gt, init = s.read_ground_truth(), s.read_init(require_valid=False)
         subject = s.subject
+        detected = kind == "sparse-detector-keypoints"
         writer = s.results_run(
             name,
             config={
                 "method": name,
-                "noise_px": bench.keypoint_noise_px,
-                "dropout": bench.keypoint_dropout,
+                "targets": "stored detections" if detected else "projected ground-truth joints",
+                "noise_px": None if detected else bench.keypoint_noise_px,
+                "dropout": None if detected else bench.keypoint_dropout,
                 "fit": to_dict(cfg.fit),
             },
         )
         done = writer.done_frames()
-        for t in frames:
-            if done[t]:
-                continue
+        todo = [t for t in frames if not done[t]]
+        stored = _detector_targets(s, sub, todo, model) if detected and todo else {}
+        for t in todo:
             noise_rng = np.random.default_rng([bench.seed, t])  # same noise whatever was resumed
-            with torch.no_grad():
-                joints = model(**gt.slice(t).to_torch()).joints[0]
-            targets = keypoint_targets(sub, joints, bench.keypoint_noise_px, bench.keypoint_dropout, noise_rng)
+            if detected:
+                targets = stored[t]
+            else:
+                with torch.no_grad():
+                    joints = model(**gt.slice(t).to_torch()).joints[0]
+                targets = keypoint_targets(sub, joints, bench.keypoint_noise_px, bench.keypoint_dropout, noise_rng)
             start = init[t]
             if subject is not None:
                 start = BodyParams(start.pose_rotvecs, np.asarray(subject.betas), start.transl)
@@ -220,10 +277,10 @@ def run_benchmark(
                     params = s.read_init(require_valid=False)
                 elif kind == "gt":
                     params = s.read_ground_truth()
-            if kind == "sparse-gt-keypoints":
+            if kind in SPARSE_KINDS:
                 if fresh:
                     _delete_run(path, run)
-                _run_keypoints(path, run, cfg, bench, model, frames)
+                _run_keypoints(path, run, cfg, bench, model, frames, kind)
             elif kind == "dense":
                 with Session.open(path) as s:
                     appearance = method_appearance(model, s.subject, cfg.appearance)
@@ -239,7 +296,7 @@ def run_benchmark(
                 )
                 if bench.epe_frames > 0:
                     epes += _epe_for(path, cfg, model, frames[: bench.epe_frames])
-            if kind in ("sparse-gt-keypoints", "dense"):
+            if kind in (*SPARSE_KINDS, "dense"):
                 with Session.open(path) as s:
                     res = s.read_results(run)
                 params = res.params

@@ -46,10 +46,13 @@ from numba import njit
 
 from . import motions as M
 from .cameras import Camera, Rig, undistort_points
+from .initialize import InitConfig
 from .motions import PerturbConfig
 from .poses import SMPL_PARENTS
+from .synth_detect import DetectorSimConfig
 
 __all__ = [
+    "RingConfig",
     "RigConfig",
     "SubjectConfig",
     "SceneConfig",
@@ -68,11 +71,23 @@ __all__ = [
 ]
 
 MOTIONS = ("poses", "walk", "squat", "reach", "turn", "mixed")
+INIT_MODES = ("perturb", "keypoints")
 
 
 # ==========================================================================================
 # configs
 # ==========================================================================================
+@dataclass(frozen=True)
+class RingConfig:
+    """One ring of a multi-ring rig (``[[rig.rings]]``): its own camera count, distance,
+    height and field of view; the other settings come from the enclosing :class:`RigConfig`."""
+
+    num_cameras: int = 4
+    radius_m: tuple[float, float] = (3.0, 4.0)
+    height_m: tuple[float, float] = (1.0, 2.2)
+    hfov_deg: tuple[float, float] = (40.0, 50.0)
+
+
 @dataclass(frozen=True)
 class RigConfig:
     """A ring of cameras around the capture area (ranges are sampled uniformly).
@@ -88,6 +103,9 @@ class RigConfig:
     look_at_height_m: height of the aim point above the floor; look_at_jitter_m: its
       random offset; azimuth_jitter_deg: deviation from even spacing on the ring;
       roll_deg: std of the camera roll.
+    rings: optional several rings (e.g. 4 cameras at 1.0-1.4 m and 4 at 2.2-2.6 m); when
+      given they replace num_cameras / radius_m / height_m / hfov_deg (cameras are numbered
+      ring after ring; each ring is evenly spaced, rotated by half a step from the previous).
     """
 
     num_cameras: int = 4
@@ -103,6 +121,12 @@ class RigConfig:
     look_at_jitter_m: float = 0.1
     azimuth_jitter_deg: float = 12.0
     roll_deg: float = 1.5
+    rings: tuple[RingConfig, ...] = ()
+
+    @property
+    def total_cameras(self) -> int:
+        """Cameras of the whole rig (all rings)."""
+        return sum(r.num_cameras for r in self.rings) if self.rings else self.num_cameras
 
     def __post_init__(self):  # a plain ValueError here reads as a ConfigError naming the file
         if self.num_cameras < 1:
@@ -137,6 +161,11 @@ class SceneConfig:
       of the body leaves the frame.
     init_view: the view whose optical axis carries the larger depth error of the initial
       estimates (-1: isotropic).
+    init: how the stored initial estimates are made: "perturb" (the ground truth perturbed
+      like a regression network's output, ``[perturb]``) or "keypoints" (mvcap's own keypoint
+      path: simulated 2D detections with detector errors, ``[detector]``, stored as the
+      session's detections, then robust triangulation and the init fit, ``[init_fit]``; see
+      :mod:`mvcap.synth_detect`).
     """
 
     num_subjects: int = 4
@@ -162,8 +191,13 @@ class SceneConfig:
     rig: RigConfig = field(default_factory=RigConfig)
     subject: SubjectConfig = field(default_factory=SubjectConfig)
     perturb: PerturbConfig = field(default_factory=PerturbConfig)
+    init: str = "perturb"
+    detector: DetectorSimConfig = field(default_factory=DetectorSimConfig)
+    init_fit: InitConfig = field(default_factory=InitConfig)
 
     def __post_init__(self):
+        if self.init not in INIT_MODES:
+            raise ValueError(f"init must be one of {INIT_MODES}, got {self.init!r}")
         if self.motion not in MOTIONS:
             raise ValueError(f"motion must be one of {MOTIONS}, got {self.motion!r}")
         if self.num_subjects < 1 or self.frames_per_subject < 1:
@@ -212,17 +246,23 @@ def make_ring_rig(
     field of view (0 = aimed at the subject; 0.6 puts the subject's centre 60 % of the way
     to the image edge), used for partially out-of-view subjects."""
     W, H = (int(s) for s in cfg.image_size)
-    V = int(cfg.num_cameras)
-    if V < 1:
-        raise ValueError("num_cameras must be >= 1")
+    rings = cfg.rings or (RingConfig(cfg.num_cameras, cfg.radius_m, cfg.height_m, cfg.hfov_deg),)
+    if any(int(r.num_cameras) < 1 for r in rings):
+        raise ValueError("num_cameras must be >= 1 (for every ring)")
     az0 = rng.uniform(0, 2 * np.pi)
+    # (ring, azimuth) per camera; ring k is turned by half a step from ring k - 1
+    slots = [
+        (ring, az0 + 2 * np.pi * (i + 0.5 * k) / ring.num_cameras)
+        for k, ring in enumerate(rings)
+        for i in range(ring.num_cameras)
+    ]
     cams = []
-    for i in range(V):
-        az = az0 + 2 * np.pi * i / V + np.deg2rad(rng.normal(0, cfg.azimuth_jitter_deg / 2))
-        r, h = _u(rng, cfg.radius_m), _u(rng, cfg.height_m)
+    for i, (ring, az_even) in enumerate(slots):
+        az = az_even + np.deg2rad(rng.normal(0, cfg.azimuth_jitter_deg / 2))
+        r, h = _u(rng, ring.radius_m), _u(rng, ring.height_m)
         C = np.array([r * math.cos(az), h, r * math.sin(az)])
         target = np.array([0.0, cfg.look_at_height_m, 0.0]) + rng.normal(0, cfg.look_at_jitter_m, 3)
-        hfov = np.deg2rad(_u(rng, cfg.hfov_deg))
+        hfov = np.deg2rad(_u(rng, ring.hfov_deg))
         fx = (W / 2) / math.tan(hfov / 2)
         if off_subject is not None and off_subject[i]:
             # rotate the aim about the vertical by a fraction of the half field of view
@@ -1009,7 +1049,7 @@ def generate_session(
     pose, transl = _motion(cfg, rng_motion, model, betas)
     T = pose.shape[0]
 
-    V = cfg.rig.num_cameras
+    V = cfg.rig.total_cameras
     off = [
         float(rng_rig.uniform(0.5, 0.85))
         if rng_rig.random() < cfg.partial_out_of_view_prob
@@ -1031,11 +1071,18 @@ def generate_session(
     verts = out.vertices.numpy().astype(np.float64)
     joints = out.joints.numpy().astype(np.float64)
 
-    init_R = rig[cfg.init_view].R_world2cam if 0 <= cfg.init_view < V else None
     betas_T = np.tile(betas, (T, 1))
-    init_pose, init_transl, init_betas = M.perturb_like_regressor(
-        rng_init, pose, transl, betas_T, SMPL_PARENTS, cfg.perturb, init_R
-    )
+    if cfg.init == "perturb":
+        init_R = rig[cfg.init_view].R_world2cam if 0 <= cfg.init_view < V else None
+        init_pose, init_transl, init_betas = M.perturb_like_regressor(
+            rng_init, pose, transl, betas_T, SMPL_PARENTS, cfg.perturb, init_R
+        )
+        ki = None
+    else:  # "keypoints": detections with detector errors -> triangulation -> init fit
+        from .synth_detect import keypoint_init
+
+        ki = keypoint_init(model, rig, pose, betas, verts, joints, cfg.detector, cfg.init_fit, rng_init)
+        init_pose, init_betas, init_transl = ki.pose_rotvecs, ki.betas, ki.transl
 
     W, H = cfg.rig.image_size
     prov = {
@@ -1064,6 +1111,8 @@ def generate_session(
         ],
         "body_model": str(getattr(model, "path", "")),
     }
+    if ki is not None:
+        prov["keypoint_init"] = ki.summary()
     masks = np.zeros((T, V, H, W), np.uint8)
     vis = np.zeros((T, V, verts.shape[1]), bool)
     with Session.create(path, rig, T, fps=cfg.fps, provenance=prov, overwrite=overwrite) as s:
@@ -1077,6 +1126,9 @@ def generate_session(
             masks[t], vis[t] = m, vv
             if progress:
                 print(f"\r{path.name}: frame {t + 1}/{T}", end="", flush=True)
+        if ki is not None:  # the simulated detector's output, as `mvcap detect` would store it
+            for t in range(T):
+                s.write_detections(t, ki.detections.keypoints[t], masks[t] if cfg.detector.write_masks else None)
         s.write_init(init_pose, init_betas, init_transl)
         s.write_ground_truth(
             BodyParams(pose, betas_T, transl), joints=joints, masks=masks, visibility=vis

@@ -34,6 +34,16 @@ def tiny_session(tiny_session_path, tmp_path):
     return dst
 
 
+@pytest.fixture(scope="session")
+def tiny_keypoint_session_path(tmp_path_factory, body_model):
+    """The tiny session in the studio regime: its initial estimate comes from simulated
+    detections (stored in the session) through triangulation and the init fit (read-only)."""
+    from mvcap.synth import generate_benchmark, load_scene_config
+
+    cfg = load_scene_config(CONFIGS / "bench" / "tiny.toml", ["init=keypoints", "motion=walk", "fps=5.0"])
+    return generate_benchmark(tmp_path_factory.mktemp("tiny_kp"), cfg, body_model, progress=False)[0]
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _one_torch_thread():
     """Small tensors: one thread is as fast and never spin-waits on a shared CI machine."""

@@ -86,3 +86,56 @@ def test_appearance_ablation_methods(body_model):
     d = estimate_appearance(body_model, subject, "brightness50").texture.numpy().astype(np.float32) - own_f
     inside = (own_f > 60) & (own_f < 195)  # away from clipping: one shift everywhere
     assert np.ptp(d[inside]) <= 1 and abs(d[inside].mean()) > 0
+
+
+def test_view_subsets_in_method_names():
+    kind, cfg = parse_method("dense-learned-joint@cam00+cam01+cam02", RefineConfig())
+    assert kind == "dense" and cfg.views == ("cam00", "cam01", "cam02") and cfg.predictor == "learned"
+    assert parse_method("sparse-detector-keypoints@cam01+cam03", RefineConfig())[1].views == ("cam01", "cam03")
+    # without '@' the config's refine.views applies (it used to be discarded)
+    base = RefineConfig(views=("cam00", "cam02"))
+    assert parse_method("dense-flow-refit", base)[1].views == ("cam00", "cam02")
+    assert parse_method("sparse-gt-keypoints", base)[1].views == ("cam00", "cam02")
+    assert parse_method("dense-flow-refit@cam01", base)[1].views == ("cam01",)  # the name wins
+    with pytest.raises(ValueError, match="joined by"):
+        parse_method("dense-flow-joint@cam00+", RefineConfig())
+    with pytest.raises(ValueError, match="unknown method"):
+        parse_method("sparse-magic-keypoints", RefineConfig())
+
+
+def test_detector_keypoints_and_view_subsets(body_model, tiny_keypoint_session_path, tiny_session, tmp_path):
+    """sparse-detector-keypoints fits the stored detections; '@a+b' fits only those views;
+    the table and the JSON carry PA-PVE."""
+    import shutil
+
+    path = tmp_path / "kp.h5"
+    shutil.copy(tiny_keypoint_session_path, path)
+    methods = ("init", "sparse-detector-keypoints", "sparse-gt-keypoints@cam00+cam01+cam02")
+    report = run_benchmark([path], BenchConfig(methods=methods), model=body_model, progress=False, log=lambda m: None)
+    rows = report["methods"]
+    assert list(rows) == list(methods)
+    det = rows["sparse-detector-keypoints"]
+    # detector-like targets: finite and keypoint-like, worse than 2 px ground-truth joints would be
+    assert np.isfinite(det["MPJPE"]) and det["MPJPE"] < 100 and det["PA-PVE"] > 1.0
+    with Session.open(path) as s:
+        sub = s.read_results("sparse-gt-keypoints@cam00+cam01+cam02")
+        assert s.read_results("sparse-detector-keypoints").params.pose_rotvecs.shape == (3, 24, 3)
+    assert np.isnan(sub.residual_px[:, 3]).all() and np.isfinite(sub.residual_px[:, :3]).all()
+    table = format_table(report)
+    header = table.splitlines()[0]
+    assert "| PA-PVE |" in header and "| PA-MPJPE |" in header
+    row = next(line for line in table.splitlines() if line.startswith("| sparse-detector-keypoints |"))
+    cols = [c.strip() for c in header.strip("|").split("|")]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert float(cells[cols.index("PA-PVE")]) == pytest.approx(det["PA-PVE"], abs=0.05)
+    assert "PA-PVE" in json.loads(json.dumps(report, default=str))["methods"]["init"]
+
+    # a session without detections: a clear error, not a crash deep inside
+    with pytest.raises(ValueError, match="needs mediapipe_pose_33 detections"):
+        run_benchmark(
+            [tiny_session],
+            BenchConfig(methods=("sparse-detector-keypoints",)),
+            model=body_model,
+            progress=False,
+            log=lambda m: None,
+        )

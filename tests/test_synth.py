@@ -147,3 +147,102 @@ def test_contact_sheet(tiny_session, tmp_path):
     )
     img = cv2.imread(str(png))
     assert img.shape == (128, 256, 3)
+
+
+@pytest.mark.parametrize("name", ["studio", "studio8"])
+def test_studio_configs_load(name):
+    cfg = S.load_scene_config(CONFIGS / f"{name}.toml")
+    assert cfg.init == "keypoints" and cfg.num_subjects > 4
+    assert cfg.rig.total_cameras == (8 if name == "studio8" else 4)
+    assert sorted(cfg.rig.image_size) == [540, 960]  # half of 1080 x 1920
+    assert cfg.detector.noise_px == (5.0, 10.0) and cfg.detector.dropout == (0.1, 0.2)
+    assert S.load_scene_config(CONFIGS / "standard.toml").init == "perturb"
+
+
+def test_rig_rings():
+    rings = (S.RingConfig(4, (3.0, 3.2), (1.0, 1.4)), S.RingConfig(3, (2.0, 2.2), (2.2, 2.6)))
+    cfg = S.RigConfig(rings=rings)
+    rig = S.make_ring_rig(cfg, np.random.default_rng(1))
+    assert cfg.total_cameras == len(rig) == 7 and rig.names[-1] == "cam06"
+    for c, ring in zip(rig, (rings[0],) * 4 + (rings[1],) * 3, strict=True):
+        r = np.hypot(c.center_world[0], c.center_world[2])
+        assert ring.radius_m[0] <= r <= ring.radius_m[1] and ring.height_m[0] <= c.center_world[1] <= ring.height_m[1]
+    uv = project(rig, torch.tensor([[0.0, 1.0, 0.0]], dtype=torch.float64))[:, 0].numpy()
+    assert np.all(np.abs(uv - 255.5) < 100)  # every ring looks at the capture centre
+    with pytest.raises(ValueError, match="num_cameras"):
+        S.make_ring_rig(S.RigConfig(rings=(S.RingConfig(0),)), np.random.default_rng(0))
+
+
+def test_simulated_detector_error_rates(model):
+    """Dropout, swaps and noise at the configured rates; offsets mirrored left/right."""
+    from mvcap.detect import FLIP_INDEX
+    from mvcap.initialize import mediapipe_keypoint_definition
+    from mvcap.synth_detect import DetectorSimConfig, simulate_detections
+
+    T = 300
+    rng = np.random.default_rng(0)
+    pose = np.zeros((T, 24, 3))
+    pose[:, 0, 1] = rng.uniform(-0.5, 0.5, T)  # facing the rig's cameras more or less
+    transl = np.tile([0.0, 0.9, 0.0], (T, 1))
+    betas = torch.zeros(T, 10)
+    with torch.no_grad():
+        out = model(torch.as_tensor(pose, dtype=torch.float32), betas, torch.as_tensor(transl, dtype=torch.float32))
+    rig = S.make_ring_rig(
+        S.RigConfig(num_cameras=4, image_size=(540, 960), hfov_deg=(40, 40)), np.random.default_rng(0)
+    )
+    cfg = DetectorSimConfig(noise_px=(6.0, 6.0), dropout=(0.15, 0.15), swap_prob=0.1, bias_m=0.0)
+    det = simulate_detections(model, rig, pose, out.vertices.double().numpy(), out.joints.double().numpy(), cfg, rng)
+    d = mediapipe_keypoint_definition(model)
+    kp = det.keypoints
+    assert kp.shape == (T, 4, 33, 3) and kp.dtype == np.float32
+    assert 0.12 < det.dropped[..., d.defined].mean() < 0.18
+    assert 0.07 < det.swapped.mean() < 0.13
+    assert np.all(kp[..., ~d.defined, 2] == 0)  # eye corners, mouth, fingers: never "found"
+    found = kp[..., 2] > 0
+    assert np.all((kp[..., 2][found] >= 0.5) & (kp[..., 2][found] <= 1.0))
+    # undo the swaps, then the residual to the clean projection is the noise (6 px at 1080 -> 3 px)
+    fixed = kp.copy()
+    fixed[det.swapped] = fixed[det.swapped][:, FLIP_INDEX]
+    ok = fixed[..., 2] > 0
+    res = (fixed[..., :2] - det.clean_uv)[ok]
+    assert abs(res.std() - 3.0) < 0.2
+    # a swapped view is far from the clean landmarks: the swaps are real
+    sw = det.swapped[:, :, None] & (kp[..., 2] > 0) & (FLIP_INDEX != np.arange(33))
+    assert np.median(np.linalg.norm(kp[..., :2] - det.clean_uv, axis=-1)[sw]) > 10
+
+    off = S.DetectorSimConfig(bias_m=0.03, hip_offset_m=(0.02, -0.02, 0.0))
+    det = simulate_detections(
+        model, rig, pose[:2], out.vertices[:2].double().numpy(), out.joints[:2].double().numpy(), off, rng
+    )
+    o = det.offsets_m
+    np.testing.assert_allclose(o[FLIP_INDEX] * [-1, 1, 1], o)  # mirrored between left and right
+    assert np.abs(o).max() > 0.01  # a few cm, fixed per subject
+    shift = np.linalg.norm(
+        det.clean_uv
+        - project(rig, torch.as_tensor(d.evaluate(out.joints[:2].double(), out.vertices[:2].double()))).numpy(),
+        axis=-1,
+    )
+    assert np.median(shift[..., d.defined]) > 1.0  # the offsets move the landmarks in the images
+
+
+def test_keypoint_init_session(tiny_keypoint_session_path, model):
+    """The studio regime: a keypoint-like initial estimate, detections and masks stored."""
+    from mvcap.capture import Session
+    from mvcap.metrics import evaluate_body
+
+    with Session.open(tiny_keypoint_session_path) as s:
+        assert s.keypoint_format == "mediapipe_pose_33" and s.detections_written.all()
+        kp = s.read_keypoints()
+        assert kp.shape == (3, 4, 33, 3)
+        m = s.read_masks(0)
+        gt_masks = s.read_ground_truth_extras()["masks"][0]
+        np.testing.assert_array_equal(m > 0.5, gt_masks > 0)
+        prov = s.provenance["keypoint_init"]
+        assert prov["fitted_frames"] == 3 and prov["median_keypoint_error_m"] < 0.05
+        gt, init = s.read_ground_truth(), s.read_init()
+    assert 0.0 < prov["dropped_frac"] < 0.25
+    with torch.no_grad():
+        g, p = model(**gt.to_torch()), model(**init.to_torch())
+    err = evaluate_body(p.joints, g.joints, p.vertices, g.vertices)
+    # keypoint-like: a few cm (the perturbed init of the same scene is ~10x worse), not exact
+    assert 5.0 < err["MPJPE"] < 80.0 and err["PA-MPJPE"] < 60.0
