@@ -282,6 +282,7 @@ def run_benchmark(
                     _delete_run(path, run)
                 _run_keypoints(path, run, cfg, bench, model, frames, kind)
             elif kind == "dense":
+                failed: list = []  # frames refinement gave up on (out of view, diverged) score as their init
                 with Session.open(path) as s:
                     appearance = method_appearance(model, s.subject, cfg.appearance)
                 refine_session(
@@ -293,14 +294,18 @@ def run_benchmark(
                     overwrite=fresh,
                     progress=progress,
                     appearance=appearance,
+                    failures=failed,
                 )
                 if bench.epe_frames > 0:
                     epes += _epe_for(path, cfg, model, frames[: bench.epe_frames])
             if kind in (*SPARSE_KINDS, "dense"):
                 with Session.open(path) as s:
                     res = s.read_results(run)
-                params = res.params
-                secs += list(res.seconds[frames])
+                    params = res.params
+                    missing = [t for t in frames if not res.done[t]]
+                    if missing:
+                        params = _fill_from_init(params, s.read_init(require_valid=False), missing)
+                secs += [float(x) for x in np.nan_to_num(res.seconds[frames])]
             a, b, c, d = _evaluate(path, params, frames, model)
             pj.append(a), gj.append(b), pv.append(c), gv.append(d)
         metrics = evaluate_body(torch.cat(pj), torch.cat(gj), torch.cat(pv), torch.cat(gv))
@@ -314,6 +319,16 @@ def run_benchmark(
             + f" ({time.perf_counter() - t0:.0f} s)"
         )
     return {"methods": results, "sessions": [str(p) for p in session_paths], "config": to_dict(bench)}
+
+
+def _fill_from_init(params, init, frames: list[int]):
+    """A failed frame keeps its initial estimate (what a capture would keep), with the run's
+    shape (the subject's) where the run has one."""
+    pose, betas, transl = params.pose_rotvecs.copy(), params.betas.copy(), params.transl.copy()
+    pose[frames], transl[frames] = init.pose_rotvecs[frames], init.transl[frames]
+    known = np.flatnonzero(np.isfinite(betas).all(-1))
+    betas[frames] = betas[known[0]] if known.size else init.betas[frames]
+    return BodyParams(pose, betas, transl)
 
 
 def _delete_run(path: Path, name: str) -> None:

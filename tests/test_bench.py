@@ -139,3 +139,17 @@ def test_detector_keypoints_and_view_subsets(body_model, tiny_keypoint_session_p
             progress=False,
             log=lambda m: None,
         )
+
+
+def test_a_frame_refinement_gave_up_on_scores_as_its_init():
+    from mvcap.bench import _fill_from_init
+    from mvcap.body import BodyParams
+
+    nan = np.full((3, 24, 3), np.nan, np.float32)
+    res = BodyParams(nan.copy(), np.full((3, 10), np.nan, np.float32), np.full((3, 3), np.nan, np.float32))
+    res.pose_rotvecs[0], res.betas[0], res.transl[0] = 0.1, 0.5, 1.0
+    init = BodyParams(np.zeros((3, 24, 3), np.float32), np.zeros((3, 10), np.float32), np.ones((3, 3), np.float32) * 2)
+    out = _fill_from_init(res, init, [1])
+    assert (out.pose_rotvecs[1] == 0).all() and (out.transl[1] == 2).all()
+    assert (out.betas[1] == 0.5).all()  # the run's (subject's) shape, not the init's
+    assert (out.pose_rotvecs[0] == 0.1).all() and np.isnan(out.pose_rotvecs[2]).all()
