@@ -635,8 +635,9 @@ def detect(session: Path, config_path, frames, overwrite, subject, overrides, fr
               help="Use these SMPL parameters instead: poses (T,72), trans (T,3), betas (10,).")  # fmt: skip
 @_frames_option("all detected frames")
 @click.option("--overwrite", is_flag=True, help="Replace existing initial estimates.")
+@click.option("--views", default=None, help="Comma-separated cameras whose detections to use (default: all).")
 @click.option("--set", "overrides", multiple=True, help="Config overrides key=value, e.g. w_2d=0.5")
-def init_cmd(session: Path, config_path, npz, frames, overwrite, overrides):
+def init_cmd(session: Path, config_path, npz, frames, overwrite, views, overrides):
     """Initial body estimates: fit to triangulated detections (run `mvcap detect` first) or read an npz."""
     from mvcap.config import load_config
     from mvcap.initialize import InitConfig, init_from_npz, initialize_session
@@ -647,7 +648,8 @@ def init_cmd(session: Path, config_path, npz, frames, overwrite, overrides):
         return
     cfg = load_config(InitConfig, config_path or "init.toml", list(overrides))
     for path in _session_paths(session):
-        res = initialize_session(path, cfg, frames=_session_frames(path, frames), overwrite=overwrite)
+        chosen = [v.strip() for v in views.split(",") if v.strip()] if views else None
+        res = initialize_session(path, cfg, frames=_session_frames(path, frames), overwrite=overwrite, views=chosen)
         click.echo(f"{path}: {res}")
 
 

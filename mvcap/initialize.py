@@ -613,12 +613,14 @@ def initialize_session(
     overwrite: bool = False,
     progress: bool = True,
     model: BodyModel | None = None,
+    views: list[str] | tuple[str, ...] | None = None,
 ) -> InitSummary:
     """Fit initial body estimates to a session's stored detections and write them (resumable).
 
     Frames that already have an estimate are skipped unless ``overwrite`` (a synthetic session
     comes with regressor-like estimates for every frame: pass ``overwrite=True`` to replace
     them). Each fitted frame is written at once, so an interrupted run resumes where it stopped.
+    views: fit with these cameras' detections only (default all; e.g. to leave one out).
     """
     from mvcap.body import load_body_model
     from mvcap.capture import Session
@@ -645,14 +647,24 @@ def initialize_session(
             todo = todo[~have[todo]]
         if todo.size == 0:
             return InitSummary(todo, np.zeros(0, bool), skipped, 0, *(np.zeros(0) for _ in range(3)))
-        kp = s.read_keypoints(todo)
-        tri = triangulate_keypoints(s.rig, kp, cfg.triangulate, flip_index=kset.flip_index)
+        rig = s.rig
+        idx = list(range(len(rig)))
+        if views:
+            unknown = [v for v in views if v not in rig.names]
+            if unknown or len(set(views)) < 2:
+                raise InitError(
+                    f"views: give at least 2 of this session's cameras {list(rig.names)}; got {list(views)}"
+                )
+            idx = [rig.index(v) for v in views]
+            rig = rig.subset(list(views))
+        kp = s.read_keypoints(todo)[:, idx]
+        tri = triangulate_keypoints(rig, kp, cfg.triangulate, flip_index=kset.flip_index)
         betas = None
         if cfg.betas == "zero":
             betas = np.zeros(model.num_betas)
         elif cfg.betas == "subject" and s.subject is not None:
             betas = np.asarray(s.subject.betas, np.float64)
-        masks = (lambda i: s.read_masks(int(todo[i]))) if cfg.w_mask > 0 else None
+        masks = (lambda i: _view_masks(s.read_masks(int(todo[i])), idx)) if cfg.w_mask > 0 else None
         # a resumed run is warm-started from the estimate of the frame before it
         t_first = int(todo[0])
         init = None
@@ -663,11 +675,15 @@ def initialize_session(
         def write(i, pose, b, tr):
             s.write_init(pose[None], _pad_betas(b)[None], tr[None], frames=[int(todo[i])])
 
-        res = fit_keypoints(model, s.rig, tri, cfg, betas, definition=kset.definition(model), masks=masks, init=init,
+        res = fit_keypoints(model, rig, tri, cfg, betas, definition=kset.definition(model), masks=masks, init=init,
                             progress=progress, on_frame=write)  # fmt: skip
     return InitSummary(
         todo, res.fitted, skipped, int(tri.swapped.sum()), res.keypoint_error_m, res.reprojection_px, res.seconds
     )
+
+
+def _view_masks(masks, idx: list[int]):
+    return None if masks is None else masks[idx]
 
 
 def _pad_betas(b: np.ndarray, n: int = 10) -> np.ndarray:

@@ -250,3 +250,18 @@ def test_cli_init_from_npz_and_errors(tiny_session, tmp_path):
     assert res.exit_code == 2 and "mvcap detect" in res.output
     res = runner.invoke(main, ["init", str(tiny_session), "--set", "betas=wrong"])
     assert res.exit_code == 2 and "betas must be" in res.output
+
+
+def test_init_with_a_subset_of_views_from_the_cli(tiny_session, body_model):
+    """`mvcap init --views`: fit with some cameras' detections only (cross-validation leaves one out)."""
+    from click.testing import CliRunner
+    from conftest import detect_from_ground_truth
+
+    from mvcap.cli import main
+
+    detect_from_ground_truth(tiny_session, body_model)
+    out = CliRunner().invoke(main, ["init", str(tiny_session), "--overwrite", "--views", "cam00,cam01,cam02"])
+    assert out.exit_code == 0, out.output
+    assert "fitted 3/3 frames" in out.output
+    bad = CliRunner().invoke(main, ["init", str(tiny_session), "--overwrite", "--views", "cam00,nope"])
+    assert bad.exit_code == 2 and "at least 2 of this session's cameras" in bad.output
