@@ -24,6 +24,18 @@ def tiny_session_path(tmp_path_factory, body_model):
     return generate_benchmark(tmp_path_factory.mktemp("tiny"), cfg, body_model, progress=False)[0]
 
 
+@pytest.fixture(scope="session")
+def detected_session_path(tiny_session_path, body_model, tmp_path_factory):
+    """The tiny session with detector-like evidence from ground truth (:func:`detect_from_ground_truth`;
+    read-only template: tests that write copy it first)."""
+    import shutil
+
+    path = tmp_path_factory.mktemp("detected") / "tiny.h5"
+    shutil.copy(tiny_session_path, path)
+    detect_from_ground_truth(path, body_model)
+    return path
+
+
 @pytest.fixture
 def tiny_session(tiny_session_path, tmp_path):
     """A private, writable copy of the tiny session."""

@@ -28,20 +28,10 @@ from mvcap.refine import (
 FAST = RefineConfig(predictor="flow", outer_iterations=2, fit=FitConfig(iterations=25))
 
 
-@pytest.fixture(scope="module")
-def detected(tiny_session_path, body_model, tmp_path_factory):
-    from conftest import detect_from_ground_truth
-
-    path = tmp_path_factory.mktemp("cues") / "tiny.h5"
-    shutil.copy(tiny_session_path, path)
-    detect_from_ground_truth(path, body_model)
-    return path
-
-
 @pytest.fixture
-def session(detected, tmp_path):
+def session(detected_session_path, tmp_path):
     dst = tmp_path / "s.h5"
-    shutil.copy(detected, dst)
+    shutil.copy(detected_session_path, dst)
     return dst
 
 

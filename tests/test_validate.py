@@ -18,14 +18,12 @@ from mvcap.validate import (
 
 
 @pytest.fixture(scope="module")
-def detected_session(tiny_session_path, body_model, tmp_path_factory):
+def detected_session(detected_session_path, tmp_path_factory):
+    """A private copy for this module: its tests add result runs to it."""
     import shutil
 
-    from conftest import detect_from_ground_truth
-
     path = tmp_path_factory.mktemp("validate") / "tiny.h5"
-    shutil.copy(tiny_session_path, path)
-    detect_from_ground_truth(path, body_model)
+    shutil.copy(detected_session_path, path)
     return path
 
 
