@@ -71,6 +71,7 @@ def main():
     """mvcap: multi-view markerless motion capture."""
 
 
+_UP_AXIS = click.Choice(["x", "y", "z", "+x", "+y", "+z", "-x", "-y", "-z"])
 _FRAMES_HELP = "START:STOP, START:STOP:STEP, ::10, a list 10,20,30 or mixed 0:10,20 (STOP exclusive)"
 
 
@@ -453,7 +454,7 @@ def train_displacement(config: Path, out: Path, resume, max_steps, overrides):
 @_frames_option("all done frames")
 @click.option(
     "--up",
-    type=click.Choice(["x", "y", "z", "+x", "+y", "+z", "-x", "-y", "-z"]),
+    type=_UP_AXIS,
     default=None,
     help="Up axis of every written file (default: each format's own: glb/bvh/trc/obj/ply +Y, npz/c3d +Z, "
     "json/csv the session's).",
@@ -466,7 +467,7 @@ def train_displacement(config: Path, out: Path, resume, max_steps, overrides):
 )
 @click.option(
     "--world-up",
-    type=click.Choice(["x", "y", "z", "+x", "+y", "+z", "-x", "-y", "-z"]),
+    type=_UP_AXIS,
     default=None,
     help="The session world's up axis, when the session does not record it or records it wrongly "
     "(default: the session's record, else +Y).",

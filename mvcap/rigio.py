@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from mvcap.cameras import Camera, Rig, RigError, _image_size, rotmat_to_rotvec_np, rotvec_to_rotmat_np
+from mvcap.config import read_text
 
 __all__ = [
     "load_rig",
@@ -184,21 +185,6 @@ def save_rig(rig: Rig, path: str | Path, up: str | None = None) -> None:
     raise RigError(f"cannot write rig format '{path.suffix}' ({path}); writable: {WRITABLE}")
 
 
-def _read_text(path: Path) -> str:
-    """A text rig file as UTF-8, or a RigError saying it is not."""
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise RigError(
-            f"{path}: not a UTF-8 text file (byte {exc.start}: {exc.object[exc.start : exc.start + 1]!r}); "
-            "a rig file is text: save it as UTF-8, or check that this is the rig and not another file"
-        ) from None
-    except IsADirectoryError:
-        raise RigError(f"{path} is a folder, not a rig file") from None
-    except OSError as exc:
-        raise RigError(f"cannot read rig file {path}: {exc.strerror or exc}") from None
-
-
 def _size(path, name: str, field: str, width_height) -> tuple[int, int]:
     """(width, height) from a file's field, checked finite, positive and whole."""
     try:
@@ -233,7 +219,7 @@ def _is_rotation(R: np.ndarray) -> bool:
 def load_toml_rig(path: str | Path) -> Rig:
     """Read an anipose/Pose2Sim calibration TOML. Errors name the section and field."""
     path = Path(path)
-    text = _read_text(path)
+    text = read_text(path, "rig file", RigError)
     try:
         data = tomllib.loads(text)
     except (tomllib.TOMLDecodeError, RecursionError) as exc:
