@@ -29,6 +29,7 @@ __all__ = [
     "agreement",
     "view_costs",
     "evidence_cost",
+    "weighted_cost",
 ]
 
 
@@ -192,7 +193,12 @@ def evidence_cost(
         agreements.append(agreement(model, definition, rig.subset([rig.names[v]]), pose_rotvecs, betas, transl, ev,
                                     None, cfg))  # fmt: skip
     costs = view_costs(agreements)
-    w = np.ones(len(costs)) if view_weights is None else np.asarray(view_weights, np.float64)
-    ok = np.isfinite(costs) & (w > 0)
-    total = float((w[ok] * costs[ok]).sum() / w[ok].sum()) if ok.any() else math.nan
-    return total, costs
+    return weighted_cost(costs, view_weights), costs
+
+
+def weighted_cost(costs: np.ndarray, view_weights: np.ndarray | None = None) -> float:
+    """The weighted mean of per-view costs (V,) over the views with evidence and weight > 0."""
+    c = np.asarray(costs, np.float64)
+    w = np.ones(len(c)) if view_weights is None else np.asarray(view_weights, np.float64)
+    ok = np.isfinite(c) & (w > 0)
+    return float((w[ok] * c[ok]).sum() / w[ok].sum()) if ok.any() else math.nan

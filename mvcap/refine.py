@@ -42,7 +42,7 @@ from mvcap.displace import (
     PredictRequest,
 )
 from mvcap.errors import MvcapError
-from mvcap.evidence import EvidenceConfig, ViewEvidence, evidence_cost, view_evidence
+from mvcap.evidence import EvidenceConfig, ViewEvidence, evidence_cost, view_evidence, weighted_cost
 from mvcap.fit import FitConfig, Targets, fit_body
 from mvcap.fuse import fuse_bodies
 from mvcap.render import render, undistort_images
@@ -372,10 +372,10 @@ def refine_frame(
     cost_start = cost_cur = float("nan")
     if evidence is not None:
         evidence = [None if v in dead else ev for v, ev in enumerate(evidence)]
-        cost_cur, per_view = evidence_cost(model, definition, rig, pose, betas, transl, evidence)
+        cost_cur, cur_views = evidence_cost(model, definition, rig, pose, betas, transl, evidence)
         cost_start = cost_cur
         if cues.trust:
-            trust = np.minimum(trust, view_trust(per_view, cues.trust_ratio))
+            trust = np.minimum(trust, view_trust(cur_views, cues.trust_ratio))
 
     for r in range(cfg.outer_iterations):
         with torch.no_grad():
@@ -445,7 +445,7 @@ def refine_frame(
             break
         if evidence is not None and cues.guard:
             cost_new, per_view = evidence_cost(model, definition, rig, new_pose, betas, new_transl, evidence, trust)
-            cost_old_w, _ = evidence_cost(model, definition, rig, pose, betas, transl, evidence, trust)
+            cost_old_w = weighted_cost(cur_views, trust)  # the current body, same evidence, same weights
             if not cost_new < cost_old_w - cues.guard_margin:
                 notes.append(
                     f"round {r + 1}: update rejected, it agrees less with the cameras' keypoints and masks "
@@ -458,9 +458,9 @@ def refine_frame(
                         residual = (weight * d).sum(-1) / weight.sum(-1).clamp_min(1e-6)
                         residual = torch.where(weight.sum(-1) > 0, residual, torch.full_like(residual, float("nan")))
                 break
-            cost_cur = cost_new
-            if cues.trust:
-                trust = np.minimum(trust, view_trust(per_view, cues.trust_ratio)) if r == 0 else trust
+            cost_cur, cur_views = cost_new, per_view
+            if cues.trust and r == 0:  # trust is set once, from the start and the first accepted update
+                trust = np.minimum(trust, view_trust(per_view, cues.trust_ratio))
         pose, transl, residual = new_pose, new_transl, new_residual
     residual = residual.clone()
     for v in skipped_all:
