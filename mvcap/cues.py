@@ -12,7 +12,11 @@ here are the same evidence the cross-validation measures against (:mod:`mvcap.ev
   the mask's distance transform (body pixels outside the mask), normalised the same way;
 * **view trust**: a view whose evidence disagrees with the current body far more than the
   other views do (a dead or black camera, someone else detected, heavy occlusion) gets a
-  lower weight for every cue, from robust re-weighting across views.
+  lower weight for every cue, from robust re-weighting across views;
+* **depth hold**: with a single live camera, image evidence barely constrains the body's
+  distance along that camera's axis, so one bad round of targets could push it metres
+  away; the root's depth in that camera is held to the initial estimate (a soft quadratic
+  in relative depth that precise targets can still move by a few centimetres).
 
 Each term is a callable ``posed -> (B,)`` for :meth:`mvcap.fit.BodyFit.solve`.
 """
@@ -36,6 +40,7 @@ __all__ = [
     "silhouette_term",
     "view_trust",
     "dead_views",
+    "depth_hold_term",
 ]
 
 
@@ -52,12 +57,19 @@ class CueConfig:
     trust_ratio: float = 2.5  # a view costing more than this x the median view is down-weighted
     guard: bool = True  # keep a round's update only if it agrees better with the evidence
     guard_margin: float = 1e-4  # ... by at least this much (cost units: fraction of height + 1 - IoU)
+    # ... and worsens neither cue by more than (keypoints: fraction of height, silhouettes: IoU)
+    guard_tolerance: tuple[float, float] = (0.0025, 0.005)
+    w_depth_hold: float = 1.0  # single live camera: hold the root's depth in it to the init (0 = off)
+    depth_hold_sigma: float = 0.05  # ... as a fraction of the init's distance (5 %: 15 cm at 3 m)
 
     def __post_init__(self):
-        if min(self.w_keypoints, self.w_silhouette, self.guard_margin) < 0:
+        object.__setattr__(self, "guard_tolerance", tuple(float(x) for x in self.guard_tolerance))
+        if len(self.guard_tolerance) != 2:
+            raise ValueError("guard_tolerance is (keypoints, silhouettes), e.g. [0.0025, 0.005]")
+        if min(self.w_keypoints, self.w_silhouette, self.guard_margin, self.w_depth_hold, *self.guard_tolerance) < 0:
             raise ValueError("cue weights and guard_margin must be >= 0")
-        if self.keypoint_sigma <= 0 or self.trust_ratio <= 1:
-            raise ValueError("keypoint_sigma must be > 0 and trust_ratio > 1")
+        if self.keypoint_sigma <= 0 or self.trust_ratio <= 1 or self.depth_hold_sigma <= 0:
+            raise ValueError("keypoint_sigma and depth_hold_sigma must be > 0 and trust_ratio > 1")
 
 
 def outside_distance(masks) -> Tensor:
@@ -155,6 +167,24 @@ def silhouette_term(
         return cfg.w_silhouette * (d * w).sum(-1) / wsum
 
     return silhouette
+
+
+def depth_hold_term(rig: Rig, view: int, root_world: Tensor, cfg: CueConfig) -> DataTerm | None:
+    """Hold the root joint's depth in camera ``view`` to its initial value: root_world (3,)
+    the initial estimate's root joint (world, metres). Cost ``w ((z - z0) / (sigma z0))^2``
+    per body; None when off or the root is behind the camera."""
+    cams = rig.tensors(dtype=torch.float32)
+    R, t = cams["R_world2cam"][view], cams["t_world2cam"][view]
+    z0 = float((R @ root_world.to(torch.float32) + t)[2])
+    if cfg.w_depth_hold <= 0 or not z0 > 0:
+        return None
+    scale = cfg.depth_hold_sigma * z0
+
+    def depth_hold(posed) -> Tensor:
+        z = posed.joints[:, 0] @ R[2] + t[2]  # (B,)
+        return cfg.w_depth_hold * ((z - z0) / scale) ** 2
+
+    return depth_hold
 
 
 def view_trust(costs: np.ndarray, ratio: float) -> np.ndarray:

@@ -27,9 +27,11 @@ __all__ = [
     "person_height_px",
     "view_evidence",
     "agreement",
+    "view_cost_parts",
     "view_costs",
     "evidence_cost",
     "weighted_cost",
+    "weighted_parts",
 ]
 
 
@@ -155,20 +157,28 @@ def agreement(
     return Agreement(med, p90, 100 * med / h, 100 * p90 / h, int(d.size), iou, photometric)
 
 
-def view_costs(agreements: list[Agreement], w_keypoints: float = 1.0, w_silhouette: float = 1.0) -> np.ndarray:
+def view_cost_parts(agreements: list[Agreement]) -> np.ndarray:
+    """(V, 2) disagreement of one body with each view, per cue: the median landmark distance as a
+    fraction of the person's height, and 1 - silhouette IoU (NaN where a view lacks that cue)."""
+    out = np.full((len(agreements), 2), np.nan)
+    for i, a in enumerate(agreements):
+        if math.isfinite(a.keypoint_median_pct):
+            out[i, 0] = a.keypoint_median_pct / 100.0
+        if math.isfinite(a.iou):
+            out[i, 1] = 1.0 - a.iou
+    return out
+
+
+def view_costs(agreements_or_parts, w_keypoints: float = 1.0, w_silhouette: float = 1.0) -> np.ndarray:
     """(V,) disagreement of one body with each view: ``w_keypoints`` x the median landmark
     distance as a fraction of the person's height + ``w_silhouette`` x (1 - IoU); a term
-    without evidence counts 0, a view with no evidence at all is NaN."""
-    out = np.full(len(agreements), np.nan)
-    for i, a in enumerate(agreements):
-        terms = []
-        if math.isfinite(a.keypoint_median_pct):
-            terms.append(w_keypoints * a.keypoint_median_pct / 100.0)
-        if math.isfinite(a.iou):
-            terms.append(w_silhouette * (1.0 - a.iou))
-        if terms:
-            out[i] = sum(terms)
-    return out
+    without evidence counts 0, a view with no evidence at all is NaN. Takes the agreements
+    or their :func:`view_cost_parts` (V, 2)."""
+    parts = agreements_or_parts
+    if not isinstance(parts, np.ndarray):
+        parts = view_cost_parts(parts)
+    weighted = parts * np.array([w_keypoints, w_silhouette])
+    return np.where(np.isfinite(parts).any(-1), np.nansum(weighted, -1), np.nan)
 
 
 def evidence_cost(
@@ -182,9 +192,9 @@ def evidence_cost(
     view_weights: np.ndarray | None = None,
     cfg: EvidenceConfig = EvidenceConfig(),
 ) -> tuple[float, np.ndarray]:
-    """How much one body disagrees with every view's evidence: (weighted mean cost, (V,) per
-    view costs) (see :func:`view_costs`); views without evidence are ignored. Init and result
-    measured by this same function is what the acceptance guard compares."""
+    """How much one body disagrees with every view's evidence: (weighted mean cost, (V, 2) per
+    view and cue costs, see :func:`view_cost_parts`); views without evidence are ignored. Init
+    and result measured by this same function is what the acceptance guard compares."""
     agreements = []
     for v, ev in enumerate(evidence):
         if ev is None:
@@ -192,13 +202,28 @@ def evidence_cost(
             continue
         agreements.append(agreement(model, definition, rig.subset([rig.names[v]]), pose_rotvecs, betas, transl, ev,
                                     None, cfg))  # fmt: skip
-    costs = view_costs(agreements)
-    return weighted_cost(costs, view_weights), costs
+    parts = view_cost_parts(agreements)
+    return weighted_cost(parts, view_weights), parts
 
 
 def weighted_cost(costs: np.ndarray, view_weights: np.ndarray | None = None) -> float:
-    """The weighted mean of per-view costs (V,) over the views with evidence and weight > 0."""
+    """The weighted mean of per-view costs (V,) -- or of per-view, per-cue costs (V, 2), summed
+    over cues first -- over the views with evidence and weight > 0."""
     c = np.asarray(costs, np.float64)
+    if c.ndim == 2:
+        c = view_costs(c)
     w = np.ones(len(c)) if view_weights is None else np.asarray(view_weights, np.float64)
     ok = np.isfinite(c) & (w > 0)
     return float((w[ok] * c[ok]).sum() / w[ok].sum()) if ok.any() else math.nan
+
+
+def weighted_parts(parts: np.ndarray, view_weights: np.ndarray | None = None) -> np.ndarray:
+    """(2,) the weighted mean of each cue's cost (V, 2) over the views that have that cue."""
+    p = np.asarray(parts, np.float64)
+    w = np.ones(len(p)) if view_weights is None else np.asarray(view_weights, np.float64)
+    out = np.full(p.shape[1], math.nan)
+    for k in range(p.shape[1]):
+        ok = np.isfinite(p[:, k]) & (w > 0)
+        if ok.any():
+            out[k] = (w[ok] * p[ok, k]).sum() / w[ok].sum()
+    return out

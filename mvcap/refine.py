@@ -33,7 +33,7 @@ from torch import Tensor
 from mvcap.body import BodyModel, BodyParams, load_body_model
 from mvcap.cameras import Rig, project
 from mvcap.correspond import splat_to_vertices
-from mvcap.cues import CueConfig, dead_views, keypoint_term, silhouette_term, view_trust
+from mvcap.cues import CueConfig, dead_views, depth_hold_term, keypoint_term, silhouette_term, view_trust
 from mvcap.displace import (
     DisplacementPredictor,
     FlowConfig,
@@ -42,7 +42,15 @@ from mvcap.displace import (
     PredictRequest,
 )
 from mvcap.errors import MvcapError
-from mvcap.evidence import EvidenceConfig, ViewEvidence, evidence_cost, view_evidence, weighted_cost
+from mvcap.evidence import (
+    EvidenceConfig,
+    ViewEvidence,
+    evidence_cost,
+    view_costs,
+    view_evidence,
+    weighted_cost,
+    weighted_parts,
+)
 from mvcap.fit import FitConfig, Targets, fit_body
 from mvcap.fuse import fuse_bodies
 from mvcap.render import render, undistort_images
@@ -355,6 +363,8 @@ def refine_frame(
     start = init.to_torch()
     pose, betas, transl = start["pose_rotvecs"][0], start["betas"][0], start["transl"][0]
     template = model.template_vertices()[0]
+    with torch.no_grad():
+        root_init = model(pose[None], betas[None], transl[None]).joints[0, 0]
     iterations = 0
     residual = torch.full((len(rig),), float("nan"))
     skipped_all: set[int] = set()
@@ -375,7 +385,7 @@ def refine_frame(
         cost_cur, cur_views = evidence_cost(model, definition, rig, pose, betas, transl, evidence)
         cost_start = cost_cur
         if cues.trust:
-            trust = np.minimum(trust, view_trust(cur_views, cues.trust_ratio))
+            trust = np.minimum(trust, view_trust(view_costs(cur_views), cues.trust_ratio))
 
     for r in range(cfg.outer_iterations):
         with torch.no_grad():
@@ -414,9 +424,13 @@ def refine_frame(
                 )
                 if term is not None
             ]
+        live = torch.nonzero(weight.sum(-1) > 0).flatten().tolist()
+        if len(live) == 1:  # one camera sees little of the body's depth: hold it to the init
+            hold = depth_hold_term(pinhole, live[0], root_init, cues)
+            extra += [hold] if hold is not None else []
         # re-assert torch's thread count here: numba's OpenMP layer (the renderer) resets
         # the process-wide OpenMP setting that torch reads
-        if cfg.fusion == "joint" or len(rig) == 1:
+        if cfg.fusion == "joint" or len(live) == 1:
             with torch_threads(cfg.threads):
                 res = fit_body(model, pinhole, current, targets, cfg.fit, prev, extra_terms=extra)
             new_pose, new_transl = res.pose_rotvecs[0], res.transl[0]
@@ -446,11 +460,15 @@ def refine_frame(
         if evidence is not None and cues.guard:
             cost_new, per_view = evidence_cost(model, definition, rig, new_pose, betas, new_transl, evidence, trust)
             cost_old_w = weighted_cost(cur_views, trust)  # the current body, same evidence, same weights
-            if not cost_new < cost_old_w - cues.guard_margin:
-                notes.append(
-                    f"round {r + 1}: update rejected, it agrees less with the cameras' keypoints and masks "
-                    f"(cost {cost_new:.4f} vs {cost_old_w:.4f})"
-                )
+            # per cue too: an update that buys silhouette agreement with keypoint disagreement (or
+            # the reverse) follows targets the evidence does not support
+            worse = weighted_parts(per_view, trust) - weighted_parts(cur_views, trust)
+            traded = [name for name, d, tol in zip(("keypoints", "silhouettes"), worse, cues.guard_tolerance,
+                                                   strict=True) if d > tol]  # fmt: skip
+            if not cost_new < cost_old_w - cues.guard_margin or traded:
+                why = f"it agrees less with the {' and '.join(traded)}" if traded else (
+                    "it agrees less with the cameras' keypoints and masks")  # fmt: skip
+                notes.append(f"round {r + 1}: update rejected, {why} (cost {cost_new:.4f} vs {cost_old_w:.4f})")
                 if r == 0:
                     status = "kept"
                     with torch.no_grad():  # the kept estimate's residual against this round's targets
@@ -460,7 +478,7 @@ def refine_frame(
                 break
             cost_cur, cur_views = cost_new, per_view
             if cues.trust and r == 0:  # trust is set once, from the start and the first accepted update
-                trust = np.minimum(trust, view_trust(per_view, cues.trust_ratio))
+                trust = np.minimum(trust, view_trust(view_costs(per_view), cues.trust_ratio))
         pose, transl, residual = new_pose, new_transl, new_residual
     residual = residual.clone()
     for v in skipped_all:
@@ -666,6 +684,8 @@ def refine_session(
                 failures.append((t, f"refinement failed: {type(exc).__name__}: {exc}"))
                 continue
             for name in res.dead_views:
+                if name not in events["dead_views"]:  # say so now, not after hours of frames
+                    log.warning("camera %s shows no picture (dead or black) from frame %d: it is ignored", name, t)
                 events["dead_views"].setdefault(name, []).append(t)
             if res.view_weights is not None:
                 for v, w in enumerate(res.view_weights):

@@ -148,3 +148,44 @@ def test_view_trust_down_weights_the_odd_view_out():
     w = view_trust(np.array([0.05, 0.06, 0.05, 0.9]), ratio=2.5)
     assert w[:3].tolist() == [1.0, 1.0, 1.0] and w[3] < 0.1
     assert view_trust(np.array([np.nan, 0.5]), 2.5).tolist() == [1.0, 1.0]
+
+
+class _ShrinkPredictor:
+    """Confidently wrong in depth: every pixel moves towards the body's centre in its view, as
+    if the person were 1 / (1 - ``factor``) times farther away."""
+
+    name = "shrink"
+
+    def __init__(self, factor=0.2):
+        self.factor = factor
+
+    def __call__(self, req):
+        V, H, W = req.photos.shape[:3]
+        ys, xs = torch.meshgrid(torch.arange(H, dtype=torch.float32), torch.arange(W, dtype=torch.float32),
+                                indexing="ij")  # fmt: skip
+        flow = torch.zeros(V, H, W, 2)
+        for v in range(V):
+            m = req.fragments.mask[v] > 0
+            cx, cy = xs[m].mean(), ys[m].mean()
+            flow[v, ..., 0], flow[v, ..., 1] = -self.factor * (xs - cx), -self.factor * (ys - cy)
+        return Displacement(flow, torch.ones(V, H, W))
+
+
+def test_single_view_depth_is_held_to_the_init(session, body_model):
+    inputs, ev, definition, app, gt = _frame(session, 0, body_model)
+    one = inputs.rig.subset(["cam01"])
+    photos = inputs.photos[1:2]
+    R, t = one.cameras[0].R_world2cam, one.cameras[0].t_world2cam
+
+    def depth(res):
+        with torch.no_grad():
+            root = body_model(**BodyParams(res.pose_rotvecs[None], res.betas[None], res.transl[None]).to_torch())
+        return float((R @ root.joints[0, 0].numpy().astype(np.float64) + t)[2])
+
+    with torch.no_grad():
+        z0 = float((R @ body_model(**inputs.init.to_torch()).joints[0, 0].numpy().astype(np.float64) + t)[2])
+    free = dataclasses.replace(FAST, cues=CueConfig(w_depth_hold=0.0))
+    runaway = refine_frame(body_model, one, photos, inputs.init, _ShrinkPredictor(), free, app)
+    held = refine_frame(body_model, one, photos, inputs.init, _ShrinkPredictor(), FAST, app)
+    assert depth(runaway) / z0 > 1.2  # the targets alone pull the body >20 % farther away (measured: 50 %)
+    assert abs(depth(held) / z0 - 1) < 0.03  # held (measured: 0.1 %)
