@@ -15,8 +15,8 @@ here are the same evidence the cross-validation measures against (:mod:`mvcap.ev
   lower weight for every cue, from robust re-weighting across views;
 * **depth hold**: with a single live camera, image evidence barely constrains the body's
   distance along that camera's axis, so one bad round of targets could push it metres
-  away; the root's depth in that camera is held to the initial estimate (a soft quadratic
-  in relative depth that precise targets can still move by a few centimetres).
+  away; the depth of the body's joints in that camera is held to the initial estimate (a
+  soft quadratic in relative depth that precise targets can still move by a few centimetres).
 
 Each term is a callable ``posed -> (B,)`` for :meth:`mvcap.fit.BodyFit.solve`.
 """
@@ -60,7 +60,7 @@ class CueConfig:
     # ... and worsens neither cue by more than (keypoints: fraction of height, silhouettes: IoU)
     guard_tolerance: tuple[float, float] = (0.0025, 0.005)
     w_depth_hold: float = 1.0  # single live camera: hold the root's depth in it to the init (0 = off)
-    depth_hold_sigma: float = 0.05  # ... as a fraction of the init's distance (5 %: 15 cm at 3 m)
+    depth_hold_sigma: float = 0.02  # ... as a fraction of the init's distance (2 %: 6 cm at 3 m)
 
     def __post_init__(self):
         object.__setattr__(self, "guard_tolerance", tuple(float(x) for x in self.guard_tolerance))
@@ -169,19 +169,20 @@ def silhouette_term(
     return silhouette
 
 
-def depth_hold_term(rig: Rig, view: int, root_world: Tensor, cfg: CueConfig) -> DataTerm | None:
-    """Hold the root joint's depth in camera ``view`` to its initial value: root_world (3,)
-    the initial estimate's root joint (world, metres). Cost ``w ((z - z0) / (sigma z0))^2``
-    per body; None when off or the root is behind the camera."""
+def depth_hold_term(rig: Rig, view: int, joints_world: Tensor, cfg: CueConfig) -> DataTerm | None:
+    """Hold the body's depth in camera ``view`` to its initial value: joints_world (J, 3) the
+    initial estimate's joints (world, metres). The depth is that of the joints' centroid (what
+    a keypoint-based initial estimate places best; its pelvis can sit centimetres off). Cost
+    ``w ((z - z0) / (sigma z0))^2`` per body; None when off or the body is behind the camera."""
     cams = rig.tensors(dtype=torch.float32)
     R, t = cams["R_world2cam"][view], cams["t_world2cam"][view]
-    z0 = float((R @ root_world.to(torch.float32) + t)[2])
+    z0 = float(joints_world.to(torch.float32).mean(0) @ R[2] + t[2])
     if cfg.w_depth_hold <= 0 or not z0 > 0:
         return None
     scale = cfg.depth_hold_sigma * z0
 
     def depth_hold(posed) -> Tensor:
-        z = posed.joints[:, 0] @ R[2] + t[2]  # (B,)
+        z = posed.joints.mean(1) @ R[2] + t[2]  # (B,)
         return cfg.w_depth_hold * ((z - z0) / scale) ** 2
 
     return depth_hold

@@ -364,7 +364,7 @@ def refine_frame(
     pose, betas, transl = start["pose_rotvecs"][0], start["betas"][0], start["transl"][0]
     template = model.template_vertices()[0]
     with torch.no_grad():
-        root_init = model(pose[None], betas[None], transl[None]).joints[0, 0]
+        joints_init = model(pose[None], betas[None], transl[None]).joints[0]
     iterations = 0
     residual = torch.full((len(rig),), float("nan"))
     skipped_all: set[int] = set()
@@ -425,8 +425,8 @@ def refine_frame(
                 if term is not None
             ]
         live = torch.nonzero(weight.sum(-1) > 0).flatten().tolist()
-        if len(live) == 1:  # one camera sees little of the body's depth: hold it to the init
-            hold = depth_hold_term(pinhole, live[0], root_init, cues)
+        if len(live) == 1:  # one camera sees the body's depth poorly: hold it to the init
+            hold = depth_hold_term(pinhole, live[0], joints_init, cues)
             extra += [hold] if hold is not None else []
         # re-assert torch's thread count here: numba's OpenMP layer (the renderer) resets
         # the process-wide OpenMP setting that torch reads

@@ -180,10 +180,10 @@ def test_single_view_depth_is_held_to_the_init(session, body_model):
     def depth(res):
         with torch.no_grad():
             root = body_model(**BodyParams(res.pose_rotvecs[None], res.betas[None], res.transl[None]).to_torch())
-        return float((R @ root.joints[0, 0].numpy().astype(np.float64) + t)[2])
+        return float((R @ root.joints[0].numpy().astype(np.float64).mean(0) + t)[2])
 
     with torch.no_grad():
-        z0 = float((R @ body_model(**inputs.init.to_torch()).joints[0, 0].numpy().astype(np.float64) + t)[2])
+        z0 = float((R @ body_model(**inputs.init.to_torch()).joints[0].numpy().astype(np.float64).mean(0) + t)[2])
     free = dataclasses.replace(FAST, cues=CueConfig(w_depth_hold=0.0))
     runaway = refine_frame(body_model, one, photos, inputs.init, _ShrinkPredictor(), free, app)
     held = refine_frame(body_model, one, photos, inputs.init, _ShrinkPredictor(), FAST, app)
