@@ -888,8 +888,8 @@ def register(session: Path, out, name, config_path, frames, views, write_session
 @click.option("--allow-gaps", is_flag=True, help="Accept image folders that lack some frame numbers.")
 def calibrate_cmd(sources, board, out_rig, report_dir, config_path, stride, max_frames, world_frame, up, overrides,
                   compare_to, allow_gaps):  # fmt: skip
-    """Calibrate a rig from board videos or image folders, one per camera (NAME=PATH to name one; a single
-    folder of videos / image folders works too). Frames are matched across cameras by index: a video's
+    """Calibrate a rig from SOURCES: board videos or image folders, one per camera (NAME=PATH to name one;
+    a single folder of videos / image folders works too). Frames are matched across cameras by index: a video's
     decoded order, an image's file-name number."""
     from mvcap import calibrate as cal
     from mvcap.config import parse_overrides
