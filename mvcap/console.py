@@ -70,8 +70,7 @@ def set_verbosity(level: int) -> None:
     if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
         handler = _StderrHandler()
         handler.setFormatter(_Formatter())
-        logger.addHandler(handler)
-        logger.propagate = False  # one line per message, not a second one from the root logger
+        logger.addHandler(handler)  # with a handler here, logging's last-resort one stays silent
     if level == VERBOSE:
         # MediaPipe reads these when it starts; mvcap.detect only sets them when they are unset
         os.environ["GLOG_minloglevel"] = "0"
