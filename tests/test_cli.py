@@ -1,7 +1,71 @@
+import shutil
+import subprocess
+import sys
+
+import click
 from click.testing import CliRunner
 
 from mvcap.cli import main
 from mvcap.demo import DEMO_RIG
+
+
+def _commands(group: click.Group, prefix=()):
+    """Every leaf command of the click tree: (path, command)."""
+    for name, cmd in group.commands.items():
+        if isinstance(cmd, click.Group):
+            yield from _commands(cmd, (*prefix, name))
+        else:
+            yield (*prefix, name), cmd
+
+
+def test_every_option_has_help_and_every_argument_is_described():
+    """--help must explain every option; click arguments take no help, so the command's own text names them."""
+    missing = []
+    for path, cmd in _commands(main):
+        for p in cmd.params:
+            if isinstance(p, click.Option) and not (p.help or "").strip():
+                missing.append(f"mvcap {' '.join(path)} {p.opts[0]}")
+            if isinstance(p, click.Argument) and p.human_readable_name not in (cmd.help or ""):
+                missing.append(f"mvcap {' '.join(path)} argument {p.human_readable_name}")
+    assert not missing, f"options / arguments without help: {missing}"
+
+
+def test_every_command_takes_quiet_verbose_and_one_overwrite_name():
+    runner = CliRunner()
+    for path, cmd in _commands(main):
+        names = {p.name for p in cmd.params}
+        assert {"quiet", "verbose"} <= names, path
+        helptext = runner.invoke(main, [*path, "--help"]).output
+        assert "--quiet" in helptext and "--verbose" in helptext, path
+        for old in ("--restart", "--fresh"):
+            assert old not in helptext, (path, old)  # deprecated spellings are hidden
+    both = runner.invoke(main, ["rig", "show", str(DEMO_RIG), "--quiet", "--verbose"])
+    assert both.exit_code == 2 and "exclude each other" in both.output
+
+
+def test_deprecated_spellings_still_work(tmp_path):
+    """--restart (run, train-displacement) and --fresh (bench) still mean --overwrite, with a note."""
+    runner = CliRunner()
+    config = tmp_path / "train.toml"
+    config.write_text("")
+    out = runner.invoke(main, ["train-displacement", str(config), "--out", str(tmp_path / "r"), "--resume",
+                               "--restart"])  # fmt: skip
+    assert out.exit_code == 2, out.output
+    assert "--restart is deprecated, use --overwrite" in out.output and "pass one of them" in out.output
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "checkpoint.pt").write_bytes(b"")
+    out = runner.invoke(main, ["train-displacement", str(config), "--out", str(tmp_path / "r")])
+    assert out.exit_code == 2 and "--overwrite to start over" in out.output, out.output
+    out = runner.invoke(main, ["bench", str(tmp_path / "none"), "--fresh"])
+    assert "--fresh is deprecated" in out.output and "no such session" in out.output, out.output
+
+
+def test_cli_import_is_light():
+    """`mvcap --help` and the rig commands must not pay for torch / OpenCV / MediaPipe imports."""
+    heavy = ("torch", "cv2", "mediapipe", "h5py", "scipy", "numba")
+    code = "import sys, mvcap.cli, mvcap.rigio; print(sorted({m.split('.')[0] for m in sys.modules}))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert not [m for m in heavy if f"'{m}'" in loaded], loaded
 
 
 def test_help_lists_commands():
@@ -35,6 +99,8 @@ def test_refine_missing_session_is_a_clear_error(tmp_path):
 
 def test_refine_then_export_and_export_errors(tiny_session, tmp_path):
     runner = CliRunner()
+    none = runner.invoke(main, ["export", str(tiny_session), "--out", str(tmp_path / "x")])
+    assert none.exit_code == 2 and "holds no results run yet" in none.output, none.output
     out = runner.invoke(
         main,
         [
@@ -48,17 +114,17 @@ def test_refine_then_export_and_export_errors(tiny_session, tmp_path):
             "outer_iterations=1",
             "--set",
             "fit.iterations=5",
+            "--verbose",
         ],
     )
     assert out.exit_code == 0, out.output
     assert "2/3 frames done" in out.output
+    assert "frame 1: " in out.output  # --verbose: one line per refined frame
     exp = runner.invoke(
         main,
         [
             "export",
-            str(tiny_session),
-            "--run",
-            "oracle-joint",
+            str(tiny_session),  # no --run: the session's only run
             "--out",
             str(tmp_path / "x"),
             "--formats",
@@ -67,6 +133,10 @@ def test_refine_then_export_and_export_errors(tiny_session, tmp_path):
     )
     assert exp.exit_code == 0, exp.output
     assert (tmp_path / "x" / "oracle-joint.bvh").exists()
+    runs = tiny_session.with_name(tiny_session.name + ".results")
+    shutil.copy(runs / "oracle-joint.h5", runs / "second.h5")  # a second run of the same session
+    two = runner.invoke(main, ["export", str(tiny_session), "--out", str(tmp_path / "w")])
+    assert two.exit_code == 2 and "2 results runs (oracle-joint, second); choose one with --run" in two.output
     missing = runner.invoke(main, ["export", str(tiny_session), "--run", "nope", "--out", str(tmp_path / "y")])
     assert missing.exit_code == 2 and "nope" in missing.output
     outside = runner.invoke(
@@ -86,9 +156,10 @@ def test_refine_and_export_take_the_frame_grammar(tiny_session, tmp_path):
     """refine, export (and every other command) read --frames with one grammar: lists, steps."""
     runner = CliRunner()
     args = ["refine", str(tiny_session), "--predictor", "oracle", "--set", "outer_iterations=1"]
-    out = runner.invoke(main, [*args, "--set", "fit.iterations=3", "--frames", "0,2"])
+    out = runner.invoke(main, [*args, "--set", "fit.iterations=3", "--frames", "0,2", "--quiet"])
     assert out.exit_code == 0, out.output
     assert "2/3 frames done" in out.output
+    assert "refine oracle-joint" not in out.output and "frame 0: " not in out.output  # --quiet: no bar, no detail
     from mvcap.capture import Session
 
     with Session.open(tiny_session) as s:

@@ -102,8 +102,8 @@ def test_readme_chain_command_by_command(tmp_path):
     text = ok("refine", take, "--subject", subject, "--predictor", "learned")
     assert "2/2 frames done" in text
     ok("export", take, "--run", "learned-joint", "--out", tmp_path / "exp", "--formats", "npz,bvh")
-    ok("report", take, "--run", "learned-joint", "--out", tmp_path / "r.html")
-    ok("overlay", take, "--run", "learned-joint", "--out", tmp_path / "ov")
+    ok("report", take, "--out", tmp_path / "r.html")  # as in the README: the session's only run
+    ok("overlay", take, "--out", tmp_path / "ov")
     assert (tmp_path / "exp" / "learned-joint.bvh").exists() and (tmp_path / "r.html").stat().st_size > 10_000
     # bad input: exporting a run that does not exist is one clear line, not a traceback
     out = runner.invoke(main, ["export", str(take), "--run", "nope", "--out", str(tmp_path / "x")])
