@@ -81,6 +81,11 @@ __all__ = [
     "CalibrationResult",
     "calibrate",
     "format_report",
+    "IntrinsicsResult",
+    "calibrate_intrinsics_only",
+    "LensIntrinsics",
+    "save_intrinsics",
+    "load_intrinsics",
     "RigDifference",
     "compare_rigs",
     "format_comparison",
@@ -1252,7 +1257,11 @@ class CameraReport:
     """Per-camera summary. Errors in pixels: (median, 95th percentile); ``intrinsic`` from
     the camera's own fit, ``rig`` from the calibrated rig (board poses fitted to all
     cameras that saw it at the same time; NaN if the camera never shared a frame);
-    corners_dropped: detected corners left out as inconsistent with their board pose."""
+    corners_dropped: detected corners left out as inconsistent with their board pose;
+    found_by: frames with the board per detector ("charuco", "sb", "classic"); intrinsics:
+    "fitted", or the file the camera's K and distortion were taken from; coverage: fraction of
+    the image inside the board's outline in a used view; warnings: the quality check's
+    (:func:`check_intrinsics`)."""
 
     camera: str
     source: str
@@ -1267,6 +1276,10 @@ class CameraReport:
     rig_error_px: tuple[float, float]
     corners_dropped: int = 0
     picture: str = ""
+    found_by: dict = field(default_factory=dict)
+    intrinsics: str = "fitted"
+    coverage: float = float("nan")
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -1290,7 +1303,40 @@ class CalibrationResult:
             "config": asdict(self.config),
             "world": self.world,
             "cameras": [asdict(c) for c in self.cameras],
+            "warnings": list(self.warnings),
         }
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """Every camera's quality warnings (:func:`check_intrinsics`), in camera order."""
+        return tuple(w for c in self.cameras for w in c.warnings)
+
+
+@dataclass(frozen=True)
+class IntrinsicsResult:
+    """What :func:`calibrate_intrinsics_only` found: per camera its lens (``intrinsics``), the
+    quality check (``quality``), a report row (``cameras``; no rig columns) and picture."""
+
+    board: Board
+    config: CalibrateConfig
+    cameras: tuple[CameraReport, ...]
+    intrinsics: tuple[CameraIntrinsics, ...]
+    quality: tuple[IntrinsicsQuality, ...]
+    pictures: dict = field(default_factory=dict, repr=False)
+    world: str = "none (intrinsics only)"
+
+    def to_json(self) -> dict:
+        return {
+            "board": asdict(self.board),
+            "config": asdict(self.config),
+            "kind": "intrinsics",
+            "cameras": [asdict(c) for c in self.cameras],
+            "warnings": list(self.warnings),
+        }
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        return tuple(w for c in self.cameras for w in c.warnings)
 
 
 def _stats(e) -> tuple[float, float]:
@@ -1369,18 +1415,39 @@ def _picture(board, det, cam: Camera, board2world_k, all_dets_uv, rep: CameraRep
     return img
 
 
-def format_report(result: CalibrationResult) -> str:
-    """A markdown table: one row per camera."""
+def _found_by(c: CameraReport) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(c.found_by.items())) or "-"
+
+
+def format_report(result: CalibrationResult | IntrinsicsResult) -> str:
+    """A markdown table: one row per camera (found by: frames with the board per detector)."""
+    if isinstance(result, IntrinsicsResult):
+        lines = [
+            "| camera | size | frames read | with board | found by | used | fx | fy | cx | cy | k1 | k2 | k3 "
+            "| err px (med / p95) | coverage | warnings |",
+            "|" + "---|" * 16,
+        ]
+        for c in result.cameras:
+            K = np.asarray(c.K)
+            lines.append(
+                f"| {c.camera} | {c.image_size[0]}x{c.image_size[1]} | {c.frames_read} | {c.frames_detected} | "
+                f"{_found_by(c)} | {c.frames_intrinsics} | {K[0, 0]:.1f} | {K[1, 1]:.1f} | {K[0, 2]:.1f} | "
+                f"{K[1, 2]:.1f} | {c.dist[0]:+.4f} | {c.dist[1]:+.4f} | {c.dist[4]:+.4f} | "
+                f"{c.intrinsic_error_px[0]:.3f} / {c.intrinsic_error_px[1]:.3f} | {100 * c.coverage:.0f}% | "
+                f"{len(c.warnings)} |"
+            )
+        return "\n".join(lines)
     head = (
-        "| camera | size | frames read | with board | intrinsics | rig | fx | fy | cx | cy | k1 | k2 "
+        "| camera | size | frames read | with board | found by | intrinsics | rig | fx | fy | cx | cy | k1 | k2 "
         "| intrinsic err px (med / p95) | rig err px (med / p95) |"
     )
-    lines = [head, "|" + "---|" * 14]
+    lines = [head, "|" + "---|" * 15]
     for c in result.cameras:
         K = np.asarray(c.K)
+        used = c.frames_intrinsics if c.intrinsics == "fitted" else "given"
         lines.append(
             f"| {c.camera} | {c.image_size[0]}x{c.image_size[1]} | {c.frames_read} | {c.frames_detected} | "
-            f"{c.frames_intrinsics} | {c.frames_extrinsics} | {K[0, 0]:.1f} | {K[1, 1]:.1f} | {K[0, 2]:.1f} | "
+            f"{_found_by(c)} | {used} | {c.frames_extrinsics} | {K[0, 0]:.1f} | {K[1, 1]:.1f} | {K[0, 2]:.1f} | "
             f"{K[1, 2]:.1f} | {c.dist[0]:+.4f} | {c.dist[1]:+.4f} | {c.intrinsic_error_px[0]:.3f} / "
             f"{c.intrinsic_error_px[1]:.3f} | {c.rig_error_px[0]:.3f} / {c.rig_error_px[1]:.3f} |"
         )
@@ -1454,14 +1521,33 @@ def calibrate(
     cfg: CalibrateConfig = CalibrateConfig(),
     board: Board | str | Path | None = None,
     progress: bool = True,
+    intrinsics: str | Path | Mapping[str, LensIntrinsics] | None = None,
 ) -> CalibrationResult:
     """Calibrate a rig from one board video / image folder per camera (see the module doc).
 
-    ``board`` overrides ``cfg.board``. Nothing is written; see :func:`write_outputs`.
+    ``board`` overrides ``cfg.board``. ``intrinsics``: an intrinsics file (from
+    :func:`calibrate_intrinsics_only`), any rig file, or camera name -> :class:`LensIntrinsics`:
+    the cameras named there keep that K and distortion (only their poses are fitted; they
+    need no ``min_frames``). Nothing is written; see :func:`write_outputs`.
     """
     board = load_board(board if board is not None else cfg.board)
     infos = _probe(resolve_sources(sources))
     names = list(infos)
+    given_from = str(intrinsics) if isinstance(intrinsics, (str, Path)) else "given"
+    given = load_intrinsics(intrinsics) if isinstance(intrinsics, (str, Path)) else dict(intrinsics or {})
+    unknown = sorted(set(given) - set(names))
+    if given and len(unknown) == len(given):
+        raise CalibrationError(
+            f"the intrinsics ({given_from}) name cameras {unknown}, none of the sources' cameras {names}; "
+            "name the sources like the cameras there (NAME=PATH)"
+        )
+    for n in names:
+        if n in given and tuple(given[n].image_size) != tuple(infos[n].frame_size):
+            raise CalibrationError(
+                f"camera '{n}': its frames are {infos[n].frame_size[0]}x{infos[n].frame_size[1]} but the intrinsics "
+                f"({given_from}) are for {given[n].image_size[0]}x{given[n].image_size[1]}; calibrate the "
+                "intrinsics from photos of the same size (same camera mode)"
+            )
     check_gaps(
         infos, {n: np.arange(i.num_frames) for n, i in infos.items()}, cfg.allow_gaps, CalibrationError,
         hint=", or pass allow_gaps (CLI: --allow-gaps) to calibrate without that camera's view of it",
@@ -1475,9 +1561,16 @@ def calibrate(
                 "pick a frame in which the board lies on the floor"
             )
     dets = [
-        detect_source(board, n, infos[n], cfg.frame_stride, cfg.max_frames, extra, progress=progress) for n in names
+        detect_source(board, n, infos[n], cfg.frame_stride, cfg.max_frames, extra, progress, cfg.checkerboard_fallback)
+        for n in names
     ]
-    intr = [calibrate_intrinsics(board, d, cfg) for d in dets]
+    intr = [
+        calibrate_intrinsics(board, d, cfg, fixed=(given[d.camera].K, given[d.camera].dist))
+        if d.camera in given
+        else calibrate_intrinsics(board, d, cfg)
+        for d in dets
+    ]
+    quality = [check_intrinsics(board, ci, cfg.quality) for ci in intr]
     rig = calibrate_extrinsics(board, dets, intr, cfg)
     frames, b2w, n_views = board_poses_world(board, dets, intr, rig)
     world = "camera 0"
@@ -1523,6 +1616,10 @@ def calibrate(
             intrinsic_error_px=_stats(ci.errors_px),
             rig_error_px=_stats(rig_err[c]),
             corners_dropped=int((np.isfinite(d.uv_pixels[..., 0]) & ~np.isfinite(ci.uv_pixels[..., 0])).sum()),
+            found_by=d.found_by(),
+            intrinsics=given_from if ci.fixed else "fitted",
+            coverage=quality[c].coverage,
+            warnings=quality[c].warnings,
         )
         k_prev = int(np.flatnonzero(frames == d.preview_frame)[0])
         usable_uv = ci.uv_pixels[ci.usable].reshape(-1, 2)
@@ -1532,14 +1629,162 @@ def calibrate(
     return CalibrationResult(rig, board, cfg, tuple(reports), frames, b2w, world, pictures)
 
 
-def write_outputs(result: CalibrationResult, rig_path: str | Path, report_dir: str | Path | None = None) -> list[Path]:
-    """Write the rig (format by extension, :func:`mvcap.rigio.save_rig`) and the report
-    (``report.json``, ``report.md``, ``<camera>.png``) under temporary names, then rename
-    them into place, so an interrupted or failed run never leaves a complete-looking output.
-    Returns the written paths."""
+def calibrate_intrinsics_only(
+    sources: Mapping[str, str | Path] | Sequence[str | Path],
+    cfg: CalibrateConfig = CalibrateConfig(),
+    board: Board | str | Path | None = None,
+    progress: bool = True,
+) -> IntrinsicsResult:
+    """Each camera's lens (K, distortion) on its own, from its own board photos or video: no
+    synchronisation, no views shared with another camera, one camera is enough. A camera
+    needs ``cfg.min_frames_intrinsics_only`` usable views; the quality check
+    (:func:`check_intrinsics`) warns when the fit is poorly constrained. Nothing is written;
+    see :func:`write_outputs` (an intrinsics file for :func:`calibrate`'s ``intrinsics``)."""
+    board = load_board(board if board is not None else cfg.board)
+    infos = _probe(resolve_sources(sources))
+    reports, intr, quality, pictures = [], [], [], {}
+    for n, info in infos.items():
+        d = detect_source(
+            board, n, info, cfg.frame_stride, cfg.max_frames, progress=progress, fallback=cfg.checkerboard_fallback
+        )
+        ci = calibrate_intrinsics(board, d, cfg, min_frames=cfg.min_frames_intrinsics_only)
+        q = check_intrinsics(board, ci, cfg.quality)
+        rep = CameraReport(
+            camera=n,
+            source=str(d.source),
+            image_size=tuple(d.image_size),
+            frames_read=len(d.frames),
+            frames_detected=int((d.counts > 0).sum()),
+            frames_intrinsics=int(ci.used.sum()),
+            frames_extrinsics=0,
+            K=ci.K.tolist(),
+            dist=ci.dist.tolist(),
+            intrinsic_error_px=_stats(ci.errors_px),
+            rig_error_px=(float("nan"), float("nan")),
+            corners_dropped=int((np.isfinite(d.uv_pixels[..., 0]) & ~np.isfinite(ci.uv_pixels[..., 0])).sum()),
+            found_by=d.found_by(),
+            coverage=q.coverage,
+            warnings=q.warnings,
+        )
+        # the picture: the camera as its own world, the preview frame's board at its fitted pose
+        f = int(np.flatnonzero(d.frames == d.preview_frame)[0])
+        cam = Camera(n, ci.K, ci.dist, np.eye(3), np.zeros(3), ci.image_size)
+        b2c = _rvec_to_M(ci.rvec_board2cam[f], ci.t_board2cam[f]) if ci.usable[f] else None
+        usable_uv = ci.uv_pixels[ci.used].reshape(-1, 2)
+        pictures[n] = _picture(board, d, cam, b2c, usable_uv[np.isfinite(usable_uv[:, 0])], rep)
+        reports.append(rep)
+        intr.append(ci)
+        quality.append(q)
+    return IntrinsicsResult(board, cfg, tuple(reports), tuple(intr), tuple(quality), pictures)
+
+
+@dataclass(frozen=True)
+class LensIntrinsics:
+    """One camera's lens as read by :func:`load_intrinsics`: K (3, 3), dist (5,) k1, k2, p1,
+    p2, k3, image_size (width, height)."""
+
+    K: np.ndarray
+    dist: np.ndarray
+    image_size: tuple[int, int]
+
+
+INTRINSICS_KIND = "intrinsics"  # [metadata] kind of an intrinsics file
+
+
+def save_intrinsics(result: IntrinsicsResult, path: str | Path) -> None:
+    """Write an intrinsics file: the anipose/Pose2Sim TOML layout without camera poses (no
+    ``rotation`` / ``translation``), ``[metadata] kind = "intrinsics"``, plus per camera the
+    views used, the RMS error and the quality warnings. :func:`load_intrinsics` reads it;
+    rig readers refuse it with a message pointing to ``mvcap calibrate --intrinsics``."""
+    from .rigio import _fmt
+
+    lines = [
+        "# Camera intrinsics from mvcap calibrate --intrinsics-only: each camera's lens, NO camera poses.",
+        "# Calibrate the rig's poses with these lenses held: mvcap calibrate ... --intrinsics <this file>",
+        "",
+    ]
+    for i, (rep, ci) in enumerate(zip(result.cameras, result.intrinsics)):
+        lines += [
+            f"[cam_{i}]",
+            f"name = {_fmt(rep.camera)}",
+            f"size = {_fmt(list(ci.image_size))}",
+            f"matrix = {_fmt(ci.K.tolist())}",
+            f"distortions = {_fmt(ci.dist.tolist())}",
+            f"views = {int(ci.used.sum())}",
+            f"rms_px = {_fmt(ci.rms_px)}",
+            f"warnings = {_fmt(list(rep.warnings))}",
+            "",
+        ]
+    lines += [
+        "[metadata]",
+        'written_by = "mvcap"',
+        f"kind = {_fmt(INTRINSICS_KIND)}",
+        f"board = {_fmt(result.board.name)}",
+    ]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def load_intrinsics(path: str | Path) -> dict[str, LensIntrinsics]:
+    """Camera name -> :class:`LensIntrinsics` from an intrinsics file (:func:`save_intrinsics`)
+    or from any rig file :func:`mvcap.rigio.load_rig` reads (its poses are ignored)."""
+    path = Path(path)
+    if not path.exists():
+        raise CalibrationError(f"intrinsics file not found: {path}")
+    if path.suffix.lower() == ".toml":
+        text = read_text(path, "intrinsics file", CalibrationError)
+        try:
+            data = tomllib.loads(text)
+        except (tomllib.TOMLDecodeError, RecursionError) as exc:
+            raise CalibrationError(f"{path}: not valid TOML ({str(exc)[:300]})") from None
+        meta = data.get("metadata", {})
+        if isinstance(meta, dict) and meta.get("kind") == INTRINSICS_KIND:
+            out = {}
+            for section, entry in data.items():
+                if section == "metadata" or not isinstance(entry, dict):
+                    continue
+                name = str(entry.get("name", section))
+                missing = [k for k in ("size", "matrix", "distortions") if k not in entry]
+                if missing:
+                    raise CalibrationError(f"{path}: camera '{name}' (section [{section}]) is missing {missing}")
+                try:
+                    # Camera validates K, the distortion and the size; the pose is a placeholder
+                    cam = Camera(name, entry["matrix"], entry["distortions"], np.eye(3), np.zeros(3), entry["size"])
+                except (MvcapError, TypeError, ValueError) as exc:
+                    raise CalibrationError(f"{path} (section [{section}]): {exc}") from None
+                out[name] = LensIntrinsics(cam.K, cam.dist, tuple(cam.image_size))
+            if not out:
+                raise CalibrationError(f"{path}: no camera sections found (expected [cam_0], [cam_1], ...)")
+            return out
+    from .rigio import load_rig
+
+    try:
+        rig = load_rig(path)
+    except MvcapError as exc:
+        raise CalibrationError(
+            f"intrinsics {path}: neither an intrinsics file (mvcap calibrate --intrinsics-only) nor a rig file ({exc})"
+        ) from None
+    return {c.name: LensIntrinsics(c.K, c.dist, tuple(c.image_size)) for c in rig}
+
+
+def write_outputs(
+    result: CalibrationResult | IntrinsicsResult, rig_path: str | Path, report_dir: str | Path | None = None
+) -> list[Path]:
+    """Write the rig (format by extension, :func:`mvcap.rigio.save_rig`), or for an
+    :class:`IntrinsicsResult` the intrinsics file (``.toml``, :func:`save_intrinsics`), and the
+    report (``report.json``, ``report.md``, ``<camera>.png``) under temporary names, then
+    rename them into place, so an interrupted or failed run never leaves a complete-looking
+    output. Returns the written paths."""
     from .rigio import save_rig
 
     rig_path = Path(rig_path)
+    lens_only = isinstance(result, IntrinsicsResult)
+    if lens_only and rig_path.suffix.lower() != ".toml":
+        raise CalibrationError(
+            f"--intrinsics-only writes an intrinsics TOML file, not {rig_path}; pass --out ending in .toml "
+            "(e.g. intrinsics.toml)"
+        )
     tag = f".tmp-{os.getpid()}"
     staged: list[tuple[Path, Path]] = []
 
@@ -1559,17 +1804,22 @@ def write_outputs(result: CalibrationResult, rig_path: str | Path, report_dir: s
                     raise CalibrationError(f"cannot write {p}")
                 pics[name] = str(report_dir / f"{name}.png")
             cams = [asdict(c) | {"picture": pics.get(c.camera, "")} for c in result.cameras]
-            data = result.to_json() | {"cameras": cams, "rig": str(rig_path)}
+            data = result.to_json() | {"cameras": cams, ("intrinsics" if lens_only else "rig"): str(rig_path)}
             stage(report_dir / "report.json").write_text(json.dumps(data, indent=2) + "\n")
+            warns = "".join(f"- {w}\n" for w in result.warnings)
             md = (
                 f"# Calibration report\n\nboard: {result.board.name} ({result.board.kind}, "
                 f"{result.board.squares_x}x{result.board.squares_y} squares of {result.board.square_length * 1000:.1f} "
-                f"mm)\n\nworld: {result.world}\n\nrig: {rig_path}\n\n{format_report(result)}\n\n"
+                f"mm)\n\nworld: {result.world}\n\n{'intrinsics' if lens_only else 'rig'}: {rig_path}\n\n"
+                f"{format_report(result)}\n\n"
+                + (f"## Warnings\n\n{warns}\n" if warns else "")
                 + "".join(f"![{n}]({n}.png)\n" for n in pics)
             )
             stage(report_dir / "report.md").write_text(md)
         rig_path.parent.mkdir(parents=True, exist_ok=True)
-        if rig_path.suffix.lower() == ".toml":
+        if lens_only:
+            save_intrinsics(result, stage(rig_path))
+        elif rig_path.suffix.lower() == ".toml":
             # the world's up axis: the floor board's (else unrecorded: ingest reads it from the cameras' layout)
             up = f"+{result.config.up}" if result.config.world_frame is not None else None
             save_rig(result.rig, stage(rig_path), up=up)
