@@ -6,11 +6,17 @@ file-name number):
 
 1. **Detection** per camera: OpenCV's ChArUco detector with its default parameters (about
    20x faster than aniposelib's settings, same accuracy), or ``findChessboardCornersSB`` for
-   checkerboards (the corner order is normalised to the board's own so that every camera
-   labels a corner alike; see :meth:`Board.detect`).
+   checkerboards, backed up by the classic ``findChessboardCorners`` where SB misses the
+   board (image folders by default), both refined by ``cornerSubPix`` at full resolution
+   (the corner order is normalised to the board's own so that every camera labels a corner
+   alike; see :meth:`Board.detect`).
 2. **Intrinsics** per camera with the full model (fx, fy, cx, cy, k1, k2, p1, p2, k3) by
-   ``cv2.calibrateCamera`` on a diverse subset of the frames with enough corners, one round
-   of outlier frames dropped.
+   ``cv2.calibrateCameraExtended`` on a diverse subset of the frames with enough corners, one
+   round of outlier frames dropped; or held as given (``intrinsics``: a file from
+   :func:`calibrate_intrinsics_only`, which calibrates lenses alone, one camera at a time).
+   A quality check (:func:`check_intrinsics`) warns, naming the camera and what to film,
+   when they are poorly constrained (few views, the board never near the image corners, a
+   principal point or distortion unlike a real lens, a large uncertainty).
 3. **Extrinsics**: per-frame board poses (``solvePnP``) of cameras that see the board at the
    same time give the relative poses along a maximum spanning tree of the camera graph;
    aniposelib's iterative bundle adjustment then refines them with the intrinsics held
@@ -340,8 +346,8 @@ class QualityConfig:
     min_frames: views of the board used (fewer: focal length, principal point and distortion
       trade off against each other; 10-20 varied views is the usual advice).
     min_coverage: fraction of the image area inside the board's outline in at least one view
-      (the distortion is only measured where the board was); a 3x3 grid's border cells without
-      any corner are named too.
+      (the distortion is only measured where the board was; 8-12 views spread over the image
+      cover 45-60 %); any border cell of a 3x3 grid over the image without a corner warns too.
     max_principal_offset: principal point off the image centre by more than this fraction of
       the width / height (real sensors sit within a few %; 10 % almost always means the
       principal point traded off against the board poses: too little tilt).

@@ -152,6 +152,8 @@ def test_intrinsics_only_needs_three_views_not_shared_ones(poor_photos, tmp_path
         )
     with pytest.raises(CalibrationError, match="min_frames_intrinsics_only must be >= 3"):
         CalibrateConfig(min_frames_intrinsics_only=2)
+    with pytest.raises(CalibrationError, match="checkerboard_fallback must be 'photos'"):
+        CalibrateConfig(checkerboard_fallback="yes")
     cli = CliRunner().invoke(
         main, ["calibrate", str(src), "--intrinsics-only", "--world-frame", "0", "--out", str(tmp_path / "i.toml")]
     )
