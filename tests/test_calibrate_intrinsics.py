@@ -212,3 +212,25 @@ def test_detections_count_each_detector(tmp_path):
     assert det.methods == ("sb", "classic", "sb", "classic", "classic", "")
     det = detect_source(load_board(BOARD), "cam", folder, progress=False, fallback=False)
     assert det.found_by() == {"sb": 2}
+
+
+def test_classic_detector_labels_corners_like_the_board(monkeypatch):
+    """Corner order normalised as for SB: the board turned by quarter turns gives the same labels."""
+    board = load_board(BOARD)
+    monkeypatch.setattr(cal.cv2, "findChessboardCornersSB", lambda *a, **k: (False, None))
+    tex, px = board.texture(24, 1.0)
+    h, w = tex.shape
+    for quarter in range(4):
+        a = quarter * math.pi / 2 + 0.1
+        T = np.array([[math.cos(a), -math.sin(a), 400], [math.sin(a), math.cos(a), 300], [0, 0, 1.0]])
+        T = (
+            np.array([[1, 0.05, 0], [0.02, 1, 0], [2e-5, 1e-5, 1]])
+            @ T
+            @ np.array([[1, 0, -w / 2], [0, 1, -h / 2], [0, 0, 1]])
+        )
+        img = cv2.warpPerspective(tex, T, (800, 600), flags=cv2.INTER_LINEAR, borderValue=128)
+        ids, uv, method = board.detector()(img)
+        assert method == "classic" and len(ids) == board.num_corners, quarter
+        tex_uv = (board.corners_board[ids, :2] + board.square_length) / px - 0.5
+        expect = cv2.perspectiveTransform(tex_uv.reshape(-1, 1, 2), T).reshape(-1, 2)
+        assert np.abs(uv - expect).max() < 0.2, quarter
