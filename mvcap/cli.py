@@ -726,7 +726,8 @@ def register(session: Path, out, name, config_path, frames, views, write_session
 @click.argument("sources", nargs=-1, required=True)
 @click.option("--board", default=None, help="Board: a name in calibration/boards (e.g. charuco_5x7) or a TOML path.")
 @click.option("--out", "out_rig", type=click.Path(path_type=Path), required=True,
-              help="Rig to write: .toml (anipose/Pose2Sim), or an EasyMocap folder / intri.yml.")  # fmt: skip
+              help="Rig to write: .toml (anipose/Pose2Sim), or an EasyMocap folder / intri.yml; with "
+                   "--intrinsics-only the intrinsics .toml.")  # fmt: skip
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Report folder: report.md/json and one picture per camera (default: <out>_report).")  # fmt: skip
 @_config_option("Calibration config TOML (default: configs/calibrate.toml).")
