@@ -1423,7 +1423,7 @@ def _picture(board, det, cam: Camera, board2world_k, all_dets_uv, rep: CameraRep
         f"frames: read {rep.frames_read}, board {rep.frames_detected}, intrinsics {rep.frames_intrinsics}, "
         f"rig {rep.frames_extrinsics}",
         f"reproj px (median/p95): intrinsic {rep.intrinsic_error_px[0]:.2f}/{rep.intrinsic_error_px[1]:.2f}, "
-        f"rig {rep.rig_error_px[0]:.2f}/{rep.rig_error_px[1]:.2f}",
+        + (f"rig {rep.rig_error_px[0]:.2f}/{rep.rig_error_px[1]:.2f}" if np.isfinite(rep.rig_error_px[0]) else "rig -"),
         "green: detected, red: reprojected, yellow: error x10, grey: all detections",
     ]
     band = img[: 8 + 16 * len(lines)]
