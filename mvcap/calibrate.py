@@ -6,11 +6,17 @@ file-name number):
 
 1. **Detection** per camera: OpenCV's ChArUco detector with its default parameters (about
    20x faster than aniposelib's settings, same accuracy), or ``findChessboardCornersSB`` for
-   checkerboards (the corner order is normalised to the board's own so that every camera
-   labels a corner alike; see :meth:`Board.detect`).
+   checkerboards, backed up by the classic ``findChessboardCorners`` where SB misses the
+   board (image folders by default), both refined by ``cornerSubPix`` at full resolution
+   (the corner order is normalised to the board's own so that every camera labels a corner
+   alike; see :meth:`Board.detect`).
 2. **Intrinsics** per camera with the full model (fx, fy, cx, cy, k1, k2, p1, p2, k3) by
-   ``cv2.calibrateCamera`` on a diverse subset of the frames with enough corners, one round
-   of outlier frames dropped.
+   ``cv2.calibrateCameraExtended`` on a diverse subset of the frames with enough corners, one
+   round of outlier frames dropped; or held as given (``intrinsics``: a file from
+   :func:`calibrate_intrinsics_only`, which calibrates lenses alone, one camera at a time).
+   A quality check (:func:`check_intrinsics`) warns, naming the camera and what to film,
+   when they are poorly constrained (few views, the board never near the image corners, a
+   principal point or distortion unlike a real lens, a large uncertainty).
 3. **Extrinsics**: per-frame board poses (``solvePnP``) of cameras that see the board at the
    same time give the relative poses along a maximum spanning tree of the camera graph;
    aniposelib's iterative bundle adjustment then refines them with the intrinsics held
@@ -51,6 +57,7 @@ from tqdm import tqdm
 
 from . import sources as sources_mod
 from .cameras import Camera, Rig
+from .config import read_text
 from .errors import MvcapError
 from .resources import resource_path
 from .sources import FrameReader, SourceInfo, check_gaps, probe_sources
@@ -69,6 +76,9 @@ __all__ = [
     "detect_source",
     "CameraIntrinsics",
     "calibrate_intrinsics",
+    "QualityConfig",
+    "IntrinsicsQuality",
+    "check_intrinsics",
     "calibrate_extrinsics",
     "board_poses_world",
     "world_from_floor_board",
@@ -77,6 +87,11 @@ __all__ = [
     "CalibrationResult",
     "calibrate",
     "format_report",
+    "IntrinsicsResult",
+    "calibrate_intrinsics_only",
+    "LensIntrinsics",
+    "save_intrinsics",
+    "load_intrinsics",
     "RigDifference",
     "compare_rigs",
     "format_comparison",
@@ -84,6 +99,7 @@ __all__ = [
 ]
 
 BOARD_DIR = resource_path("calibration/boards", must_exist=False)  # shipped boards
+CLASSIC_MAX_SIDE = 1600  # the classic checkerboard detector runs on photos downscaled to this long side
 
 
 class CalibrationError(MvcapError):
@@ -196,36 +212,52 @@ class Board:
         return img, self.square_length / p
 
     # detection ----------------------------------------------------------------------------
-    def detector(self):
-        """A reusable detector callable ``gray (H, W) uint8 -> (ids (n,) int, uv_pixels (n, 2))``."""
+    def detector(self, fallback: bool = True):
+        """A reusable detector callable ``gray (H, W) uint8 -> (ids (n,) int, uv_pixels (n, 2),
+        method)``; method names the detector that found the board ("charuco", "sb" or
+        "classic" for checkerboards) or is "" when nothing was found. ``fallback``: try
+        OpenCV's classic checkerboard detector when ``findChessboardCornersSB`` fails."""
         if self.kind == "charuco":
             det = cv2.aruco.CharucoDetector(self.cv_board())  # OpenCV's default parameters
 
             def detect(gray):
                 corners, ids, _, _ = det.detectBoard(gray)
                 if ids is None or len(ids) == 0:
-                    return np.zeros(0, np.int64), np.zeros((0, 2))
-                return ids.reshape(-1).astype(np.int64), corners.reshape(-1, 2).astype(np.float64)
+                    return np.zeros(0, np.int64), np.zeros((0, 2)), ""
+                return ids.reshape(-1).astype(np.int64), corners.reshape(-1, 2).astype(np.float64), "charuco"
 
             return detect
 
         def detect(gray):
-            return self._detect_checkerboard(gray)
+            return self._detect_checkerboard(gray, fallback)
 
         return detect
 
     def detect(self, gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Corners in one grey image: (ids (n,) int64, uv_pixels (n, 2) float64)."""
-        return self.detector()(gray)
+        return self.detector()(gray)[:2]
 
-    def _detect_checkerboard(self, gray):
+    def _detect_checkerboard(self, gray, fallback: bool = True):
         cx, cy = self.inner_size
+        method = "sb"
         ok, corners = cv2.findChessboardCornersSB(gray, (cx, cy))
+        if not ok and fallback:
+            # the classic detector finds boards SB misses (uneven light, a shadow across the
+            # board, low contrast); it is slow on large photos, so it runs on a copy of at most
+            # CLASSIC_MAX_SIDE pixels and cornerSubPix below refines at full resolution
+            method = "classic"
+            s = min(1.0, CLASSIC_MAX_SIDE / max(gray.shape[:2]))
+            small = gray if s == 1.0 else cv2.resize(gray, None, fx=s, fy=s, interpolation=cv2.INTER_AREA)
+            flags = cv2.CALIB_CB_ADAPTIVE_THRESH | cv2.CALIB_CB_NORMALIZE_IMAGE
+            ok, corners = cv2.findChessboardCorners(small, (cx, cy), flags=flags)
+            if ok:
+                corners = (corners.astype(np.float64) + 0.5) / s - 0.5  # pixel centres at integers
         if not ok:
-            return np.zeros(0, np.int64), np.zeros((0, 2))
+            return np.zeros(0, np.int64), np.zeros((0, 2)), ""
         grid = corners.reshape(cy, cx, 2).astype(np.float64)
-        # SB's own sub-pixel positions can carry a bias of ~0.1 px at some scales; a
-        # cornerSubPix pass with a window of about a third of a square removes it
+        # SB's own sub-pixel positions can carry a bias of ~0.1 px at some scales, the classic
+        # detector's (on a downscaled copy) a pixel or more; a cornerSubPix pass with a window
+        # of about a third of a square removes both
         spacing = float(np.median(np.linalg.norm(np.diff(grid, axis=1), axis=-1)))
         half = int(np.clip(0.3 * spacing, 2, 8))
         crit = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_COUNT, 50, 1e-4)
@@ -240,7 +272,7 @@ class Board:
         # (1, 1)); the one between the last four is white (squares_x + squares_y is odd)
         if _quad_mean(gray, grid[:2, :2]) > _quad_mean(gray, grid[-2:, -2:]):
             grid = grid[::-1, ::-1]
-        return np.arange(self.num_corners), grid.reshape(-1, 2)
+        return np.arange(self.num_corners), grid.reshape(-1, 2), method
 
 
 def _quad_mean(gray, quad) -> float:
@@ -273,9 +305,10 @@ def load_board(name_or_path: str | Path) -> Board:
             f"unknown board '{name_or_path}': no such file, and not one of the shipped boards "
             f"({', '.join(list_boards()) or 'none'}); pass a board TOML path or one of those names"
         )
+    text = read_text(path, "board file", CalibrationError)
     try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
+        data = tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, RecursionError) as exc:
         raise CalibrationError(f"board file {path}: not valid TOML ({exc})") from exc
     unknown = sorted(set(data) - _BOARD_KEYS)
     if unknown:
@@ -306,6 +339,56 @@ def load_board(name_or_path: str | Path) -> Board:
 # config
 # ==========================================================================================
 @dataclass(frozen=True)
+class QualityConfig:
+    """When fitted intrinsics count as poorly constrained (:func:`check_intrinsics`): each
+    threshold crossed is a warning naming the camera and what to film (never an error).
+
+    min_frames: views of the board used (fewer: focal length, principal point and distortion
+      trade off against each other; 10-20 varied views is the usual advice).
+    min_coverage: fraction of the image area inside the board's outline in at least one view
+      (the distortion is only measured where the board was; 8-12 views spread over the image
+      cover 45-60 %); any border cell of a 3x3 grid over the image without a corner warns too.
+    max_principal_offset: principal point off the image centre by more than this fraction of
+      the width / height (real sensors sit within a few %; 10 % almost always means the
+      principal point traded off against the board poses: too little tilt).
+    max_radial: |k1| or |k2| above this (ordinary lenses have |k1| < 0.5, |k2| < 0.5; larger
+      values are terms fitted to cancel each other where the board was and diverge elsewhere).
+    max_corner_distortion: the radial model moves the image corners by more than this fraction
+      of their distance from the principal point, or folds back inside the image (rectilinear
+      lenses stay within ~15 %, wide-angle ones in their "linear" modes too).
+    max_focal_std / max_principal_std: 1-sigma uncertainty of fx, fy (fraction of the value)
+      and cx, cy (fraction of the width / height), from ``cv2.calibrateCameraExtended``.
+    max_k1_std / max_k2_std: 1-sigma uncertainty of k1 and k2 (k1, k2, k3 are correlated, so
+      these are loose: a well spread set gives ~0.002 / 0.01).
+    noise_floor_px: the uncertainties assume corner noise of at least this RMS; a fit to few
+      views absorbs the noise and reports too small a residual (the issue's 3-photo fit: 0.1 px).
+    """
+
+    min_frames: int = 6
+    min_coverage: float = 0.4
+    max_principal_offset: float = 0.1
+    max_radial: float = 1.0
+    max_corner_distortion: float = 0.2
+    max_focal_std: float = 0.01
+    max_principal_std: float = 0.01
+    max_k1_std: float = 0.05
+    max_k2_std: float = 0.5
+    noise_floor_px: float = 0.1
+
+    def __post_init__(self):
+        if self.min_frames < 1:
+            raise CalibrationError(f"quality.min_frames must be >= 1, got {self.min_frames}")
+        if not 0 <= self.min_coverage <= 1:
+            raise CalibrationError(f"quality.min_coverage is a fraction of the image (0..1), got {self.min_coverage}")
+        for name in ("max_principal_offset", "max_radial", "max_corner_distortion", "max_focal_std",
+                     "max_principal_std", "max_k1_std", "max_k2_std"):  # fmt: skip
+            if not getattr(self, name) > 0:
+                raise CalibrationError(f"quality.{name} must be positive, got {getattr(self, name)}")
+        if self.noise_floor_px < 0:
+            raise CalibrationError(f"quality.noise_floor_px must be >= 0, got {self.noise_floor_px}")
+
+
+@dataclass(frozen=True)
 class CalibrateConfig:
     """Settings of :func:`calibrate` (defaults in ``configs/calibrate.toml``).
 
@@ -314,6 +397,12 @@ class CalibrateConfig:
       camera (0 = all).
     min_corners: corners a detection needs to be used (and they must span two rows).
     min_frames: frames with the board a camera needs for its intrinsics.
+    min_frames_intrinsics_only: the same for ``--intrinsics-only`` (a handful of photos per
+      camera; fewer than ``quality.min_frames`` still calibrates, with a warning).
+    checkerboard_fallback: where ``findChessboardCornersSB`` misses a checkerboard, try
+      OpenCV's classic detector (then sub-pixel refinement at full resolution): "photos"
+      (image folders only: it costs ~0.3 s per 640x480 frame without a board, too much for
+      videos), "always" or "never".
     max_intrinsic_frames: a diverse subset of at most this many frames goes into
       ``cv2.calibrateCamera`` (bounded runtime).
     outlier_factor: frames whose intrinsic RMS error exceeds this times the median (and 1 px)
@@ -330,6 +419,7 @@ class CalibrateConfig:
       of those frames) instead of stopping with an error naming the camera and frame.
     up: world up axis for ``world_frame``: "y" (mvcap, floor y = 0) or "z" (anipose/Pose2Sim).
     seed: seeds aniposelib's point resampling (reproducible results).
+    quality: thresholds of the intrinsics quality warnings (:class:`QualityConfig`).
     """
 
     board: str = "charuco_5x7"
@@ -337,6 +427,8 @@ class CalibrateConfig:
     max_frames: int = 0
     min_corners: int = 8
     min_frames: int = 10
+    min_frames_intrinsics_only: int = 3
+    checkerboard_fallback: str = "photos"
     max_intrinsic_frames: int = 50
     outlier_factor: float = 4.0
     corner_outlier_factor: float = 3.0
@@ -348,6 +440,7 @@ class CalibrateConfig:
     up: str = "y"
     seed: int = 0
     allow_gaps: bool = False
+    quality: QualityConfig = field(default_factory=QualityConfig)
 
     def __post_init__(self):
         if self.frame_stride < 1:
@@ -358,12 +451,22 @@ class CalibrateConfig:
             raise CalibrationError(f"min_corners must be >= 4 (a pose needs 4 points), got {self.min_corners}")
         if self.min_frames < 3:
             raise CalibrationError(f"min_frames must be >= 3, got {self.min_frames}")
+        if self.min_frames_intrinsics_only < 3:
+            raise CalibrationError(
+                f"min_frames_intrinsics_only must be >= 3 (two views of a flat board leave the distortion free), "
+                f"got {self.min_frames_intrinsics_only}"
+            )
         if self.max_intrinsic_frames < self.min_frames:
             raise CalibrationError(
                 f"max_intrinsic_frames ({self.max_intrinsic_frames}) must be >= min_frames ({self.min_frames})"
             )
         if self.min_shared_frames < 1:
             raise CalibrationError(f"min_shared_frames must be >= 1, got {self.min_shared_frames}")
+        if self.checkerboard_fallback not in ("photos", "always", "never"):
+            raise CalibrationError(
+                f"checkerboard_fallback must be 'photos' (image folders), 'always' or 'never', "
+                f"got {self.checkerboard_fallback!r}"
+            )
         if self.up not in ("y", "z"):
             raise CalibrationError(f"up must be 'y' (mvcap, Y-up) or 'z' (anipose/Pose2Sim), got {self.up!r}")
         if self.world_frame is not None and self.world_frame < 0:
@@ -423,7 +526,8 @@ class BoardDetections:
 
     frames: (F,) frame indices read; uv_pixels: (F, M, 2) float64 distorted pixel positions of
     the board's M corners, NaN where not found; preview: (H, W) uint8 grey frame with the
-    most corners (for the report picture), preview_frame its index.
+    most corners (for the report picture), preview_frame its index; methods: (F,) the
+    detector that found the board per frame ("charuco", "sb", "classic"; "" where none did).
     """
 
     camera: str
@@ -433,11 +537,20 @@ class BoardDetections:
     uv_pixels: np.ndarray
     preview: np.ndarray
     preview_frame: int
+    methods: tuple[str, ...] = ()
 
     @property
     def counts(self) -> np.ndarray:
         """(F,) corners found per frame."""
         return np.isfinite(self.uv_pixels[..., 0]).sum(1)
+
+    def found_by(self) -> dict[str, int]:
+        """Frames with the board per detector, e.g. ``{"sb": 5, "classic": 2}``."""
+        out: dict[str, int] = {}
+        for m in self.methods:
+            if m:
+                out[m] = out.get(m, 0) + 1
+        return out
 
 
 def detect_source(
@@ -448,11 +561,13 @@ def detect_source(
     max_frames: int = 0,
     extra_frames: Sequence[int] = (),
     progress: bool = True,
+    fallback: bool = True,
 ) -> BoardDetections:
-    """Detect the board in every read frame of one camera's video or image folder."""
-    detect = board.detector()
+    """Detect the board in every read frame of one camera's video or image folder
+    (``fallback``: checkerboards, see :meth:`Board.detector`)."""
+    detect = board.detector(fallback)
     M = board.num_corners
-    frames, uvs = [], []
+    frames, uvs, methods = [], [], []
     size = None
     best = (-1, None, -1)
     for idx, gray in tqdm(
@@ -470,7 +585,8 @@ def detect_source(
                 f"camera '{camera}': frame {idx} of {source} is {w}x{h} but earlier frames are "
                 f"{size[0]}x{size[1]}; all frames of one camera must have the same size"
             )
-        ids, uv = detect(gray)
+        ids, uv, method = detect(gray)
+        methods.append(method)
         row = np.full((M, 2), np.nan)
         keep = (ids >= 0) & (ids < M)
         row[ids[keep]] = uv[keep]
@@ -489,7 +605,13 @@ def detect_source(
         uv_pixels=np.stack(uvs),
         preview=best[1],
         preview_frame=int(best[2]),
+        methods=tuple(methods),
     )
+
+
+def _fallback(cfg: CalibrateConfig, info: SourceInfo) -> bool:
+    """Whether the classic checkerboard detector backs up SB for this source."""
+    return cfg.checkerboard_fallback == "always" or (cfg.checkerboard_fallback == "photos" and info.kind == "images")
 
 
 def _usable(board: Board, uv: np.ndarray, min_corners: int) -> bool:
@@ -514,7 +636,9 @@ class CameraIntrinsics:
     ``calibrateCamera``; uv_pixels: (F, M, 2) the detections with outlier corners set to NaN
     (what the extrinsics use); rvec_board2cam / t_board2cam: (F, 3) board pose per usable frame
     (NaN elsewhere), metres; pnp_error_px: (F,) RMS reprojection error of that pose;
-    errors_px: per-corner reprojection errors of the used frames.
+    errors_px: per-corner reprojection errors of the used frames; std: (9,) 1-sigma
+    uncertainty of (fx, fy, cx, cy, k1, k2, p1, p2, k3) from ``cv2.calibrateCameraExtended``
+    (0 for a parameter held fixed; NaN when the whole camera was given, ``fixed``).
     """
 
     camera: str
@@ -529,6 +653,8 @@ class CameraIntrinsics:
     pnp_error_px: np.ndarray
     errors_px: np.ndarray
     rms_px: float
+    std: np.ndarray = field(default_factory=lambda: np.full(9, np.nan))
+    fixed: bool = False
 
 
 def _pose_descriptors(board, det, idx, K0) -> np.ndarray:
@@ -569,28 +695,36 @@ def _solve_pnp(objp, imgp, K, dist):
 
 
 def calibrate_intrinsics(
-    board: Board, det: BoardDetections, cfg: CalibrateConfig = CalibrateConfig()
+    board: Board,
+    det: BoardDetections,
+    cfg: CalibrateConfig = CalibrateConfig(),
+    fixed: tuple[np.ndarray, np.ndarray] | None = None,
+    min_frames: int | None = None,
 ) -> CameraIntrinsics:
-    """Full-model intrinsics of one camera by ``cv2.calibrateCamera`` on its detections.
+    """Full-model intrinsics of one camera by ``cv2.calibrateCameraExtended`` on its detections.
 
     A diverse subset of the usable frames (at most ``cfg.max_intrinsic_frames``) is
     calibrated; frames with a poor fit and then single corners inconsistent with their
     frame's board pose (residual over ``cfg.corner_outlier_factor`` times the median, and
     0.2 px) are dropped, and the camera is calibrated again. Raises
-    :class:`CalibrationError` naming the camera when it has fewer than ``cfg.min_frames``
-    usable frames.
+    :class:`CalibrationError` naming the camera when it has fewer than ``min_frames``
+    (default ``cfg.min_frames``) usable frames.
+
+    fixed: (K (3, 3), dist (5,)) given intrinsics: only the board poses are fitted (any
+    number of usable frames will do; placing the camera in the rig has its own check).
     """
     F, M = det.uv_pixels.shape[:2]
     uv = det.uv_pixels.copy()
     obj = board.corners_board
     usable = np.array([_usable(board, uv[f], cfg.min_corners) for f in range(F)], bool)
     idx = np.flatnonzero(usable)
-    if len(idx) < cfg.min_frames:
+    min_frames = cfg.min_frames if min_frames is None else int(min_frames)
+    if fixed is None and len(idx) < min_frames:
         n_any = int((det.counts > 0).sum())
         raise CalibrationError(
             f"camera '{det.camera}' ({det.source}): the board was usable (>= {cfg.min_corners} corners over two "
             f"or more rows) in only {len(idx)} of {F} frames read (corners seen at all in {n_any}); its "
-            f"intrinsics need at least {cfg.min_frames} such frames. Film the board in more positions in this "
+            f"intrinsics need at least {min_frames} such frames. Film the board in more positions in this "
             "view, read more frames (lower the frame stride, raise max_frames), or lower min_frames"
         )
 
@@ -600,7 +734,7 @@ def calibrate_intrinsics(
 
     size = tuple(det.image_size)
     sel = idx
-    if len(idx) > cfg.max_intrinsic_frames:
+    if fixed is None and len(idx) > cfg.max_intrinsic_frames:
         K0 = cv2.initCameraMatrix2D(
             [points(f)[0].astype(np.float32) for f in idx], [points(f)[1].astype(np.float32) for f in idx], size
         )
@@ -614,25 +748,35 @@ def calibrate_intrinsics(
     def run(frames):
         objp = [points(f)[0].astype(np.float32) for f in frames]
         imgp = [points(f)[1].astype(np.float32) for f in frames]
-        try:
-            _, K, dist, rv, tv = cv2.calibrateCamera(objp, imgp, size, None, None, flags=flags, criteria=crit)
-        except cv2.error as exc:
-            raise CalibrationError(
-                f"camera '{det.camera}': OpenCV could not calibrate from {len(frames)} frames ({exc.err}); "
-                "film the board at more varied angles and positions"
-            ) from None
+        if fixed is not None:
+            K, dist = fixed
+            std = np.full(9, np.nan)
+            fits = [_solve_pnp(o.astype(np.float64), i.astype(np.float64), K, dist) for o, i in zip(objp, imgp)]
+            rv, tv = [f[0] for f in fits], [f[1] for f in fits]
+        else:
+            try:
+                _, K, dist, rv, tv, std, _, _ = cv2.calibrateCameraExtended(
+                    objp, imgp, size, None, None, flags=flags, criteria=crit
+                )
+            except cv2.error as exc:
+                raise CalibrationError(
+                    f"camera '{det.camera}': OpenCV could not calibrate from {len(frames)} frames ({exc.err}); "
+                    "film the board at more varied angles and positions"
+                ) from None
+            std = std.reshape(-1)[:9].astype(np.float64)
         errs = []
         for o, i, r, t in zip(objp, imgp, rv, tv):
-            proj, _ = cv2.projectPoints(o, r, t, K, dist)
+            proj, _ = cv2.projectPoints(o, np.asarray(r, np.float64), np.asarray(t, np.float64), K, dist)
             errs.append(np.linalg.norm(proj.reshape(-1, 2) - i, axis=1))
-        return K, np.pad(dist.reshape(-1)[:5], (0, max(0, 5 - dist.size))), errs
+        return K, np.pad(np.asarray(dist).reshape(-1)[:5], (0, max(0, 5 - np.asarray(dist).size))), errs, std
 
-    K, dist, errs = run(sel)
+    K, dist, errs, std = run(sel)
     frame_rms = np.array([np.sqrt(np.mean(e**2)) for e in errs])
-    bad = frame_rms > max(cfg.outlier_factor * float(np.median(frame_rms)), 1.0)
-    if bad.any() and (~bad).sum() >= cfg.min_frames:
-        sel = sel[~bad]
-        K, dist, errs = run(sel)
+    if fixed is None and len(sel):
+        bad = frame_rms > max(cfg.outlier_factor * float(np.median(frame_rms)), 1.0)
+        if bad.any() and (~bad).sum() >= min_frames:
+            sel = sel[~bad]
+            K, dist, errs, std = run(sel)
 
     def poses():
         r_, t_, e_ = np.full((F, 3), np.nan), np.full((F, 3), np.nan), np.full(F, np.nan)
@@ -645,22 +789,22 @@ def calibrate_intrinsics(
         return r_, t_, e_, res
 
     rvecs, tvecs, pnp_err, res = poses()
-    if cfg.corner_outlier_factor > 0:
+    if cfg.corner_outlier_factor > 0 and len(idx):
         thresh = max(cfg.corner_outlier_factor * float(np.nanmedian(res[idx])), 0.2)
         outlier = res > thresh
         if outlier.any():
             uv[outlier] = np.nan
             still = np.array([_usable(board, uv[f], cfg.min_corners) for f in range(F)], bool)
             keep = sel[still[sel]]
-            if len(keep) >= cfg.min_frames:
+            if fixed is not None or len(keep) >= min_frames:
                 usable, idx, sel = usable & still, np.flatnonzero(usable & still), keep
-                K, dist, errs = run(sel)
+                K, dist, errs, std = run(sel)
                 rvecs, tvecs, pnp_err, res = poses()
             else:
                 uv = det.uv_pixels.copy()
     used = np.zeros(F, bool)
     used[sel] = True
-    errors = np.concatenate(errs)
+    errors = np.concatenate(errs) if errs else np.zeros(0)
     return CameraIntrinsics(
         camera=det.camera,
         image_size=size,
@@ -673,7 +817,166 @@ def calibrate_intrinsics(
         t_board2cam=tvecs,
         pnp_error_px=pnp_err,
         errors_px=errors,
-        rms_px=float(np.sqrt(np.mean(errors**2))),
+        rms_px=float(np.sqrt(np.mean(errors**2))) if errors.size else float("nan"),
+        std=std,
+        fixed=fixed is not None,
+    )
+
+
+# ==========================================================================================
+# intrinsics quality
+# ==========================================================================================
+# border cells of a 3 x 3 grid over the image: (name, column, row)
+_REGIONS = (
+    ("top-left", 0, 0), ("top", 1, 0), ("top-right", 2, 0), ("left", 0, 1),
+    ("right", 2, 1), ("bottom-left", 0, 2), ("bottom", 1, 2), ("bottom-right", 2, 2),
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class IntrinsicsQuality:
+    """How well one camera's fitted intrinsics are constrained (:func:`check_intrinsics`).
+
+    frames: views of the board used in the fit; coverage: fraction of the image inside the
+    board's outline (its outer corners) in at least one used view; missing_regions: border
+    cells of a 3x3 grid over the image without any used corner; principal_offset: (|cx - centre|
+    / W, |cy - centre| / H); corner_distortion: radial displacement the lens model gives the
+    image corners, as a fraction of their distance from the principal point; folds: the
+    radial model turns back inside the image; focal_std (fraction of fx/fy, the larger),
+    principal_std (fraction of W/H, the larger), k1_std, k2_std: 1-sigma uncertainties with
+    the noise floor applied (NaN for given intrinsics); warnings: one line each, naming the
+    camera, what is wrong and what to film.
+    """
+
+    camera: str
+    frames: int
+    coverage: float
+    missing_regions: tuple[str, ...]
+    principal_offset: tuple[float, float]
+    corner_distortion: float
+    folds: bool
+    focal_std: float
+    principal_std: float
+    k1_std: float
+    k2_std: float
+    warnings: tuple[str, ...]
+
+
+def _coverage(uv_frames: Sequence[np.ndarray], image_size: tuple[int, int]) -> tuple[float, tuple[str, ...]]:
+    """Fraction of the image inside the union of the boards' outlines, and the border cells of a
+    3x3 grid with no corner. uv_frames: per view (n, 2) detected corners (pixels, finite)."""
+    W, H = image_size
+    s = 256.0 / max(W, H)  # a coarse mask is plenty for a percentage
+    mask = np.zeros((max(1, round(H * s)), max(1, round(W * s))), np.uint8)
+    cells = np.zeros((3, 3), bool)
+    for uv in uv_frames:
+        if len(uv) >= 3:
+            hull = cv2.convexHull((uv * s).astype(np.float32))
+            cv2.fillConvexPoly(mask, np.round(hull).astype(np.int32), 1)
+        col = np.clip((3 * (uv[:, 0] + 0.5) / W).astype(int), 0, 2)
+        row = np.clip((3 * (uv[:, 1] + 0.5) / H).astype(int), 0, 2)
+        cells[row, col] = True
+    missing = tuple(name for name, c, r in _REGIONS if not cells[r, c])
+    return float(mask.mean()), missing
+
+
+def _radial_check(K: np.ndarray, dist: np.ndarray, image_size: tuple[int, int]) -> tuple[float, bool]:
+    """Radial displacement (fraction of the radius) at the farthest image corner and whether the
+    radial model r (1 + k1 r^2 + k2 r^4 + k3 r^6) stops increasing before it. The corner's
+    radius is its pinhole one (normalised coordinates through K alone)."""
+    W, H = image_size
+    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
+    u, v = np.array([-0.5, W - 0.5]), np.array([-0.5, H - 0.5])
+    r_max = float(np.max(np.hypot((u[:, None] - cx) / fx, (v[None, :] - cy) / fy)))
+    k1, k2, k3 = float(dist[0]), float(dist[1]), float(dist[4]) if len(dist) > 4 else 0.0
+    r2 = np.linspace(0.0, r_max, 256) ** 2
+    slope = 1 + 3 * k1 * r2 + 5 * k2 * r2**2 + 7 * k3 * r2**3  # d/dr of r (1 + k1 r^2 + ...)
+    R2 = r_max**2
+    return abs(k1 * R2 + k2 * R2**2 + k3 * R2**3), bool((slope <= 0).any())
+
+
+def check_intrinsics(board: Board, intr: CameraIntrinsics, q: QualityConfig = QualityConfig()) -> IntrinsicsQuality:
+    """Warnings (never errors) when a camera's fitted intrinsics are poorly constrained: too few
+    views, the board never near the image's edges and corners, the principal point or the
+    distortion far from any real lens, or a large uncertainty (thresholds: :class:`QualityConfig`).
+    Each warning names the camera and says what to film. Given intrinsics (``intr.fixed``) get
+    the coverage numbers but no warnings."""
+    name = intr.camera
+    W, H = intr.image_size
+    used = np.flatnonzero(intr.used)
+    uv_frames = []
+    for f in used:
+        uv = intr.uv_pixels[f]
+        uv_frames.append(uv[np.isfinite(uv[:, 0])])
+    coverage, missing = _coverage(uv_frames, intr.image_size)
+    K, dist = intr.K, intr.dist
+    off = (abs(K[0, 2] - (W - 1) / 2) / W, abs(K[1, 2] - (H - 1) / 2) / H)
+    corner_dist, folds = _radial_check(K, dist, intr.image_size)
+    # a fit to few views absorbs the corner noise: assume at least noise_floor_px of it
+    scale = max(1.0, q.noise_floor_px / intr.rms_px) if intr.rms_px > 0 else 1.0
+    sd = np.asarray(intr.std, np.float64) * scale
+    focal_std = float(max(sd[0] / K[0, 0], sd[1] / K[1, 1]))
+    principal_std = float(max(sd[2] / W, sd[3] / H))
+    k1_std, k2_std = float(sd[4]), float(sd[5])
+    warns: list[str] = []
+    if not intr.fixed:
+        cam = f"camera '{name}'"
+        n = len(used)
+        if n < q.min_frames:
+            warns.append(
+                f"{cam}: its intrinsics rest on only {n} view(s) of the board (fewer than {q.min_frames}); "
+                f"film {q.min_frames - n} or more others (10-20 is better): the board close to the camera, "
+                "all over the image, tilted 20-45 degrees in different directions"
+            )
+        if coverage < q.min_coverage or missing:
+            where = f"; no board corner in its {', '.join(missing)} part(s)" if missing else ""
+            warns.append(
+                f"{cam}: the board covered {100 * coverage:.0f}% of the image (want >= {100 * q.min_coverage:.0f}%)"
+                f"{where}; the lens distortion is only measured where the board was: film the board close to the "
+                "camera and near the image edges and corners"
+            )
+        if max(off) > q.max_principal_offset:
+            warns.append(
+                f"{cam}: principal point ({K[0, 2]:.0f}, {K[1, 2]:.0f}) is {100 * off[0]:.0f}% / "
+                f"{100 * off[1]:.0f}% of the width / height off the image centre (over "
+                f"{100 * q.max_principal_offset:.0f}%), unlike real sensors: add photos with the board tilted "
+                "20-45 degrees left, right, up and down"
+            )
+        big = abs(dist[0]) > q.max_radial or abs(dist[1]) > q.max_radial
+        if big or folds or corner_dist > q.max_corner_distortion:
+            shape = "folds back inside the image" if folds else f"moves the image corners by {100 * corner_dist:.0f}%"
+            warns.append(
+                f"{cam}: unusual lens distortion (k1 = {dist[0]:+.3f}, k2 = {dist[1]:+.3f}, k3 = {dist[4]:+.3f}; "
+                f"the model {shape}), typical of a fit to too few or too central views: film the board near "
+                "the image edges and corners, close to the camera"
+            )
+        uncertain = []
+        if focal_std > q.max_focal_std:
+            uncertain.append(f"focal length +-{100 * focal_std:.1f}%")
+        if principal_std > q.max_principal_std:
+            uncertain.append(f"principal point +-{100 * principal_std:.1f}% of the image")
+        if k1_std > q.max_k1_std:
+            uncertain.append(f"k1 +-{k1_std:.3f}")
+        if k2_std > q.max_k2_std:
+            uncertain.append(f"k2 +-{k2_std:.2f}")
+        if uncertain:
+            warns.append(
+                f"{cam}: uncertain intrinsics ({', '.join(uncertain)}, 1 sigma): add photos with the board tilted "
+                "in different directions and at different distances"
+            )
+    return IntrinsicsQuality(
+        camera=name,
+        frames=int(len(used)),
+        coverage=coverage,
+        missing_regions=missing,
+        principal_offset=(float(off[0]), float(off[1])),
+        corner_distortion=float(corner_dist),
+        folds=folds,
+        focal_std=focal_std,
+        principal_std=principal_std,
+        k1_std=k1_std,
+        k2_std=k2_std,
+        warnings=tuple(warns),
     )
 
 
@@ -972,7 +1275,11 @@ class CameraReport:
     """Per-camera summary. Errors in pixels: (median, 95th percentile); ``intrinsic`` from
     the camera's own fit, ``rig`` from the calibrated rig (board poses fitted to all
     cameras that saw it at the same time; NaN if the camera never shared a frame);
-    corners_dropped: detected corners left out as inconsistent with their board pose."""
+    corners_dropped: detected corners left out as inconsistent with their board pose;
+    found_by: frames with the board per detector ("charuco", "sb", "classic"); intrinsics:
+    "fitted", or the file the camera's K and distortion were taken from; coverage: fraction of
+    the image inside the board's outline in a used view; warnings: the quality check's
+    (:func:`check_intrinsics`)."""
 
     camera: str
     source: str
@@ -987,6 +1294,10 @@ class CameraReport:
     rig_error_px: tuple[float, float]
     corners_dropped: int = 0
     picture: str = ""
+    found_by: dict = field(default_factory=dict)
+    intrinsics: str = "fitted"
+    coverage: float = float("nan")
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -1010,7 +1321,40 @@ class CalibrationResult:
             "config": asdict(self.config),
             "world": self.world,
             "cameras": [asdict(c) for c in self.cameras],
+            "warnings": list(self.warnings),
         }
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """Every camera's quality warnings (:func:`check_intrinsics`), in camera order."""
+        return tuple(w for c in self.cameras for w in c.warnings)
+
+
+@dataclass(frozen=True)
+class IntrinsicsResult:
+    """What :func:`calibrate_intrinsics_only` found: per camera its lens (``intrinsics``), the
+    quality check (``quality``), a report row (``cameras``; no rig columns) and picture."""
+
+    board: Board
+    config: CalibrateConfig
+    cameras: tuple[CameraReport, ...]
+    intrinsics: tuple[CameraIntrinsics, ...]
+    quality: tuple[IntrinsicsQuality, ...]
+    pictures: dict = field(default_factory=dict, repr=False)
+    world: str = "none (intrinsics only)"
+
+    def to_json(self) -> dict:
+        return {
+            "board": asdict(self.board),
+            "config": asdict(self.config),
+            "kind": "intrinsics",
+            "cameras": [asdict(c) for c in self.cameras],
+            "warnings": list(self.warnings),
+        }
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        return tuple(w for c in self.cameras for w in c.warnings)
 
 
 def _stats(e) -> tuple[float, float]:
@@ -1079,7 +1423,7 @@ def _picture(board, det, cam: Camera, board2world_k, all_dets_uv, rep: CameraRep
         f"frames: read {rep.frames_read}, board {rep.frames_detected}, intrinsics {rep.frames_intrinsics}, "
         f"rig {rep.frames_extrinsics}",
         f"reproj px (median/p95): intrinsic {rep.intrinsic_error_px[0]:.2f}/{rep.intrinsic_error_px[1]:.2f}, "
-        f"rig {rep.rig_error_px[0]:.2f}/{rep.rig_error_px[1]:.2f}",
+        + (f"rig {rep.rig_error_px[0]:.2f}/{rep.rig_error_px[1]:.2f}" if np.isfinite(rep.rig_error_px[0]) else "rig -"),
         "green: detected, red: reprojected, yellow: error x10, grey: all detections",
     ]
     band = img[: 8 + 16 * len(lines)]
@@ -1089,18 +1433,39 @@ def _picture(board, det, cam: Camera, board2world_k, all_dets_uv, rep: CameraRep
     return img
 
 
-def format_report(result: CalibrationResult) -> str:
-    """A markdown table: one row per camera."""
+def _found_by(c: CameraReport) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(c.found_by.items())) or "-"
+
+
+def format_report(result: CalibrationResult | IntrinsicsResult) -> str:
+    """A markdown table: one row per camera (found by: frames with the board per detector)."""
+    if isinstance(result, IntrinsicsResult):
+        lines = [
+            "| camera | size | frames read | with board | found by | used | fx | fy | cx | cy | k1 | k2 | k3 "
+            "| err px (med / p95) | coverage | warnings |",
+            "|" + "---|" * 16,
+        ]
+        for c in result.cameras:
+            K = np.asarray(c.K)
+            lines.append(
+                f"| {c.camera} | {c.image_size[0]}x{c.image_size[1]} | {c.frames_read} | {c.frames_detected} | "
+                f"{_found_by(c)} | {c.frames_intrinsics} | {K[0, 0]:.1f} | {K[1, 1]:.1f} | {K[0, 2]:.1f} | "
+                f"{K[1, 2]:.1f} | {c.dist[0]:+.4f} | {c.dist[1]:+.4f} | {c.dist[4]:+.4f} | "
+                f"{c.intrinsic_error_px[0]:.3f} / {c.intrinsic_error_px[1]:.3f} | {100 * c.coverage:.0f}% | "
+                f"{len(c.warnings)} |"
+            )
+        return "\n".join(lines)
     head = (
-        "| camera | size | frames read | with board | intrinsics | rig | fx | fy | cx | cy | k1 | k2 "
+        "| camera | size | frames read | with board | found by | intrinsics | rig | fx | fy | cx | cy | k1 | k2 "
         "| intrinsic err px (med / p95) | rig err px (med / p95) |"
     )
-    lines = [head, "|" + "---|" * 14]
+    lines = [head, "|" + "---|" * 15]
     for c in result.cameras:
         K = np.asarray(c.K)
+        used = c.frames_intrinsics if c.intrinsics == "fitted" else "given"
         lines.append(
             f"| {c.camera} | {c.image_size[0]}x{c.image_size[1]} | {c.frames_read} | {c.frames_detected} | "
-            f"{c.frames_intrinsics} | {c.frames_extrinsics} | {K[0, 0]:.1f} | {K[1, 1]:.1f} | {K[0, 2]:.1f} | "
+            f"{_found_by(c)} | {used} | {c.frames_extrinsics} | {K[0, 0]:.1f} | {K[1, 1]:.1f} | {K[0, 2]:.1f} | "
             f"{K[1, 2]:.1f} | {c.dist[0]:+.4f} | {c.dist[1]:+.4f} | {c.intrinsic_error_px[0]:.3f} / "
             f"{c.intrinsic_error_px[1]:.3f} | {c.rig_error_px[0]:.3f} / {c.rig_error_px[1]:.3f} |"
         )
@@ -1174,14 +1539,33 @@ def calibrate(
     cfg: CalibrateConfig = CalibrateConfig(),
     board: Board | str | Path | None = None,
     progress: bool = True,
+    intrinsics: str | Path | Mapping[str, LensIntrinsics] | None = None,
 ) -> CalibrationResult:
     """Calibrate a rig from one board video / image folder per camera (see the module doc).
 
-    ``board`` overrides ``cfg.board``. Nothing is written; see :func:`write_outputs`.
+    ``board`` overrides ``cfg.board``. ``intrinsics``: an intrinsics file (from
+    :func:`calibrate_intrinsics_only`), any rig file, or camera name -> :class:`LensIntrinsics`:
+    the cameras named there keep that K and distortion (only their poses are fitted; they
+    need no ``min_frames``). Nothing is written; see :func:`write_outputs`.
     """
     board = load_board(board if board is not None else cfg.board)
     infos = _probe(resolve_sources(sources))
     names = list(infos)
+    given_from = str(intrinsics) if isinstance(intrinsics, (str, Path)) else "given"
+    given = load_intrinsics(intrinsics) if isinstance(intrinsics, (str, Path)) else dict(intrinsics or {})
+    unknown = sorted(set(given) - set(names))
+    if given and len(unknown) == len(given):
+        raise CalibrationError(
+            f"the intrinsics ({given_from}) name cameras {unknown}, none of the sources' cameras {names}; "
+            "name the sources like the cameras there (NAME=PATH)"
+        )
+    for n in names:
+        if n in given and tuple(given[n].image_size) != tuple(infos[n].frame_size):
+            raise CalibrationError(
+                f"camera '{n}': its frames are {infos[n].frame_size[0]}x{infos[n].frame_size[1]} but the intrinsics "
+                f"({given_from}) are for {given[n].image_size[0]}x{given[n].image_size[1]}; calibrate the "
+                "intrinsics from photos of the same size (same camera mode)"
+            )
     check_gaps(
         infos, {n: np.arange(i.num_frames) for n, i in infos.items()}, cfg.allow_gaps, CalibrationError,
         hint=", or pass allow_gaps (CLI: --allow-gaps) to calibrate without that camera's view of it",
@@ -1195,9 +1579,16 @@ def calibrate(
                 "pick a frame in which the board lies on the floor"
             )
     dets = [
-        detect_source(board, n, infos[n], cfg.frame_stride, cfg.max_frames, extra, progress=progress) for n in names
+        detect_source(board, n, infos[n], cfg.frame_stride, cfg.max_frames, extra, progress, _fallback(cfg, infos[n]))
+        for n in names
     ]
-    intr = [calibrate_intrinsics(board, d, cfg) for d in dets]
+    intr = [
+        calibrate_intrinsics(board, d, cfg, fixed=(given[d.camera].K, given[d.camera].dist))
+        if d.camera in given
+        else calibrate_intrinsics(board, d, cfg)
+        for d in dets
+    ]
+    quality = [check_intrinsics(board, ci, cfg.quality) for ci in intr]
     rig = calibrate_extrinsics(board, dets, intr, cfg)
     frames, b2w, n_views = board_poses_world(board, dets, intr, rig)
     world = "camera 0"
@@ -1243,6 +1634,10 @@ def calibrate(
             intrinsic_error_px=_stats(ci.errors_px),
             rig_error_px=_stats(rig_err[c]),
             corners_dropped=int((np.isfinite(d.uv_pixels[..., 0]) & ~np.isfinite(ci.uv_pixels[..., 0])).sum()),
+            found_by=d.found_by(),
+            intrinsics=given_from if ci.fixed else "fitted",
+            coverage=quality[c].coverage,
+            warnings=quality[c].warnings,
         )
         k_prev = int(np.flatnonzero(frames == d.preview_frame)[0])
         usable_uv = ci.uv_pixels[ci.usable].reshape(-1, 2)
@@ -1252,14 +1647,162 @@ def calibrate(
     return CalibrationResult(rig, board, cfg, tuple(reports), frames, b2w, world, pictures)
 
 
-def write_outputs(result: CalibrationResult, rig_path: str | Path, report_dir: str | Path | None = None) -> list[Path]:
-    """Write the rig (format by extension, :func:`mvcap.rigio.save_rig`) and the report
-    (``report.json``, ``report.md``, ``<camera>.png``) under temporary names, then rename
-    them into place, so an interrupted or failed run never leaves a complete-looking output.
-    Returns the written paths."""
+def calibrate_intrinsics_only(
+    sources: Mapping[str, str | Path] | Sequence[str | Path],
+    cfg: CalibrateConfig = CalibrateConfig(),
+    board: Board | str | Path | None = None,
+    progress: bool = True,
+) -> IntrinsicsResult:
+    """Each camera's lens (K, distortion) on its own, from its own board photos or video: no
+    synchronisation, no views shared with another camera, one camera is enough. A camera
+    needs ``cfg.min_frames_intrinsics_only`` usable views; the quality check
+    (:func:`check_intrinsics`) warns when the fit is poorly constrained. Nothing is written;
+    see :func:`write_outputs` (an intrinsics file for :func:`calibrate`'s ``intrinsics``)."""
+    board = load_board(board if board is not None else cfg.board)
+    infos = _probe(resolve_sources(sources))
+    reports, intr, quality, pictures = [], [], [], {}
+    for n, info in infos.items():
+        d = detect_source(
+            board, n, info, cfg.frame_stride, cfg.max_frames, progress=progress, fallback=_fallback(cfg, info)
+        )
+        ci = calibrate_intrinsics(board, d, cfg, min_frames=cfg.min_frames_intrinsics_only)
+        q = check_intrinsics(board, ci, cfg.quality)
+        rep = CameraReport(
+            camera=n,
+            source=str(d.source),
+            image_size=tuple(d.image_size),
+            frames_read=len(d.frames),
+            frames_detected=int((d.counts > 0).sum()),
+            frames_intrinsics=int(ci.used.sum()),
+            frames_extrinsics=0,
+            K=ci.K.tolist(),
+            dist=ci.dist.tolist(),
+            intrinsic_error_px=_stats(ci.errors_px),
+            rig_error_px=(float("nan"), float("nan")),
+            corners_dropped=int((np.isfinite(d.uv_pixels[..., 0]) & ~np.isfinite(ci.uv_pixels[..., 0])).sum()),
+            found_by=d.found_by(),
+            coverage=q.coverage,
+            warnings=q.warnings,
+        )
+        # the picture: the camera as its own world, the preview frame's board at its fitted pose
+        f = int(np.flatnonzero(d.frames == d.preview_frame)[0])
+        cam = Camera(n, ci.K, ci.dist, np.eye(3), np.zeros(3), ci.image_size)
+        b2c = _rvec_to_M(ci.rvec_board2cam[f], ci.t_board2cam[f]) if ci.usable[f] else None
+        usable_uv = ci.uv_pixels[ci.used].reshape(-1, 2)
+        pictures[n] = _picture(board, d, cam, b2c, usable_uv[np.isfinite(usable_uv[:, 0])], rep)
+        reports.append(rep)
+        intr.append(ci)
+        quality.append(q)
+    return IntrinsicsResult(board, cfg, tuple(reports), tuple(intr), tuple(quality), pictures)
+
+
+@dataclass(frozen=True)
+class LensIntrinsics:
+    """One camera's lens as read by :func:`load_intrinsics`: K (3, 3), dist (5,) k1, k2, p1,
+    p2, k3, image_size (width, height)."""
+
+    K: np.ndarray
+    dist: np.ndarray
+    image_size: tuple[int, int]
+
+
+INTRINSICS_KIND = "intrinsics"  # [metadata] kind of an intrinsics file
+
+
+def save_intrinsics(result: IntrinsicsResult, path: str | Path) -> None:
+    """Write an intrinsics file: the anipose/Pose2Sim TOML layout without camera poses (no
+    ``rotation`` / ``translation``), ``[metadata] kind = "intrinsics"``, plus per camera the
+    views used, the RMS error and the quality warnings. :func:`load_intrinsics` reads it;
+    rig readers refuse it with a message pointing to ``mvcap calibrate --intrinsics``."""
+    from .rigio import _fmt
+
+    lines = [
+        "# Camera intrinsics from mvcap calibrate --intrinsics-only: each camera's lens, NO camera poses.",
+        "# Calibrate the rig's poses with these lenses held: mvcap calibrate ... --intrinsics <this file>",
+        "",
+    ]
+    for i, (rep, ci) in enumerate(zip(result.cameras, result.intrinsics)):
+        lines += [
+            f"[cam_{i}]",
+            f"name = {_fmt(rep.camera)}",
+            f"size = {_fmt(list(ci.image_size))}",
+            f"matrix = {_fmt(ci.K.tolist())}",
+            f"distortions = {_fmt(ci.dist.tolist())}",
+            f"views = {int(ci.used.sum())}",
+            f"rms_px = {_fmt(ci.rms_px)}",
+            f"warnings = {_fmt(list(rep.warnings))}",
+            "",
+        ]
+    lines += [
+        "[metadata]",
+        'written_by = "mvcap"',
+        f"kind = {_fmt(INTRINSICS_KIND)}",
+        f"board = {_fmt(result.board.name)}",
+    ]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def load_intrinsics(path: str | Path) -> dict[str, LensIntrinsics]:
+    """Camera name -> :class:`LensIntrinsics` from an intrinsics file (:func:`save_intrinsics`)
+    or from any rig file :func:`mvcap.rigio.load_rig` reads (its poses are ignored)."""
+    path = Path(path)
+    if not path.exists():
+        raise CalibrationError(f"intrinsics file not found: {path}")
+    if path.suffix.lower() == ".toml":
+        text = read_text(path, "intrinsics file", CalibrationError)
+        try:
+            data = tomllib.loads(text)
+        except (tomllib.TOMLDecodeError, RecursionError) as exc:
+            raise CalibrationError(f"{path}: not valid TOML ({str(exc)[:300]})") from None
+        meta = data.get("metadata", {})
+        if isinstance(meta, dict) and meta.get("kind") == INTRINSICS_KIND:
+            out = {}
+            for section, entry in data.items():
+                if section == "metadata" or not isinstance(entry, dict):
+                    continue
+                name = str(entry.get("name", section))
+                missing = [k for k in ("size", "matrix", "distortions") if k not in entry]
+                if missing:
+                    raise CalibrationError(f"{path}: camera '{name}' (section [{section}]) is missing {missing}")
+                try:
+                    # Camera validates K, the distortion and the size; the pose is a placeholder
+                    cam = Camera(name, entry["matrix"], entry["distortions"], np.eye(3), np.zeros(3), entry["size"])
+                except (MvcapError, TypeError, ValueError) as exc:
+                    raise CalibrationError(f"{path} (section [{section}]): {exc}") from None
+                out[name] = LensIntrinsics(cam.K, cam.dist, tuple(cam.image_size))
+            if not out:
+                raise CalibrationError(f"{path}: no camera sections found (expected [cam_0], [cam_1], ...)")
+            return out
+    from .rigio import load_rig
+
+    try:
+        rig = load_rig(path)
+    except MvcapError as exc:
+        raise CalibrationError(
+            f"intrinsics {path}: neither an intrinsics file (mvcap calibrate --intrinsics-only) nor a rig file ({exc})"
+        ) from None
+    return {c.name: LensIntrinsics(c.K, c.dist, tuple(c.image_size)) for c in rig}
+
+
+def write_outputs(
+    result: CalibrationResult | IntrinsicsResult, rig_path: str | Path, report_dir: str | Path | None = None
+) -> list[Path]:
+    """Write the rig (format by extension, :func:`mvcap.rigio.save_rig`), or for an
+    :class:`IntrinsicsResult` the intrinsics file (``.toml``, :func:`save_intrinsics`), and the
+    report (``report.json``, ``report.md``, ``<camera>.png``) under temporary names, then
+    rename them into place, so an interrupted or failed run never leaves a complete-looking
+    output. Returns the written paths."""
     from .rigio import save_rig
 
     rig_path = Path(rig_path)
+    lens_only = isinstance(result, IntrinsicsResult)
+    if lens_only and rig_path.suffix.lower() != ".toml":
+        raise CalibrationError(
+            f"--intrinsics-only writes an intrinsics TOML file, not {rig_path}; pass --out ending in .toml "
+            "(e.g. intrinsics.toml)"
+        )
     tag = f".tmp-{os.getpid()}"
     staged: list[tuple[Path, Path]] = []
 
@@ -1279,17 +1822,22 @@ def write_outputs(result: CalibrationResult, rig_path: str | Path, report_dir: s
                     raise CalibrationError(f"cannot write {p}")
                 pics[name] = str(report_dir / f"{name}.png")
             cams = [asdict(c) | {"picture": pics.get(c.camera, "")} for c in result.cameras]
-            data = result.to_json() | {"cameras": cams, "rig": str(rig_path)}
+            data = result.to_json() | {"cameras": cams, ("intrinsics" if lens_only else "rig"): str(rig_path)}
             stage(report_dir / "report.json").write_text(json.dumps(data, indent=2) + "\n")
+            warns = "".join(f"- {w}\n" for w in result.warnings)
             md = (
                 f"# Calibration report\n\nboard: {result.board.name} ({result.board.kind}, "
                 f"{result.board.squares_x}x{result.board.squares_y} squares of {result.board.square_length * 1000:.1f} "
-                f"mm)\n\nworld: {result.world}\n\nrig: {rig_path}\n\n{format_report(result)}\n\n"
+                f"mm)\n\nworld: {result.world}\n\n{'intrinsics' if lens_only else 'rig'}: {rig_path}\n\n"
+                f"{format_report(result)}\n\n"
+                + (f"## Warnings\n\n{warns}\n" if warns else "")
                 + "".join(f"![{n}]({n}.png)\n" for n in pics)
             )
             stage(report_dir / "report.md").write_text(md)
         rig_path.parent.mkdir(parents=True, exist_ok=True)
-        if rig_path.suffix.lower() == ".toml":
+        if lens_only:
+            save_intrinsics(result, stage(rig_path))
+        elif rig_path.suffix.lower() == ".toml":
             # the world's up axis: the floor board's (else unrecorded: ingest reads it from the cameras' layout)
             up = f"+{result.config.up}" if result.config.world_frame is not None else None
             save_rig(result.rig, stage(rig_path), up=up)

@@ -874,7 +874,8 @@ def register(session: Path, out, name, config_path, frames, views, write_session
 @click.argument("sources", nargs=-1, required=True)
 @click.option("--board", default=None, help="Board: a name in calibration/boards (e.g. charuco_5x7) or a TOML path.")
 @click.option("--out", "out_rig", type=click.Path(path_type=Path), required=True,
-              help="Rig to write: .toml (anipose/Pose2Sim), or an EasyMocap folder / intri.yml.")  # fmt: skip
+              help="Rig to write: .toml (anipose/Pose2Sim), or an EasyMocap folder / intri.yml; with "
+                   "--intrinsics-only the intrinsics .toml.")  # fmt: skip
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Report folder: report.md/json and one picture per camera (default: <out>_report).")  # fmt: skip
 @_config_option("Calibration config TOML (default: configs/calibrate.toml).")
@@ -886,14 +887,33 @@ def register(session: Path, out, name, config_path, frames, views, write_session
 @click.option("--compare", "compare_to", type=click.Path(exists=True, path_type=Path), default=None,
               help="Print each camera's difference to this rig (an earlier calibration or ground truth).")  # fmt: skip
 @click.option("--allow-gaps", is_flag=True, help="Accept image folders that lack some frame numbers.")
+@click.option("--intrinsics-only", is_flag=True,
+              help="Calibrate each camera's lens (K, distortion) on its own from its own board photos or video: no "
+                   "shared views, one camera is enough (min_frames_intrinsics_only, default 3). --out is then an "
+                   "intrinsics TOML (no camera poses) for a later --intrinsics.")  # fmt: skip
+@click.option("--intrinsics", "intrinsics_file", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Hold the K and distortion of the cameras named in this file (from --intrinsics-only, or any rig "
+                   "file) and fit only their poses; the other cameras are calibrated in full.")  # fmt: skip
 def calibrate_cmd(sources, board, out_rig, report_dir, config_path, stride, max_frames, world_frame, up, overrides,
-                  compare_to, allow_gaps):  # fmt: skip
-    """Calibrate a rig from SOURCES: board videos or image folders, one per camera (NAME=PATH to name one;
-    a single folder of videos / image folders works too). Frames are matched across cameras by index: a video's
-    decoded order, an image's file-name number."""
+                  compare_to, allow_gaps, intrinsics_only, intrinsics_file):  # fmt: skip
+    """Calibrate a rig from SOURCES: board videos or image folders, one per camera (NAME=PATH to name one; a
+    single folder of videos / image folders works too). Frames are matched across cameras by index: a video's
+    decoded order, an image's file-name number.
+
+    With --intrinsics-only each camera's lens is calibrated from its own photos (no synchronisation), e.g.
+    `mvcap calibrate cam0=photos/cam0 cam1=photos/cam1 --board checkerboard_10x7 --intrinsics-only --out
+    intrinsics.toml`; then `mvcap calibrate calib/ --board ... --intrinsics intrinsics.toml --out rig.toml`
+    places the cameras with those lenses held. Poorly constrained intrinsics (few views, the board never near
+    the image corners, principal point or distortion far from a real lens, large uncertainty) print a
+    warning saying what to film; thresholds: the [quality] table of configs/calibrate.toml."""
     from mvcap import calibrate as cal
     from mvcap.config import parse_overrides
 
+    if intrinsics_only:
+        given = [opt for opt, v in (("--world-frame", world_frame), ("--up", up), ("--compare", compare_to),
+                                    ("--intrinsics", intrinsics_file)) if v is not None]  # fmt: skip
+        if given:
+            raise click.UsageError(f"{', '.join(given)} cannot be used with --intrinsics-only (no camera poses)")
     extra = parse_overrides(overrides)
     for key, value in (("board", board), ("frame_stride", stride), ("max_frames", max_frames),
                        ("world_frame", world_frame), ("up", up)):  # fmt: skip
@@ -902,13 +922,24 @@ def calibrate_cmd(sources, board, out_rig, report_dir, config_path, stride, max_
     if allow_gaps:
         extra["allow_gaps"] = True
     cfg = cal.load_calibrate_config(config_path, extra)
-    ref = _load_rig_verbose(compare_to, None) if compare_to else None
-    res = cal.calibrate(list(sources), cfg, progress=console.show_progress())
-    diffs = cal.compare_rigs(res.rig, ref) if ref is not None else None
     report_dir = report_dir or out_rig.with_name(out_rig.stem + "_report")
+    if intrinsics_only:
+        res = cal.calibrate_intrinsics_only(list(sources), cfg, progress=console.show_progress())
+        cal.write_outputs(res, out_rig, report_dir)
+        click.echo(f"{len(res.cameras)} camera(s), board {res.board.name}, intrinsics only (no camera poses)")
+        click.echo(cal.format_report(res))
+        for w in res.warnings:
+            click.echo(f"warning: {w}", err=True)
+        click.echo(f"wrote {out_rig} and {report_dir}/ (report.md, report.json, one picture per camera)")
+        return
+    ref = _load_rig_verbose(compare_to, None) if compare_to else None
+    res = cal.calibrate(list(sources), cfg, progress=console.show_progress(), intrinsics=intrinsics_file)
+    diffs = cal.compare_rigs(res.rig, ref) if ref is not None else None
     cal.write_outputs(res, out_rig, report_dir)
     click.echo(f"{len(res.rig)} cameras, board {res.board.name}, world: {res.world}")
     click.echo(cal.format_report(res))
+    for w in res.warnings:
+        click.echo(f"warning: {w}", err=True)
     click.echo(f"wrote {out_rig} and {report_dir}/ (report.md, report.json, one picture per camera)")
     if diffs is not None:
         click.echo(f"difference to {compare_to}:")

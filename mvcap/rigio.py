@@ -224,6 +224,12 @@ def load_toml_rig(path: str | Path) -> Rig:
         data = tomllib.loads(text)
     except (tomllib.TOMLDecodeError, RecursionError) as exc:
         raise RigError(f"{path}: not valid TOML ({str(exc)[:300]})") from None
+    meta = data.get("metadata")
+    if isinstance(meta, dict) and meta.get("kind") == "intrinsics":
+        raise RigError(
+            f"{path} holds camera intrinsics only (from mvcap calibrate --intrinsics-only), no camera poses; "
+            f"calibrate the rig with them held: mvcap calibrate <board videos> --intrinsics {path} --out rig.toml"
+        )
     cams = []
     for section, entry in data.items():
         if section == "metadata" or not isinstance(entry, dict):

@@ -13,6 +13,7 @@ from mvcap.calibrate import (
     Board,
     CalibrateConfig,
     CalibrationError,
+    LensIntrinsics,
     align_to_board,
     calibrate,
     compare_rigs,
@@ -20,6 +21,7 @@ from mvcap.calibrate import (
     iter_frames,
     list_boards,
     load_board,
+    load_intrinsics,
     resolve_sources,
     world_from_floor_board,
     write_outputs,
@@ -218,6 +220,33 @@ def test_checkerboard_path_through_cli(checker_capture, tmp_path):
     assert rel[0, 0] < 0.5 and rel[0, 1] < 10.0, rel
 
 
+def test_intrinsics_from_photos_held_in_the_rig_calibration(checker_capture, tmp_path):
+    """--intrinsics-only on one camera, then the rig with that lens held (--intrinsics)."""
+    src = checker_capture.sources
+    lens = tmp_path / "lens.toml"
+    fast = ["--set", "checkerboard_fallback=never"]  # the classic detector costs ~0.3 s per frame missed
+    args = ["calibrate", f"cam00={src['cam00']}", "--board", "checkerboard_10x7", "--intrinsics-only"]
+    res = CliRunner().invoke(main, args + ["--out", str(lens), "--quiet"] + fast)
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "rig.toml"
+    args = ["calibrate", f"cam00={src['cam00']}", f"cam01={src['cam01']}", "--board", "checkerboard_10x7"]
+    args += ["--intrinsics", str(lens), "--out", str(out), "--set", "min_frames=8", "--quiet"] + fast
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    assert "| given |" in res.output  # cam00's lens was held, cam01's fitted
+    est, held = load_rig(out), load_intrinsics(lens)["cam00"]
+    np.testing.assert_array_equal(est[0].K, held.K)
+    np.testing.assert_array_equal(est[0].dist, held.dist)
+    gt = checker_capture.rig.subset(["cam00", "cam01"])
+    rel = _relative_errors(gt, est)
+    assert rel[0, 0] < 0.5 and rel[0, 1] < 10.0, rel  # as loose as the fully fitted checkerboard rig
+    # a lens calibrated at another image size is refused before anything is read
+    other = {"cam00": LensIntrinsics(held.K * [[2], [2], [1]], held.dist, (1280, 960))}
+    with pytest.raises(CalibrationError, match="camera 'cam00': its frames are 640x480 but the intrinsics"):
+        calibrate({"cam00": src["cam00"], "cam01": src["cam01"]}, CalibrateConfig(board="checkerboard_10x7"),
+                  intrinsics=other)  # fmt: skip
+
+
 def test_compare_rigs_measures_known_differences():
     rng = np.random.default_rng(1)
     cams = []
@@ -330,6 +359,7 @@ def test_failure_after_calibration_leaves_no_output(checker_capture, tmp_path):
     rep = tmp_path / "report"
     args = ["calibrate", f"cam00={src['cam00']}", f"cam01={src['cam01']}", "--board", "checkerboard_10x7"]
     args += ["--out", str(out), "--report", str(rep), "--set", "min_frames=8", "--world-frame", str(unseen), "--quiet"]
+    args += ["--set", "checkerboard_fallback=never"]  # speed: the classic detector costs ~0.3 s per frame missed
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 2 and f"world_frame {unseen}: no camera has a usable view" in res.output, res.output
     assert list(tmp_path.iterdir()) == []
