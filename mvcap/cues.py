@@ -41,6 +41,7 @@ __all__ = [
     "view_trust",
     "dead_views",
     "depth_hold_term",
+    "contradicting_views",
 ]
 
 
@@ -59,13 +60,17 @@ class CueConfig:
     guard_margin: float = 1e-4  # ... by at least this much (cost units: fraction of height + 1 - IoU)
     # ... and worsens neither cue by more than (keypoints: fraction of height, silhouettes: IoU)
     guard_tolerance: tuple[float, float] = (0.0025, 0.005)
+    # a frame fails as "contradictory evidence" when, in most views with evidence, its final body
+    # is farther than this from the keypoints (fraction of height) or below this silhouette IoU
+    contradiction: tuple[float, float] = (0.2, 0.15)
     w_depth_hold: float = 1.0  # single live camera: hold the root's depth in it to the init (0 = off)
     depth_hold_sigma: float = 0.02  # ... as a fraction of the init's distance (2 %: 6 cm at 3 m)
 
     def __post_init__(self):
-        object.__setattr__(self, "guard_tolerance", tuple(float(x) for x in self.guard_tolerance))
-        if len(self.guard_tolerance) != 2:
-            raise ValueError("guard_tolerance is (keypoints, silhouettes), e.g. [0.0025, 0.005]")
+        for name in ("guard_tolerance", "contradiction"):
+            object.__setattr__(self, name, tuple(float(x) for x in getattr(self, name)))
+            if len(getattr(self, name)) != 2:
+                raise ValueError(f"{name} is (keypoints, silhouettes), e.g. {list(getattr(CueConfig, name))}")
         if min(self.w_keypoints, self.w_silhouette, self.guard_margin, self.w_depth_hold, *self.guard_tolerance) < 0:
             raise ValueError("cue weights and guard_margin must be >= 0")
         if self.keypoint_sigma <= 0 or self.trust_ratio <= 1 or self.depth_hold_sigma <= 0:
@@ -186,6 +191,18 @@ def depth_hold_term(rig: Rig, view: int, joints_world: Tensor, cfg: CueConfig) -
         return cfg.w_depth_hold * ((z - z0) / scale) ** 2
 
     return depth_hold
+
+
+def contradicting_views(parts: np.ndarray, view_weights: np.ndarray, cfg: CueConfig) -> list[int]:
+    """Views whose evidence no body agrees with, when they are most of the views with evidence
+    (else []): parts (V, 2) per-view keypoint distance (fraction of height) and 1 - IoU
+    (:func:`mvcap.evidence.view_cost_parts`); view_weights (V,) (0: view not used)."""
+    p = np.asarray(parts, np.float64)
+    used = np.isfinite(p).any(-1) & (np.asarray(view_weights) > 0)
+    far = (np.nan_to_num(p[:, 0], nan=0.0) > cfg.contradiction[0]) | (
+        np.nan_to_num(p[:, 1], nan=0.0) > 1.0 - cfg.contradiction[1])  # fmt: skip
+    bad = np.flatnonzero(used & far)
+    return bad.tolist() if used.sum() >= 1 and len(bad) > used.sum() / 2 else []
 
 
 def view_trust(costs: np.ndarray, ratio: float) -> np.ndarray:

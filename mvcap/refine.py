@@ -33,7 +33,15 @@ from torch import Tensor
 from mvcap.body import BodyModel, BodyParams, load_body_model
 from mvcap.cameras import Rig, project
 from mvcap.correspond import splat_to_vertices
-from mvcap.cues import CueConfig, dead_views, depth_hold_term, keypoint_term, silhouette_term, view_trust
+from mvcap.cues import (
+    CueConfig,
+    contradicting_views,
+    dead_views,
+    depth_hold_term,
+    keypoint_term,
+    silhouette_term,
+    view_trust,
+)
 from mvcap.displace import (
     DisplacementPredictor,
     FlowConfig,
@@ -133,8 +141,9 @@ class RefineConfig:
 
 #: FrameResult.status: "done" (refined), "kept" (no round agreed better with the evidence
 #: than the estimate it started from: that estimate is the result), or a failure: "out of
-#: view" (no camera sees enough of the body), "diverged" (the fit left finite numbers).
-FAILED_STATES = ("out of view", "diverged")
+#: view" (no camera sees enough of the body), "diverged" (the fit left finite numbers),
+#: "contradictory evidence" (in most cameras no body is near the detector's keypoints and mask).
+FAILED_STATES = ("out of view", "diverged", "contradictory evidence")
 
 
 @dataclass(frozen=True)
@@ -480,6 +489,16 @@ def refine_frame(
             if cues.trust and r == 0:  # trust is set once, from the start and the first accepted update
                 trust = np.minimum(trust, view_trust(view_costs(per_view), cues.trust_ratio))
         pose, transl, residual = new_pose, new_transl, new_residual
+    if evidence is not None and status not in FAILED_STATES:
+        if not cues.guard:  # the guard keeps the current body's costs; without it, measure them now
+            cost_cur, cur_views = evidence_cost(model, definition, rig, pose, betas, transl, evidence, trust)
+        clash = contradicting_views(cur_views, trust, cues)
+        if clash:
+            status = "contradictory evidence"
+            notes.append(
+                f"no body agrees with the keypoints and masks of camera(s) {', '.join(rig.names[v] for v in clash)} "
+                "(another person detected, a wrong mask, or a wrong initial estimate)"
+            )
     residual = residual.clone()
     for v in skipped_all:
         residual[v] = float("nan")

@@ -189,3 +189,22 @@ def test_single_view_depth_is_held_to_the_init(session, body_model):
     held = refine_frame(body_model, one, photos, inputs.init, _ShrinkPredictor(), FAST, app)
     assert depth(runaway) / z0 > 1.2  # the targets alone pull the body >20 % farther away (measured: 50 %)
     assert abs(depth(held) / z0 - 1) < 0.03  # held (measured: 0.1 %)
+
+
+def test_keypoints_and_masks_no_body_agrees_with_are_a_failure_not_done(session, body_model):
+    inputs, ev, definition, app, gt = _frame(session, 0, body_model)
+    # every camera's detections belong to someone 60 % of the picture to the side
+    moved = []
+    for e in ev:
+        W = e.mask.shape[1]
+        shift = int(0.6 * W)
+        kp = e.keypoints.copy()
+        kp[:, 0] += shift
+        moved.append(dataclasses.replace(e, keypoints=kp, mask=np.roll(e.mask, shift, axis=1)))
+    res = refine_frame(body_model, inputs.rig, inputs.photos, inputs.init, _ShiftPredictor((0.0, 0.0)), FAST, app,
+                       None, moved, definition)  # fmt: skip
+    assert res.status == "contradictory evidence" and res.failed
+    assert any("no body agrees" in n for n in res.notes)
+    ok = refine_frame(body_model, inputs.rig, inputs.photos, inputs.init, _ShiftPredictor((0.0, 0.0)), FAST, app,
+                      None, ev, definition)  # fmt: skip
+    assert not ok.failed
