@@ -15,8 +15,9 @@ here are the same evidence the cross-validation measures against (:mod:`mvcap.ev
   lower weight for every cue, from robust re-weighting across views;
 * **depth hold**: with a single live camera, image evidence barely constrains the body's
   distance along that camera's axis, so one bad round of targets could push it metres
-  away; the depth of the body's joints in that camera is held to the initial estimate (a
-  soft quadratic in relative depth that precise targets can still move by a few centimetres).
+  away or swing its limbs along the line of sight; each joint's depth in that camera is held
+  to the initial estimate (a soft quadratic that precise targets can still move by a few
+  centimetres).
 
 Each term is a callable ``posed -> (B,)`` for :meth:`mvcap.fit.BodyFit.solve`.
 """
@@ -175,20 +176,22 @@ def silhouette_term(
 
 
 def depth_hold_term(rig: Rig, view: int, joints_world: Tensor, cfg: CueConfig) -> DataTerm | None:
-    """Hold the body's depth in camera ``view`` to its initial value: joints_world (J, 3) the
-    initial estimate's joints (world, metres). The depth is that of the joints' centroid (what
-    a keypoint-based initial estimate places best; its pelvis can sit centimetres off). Cost
-    ``w ((z - z0) / (sigma z0))^2`` per body; None when off or the body is behind the camera."""
+    """Hold the body's joints' depths in camera ``view`` to their initial values: joints_world
+    (J, 3) the initial estimate's joints (world, metres). One camera sees where each joint is
+    across the image but hardly how far: the initial estimate (from all cameras' keypoints)
+    says that better, so each joint's depth keeps it, softly. Cost per body:
+    ``w mean_j ((z_j - z0_j) / (sigma z0))^2`` with z0 the joints' mean depth; None when off or
+    the body is behind the camera."""
     cams = rig.tensors(dtype=torch.float32)
     R, t = cams["R_world2cam"][view], cams["t_world2cam"][view]
-    z0 = float(joints_world.to(torch.float32).mean(0) @ R[2] + t[2])
-    if cfg.w_depth_hold <= 0 or not z0 > 0:
+    z0 = joints_world.to(torch.float32) @ R[2] + t[2]  # (J,)
+    if cfg.w_depth_hold <= 0 or not float(z0.mean()) > 0:
         return None
-    scale = cfg.depth_hold_sigma * z0
+    scale = cfg.depth_hold_sigma * float(z0.mean())
 
     def depth_hold(posed) -> Tensor:
-        z = posed.joints.mean(1) @ R[2] + t[2]  # (B,)
-        return cfg.w_depth_hold * ((z - z0) / scale) ** 2
+        z = posed.joints @ R[2] + t[2]  # (B, J)
+        return cfg.w_depth_hold * (((z - z0) / scale) ** 2).mean(-1)
 
     return depth_hold
 
