@@ -212,6 +212,16 @@ def _label(job: RefineJob) -> str:
     return f"{Path(job.session).name}:{job.run}"
 
 
+def _one_writer(runs: list[tuple[Path, str]]) -> None:
+    """Refuse two jobs writing the same results run of the same session."""
+    keys = [(Path(path).resolve(), name) for path, name in runs]
+    for i, key in enumerate(keys):
+        if key in keys[:i]:
+            raise BatchError(
+                f"two jobs write run {key[1]!r} of {key[0]}: a results run has one writer; give them different names"
+            )
+
+
 def refine_batch(
     jobs: list[RefineJob], cfg: BatchConfig = BatchConfig(), model=None, progress: bool = True
 ) -> list[JobResult]:
@@ -225,12 +235,7 @@ def refine_batch(
     from tqdm import tqdm  # after ray: its missing-module error comes first
 
     model = model or load_body_model()
-    keys = [(Path(j.session).resolve(), j.run) for j in jobs]
-    for i, key in enumerate(keys):
-        if key in keys[:i]:
-            raise BatchError(
-                f"two jobs write run {key[1]!r} of {key[0]}: a results run has one writer; give them different names"
-            )
+    _one_writer([(j.session, j.run) for j in jobs])
     # check every job before computing anything (configs, frames, subject) and count its frames
     results = []
     for job in jobs:
@@ -357,9 +362,10 @@ def run_batch(
     Outputs go to each config's folder, as ``mvcap run CONFIG`` writes them. Returns one
     :class:`mvcap.pipeline.RunSummary` per config; its refine stage time is the batch's."""
     from mvcap.body import load_body_model
-    from mvcap.pipeline import finish_run, note_refine, prepare_run
+    from mvcap.pipeline import _resolve, finish_run, note_refine, prepare_run
 
     import_ray()  # before any work: say at once when Ray is missing
+    _one_writer([(_resolve(Path(base), c.capture.session), c.name) for c, base in configs])
     model = load_body_model()
     prepared = [prepare_run(c, base, None, progress, model=model) for c, base in configs]
     jobs = [RefineJob(p.session_path, p.cfg.name, p.cfg.refine, tuple(p.frames), restart) for p in prepared]

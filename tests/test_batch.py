@@ -2,6 +2,7 @@
 and says how to install Ray when it is missing."""
 
 import dataclasses
+import json
 import shutil
 import sys
 
@@ -13,6 +14,7 @@ from mvcap.batch import RAY_MISSING, BatchConfig, BatchError, RefineJob, import_
 from mvcap.capture import Session
 from mvcap.cli import main
 from mvcap.fit import FitConfig
+from mvcap.pipeline import load_run_config
 from mvcap.refine import RefineConfig, needs_previous, refine_session
 
 # flow predictor, one round, a short fit: a tiny session's frame takes a fraction of a second
@@ -58,52 +60,55 @@ def test_chunks_and_which_configs_must_run_in_order():
         BatchConfig(workers=-1)
 
 
-def test_two_local_workers_match_a_sequential_run_and_resume(tiny_session_path, detected_session_path, body_model,
-                                                             tmp_path):  # fmt: skip
+def _take(folder, session, refine: str):
+    """A run folder with a copy of ``session`` and a run config refining it with ``refine``."""
+    folder.mkdir()
+    _copy(session, folder / "session.h5")
+    (folder / "run.toml").write_text(
+        'name = "main"\n[subject]\nname = "subject00"\n[init]\nsource = "session"\n'
+        "[validate]\nenabled = false\n[report]\nenabled = false\n"
+        f"[refine]\n{refine}\n"
+    )
+    return folder / "run.toml"
+
+
+def test_two_local_workers_match_sequential_runs_and_resume(tiny_session_path, detected_session_path, body_model,
+                                                            tmp_path):  # fmt: skip
+    """One embedded Ray (2 CPUs, started and shut down by the command): two takes, one with
+    independent frames and an interrupted run to resume, one whose frames depend on the
+    previous result; each must equal a sequential run."""
     pytest.importorskip("ray")
-    ref = _copy(tiny_session_path, tmp_path / "ref.h5")
-    ref_det = _copy(detected_session_path, tmp_path / "ref_det.h5")
-    seq_ind = refine_session(ref, "ind", FAST, model=body_model, progress=False)
-    seq_dep = refine_session(ref_det, "dep", SEQ, model=body_model, progress=False)
+    fast = 'predictor = "flow"\nouter_iterations = 1\n[refine.fit]\niterations = 8'
+    ind = _take(tmp_path / "take1", tiny_session_path, fast)
+    dep = _take(tmp_path / "take2", detected_session_path, f'init = "previous"\n{fast}\nw_temporal = 1e-3')
+    cfg_ind, cfg_dep = load_run_config(ind)[0].refine, load_run_config(dep)[0].refine
+    assert not needs_previous(cfg_ind) and needs_previous(cfg_dep)
+    # the sequential references, on copies
+    ref_ind = refine_session(_copy(tiny_session_path, tmp_path / "r1.h5"), "x", cfg_ind, model=body_model,
+                             progress=False)  # fmt: skip
+    ref_dep = refine_session(_copy(detected_session_path, tmp_path / "r2.h5"), "x", cfg_dep, model=body_model,
+                             progress=False)  # fmt: skip
+    partial = refine_session(ind.parent / "session.h5", "main", cfg_ind, frames=[1], model=body_model,
+                             progress=False)  # fmt: skip  # an interrupted run: frame 1 done
 
-    a = _copy(tiny_session_path, tmp_path / "a.h5")
-    b = _copy(detected_session_path, tmp_path / "b.h5")
-    partial = refine_session(a, "ind", FAST, frames=[1], model=body_model, progress=False)  # an interrupted run
-    jobs = [RefineJob(a, "ind", FAST), RefineJob(b, "dep", SEQ), RefineJob(b, "ind2", FAST, frames=(0, 2))]
-    out = refine_batch(jobs, BatchConfig(workers=2), body_model, progress=False)
-
-    ind, dep, ind2 = out
-    # resumed: frame 1 was done before and is not computed again
-    assert (ind.frames_total, ind.frames_skipped, ind.frames_done, ind.failures) == (3, 1, 2, [])
-    assert ind.results.seconds[1] == partial.seconds[1]
-    _same(ind.results, seq_ind, [0, 1, 2])
-    # the frames that depend on the previous result ran in order and match the sequential run
-    assert dep.sequential and not ind.sequential and dep.frames_done == 3
-    _same(dep.results, seq_dep, [0, 1, 2])
-    assert ind2.frames_done == 2 and ind2.results.done.tolist() == [True, False, True]
-    with Session.open(b) as s:
-        assert set(s.result_names()) == {"dep", "ind2"}
-
-
-def test_batch_command_runs_many_configs(tiny_session_path, tmp_path):
-    pytest.importorskip("ray")
-    configs = []
-    for name in ("take1", "take2"):
-        folder = tmp_path / name
-        folder.mkdir()
-        _copy(tiny_session_path, folder / "session.h5")
-        (folder / "run.toml").write_text(
-            'name = "main"\n[init]\nsource = "session"\n[validate]\nenabled = false\n[report]\nenabled = false\n'
-            '[refine]\npredictor = "flow"\nouter_iterations = 1\n[refine.fit]\niterations = 8\n'
-        )
-        configs.append(str(folder / "run.toml"))
-    out = CliRunner().invoke(main, ["batch", *configs, "--workers", "2", "--chunk-frames", "2"])
+    out = CliRunner().invoke(main, ["batch", str(ind), str(dep), "--workers", "2", "--chunk-frames", "2"])
     assert out.exit_code == 0, out.output
     assert out.output.count("3 / 3 frames refined") == 2
-    for name in ("take1", "take2"):
-        assert (tmp_path / name / "summary_main.json").exists()
-        with Session.open(tmp_path / name / "session.h5") as s:
-            assert s.read_results("main").done.all()
-    # the same run of the same session twice: two writers, refused
-    out = CliRunner().invoke(main, ["batch", configs[0], configs[0]])
+    with Session.open(ind.parent / "session.h5") as s:
+        got_ind = s.read_results("main")
+    with Session.open(dep.parent / "session.h5") as s:
+        got_dep = s.read_results("main")
+    assert got_ind.seconds[1] == partial.seconds[1]  # resumed: frame 1 was not computed again
+    _same(got_ind, ref_ind, [0, 1, 2])
+    _same(got_dep, ref_dep, [0, 1, 2])  # ran in order, each frame from the previous result
+    for take in ("take1", "take2"):
+        assert json.loads((tmp_path / take / "summary_main.json").read_text())["frames_done"] == 3
+
+
+def test_one_writer_per_results_run(tiny_session_path, tmp_path):
+    pytest.importorskip("ray")
+    cfg = _take(tmp_path / "take", tiny_session_path, 'predictor = "flow"')
+    out = CliRunner().invoke(main, ["batch", str(cfg), str(cfg)])
     assert out.exit_code == 2 and "one writer" in out.output
+    with pytest.raises(BatchError, match="one writer"):
+        refine_batch([RefineJob(tmp_path / "take" / "session.h5", "a")] * 2)
