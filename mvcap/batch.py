@@ -133,6 +133,7 @@ class _Worker:
     def refine(self, context, tasks, prev) -> list[FrameOutcome]:
         """Refine ``tasks`` (FrameTask, in order) of one session; context: (cfg, appearance,
         definition); prev: the result before the first task (sequential sessions only)."""
+        import copy
         import json
 
         import numba
@@ -144,6 +145,9 @@ class _Worker:
         # one CPU per worker: the renderer's and torch's thread pools must not oversubscribe it
         torch.set_num_threads(self.threads)
         numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))
+        # Ray hands numpy arrays over read-only (zero copy from its object store); refinement
+        # code may write into its inputs, as it can in a sequential run
+        context, tasks, prev = copy.deepcopy((context, tasks, prev))
         cfg, appearance, definition = context
         predictor = None
         if cfg.predictor != "oracle":
@@ -223,12 +227,19 @@ def _one_writer(runs: list[tuple[Path, str]]) -> None:
 
 
 def refine_batch(
-    jobs: list[RefineJob], cfg: BatchConfig = BatchConfig(), model=None, progress: bool = True
+    jobs: list[RefineJob],
+    cfg: BatchConfig = BatchConfig(),
+    model=None,
+    progress: bool = True,
+    timings: dict | None = None,
 ) -> list[JobResult]:
     """Refine every job's frames on Ray workers; results are written by this process, one
     writer per session (see the module docstring). Returns one JobResult per job, in order.
     model: the body model for this process's part (appearance, keypoint definitions);
-    workers load the default body model."""
+    workers load the default body model. timings: if a dict is given, it receives wall
+    seconds: ``check`` (opening every job), ``ray`` (starting or joining Ray), ``workers``
+    (the workers' start-up: imports, body model), ``refine`` (the frames, until the last
+    result is written)."""
     from mvcap.body import load_body_model
 
     ray = import_ray()
@@ -236,17 +247,23 @@ def refine_batch(
 
     model = model or load_body_model()
     _one_writer([(j.session, j.run) for j in jobs])
+    timings = {} if timings is None else timings
+    t0 = time.perf_counter()
     # check every job before computing anything (configs, frames, subject) and count its frames
     results = []
     for job in jobs:
         with open_refine_run(job.session, job.run, job.cfg, job.frames, model, job.overwrite) as run:
             frames = len(job.frames) if job.frames is not None else run.session.num_frames
             results.append(JobResult(job, None, [], {}, frames, frames - len(run.todo), 0, needs_previous(job.cfg)))
-        if results[-1].sequential and len(run.todo) > 1 and cfg.chunk_frames > 1:
-            log.info("%s: frames depend on the previous result: they run one after another", _label(job))
+        if results[-1].sequential and len(run.todo) > 1:
+            log.info("%s: each frame starts from the previous result: its frames run in order", _label(job))
     total = sum(r.frames_total - r.frames_skipped for r in results)
+    timings["check"] = time.perf_counter() - t0
 
+    t0 = time.perf_counter()
     with _ray_session(ray, cfg) as num_workers:
+        timings["ray"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
         remote = ray.remote(num_cpus=1)(_Worker)
         workers = [remote.remote(1) for _ in range(num_workers)]
         try:
@@ -258,7 +275,10 @@ def refine_batch(
                     f"the Ray workers run mvcap {sorted(versions)}, this process {mvcap.__version__}: install the "
                     "same mvcap on every node of the cluster"
                 )
+            timings["workers"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
             _schedule(ray, jobs, results, workers, remote, cfg, model, total, progress, tqdm)
+            timings["refine"] = time.perf_counter() - t0
         finally:
             for w in workers:
                 ray.kill(w)
