@@ -269,7 +269,13 @@ def refine_batch(
         try:
             import mvcap
 
-            versions = set(ray.get([w.version.remote() for w in workers]))
+            try:
+                versions = set(ray.get([w.version.remote() for w in workers]))
+            except ray.exceptions.RayError as exc:
+                raise BatchError(
+                    f"the Ray workers could not start ({type(exc).__name__}): every node of the cluster needs mvcap "
+                    "installed (pip install 'mvcap[batch]'); the workers' logs say more"
+                ) from exc
             if versions != {mvcap.__version__}:
                 raise BatchError(
                     f"the Ray workers run mvcap {sorted(versions)}, this process {mvcap.__version__}: install the "
@@ -290,7 +296,7 @@ def _schedule(ray, jobs, results, workers, remote, cfg, model, total, progress, 
     pending = deque(range(len(jobs)))
     live: list[_Live] = []
     load = {i: 0 for i in range(len(workers))}  # tasks queued per worker slot
-    in_flight: dict = {}  # ObjectRef -> (worker slot, live job, frames)
+    in_flight: dict = {}  # ObjectRef -> (worker slot, its actor, live job, frames)
     bar = tqdm(total=total, desc="batch", unit="frame", disable=not progress)
 
     def open_next() -> bool:
@@ -340,14 +346,14 @@ def _schedule(ray, jobs, results, workers, remote, cfg, model, total, progress, 
                 prev = x.run.known.get(chunk[0] - 1) if x.sequential else None
                 tasks = [x.run.read_task(t) for t in chunk]
                 ref = workers[slot].refine.remote(x.context, tasks, prev)
-                in_flight[ref] = (slot, x, chunk)
+                in_flight[ref] = (slot, workers[slot], x, chunk)
                 load[slot] += 1
                 x.in_flight += 1
             if not in_flight:
                 break
             ready, _ = ray.wait(list(in_flight), num_returns=1)
             for ref in ready:
-                slot, x, chunk = in_flight.pop(ref)
+                slot, actor, x, chunk = in_flight.pop(ref)
                 load[slot] -= 1
                 x.in_flight -= 1
                 try:
@@ -355,8 +361,8 @@ def _schedule(ray, jobs, results, workers, remote, cfg, model, total, progress, 
                 except ray.exceptions.RayError as exc:  # a worker died or could not run the task
                     reason = f"worker failed: {str(exc).strip().splitlines()[-1] if str(exc).strip() else exc!r}"
                     outcomes = [FrameOutcome(t, None, reason) for t in chunk]
-                    if isinstance(exc, ray.exceptions.RayActorError):
-                        workers[slot] = remote.remote(1)
+                    if isinstance(exc, ray.exceptions.RayActorError) and workers[slot] is actor:
+                        workers[slot] = remote.remote(1)  # once per dead worker, not per task it held
                 for out in outcomes:
                     if x.run.record(out, x.result.failures, x.result.events):
                         x.result.frames_done += 1
