@@ -178,8 +178,9 @@ def _ray_session(ray, cfg: BatchConfig):
                 ray.init(num_cpus=cfg.workers or os.cpu_count() or 1, **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             where = f"the Ray cluster at {cfg.address!r}" if cfg.address else "a local Ray"
+            why = str(exc).splitlines()[0].rstrip(".") if str(exc) else type(exc).__name__
             raise BatchError(
-                f"cannot start or reach {where}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; "
+                f"cannot start or reach {where}: {why}; "
                 "start a cluster with `ray start --head` (then --address auto) or leave --address out for a local Ray"
             ) from exc
         started = True
@@ -390,14 +391,15 @@ def run_batch(
     from mvcap.body import load_body_model
     from mvcap.pipeline import _resolve, finish_run, note_refine, prepare_run
 
-    import_ray()  # before any work: say at once when Ray is missing
+    ray = import_ray()  # before any work: say at once when Ray is missing
     _one_writer([(_resolve(Path(base), c.capture.session), c.name) for c, base in configs])
     model = load_body_model()
-    prepared = [prepare_run(c, base, None, progress, model=model) for c, base in configs]
-    jobs = [RefineJob(p.session_path, p.cfg.name, p.cfg.refine, tuple(p.frames), restart) for p in prepared]
-    t0 = time.perf_counter()
-    done = refine_batch(jobs, cfg, model, progress)
-    seconds = round(time.perf_counter() - t0, 2)
+    with _ray_session(ray, cfg):  # first: an unreachable cluster is said before hours of detection
+        prepared = [prepare_run(c, base, None, progress, model=model) for c, base in configs]
+        jobs = [RefineJob(p.session_path, p.cfg.name, p.cfg.refine, tuple(p.frames), restart) for p in prepared]
+        t0 = time.perf_counter()
+        done = refine_batch(jobs, cfg, model, progress)
+        seconds = round(time.perf_counter() - t0, 2)
     summaries = []
     for p, r in zip(prepared, done):
         p.summary.stage_seconds["refine"] = seconds
