@@ -170,12 +170,11 @@ def _ray_session(ray, cfg: BatchConfig):
     A Ray this function did not start (already initialised by the caller) is left running."""
     started = False
     if not ray.is_initialized():
-        kwargs = {"include_dashboard": False, "log_to_driver": True, "configure_logging": False}
         try:
-            if cfg.address:
-                ray.init(address=cfg.address, **kwargs)
+            if cfg.address:  # a running cluster: its settings are its own
+                ray.init(address=cfg.address)
             else:
-                ray.init(num_cpus=cfg.workers or os.cpu_count() or 1, **kwargs)
+                ray.init(num_cpus=cfg.workers or os.cpu_count() or 1, include_dashboard=False, configure_logging=False)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             where = f"the Ray cluster at {cfg.address!r}" if cfg.address else "a local Ray"
             why = str(exc).splitlines()[0].rstrip(".") if str(exc) else type(exc).__name__
