@@ -180,7 +180,8 @@ def _ray_session(ray, cfg: BatchConfig):
             why = str(exc).splitlines()[0].rstrip(".") if str(exc) else type(exc).__name__
             raise BatchError(
                 f"cannot start or reach {where}: {why}; "
-                "start a cluster with `ray start --head` (then --address auto) or leave --address out for a local Ray"
+                "start a cluster with `ray start --head` (then --address auto), or leave --address out for a local "
+                "Ray; a cluster with token authentication also needs RAY_AUTH_MODE=token and its token here"
             ) from exc
         started = True
     try:
