@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.mvcap-installed
 DEMO_OUT ?= demo_out
 
-.PHONY: install demo test browser bench real-take lint clean
+.PHONY: install demo test browser bench bench-batch real-take lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ browser:
 # Speed benchmarks (results and commands recorded in docs/BENCHMARKS.md).
 bench: $(STAMP)
 	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+
+# mvcap batch on Ray: 1 vs 2 local workers on a 20-frame take (docs/BENCHMARKS.md); needs >= 3 idle cores.
+bench-batch: $(STAMP)
+	$(PY) benchmarks/batch_scaling.py
 
 # The chain + cross-validation on the real lab take in ../shared/data/real_multiperson.
 real-take: $(STAMP)

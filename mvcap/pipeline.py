@@ -41,7 +41,19 @@ from mvcap.report import ReportConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RunConfig", "RunSummary", "RunError", "load_run_config", "run_pipeline", "format_summary", "refine_events"]
+__all__ = [
+    "RunConfig",
+    "RunSummary",
+    "RunError",
+    "load_run_config",
+    "run_pipeline",
+    "PreparedRun",
+    "prepare_run",
+    "note_refine",
+    "finish_run",
+    "format_summary",
+    "refine_events",
+]
 
 INIT_SOURCES = ("auto", "keypoints", "npz", "session")
 
@@ -165,16 +177,54 @@ def run_pipeline(
 ) -> RunSummary:
     """Run every stage of ``cfg`` (see the module docstring). ``restart`` discards the
     results run (not the session, detections or subject) and refines again."""
+    from mvcap.refine import refine_session
+
+    run = prepare_run(cfg, base_dir, out_dir, progress)
+    with _stage(run.summary, "refine", progress):
+        failures: list = []
+        events: dict = {}
+        res = refine_session(
+            run.session_path,
+            cfg.name,
+            cfg.refine,
+            frames=run.frames,
+            model=run.model,
+            overwrite=restart,
+            progress=progress,
+            failures=failures,
+            events=events,
+        )
+        note_refine(run, res, failures, events)
+    return finish_run(run, res, restart, progress)
+
+
+@dataclass
+class PreparedRun:
+    """A run config after the stages before refinement (:func:`prepare_run`): its session file,
+    the session frames to refine, the body model and the summary so far."""
+
+    cfg: RunConfig
+    base_dir: Path
+    out_dir: Path
+    session_path: Path
+    frames: list[int]
+    num_frames: int
+    model: object
+    summary: RunSummary
+
+
+def prepare_run(cfg: RunConfig, base_dir: Path, out_dir: Path | None = None, progress: bool = True,
+                model=None) -> PreparedRun:  # fmt: skip
+    """The stages before refinement: ingest, init, subject (each skipped when done)."""
     from mvcap.body import load_body_model
     from mvcap.capture import Session
-    from mvcap.refine import refine_session
 
     base_dir = Path(base_dir)
     out_dir = Path(out_dir) if out_dir is not None else base_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     session_path = _resolve(out_dir, cfg.capture.session)
     summary = RunSummary(session_path, cfg.name, 0, 0, [], (), np.zeros(0), float("nan"))
-    model = load_body_model()
+    model = model or load_body_model()
 
     # 1. ingest ---------------------------------------------------------------------------
     with _stage(summary, "ingest", progress):
@@ -293,32 +343,29 @@ def run_pipeline(
                 f"-> {subject_path}"
             )
 
-    # 4. refine ---------------------------------------------------------------------------
-    with _stage(summary, "refine", progress):
-        failures: list = []
-        events: dict = {}
-        res = refine_session(
-            session_path,
-            cfg.name,
-            cfg.refine,
-            frames=frames,
-            model=model,
-            overwrite=restart,
-            progress=progress,
-            failures=failures,
-            events=events,
-        )
-        summary.failures = [(int(t), str(r)) for t, r in failures]
-        notes = refine_events(events)
-        if notes:
-            summary.stage_notes["refine"] = notes
-        done = res.done[frames]
-        summary.frames_done = int(done.sum())
-        idx = np.asarray(frames)[done]
-        if idx.size:
-            with np.errstate(all="ignore"):
-                summary.residual_px = np.nanmean(res.residual_px[idx], axis=0)
-            summary.seconds_per_frame = float(np.mean(res.seconds[idx]))
+    return PreparedRun(cfg, base_dir, out_dir, session_path, frames, T, model, summary)
+
+
+def note_refine(run: PreparedRun, res, failures: list, events: dict) -> None:
+    """Put what refinement did (results ``res``, failures, events) into the run's summary."""
+    summary, frames = run.summary, run.frames
+    summary.failures = [(int(t), str(r)) for t, r in failures]
+    notes = refine_events(events)
+    if notes:
+        summary.stage_notes["refine"] = notes
+    done = res.done[frames]
+    summary.frames_done = int(done.sum())
+    idx = np.asarray(frames)[done]
+    if idx.size:
+        with np.errstate(all="ignore"):
+            summary.residual_px = np.nanmean(res.residual_px[idx], axis=0)
+        summary.seconds_per_frame = float(np.mean(res.seconds[idx]))
+
+
+def finish_run(run: PreparedRun, res, restart: bool = False, progress: bool = True) -> RunSummary:
+    """The stages after refinement (validate, export, report) and the summary JSON."""
+    cfg, base_dir, out_dir, session_path = run.cfg, run.base_dir, run.out_dir, run.session_path
+    frames, T, model, summary = run.frames, run.num_frames, run.model, run.summary
 
     # 5. validate -------------------------------------------------------------------------
     if cfg.validate.enabled and summary.frames_done:

@@ -17,6 +17,7 @@ done, so an interrupted run resumes where it stopped.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
@@ -82,6 +83,14 @@ __all__ = [
     "FAILED_STATES",
     "RefineError",
     "refine_session",
+    "FrameTask",
+    "FrameOutcome",
+    "RefineRun",
+    "open_refine_run",
+    "read_frame_task",
+    "needs_previous",
+    "refine_task",
+    "record_outcome",
     "keypoint_targets",
     "keypoint_fit_frame",
     "write_frame_result",
@@ -582,6 +591,141 @@ def make_predictor(name: str, cfg: RefineConfig, gt_vertices: Tensor | None = No
     raise ValueError(f"unknown predictor {name!r}; use one of {PREDICTORS}")
 
 
+@dataclass(frozen=True)
+class FrameTask:
+    """What refining frame ``t`` reads from the session file, with no file handle kept: it can
+    be refined in another process or on another machine (:mod:`mvcap.batch`). inputs: the
+    cameras, undistorted photos and the frame's own initial estimate (:func:`load_frame_inputs`);
+    evidence: the detector's per-view evidence (:func:`frame_evidence`, None without
+    detections); gt: the frame's ground truth (1 frame; the oracle predictor only)."""
+
+    t: int
+    inputs: FrameInputs
+    evidence: list[ViewEvidence | None] | None = None
+    gt: BodyParams | None = None
+
+
+@dataclass(frozen=True)
+class FrameOutcome:
+    """What became of one frame: its result (None when it could not be refined), the reason
+    it failed ("" when it did not; a failed result's reason is its status and notes),
+    no_init (the frame had no initial estimate: skipped), previous_rejected (init="previous"
+    fell back to the frame's own estimate), views (the cameras of its result, in order)."""
+
+    t: int
+    result: FrameResult | None = None
+    failure: str = ""
+    no_init: bool = False
+    previous_rejected: bool = False
+    views: tuple[str, ...] = ()
+
+
+def read_frame_task(
+    session, t: int, views: Sequence[str], cfg: RefineConfig, with_evidence: bool, gt=None
+) -> FrameTask:
+    """Read frame ``t`` of an open session for the cameras ``views``; ``with_evidence``: the
+    session's detections are used (see :func:`refine_session`); gt: the session's ground truth
+    (all frames) for the oracle predictor."""
+    evidence = frame_evidence(session, t, session.rig.subset(list(views)), cfg.cues) if with_evidence else None
+    return FrameTask(int(t), load_frame_inputs(session, t, views), evidence, None if gt is None else gt.slice(int(t)))
+
+
+def needs_previous(cfg: RefineConfig) -> bool:
+    """Whether a frame's refinement depends on the previous frame's result (init="previous" or
+    a temporal term): then frames must run one after another, in order."""
+    return cfg.init == "previous" or cfg.fit.w_temporal > 0
+
+
+def refine_task(
+    model: BodyModel,
+    task: FrameTask,
+    predictor: DisplacementPredictor | None,
+    cfg: RefineConfig,
+    appearance: Appearance = Appearance(),
+    definition=None,
+    prev: tuple[np.ndarray, np.ndarray] | None = None,
+    catch: bool = True,
+) -> FrameOutcome:
+    """Refine one frame task; nothing is written. predictor: None = the oracle on the task's
+    ground truth; prev: the previous frame's result (pose_rotvecs (24, 3), transl (3,)) for
+    init="previous" and the temporal term, None when there is none. catch: an error in the
+    frame becomes the outcome's failure instead of being raised."""
+    t, inputs, evidence = task.t, task.inputs, task.evidence
+    views = tuple(inputs.rig.names)
+    start = inputs.init
+    rejected = False
+    if cfg.init == "previous" and prev is not None:
+        candidate = BodyParams(prev[0][None], start.betas, prev[1][None])
+        own_ok = np.isfinite(start.pose_rotvecs).all() and np.isfinite(start.transl).all()
+        if evidence is not None and own_ok:
+            # the previous result drifts on fast motion: keep it only if this frame's
+            # evidence agrees with it at least as well as with the frame's own estimate
+            betas0 = start.betas[0]
+            c_prev, _ = evidence_cost(model, definition, inputs.rig, prev[0], betas0, prev[1], evidence)
+            c_own, _ = evidence_cost(model, definition, inputs.rig, start.pose_rotvecs[0], betas0, start.transl[0],
+                                     evidence)  # fmt: skip
+            if c_prev > c_own:
+                rejected = True
+                candidate = start
+        start = candidate
+    if not (np.isfinite(start.pose_rotvecs).all() and np.isfinite(start.transl).all()):
+        reason = "no initial estimate (no person found / init not run for this frame)"
+        return FrameOutcome(t, None, reason, True, rejected, views)
+    if predictor is None:
+        with torch.no_grad():
+            predictor = OraclePredictor(model(**task.gt.to_torch()).vertices[0])
+    prev_pose = torch.as_tensor(prev[0]) if (prev is not None and cfg.fit.w_temporal > 0) else None
+    try:
+        res = refine_frame(model, inputs.rig, inputs.photos, start, predictor, cfg, appearance, prev_pose,
+                           evidence, definition)  # fmt: skip
+    except Exception as exc:  # one bad frame must not end a long run
+        if not catch:
+            raise
+        return FrameOutcome(t, None, f"refinement failed: {type(exc).__name__}: {exc}", False, rejected, views)
+    failure = f"{res.status}: {'; '.join(res.notes)}" if res.failed else ""
+    return FrameOutcome(t, res, failure, False, rejected, views)
+
+
+def record_outcome(writer, out: FrameOutcome, num_views: int, view_idx: list[int], failures: list | None,
+                   events: dict) -> bool:  # fmt: skip
+    """Write a refined frame's result (see :func:`refine_session` for failures and events);
+    True when it was written (the frame is done)."""
+    t = out.t
+    if out.previous_rejected:
+        events.setdefault("previous_rejected", []).append(t)
+    if out.no_init:
+        log.warning("frame %d has no initial estimate; skipped", t)
+        if failures is not None:
+            failures.append((t, out.failure))
+        return False
+    res = out.result
+    if res is None:
+        if failures is None:
+            raise RefineError(f"frame {t}: {out.failure}")
+        log.warning("frame %d failed: %s", t, out.failure.removeprefix("refinement failed: "))
+        failures.append((t, out.failure))
+        return False
+    for name in res.dead_views:
+        if name not in events.setdefault("dead_views", {}):  # say so now, not after hours of frames
+            log.warning("camera %s shows no picture (dead or black) from frame %d: it is ignored", name, t)
+        events["dead_views"].setdefault(name, []).append(t)
+    if res.view_weights is not None:
+        for v, w in enumerate(res.view_weights):
+            if 0 < w < 0.5:
+                events.setdefault("down_weighted", {}).setdefault(out.views[v], []).append(t)
+    if res.failed:
+        if failures is None:
+            raise RefineError(f"frame {t}: {out.failure}")
+        log.warning("frame %d failed: %s", t, out.failure)
+        failures.append((t, out.failure))
+        return False
+    if res.status == "kept":
+        events.setdefault("kept", []).append(t)
+    write_frame_result(writer, t, res, num_views, view_idx)
+    log.debug("frame %d: %s, residual %.2f px, %.1f s", t, res.status, np.nanmean(res.residual_px), res.seconds)
+    return True
+
+
 def refine_session(
     session_path: str | Path,
     run_name: str,
@@ -612,12 +756,74 @@ def refine_session(
 
     With the session's 2D detections (``mvcap detect``), every frame is also fitted to the
     detector's keypoints and masks and guarded by them (``cfg.cues``).
+    One frame is :func:`read_frame_task` -> :func:`refine_task` -> :func:`record_outcome`;
+    :mod:`mvcap.batch` runs the same steps with the middle one on Ray workers.
     """
     from tqdm import tqdm
 
-    from mvcap.capture import Session
-
     model = model or load_body_model()
+    with open_refine_run(session_path, run_name, cfg, frames, model, overwrite, appearance) as run:
+        events = {} if events is None else events
+        for key in ("dead_views", "down_weighted"):
+            events.setdefault(key, {})
+        for key in ("kept", "previous_rejected"):
+            events.setdefault(key, [])
+        shared_predictor = None if cfg.predictor == "oracle" else make_predictor(cfg.predictor, cfg)
+        bar = tqdm(run.todo, desc=f"refine {run_name}", unit="frame", disable=not progress)
+        for t in bar:
+            out = refine_task(model, run.read_task(t), shared_predictor, cfg, run.appearance, run.definition,
+                              run.known.get(t - 1), catch=failures is not None)  # fmt: skip
+            if run.record(out, failures, events):
+                res = out.result
+                bar.set_postfix(res_px=f"{np.nanmean(res.residual_px):.2f}", s=f"{res.seconds:.1f}")
+        return run.session.read_results(run_name)
+
+
+@dataclass
+class RefineRun:
+    """A results run open for refining (see :func:`open_refine_run`): the open session, its
+    writer, the frames still to do (``todo``, in order), the known previous results
+    ``known`` {frame: (pose_rotvecs (24, 3), transl (3,))}, the estimate's appearance and the
+    detector's landmark definition (None without detections)."""
+
+    session: object
+    name: str
+    cfg: RefineConfig
+    writer: object
+    views: list[str]
+    view_idx: list[int]
+    todo: list[int]
+    known: dict
+    appearance: Appearance
+    definition: object
+    gt: BodyParams | None
+
+    def read_task(self, t: int) -> FrameTask:
+        return read_frame_task(self.session, t, self.views, self.cfg, self.definition is not None, self.gt)
+
+    def record(self, out: FrameOutcome, failures: list | None, events: dict) -> bool:
+        """Write ``out`` (see :func:`record_outcome`); a written frame becomes known."""
+        written = record_outcome(self.writer, out, len(self.session.rig), self.view_idx, failures, events)
+        if written:
+            self.known[out.t] = (out.result.pose_rotvecs, out.result.transl)
+        return written
+
+
+@contextlib.contextmanager
+def open_refine_run(
+    session_path: str | Path,
+    run_name: str,
+    cfg: RefineConfig,
+    frames: list[int] | None,
+    model: BodyModel,
+    overwrite: bool = False,
+    appearance: Appearance | None = None,
+):
+    """Open (create or resume) results run ``run_name`` of a session for refining: yields a
+    :class:`RefineRun`; the session is closed on exit. Arguments as in :func:`refine_session`."""
+    from mvcap.capture import Session
+    from mvcap.config import to_dict
+
     with Session.open(session_path, mode="a") as session:
         full_rig = session.rig
         view_idx = [full_rig.index(n) for n in cfg.views] if cfg.views else list(range(len(full_rig)))
@@ -628,7 +834,6 @@ def refine_session(
         bad = [t for t in frames if not 0 <= t < T]
         if bad:
             raise ValueError(f"frames {bad[:5]} are outside the session's 0..{T - 1}")
-        init = session.read_init(require_valid=False)
         gt = None
         if cfg.predictor == "oracle":
             if not session.has_ground_truth:
@@ -638,8 +843,6 @@ def refine_session(
             raise ValueError(f"{session_path}: no subject stored; register the subject first (mvcap register)")
         if appearance is None:
             appearance = estimate_appearance(model, subject, cfg.appearance)
-        from mvcap.config import to_dict
-
         writer = session.results_run(run_name, config=to_dict(cfg), overwrite=overwrite)
         done = writer.done_frames()
         todo = [t for t in frames if not done[t]]
@@ -648,79 +851,9 @@ def refine_session(
         if todo and todo[0] > 0 and done[todo[0] - 1]:
             prev_run = session.read_results(run_name)
             known[todo[0] - 1] = (prev_run.pose_rotvecs[todo[0] - 1], prev_run.transl[todo[0] - 1])
-        shared_predictor = None if cfg.predictor == "oracle" else make_predictor(cfg.predictor, cfg)
         definition = None
         if session.has_detections:
             from mvcap.keypoints import keypoint_set
 
             definition = keypoint_set(session.keypoint_format).definition(model)
-        events = {} if events is None else events
-        for key in ("dead_views", "down_weighted"):
-            events.setdefault(key, {})
-        for key in ("kept", "previous_rejected"):
-            events.setdefault(key, [])
-        bar = tqdm(todo, desc=f"refine {run_name}", unit="frame", disable=not progress)
-        for t in bar:
-            prev = known.get(t - 1)
-            start = init[t]
-            evidence = None
-            if definition is not None:
-                evidence = frame_evidence(session, t, full_rig.subset(views), cfg.cues)
-            if cfg.init == "previous" and prev is not None:
-                candidate = BodyParams(prev[0][None], start.betas, prev[1][None])
-                own_ok = np.isfinite(start.pose_rotvecs).all() and np.isfinite(start.transl).all()
-                if evidence is not None and own_ok:
-                    # the previous result drifts on fast motion: keep it only if this frame's
-                    # evidence agrees with it at least as well as with the frame's own estimate
-                    sub = full_rig.subset(views)
-                    betas0 = start.betas[0] if subject is None else subject.betas
-                    c_prev, _ = evidence_cost(model, definition, sub, prev[0], betas0, prev[1], evidence)
-                    c_own, _ = evidence_cost(model, definition, sub, start.pose_rotvecs[0], betas0, start.transl[0],
-                                             evidence)  # fmt: skip
-                    if c_prev > c_own:
-                        events["previous_rejected"].append(t)
-                        candidate = start
-                start = candidate
-            if not (np.isfinite(start.pose_rotvecs).all() and np.isfinite(start.transl).all()):
-                log.warning("frame %d has no initial estimate; skipped", t)
-                if failures is not None:
-                    failures.append((t, "no initial estimate (no person found / init not run for this frame)"))
-                continue
-            predictor = shared_predictor
-            if predictor is None:
-                with torch.no_grad():
-                    predictor = OraclePredictor(model(**gt.slice(t).to_torch()).vertices[0])
-            inputs = load_frame_inputs(session, t, views)
-            start = BodyParams(start.pose_rotvecs, inputs.init.betas, start.transl)
-            prev_pose = torch.as_tensor(prev[0]) if (prev is not None and cfg.fit.w_temporal > 0) else None
-            try:
-                res = refine_frame(model, inputs.rig, inputs.photos, start, predictor, cfg, appearance, prev_pose,
-                                   evidence, definition)  # fmt: skip
-            except Exception as exc:  # one bad frame must not end a long run
-                if failures is None:
-                    raise
-                log.warning("frame %d failed: %s", t, exc)
-                failures.append((t, f"refinement failed: {type(exc).__name__}: {exc}"))
-                continue
-            for name in res.dead_views:
-                if name not in events["dead_views"]:  # say so now, not after hours of frames
-                    log.warning("camera %s shows no picture (dead or black) from frame %d: it is ignored", name, t)
-                events["dead_views"].setdefault(name, []).append(t)
-            if res.view_weights is not None:
-                for v, w in enumerate(res.view_weights):
-                    if 0 < w < 0.5:
-                        events["down_weighted"].setdefault(inputs.rig.names[v], []).append(t)
-            if res.failed:
-                reason = f"{res.status}: {'; '.join(res.notes)}"
-                if failures is None:
-                    raise RefineError(f"frame {t}: {reason}")
-                log.warning("frame %d failed: %s", t, reason)
-                failures.append((t, reason))
-                continue
-            if res.status == "kept":
-                events["kept"].append(t)
-            write_frame_result(writer, t, res, len(full_rig), view_idx)
-            known[t] = (res.pose_rotvecs, res.transl)
-            log.debug("frame %d: %s, residual %.2f px, %.1f s", t, res.status, np.nanmean(res.residual_px), res.seconds)
-            bar.set_postfix(res_px=f"{np.nanmean(res.residual_px):.2f}", s=f"{res.seconds:.1f}")
-        return session.read_results(run_name)
+        yield RefineRun(session, run_name, cfg, writer, views, view_idx, todo, known, appearance, definition, gt)

@@ -71,7 +71,7 @@ def test_cli_import_is_light():
 def test_help_lists_commands():
     out = CliRunner().invoke(main, ["--help"])
     assert out.exit_code == 0
-    for cmd in ("demo", "synth", "refine", "bench", "rig", "build-body"):
+    for cmd in ("demo", "synth", "refine", "bench", "rig", "build-body", "batch", "validate"):
         assert cmd in out.output
 
 
