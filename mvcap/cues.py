@@ -59,8 +59,11 @@ class CueConfig:
     trust_ratio: float = 2.5  # a view costing more than this x the median view is down-weighted
     guard: bool = True  # keep a round's update only if it agrees better with the evidence
     guard_margin: float = 1e-4  # ... by at least this much (cost units: fraction of height + 1 - IoU)
-    # ... and worsens neither cue by more than (keypoints: fraction of height, silhouettes: IoU)
+    # ... and worsens neither cue by more than this (keypoints: fraction of height, silhouettes:
+    # IoU) to above its noise floor (a detector's own landmark error, a mask's edge error):
+    # within the floor a cue's change says nothing
     guard_tolerance: tuple[float, float] = (0.0025, 0.005)
+    guard_floor: tuple[float, float] = (0.03, 0.15)  # keypoints: 3 % of height; silhouettes: 1 - IoU
     # a frame fails as "contradictory evidence" when, in most views with evidence, its final body
     # is farther than this from the keypoints (fraction of height) or below this silhouette IoU
     contradiction: tuple[float, float] = (0.2, 0.15)
@@ -68,12 +71,14 @@ class CueConfig:
     depth_hold_sigma: float = 0.02  # ... as a fraction of the init's distance (2 %: 6 cm at 3 m)
 
     def __post_init__(self):
-        for name in ("guard_tolerance", "contradiction"):
+        for name in ("guard_tolerance", "guard_floor", "contradiction"):
             object.__setattr__(self, name, tuple(float(x) for x in getattr(self, name)))
             if len(getattr(self, name)) != 2:
                 raise ValueError(f"{name} is (keypoints, silhouettes), e.g. {list(getattr(CueConfig, name))}")
-        if min(self.w_keypoints, self.w_silhouette, self.guard_margin, self.w_depth_hold, *self.guard_tolerance) < 0:
-            raise ValueError("cue weights and guard_margin must be >= 0")
+        nonneg = (self.w_keypoints, self.w_silhouette, self.guard_margin, self.w_depth_hold, *self.guard_tolerance,
+                  *self.guard_floor, *self.contradiction)  # fmt: skip
+        if min(nonneg) < 0:
+            raise ValueError("cue weights, guard margins, tolerances and floors must be >= 0")
         if self.keypoint_sigma <= 0 or self.trust_ratio <= 1 or self.depth_hold_sigma <= 0:
             raise ValueError("keypoint_sigma and depth_hold_sigma must be > 0 and trust_ratio > 1")
 

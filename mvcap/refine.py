@@ -480,9 +480,13 @@ def refine_frame(
             cost_old_w = weighted_cost(cur_views, trust)  # the current body, same evidence, same weights
             # per cue too: an update that buys silhouette agreement with keypoint disagreement (or
             # the reverse) follows targets the evidence does not support
-            worse = weighted_parts(per_view, trust) - weighted_parts(cur_views, trust)
-            traded = [name for name, d, tol in zip(("keypoints", "silhouettes"), worse, cues.guard_tolerance,
-                                                   strict=True) if d > tol]  # fmt: skip
+            new_parts, old_parts = weighted_parts(per_view, trust), weighted_parts(cur_views, trust)
+            traded = [
+                name
+                for name, n, o, tol, floor in zip(("keypoints", "silhouettes"), new_parts, old_parts,
+                                                  cues.guard_tolerance, cues.guard_floor, strict=True)
+                if n > o + tol and n > floor
+            ]  # fmt: skip
             if not cost_new < cost_old_w - cues.guard_margin or traded:
                 why = f"it agrees less with the {' and '.join(traded)}" if traded else (
                     "it agrees less with the cameras' keypoints and masks")  # fmt: skip
