@@ -255,20 +255,20 @@ def run_cmd(config: Path, out: Path | None, overwrite: bool, frames, overrides):
 @click.option("--address", default="", help="Ray cluster: auto or ray://HOST:10001 (default: a local Ray here).")
 @click.option("--workers", type=int, default=0, help="Ray workers, one CPU each (default: one per CPU).")
 @click.option("--chunk-frames", type=int, default=1, show_default=True, help="Frames per task (independent frames).")
-@click.option("--restart", is_flag=True, help="Discard the results runs and refine again (keeps ingest/init/subject).")
+@_overwrite_option("Discard the results runs and refine again (keeps ingest/init/subject).", "--restart")
 @click.option("--set", "overrides", multiple=True, help="Overrides for every config, e.g. refine.predictor=flow")
-def batch_cmd(configs, address: str, workers: int, chunk_frames: int, restart: bool, overrides):
+def batch_cmd(configs, address: str, workers: int, chunk_frames: int, overwrite: bool, overrides):
     """Many run configs (or one long take in chunks of frames) with the refinement on Ray.
 
-    Each CONFIG is run as by `mvcap run CONFIG`; every config's frames are refined on a pool
-    of Ray workers (local by default; --address for a cluster), written by this process;
-    resumable like `mvcap run`. Needs Ray: pip install 'mvcap[batch]'."""
+    CONFIGS: one or more run config TOMLs. Each is run as by `mvcap run CONFIG`; every config's
+    frames are refined on a pool of Ray workers (local by default; --address for a cluster),
+    written by this process; resumable like `mvcap run`. Needs Ray: pip install 'mvcap[batch]'."""
     from mvcap.batch import BatchConfig, import_ray, run_batch
     from mvcap.pipeline import format_summary, load_run_config
 
     import_ray()
     batch = BatchConfig(address, workers, chunk_frames)
-    summaries = run_batch([load_run_config(c, list(overrides)) for c in configs], batch, restart=restart)
+    summaries = run_batch([load_run_config(c, list(overrides)) for c in configs], batch, restart=overwrite)
     for s in summaries:
         click.echo(format_summary(s))
     if any(s.frames_done == 0 for s in summaries):
