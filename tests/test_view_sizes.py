@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import detect_from_ground_truth
 
 from mvcap.cameras import Rig
 from mvcap.capture import Session, SessionError
@@ -13,8 +14,6 @@ from mvcap.fit import FitConfig
 from mvcap.metrics import evaluate_body
 from mvcap.refine import RefineConfig, refine_session
 from mvcap.render import canvas_size, pad_views, rasterize, render, undistort_images
-
-from conftest import detect_from_ground_truth
 
 CROP = 16  # cam01: the 128x128 image with 16 rows cut off above and below -> 128x96
 SMALL = (96, 96)  # cam03: the 128x128 image rescaled
@@ -79,7 +78,7 @@ def test_session_reads_views_at_their_own_sizes(mixed_session_path):
     with Session.open(mixed_session_path) as s:
         assert s.image_sizes == {"cam00": (128, 128), "cam01": (128, 96), "cam02": (128, 128), "cam03": (96, 96)}
         with pytest.raises(SessionError, match="different image sizes"):
-            s.image_size
+            _ = s.image_size
         imgs, masks = s.read_frame(0), s.read_masks(0)
         assert [im.shape for im in imgs] == [(128, 128, 3), (96, 128, 3), (128, 128, 3), (96, 96, 3)]
         assert [m.shape for m in masks] == [(128, 128), (96, 128), (128, 128), (96, 96)]
