@@ -146,3 +146,34 @@ def test_refine_init_overlay_chain(mixed_session, body_model, tmp_path):
     assert summary.fitted.all()
     with Session.open(mixed_session) as s:
         assert _pve(body_model, s.read_init(), gt, 0) < 60  # mm
+
+
+def test_register_validate_report(mixed_session, body_model, tmp_path, write_gt_run):
+    from mvcap.initialize import InitConfig
+    from mvcap.register import RegisterConfig, ShapeFitConfig, TextureConfig, register_subject
+    from mvcap.report import ReportConfig, build_report
+    from mvcap.validate import ValidateConfig, validate_run
+
+    cfg = RegisterConfig(num_frames=2, shape=ShapeFitConfig(rounds=2, iterations=8), texture=TextureConfig(size=64))
+    reg = register_subject(mixed_session, "mixed", cfg, model=body_model, progress=False)
+    # a short fit from the perturbed init: the cropped and rescaled views (1, 3) agree with the body
+    # as well as the full-size ones (0, 2) (masks and renders on one canvas, each view in its corner)
+    iou = reg.shape.silhouette_iou
+    assert iou.shape == (2, 4) and iou.min() > 0.7 and iou[:, [1, 3]].mean() > iou[:, [0, 2]].mean() - 0.05
+    assert reg.appearance.coverage > 0.5
+    write_gt_run(mixed_session, range(3), name="gt", config={})
+    with Session.open(mixed_session) as s:
+        gt = s.read_ground_truth()
+
+    def refiner(t, rig, photos, pose0, betas, transl0):  # the truth: it must agree with every held-out view
+        assert photos.shape == (3, *canvas_size(rig)[::-1], 3)
+        return gt.pose_rotvecs[t], gt.transl[t]
+
+    vcfg = ValidateConfig(frames="0:1", init=InitConfig(iterations=15, yaw_starts=2, w_mask=1.0))  # short, with masks
+    rep = validate_run(mixed_session, "gt", vcfg, ["cam01", "cam03"], model=body_model, refiner=refiner,
+                       progress=False, in_view=False)  # fmt: skip
+    assert [c.view for c in rep.cameras] == ["cam01", "cam03"]  # the cropped and the rescaled camera held out
+    assert all(c.result_iou > 0.9 for c in rep.cameras), rep.cameras
+    small = ReportConfig(overlay_frames=1, turntable_frames=1, turntable_steps=4, turntable_size=96)
+    out = build_report(mixed_session, "gt", tmp_path / "report.html", small)
+    assert out.exists() and "cam03" in out.read_text()
