@@ -40,6 +40,7 @@ mismatch is an error that says which mode fits; with one (session-wide or per ca
 
 Views may have different sizes (cameras of different resolutions): each is stored at its own
 camera's size, and every later stage works per view.
+
 Frames are written to ``<out>.partial``; only when every frame of every view is in and the
 session is marked complete is it renamed to ``<out>``. An error removes the partial file
 (unless the run was resuming one); an interrupted run (Ctrl-C, a killed process) leaves it,
@@ -90,7 +91,6 @@ __all__ = [
 
 DEFAULT_IMAGE_FPS = 30.0  # image folders carry no frame rate
 _FPS_TOL = 0.01  # relative fps difference between videos still treated as the same rate
-_ASPECT_TOL = 0.01
 #: how a camera's frames are brought to its calibrated size (see the module docstring)
 FIT_MODES = ("crop", "crop-topleft", "pad", "pad-topleft", "resize")
 
