@@ -891,18 +891,16 @@ class Session:
     def read_frame(
         self, t: int, views: Sequence[str | int] | None = None, allow_missing: bool = False
     ) -> np.ndarray:
-        """Frame ``t`` of the given views (default all, rig order): (V, H, W, 3) uint8.
+        """Frame ``t`` of the given views (default all, rig order): (V, H, W, 3) uint8, or a
+        list of V (H_v, W_v, 3) arrays when the views differ in size (``mvcap.render.pad_views``
+        puts them on one canvas).
 
         Raises SessionError if a frame was never written (unless ``allow_missing``: zeros).
         """
         names = self.view_names if views is None else [self._view(v) for v in views]
         t = self._frame(t)
         f = self._h5()
-        sizes = {self.image_sizes[v] for v in names}
-        if len(sizes) > 1:
-            raise SessionError(
-                f"views {names} have different image sizes; read them one by one with read_view"
-            )
+        one_size = len({self.image_sizes[v] for v in names}) == 1
         out = []
         with _reading(self._path, f"frame {t}"):
             for v in names:
@@ -913,7 +911,7 @@ class Session:
                         "(ingest interrupted?)"
                     )
                 out.append(vg["images"][t])
-        return np.stack(out)
+        return np.stack(out) if one_size else out
 
     def read_view(
         self, view: str | int, frames=slice(None), allow_missing: bool = False
@@ -1044,7 +1042,8 @@ class Session:
 
         keypoints: (V, K, 3) float ``[x_px, y_px, confidence]`` in the stored (distorted) image's
         pixels; a keypoint not found has confidence 0 (x, y may be NaN).
-        masks: (V, H, W) bool / uint8 person masks (0-255 or 0-1), or None.
+        masks: (V, H, W) bool / uint8 person masks (0-255 or 0-1), a list of V (H_v, W_v) masks
+        (views of different sizes), or None.
         All frames of a session share one ``keypoint_format`` and K.
         """
         f = self._writable()
@@ -1057,9 +1056,11 @@ class Session:
         sizes = [self.image_sizes[v][::-1] for v in self.view_names]
         masks_u8 = None
         if masks is not None:
-            m = _np(masks)
-            if m.ndim != 3 or m.shape[0] != self.num_views or any(m.shape[1:] != hw for hw in sizes):
-                raise SessionError(f"masks must have shape (V={self.num_views}, H, W) = view sizes, got {m.shape}")
+            m = [_np(mi) for mi in masks] if isinstance(masks, (list, tuple)) else _np(masks)
+            bad = not isinstance(m, list) and m.ndim != 3
+            if bad or len(m) != self.num_views or any(mi.shape != hw for mi, hw in zip(m, sizes, strict=False)):
+                shape = [mi.shape for mi in m] if isinstance(m, list) else m.shape
+                raise SessionError(f"masks must have shape (V={self.num_views}, H, W) = view sizes, got {shape}")
             masks_u8 = [
                 (mi.astype(np.uint8) * 255 if mi.dtype == bool or mi.max(initial=0) <= 1 else mi).astype(np.uint8)
                 for mi in m
@@ -1121,14 +1122,16 @@ class Session:
         with _reading(self._path, "detections/keypoints"):
             return _read_rows(self._h5()["detections"]["keypoints"], idx)
 
-    def read_masks(self, t: int) -> np.ndarray | None:
-        """(V, H, W) float32 in [0, 1] person masks of frame ``t``, or None if none are stored."""
+    def read_masks(self, t: int) -> np.ndarray | list[np.ndarray] | None:
+        """(V, H, W) float32 in [0, 1] person masks of frame ``t`` (a list of V (H_v, W_v) arrays
+        when the views differ in size), or None if none are stored."""
         if not self.has_detections or "masks" not in self._h5()["detections"]:
             return None
         t = self._frame(t)
         with _reading(self._path, f"masks of frame {t}"):
             mg = self._h5()["detections"]["masks"]
-            return np.stack([mg[v][t].astype(np.float32) / 255.0 for v in self.view_names])
+            out = [mg[v][t].astype(np.float32) / 255.0 for v in self.view_names]
+        return np.stack(out) if len({m.shape for m in out}) == 1 else out
 
     def delete_detections(self) -> None:
         f = self._writable()

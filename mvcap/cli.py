@@ -681,11 +681,16 @@ def export(session: Path, run_name: str | None, out: Path, formats: str, frames,
 @click.option(
     "--image-size", nargs=2, type=int, default=None, metavar="W H", help="Store every view at W x H (rig rescaled)."
 )
+@click.option(
+    "--fit", "fits", multiple=True, metavar="[CAM=]MODE",
+    help="Bring frames whose size differs from their camera's calibration to it: crop, pad (centred), crop-topleft, "
+    "pad-topleft or resize; CAM=MODE for one camera (repeatable). Default: such a mismatch is an error.",
+)  # fmt: skip
 @click.option("--count-frames", is_flag=True, help="Decode the videos to count frames instead of trusting headers.")
 @_overwrite_option("Replace OUT and discard an interrupted OUT.partial.")
 @click.option("--set", "overrides", multiple=True, help="Config overrides key=value, e.g. offsets.cam1=2")
-def ingest(sources, out, rig_path, config_path, frames, allow_gaps, offsets, fps, image_size, count_frames, overwrite,
-           overrides):  # fmt: skip
+def ingest(sources, out, rig_path, config_path, frames, allow_gaps, offsets, fps, image_size, fits, count_frames,
+           overwrite, overrides):  # fmt: skip
     """Ingest synchronized videos or image folders into a session file.
 
     SOURCES: a folder with one video (<camera>.mp4) or image folder (<camera>/) per camera, or one
@@ -714,6 +719,12 @@ def ingest(sources, out, rig_path, config_path, frames, allow_gaps, offsets, fps
                 f"{item!r} must look like CAM=K with an integer K, e.g. cam1=-3", param_hint="--offset"
             )
         extra.setdefault("offsets", {})[cam.strip()] = int(k)
+    for item in fits:
+        cam, sep, mode = item.rpartition("=")
+        if sep:
+            extra.setdefault("fit_views", {})[cam.strip()] = mode.strip()
+        else:
+            extra["fit"] = mode.strip()
     cfg = load_config(IngestConfig, config_path, extra)
     folder = Path(sources[0]) if len(sources) == 1 and Path(sources[0]).is_dir() else None
     if rig_path is None:
@@ -730,6 +741,8 @@ def ingest(sources, out, rig_path, config_path, frames, allow_gaps, offsets, fps
     )
     for cam, idx in res.missing.items():
         click.echo(f"warning: camera '{cam}' has no image for session frame(s) {format_frames(idx)} (stored black)")
+    for cam, mode in res.fits.items():
+        click.echo(f"camera '{cam}': frames brought to the calibrated size by --fit {mode}")
 
 
 @main.command()

@@ -85,15 +85,20 @@ class CueConfig:
 
 def outside_distance(masks) -> Tensor:
     """(V, H, W) masks in [0, 1] (or bool) -> (V, 1, H, W) float64 distance (px) to the mask,
-    0 inside; all zeros for an empty or full mask (no information)."""
+    0 inside; all zeros for an empty or full mask (no information). A list of V (H_v, W_v)
+    masks (views of different sizes) gives the distances on the common canvas, 0 beyond each
+    view's image (see :mod:`mvcap.render`), where the mask says nothing."""
     import cv2
 
+    from mvcap.render import pad_views
+
     out = []
-    for m in np.asarray(masks, np.float32):
+    for m in masks if isinstance(masks, (list, tuple)) else np.asarray(masks, np.float32):
+        m = np.asarray(m, np.float32)
         outside = (m < 0.5).astype(np.uint8)
         out.append(cv2.distanceTransform(outside, cv2.DIST_L2, 3) if outside.any() and not outside.all() else
                    np.zeros(m.shape, np.float32))  # fmt: skip
-    return torch.as_tensor(np.stack(out)[:, None], dtype=torch.float64)
+    return torch.as_tensor(pad_views(out)[:, None], dtype=torch.float64)
 
 
 def sample_outside(dt: Tensor, uv: Tensor) -> Tensor:
@@ -163,8 +168,10 @@ def silhouette_term(
     have &= np.isfinite(h) & (h > 1)
     if cfg.w_silhouette <= 0 or not have.any():
         return None
-    H, W = next(m.shape for m in masks if m is not None)
-    full = np.stack([m if (m is not None and m.shape == (H, W)) else np.zeros((H, W), bool) for m in masks])
+    # views without a mask: no information (0); each view's distances at its own size (on the canvas)
+    full = [
+        m if m is not None else np.zeros((c.height, c.width), bool) for m, c in zip(masks, rig_pinhole, strict=True)
+    ]
     dt = outside_distance(full).float()
     vw = np.ones(len(masks)) if view_weights is None else np.asarray(view_weights, np.float64)
     w = torch.as_tensor(np.where(have, vw, 0.0) / np.where(have, h, 1.0), dtype=torch.float32)  # (V,)

@@ -290,7 +290,7 @@ def detect_session(
                     kps.append(kp)
                     masks.append(mask)
                     found[i, v] = bool(kp[:, 2].max() > 0)
-                mask_arr = np.stack([np.round(m * 255).astype(np.uint8) for m in masks]) if cfg.masks else None
+                mask_arr = [np.round(m * 255).astype(np.uint8) for m in masks] if cfg.masks else None  # per-view sizes
                 s.write_detections(int(t), np.stack(kps), mask_arr, keypoint_format=KEYPOINT_FORMAT)
                 log.debug("frame %d: person found in %d/%d views", t, found[i].sum(), V)
         finally:

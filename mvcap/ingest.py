@@ -21,6 +21,26 @@ last frame every camera has.
 
 Every check that can be made before writing is made before writing: camera names, image
 sizes against the rig (naming the wrong camera), frame counts against the frame range.
+
+Frame size vs calibration (``fit``): the rig is the truth about each sensor, so frames whose
+size differs from their camera's calibrated ``image_size`` are brought to that size, never the
+rig to the frames (the stored rig describes the stored frames exactly). Without a ``fit`` mode a
+mismatch is an error that says which mode fits; with one (session-wide or per camera):
+
+* ``pad``: frames smaller than the calibration are placed centred on a black canvas of the
+  calibrated size (frame pixel (u, v) is calibrated pixel (u + (W - w) // 2, v + (H - h) // 2));
+* ``crop``: frames larger than the calibration are cropped to its centre (calibrated pixel
+  (u, v) is frame pixel (u + (w - W) // 2, v + (h - H) // 2));
+* ``pad-topleft`` / ``crop-topleft``: the same anchored at the top-left corner (offset 0): the
+  case of a calibration made on a video's coded frames (1088 rows) for a 1080-row video, whose
+  8 extra rows are padding at the bottom;
+* ``resize``: frames that are a uniform rescale of the calibrated image (same aspect ratio to
+  within a pixel) are resized to the calibrated size (the pixel-centre convention of
+  :meth:`mvcap.cameras.Rig.with_image_size`).
+
+Views may have different sizes (cameras of different resolutions): each is stored at its own
+camera's size, and every later stage works per view.
+
 Frames are written to ``<out>.partial``; only when every frame of every view is in and the
 session is marked complete is it renamed to ``<out>``. An error removes the partial file
 (unless the run was resuming one); an interrupted run (Ctrl-C, a killed process) leaves it,
@@ -60,7 +80,10 @@ __all__ = [
     "VIDEO_EXTS",
     "IMAGE_EXTS",
     "DEFAULT_IMAGE_FPS",
+    "FIT_MODES",
     "find_sources",
+    "fit_offset",
+    "fit_frame",
     "plan_frames",
     "ingest",
     "export_frames",
@@ -68,7 +91,8 @@ __all__ = [
 
 DEFAULT_IMAGE_FPS = 30.0  # image folders carry no frame rate
 _FPS_TOL = 0.01  # relative fps difference between videos still treated as the same rate
-_ASPECT_TOL = 0.01
+#: how a camera's frames are brought to its calibrated size (see the module docstring)
+FIT_MODES = ("crop", "crop-topleft", "pad", "pad-topleft", "resize")
 
 
 class IngestError(MvcapError):
@@ -91,6 +115,11 @@ class IngestConfig:
     image_size: ``(width, height)`` to store every view at, None = the rig's sizes. The rig
       is rescaled to it (same field of view) and every source is resized to it, so sources
       may then be any uniform rescale of the calibrated image (same aspect ratio).
+    fit: how frames whose size differs from their camera's calibrated size are brought to it:
+      one of ``FIT_MODES`` (see the module docstring), "" = such a mismatch is an error saying
+      which mode fits. Cameras whose frames match their calibration are never changed.
+    fit_views: ``{camera: mode}`` overriding ``fit`` for single cameras (CLI:
+      ``--fit cam01=pad``; TOML: a table ``[fit_views]`` with ``cam01 = "pad"``).
     count_frames: decode every video once to count its frames instead of trusting the
       container's header (exact, slower).
     compression: HDF5 compression of the frames: "gzip" (default, level 1, readable by every
@@ -102,6 +131,8 @@ class IngestConfig:
     offsets: dict[str, int] = field(default_factory=dict)
     fps: float | None = None
     image_size: tuple[int, int] | None = None
+    fit: str = ""
+    fit_views: dict[str, str] = field(default_factory=dict)
     count_frames: bool = False
     compression: str | None = "gzip"
 
@@ -121,6 +152,10 @@ class IngestConfig:
             if len(size) != 2 or min(size) <= 0:
                 raise IngestError(f"image_size must be (width, height) > 0, got {self.image_size}")
             object.__setattr__(self, "image_size", size)
+        for where, mode in [("fit", self.fit)] + [(f"fit_views.{c}", m) for c, m in (self.fit_views or {}).items()]:
+            if mode not in FIT_MODES and not (where == "fit" and mode == ""):
+                raise IngestError(f"{where} must be one of {', '.join(FIT_MODES)}, got {mode!r}")
+        object.__setattr__(self, "fit_views", dict(self.fit_views or {}))
         if self.compression not in ("lzf", "gzip", None):
             raise IngestError(f"compression must be 'lzf', 'gzip' or None, got {self.compression!r}")
 
@@ -130,7 +165,8 @@ class IngestResult:
     """path: the finished session; source_frames: (T,) timeline frame of each session frame;
     step: timeline frames between session frames (1 when unevenly spaced); missing: camera ->
     session frames stored black because that camera has no image there (``allow_gaps``);
-    resumed_frames: frames found already written in a partial file; seconds: wall time."""
+    resumed_frames: frames found already written in a partial file; seconds: wall time; fits:
+    camera -> the ``fit`` mode applied to its frames (cameras whose frames needed one)."""
 
     path: Path
     num_frames: int
@@ -141,6 +177,7 @@ class IngestResult:
     seconds: float
     step: int = 1
     missing: dict[str, np.ndarray] = field(default_factory=dict)
+    fits: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -185,15 +222,101 @@ def find_sources(sources, rig: Rig, count_frames: bool = False) -> dict[str, Sou
     return probe_sources({n: paths[n] for n in names}, count_frames, error=IngestError)
 
 
-def _check_sizes(infos: dict[str, SourceInfo], rig: Rig, image_size) -> None:
-    bad = []
+def _resize_fits(frame_size: tuple[int, int], calib_size: tuple[int, int]) -> bool:
+    """Is the frame a uniform rescale of the calibrated image (same aspect ratio to within a pixel)?"""
+    (w, h), (W, H) = frame_size, calib_size
+    return round(W * h / H) == w or round(H * w / W) == h
+
+
+def fit_offset(frame_size: tuple[int, int], calib_size: tuple[int, int], mode: str) -> tuple[int, int]:
+    """(dx, dy) with calibrated pixel = frame pixel + (dx, dy) for a ``crop*`` / ``pad*`` mode
+    (negative for a crop, positive for a centred pad, 0 for the top-left variants). Sizes are
+    (width, height); IngestError when the mode does not fit the sizes."""
+    (w, h), (W, H) = (tuple(int(x) for x in s) for s in (frame_size, calib_size))
+    if mode.startswith("pad"):
+        if w > W or h > H:
+            raise IngestError(f"fit '{mode}' needs frames no larger than the calibration ({W}x{H}), got {w}x{h}")
+        return (0, 0) if mode == "pad-topleft" else ((W - w) // 2, (H - h) // 2)
+    if mode.startswith("crop"):
+        if w < W or h < H:
+            raise IngestError(f"fit '{mode}' needs frames no smaller than the calibration ({W}x{H}), got {w}x{h}")
+        return (0, 0) if mode == "crop-topleft" else (-((w - W) // 2), -((h - H) // 2))
+    raise IngestError(f"fit_offset takes a crop or pad mode, got {mode!r}")
+
+
+def fit_frame(image: np.ndarray, calib_size: tuple[int, int], mode: str) -> np.ndarray:
+    """image (h, w, C) -> (H, W, C) at the calibrated size ``calib_size`` = (W, H), by ``mode``
+    (one of ``FIT_MODES``); padding is black. See :func:`fit_offset` for the pixel mapping."""
+    h, w = image.shape[:2]
+    W, H = (int(x) for x in calib_size)
+    if (w, h) == (W, H):
+        return image
+    if mode == "resize":
+        if not _resize_fits((w, h), (W, H)):
+            raise IngestError(f"fit 'resize' needs the calibration's aspect ratio ({W}x{H}), got {w}x{h}")
+        return cv2.resize(image, (W, H), interpolation=cv2.INTER_AREA if w > W else cv2.INTER_LINEAR)
+    dx, dy = fit_offset((w, h), (W, H), mode)
+    if mode.startswith("crop"):
+        return np.ascontiguousarray(image[-dy : -dy + H, -dx : -dx + W])
+    out = np.zeros((H, W) + image.shape[2:], image.dtype)
+    out[dy : dy + h, dx : dx + w] = image
+    return out
+
+
+def _fit_hint(cam: str, w: int, h: int, W: int, H: int) -> str:
+    """Which fit mode suits frames of w x h for a camera calibrated at W x H (for the error)."""
+
+    def amount(n: int, what: str) -> str:
+        return f"{n} {what}{'s' if n != 1 else ''}"
+
+    if w <= W and h <= H:
+        diff = " and ".join(amount(n, k) for n, k in ((W - w, "column"), (H - h, "row")) if n)
+        how, mode = f"{diff} fewer than the calibration", "pad"
+    elif w >= W and h >= H:
+        diff = " and ".join(amount(n, k) for n, k in ((w - W, "column"), (h - H, "row")) if n)
+        how, mode = f"{diff} more than the calibration", "crop"
+    else:
+        return ""
+    return (
+        f" ({how}). If the frames are the calibrated image with {'a border' if mode == 'crop' else 'part'} "
+        f"cut off, pass --fit {mode} (centred; --fit {mode}-topleft keeps the top-left corner, e.g. a calibration "
+        f"made on a video's 1088-row coded frames; --fit {cam}={mode} for this camera only), or calibrate at "
+        f"{w}x{h}"
+    )
+
+
+def _check_sizes(infos: dict[str, SourceInfo], rig: Rig, cfg: IngestConfig) -> dict[str, str]:
+    """{camera: fit mode} for the cameras whose frames differ from their calibrated size;
+    IngestError naming each camera whose mismatch no mode (or not the one given) fits."""
+    unknown = sorted(set(cfg.fit_views) - set(rig.names))
+    if unknown:
+        raise IngestError(
+            f"--fit CAM=MODE (fit_views) names unknown camera(s) {unknown}; cameras are {list(rig.names)}"
+        )
+    fits, bad = {}, []
     for cam in rig:
         w, h = infos[cam.name].frame_size
         W, H = cam.image_size
         if (w, h) == (W, H):
             continue
         src = f"camera '{cam.name}': {infos[cam.name].path.name} is {w}x{h}"
-        if image_size is not None and abs((w / h) / (W / H) - 1) <= _ASPECT_TOL:
+        mode = cfg.fit_views.get(cam.name, cfg.fit)
+        if mode:
+            ok = _resize_fits((w, h), (W, H)) if mode == "resize" else (
+                (w <= W and h <= H) if mode.startswith("pad") else (w >= W and h >= H)
+            )  # fmt: skip
+            if ok:
+                fits[cam.name] = mode
+                continue
+            need = {"resize": "the calibration's aspect ratio", "pad": "frames no larger than the calibration"}
+            hint = _fit_hint(cam.name, w, h, W, H)
+            bad.append(
+                f"{src} but the rig calibrates it at {W}x{H}: fit '{mode}' needs "
+                f"{need.get(mode.split('-')[0], 'frames no smaller than the calibration')}"
+                + (hint or ("; pass --fit resize" if _resize_fits((w, h), (W, H)) else ""))
+            )
+            continue
+        if cfg.image_size is not None and _resize_fits((w, h), (W, H)):
             continue  # a uniform rescale of the calibrated image: resized on the way in
         if (w, h) == (H, W):
             bad.append(
@@ -202,12 +325,15 @@ def _check_sizes(infos: dict[str, SourceInfo], rig: Rig, image_size) -> None:
                 "the other orientation). Re-encode it upright (e.g. ffmpeg -vf transpose=1) or calibrate that "
                 "orientation"
             )
-        elif abs((w / h) / (W / H) - 1) <= _ASPECT_TOL:
+        elif _resize_fits((w, h), (W, H)):
             bad.append(
                 f"{src} but the rig calibrates it at {W}x{H} (same aspect ratio). If it is the calibrated image "
-                f"rescaled, pass image_size=(W, H) (CLI: --image-size {w} {h}) to store every view at one size "
+                f"rescaled, pass --fit resize (--fit {cam.name}=resize for this camera only) to resize it to the "
+                f"calibrated size, or image_size=(W, H) (CLI: --image-size {w} {h}) to store every view at one size "
                 "with the rig rescaled"
             )
+        elif hint := _fit_hint(cam.name, w, h, W, H):
+            bad.append(f"{src} but the rig calibrates it at {W}x{H}{hint}")
         else:
             bad.append(
                 f"{src} but the rig calibrates it at {W}x{H} (a different aspect ratio: a crop or another camera?). "
@@ -215,6 +341,7 @@ def _check_sizes(infos: dict[str, SourceInfo], rig: Rig, image_size) -> None:
             )
     if bad:
         raise IngestError("image sizes do not match the rig: " + "; ".join(bad))
+    return fits
 
 
 _ALL = FrameSelection(((0, None, 1),), "0:")
@@ -285,9 +412,12 @@ _READ_HINT = (
 )
 
 
-def _read_rgb(reader: FrameReader, index: int, out_size: tuple[int, int]) -> np.ndarray:
-    """Frame ``index`` as RGB uint8 at ``out_size`` (width, height)."""
+def _read_rgb(reader: FrameReader, index: int, out_size: tuple[int, int], fit: str = "", calib_size=None) -> np.ndarray:
+    """Frame ``index`` as RGB uint8 at ``out_size`` (width, height), cropped or padded to
+    ``calib_size`` first by a crop/pad ``fit`` (a resize goes straight to ``out_size``)."""
     img = reader.read(index)
+    if fit and fit != "resize":
+        img = fit_frame(img, calib_size, fit)
     h, w = img.shape[:2]
     if (w, h) != out_size:
         shrink = w > out_size[0]
@@ -302,7 +432,7 @@ def _partial_path(out: Path) -> Path:
     return out.with_name(out.name + ".partial")
 
 
-def _fingerprint(infos, frames, cfg: IngestConfig, fps: float) -> dict:
+def _fingerprint(infos, frames, cfg: IngestConfig, fps: float, fits: dict[str, str]) -> dict:
     """What a partial file must match to be resumed (JSON-comparable)."""
     return {
         "sources": {
@@ -314,6 +444,7 @@ def _fingerprint(infos, frames, cfg: IngestConfig, fps: float) -> dict:
         "offsets": {c: int(cfg.offsets.get(c, 0)) for c in infos},
         "source_fps": float(fps),
         "image_size": list(cfg.image_size) if cfg.image_size else None,
+        "fits": dict(fits),
     }
 
 
@@ -398,7 +529,7 @@ def ingest(
         raise IngestError(f"output {out} is a folder; give a session file path such as {out / 'session.h5'}")
 
     infos = find_sources(sources, rig, cfg.count_frames)
-    _check_sizes(infos, rig, cfg.image_size)
+    fits = _check_sizes(infos, rig, cfg)
     frames = plan_frames(infos, cfg)
     offs = {c: cfg.offsets.get(c, 0) for c in rig.names}
     gaps = check_gaps(
@@ -409,7 +540,7 @@ def ingest(
     missing = {c: np.flatnonzero(np.isin(frames + offs[c], g)) for c, g in gaps.items()}
     fps, fps_source = _source_fps(infos, cfg)
     step = _step(frames)
-    fingerprint = _fingerprint(infos, frames, cfg, fps)
+    fingerprint = _fingerprint(infos, frames, cfg, fps, fits)
     store_rig = rig if cfg.image_size is None else rig.with_image_size(cfg.image_size)
 
     resumed = False
@@ -426,6 +557,11 @@ def ingest(
                 "fps_source": fps_source,
                 "source_frame_counts": {c: i.num_frames for c, i in infos.items()},
                 "missing": {c: m.tolist() for c, m in missing.items()},
+                # frames brought to their calibrated size (see the module docstring)
+                "fit": {
+                    c: {"mode": m, "frame_size": list(infos[c].frame_size), "calibrated_size": list(rig[c].image_size)}
+                    for c, m in fits.items()
+                },
                 "started_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
             }
         }
@@ -442,16 +578,17 @@ def ingest(
         done_before = int(written.sum())
         readers = [FrameReader(infos[c.name], IngestError, hint=_READ_HINT) for c in store_rig]
         sizes = [c.image_size for c in store_rig]
+        calib = [c.image_size for c in rig]
         todo = np.flatnonzero(~written)
         for i in tqdm(todo, desc=f"ingest {out.name}", unit="frame", disable=not progress):
             t = int(frames[i])
             images = []
-            for r, size in zip(readers, sizes, strict=True):
+            for r, size, csize in zip(readers, sizes, calib, strict=True):
                 c = r.info.camera
                 if c in missing and i in missing[c]:  # an accepted gap: black, recorded in the provenance
                     images.append(np.zeros((size[1], size[0], 3), np.uint8))
                 else:
-                    images.append(_read_rgb(r, t + offs[c], size))
+                    images.append(_read_rgb(r, t + offs[c], size, fits.get(c, ""), csize))
             try:
                 # flushes and checks; a frame is marked written only once its images are on disk
                 session.write_frame(int(i), images, timestamp=t / fps)
@@ -496,6 +633,7 @@ def ingest(
         seconds=time.perf_counter() - t0,
         step=step,
         missing=missing,
+        fits=fits,
     )
 
 

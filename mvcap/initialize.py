@@ -460,7 +460,8 @@ def fit_keypoints(
 
     tri: a :class:`Triangulation` of T frames (its ``keypoints`` are the swap-corrected 2D
     detections); betas: (nb,) known shape, or None to fit it on the first frame (then held);
-    masks: optional callable ``t -> (V, H, W) float mask or None`` for the mask term;
+    masks: optional callable ``t -> (V, H, W) float mask (a list of V masks for views of
+    different sizes) or None`` for the mask term;
     init: optional ``(pose_rotvecs (24,3), betas (nb,), transl (3,))`` warm start for frame 0;
     on_frame: optional callback ``(t, pose (24,3), betas, transl)`` after each fitted frame.
     """
@@ -683,7 +684,9 @@ def initialize_session(
 
 
 def _view_masks(masks, idx: list[int]):
-    return None if masks is None else masks[idx]
+    if masks is None or isinstance(masks, np.ndarray):
+        return None if masks is None else masks[idx]
+    return [masks[i] for i in idx]  # views of different sizes: a list (see Session.read_masks)
 
 
 def _pad_betas(b: np.ndarray, n: int = 10) -> np.ndarray:

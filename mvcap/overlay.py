@@ -25,7 +25,7 @@ import torch
 
 from mvcap.body import BodyModel, load_body_model
 from mvcap.cameras import Rig
-from mvcap.render import render
+from mvcap.render import canvas_size, render
 
 __all__ = [
     "OverlayConfig",
@@ -217,6 +217,17 @@ def before_after(
     return np.concatenate(halves, axis=2)
 
 
+def view_strip(image: np.ndarray, rig: Rig, v: int, halves: int = 1) -> np.ndarray:
+    """View ``v``'s own pixels of an overlay drawn on the rig's common canvas (cameras of
+    different sizes, see :mod:`mvcap.render`): image (Hc, halves * Wc, 3) -> (H_v, halves * W_v, 3)
+    (``halves`` = 2 for a :func:`before_after` strip). Unchanged when the view fills the canvas."""
+    Wc, Hc = canvas_size(rig)
+    w, h = rig[v].image_size
+    if (w, h) == (Wc, Hc):
+        return image
+    return np.concatenate([image[:h, k * Wc : k * Wc + w] for k in range(halves)], 1)
+
+
 def predicted_displacement(
     model: BodyModel, rig: Rig, photos_undistorted: np.ndarray, params: tuple, predictor, subject=None
 ) -> np.ndarray:
@@ -311,7 +322,8 @@ def session_overlays(
                 else:
                     imgs = body_overlays(model, rig, photos, *after, cfg=cfg)
                 for v, name in enumerate(rig.names):
-                    img = label(imgs[v], f"frame {t}") if not compare_init else imgs[v]
+                    img = view_strip(imgs[v], rig, v, halves=2 if compare_init else 1)
+                    img = label(img, f"frame {t}") if not compare_init else img
                     out.pngs.setdefault(name, []).append(_write_png(out_dir / name / f"frame_{t:06d}.png", img))
                     if video:
                         if name not in writers:

@@ -62,7 +62,7 @@ from mvcap.evidence import (
 )
 from mvcap.fit import FitConfig, Targets, fit_body
 from mvcap.fuse import fuse_bodies
-from mvcap.render import render, undistort_images
+from mvcap.render import canvas_size, pad_views, render, undistort_images
 from mvcap.subject import Subject
 from mvcap.threads import torch_threads
 
@@ -292,7 +292,8 @@ def load_frame_inputs(session, t: int, views: Sequence[str] | None = None) -> Fr
     """Read frame ``t`` of an open :class:`mvcap.capture.Session` for the cameras ``views``
     (None or empty: all): the rig, the undistorted photos and the initial estimate."""
     rig = session.rig if not views else session.rig.subset(list(views))
-    photos = undistort_images(rig, session.read_frame(int(t), views=list(rig.names)))
+    # cameras of different sizes: the photos on the rig's common canvas (mvcap.render.pad_views)
+    photos = undistort_images(rig, pad_views(session.read_frame(int(t), views=list(rig.names)), canvas_size(rig)))
     init = session.read_init([int(t)], require_valid=False)
     subject = session.subject
     if subject is not None:
@@ -553,7 +554,7 @@ def keypoint_targets(
     uv = project(rig.without_distortion(), joints_world.to(torch.float64), distort=False).to(torch.float32)
     uv = uv + torch.as_tensor(rng.normal(scale=noise_px, size=uv.shape), dtype=torch.float32)
     weight = torch.as_tensor(rng.random(uv.shape[:-1]) >= dropout, dtype=torch.float32)
-    W, H = rig[0].image_size
+    W, H = (torch.tensor([c.image_size[k] for c in rig], dtype=uv.dtype)[:, None] for k in (0, 1))  # (V, 1) each
     inside = (uv[..., 0] > -0.5) & (uv[..., 0] < W - 0.5) & (uv[..., 1] > -0.5) & (uv[..., 1] < H - 0.5)
     return Targets(uv[None], (weight * inside)[None], points="joints", distorted=False)
 

@@ -64,7 +64,7 @@ from mvcap.capture import Session
 from mvcap.errors import MvcapError
 from mvcap.fit import BodyFit, DataTerm, Regularisers, SolverConfig, geman_mcclure, person_scale
 from mvcap.keypoints import register_joint_pairs
-from mvcap.render import rasterize, undistort_images, vertex_normals
+from mvcap.render import canvas_size, pad_views, rasterize, undistort_images, vertex_normals
 from mvcap.subject import Subject
 from mvcap.threads import torch_threads
 
@@ -309,6 +309,9 @@ def fit_shape(
             warnings.warn(f"empty person mask in (frame, view) {empty[:5]}: those views are not used", stacklevel=2)
         flat = binary.reshape(-1, H, W)
         dt = np.stack([cv2.distanceTransform((~b).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE) for b in flat])
+        for v, cam in enumerate(rig):  # beyond a smaller view's image on the canvas: no information, like outside it
+            dt[v::V, cam.height :] = 0
+            dt[v::V, :, cam.width :] = 0
         # px from the mask's outline (half a pixel beyond the last mask pixel's centre), 0 inside
         dist_out = torch.as_tensor(np.maximum(dt - 0.5, 0), dtype=dtype)  # (F*V, H, W)
         outline = [_outline_points(b, cfg.outline_points) for b in flat]
@@ -701,11 +704,6 @@ def register_subject(
             raise RegisterError(f"views {unknown} are not in the session; its cameras are {list(rig_all.names)}")
         rig = rig_all.subset(views)
         vidx = [rig_all.index(v) for v in views]
-        if len({c.image_size for c in rig}) != 1:
-            raise RegisterError(
-                f"the views have different image sizes {s.image_sizes}; registration renders all views at one size: "
-                "ingest the session with one --image-size"
-            )
         usable = s.frames_written & s.init_valid
         if s.has_detections:
             usable &= s.detections_written
@@ -731,11 +729,13 @@ def register_subject(
                 "(write_init, or `mvcap init`)" + (" and detections" if s.has_detections else "")
             )
         init = s.read_init(frames)
-        images = np.stack([s.read_frame(int(t), views=list(views)) for t in frames])
+        # views of different sizes: on the rig's common canvas (see mvcap.render)
+        canvas = canvas_size(rig)
+        images = np.stack([pad_views(s.read_frame(int(t), views=list(views)), canvas) for t in frames])
         masks = None
         mk = [s.read_masks(int(t)) for t in frames]
         if all(m is not None for m in mk):
-            masks = np.stack([m[vidx] for m in mk])
+            masks = np.stack([pad_views([m[i] for i in vidx], canvas) for m in mk])
         keypoints = s.read_keypoints(frames)[:, vidx] if s.has_detections else None
         kp_format = s.keypoint_format
     if keypoints is not None and kp_format not in KEYPOINT_JOINTS:

@@ -5,6 +5,12 @@ Everything here renders into the *undistorted pinhole image* of each camera: the
 photos into the same image space with :func:`undistort_images` so rendered and real
 pixels line up.
 
+Cameras of different sizes: per-view arrays (V, H, W, ...) of such a rig are on a common
+canvas (:func:`canvas_size`: the largest width and height), each view's image in its
+top-left corner and 0 (empty) beyond it. Padding at the right and bottom moves no pixel, so
+``K`` is unchanged. :func:`rasterize` renders each group of equal-sized views at its own
+size and places it on the canvas; :func:`pad_views` brings per-view photos or masks onto it.
+
 Conventions (those of :mod:`mvcap.cameras`): OpenCV pinhole, ``x_cam = R x_world + t``,
 camera looks down +Z, +X right, +Y down; pixel ``(u, v)`` has its origin at the *centre*
 of the top-left pixel, and fragments are sampled at pixel centres (integer ``(u, v)``).
@@ -60,6 +66,8 @@ __all__ = [
     "render",
     "coverage_count",
     "undistort_images",
+    "canvas_size",
+    "pad_views",
     "opencv_to_clip",
     "nvdiffrast_available",
     "vertex_normals",
@@ -206,14 +214,56 @@ def _rig_image_size(rig: Rig, image_size) -> tuple[int, int]:
                 "which rescales K to the new size."
             )
         return w, h
-    sizes = sorted({c.image_size for c in rig})
-    if len(sizes) != 1:
-        raise ValueError(
-            f"the rig's cameras have different image sizes {sizes}; rendering needs one size "
-            "for all views. Use rig.with_image_size((W, H)) to bring every camera to a common "
-            "size (K is rescaled)."
-        )
-    return sizes[0]
+    return canvas_size(rig)
+
+
+def canvas_size(rig: Rig) -> tuple[int, int]:
+    """(width, height) of the common canvas of the rig's views: the largest width and the
+    largest height (the cameras' size when they share one; see the module docstring)."""
+    return max(c.width for c in rig), max(c.height for c in rig)
+
+
+def pad_views(images, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Per-view images onto a common canvas: a sequence of V arrays (H_v, W_v, ...) or an
+    array (V, H, W, ...) -> (V, Hc, Wc, ...) with each image in the top-left corner and 0 beyond
+    it. size: (Wc, Hc), default the largest. An array already at that size is returned as is."""
+    if isinstance(images, np.ndarray) and (size is None or images.shape[1:3] == (size[1], size[0])):
+        return images
+    images = [np.asarray(im) for im in images]
+    Wc = max(im.shape[1] for im in images) if size is None else int(size[0])
+    Hc = max(im.shape[0] for im in images) if size is None else int(size[1])
+    out = np.zeros((len(images), Hc, Wc) + images[0].shape[2:], images[0].dtype)
+    for i, im in enumerate(images):
+        h, w = im.shape[:2]
+        if h > Hc or w > Wc:
+            raise ValueError(f"image {i} is {w}x{h}, larger than the canvas {Wc}x{Hc}")
+        out[i, :h, :w] = im
+    return out
+
+
+def _rasterize_views_by_size(rig: Rig, vertices_world: Tensor, faces, backend: str, near: float) -> Fragments:
+    """Fragments on the rig's canvas, each group of equal-sized views rasterized at its own size."""
+    W, H = canvas_size(rig)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, cam in enumerate(rig):
+        groups.setdefault(cam.image_size, []).append(i)
+    out = None
+    for (w, h), idx in groups.items():
+        part = rasterize(rig.subset([rig.names[i] for i in idx]), vertices_world, faces, backend=backend, near=near)
+        if out is None:
+            lead = tuple(part.face_ids.shape[:-3]) + (len(rig), H, W)
+            dev = part.face_ids.device
+            out = Fragments(
+                face_ids=torch.full(lead, -1, dtype=part.face_ids.dtype, device=dev),
+                bary=torch.zeros(lead + (3,), dtype=part.bary.dtype, device=dev),
+                depth=torch.zeros(lead, dtype=part.depth.dtype, device=dev),
+                mask=torch.zeros(lead, dtype=torch.bool, device=dev),
+            )
+        for k, i in enumerate(idx):
+            for name in ("face_ids", "depth", "mask"):
+                getattr(out, name)[..., i, :h, :w] = getattr(part, name)[..., k, :, :]
+            out.bary[..., i, :h, :w, :] = part.bary[..., k, :, :, :]
+    return out
 
 
 # ==========================================================================================
@@ -528,7 +578,8 @@ def rasterize(
     """Rasterize a triangle mesh into every view of the rig (undistorted pinhole images).
 
     vertices_world: (N, 3) or (B, N, 3) metres (torch or numpy). faces: (F, 3) integer.
-    image_size: (width, height); defaults to the rig's (all cameras must share it).
+    image_size: (width, height); defaults to the rig's. Cameras of different sizes are
+    rendered each at its own size onto the common canvas (see the module docstring).
     backend: ``"cpu"`` (numba, threads over views via ``numba.set_num_threads``),
     ``"nvdiffrast"`` (CUDA), or ``"auto"`` (nvdiffrast when CUDA and the module are
     available, else cpu). near: near plane in metres.
@@ -544,6 +595,8 @@ def rasterize(
         raise ValueError(f"near must be > 0 metres, got {near}")
     if backend == "auto":
         backend = "nvdiffrast" if nvdiffrast_available() else "cpu"
+    if len({c.image_size for c in rig}) > 1:
+        return _rasterize_views_by_size(rig, vertices_world, faces, backend, near)
     if backend == "cpu":
         frags, _ = _rasterize_cpu(rig, vertices_world, faces, W, H, near)
         if vertices_world.device.type != "cpu":
@@ -571,9 +624,11 @@ def coverage_count(
 ) -> Tensor:
     """Debug: how many triangles cover each pixel centre (before the depth test), cpu
     backend. (..., V, H, W) int32. A closed mesh seen from outside covers every pixel an
-    even number of times (2 for a convex one)."""
+    even number of times (2 for a convex one). The rig's cameras must share one size."""
     vertices_world = _check_vertices(vertices_world)
     faces = _check_faces(faces, vertices_world.shape[-2], "cpu")
+    if image_size is None and len({c.image_size for c in rig}) > 1:
+        raise ValueError(f"coverage_count needs cameras of one size, got {sorted({c.image_size for c in rig})}")
     W, H = _rig_image_size(rig, image_size)
     _, count = _rasterize_cpu(rig, vertices_world, faces, W, H, near, do_count=True)
     return count
@@ -1013,8 +1068,10 @@ def undistort_images(rig: Rig, images, interpolation: int | None = None):
     of the same K (the space :func:`rasterize` renders in).
 
     images: (V, H, W, C) or (V, H, W), uint8 or float, numpy or torch; H, W must equal each
-    camera's image size. Returns the same type, dtype and shape; pixels that map outside
-    the photo are 0. The remap tables are cached per camera (K, dist, size).
+    camera's image size, or the rig's canvas (:func:`canvas_size`, each view's image in its
+    top-left corner: see :func:`pad_views`) when its cameras differ in size. Returns the same
+    type, dtype and shape; pixels that map outside the photo (or lie beyond the view's image
+    on the canvas) are 0. The remap tables are cached per camera (K, dist, size).
     """
     import cv2
 
@@ -1025,23 +1082,28 @@ def undistort_images(rig: Rig, images, interpolation: int | None = None):
     interp = cv2.INTER_LINEAR if interpolation is None else interpolation
     orig_dtype = arr.dtype
     work = arr.astype(np.float32) if arr.dtype in (np.float16, np.bool_) else arr
-    out = np.empty_like(work)
+    on_canvas = len({c.image_size for c in rig}) > 1 and arr.shape[1:3] == canvas_size(rig)[::-1]
+    out = np.zeros_like(work) if on_canvas else np.empty_like(work)
     for i, cam in enumerate(rig):
         img = work[i]
+        if on_canvas:  # this view's image is the top-left corner; beyond it stays 0
+            img, out_i = img[: cam.height, : cam.width], out[i, : cam.height, : cam.width]
+        else:
+            out_i = out[i]
         if img.shape[1] != cam.width or img.shape[0] != cam.height:
             raise ValueError(
                 f"image {i} is {img.shape[1]}x{img.shape[0]} but camera '{cam.name}' is "
                 f"{cam.width}x{cam.height}; resize the rig with rig.with_image_size or the images"
             )
         if not np.any(cam.dist):
-            out[i] = img
+            out_i[...] = img
             continue
         m1, m2 = _camera_maps(cam)
         if img.ndim == 3 and img.shape[2] > 4:
             for c0 in range(0, img.shape[2], 4):
                 chunk = np.ascontiguousarray(img[..., c0 : c0 + 4])
                 r = cv2.remap(chunk, m1, m2, interp, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-                out[i, ..., c0 : c0 + 4] = r.reshape(chunk.shape)
+                out_i[..., c0 : c0 + 4] = r.reshape(chunk.shape)
         else:
             r = cv2.remap(
                 np.ascontiguousarray(img),
@@ -1051,7 +1113,7 @@ def undistort_images(rig: Rig, images, interpolation: int | None = None):
                 borderMode=cv2.BORDER_CONSTANT,
                 borderValue=0,
             )
-            out[i] = r.reshape(img.shape)
+            out_i[...] = r.reshape(img.shape)
     out = out.astype(orig_dtype, copy=False)
     if is_tensor:
         return torch.from_numpy(out).to(images.device)

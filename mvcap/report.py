@@ -26,7 +26,7 @@ import torch
 from mvcap.body import BodyModel, BodyParams, load_body_model
 from mvcap.cameras import Camera, Rig
 from mvcap.capture import Results, Session
-from mvcap.overlay import OverlayConfig, before_after, headlight, predicted_displacement
+from mvcap.overlay import OverlayConfig, before_after, headlight, predicted_displacement, view_strip
 from mvcap.render import render
 
 __all__ = ["ReportConfig", "build_report", "turntable_frames", "accuracy"]
@@ -346,7 +346,10 @@ def build_report(
                 (
                     t,
                     [
-                        (rig.names[v], _jpeg_uri(_resize_width(im, cfg.overlay_width), cfg.jpeg_quality))
+                        (
+                            rig.names[v],
+                            _jpeg_uri(_resize_width(view_strip(im, rig, v, 2), cfg.overlay_width), cfg.jpeg_quality),
+                        )
                         for v, im in enumerate(imgs)
                     ],
                 )

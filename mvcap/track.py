@@ -292,6 +292,6 @@ def detect_subject(
                     if new_centre is not None:
                         centre = new_centre
                 found[i] = kp[:, :, 2].max(1) > 0
-                mask_arr = np.stack([np.round(m * 255).astype(np.uint8) for m in masks]) if cfg.masks else None
+                mask_arr = [np.round(m * 255).astype(np.uint8) for m in masks] if cfg.masks else None  # per-view sizes
                 s.write_detections(int(t), kp, mask_arr, keypoint_format=KEYPOINT_FORMAT)
     return DetectSummary(todo, found, skipped, 1000.0 * seconds / max(images_seen, 1))

@@ -48,7 +48,7 @@ from mvcap.refine import (
     refine_frame,
     subject_appearance,
 )
-from mvcap.render import undistort_images
+from mvcap.render import canvas_size, pad_views, undistort_images
 from mvcap.triangulate import triangulate_keypoints
 
 __all__ = [
@@ -310,7 +310,7 @@ def validate_run(
 
                 def masks(i, idx=idx):
                     m = s.read_masks(frames[i])
-                    return None if m is None else m[idx].astype(np.float32) / 255.0
+                    return None if m is None else [m[j] for j in idx]  # in [0, 1]; a list: per-view sizes
 
             init = fit_keypoints(model, rig_fit, tri, cfg.init, betas.astype(np.float64), definition, masks=masks)
             cam = rig.subset([h])
@@ -322,7 +322,7 @@ def validate_run(
                 ev = evidence(t, h)
                 p0, tr0 = init.pose_rotvecs[i], init.transl[i]
                 a_init = agreement(model, definition, cam, p0, betas, tr0, ev, appearance, cfg.evidence)
-                photos = undistort_images(rig_fit, s.read_frame(t, views=fit_names))
+                photos = undistort_images(rig_fit, pad_views(s.read_frame(t, views=fit_names), canvas_size(rig_fit)))
                 try:
                     pose, transl = refiner(
                         t,

@@ -111,10 +111,8 @@ def detect_from_ground_truth(path, model, noise_px=1.5, seed=0):
                 uv = project(rig, kp3).numpy() + rng.normal(scale=noise_px, size=(len(rig), len(definition.names), 2))
                 _, rp = render(rig.without_distortion(), out.vertices[0], model.faces, passes=("mask",))
             conf = np.broadcast_to(definition.defined.astype(np.float32), uv.shape[:2])[..., None]
-            masks = np.stack(
-                [
-                    distort_image((rp.get("mask")[v, ..., 0].numpy() * 255).astype(np.uint8), cam)
-                    for v, cam in enumerate(rig)
-                ]
-            )
+            masks = [  # each view's own pixels of the render (cameras may differ in size)
+                distort_image((rp.get("mask")[v, : cam.height, : cam.width, 0].numpy() * 255).astype(np.uint8), cam)
+                for v, cam in enumerate(rig)
+            ]
             s.write_detections(t, np.concatenate([uv, conf], -1), masks)

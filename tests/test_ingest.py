@@ -287,3 +287,136 @@ def test_cli_ingest_frames_list_name_eq_path_and_gaps(src, tmp_path):
     assert r.exit_code == 2 and "shorter than the frame range" in r.output and "Traceback" not in r.output
     r = runner.invoke(main, ["ingest", str(exp.out_dir), "--out", str(tmp_path / "c.h5"), "--frames", "4:x"])
     assert r.exit_code == 2 and r.output.startswith("error: frames '4:x': STOP 'x' is not a frame number")
+
+
+# ------------------------------------------------------------------------------------------
+# frames whose size differs from the calibration (--fit)
+# ------------------------------------------------------------------------------------------
+def _marker_frames(rig, point, n=2):
+    """{camera: (n, H, W, 3) uint8} calibrated-size images holding a Gaussian blob at the
+    projection of ``point`` (3,) and the projections (V, 2)."""
+    import torch
+
+    from mvcap.cameras import project
+
+    uv = project(rig, torch.as_tensor(np.asarray(point, np.float64)[None]))[:, 0].numpy()
+    out = {}
+    for cam, (u, v) in zip(rig, uv, strict=True):
+        y, x = np.mgrid[0 : cam.height, 0 : cam.width].astype(np.float64)
+        blob = 40 + 200 * np.exp(-((x - u) ** 2 + (y - v) ** 2) / (2 * 2.0**2))
+        out[cam.name] = np.repeat(np.round(np.stack([blob] * 3, -1)).astype(np.uint8)[None], n, 0)
+    return out, uv
+
+
+def _centroid(img: np.ndarray) -> np.ndarray:
+    g = img[..., 0].astype(np.float64) - 40
+    g[g < 20] = 0
+    y, x = np.mgrid[0 : g.shape[0], 0 : g.shape[1]]
+    return np.array([(g * x).sum(), (g * y).sum()]) / g.sum()
+
+
+def _write_folders(root, frames: dict) -> None:
+    import cv2
+
+    for cam, imgs in frames.items():
+        (root / cam).mkdir(parents=True)
+        for t, img in enumerate(imgs):
+            cv2.imwrite(str(root / cam / f"{t:06d}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+
+
+@pytest.mark.parametrize(
+    "mode, frame_size",
+    [
+        ("pad", (96, 56)),
+        ("pad-topleft", (90, 60)),
+        ("crop", (110, 72)),
+        ("crop-topleft", (100, 70)),
+        ("resize", (48, 32)),
+    ],
+)
+def test_fit_brings_frames_to_the_calibration(tmp_path, mode, frame_size):
+    """A 3D point's marker lies at its projection through the stored rig after each fit mode:
+    the rig stays the calibration, the frames are brought to it."""
+    from mvcap.ingest import fit_offset
+
+    rig = make_ring_rig(RigConfig(num_cameras=2, image_size=(W, H)), np.random.default_rng(0))
+    point = np.array([0.05, 1.0, -0.03])  # near the ring's aim point, seen by both cameras
+    calib, uv = _marker_frames(rig, point)
+    w, h = frame_size
+    sources = dict(calib)
+    if mode == "resize":
+        import cv2
+
+        sources["cam01"] = np.stack([cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA) for img in calib["cam01"]])
+    else:  # the frames the camera gives: the calibrated image with the inverse of the fit applied
+        dx, dy = fit_offset((w, h), (W, H), mode)  # calibrated pixel = frame pixel + (dx, dy)
+        frame = np.full((2, h, w, 3), 40, np.uint8)
+        ys, xs = np.mgrid[0:h, 0:w]
+        inside = (ys + dy >= 0) & (ys + dy < H) & (xs + dx >= 0) & (xs + dx < W)
+        frame[:, inside] = calib["cam01"][:, (ys + dy)[inside], (xs + dx)[inside]]
+        sources["cam01"] = frame
+    _write_folders(tmp_path / "src", sources)
+    out = tmp_path / "s.h5"
+    with pytest.raises(IngestError, match=rf"camera 'cam01': cam01 is {w}x{h} but the rig calibrates it at {W}x{H}"):
+        ingest(tmp_path / "src", rig, out, progress=False)
+    res = ingest(tmp_path / "src", rig, out, IngestConfig(fit_views={"cam01": mode}), progress=False)
+    assert res.fits == {"cam01": mode}
+    with Session.open(out) as s:
+        assert s.image_sizes == {"cam00": (W, H), "cam01": (W, H)}
+        np.testing.assert_array_equal(s.rig.to_arrays()["K"], rig.to_arrays()["K"])  # the calibration is kept
+        assert s.provenance["ingest"]["fit"]["cam01"]["mode"] == mode
+        img = s.read_view("cam01", [0])[0]
+    np.testing.assert_allclose(_centroid(calib["cam01"][0]), uv[1], atol=0.1)  # the marker is where it projects
+    # ... and so it is in the stored frame: exactly for a crop or pad, to a fraction of a pixel for a resize
+    np.testing.assert_allclose(_centroid(img), _centroid(calib["cam01"][0]), atol=0.2 if mode == "resize" else 1e-9)
+    if mode.startswith("pad"):  # the padding is black
+        dx, dy = fit_offset((w, h), (W, H), mode)
+        outside = np.ones((H, W), bool)
+        outside[dy : dy + h, dx : dx + w] = False
+        assert outside.any() and img[outside].max() == 0 and img[~outside].min() >= 40
+
+
+def test_fit_offsets_and_errors_say_which_mode_fits(src, tmp_path):
+    from mvcap.ingest import fit_frame, fit_offset
+    from mvcap.rigio import save_rig
+
+    assert fit_offset((1920, 1080), (1920, 1088), "pad") == (0, 4)
+    assert fit_offset((1920, 1080), (1920, 1088), "pad-topleft") == (0, 0)
+    assert fit_offset((1920, 1088), (1920, 1080), "crop") == (0, -4)
+    with pytest.raises(IngestError, match="no larger than the calibration"):
+        fit_offset((1920, 1090), (1920, 1088), "pad")
+    img = np.arange(6 * 8 * 3, dtype=np.uint8).reshape(6, 8, 3)
+    np.testing.assert_array_equal(fit_frame(img, (6, 4), "crop"), img[1:5, 1:7])
+    np.testing.assert_array_equal(fit_frame(fit_frame(img, (10, 8), "pad"), (8, 6), "crop"), img)
+
+    path, rig, _ = src
+    exp = export_frames(path, tmp_path / "png", format="png")
+    out = tmp_path / "x.h5"
+    # 96x64 frames vs a 96x72 calibration (aspect ratios 1 % apart): pad, not the "rescaled" hint
+    tall = Rig(tuple(replace(c, image_size=(W, H + 8)) if c.name == "cam01" else c for c in rig))
+    with pytest.raises(IngestError) as e:
+        ingest(exp.out_dir, tall, out, progress=False)
+    msg = str(e.value)
+    assert "camera 'cam01'" in msg and "8 rows fewer than the calibration" in msg and "--fit pad" in msg
+    assert "--fit cam01=pad" in msg and "same aspect ratio" not in msg and "cam00" not in msg
+    wide = Rig(tuple(replace(c, image_size=(W - 6, H)) if c.name == "cam02" else c for c in rig))
+    with pytest.raises(IngestError, match=r"camera 'cam02'.*6 columns more than the calibration.*--fit crop"):
+        ingest(exp.out_dir, wide, out, progress=False)
+    big = rig.with_image_size((2 * W, 2 * H))
+    with pytest.raises(IngestError, match=r"same aspect ratio.*--fit resize"):
+        ingest(exp.out_dir, big, out, progress=False)
+    with pytest.raises(IngestError, match=r"camera 'cam01'.*fit 'crop' needs frames no smaller.*--fit pad"):
+        ingest(exp.out_dir, tall, out, IngestConfig(fit="crop"), progress=False)
+    with pytest.raises(IngestError, match=r"unknown camera\(s\) \['camX'\]"):
+        ingest(exp.out_dir, tall, out, IngestConfig(fit_views={"camX": "pad"}), progress=False)
+    with pytest.raises(IngestError, match="fit must be one of"):
+        IngestConfig(fit="stretch")
+    assert _left_behind(out) == []
+    # the CLI: a session-wide mode, applied only where sizes differ
+    save_rig(tall, tmp_path / "tall.toml")
+    args = ["ingest", str(exp.out_dir), "--rig", str(tmp_path / "tall.toml"), "--out", str(out), "--fit", "pad"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    assert "camera 'cam01': frames brought to the calibrated size by --fit pad" in r.output
+    with Session.open(out) as s:
+        assert s.image_sizes["cam01"] == (W, H + 8) and s.image_sizes["cam00"] == (W, H)

@@ -347,8 +347,16 @@ def test_input_errors_are_explained():
             Camera("other", np.diag([50.0, 50.0, 1.0]), np.zeros(5), R, t, (64, 48)),
         )
     )
+    # cameras of different sizes: each rendered at its own size on the common canvas (issue 18)
+    both = render.rasterize(rig2, verts, faces, backend="cpu")
+    (w0, h0), (w1, h1) = rig2[0].image_size, rig2[1].image_size
+    assert tuple(both.face_ids.shape) == (2, max(h0, h1), max(w0, w1))
+    for v, (w, h) in enumerate([(w0, h0), (w1, h1)]):
+        alone = render.rasterize(Rig((rig2[v],)), verts, faces, backend="cpu")
+        assert torch.equal(both.face_ids[v, :h, :w], alone.face_ids[0]) and alone.mask.any()
+        assert (both.face_ids[v, h:] == -1).all() and (both.face_ids[v, :, w:] == -1).all()
     with pytest.raises(ValueError, match="with_image_size"):
-        render.rasterize(rig2, verts, faces, backend="cpu")
+        render.rasterize(rig2, verts, faces, image_size=(64, 48), backend="cpu")
     rig = make_rig([(R, t)])
     with pytest.raises(ValueError, match="with_image_size"):
         render.rasterize(rig, verts, faces, image_size=(32, 32), backend="cpu")
