@@ -67,20 +67,22 @@ class CueConfig:
     # a frame fails as "contradictory evidence" when, in most views with evidence, its final body
     # is farther than this from the keypoints (fraction of height) or below this silhouette IoU
     contradiction: tuple[float, float] = (0.2, 0.15)
-    w_depth_hold: float = 1.0  # single live camera: hold the root's depth in it to the init (0 = off)
-    depth_hold_sigma: float = 0.02  # ... as a fraction of the init's distance (2 %: 6 cm at 3 m)
+    w_depth_hold: float = 1.0  # single live camera: hold the body's depth in it to the init (0 = off)
+    # ... softly, as fractions of the init's distance: (the joints' centroid, each joint relative
+    # to the centroid); 0 = that part off. 5 %: 15 cm at 3 m
+    depth_hold_sigma: tuple[float, float] = (0.05, 0.02)
 
     def __post_init__(self):
-        for name in ("guard_tolerance", "guard_floor", "contradiction"):
+        for name in ("guard_tolerance", "guard_floor", "contradiction", "depth_hold_sigma"):
             object.__setattr__(self, name, tuple(float(x) for x in getattr(self, name)))
             if len(getattr(self, name)) != 2:
-                raise ValueError(f"{name} is (keypoints, silhouettes), e.g. {list(getattr(CueConfig, name))}")
+                raise ValueError(f"{name} takes two numbers, e.g. {list(getattr(CueConfig, name))}")
         nonneg = (self.w_keypoints, self.w_silhouette, self.guard_margin, self.w_depth_hold, *self.guard_tolerance,
-                  *self.guard_floor, *self.contradiction)  # fmt: skip
+                  *self.guard_floor, *self.contradiction, *self.depth_hold_sigma)  # fmt: skip
         if min(nonneg) < 0:
             raise ValueError("cue weights, guard margins, tolerances and floors must be >= 0")
-        if self.keypoint_sigma <= 0 or self.trust_ratio <= 1 or self.depth_hold_sigma <= 0:
-            raise ValueError("keypoint_sigma and depth_hold_sigma must be > 0 and trust_ratio > 1")
+        if self.keypoint_sigma <= 0 or self.trust_ratio <= 1:
+            raise ValueError("keypoint_sigma must be > 0 and trust_ratio > 1")
 
 
 def outside_distance(masks) -> Tensor:
@@ -188,22 +190,33 @@ def silhouette_term(
 
 
 def depth_hold_term(rig: Rig, view: int, joints_world: Tensor, cfg: CueConfig) -> DataTerm | None:
-    """Hold the body's joints' depths in camera ``view`` to their initial values: joints_world
-    (J, 3) the initial estimate's joints (world, metres). One camera sees where each joint is
-    across the image but hardly how far: the initial estimate (from all cameras' keypoints)
-    says that better, so each joint's depth keeps it, softly. Cost per body:
-    ``w mean_j ((z_j - z0_j) / (sigma z0))^2`` with z0 the joints' mean depth; None when off or
-    the body is behind the camera."""
+    """Hold the body's depth in camera ``view`` to the initial estimate: joints_world (J, 3) its
+    joints (world, metres). One camera sees where each joint is across the image but hardly how
+    far: the initial estimate (from all cameras' keypoints) says that better. Two soft parts,
+    with z0 the init's mean joint depth and (s_c, s_j) = ``cfg.depth_hold_sigma``::
+
+        w [ ((zc - zc0) / (s_c z0))^2 + mean_j ((z_j - zc - (z0_j - zc0)) / (s_j z0))^2 ]
+
+    (zc: the joints' centroid depth; the second part holds each joint's depth relative to it,
+    i.e. the limbs along the line of sight). None when off or the body is behind the camera."""
     cams = rig.tensors(dtype=torch.float32)
     R, t = cams["R_world2cam"][view], cams["t_world2cam"][view]
     z0 = joints_world.to(torch.float32) @ R[2] + t[2]  # (J,)
-    if cfg.w_depth_hold <= 0 or not float(z0.mean()) > 0:
+    zc0 = float(z0.mean())
+    s_c, s_j = cfg.depth_hold_sigma
+    if cfg.w_depth_hold <= 0 or not zc0 > 0 or (s_c <= 0 and s_j <= 0):
         return None
-    scale = cfg.depth_hold_sigma * float(z0.mean())
+    rel0 = z0 - zc0
 
     def depth_hold(posed) -> Tensor:
         z = posed.joints @ R[2] + t[2]  # (B, J)
-        return cfg.w_depth_hold * (((z - z0) / scale) ** 2).mean(-1)
+        zc = z.mean(-1)
+        cost = torch.zeros_like(zc)
+        if s_c > 0:
+            cost = cost + ((zc - zc0) / (s_c * zc0)) ** 2
+        if s_j > 0:
+            cost = cost + (((z - zc[:, None] - rel0) / (s_j * zc0)) ** 2).mean(-1)
+        return cfg.w_depth_hold * cost
 
     return depth_hold
 
