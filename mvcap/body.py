@@ -39,6 +39,7 @@ __all__ = [
     "BodyParams",
     "BodyOutput",
     "BodyModel",
+    "FixedShapeBody",
     "load_body_model",
     "load_model_arrays",
     "default_body_model_path",
@@ -459,6 +460,10 @@ class BodyModel(torch.nn.Module):
 
     # ----------------------------------------------------------------- public API
 
+    def fixed_shape(self, betas: Tensor, vertex_ids: Tensor | np.ndarray | None = None) -> FixedShapeBody:
+        """This model with its shape held at ``betas`` (B, k): see :class:`FixedShapeBody`."""
+        return FixedShapeBody(self, betas, vertex_ids)
+
     def template_vertices(self, betas: Tensor | None = None) -> Tensor:
         """Rest-pose (T-pose) mesh for shape ``betas`` (B, k) → (B, N, 3) metres."""
         batch = 1 if betas is None else betas.shape[0]
@@ -531,6 +536,65 @@ class BodyModel(torch.nn.Module):
         joints, rel = batch_rigid_transform(rot, joints_rest, self.parents, dtype=dtype)
         # Linear blend skinning: per-vertex blended 3x4 transform applied to rest vertices.
         blend = torch.einsum("nj,bjik->bnik", self._buf("weights", dtype), rel[:, :, :3, :])
+        vertices = (blend[..., :3] * v_shaped[:, :, None, :]).sum(-1) + blend[..., 3]
+        if transl is not None:
+            vertices = vertices + transl[:, None, :]
+            joints = joints + transl[:, None, :]
+        return BodyOutput(vertices=vertices, joints=joints, rotmats_world=rel[:, :, :3, :3])
+
+
+class FixedShapeBody:
+    """A body model with its shape fixed: the shaped rest mesh and rest joints computed once,
+    and only the vertices asked for skinned. What a fit that holds the shape poses each
+    closure (see :class:`mvcap.fit.BodyFit`).
+
+    model: the body model; betas (B, k) or (1, k): the fixed shape; vertex_ids (M,): the
+    vertices to pose, in this order (None: all N; empty: joints only). Calling it with
+    ``rotmats (B, 24, 3, 3)``, ``transl (B, 3)`` gives a :class:`BodyOutput` with vertices
+    (B, M, 3), the same values as ``model(rotmats=..., betas=betas, transl=...)`` at those
+    vertices; a ``betas`` argument is accepted for the fit's call signature and ignored.
+    """
+
+    def __init__(self, model: BodyModel, betas: Tensor, vertex_ids: Tensor | np.ndarray | None = None):
+        dtype, device = betas.dtype, betas.device
+        betas = model._check_betas(betas, betas.shape[0], dtype, device)
+        self.parents = model.parents
+        self.num_betas = betas.shape[1]
+        v_shaped = model._shaped(betas.detach(), dtype)  # (B, N, 3)
+        self.joints_rest = vertices2joints(model._buf("J_regressor", dtype), v_shaped)  # (B, 24, 3)
+        ids = None if vertex_ids is None else torch.as_tensor(vertex_ids, dtype=torch.long, device=device)
+        self.vertex_ids = ids
+        self.v_shaped = v_shaped if ids is None else v_shaped[:, ids]  # (B, M, 3)
+        weights = model._buf("weights", dtype)
+        self.weights = weights if ids is None else weights[ids]  # (M, 24)
+        self.posedirs_t = None  # (207, M * 3): pose blend shapes of the kept vertices
+        if model.has_posedirs:
+            posedirs = model._buf("posedirs", dtype)
+            posedirs = posedirs if ids is None else posedirs[ids]
+            self.posedirs_t = posedirs.reshape(-1, posedirs.shape[-1]).T.contiguous()
+        self.eye = torch.eye(3, dtype=dtype, device=device)
+
+    @property
+    def num_vertices(self) -> int:
+        return self.v_shaped.shape[1]
+
+    def __call__(
+        self, rotmats: Tensor, betas: Tensor | None = None, transl: Tensor | None = None
+    ) -> BodyOutput:
+        """rotmats (B, 24, 3, 3), transl (B, 3) or None -> BodyOutput (vertices (B, M, 3))."""
+        batch = rotmats.shape[0]
+        if rotmats.shape[1:] != (NUM_JOINTS, 3, 3):
+            raise ValueError(f"rotmats must have shape (B, {NUM_JOINTS}, 3, 3), got {tuple(rotmats.shape)}")
+        if self.v_shaped.shape[0] not in (1, batch):
+            raise ValueError(f"this body was shaped for {self.v_shaped.shape[0]} bodies, got rotmats for {batch}")
+        dtype = rotmats.dtype
+        v_shaped = self.v_shaped.expand(batch, -1, -1)
+        if self.posedirs_t is not None and v_shaped.shape[1] > 0:
+            feature = (rotmats[:, 1:] - self.eye).reshape(batch, -1)  # (B, 207)
+            v_shaped = v_shaped + (feature @ self.posedirs_t).view(batch, -1, 3)
+        joints_rest = self.joints_rest.expand(batch, -1, -1)
+        joints, rel = batch_rigid_transform(rotmats, joints_rest, self.parents, dtype=dtype)
+        blend = torch.einsum("nj,bjik->bnik", self.weights, rel[:, :, :3, :])
         vertices = (blend[..., :3] * v_shaped[:, :, None, :]).sum(-1) + blend[..., 3]
         if transl is not None:
             vertices = vertices + transl[:, None, :]
