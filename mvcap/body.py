@@ -578,9 +578,7 @@ class FixedShapeBody:
     def num_vertices(self) -> int:
         return self.v_shaped.shape[1]
 
-    def __call__(
-        self, rotmats: Tensor, betas: Tensor | None = None, transl: Tensor | None = None
-    ) -> BodyOutput:
+    def __call__(self, rotmats: Tensor, betas: Tensor | None = None, transl: Tensor | None = None) -> BodyOutput:
         """rotmats (B, 24, 3, 3), transl (B, 3) or None -> BodyOutput (vertices (B, M, 3))."""
         batch = rotmats.shape[0]
         if rotmats.shape[1:] != (NUM_JOINTS, 3, 3):

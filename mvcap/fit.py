@@ -161,6 +161,39 @@ def person_scale(uv_pixels: Tensor) -> Tensor:
     return (hi - lo).norm(dim=-1).clamp_min(1.0)
 
 
+# Lean rotation conversions for the closure: a fit of one body is bound by the number of small
+# tensor ops, and these use about half as many as roma's general-purpose ones.
+def _so3_exp(rotvecs: Tensor) -> Tensor:
+    """Rotation vectors (..., 3) -> matrices (..., 3, 3) (Rodrigues; exact at 0, where fits start)."""
+    th2 = (rotvecs * rotvecs).sum(-1)[..., None, None]
+    small = th2 < 1e-6
+    th2_safe = torch.where(small, torch.ones_like(th2), th2)
+    th = th2_safe.sqrt()
+    a = torch.where(small, 1 - th2 / 6, torch.sin(th) / th)  # sin(th) / th
+    b = torch.where(small, 0.5 - th2 / 24, (1 - torch.cos(th)) / th2_safe)  # (1 - cos(th)) / th^2
+    x, y, z = rotvecs.unbind(-1)
+    zero = torch.zeros_like(x)
+    K = torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], -1).unflatten(-1, (3, 3))
+    return torch.eye(3, dtype=rotvecs.dtype, device=rotvecs.device) + a * K + b * (K @ K)
+
+
+def _so3_log(R: Tensor) -> Tensor:
+    """Rotation matrices (..., 3, 3) -> rotation vectors (..., 3) of angle <= pi; close to pi,
+    where the direct formula loses the axis, roma's conversion takes over."""
+    v = torch.stack([R[..., 2, 1] - R[..., 1, 2], R[..., 0, 2] - R[..., 2, 0], R[..., 1, 0] - R[..., 0, 1]], -1)
+    cos = (R.diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2
+    s2 = (v * v).sum(-1)  # 4 sin^2(th)
+    small = s2 < 1e-8
+    sin2 = torch.where(small, torch.ones_like(s2), s2).sqrt()  # 2 sin(th) (1 where small)
+    th = torch.atan2(sin2 / 2, cos)
+    scale = torch.where(small, 0.5 + s2 / 48, th / sin2)  # th / (2 sin(th)) ~ 1/2 + th^2 / 12
+    out = scale[..., None] * v
+    near_pi = th > 2.5
+    if bool(near_pi.any()):
+        out = torch.where(near_pi[..., None], roma.rotmat_to_rotvec(R), out)
+    return out
+
+
 class PosePrior:
     """A Gaussian prior on joint rotation vectors (mean, inverse covariance per joint),
     fitted on mvcap's own anatomical pose sampler so it can be shipped freely."""
@@ -412,9 +445,9 @@ class BodyFit:
     def rotmats(self) -> Tensor:
         """Current joint rotations (B, 24, 3, 3)."""
         if self.free_joints == 24:
-            return self.R_init @ roma.rotvec_to_rotmat(self.delta)
+            return self.R_init @ _so3_exp(self.delta)
         f = self.free_joints
-        return torch.cat([self.R_init[:, :f] @ roma.rotvec_to_rotmat(self.delta), self.R_init[:, f:]], 1)
+        return torch.cat([self.R_init[:, :f] @ _so3_exp(self.delta), self.R_init[:, f:]], 1)
 
     def betas(self) -> Tensor:
         """Current betas (B, K) (or (1, K) when shared)."""
@@ -446,24 +479,29 @@ class BodyFit:
     def losses(self, terms: Sequence[DataTerm]) -> Tensor:
         """Per-body objective (B,): the data terms plus the regularisers (a shared shape's term
         is not included; see :meth:`objective`)."""
-        reg = self.reg
         rotmats = self.rotmats()
         posed = self.pose(rotmats)
         data = sum(term(posed) for term in terms)
+        return data + self.regularisers(rotmats)
+
+    def regularisers(self, rotmats: Tensor) -> Tensor:
+        """The regularisers (B,) at the current parameters, ``rotmats`` (B, 24, 3, 3) being
+        :meth:`rotmats` (a shared shape's term excluded, as in :meth:`losses`)."""
+        reg = self.reg
         loss = reg.w_init * (self.delta**2).sum((-1, -2))
         # each regulariser reads the rotation matrices at hand: the limits their Euler angles
         # directly, the prior and the temporal term one shared rotvec conversion of joints 1..23
         if reg.w_limits > 0:
             loss = loss + reg.w_limits * limit_violation_rotmats(rotmats)
         if self.prior is not None or self.prev_body is not None:
-            body = roma.rotmat_to_rotvec(rotmats[:, 1:])  # (B, 23, 3)
+            body = _so3_log(rotmats[:, 1:])  # (B, 23, 3)
             if self.prior is not None:
                 loss = loss + reg.w_prior * self.prior.body(body)
             if self.prev_body is not None:
                 loss = loss + reg.w_temporal * ((body - self.prev_body) ** 2).sum((-1, -2))
         if self.optimize_betas and not self.shared_betas:
             loss = loss + self._shape_term()
-        return data + loss
+        return loss
 
     def objective(self, terms: Sequence[DataTerm]) -> Tensor:
         """The scalar the solver minimises."""
