@@ -87,8 +87,11 @@ class FitConfig:
     optimize_transl: bool = True
     tolerance_grad: float = 1e-9  # torch's L-BFGS tests (the defaults practically never fire)
     tolerance_change: float = 1e-12
-    ftol: float = 1e-4  # converged: the loss fell by less than this (relative) over `window` iterations
-    gtol: float = 0.0  # converged: the gradient's norm is below this (0 = off)
+    # convergence test: stop when the loss fell by less than ftol (relative) over `window`
+    # iterations or the gradient's norm is below gtol; 0 = off. The defaults only stop a fit
+    # that has stalled: at 40 iterations the dense fits are still improving (see fit_profile)
+    ftol: float = 1e-5
+    gtol: float = 1e-5
     window: int = 3
 
     @property
@@ -275,13 +278,16 @@ class SolverConfig:
 
 @dataclass(frozen=True)
 class SolverStats:
-    """What one :func:`lbfgs` run did: iterations, loss+gradient evaluations (closures) and
-    why it stopped ("iterations", "evaluations", "converged: loss", "converged: gradient",
-    "tolerance" for torch's own tests, or "none" when given no iterations)."""
+    """What one :func:`lbfgs` run did: iterations, loss+gradient evaluations (closures), why it
+    stopped ("iterations", "evaluations", "converged: loss", "converged: gradient", "tolerance"
+    for torch's own tests, or "none" when given no iterations), the final loss and the norm of
+    its gradient (NaN when no iterations)."""
 
     iterations: int
     evaluations: int
     stop: str
+    loss: float = float("nan")
+    grad_norm: float = float("nan")
 
 
 def lbfgs(params: Sequence[Tensor], loss_fn: Callable[[], Tensor], solver: SolverConfig) -> SolverStats:
@@ -318,7 +324,7 @@ def lbfgs(params: Sequence[Tensor], loss_fn: Callable[[], Tensor], solver: Solve
         loss, g = evaluate()
         evals = 1
         if g.abs().max() <= tol_grad:
-            return SolverStats(0, evals, "tolerance")
+            return SolverStats(0, evals, "tolerance", loss, float(g.norm()))
         dirs: list[Tensor] = []  # y = g_k+1 - g_k
         steps: list[Tensor] = []  # s = x_k+1 - x_k
         rho: list[Tensor] = []
@@ -377,7 +383,7 @@ def lbfgs(params: Sequence[Tensor], loss_fn: Callable[[], Tensor], solver: Solve
                 if before - loss <= solver.ftol * max(abs(before), abs(loss), 1e-12):
                     stop = "converged: loss"
                     break
-    return SolverStats(n_iter, evals, stop)
+    return SolverStats(n_iter, evals, stop, loss, float(g.norm()))
 
 
 class BodyFit:
