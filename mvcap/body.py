@@ -558,7 +558,6 @@ class FixedShapeBody:
     def __init__(self, model: BodyModel, betas: Tensor, vertex_ids: Tensor | np.ndarray | None = None):
         dtype, device = betas.dtype, betas.device
         betas = model._check_betas(betas, betas.shape[0], dtype, device)
-        self.parents = model.parents
         self.num_betas = betas.shape[1]
         v_shaped = model._shaped(betas.detach(), dtype)  # (B, N, 3)
         self.joints_rest = vertices2joints(model._buf("J_regressor", dtype), v_shaped)  # (B, 24, 3)
@@ -574,6 +573,12 @@ class FixedShapeBody:
             self.posedirs_t = posedirs.reshape(-1, posedirs.shape[-1]).T.contiguous()
         self.eye = torch.eye(3, dtype=dtype, device=device)
         self._chain = _LevelChain(model.parents.tolist(), self.joints_rest)
+        # Without pose blend shapes the rest vertices are constant, so skinning is one product:
+        # vertex_i = sum_jk (w_j v_k) A_jik with A_j the 3x4 transforms and v = (x, y, z, 1).
+        self.skin = None  # (1 or B, M, 24 * 4)
+        if self.posedirs_t is None:
+            v_h = torch.cat([self.v_shaped, torch.ones_like(self.v_shaped[..., :1])], -1)  # (B, M, 4)
+            self.skin = (self.weights[None, :, :, None] * v_h[:, :, None, :]).flatten(-2)
 
     @property
     def num_vertices(self) -> int:
@@ -586,17 +591,20 @@ class FixedShapeBody:
             raise ValueError(f"rotmats must have shape (B, {NUM_JOINTS}, 3, 3), got {tuple(rotmats.shape)}")
         if self.v_shaped.shape[0] not in (1, batch):
             raise ValueError(f"this body was shaped for {self.v_shaped.shape[0]} bodies, got rotmats for {batch}")
-        v_shaped = self.v_shaped.expand(batch, -1, -1)
-        if self.posedirs_t is not None and v_shaped.shape[1] > 0:
-            feature = (rotmats[:, 1:] - self.eye).reshape(batch, -1)  # (B, 207)
-            v_shaped = v_shaped + (feature @ self.posedirs_t).view(batch, -1, 3)
         world = self._chain(rotmats)  # (B, 24, 3, 4): global rotations | posed joints
         joints = world[..., 3]
         # rest -> posed transforms: x -> G_R x + (joint - G_R joint_rest)
         rest_offset = (world[..., :3] @ self._chain.joints_rest[..., None])[..., 0]
-        rel = torch.cat([world[..., :3], (joints - rest_offset)[..., None]], -1)
-        blend = torch.einsum("nj,bjik->bnik", self.weights, rel)
-        vertices = (blend[..., :3] * v_shaped[:, :, None, :]).sum(-1) + blend[..., 3]
+        rel = torch.cat([world[..., :3], (joints - rest_offset)[..., None]], -1)  # (B, 24, 3, 4)
+        if self.skin is not None:
+            vertices = self.skin @ rel.transpose(1, 2).reshape(batch, 3, -1).transpose(1, 2)
+        else:  # pose blend shapes: the rest vertices move with the pose
+            v_shaped = self.v_shaped.expand(batch, -1, -1)
+            if v_shaped.shape[1] > 0:
+                feature = (rotmats[:, 1:] - self.eye).reshape(batch, -1)  # (B, 207)
+                v_shaped = v_shaped + (feature @ self.posedirs_t).view(batch, -1, 3)
+            blend = torch.einsum("nj,bjik->bnik", self.weights, rel)
+            vertices = (blend[..., :3] * v_shaped[:, :, None, :]).sum(-1) + blend[..., 3]
         if transl is not None:
             vertices = vertices + transl[:, None, :]
             joints = joints + transl[:, None, :]

@@ -597,7 +597,13 @@ def fit_body(
         prev_pose_rotvecs=prev,
     )
 
+    # pinhole targets: the intrinsics folded into the extrinsics, one product per closure
+    P = cams["K"] @ torch.cat([cams["R_world2cam"], cams["t_world2cam"][..., None]], -1)  # (V, 3, 4)
+
     def project_points(points: Tensor) -> Tensor:  # (nb, P, 3) -> (B, V, P, 2)
+        if dist is None and not independent_views:
+            uvw = torch.einsum("vij,bnj->bvni", P[..., :3], points) + P[:, None, :, 3]
+            return uvw[..., :2] / uvw[..., 2:].clamp(min=1e-6)  # the depth, clamped as cam_to_pixels does
         if independent_views:
             cam = world_to_cam_per_view(points.view(B, V, *points.shape[1:]), cams["R_world2cam"], cams["t_world2cam"])
         else:
@@ -613,12 +619,15 @@ def fit_body(
     wsum = w_t.sum(-1).clamp_min(1e-6)  # (B, V)
     view_has_data = (w_t.sum(-1) > 0).to(dtype)
 
+    # the per-view normalisations folded into constants: rho(d / s) = d^2 / ((sigma s)^2 + d^2)
+    # and the weights divided by their sum (w_data, views without data: 0)
+    gm_scale = ((cfg.gm_sigma * scale) ** 2)[..., None]  # (B, V, 1) pixels^2
+    w_norm = w_t * (cfg.w_data * view_has_data / wsum)[..., None]  # (B, V, P)
+
     def reprojection(posed) -> Tensor:  # per body: (B,), or (B*V,) with independent views
-        uv = project_points(target_points(posed))
-        sq = ((uv - uv_t) ** 2).sum(-1) / scale[..., None] ** 2
-        data = (w_t * geman_mcclure(sq, cfg.gm_sigma)).sum(-1) / wsum  # (B, V)
-        data = data * view_has_data
-        return cfg.w_data * (data.reshape(B * V) if independent_views else data.sum(-1))
+        sq = ((project_points(target_points(posed)) - uv_t) ** 2).sum(-1)  # (B, V, P) pixels^2
+        data = (w_norm * (sq / (gm_scale + sq))).sum(-1)  # (B, V)
+        return data.reshape(B * V) if independent_views else data.sum(-1)
 
     n_iter = fit.solve([reprojection, *extra_terms], cfg.solver)
 

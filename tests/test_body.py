@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import pickle
 import sys
@@ -266,3 +267,11 @@ def test_fixed_shape_body_poses_like_the_model(body):
     assert torch.isfinite(Rg.grad).all() and Rg.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="shaped for 3 bodies"):
         body.fixed_shape(betas)(R[:2], None, transl[:2])
+    # a model with pose blend shapes (SMPL's) takes the other skinning path
+    smpl_like = copy.deepcopy(body)
+    smpl_like.posedirs = torch.randn(body.num_vertices, 3, 207, generator=gen) * 1e-3
+    smpl_like.has_posedirs = True
+    ref = smpl_like(rotmats=R, betas=betas, transl=transl)
+    assert not torch.allclose(ref.vertices, body(rotmats=R, betas=betas, transl=transl).vertices, atol=1e-4)
+    part = smpl_like.fixed_shape(betas, ids)(R, None, transl)
+    assert torch.allclose(part.vertices, ref.vertices[:, ids], atol=1e-5)
