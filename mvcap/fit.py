@@ -340,9 +340,11 @@ def lbfgs(params: Sequence[Tensor], loss_fn: Callable[[], Tensor], solver: Solve
                 y, s = g - prev_g, d * t
                 ys = y.dot(s)
                 if ys > 1e-10:
-                    if len(dirs) == solver.history:
-                        dirs.pop(0), steps.pop(0), rho.pop(0)
-                    dirs.append(y), steps.append(s), rho.append(1.0 / ys)
+                    if len(dirs) == solver.history:  # limited memory: forget the oldest pair
+                        del dirs[0], steps[0], rho[0]
+                    dirs.append(y)
+                    steps.append(s)
+                    rho.append(1.0 / ys)
                     H_diag = ys / y.dot(y)
                 q = -g
                 alpha = [None] * len(dirs)
@@ -360,10 +362,7 @@ def lbfgs(params: Sequence[Tensor], loss_fn: Callable[[], Tensor], solver: Solve
                 stop = "tolerance"
                 break
             x0 = [p.clone() for p in params]
-            loss, g, t, ls_evals = _strong_wolfe(
-                lambda x, step, direction: directional(x, step, direction), x0, t, d, loss, g, gtd,
-                max_ls=max_eval - evals,
-            )  # fmt: skip
+            loss, g, t, ls_evals = _strong_wolfe(directional, x0, t, d, loss, g, gtd, max_ls=max_eval - evals)
             add_step(t, d)
             evals += ls_evals
             history.append(loss)
