@@ -94,6 +94,9 @@ class FitConfig:
     gtol: float = 1e-5
     window: int = 3
 
+    def __post_init__(self):
+        self.solver  # noqa: B018 - checks the solver settings when the config is loaded
+
     @property
     def regularisers(self) -> Regularisers:
         return Regularisers(self.w_init, self.w_limits, self.w_prior, self.w_temporal, self.w_betas)
@@ -272,7 +275,8 @@ class SolverConfig:
     def __post_init__(self):
         if self.ftol < 0 or self.gtol < 0 or self.window < 1:
             raise ValueError(
-                f"solver ftol and gtol must be >= 0 and window >= 1, got {self.ftol}, {self.gtol}, {self.window}"
+                f"the solver's ftol and gtol must be >= 0 and its window >= 1 (fit.ftol, fit.gtol, fit.window), "
+                f"got {self.ftol}, {self.gtol}, {self.window}"
             )
 
 

@@ -186,6 +186,8 @@ def test_lbfgs_convergence_test_stops_a_converged_fit():
     assert loose.stop == "converged: loss" and loose.iterations < stopped.iterations
     with pytest.raises(ValueError, match="ftol and gtol must be >= 0"):
         SolverConfig(ftol=-1.0)
+    with pytest.raises(ValueError, match="window >= 1"):
+        FitConfig(window=0)  # a bad [fit] table fails when the config is read
 
 
 def test_fit_counts_its_closures_and_fits_joints_without_skinning(body_model):
