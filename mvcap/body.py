@@ -39,6 +39,7 @@ __all__ = [
     "BodyParams",
     "BodyOutput",
     "BodyModel",
+    "FixedShapeBody",
     "load_body_model",
     "load_model_arrays",
     "default_body_model_path",
@@ -459,6 +460,10 @@ class BodyModel(torch.nn.Module):
 
     # ----------------------------------------------------------------- public API
 
+    def fixed_shape(self, betas: Tensor, vertex_ids: Tensor | np.ndarray | None = None) -> FixedShapeBody:
+        """This model with its shape held at ``betas`` (B, k): see :class:`FixedShapeBody`."""
+        return FixedShapeBody(self, betas, vertex_ids)
+
     def template_vertices(self, betas: Tensor | None = None) -> Tensor:
         """Rest-pose (T-pose) mesh for shape ``betas`` (B, k) → (B, N, 3) metres."""
         batch = 1 if betas is None else betas.shape[0]
@@ -536,6 +541,112 @@ class BodyModel(torch.nn.Module):
             vertices = vertices + transl[:, None, :]
             joints = joints + transl[:, None, :]
         return BodyOutput(vertices=vertices, joints=joints, rotmats_world=rel[:, :, :3, :3])
+
+
+class FixedShapeBody:
+    """A body model with its shape fixed: the shaped rest mesh and rest joints computed once,
+    and only the vertices asked for skinned. What a fit that holds the shape poses each
+    closure (see :class:`mvcap.fit.BodyFit`).
+
+    model: the body model; betas (B, k) or (1, k): the fixed shape; vertex_ids (M,): the
+    vertices to pose, in this order (None: all N; empty: joints only). Calling it with
+    ``rotmats (B, 24, 3, 3)``, ``transl (B, 3)`` gives a :class:`BodyOutput` with vertices
+    (B, M, 3), the same values as ``model(rotmats=..., betas=betas, transl=...)`` at those
+    vertices; a ``betas`` argument is accepted for the fit's call signature and ignored.
+    """
+
+    def __init__(self, model: BodyModel, betas: Tensor, vertex_ids: Tensor | np.ndarray | None = None):
+        dtype, device = betas.dtype, betas.device
+        betas = model._check_betas(betas, betas.shape[0], dtype, device)
+        self.num_betas = betas.shape[1]
+        v_shaped = model._shaped(betas.detach(), dtype)  # (B, N, 3)
+        self.joints_rest = vertices2joints(model._buf("J_regressor", dtype), v_shaped)  # (B, 24, 3)
+        ids = None if vertex_ids is None else torch.as_tensor(vertex_ids, dtype=torch.long, device=device)
+        self.vertex_ids = ids
+        self.v_shaped = v_shaped if ids is None else v_shaped[:, ids]  # (B, M, 3)
+        weights = model._buf("weights", dtype)
+        self.weights = weights if ids is None else weights[ids]  # (M, 24)
+        self.posedirs_t = None  # (207, M * 3): pose blend shapes of the kept vertices
+        if model.has_posedirs:
+            posedirs = model._buf("posedirs", dtype)
+            posedirs = posedirs if ids is None else posedirs[ids]
+            self.posedirs_t = posedirs.reshape(-1, posedirs.shape[-1]).T.contiguous()
+        self.eye = torch.eye(3, dtype=dtype, device=device)
+        self._chain = _LevelChain(model.parents.tolist(), self.joints_rest)
+        # Without pose blend shapes the rest vertices are constant, so skinning is one product:
+        # vertex_i = sum_jk (w_j v_k) A_jik with A_j the 3x4 transforms and v = (x, y, z, 1).
+        self.skin = None  # (1 or B, M, 24 * 4)
+        if self.posedirs_t is None:
+            v_h = torch.cat([self.v_shaped, torch.ones_like(self.v_shaped[..., :1])], -1)  # (B, M, 4)
+            self.skin = (self.weights[None, :, :, None] * v_h[:, :, None, :]).flatten(-2)
+
+    @property
+    def num_vertices(self) -> int:
+        return self.v_shaped.shape[1]
+
+    def __call__(self, rotmats: Tensor, betas: Tensor | None = None, transl: Tensor | None = None) -> BodyOutput:
+        """rotmats (B, 24, 3, 3), transl (B, 3) or None -> BodyOutput (vertices (B, M, 3))."""
+        batch = rotmats.shape[0]
+        if rotmats.shape[1:] != (NUM_JOINTS, 3, 3):
+            raise ValueError(f"rotmats must have shape (B, {NUM_JOINTS}, 3, 3), got {tuple(rotmats.shape)}")
+        if self.v_shaped.shape[0] not in (1, batch):
+            raise ValueError(f"this body was shaped for {self.v_shaped.shape[0]} bodies, got rotmats for {batch}")
+        world = self._chain(rotmats)  # (B, 24, 3, 4): global rotations | posed joints
+        joints = world[..., 3]
+        # rest -> posed transforms: x -> G_R x + (joint - G_R joint_rest)
+        rest_offset = (world[..., :3] @ self._chain.joints_rest[..., None])[..., 0]
+        rel = torch.cat([world[..., :3], (joints - rest_offset)[..., None]], -1)  # (B, 24, 3, 4)
+        if self.skin is not None:
+            vertices = self.skin @ rel.transpose(1, 2).reshape(batch, 3, -1).transpose(1, 2)
+        else:  # pose blend shapes: the rest vertices move with the pose
+            v_shaped = self.v_shaped.expand(batch, -1, -1)
+            if v_shaped.shape[1] > 0:
+                feature = (rotmats[:, 1:] - self.eye).reshape(batch, -1)  # (B, 207)
+                v_shaped = v_shaped + (feature @ self.posedirs_t).view(batch, -1, 3)
+            blend = torch.einsum("nj,bjik->bnik", self.weights, rel)
+            vertices = (blend[..., :3] * v_shaped[:, :, None, :]).sum(-1) + blend[..., 3]
+        if transl is not None:
+            vertices = vertices + transl[:, None, :]
+            joints = joints + transl[:, None, :]
+        return BodyOutput(vertices=vertices, joints=joints, rotmats_world=world[..., :3])
+
+
+class _LevelChain:
+    """Forward kinematics one tree depth at a time (9 batched products for SMPL's 24 joints
+    instead of 23 one by one): local rotations (B, 24, 3, 3) -> world transforms (B, 24, 3, 4)
+    [R | posed joint] for fixed rest joints (1 or B, 24, 3)."""
+
+    def __init__(self, parents: list[int], joints_rest: Tensor):
+        depth = [0] * len(parents)
+        for j in range(1, len(parents)):
+            depth[j] = depth[parents[j]] + 1
+        levels = [[j for j in range(len(parents)) if depth[j] == d] for d in range(max(depth) + 1)]
+        order = [j for level in levels for j in level]
+        device = joints_rest.device
+        self.joints_rest = joints_rest
+        self.order = torch.tensor(order, device=device)
+        self.inverse = torch.tensor([order.index(j) for j in range(len(parents))], device=device)
+        self.sizes = [len(level) for level in levels]
+        # the parent of each joint, as a position in the level above
+        self.parent_pos = [None] + [
+            torch.tensor([levels[d - 1].index(parents[j]) for j in levels[d]], device=device)
+            for d in range(1, len(levels))
+        ]
+        offset = joints_rest.clone()
+        offset[:, 1:] = joints_rest[:, 1:] - joints_rest[:, parents[1:]]  # bone vectors, root: its position
+        bottom = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=joints_rest.dtype, device=device)
+        self.offset = offset[:, self.order][..., None]  # (1 or B, 24, 3, 1), in level order
+        self.bottom = bottom.expand(*offset.shape[:2], 1, 4)
+
+    def __call__(self, rotmats: Tensor) -> Tensor:
+        batch = rotmats.shape[0]
+        local = torch.cat([rotmats[:, self.order], self.offset.expand(batch, -1, -1, -1)], -1)  # (B, 24, 3, 4)
+        local = torch.cat([local, self.bottom.expand(batch, -1, -1, -1)], -2)  # homogeneous (B, 24, 4, 4)
+        parts = local.split(self.sizes, 1)
+        world = [parts[0][..., :3, :]]
+        for part, pos in zip(parts[1:], self.parent_pos[1:]):
+            world.append(world[-1][:, pos] @ part)  # (B, n, 3, 4) = parent (3x4) @ local (4x4)
+        return torch.cat(world, 1)[:, self.inverse]
 
 
 @functools.lru_cache(maxsize=8)

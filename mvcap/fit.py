@@ -44,10 +44,11 @@ from dataclasses import dataclass
 import roma
 import torch
 from torch import Tensor
+from torch.optim.lbfgs import _strong_wolfe  # torch's line search, as torch.optim.LBFGS uses it
 
 from mvcap.body import BodyModel, BodyParams
 from mvcap.cameras import Rig, cam_to_pixels, world_to_cam, world_to_cam_per_view
-from mvcap.poses import limit_violation
+from mvcap.poses import limit_violation_rotmats
 
 __all__ = [
     "FitConfig",
@@ -58,6 +59,7 @@ __all__ = [
     "person_scale",
     "Regularisers",
     "SolverConfig",
+    "SolverStats",
     "BodyFit",
     "DataTerm",
     "lbfgs",
@@ -83,8 +85,17 @@ class FitConfig:
     w_betas: float = 1e-3  # closeness to the known shape, when optimize_betas
     optimize_betas: bool = False
     optimize_transl: bool = True
-    tolerance_grad: float = 1e-9  # L-BFGS stops early below these (the defaults practically never do)
+    tolerance_grad: float = 1e-9  # torch's L-BFGS tests (the defaults practically never fire)
     tolerance_change: float = 1e-12
+    # convergence test: stop when the loss fell by less than ftol (relative) over `window`
+    # iterations or the gradient's norm is below gtol; 0 = off. The defaults only stop a fit
+    # that has stalled: at 40 iterations the dense fits are still improving (see fit_profile)
+    ftol: float = 1e-5
+    gtol: float = 1e-5
+    window: int = 3
+
+    def __post_init__(self):
+        self.solver  # noqa: B018 - checks the solver settings when the config is loaded
 
     @property
     def regularisers(self) -> Regularisers:
@@ -92,7 +103,15 @@ class FitConfig:
 
     @property
     def solver(self) -> SolverConfig:
-        return SolverConfig(self.iterations, self.lbfgs_history, self.tolerance_grad, self.tolerance_change)
+        return SolverConfig(
+            self.iterations,
+            self.lbfgs_history,
+            self.tolerance_grad,
+            self.tolerance_change,
+            self.ftol,
+            self.gtol,
+            self.window,
+        )
 
 
 @dataclass(frozen=True)
@@ -123,7 +142,8 @@ class Targets:
 class FitResult:
     """pose_rotvecs (B, 24, 3); betas (B, K); transl (B, 3) (with a view axis
     (B, V, ...) when fitted with independent views); loss (B,); residual_px (B, V)
-    weighted mean target distance after the fit; iterations and seconds of the solver."""
+    weighted mean target distance after the fit; iterations, seconds and loss evaluations
+    (closures) of the solver."""
 
     pose_rotvecs: Tensor
     betas: Tensor
@@ -132,6 +152,7 @@ class FitResult:
     residual_px: Tensor
     iterations: int
     seconds: float
+    evaluations: int = 0
 
 
 def geman_mcclure(sq_residual: Tensor, sigma: float) -> Tensor:
@@ -144,6 +165,39 @@ def person_scale(uv_pixels: Tensor) -> Tensor:
     lo = uv_pixels.amin(dim=-2)
     hi = uv_pixels.amax(dim=-2)
     return (hi - lo).norm(dim=-1).clamp_min(1.0)
+
+
+# Lean rotation conversions for the closure: a fit of one body is bound by the number of small
+# tensor ops, and these use about half as many as roma's general-purpose ones.
+def _so3_exp(rotvecs: Tensor) -> Tensor:
+    """Rotation vectors (..., 3) -> matrices (..., 3, 3) (Rodrigues; exact at 0, where fits start)."""
+    th2 = (rotvecs * rotvecs).sum(-1)[..., None, None]
+    small = th2 < 1e-6
+    th2_safe = torch.where(small, torch.ones_like(th2), th2)
+    th = th2_safe.sqrt()
+    a = torch.where(small, 1 - th2 / 6, torch.sin(th) / th)  # sin(th) / th
+    b = torch.where(small, 0.5 - th2 / 24, (1 - torch.cos(th)) / th2_safe)  # (1 - cos(th)) / th^2
+    x, y, z = rotvecs.unbind(-1)
+    zero = torch.zeros_like(x)
+    K = torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], -1).unflatten(-1, (3, 3))
+    return torch.eye(3, dtype=rotvecs.dtype, device=rotvecs.device) + a * K + b * (K @ K)
+
+
+def _so3_log(R: Tensor) -> Tensor:
+    """Rotation matrices (..., 3, 3) -> rotation vectors (..., 3) of angle <= pi; close to pi,
+    where the direct formula loses the axis, roma's conversion takes over."""
+    v = torch.stack([R[..., 2, 1] - R[..., 1, 2], R[..., 0, 2] - R[..., 2, 0], R[..., 1, 0] - R[..., 0, 1]], -1)
+    cos = (R.diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2
+    s2 = (v * v).sum(-1)  # 4 sin^2(th)
+    small = s2 < 1e-8
+    sin2 = torch.where(small, torch.ones_like(s2), s2).sqrt()  # 2 sin(th) (1 where small)
+    th = torch.atan2(sin2 / 2, cos)
+    scale = torch.where(small, 0.5 + s2 / 48, th / sin2)  # th / (2 sin(th)) ~ 1/2 + th^2 / 12
+    out = scale[..., None] * v
+    near_pi = th > 2.5
+    if bool(near_pi.any()):
+        out = torch.where(near_pi[..., None], roma.rotmat_to_rotvec(R), out)
+    return out
 
 
 class PosePrior:
@@ -169,8 +223,13 @@ class PosePrior:
         return cls(mean.float(), torch.linalg.inv(cov).float())
 
     def __call__(self, pose_rotvecs: Tensor) -> Tensor:
-        d = pose_rotvecs[..., 1:, :] - self.mean.to(pose_rotvecs)
-        return torch.einsum("...ji,jik,...jk->...", d, self.precision.to(pose_rotvecs), d)
+        """pose_rotvecs (..., 24, 3) -> (...,) Mahalanobis energy of joints 1..23."""
+        return self.body(pose_rotvecs[..., 1:, :])
+
+    def body(self, body_rotvecs: Tensor) -> Tensor:
+        """body_rotvecs (..., 23, 3): joints 1..23 -> (...,) Mahalanobis energy."""
+        d = body_rotvecs - self.mean.to(body_rotvecs)
+        return torch.einsum("...ji,jik,...jk->...", d, self.precision.to(body_rotvecs), d)
 
 
 _PRIOR_CACHE: dict = {}
@@ -198,37 +257,136 @@ class Regularisers:
 
 @dataclass(frozen=True)
 class SolverConfig:
-    """L-BFGS settings: iterations (max), history size and the stopping tolerances."""
+    """L-BFGS settings: iterations (max), history size and the stopping tests.
+
+    tolerance_grad / tolerance_change are torch's own tests (max |gradient|; absolute loss
+    and step changes), which practically never fire at their defaults. The convergence test
+    (off at 0): stop when the loss fell by less than ``ftol`` (relative) over the last
+    ``window`` iterations, or when the gradient's norm is below ``gtol``."""
 
     iterations: int = 40
     history: int = 20
     tolerance_grad: float = 1e-9
     tolerance_change: float = 1e-12
+    ftol: float = 0.0
+    gtol: float = 0.0
+    window: int = 3
+
+    def __post_init__(self):
+        if self.ftol < 0 or self.gtol < 0 or self.window < 1:
+            raise ValueError(
+                f"the solver's ftol and gtol must be >= 0 and its window >= 1 (fit.ftol, fit.gtol, fit.window), "
+                f"got {self.ftol}, {self.gtol}, {self.window}"
+            )
 
 
-def lbfgs(params: Sequence[Tensor], loss_fn: Callable[[], Tensor], solver: SolverConfig) -> int:
+@dataclass(frozen=True)
+class SolverStats:
+    """What one :func:`lbfgs` run did: iterations, loss+gradient evaluations (closures), why it
+    stopped ("iterations", "evaluations", "converged: loss", "converged: gradient", "tolerance"
+    for torch's own tests, or "none" when given no iterations), the final loss and the norm of
+    its gradient (NaN when no iterations)."""
+
+    iterations: int
+    evaluations: int
+    stop: str
+    loss: float = float("nan")
+    grad_norm: float = float("nan")
+
+
+def lbfgs(params: Sequence[Tensor], loss_fn: Callable[[], Tensor], solver: SolverConfig) -> SolverStats:
     """Minimise the scalar ``loss_fn()`` over ``params`` with L-BFGS (strong-Wolfe line search,
-    unit step). Returns the iterations run (0 when ``solver.iterations`` is 0)."""
+    unit step): torch's ``optim.LBFGS`` algorithm (same steps, same evaluation budget of 1.25
+    evaluations per iteration) plus the convergence test of :class:`SolverConfig`."""
     if solver.iterations <= 0:
-        return 0
-    optimizer = torch.optim.LBFGS(
-        params,
-        lr=1.0,
-        max_iter=solver.iterations,
-        history_size=solver.history,
-        line_search_fn="strong_wolfe",
-        tolerance_grad=solver.tolerance_grad,
-        tolerance_change=solver.tolerance_change,
-    )
+        return SolverStats(0, 0, "none")
+    params = list(params)
+    max_eval = solver.iterations * 5 // 4
+    tol_grad, tol_change = solver.tolerance_grad, solver.tolerance_change
 
-    def closure():
-        optimizer.zero_grad()
-        loss = loss_fn()
-        loss.backward()
-        return loss
+    def evaluate() -> tuple[float, Tensor]:  # loss and flat gradient at the current parameters
+        with torch.enable_grad():
+            loss = loss_fn()
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+        flat = torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(params, grads)])
+        return float(loss), flat
 
-    optimizer.step(closure)
-    return int(optimizer.state[optimizer._params[0]].get("n_iter", 0))
+    def add_step(t, d: Tensor) -> None:
+        offset = 0
+        for p in params:
+            p.add_(d[offset : offset + p.numel()].view_as(p), alpha=t)
+            offset += p.numel()
+
+    def directional(x: list[Tensor], t, d: Tensor) -> tuple[float, Tensor]:  # the line search's probe
+        add_step(t, d)
+        out = evaluate()
+        for p, xp in zip(params, x):
+            p.copy_(xp)
+        return out
+
+    with torch.no_grad():
+        loss, g = evaluate()
+        evals = 1
+        if g.abs().max() <= tol_grad:
+            return SolverStats(0, evals, "tolerance", loss, float(g.norm()))
+        dirs: list[Tensor] = []  # y = g_k+1 - g_k
+        steps: list[Tensor] = []  # s = x_k+1 - x_k
+        rho: list[Tensor] = []
+        H_diag = 1.0
+        d = prev_g = t = None
+        history = [loss]
+        n_iter, stop = 0, "iterations"
+        while n_iter < solver.iterations:
+            n_iter += 1
+            if n_iter == 1:
+                d = -g
+            else:
+                y, s = g - prev_g, d * t
+                ys = y.dot(s)
+                if ys > 1e-10:
+                    if len(dirs) == solver.history:  # limited memory: forget the oldest pair
+                        del dirs[0], steps[0], rho[0]
+                    dirs.append(y)
+                    steps.append(s)
+                    rho.append(1.0 / ys)
+                    H_diag = ys / y.dot(y)
+                q = -g
+                alpha = [None] * len(dirs)
+                for i in range(len(dirs) - 1, -1, -1):
+                    alpha[i] = steps[i].dot(q) * rho[i]
+                    q.add_(dirs[i], alpha=-alpha[i])
+                d = q * H_diag
+                for i in range(len(dirs)):
+                    beta = dirs[i].dot(d) * rho[i]
+                    d.add_(steps[i], alpha=alpha[i] - beta)
+            prev_g, prev_loss = g.clone(), loss
+            t = min(1.0, 1.0 / g.abs().sum()) if n_iter == 1 else 1.0
+            gtd = g.dot(d)
+            if gtd > -tol_change:
+                stop = "tolerance"
+                break
+            x0 = [p.clone() for p in params]
+            loss, g, t, ls_evals = _strong_wolfe(directional, x0, t, d, loss, g, gtd, max_ls=max_eval - evals)
+            add_step(t, d)
+            evals += ls_evals
+            history.append(loss)
+            if n_iter == solver.iterations:
+                break
+            if evals >= max_eval:
+                stop = "evaluations"
+                break
+            if g.abs().max() <= tol_grad or (d * t).abs().max() <= tol_change or abs(loss - prev_loss) < tol_change:
+                stop = "tolerance"
+                break
+            if solver.gtol > 0 and float(g.norm()) <= solver.gtol:
+                stop = "converged: gradient"
+                break
+            if solver.ftol > 0 and len(history) > solver.window:
+                before = history[-1 - solver.window]
+                if before - loss <= solver.ftol * max(abs(before), abs(loss), 1e-12):
+                    stop = "converged: loss"
+                    break
+    return SolverStats(n_iter, evals, stop, loss, float(g.norm()))
 
 
 class BodyFit:
@@ -291,13 +449,14 @@ class BodyFit:
             [self.delta] + ([self.d_transl] if optimize_transl else []) + ([self.d_betas] if optimize_betas else [])
         )
         self.optimize_betas = optimize_betas
+        self.stats: list[SolverStats] = []  # one per solve
 
     def rotmats(self) -> Tensor:
         """Current joint rotations (B, 24, 3, 3)."""
         if self.free_joints == 24:
-            return self.R_init @ roma.rotvec_to_rotmat(self.delta)
+            return self.R_init @ _so3_exp(self.delta)
         f = self.free_joints
-        return torch.cat([self.R_init[:, :f] @ roma.rotvec_to_rotmat(self.delta), self.R_init[:, f:]], 1)
+        return torch.cat([self.R_init[:, :f] @ _so3_exp(self.delta), self.R_init[:, f:]], 1)
 
     def betas(self) -> Tensor:
         """Current betas (B, K) (or (1, K) when shared)."""
@@ -329,22 +488,29 @@ class BodyFit:
     def losses(self, terms: Sequence[DataTerm]) -> Tensor:
         """Per-body objective (B,): the data terms plus the regularisers (a shared shape's term
         is not included; see :meth:`objective`)."""
-        reg = self.reg
         rotmats = self.rotmats()
         posed = self.pose(rotmats)
         data = sum(term(posed) for term in terms)
+        return data + self.regularisers(rotmats)
+
+    def regularisers(self, rotmats: Tensor) -> Tensor:
+        """The regularisers (B,) at the current parameters, ``rotmats`` (B, 24, 3, 3) being
+        :meth:`rotmats` (a shared shape's term excluded, as in :meth:`losses`)."""
+        reg = self.reg
         loss = reg.w_init * (self.delta**2).sum((-1, -2))
-        if reg.w_limits > 0 or self.prior is not None or self.prev_body is not None:
-            pose = roma.rotmat_to_rotvec(rotmats)
-            if reg.w_limits > 0:
-                loss = loss + reg.w_limits * limit_violation(pose)
+        # each regulariser reads the rotation matrices at hand: the limits their Euler angles
+        # directly, the prior and the temporal term one shared rotvec conversion of joints 1..23
+        if reg.w_limits > 0:
+            loss = loss + reg.w_limits * limit_violation_rotmats(rotmats)
+        if self.prior is not None or self.prev_body is not None:
+            body = _so3_log(rotmats[:, 1:])  # (B, 23, 3)
             if self.prior is not None:
-                loss = loss + reg.w_prior * self.prior(pose)
+                loss = loss + reg.w_prior * self.prior.body(body)
             if self.prev_body is not None:
-                loss = loss + reg.w_temporal * ((pose[:, 1:] - self.prev_body) ** 2).sum((-1, -2))
+                loss = loss + reg.w_temporal * ((body - self.prev_body) ** 2).sum((-1, -2))
         if self.optimize_betas and not self.shared_betas:
             loss = loss + self._shape_term()
-        return data + loss
+        return loss
 
     def objective(self, terms: Sequence[DataTerm]) -> Tensor:
         """The scalar the solver minimises."""
@@ -355,8 +521,11 @@ class BodyFit:
         return total
 
     def solve(self, terms: Sequence[DataTerm], solver: SolverConfig = SolverConfig()) -> int:
-        """Run the solver on ``terms``; returns its iterations."""
-        return lbfgs(self.params, lambda: self.objective(terms), solver)
+        """Run the solver on ``terms``; returns its iterations (:attr:`stats` keeps each run's
+        :class:`SolverStats`)."""
+        stats = lbfgs(self.params, lambda: self.objective(terms), solver)
+        self.stats.append(stats)
+        return stats.iterations
 
 
 # ------------------------------------------------------------------------------------------
@@ -405,10 +574,25 @@ def fit_body(
         else (lambda x: x)
     )
     prev = expand(prev_pose_rotvecs.to(dtype)) if prev_pose_rotvecs is not None else None
+    betas0 = expand(init_t["betas"])
+    # With the shape held, the shaped rest body is computed once, and only the vertices the
+    # data need are skinned: those with a target in some view (none for joint targets).
+    # Other data terms may read any vertex, so with extra terms the whole mesh is posed.
+    body, keep = model, None
+    if not cfg.optimize_betas:
+        if extra_terms:
+            keep = None
+        elif targets.points == "joints":
+            keep = torch.zeros(0, dtype=torch.long)
+        else:
+            keep = torch.nonzero((w_t > 0).flatten(0, 1).any(0)).flatten()
+        body = model.fixed_shape(betas0, keep)
+    if keep is not None and targets.points == "vertices":
+        uv_t, w_t = uv_t[:, :, keep], w_t[:, :, keep]
     fit = BodyFit(
-        model,
+        body,
         roma.rotvec_to_rotmat(expand(init_t["pose_rotvecs"])),
-        expand(init_t["betas"]),
+        betas0,
         expand(init_t["transl"]),
         cfg.regularisers,
         optimize_transl=cfg.optimize_transl,
@@ -416,7 +600,13 @@ def fit_body(
         prev_pose_rotvecs=prev,
     )
 
+    # pinhole targets: the intrinsics folded into the extrinsics, one product per closure
+    P = cams["K"] @ torch.cat([cams["R_world2cam"], cams["t_world2cam"][..., None]], -1)  # (V, 3, 4)
+
     def project_points(points: Tensor) -> Tensor:  # (nb, P, 3) -> (B, V, P, 2)
+        if dist is None and not independent_views:
+            uvw = torch.einsum("vij,bnj->bvni", P[..., :3], points) + P[:, None, :, 3]
+            return uvw[..., :2] / uvw[..., 2:].clamp(min=1e-6)  # the depth, clamped as cam_to_pixels does
         if independent_views:
             cam = world_to_cam_per_view(points.view(B, V, *points.shape[1:]), cams["R_world2cam"], cams["t_world2cam"])
         else:
@@ -426,17 +616,21 @@ def fit_body(
     def target_points(posed) -> Tensor:
         return posed.vertices if targets.points == "vertices" else posed.joints
 
-    with torch.no_grad():
-        scale = person_scale(project_points(target_points(fit.pose())))  # (B, V)
+    with torch.no_grad():  # the person's size in each view, from all target points
+        whole = model(rotmats=fit.rotmats(), betas=betas0, transl=fit.transl())
+        scale = person_scale(project_points(target_points(whole)))  # (B, V)
     wsum = w_t.sum(-1).clamp_min(1e-6)  # (B, V)
     view_has_data = (w_t.sum(-1) > 0).to(dtype)
 
+    # the per-view normalisations folded into constants: rho(d / s) = d^2 / ((sigma s)^2 + d^2)
+    # and the weights divided by their sum (w_data, views without data: 0)
+    gm_scale = ((cfg.gm_sigma * scale) ** 2)[..., None]  # (B, V, 1) pixels^2
+    w_norm = w_t * (cfg.w_data * view_has_data / wsum)[..., None]  # (B, V, P)
+
     def reprojection(posed) -> Tensor:  # per body: (B,), or (B*V,) with independent views
-        uv = project_points(target_points(posed))
-        sq = ((uv - uv_t) ** 2).sum(-1) / scale[..., None] ** 2
-        data = (w_t * geman_mcclure(sq, cfg.gm_sigma)).sum(-1) / wsum  # (B, V)
-        data = data * view_has_data
-        return cfg.w_data * (data.reshape(B * V) if independent_views else data.sum(-1))
+        sq = ((project_points(target_points(posed)) - uv_t) ** 2).sum(-1)  # (B, V, P) pixels^2
+        data = (w_norm * (sq / (gm_scale + sq))).sum(-1)  # (B, V)
+        return data.reshape(B * V) if independent_views else data.sum(-1)
 
     n_iter = fit.solve([reprojection, *extra_terms], cfg.solver)
 
@@ -451,4 +645,5 @@ def fit_body(
         pose, transl, betas_out = fit.pose_rotvecs(), fit.transl(), fit.betas()
         if independent_views:
             pose, transl, betas_out = (x.view(B, V, *x.shape[1:]) for x in (pose, transl, betas_out))
-    return FitResult(pose, betas_out, transl, loss, residual, n_iter, time.perf_counter() - t0)
+    evaluations = sum(st.evaluations for st in fit.stats)
+    return FitResult(pose, betas_out, transl, loss, residual, n_iter, time.perf_counter() - t0, evaluations)

@@ -46,6 +46,8 @@ __all__ = [
     "rotvec_to_euler",
     "clamp_to_limits",
     "limit_violation",
+    "rotmat_to_euler",
+    "limit_violation_rotmats",
     "forward_kinematics",
 ]
 
@@ -244,6 +246,64 @@ def limit_violation(pose_rotvecs: Tensor, reduce: bool = True) -> Tensor:
     excess = torch.relu(e - hi) + torch.relu(lo - e)
     pen = torch.where(finite, excess, torch.zeros_like(excess)) ** 2
     return pen.sum(dim=(-1, -2)) if reduce else pen
+
+
+def _euler_index_tables():
+    """Per joint, the flat (row * 3 + col) entries of R that :func:`_rotmat_to_euler_order`
+    reads, the permutation parity and where (first, mid, last) go in the by-axis output."""
+    entries, sign, place = [], [], []
+    for order in EULER_ORDERS:
+        i, j, k = (_AX[c] for c in order)
+        entries.append([3 * i + k, 3 * j + k, 3 * k + k, 3 * i + j, 3 * i + i])
+        sign.append(1.0 if (j - i) % 3 == 1 else -1.0)
+        inv = [0, 0, 0]
+        inv[i], inv[j], inv[k] = 0, 1, 2  # by-axis slot a takes (first, mid, last)[inv[a]]
+        place.append(inv)
+    return torch.tensor(entries), torch.tensor(sign, dtype=torch.float64), torch.tensor(place)
+
+
+_EULER_ENTRIES, _EULER_SIGN, _EULER_PLACE = _euler_index_tables()
+
+
+def rotmat_to_euler(rotmats: Tensor, eps: float = 1e-7) -> Tensor:
+    """Local joint rotation matrices (..., 24, 3, 3) -> per-joint Euler angles (..., 24, 3)
+    radians, stored by axis; the same angles as :func:`rotvec_to_euler` without the rotvec
+    round trip, all joints at once (a fit's regulariser evaluates this every closure)."""
+    if rotmats.shape[-3:] != (NUM_JOINTS, 3, 3):
+        raise ValueError(f"rotmats must have shape (..., 24, 3, 3), got {tuple(rotmats.shape)}")
+    dev = rotmats.device
+    flat = rotmats.reshape(*rotmats.shape[:-2], 9)
+    entries = _EULER_ENTRIES.to(dev).expand(*flat.shape[:-1], 5)
+    r_ik, r_jk, r_kk, r_ij, r_ii = flat.gather(-1, entries).unbind(-1)  # each (..., 24)
+    s = _EULER_SIGN.to(rotmats)
+    mid = torch.asin((s * r_ik).clamp(-1 + eps, 1 - eps))
+    first = torch.atan2(-s * r_jk, r_kk)
+    last = torch.atan2(-s * r_ij, r_ii)
+    ordered = torch.stack([first, mid, last], -1)  # (..., 24, 3) in the joint's axis order
+    return ordered.gather(-1, _EULER_PLACE.to(dev).expand(*ordered.shape))
+
+
+def limit_violation_rotmats(rotmats: Tensor, reduce: bool = True) -> Tensor:
+    """:func:`limit_violation` from local joint rotation matrices (..., 24, 3, 3): the same
+    penalty, (...,) or (..., 24, 3) unreduced, without converting to rotvecs first."""
+    e = rotmat_to_euler(rotmats)
+    lo, hi, finite = _finite_limits(e.dtype, e.device)
+    pen = torch.where(finite, torch.relu(e - hi) + torch.relu(lo - e), torch.zeros_like(e)) ** 2
+    return pen.sum(dim=(-1, -2)) if reduce else pen
+
+
+_FINITE_LIMITS: dict = {}
+
+
+def _finite_limits(dtype, device) -> tuple[Tensor, Tensor, Tensor]:
+    """(lo, hi, finite), each (24, 3): the limits with the pelvis' infinities zeroed, cached."""
+    key = (dtype, str(device))
+    if key not in _FINITE_LIMITS:
+        lim = limits_rad(dtype, device)
+        finite = torch.isfinite(lim[..., 0])
+        zero = torch.zeros_like(lim[..., 0])
+        _FINITE_LIMITS[key] = (torch.where(finite, lim[..., 0], zero), torch.where(finite, lim[..., 1], zero), finite)
+    return _FINITE_LIMITS[key]
 
 
 # ------------------------------------------------------------------------------------------

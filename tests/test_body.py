@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import pickle
 import sys
@@ -243,3 +244,34 @@ def test_chumpy_free_pkl_loader(tmp_path):
     out = model(torch.zeros(1, 24, 3), torch.zeros(1, 4))
     assert out.vertices.shape == (1, 8, 3)
     assert "chumpy" not in sys.modules
+
+
+def test_fixed_shape_body_poses_like_the_model(body):
+    gen = torch.Generator().manual_seed(3)
+    from smplx.lbs import batch_rodrigues
+
+    R = batch_rodrigues((torch.randn(3, 24, 3, generator=gen) * 0.5).view(-1, 3)).view(3, 24, 3, 3)
+    betas, transl = torch.randn(3, 10, generator=gen), torch.randn(3, 3, generator=gen)
+    ref = body(rotmats=R, betas=betas, transl=transl)
+    out = body.fixed_shape(betas)(R, betas, transl)
+    assert torch.allclose(out.vertices, ref.vertices, atol=1e-5) and torch.allclose(out.joints, ref.joints, atol=1e-5)
+    assert torch.allclose(out.rotmats_world, ref.rotmats_world, atol=1e-6)
+    ids = torch.tensor([7, 4000, 3, 6999])
+    part = body.fixed_shape(betas[:1], ids)(R, None, transl)  # one shape for all 3 bodies
+    whole = body(rotmats=R, betas=betas[:1], transl=transl)
+    assert part.vertices.shape == (3, 4, 3) and torch.allclose(part.vertices, whole.vertices[:, ids], atol=1e-5)
+    joints_only = body.fixed_shape(betas, [])(R, None, transl)
+    assert joints_only.vertices.shape == (3, 0, 3) and torch.allclose(joints_only.joints, ref.joints, atol=1e-5)
+    Rg = R.clone().requires_grad_(True)
+    body.fixed_shape(betas, ids)(Rg, None, transl).vertices.sum().backward()
+    assert torch.isfinite(Rg.grad).all() and Rg.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="shaped for 3 bodies"):
+        body.fixed_shape(betas)(R[:2], None, transl[:2])
+    # a model with pose blend shapes (SMPL's) takes the other skinning path
+    smpl_like = copy.deepcopy(body)
+    smpl_like.posedirs = torch.randn(body.num_vertices, 3, 207, generator=gen) * 1e-3
+    smpl_like.has_posedirs = True
+    ref = smpl_like(rotmats=R, betas=betas, transl=transl)
+    assert not torch.allclose(ref.vertices, body(rotmats=R, betas=betas, transl=transl).vertices, atol=1e-4)
+    part = smpl_like.fixed_shape(betas, ids)(R, None, transl)
+    assert torch.allclose(part.vertices, ref.vertices[:, ids], atol=1e-5)

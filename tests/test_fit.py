@@ -140,3 +140,80 @@ def test_kit_shared_betas_are_one_shape_with_one_prior_term(body_model):
     assert fit.pose().vertices.shape[0] == 3 and fit.betas().shape == (1, 10)
     # no data: the objective is the shape prior |betas|^2, counted once for the three bodies
     assert fit.objective([]).item() == pytest.approx((betas**2).sum().item(), rel=1e-5)
+
+
+def _rosenbrock_problem():
+    x = torch.tensor([-1.2, 1.0, -0.5, 0.8], dtype=torch.float64, requires_grad=True)
+
+    def loss():
+        return (100 * (x[1::2] - x[::2] ** 2) ** 2 + (1 - x[::2]) ** 2).sum()
+
+    return x, loss
+
+
+def test_lbfgs_is_torchs_lbfgs_when_the_convergence_test_is_off():
+    from mvcap.fit import SolverConfig, lbfgs
+
+    x, loss = _rosenbrock_problem()
+    stats = lbfgs([x], loss, SolverConfig(iterations=25, history=5))
+    y, loss_t = _rosenbrock_problem()
+    opt = torch.optim.LBFGS([y], lr=1, max_iter=25, history_size=5, line_search_fn="strong_wolfe",
+                            tolerance_grad=1e-9, tolerance_change=1e-12)  # fmt: skip
+
+    def closure():
+        opt.zero_grad()
+        value = loss_t()
+        value.backward()
+        return value
+
+    opt.step(closure)
+    assert stats.iterations == opt.state[y]["n_iter"] and stats.evaluations == opt.state[y]["func_evals"]
+    assert torch.allclose(x, y, atol=1e-12) and stats.stop in ("iterations", "evaluations")
+    assert stats.loss == pytest.approx(float(loss().detach()), rel=1e-9, abs=1e-15)
+
+
+def test_lbfgs_convergence_test_stops_a_converged_fit():
+    from mvcap.fit import SolverConfig, lbfgs
+
+    x, loss = _rosenbrock_problem()
+    full = lbfgs([x], loss, SolverConfig(iterations=200))
+    x, loss = _rosenbrock_problem()
+    stopped = lbfgs([x], loss, SolverConfig(iterations=200, ftol=1e-8, gtol=1e-3))
+    assert stopped.stop.startswith("converged") and stopped.evaluations < full.evaluations
+    assert torch.allclose(x, torch.ones(4, dtype=torch.float64), atol=1e-3)  # at the minimum all the same
+    x, loss = _rosenbrock_problem()
+    loose = lbfgs([x], loss, SolverConfig(iterations=200, ftol=0.5, window=1))
+    assert loose.stop == "converged: loss" and loose.iterations < stopped.iterations
+    with pytest.raises(ValueError, match="ftol and gtol must be >= 0"):
+        SolverConfig(ftol=-1.0)
+    with pytest.raises(ValueError, match="window >= 1"):
+        FitConfig(window=0)  # a bad [fit] table fails when the config is read
+
+
+def test_fit_counts_its_closures_and_fits_joints_without_skinning(body_model):
+    gt_pose, betas, gt_t, init_pose, init_t = _scene(body_model, seed=7)
+    with torch.no_grad():
+        joints = body_model(gt_pose, betas, gt_t).joints
+    uv = project(RIG, joints[0]).float()[None]
+    res = fit_body(body_model, RIG, BodyParams(init_pose, betas, init_t), Targets(uv, torch.ones(uv.shape[:-1]),
+                   points="joints"), FitConfig(iterations=30))  # fmt: skip
+    assert res.evaluations >= res.iterations > 0
+    before = _errors(body_model, init_pose, betas, init_t, gt_pose, gt_t)["MPJPE"]
+    after = _errors(body_model, res.pose_rotvecs, betas, res.transl, gt_pose, gt_t)["MPJPE"]
+    assert after < 0.5 * before
+
+
+def test_lean_rotation_conversions_match_roma():
+    from mvcap.fit import _so3_exp, _so3_log
+
+    gen = torch.Generator().manual_seed(0)
+    axis = torch.nn.functional.normalize(torch.randn(500, 3, generator=gen, dtype=torch.float64), dim=-1)
+    angle = torch.cat([torch.rand(495, 1, generator=gen, dtype=torch.float64) * 3.14,
+                       torch.tensor([[0.0], [1e-6], [2.49], [2.51], [3.14159]], dtype=torch.float64)])  # fmt: skip
+    rv = axis * angle
+    R = roma.rotvec_to_rotmat(rv)
+    assert torch.allclose(_so3_exp(rv), R, atol=1e-12)
+    assert torch.allclose(_so3_log(R), roma.rotmat_to_rotvec(R), atol=1e-7)
+    w = torch.zeros(2, 3, dtype=torch.float64, requires_grad=True)  # fits start at delta = 0
+    assert torch.autograd.gradcheck(_so3_exp, (w,))
+    assert torch.autograd.gradcheck(lambda r: _so3_log(_so3_exp(r)), (rv[:3].clone().requires_grad_(True),))

@@ -54,3 +54,17 @@ def test_limit_violation_differentiable_and_clamp():
     assert P.limit_violation(clamped).max() < 1e-12
     # numpy in, numpy out
     assert isinstance(P.clamp_to_limits(pose.detach().numpy()), np.ndarray)
+
+
+def test_euler_and_limits_straight_from_rotation_matrices():
+    rng = np.random.default_rng(3)
+    rv = torch.as_tensor(rng.normal(scale=0.8, size=(20, 24, 3)))
+    R = roma.rotvec_to_rotmat(rv)
+    assert torch.allclose(P.rotmat_to_euler(R), P.rotvec_to_euler(rv), atol=1e-12)
+    assert torch.allclose(P.limit_violation_rotmats(R), P.limit_violation(rv), atol=1e-12)
+    assert torch.allclose(P.limit_violation_rotmats(R, reduce=False), P.limit_violation(rv, reduce=False), atol=1e-12)
+    R.requires_grad_(True)
+    P.limit_violation_rotmats(R).sum().backward()
+    assert torch.isfinite(R.grad).all() and R.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match=r"\(\.\.\., 24, 3, 3\)"):
+        P.rotmat_to_euler(R[:, :23])
