@@ -193,12 +193,13 @@ def depth_hold_term(rig: Rig, view: int, joints_world: Tensor, cfg: CueConfig) -
     """Hold the body's depth in camera ``view`` to the initial estimate: joints_world (J, 3) its
     joints (world, metres). One camera sees where each joint is across the image but hardly how
     far: the initial estimate (from all cameras' keypoints) says that better. Two soft parts,
-    with z0 the init's mean joint depth and (s_c, s_j) = ``cfg.depth_hold_sigma``::
+    with (s_c, s_j) = ``cfg.depth_hold_sigma``::
 
-        w [ ((zc - zc0) / (s_c z0))^2 + mean_j ((z_j - zc - (z0_j - zc0)) / (s_j z0))^2 ]
+        w [ ((zc - zc0) / (s_c zc0))^2 + mean_j ((z_j - zc - (z0_j - zc0)) / (s_j zc0))^2 ]
 
-    (zc: the joints' centroid depth; the second part holds each joint's depth relative to it,
-    i.e. the limbs along the line of sight). None when off or the body is behind the camera."""
+    (z_j: joint j's depth, zc: the joints' mean depth, a 0 marks the init's; the second part
+    holds each joint's depth relative to the mean, i.e. the limbs along the line of sight).
+    None when off or the body is behind the camera."""
     cams = rig.tensors(dtype=torch.float32)
     R, t = cams["R_world2cam"][view], cams["t_world2cam"][view]
     z0 = joints_world.to(torch.float32) @ R[2] + t[2]  # (J,)
