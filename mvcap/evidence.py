@@ -169,16 +169,12 @@ def view_cost_parts(agreements: list[Agreement]) -> np.ndarray:
     return out
 
 
-def view_costs(agreements_or_parts, w_keypoints: float = 1.0, w_silhouette: float = 1.0) -> np.ndarray:
-    """(V,) disagreement of one body with each view: ``w_keypoints`` x the median landmark
-    distance as a fraction of the person's height + ``w_silhouette`` x (1 - IoU); a term
-    without evidence counts 0, a view with no evidence at all is NaN. Takes the agreements
-    or their :func:`view_cost_parts` (V, 2)."""
-    parts = agreements_or_parts
-    if not isinstance(parts, np.ndarray):
-        parts = view_cost_parts(parts)
-    weighted = parts * np.array([w_keypoints, w_silhouette])
-    return np.where(np.isfinite(parts).any(-1), np.nansum(weighted, -1), np.nan)
+def view_costs(parts: np.ndarray) -> np.ndarray:
+    """(V,) disagreement of one body with each view from its :func:`view_cost_parts` (V, 2):
+    the median landmark distance as a fraction of the person's height + (1 - IoU); a cue
+    without evidence counts 0, a view with no evidence at all is NaN."""
+    p = np.asarray(parts, np.float64)
+    return np.where(np.isfinite(p).any(-1), np.nansum(p, -1), np.nan)
 
 
 def evidence_cost(
@@ -206,24 +202,18 @@ def evidence_cost(
     return weighted_cost(parts, view_weights), parts
 
 
-def weighted_cost(costs: np.ndarray, view_weights: np.ndarray | None = None) -> float:
-    """The weighted mean of per-view costs (V,) -- or of per-view, per-cue costs (V, 2), summed
-    over cues first -- over the views with evidence and weight > 0."""
-    c = np.asarray(costs, np.float64)
-    if c.ndim == 2:
-        c = view_costs(c)
-    w = np.ones(len(c)) if view_weights is None else np.asarray(view_weights, np.float64)
-    ok = np.isfinite(c) & (w > 0)
-    return float((w[ok] * c[ok]).sum() / w[ok].sum()) if ok.any() else math.nan
-
-
 def weighted_parts(parts: np.ndarray, view_weights: np.ndarray | None = None) -> np.ndarray:
-    """(2,) the weighted mean of each cue's cost (V, 2) over the views that have that cue."""
+    """(C,) the weighted mean of each column of per-view costs (V, C) over the views that have
+    it (finite) and weight > 0; NaN where none has."""
     p = np.asarray(parts, np.float64)
     w = np.ones(len(p)) if view_weights is None else np.asarray(view_weights, np.float64)
-    out = np.full(p.shape[1], math.nan)
-    for k in range(p.shape[1]):
-        ok = np.isfinite(p[:, k]) & (w > 0)
-        if ok.any():
-            out[k] = (w[ok] * p[ok, k]).sum() / w[ok].sum()
-    return out
+    ok = np.isfinite(p) & (w[:, None] > 0)
+    total = np.where(ok, w[:, None], 0.0).sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, np.where(ok, w[:, None] * np.nan_to_num(p), 0.0).sum(0) / total, np.nan)
+
+
+def weighted_cost(parts: np.ndarray, view_weights: np.ndarray | None = None) -> float:
+    """The weighted mean of the per-view costs (:func:`view_costs` of ``parts`` (V, 2)) over the
+    views with evidence and weight > 0."""
+    return float(weighted_parts(view_costs(parts)[:, None], view_weights)[0])

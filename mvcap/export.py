@@ -881,6 +881,15 @@ def biomech_points(params: BodyParams, model, markers=None) -> tuple[list[str], 
     return names, np.concatenate([joints, markers.positions(verts)], axis=1)
 
 
+def _check_marker_series(params, units: str, fps: float, frame_ids, what: str):
+    """The checks TRC and C3D share: (params, metres -> ``units`` scale, frame ids (T,))."""
+    params = _check_params(params, what)
+    scale = _check_units(units, what)
+    if not float(fps) > 0:
+        raise ExportError(f"{what}: fps must be positive, got {fps}")
+    return params, scale, _frame_ids(frame_ids, len(params))
+
+
 def export_trc(path, params: BodyParams, model, fps: float, frame_ids=None, units: str = "m", markers=None) -> Path:
     """Write an OpenSim / Pose2Sim ``.trc`` marker file of the joint centres and anatomical
     markers (:func:`biomech_points`).
@@ -893,12 +902,8 @@ def export_trc(path, params: BodyParams, model, fps: float, frame_ids=None, unit
     or "mm" / "cm"; the header's Units says which). Positions are in the frame of ``params``
     (:func:`export_session` makes it Y-up, OpenSim's ground frame).
     """
-    params = _check_params(params, "export_trc")
-    scale = _check_units(units, "export_trc")
-    if not float(fps) > 0:
-        raise ExportError(f"export_trc: fps must be positive, got {fps}")
+    params, scale, ids = _check_marker_series(params, units, fps, frame_ids, "export_trc")
     T = len(params)
-    ids = _frame_ids(frame_ids, T)
     names, pts = biomech_points(params, model, markers)
     if any("\t" in n or not n for n in names):
         raise ExportError("export_trc: marker names must be non-empty and hold no tabs")
@@ -940,12 +945,8 @@ def export_c3d(path, params: BodyParams, model, fps: float, frame_ids=None, unit
     frame :func:`export_session` gives it. The frames must be consecutive session frames.
     """
     c3d = _require_c3d()
-    params = _check_params(params, "export_c3d")
-    scale = _check_units(units, "export_c3d")
-    if not float(fps) > 0:
-        raise ExportError(f"export_c3d: fps must be positive, got {fps}")
+    params, scale, ids = _check_marker_series(params, units, fps, frame_ids, "export_c3d")
     T = len(params)
-    ids = _frame_ids(frame_ids, T)
     if T > 1 and np.any(np.diff(ids) != 1):
         raise ExportError(f"export_c3d: frames {_done_ranges(ids)} are not consecutive; write one file per run")
     names, pts = biomech_points(params, model, markers)
