@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.mvcap-installed
 DEMO_OUT ?= demo_out
 
-.PHONY: install demo test browser bench bench-batch real-take lint clean
+.PHONY: install demo test browser bench bench-batch gpu-check train-gpu real-take lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,15 @@ bench: $(STAMP)
 # mvcap batch on Ray: 1 vs 2 local workers on a 20-frame take (docs/BENCHMARKS.md); needs >= 3 idle cores.
 bench-batch: $(STAMP)
 	$(PY) benchmarks/batch_scaling.py
+
+# On a CUDA machine: nvdiffrast parity + CPU/GPU timings side by side (benchmarks/gpu_check.py).
+gpu-check: $(STAMP)
+	$(PY) -c "import nvdiffrast.torch" 2>/dev/null || $(PY) -m pip install -q -e ".[gpu]"
+	$(PY) benchmarks/gpu_check.py --out runs/gpu_check
+
+# On a CUDA machine: parity check, then the paper-size network for MINUTES (default 10) of wall time.
+train-gpu: $(STAMP)
+	PY=$(PY) MINUTES=$(or $(MINUTES),10) OUT=runs/train_gpu bash benchmarks/train_gpu.sh
 
 # The chain + cross-validation on the real lab take in ../shared/data/real_multiperson.
 real-take: $(STAMP)

@@ -104,10 +104,17 @@ def main(argv=None) -> int:
     rows, runs = [], {}
 
     if not args.no_sequential:
+        # the thread pools of a Ray worker (mvcap.batch: one CPU each), so that the reference
+        # sees the same floating-point sums and the comparison of throughput is fair
+        import numba
+        import torch
+
+        torch.set_num_threads(1)
+        numba.set_num_threads(1)
         path = _fresh(take, work, "sequential")
         t0 = time.perf_counter()
         runs["sequential"] = refine_session(path, "bench", cfg, model=model, progress=False, failures=[])
-        rows.append({"how": "sequential (refine_session, this process)", "workers": 0,
+        rows.append({"how": "sequential (refine_session, this process, 1 thread)", "workers": 0,
                      "seconds": time.perf_counter() - t0})  # fmt: skip
 
     ray.init(num_cpus=max(counts), include_dashboard=False, configure_logging=False)

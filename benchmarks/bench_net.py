@@ -1,4 +1,4 @@
-"""Benchmark: displacement-predictor time per view on the CPU.
+"""Benchmark: displacement-predictor time per view on the CPU (and the GPU when there is one).
 
     python benchmarks/bench_net.py [--weights models/displacement/lite.pt] [--size 512] [--repeats 5]
 
@@ -7,7 +7,8 @@ estimate is the frame's regression-like initial estimate. Times, per view (media
 repeats after a warm-up): the learned predictor end to end (crop around the rendered
 person, resample photo + passes, network forward, map back to full-image pixels) with 1 and
 2 torch threads; the network forward alone; and the DIS flow baseline. With ``--paper``
-the full-size ``paper`` network (random weights: timing only) is timed as well.
+the full-size ``paper`` network (random weights: timing only) is timed as well, on the GPU when
+there is one. With CUDA the lite predictor is also timed end to end with its network on the GPU.
 Prints a markdown table.
 """
 
@@ -34,11 +35,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _median_ms(fn, repeats: int) -> float:
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     fn()  # warm-up
     times = []
     for _ in range(repeats):
+        sync()
         t0 = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - t0)
     return 1000.0 * statistics.median(times)
 
@@ -91,18 +95,25 @@ def main() -> None:
         rows.append((f"lite network forward only ({S}x{S} crops)", threads, ms))
     flow = FlowPredictor(FlowConfig())
     rows.append(("DIS optical flow baseline", 1, _median_ms(lambda: flow(req), a.repeats) / V))
-    if a.paper:
+    if torch.cuda.is_available():
+        gpu = LearnedPredictor.load(a.weights, device="cuda")
+        name = torch.cuda.get_device_name(0)
+        rows.append((f"learned lite, end to end, network on {name}", 2, _median_ms(lambda: gpu(req), a.repeats) / V))
+    if a.paper:  # on the GPU when there is one (a CPU forward takes seconds)
         from mvcap.config import load_config
 
+        dev = "cuda" if torch.cuda.is_available() else "cpu"
         pcfg = load_config(NetConfig, ROOT / "configs" / "nets" / "paper.toml")
-        net = DisplacementNet(pcfg).eval()
+        net = DisplacementNet(pcfg).eval().to(dev)
         Sp = pcfg.crop_size
-        xp, xr = torch.rand(1, 3, Sp, Sp), torch.rand(1, pcfg.render_in_channels, Sp, Sp)
+        xp, xr = torch.rand(V, 3, Sp, Sp, device=dev), torch.rand(V, pcfg.render_in_channels, Sp, Sp, device=dev)
         torch.set_num_threads(2)
-        with torch.no_grad():
-            ms = _median_ms(lambda: net(xp, xr), max(1, a.repeats // 2))
         n = sum(p.numel() for p in net.parameters())
-        rows.append((f"paper network forward ({n / 1e6:.1f} M params, {Sp}x{Sp})", 2, ms))
+        for amp in (False, True) if dev == "cuda" else (False,):
+            with torch.no_grad(), torch.autocast(dev, dtype=torch.bfloat16, enabled=amp):
+                ms = _median_ms(lambda: net(xp, xr), max(1, a.repeats // 2)) / V
+            what = f"paper network forward ({n / 1e6:.1f} M params, {Sp}x{Sp}, {V} views at once, {dev}"
+            rows.append((what + (", bf16)" if amp else ")"), 2, ms))
 
     print(f"weights: {weights}; {V} views of {a.size}x{a.size}; median of {a.repeats} after a warm-up\n")
     print("| predictor | torch threads | ms / view |")

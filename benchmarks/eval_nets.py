@@ -11,7 +11,9 @@ with its validation seed replaced by ``--seed``; each network gets the render pa
 built for, the samples are otherwise identical), and the table gives the mean EPE with its
 standard error and, against the first network, the mean paired difference with its standard
 error: a difference larger than about twice its standard error is not sampling noise.
-EPE is in crop pixels (the network's input resolution) and in full-image pixels.
+EPE is in crop pixels (the network's input resolution) and in full-image pixels; networks that
+crop differently (e.g. lite's 96² and paper's 256²) see the same scenes, each cropped its own
+way, and are compared in full-image pixels.
 """
 
 from __future__ import annotations
@@ -34,12 +36,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def per_sample_epe(predictor: LearnedPredictor, batch: dict, batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """EPE per sample of the last stack, in crop pixels and full-image pixels: two (N,) arrays."""
-    net, S = predictor.net, predictor.cfg.crop_size
+    net, S, dev = predictor.net, predictor.cfg.crop_size, predictor.device
     crop, full = [], []
     with torch.no_grad():
         for a in range(0, batch["photo"].shape[0], batch_size):
             b = {k: v[a : a + batch_size] for k, v in batch.items()}
-            pred = net(b["photo"], b["render"])[-1].float()
+            pred = net(b["photo"].to(dev), b["render"].to(dev))[-1].float().cpu()
             for i in range(pred.shape[0]):
                 one = (pred[i : i + 1], b["target"][i : i + 1], b["mask"][i : i + 1])
                 crop.append(float(endpoint_error(*one, S)))
@@ -58,6 +60,7 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=9100001, help="held-out seed (not the training or validation seed)")
     ap.add_argument("--config", default=str(ROOT / "configs/nets/train_lite.toml"), help="training config: [data]")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"], help="where the networks run")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
 
@@ -67,39 +70,46 @@ def main(argv=None) -> None:
         if not sep or not name or not path:
             ap.error(f"weights must be given as NAME=FILE, got {item!r}")
         try:
-            named.append((name, LearnedPredictor.load(path, device="cpu", batch_size=16)))
+            named.append((name, LearnedPredictor.load(path, device=a.device, batch_size=16)))
         except (FileNotFoundError, WeightsError) as exc:
             ap.error(str(exc))
     if a.samples < 2:
         ap.error(f"--samples must be >= 2 (standard errors need two), got {a.samples}")
     cfg = load_train_config(a.config)
     data = dataclasses.replace(cfg.data, val_seed=a.seed, num_val=a.samples)
-    geometry = {(p.cfg.crop_size, p.cfg.crop_scale) for _, p in named}
-    if len(geometry) > 1:
-        raise SystemExit(f"the networks crop differently (crop_size, crop_scale): {sorted(geometry)}")
-    # one sample set with every pass; each network reads the passes it was built for
+    # one sample set per crop geometry (the same scenes: samples depend on the seed and index
+    # alone), with every pass; each network reads the passes it was built for
     all_passes = tuple(RENDER_PASS_CHANNELS)
-    t0 = time.perf_counter()
-    ds = DisplacementDataset(data, dataclasses.replace(named[0][1].cfg, render_passes=all_passes), "val")
-    batch = collate([ds[i] for i in range(len(ds))])
-    print(f"{a.samples} samples generated ({time.perf_counter() - t0:.0f} s)", flush=True)
+    batches = {}
+    for _, pred in named:
+        key = (pred.cfg.crop_size, pred.cfg.crop_scale)
+        if key not in batches:
+            t0 = time.perf_counter()
+            ds = DisplacementDataset(data, dataclasses.replace(pred.cfg, render_passes=all_passes), "val")
+            batches[key] = collate([ds[i] for i in range(len(ds))])
+            print(f"{a.samples} samples generated for {key[0]}² crops ({time.perf_counter() - t0:.0f} s)", flush=True)
+    first = next(iter(batches.values()))
     S = named[0][1].cfg.crop_size
-    zero = float(endpoint_error(torch.zeros_like(batch["target"]), batch["target"], batch["mask"], S))
+    zero = float(endpoint_error(torch.zeros_like(first["target"]), first["target"], first["mask"], S))
+    # networks that crop differently are compared in full-image pixels
+    in_full = len(batches) > 1
 
     rows, ref = [], None
     for name, pred in named:
         t0 = time.perf_counter()
+        batch = batches[(pred.cfg.crop_size, pred.cfg.crop_scale)]
         mine = dict(batch, render=select_render_passes(batch["render"], all_passes, pred.cfg.render_passes))
         crop, full = per_sample_epe(pred, mine)
-        ref = crop if ref is None else ref
-        diff = crop - ref
+        ref = (full if in_full else crop) if ref is None else ref
+        diff = (full if in_full else crop) - ref
         rows.append(
             f"| {name} | {', '.join(pred.cfg.render_passes)} | {crop.mean():.3f} ± {_se(crop):.3f} "
             f"| {full.mean():.2f} | {diff.mean():+.3f} ± {_se(diff):.3f} |"
         )
         print(f"{name}: {crop.mean():.3f} px ({time.perf_counter() - t0:.0f} s)", flush=True)
     print(f"\n{a.samples} held-out samples (seed {a.seed}, data of {a.config}); ± = standard error\n")
-    print(f"| network | render passes | EPE crop px | EPE full px | paired Δ vs {named[0][0]} |")
+    unit = "full px" if in_full else "crop px"
+    print(f"| network | render passes | EPE crop px | EPE full px | paired Δ vs {named[0][0]} ({unit}) |")
     print("|---|---|---:|---:|---:|")
     print("\n".join(rows))
     print(f"| (zero field) | | {zero:.3f} | | |")

@@ -586,14 +586,20 @@ def bench(sessions: Path, config_path, methods, max_frames, out_json, overwrite,
 @click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pt.")
 @_overwrite_option("Start over in OUT, replacing its checkpoint and weights.", "--restart")
 @click.option("--max-steps", type=int, default=None, help="Stop after this many steps (default: the config's).")
+@click.option(
+    "--minutes",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Train for this many minutes of wall time in all (budget_minutes; the schedule decays over them).",
+)
 @click.option("--set", "overrides", multiple=True, help="Config overrides key=value, e.g. batch_size=4")
-def train_displacement(config: Path, out: Path, resume: bool, overwrite: bool, max_steps, overrides):
+def train_displacement(config: Path, out: Path, resume: bool, overwrite: bool, max_steps, minutes, overrides):
     """Train the displacement network from a training CONFIG (configs/nets/train_lite.toml runs on a CPU)."""
     from mvcap.nets.train import load_train_config, train
 
     if resume and overwrite:
         raise click.UsageError("--resume continues and --overwrite starts over; pass one of them")
-    cfg = load_train_config(config, list(overrides))
+    cfg = load_train_config(config, [*overrides, *([f"budget_minutes={minutes}"] if minutes else [])])
     if not resume and not overwrite and (out / "checkpoint.pt").exists():
         raise click.UsageError(
             f"{out} already has a checkpoint; pass --resume to continue or --overwrite to start over"

@@ -45,6 +45,7 @@ Render passes (:func:`render_passes`)
 from __future__ import annotations
 
 import functools
+import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -494,7 +495,18 @@ def _nv_context(device: torch.device):
 
     key = str(device)
     if key not in _NV_CONTEXTS:
-        _NV_CONTEXTS[key] = dr.RasterizeCudaContext(device=device)
+        try:
+            _NV_CONTEXTS[key] = dr.RasterizeCudaContext(device=device)
+        except ModuleNotFoundError as exc:
+            # nvdiffrast 0.3.x compiles its plugin on first use, then imports it by name; newer
+            # torch (seen with 2.11) no longer puts the build folder on sys.path, so the import
+            # fails although the build succeeded: add the folder and try once more
+            from torch.utils import cpp_extension
+
+            if not (exc.name or "").startswith("nvdiffrast_plugin"):
+                raise
+            sys.path.append(cpp_extension._get_build_directory(exc.name, False))
+            _NV_CONTEXTS[key] = dr.RasterizeCudaContext(device=device)
     return _NV_CONTEXTS[key]
 
 

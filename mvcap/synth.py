@@ -910,8 +910,10 @@ def render_frame(
     looks,
     rng: np.random.Generator,
     maps=None,
+    backend: str = "auto",
 ):
-    """One frame in every view. vertices (N, 3) world metres (posed body).
+    """One frame in every view. vertices (N, 3) world metres (posed body). backend: the
+    rasterizer (:func:`mvcap.render.rasterize`).
 
     Returns (images (V, H, W, 3) uint8 distorted photos, masks (V, H, W) uint8 silhouettes
     in the photo space, visibility (V, N) bool)."""
@@ -920,7 +922,7 @@ def render_frame(
     prig = _padded_rig(rig, pad)
     verts = torch.as_tensor(vertices, dtype=torch.float32)
     faces = model.faces
-    frags = rasterize(prig, verts, faces)
+    frags = rasterize(prig, verts, faces, backend=backend)
     passes = render_passes(
         frags,
         prig,

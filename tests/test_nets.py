@@ -304,12 +304,51 @@ def test_checkpoint_resume_round_trip(tmp_path, small_data):
         )
 
 
+def test_budgeted_training_stops_on_time_and_resumes_the_clock(tmp_path, small_data, monkeypatch):
+    """budget_minutes: the run stops once the budget is spent (also across resumes) and the
+    cosine decay follows the seconds spent, not the step count."""
+    from mvcap.nets import train as T
+
+    now = [1000.0]
+
+    def fake_time():  # every call advances 3 s: the budget is counted in training seconds
+        now[0] += 3.0
+        return now[0]
+
+    monkeypatch.setattr(T.time, "time", fake_time)
+    cfg = T.TrainConfig(
+        net=TINY, data=small_data, steps=10_000, batch_size=2, num_workers=0, threads=1,
+        log_every=1, val_every=1000, checkpoint_every=1000, warmup_steps=1, vis_samples=0,
+        budget_minutes=0.5, lr_min_ratio=0.1,
+    )  # fmt: skip
+    r1 = T.train(cfg, tmp_path, progress=False)
+    ck = torch.load(r1.checkpoint, weights_only=True)
+    assert 1 < r1.step < 30 and ck["trained_s"] >= 30.0
+    with open(tmp_path / "log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert rows[-1]["val_epe_px"]  # the last step is validated
+    lrs = [float(r["lr"]) for r in rows if r["lr"]]
+    assert lrs[-1] < 1.5 * cfg.lr * cfg.lr_min_ratio and lrs[0] > 0.5 * cfg.lr  # decayed over the budget
+    # the budget is spent: resuming trains no further step
+    r2 = T.train(cfg, tmp_path, progress=False)
+    assert r2.step == r1.step
+    # a larger budget continues where the clock stopped
+    r3 = T.train(dataclasses.replace(cfg, budget_minutes=1.0), tmp_path, progress=False)
+    assert r3.step > r1.step
+    assert torch.load(r3.checkpoint, weights_only=True)["trained_s"] >= 60.0
+    with pytest.raises(ValueError, match="num_workers"):
+        T.TrainConfig(num_workers=-2)
+    assert T._num_workers(dataclasses.replace(cfg, num_workers=-1)) >= 1
+
+
 def test_train_config_files_load():
     from mvcap.nets.train import load_train_config
 
     lite = load_train_config("nets/train_lite.toml")
     paper = load_train_config("nets/train_paper.toml", ["batch_size=4"])
     assert lite.net.hg_stacks == 2 and paper.net.hg_stacks == 4 and paper.batch_size == 4
+    gpu = load_train_config("nets/train_gpu.toml")
+    assert gpu.net == paper.net and gpu.budget_minutes > 0 and gpu.checkpoint_minutes <= 1.0
 
 
 # ---------------------------------------------------------------------------- predictor

@@ -371,6 +371,7 @@ class SampleGenerator:
             looks,
             rng,
             maps=[_identity_maps(W, H)],
+            backend="cpu",  # a sample depends on (seed, index) alone, not on the machine's GPU
         )
 
         # target field, eq. 1-2
@@ -500,6 +501,9 @@ def _worker_init(_worker_id: int) -> None:
     try:
         import numba
 
+        # numba's workqueue layer has no C++ thread pool: an OpenMP or TBB pool can abort the
+        # worker ("terminate called without an active exception") when a budgeted run stops it
+        numba.config.THREADING_LAYER = "workqueue"
         numba.set_num_threads(1)
     except Exception:  # pragma: no cover - numba missing or threading layer already fixed
         pass

@@ -26,6 +26,7 @@ import math
 import os
 import signal
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,7 +67,11 @@ class TrainConfig:
     steps: total optimisation steps; batch_size: samples per step.
     lr / lr_min_ratio / warmup_steps: Adam learning rate, linear warm-up then cosine decay
       to ``lr * lr_min_ratio`` at ``steps``; weight_decay (Adam's L2); grad_clip (norm, 0 = off).
-    num_workers: data worker processes (0 = generate in the training process);
+    budget_minutes: when > 0, a fixed wall-clock budget: training stops once this many minutes
+      of training (summed over resumed calls) have run, and the cosine decay follows the time
+      spent instead of the step count (``steps`` is then only a cap); for GPU runs of a set length.
+    num_workers: data worker processes (0 = generate in the training process, -1 = all cores
+      but two);
     threads: torch threads of the training process (0 = cores left over by the workers).
     device: "auto" (CUDA when available), "cpu" or "cuda"; amp: bfloat16 autocast on CUDA;
       grad_checkpoint: recompute activations in the backward pass (less memory, ~30 % slower;
@@ -95,6 +100,7 @@ class TrainConfig:
     checkpoint_every: int = 1000
     checkpoint_minutes: float = 10.0
     vis_samples: int = 4
+    budget_minutes: float = 0.0
 
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 1:
@@ -104,8 +110,10 @@ class TrainConfig:
         for name in ("log_every", "val_every", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
-        if self.num_workers < 0:
-            raise ValueError("num_workers must be >= 0")
+        if self.num_workers < -1:
+            raise ValueError("num_workers must be >= 0, or -1 for all cores but two")
+        if not self.budget_minutes >= 0 or not self.checkpoint_minutes > 0:
+            raise ValueError("budget_minutes must be >= 0 and checkpoint_minutes > 0")
 
 
 @dataclass(frozen=True)
@@ -286,11 +294,23 @@ def _vis_png(batch: dict, pred: torch.Tensor, path: Path, S: int, render_passes)
 # ==========================================================================================
 # training
 # ==========================================================================================
-def _lr_factor(cfg: TrainConfig, step: int) -> float:
+def _lr_factor(cfg: TrainConfig, step: int, trained_s: float = 0.0) -> float:
+    """Linear warm-up over steps, then cosine decay over the steps or, with a budget, over
+    the training seconds spent."""
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
-    t = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+    if cfg.budget_minutes > 0:
+        t = min(1.0, trained_s / (60.0 * cfg.budget_minutes))
+    else:
+        t = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
     return cfg.lr_min_ratio + (1 - cfg.lr_min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def _num_workers(cfg: TrainConfig) -> int:
+    """Data worker processes: the config's, or all cores but two for ``-1``."""
+    if cfg.num_workers >= 0:
+        return cfg.num_workers
+    return max(1, (os.cpu_count() or 1) - 2)
 
 
 def _device(cfg: TrainConfig) -> torch.device:
@@ -328,10 +348,11 @@ def _validation_set(cfg: TrainConfig, out_dir: Path) -> dict:
         except Exception:  # noqa: BLE001 - a broken cache is regenerated
             pass
     ds = DisplacementDataset(cfg.data, cfg.net, "val")
-    if cfg.num_workers > 0:  # chunks of 8 so that all workers share the work
+    workers = _num_workers(cfg)
+    if workers > 0:  # chunks of 8 so that all workers share the work
         n = cfg.data.num_val
         chunks = [list(range(a, min(a + 8, n))) for a in range(0, n, 8)]
-        loader = make_loader(ds, chunks, cfg.num_workers)
+        loader = make_loader(ds, chunks, workers)
         parts = list(loader)
         del loader
         batch = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
@@ -399,14 +420,15 @@ def train(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = _device(cfg)
-    threads = cfg.threads or max(1, (os.cpu_count() or 1) - cfg.num_workers)
+    threads = cfg.threads or max(1, (os.cpu_count() or 1) - _num_workers(cfg))
     if device.type == "cpu":
         torch.set_num_threads(threads)
     torch.manual_seed(cfg.data.seed)
     net = DisplacementNet(cfg.net).to(device, memory_format=torch.channels_last)
     net.grad_checkpointing = cfg.grad_checkpoint
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(cfg, s))
+    clock = {"trained_s": 0.0}  # training wall time over all calls; drives a budgeted schedule
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(cfg, s, clock["trained_s"]))
     ck_path, w_path, best_path, log_path = (
         out_dir / "checkpoint.pt",
         out_dir / "weights.pt",
@@ -427,6 +449,7 @@ def train(
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         step, val_epe = int(ck["step"]), float(ck.get("val_epe_px", float("nan")))
+        clock["trained_s"] = float(ck.get("trained_s", 0.0))
         if best_path.exists():
             best_epe = float(ck.get("best_val_epe_px", float("inf")))
             best_step = int(ck.get("best_step", 0))
@@ -447,6 +470,7 @@ def train(
             "val_epe_px": val_epe,
             "best_val_epe_px": best_epe,
             "best_step": best_step,
+            "trained_s": clock["trained_s"],
         }
         _atomic_save(state, ck_path)
         save_weights(
@@ -463,7 +487,7 @@ def train(
 
     val_batch = _validation_set(cfg, out_dir)
     end = cfg.steps if max_steps is None else min(cfg.steps, step + max_steps)
-    loader = None
+    loader = batches = None
     old_handler = None
 
     def _sigterm(signum, frame):
@@ -474,19 +498,22 @@ def train(
     except ValueError:  # not in the main thread
         pass
     t_start, t_ck = time.time(), time.time()
+    trained_before = clock["trained_s"]
+    budget_s = 60.0 * cfg.budget_minutes
     run_loss, run_epe, run_n, t_log, step_log = 0.0, 0.0, 0, time.time(), step
     bar = tqdm(total=end, initial=step, disable=not progress, dynamic_ncols=True, desc="train")
     try:
-        if step < end:
+        if step < end and not (budget_s > 0 and trained_before >= budget_s):
             ds = DisplacementDataset(cfg.data, cfg.net, "train")
             loader = make_loader(
                 ds,
                 StepBatchSampler(cfg.batch_size, step, end - step),
-                cfg.num_workers,
+                _num_workers(cfg),
                 pin_memory=device.type == "cuda",
             )
             net.train()
-            for batch in loader:
+            batches = iter(loader)  # kept by name so that `finally` can stop its workers
+            for batch in batches:
                 b = _to(batch, device)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                     preds = net(b["photo"], b["render"])
@@ -498,12 +525,14 @@ def train(
                 opt.step()
                 sched.step()
                 step += 1
+                clock["trained_s"] = trained_before + time.time() - t_start
+                last = step == end or (budget_s > 0 and clock["trained_s"] >= budget_s)
                 epe = float(endpoint_error(preds[-1].detach(), b["target"], b["mask"], cfg.net.crop_size))
                 run_loss, run_epe, run_n = run_loss + float(loss.detach()), run_epe + epe, run_n + 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{float(loss.detach()):.4f}", epe=f"{epe:.2f}px", val=f"{val_epe:.2f}px")
                 row = None
-                if step % cfg.log_every == 0 or step == end:
+                if step % cfg.log_every == 0 or last:
                     now = time.time()
                     row = {
                         "step": step,
@@ -514,7 +543,7 @@ def train(
                         "steps_per_s": f"{(step - step_log) / max(now - t_log, 1e-9):.3f}",
                     }
                     run_loss, run_epe, run_n, t_log, step_log = 0.0, 0.0, 0, now, step
-                if step % cfg.val_every == 0 or step == end:
+                if step % cfg.val_every == 0 or last:
                     ev = evaluate(net, val_batch, device, amp=amp)
                     val_epe = ev["epe_px"]
                     if val_epe < best_epe:
@@ -546,6 +575,8 @@ def train(
                 if step % cfg.checkpoint_every == 0 or time.time() - t_ck > 60 * cfg.checkpoint_minutes:
                     checkpoint()
                     t_ck = time.time()
+                if last:
+                    break
     except (KeyboardInterrupt, _Stop):
         if progress:
             bar.write(f"interrupted at step {step}; saving a checkpoint")
@@ -555,7 +586,17 @@ def train(
         log_f.close()
         if old_handler is not None:
             signal.signal(signal.SIGTERM, old_handler)
-        del loader
+        if batches is not None and hasattr(batches, "_shutdown_workers"):
+            try:
+                batches._shutdown_workers()  # a budget's `break` leaves them mid-epoch: stop them now
+            except RuntimeError as exc:
+                # seen on a CUDA machine: a worker aborts while exiting ("terminate called without
+                # an active exception"); the checkpoint and weights are already written
+                if "DataLoader worker" not in str(exc):
+                    raise
+                warnings.warn(f"a data worker ended badly while stopping ({exc}); the run's files are complete",
+                              stacklevel=2)  # fmt: skip
+        batches = loader = None
     found = best_path.exists() and best_step > 0
     return TrainResult(
         step,
