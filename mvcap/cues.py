@@ -13,6 +13,10 @@ here are the same evidence the cross-validation measures against (:mod:`mvcap.ev
 * **view trust**: a view whose evidence disagrees with the current body far more than the
   other views do (a dead or black camera, someone else detected, heavy occlusion) gets a
   lower weight for every cue, from robust re-weighting across views;
+* **field check**: where the dense targets of a body part move that part's landmarks away
+  from the detector's keypoints in a view (by more than ``field_tolerance`` of the height),
+  that part's targets in that view are dropped for the round: a predictor off its training
+  distribution shows itself against independent evidence before the fit follows it;
 * **depth hold**: with a single live camera, image evidence barely constrains the body's
   distance along that camera's axis, so one bad round of targets could push it metres
   away or swing its limbs along the line of sight; each joint's depth in that camera is held
@@ -43,7 +47,19 @@ __all__ = [
     "dead_views",
     "depth_hold_term",
     "contradicting_views",
+    "BODY_PARTS",
+    "body_part_ids",
+    "landmark_shift",
+    "field_check",
 ]
+
+# SMPL joints by body part (hips and shoulders: the torso's corners)
+BODY_PARTS: dict[str, tuple[int, ...]] = {
+    "head": (12, 15),
+    "torso": (0, 1, 2, 3, 6, 9, 13, 14, 16, 17),
+    "arms": (18, 19, 20, 21, 22, 23),
+    "legs": (4, 5, 7, 8, 10, 11),
+}
 
 
 @dataclass(frozen=True)
@@ -71,13 +87,16 @@ class CueConfig:
     # ... softly, as fractions of the init's distance: (the joints' centroid, each joint relative
     # to the centroid); 0 = that part off. 5 %: 15 cm at 3 m
     depth_hold_sigma: tuple[float, float] = (0.05, 0.02)
+    field_check: bool = False  # drop a body part's dense targets in a view that move its landmarks away
+    field_tolerance: float = 0.01  # ... from the detector's keypoints by more than this (fraction of height)
 
     def __post_init__(self):
         for name in ("guard_tolerance", "guard_floor", "contradiction", "depth_hold_sigma"):
             object.__setattr__(self, name, tuple(float(x) for x in getattr(self, name)))
             if len(getattr(self, name)) != 2:
                 raise ValueError(f"{name} takes two numbers, e.g. {list(getattr(CueConfig, name))}")
-        nonneg = (self.w_keypoints, self.w_silhouette, self.guard_margin, self.w_depth_hold, *self.guard_tolerance,
+        nonneg = (self.w_keypoints, self.w_silhouette, self.guard_margin, self.w_depth_hold, self.field_tolerance,
+                  *self.guard_tolerance,
                   *self.guard_floor, *self.contradiction, *self.depth_hold_sigma)  # fmt: skip
         if min(nonneg) < 0:
             raise ValueError("cue weights, guard margins, tolerances and floors must be >= 0")
@@ -256,4 +275,95 @@ def dead_views(photos: np.ndarray, min_std: float = 2.0) -> list[int]:
         sub = img[::4, ::4].astype(np.float32)
         if float(sub.std()) < min_std:
             out.append(v)
+    return out
+
+
+def body_part_ids(model, definition) -> tuple[np.ndarray, np.ndarray]:
+    """Body part (index into :data:`BODY_PARTS`) of each vertex (N,), by its heaviest skinning
+    joint, and of each landmark of ``definition`` (K,), by its heaviest joint or vertex (-1:
+    undefined)."""
+    part_of_joint = np.full(24, -1)
+    for p, joints in enumerate(BODY_PARTS.values()):
+        part_of_joint[list(joints)] = p
+    skin = model.weights.detach().cpu().numpy()
+    vertex_part = part_of_joint[skin.argmax(1)]
+    landmark_part = np.full(len(definition.names), -1)
+    for k in range(len(definition.names)):
+        if definition.joint_weights[k].sum() > 0:
+            landmark_part[k] = part_of_joint[int(definition.joint_weights[k].argmax())]
+        elif definition.vertex_weights[k].sum() > 0:
+            landmark_part[k] = vertex_part[definition.vertex_ids[int(definition.vertex_weights[k].argmax())]]
+    return vertex_part, landmark_part
+
+
+def landmark_shift(
+    definition, uv_now: Tensor, joints_uv: Tensor, uv_target: Tensor, weight: Tensor, skin_joint: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where the landmarks of ``definition`` are now and where the dense targets would put them.
+
+    uv_now (V, N, 2) the vertices' projections, joints_uv (V, 24, 2), uv_target / weight (V, N, 2) /
+    (V, N) the targets (weight 0: none). A landmark at a vertex moves with that vertex's target;
+    one at a joint with the mean target displacement of the visible vertices skinned to that
+    joint (``skin_joint`` (N,): each vertex's heaviest joint, -1 to leave it out; 5 at least).
+    Returns (before (V, K, 2), after (V, K, 2), moved (V, K) bool: all the landmark's joints and
+    vertices have targets).
+    """
+    jw, vw, vid = definition.joint_weights, definition.vertex_weights, definition.vertex_ids
+    uv_now, joints_uv = uv_now.detach().numpy(), joints_uv.detach().numpy()
+    tgt, w = uv_target.detach().numpy(), weight.detach().numpy() > 0
+    V, K = w.shape[0], len(definition.names)
+    before, after, scored = np.zeros((V, K, 2)), np.zeros((V, K, 2)), np.zeros((V, K), bool)
+    for v in range(V):
+        moved = np.where(w[v][:, None], tgt[v] - uv_now[v], np.nan)
+        jmove = np.full((24, 2), np.nan)
+        for j in range(24):
+            sel = (skin_joint == j) & w[v]
+            if sel.sum() >= 5:
+                jmove[j] = moved[sel].mean(0)
+        missing = ((jw > 0) & np.isnan(jmove[:, 0])[None]).any(1) | ((vw > 0) & np.isnan(moved[vid, 0])[None]).any(1)
+        scored[v] = ~missing
+        before[v] = jw @ joints_uv[v] + vw @ uv_now[v][vid]
+        after[v] = before[v] + jw @ np.nan_to_num(jmove) + vw @ np.nan_to_num(moved[vid])
+    return before, after, scored & definition.defined[None]
+
+
+def field_check(
+    definition,
+    uv_now: Tensor,
+    joints_uv: Tensor,
+    uv_target: Tensor,
+    weight: Tensor,
+    keypoints_uv: np.ndarray,
+    heights_px: np.ndarray,
+    landmark_part: np.ndarray,
+    skin_joint: np.ndarray,
+    tolerance: float,
+    min_landmarks: int = 2,
+) -> list[tuple[int, int]]:
+    """(view, body part) pairs whose dense targets move the part's landmarks away from the
+    detector's keypoints by more than ``tolerance`` (median, fraction of the person's height);
+    every part of a view where most of the parts that could be checked fail.
+
+    Arrays as in :func:`landmark_shift`, all in the undistorted pinhole image; keypoints_uv
+    (V, K, 3) ``[x, y, usable]`` (NaN or usable 0: not scored), heights_px (V,).
+    """
+    before, after, scored = landmark_shift(definition, uv_now, joints_uv, uv_target, weight, skin_joint)
+    has_targets = weight.detach().numpy().sum(-1) > 0
+    out = []
+    for v in range(len(heights_px)):
+        kp = keypoints_uv[v]
+        ok = scored[v] & np.isfinite(kp[:, :2]).all(1) & (kp[:, 2] > 0)
+        if not has_targets[v] or not np.isfinite(heights_px[v]) or not ok.any():
+            continue
+        d0 = np.linalg.norm(before[v] - kp[:, :2], axis=-1) / heights_px[v]
+        d1 = np.linalg.norm(after[v] - kp[:, :2], axis=-1) / heights_px[v]
+        checked, failed = [], []
+        for p in range(len(BODY_PARTS)):
+            sel = ok & (landmark_part == p)
+            if sel.sum() >= min_landmarks:
+                checked.append(p)
+                if np.median(d1[sel]) > np.median(d0[sel]) + tolerance:
+                    failed.append(p)
+        # a field that fails most of the parts it can be checked on is not trusted on the others
+        out += [(v, p) for p in (range(len(BODY_PARTS)) if 2 * len(failed) > len(checked) else failed)]
     return out

@@ -32,13 +32,16 @@ import torch
 from torch import Tensor
 
 from mvcap.body import BodyModel, BodyParams, load_body_model
-from mvcap.cameras import Rig, project
+from mvcap.cameras import Rig, project, undistort_points
 from mvcap.correspond import splat_to_vertices
 from mvcap.cues import (
+    BODY_PARTS,
     CueConfig,
+    body_part_ids,
     contradicting_views,
     dead_views,
     depth_hold_term,
+    field_check,
     keypoint_term,
     silhouette_term,
     view_trust,
@@ -350,6 +353,46 @@ def frame_evidence(session, t: int, rig: Rig, cfg: CueConfig = CueConfig()) -> l
     return out
 
 
+def _field_checker(model: BodyModel, rig: Rig, evidence, definition, cues: CueConfig):
+    """The field check of ``cues`` (:func:`mvcap.cues.field_check`) for one frame, or None when
+    it is off: ``check(pinhole, vertices_world, joints_world, uv_target, weight)`` zeroes, in
+    place, the weights of the (view, body part) pairs whose targets move the part's landmarks
+    away from the keypoints, and returns them as (view, part name) pairs."""
+    if not cues.field_check or definition is None:
+        return None
+    vertex_part, landmark_part = body_part_ids(model, definition)
+    skin = model.weights.detach().cpu().numpy()
+    skin_joint = np.where(skin.max(1) > 0.5, skin.argmax(1), -1)
+    K = len(definition.names)
+    kp_uv = np.full((len(rig), K, 3), np.nan)
+    heights = np.full(len(rig), np.nan)
+    for v, ev in enumerate(evidence):
+        if ev is None:
+            continue
+        k = np.asarray(ev.keypoints, np.float64)
+        usable = (k[:, 2] >= cues.min_keypoint_confidence) & np.isfinite(k[:, :2]).all(1)
+        one = rig.subset([rig.names[v]])
+        kp_uv[v, :, :2] = undistort_points(one, torch.as_tensor(np.nan_to_num(k[None, :, :2])))[0].numpy()
+        kp_uv[v, :, 2] = usable
+        heights[v] = ev.height_px
+    if not np.isfinite(heights).any():
+        return None
+    part_names = list(BODY_PARTS)
+    vertex_part_t = torch.as_tensor(vertex_part)
+
+    def check(pinhole: Rig, vertices_world: Tensor, joints_world: Tensor, uv_target: Tensor, weight: Tensor):
+        with torch.no_grad():
+            uv_now = project(pinhole, vertices_world, distort=False)
+            joints_uv = project(pinhole, joints_world, distort=False)
+        bad = field_check(definition, uv_now, joints_uv, uv_target, weight, kp_uv, heights, landmark_part,
+                          skin_joint, cues.field_tolerance)  # fmt: skip
+        for v, p in bad:
+            weight[v, vertex_part_t == p] = 0.0
+        return [(v, part_names[p]) for v, p in bad]
+
+    return check
+
+
 def refine_frame(
     model: BodyModel,
     rig: Rig,
@@ -406,9 +449,11 @@ def refine_frame(
         if cues.trust:
             trust = np.minimum(trust, view_trust(view_costs(cur_views), cues.trust_ratio))
 
+    checker = _field_checker(model, rig, evidence, definition, cues) if evidence is not None else None
     for r in range(cfg.outer_iterations):
         with torch.no_grad():
-            vertices_world = model(pose[None], betas[None], transl[None]).vertices[0]
+            posed = model(pose[None], betas[None], transl[None])
+            vertices_world = posed.vertices[0]
         req = estimate_request(model, pinhole, photos, vertices_world, appearance, template)
         fragments = req.fragments
         disp = predictor(req)
@@ -416,6 +461,12 @@ def refine_frame(
             pinhole, vertices_world, disp.flow, disp.confidence, fragments, faces, cfg.min_visible_vertices
         )
         weight = weight * torch.as_tensor(trust, dtype=weight.dtype)[:, None]
+        if checker is not None:
+            dropped = checker(pinhole, vertices_world, posed.joints[0], uv_target, weight)
+            if dropped:
+                parts = ", ".join(f"{p} in {rig.names[v]}" for v, p in dropped)
+                notes.append(f"round {r + 1}: dense targets dropped where they move the body away from the "
+                             f"detector's keypoints ({parts})")  # fmt: skip
         skipped_all.update(skipped)
         if len(skipped) == len(rig) or float(weight.sum()) <= 0:
             status = "out of view"

@@ -208,3 +208,36 @@ def test_keypoints_and_masks_no_body_agrees_with_are_a_failure_not_done(session,
     ok = refine_frame(body_model, inputs.rig, inputs.photos, inputs.init, _ShiftPredictor((0.0, 0.0)), FAST, app,
                       None, ev, definition)  # fmt: skip
     assert not ok.failed
+
+
+class _ViewsShift(_ShiftPredictor):
+    """Zero displacement everywhere but in some views, which are confidently shifted."""
+
+    def __init__(self, views, shift=(30.0, 0.0)):
+        super().__init__(shift)
+        self.views = list(views)
+
+    def __call__(self, req):
+        out = super().__call__(req)
+        keep = torch.ones(out.flow.shape[0], dtype=torch.bool)
+        keep[self.views] = False
+        out.flow[keep] = 0.0
+        return out
+
+
+def test_field_check_drops_targets_that_move_landmarks_off_the_keypoints(session, body_model):
+    inputs, ev, definition, app, gt = _frame(session, 0, body_model)
+    start = BodyParams(gt.pose_rotvecs[:1], inputs.init.betas, gt.transl[:1])
+    bad = _ViewsShift([1, 2], (12.0, 0.0))
+    cues = CueConfig(guard=False, w_keypoints=0, w_silhouette=0)  # the check alone holds the body
+    off = refine_frame(body_model, inputs.rig, inputs.photos, start, bad, dataclasses.replace(FAST, cues=cues),
+                       app, None, ev, definition)  # fmt: skip
+    on_cfg = dataclasses.replace(FAST, cues=dataclasses.replace(cues, field_check=True))
+    on = refine_frame(body_model, inputs.rig, inputs.photos, start, bad, on_cfg, app, None, ev, definition)
+    dropped = " ".join(n for n in on.notes if "dense targets dropped" in n)
+    assert inputs.rig.names[1] in dropped and inputs.rig.names[2] in dropped
+    assert not any(inputs.rig.names[v] in dropped for v in (0, 3))  # the honest views keep theirs
+    p_off = BodyParams(off.pose_rotvecs[None], off.betas[None], off.transl[None])
+    p_on = BodyParams(on.pose_rotvecs[None], on.betas[None], on.transl[None])
+    assert _pve(body_model, p_off, gt, 0) > 10.0  # followed, the shifted views pull the body away
+    assert _pve(body_model, p_on, gt, 0) < 3.0  # the honest views hold it
