@@ -80,6 +80,9 @@ class CueConfig:
     # within the floor a cue's change says nothing
     guard_tolerance: tuple[float, float] = (0.0025, 0.005)
     guard_floor: tuple[float, float] = (0.03, 0.15)  # keypoints: 3 % of height; silhouettes: 1 - IoU
+    # per-view veto: reject a round that raises any one trusted view's evidence cost (keypoint
+    # distance as a fraction of height + 1 - IoU) by more than this: no view pays for the others; < 0 = off
+    guard_view: float = 0.005
     # a frame fails as "contradictory evidence" when, in most views with evidence, its final body
     # is farther than this from the keypoints (fraction of height) or below this silhouette IoU
     contradiction: tuple[float, float] = (0.2, 0.15)
@@ -87,7 +90,7 @@ class CueConfig:
     # ... softly, as fractions of the init's distance: (the joints' centroid, each joint relative
     # to the centroid); 0 = that part off. 5 %: 15 cm at 3 m
     depth_hold_sigma: tuple[float, float] = (0.05, 0.02)
-    field_check: bool = False  # drop a body part's dense targets in a view that move its landmarks away
+    field_check: bool = True  # drop a body part's dense targets in a view that move its landmarks away
     field_tolerance: float = 0.01  # ... from the detector's keypoints by more than this (fraction of height)
 
     def __post_init__(self):

@@ -353,6 +353,14 @@ def frame_evidence(session, t: int, rig: Rig, cfg: CueConfig = CueConfig()) -> l
     return out
 
 
+def _target_residual(pinhole: Rig, vertices_world: Tensor, uv_target: Tensor, weight: Tensor) -> Tensor:
+    """(V,) weighted mean distance (px) of a kept estimate from a round's targets (NaN: none)."""
+    with torch.no_grad():
+        d = (project(pinhole, vertices_world, distort=False) - uv_target).norm(dim=-1)
+        residual = (weight * d).sum(-1) / weight.sum(-1).clamp_min(1e-6)
+        return torch.where(weight.sum(-1) > 0, residual, torch.full_like(residual, float("nan")))
+
+
 def _field_checker(model: BodyModel, rig: Rig, evidence, definition, cues: CueConfig):
     """The field check of ``cues`` (:func:`mvcap.cues.field_check`) for one frame, or None when
     it is off: ``check(pinhole, vertices_world, joints_world, uv_target, weight)`` zeroes, in
@@ -461,12 +469,20 @@ def refine_frame(
             pinhole, vertices_world, disp.flow, disp.confidence, fragments, faces, cfg.min_visible_vertices
         )
         weight = weight * torch.as_tensor(trust, dtype=weight.dtype)[:, None]
+        all_weight = weight.clone()
         if checker is not None:
             dropped = checker(pinhole, vertices_world, posed.joints[0], uv_target, weight)
             if dropped:
                 parts = ", ".join(f"{p} in {rig.names[v]}" for v, p in dropped)
                 notes.append(f"round {r + 1}: dense targets dropped where they move the body away from the "
                              f"detector's keypoints ({parts})")  # fmt: skip
+            if float(all_weight.sum()) > 0 and float(weight.sum()) <= 0:  # the field disagrees everywhere
+                notes.append(f"round {r + 1}: no dense target agrees with the detector's keypoints; estimate kept")
+                if r == 0:
+                    status = "kept"
+                    residual = _target_residual(pinhole, vertices_world, uv_target, all_weight)
+                skipped_all.update(skipped)
+                break
         skipped_all.update(skipped)
         if len(skipped) == len(rig) or float(weight.sum()) <= 0:
             status = "out of view"
@@ -523,6 +539,11 @@ def refine_frame(
                 d = (project(pinhole, v_f, distort=False) - uv_target).norm(dim=-1)
                 new_residual = (weight * d).sum(-1) / weight.sum(-1).clamp_min(1e-6)
         iterations += res.iterations
+        if bool((weight.sum(-1) <= 0).logical_and(all_weight.sum(-1) > 0).any()):
+            # a camera whose targets the field check dropped: report its residual against them
+            with torch.no_grad():
+                v_new = model(new_pose[None], betas[None], new_transl[None]).vertices[0]
+            new_residual = _target_residual(pinhole, v_new, uv_target, all_weight)
         if not (torch.isfinite(new_pose).all() and torch.isfinite(new_transl).all()):
             status = "diverged"
             notes.append(f"round {r + 1}: the fit diverged (non-finite pose or translation)")
@@ -539,16 +560,17 @@ def refine_frame(
                                                   cues.guard_tolerance, cues.guard_floor, strict=True)
                 if n > o + tol and n > floor
             ]  # fmt: skip
+            if cues.guard_view >= 0:  # NaN (no evidence in a view) compares False
+                c_new, c_old = view_costs(per_view), view_costs(cur_views)
+                grew = [rig.names[v] for v in range(len(rig)) if trust[v] > 0 and c_new[v] > c_old[v] + cues.guard_view]
+                traded += [f"evidence of {', '.join(grew)}"] if grew else []
             if not cost_new < cost_old_w - cues.guard_margin or traded:
                 why = f"it agrees less with the {' and '.join(traded)}" if traded else (
                     "it agrees less with the cameras' keypoints and masks")  # fmt: skip
                 notes.append(f"round {r + 1}: update rejected, {why} (cost {cost_new:.4f} vs {cost_old_w:.4f})")
                 if r == 0:
                     status = "kept"
-                    with torch.no_grad():  # the kept estimate's residual against this round's targets
-                        d = (project(pinhole, vertices_world, distort=False) - uv_target).norm(dim=-1)
-                        residual = (weight * d).sum(-1) / weight.sum(-1).clamp_min(1e-6)
-                        residual = torch.where(weight.sum(-1) > 0, residual, torch.full_like(residual, float("nan")))
+                    residual = _target_residual(pinhole, vertices_world, uv_target, weight)
                 break
             cost_cur, cur_views = cost_new, per_view
             if cues.trust and r == 0:  # trust is set once, from the start and the first accepted update

@@ -74,7 +74,8 @@ def test_guard_keeps_the_estimate_when_targets_are_confidently_wrong(session, bo
     bad = _ShiftPredictor((15.0, 0.0))
     no_guard = dataclasses.replace(FAST, cues=CueConfig(guard=False, w_keypoints=0, w_silhouette=0))
     off = refine_frame(body_model, inputs.rig, inputs.photos, start, bad, no_guard, app)
-    guarded = refine_frame(body_model, inputs.rig, inputs.photos, start, bad, FAST, app, None, ev, definition)
+    guard_only = dataclasses.replace(FAST, cues=CueConfig(field_check=False))  # the field check would catch it first
+    guarded = refine_frame(body_model, inputs.rig, inputs.photos, start, bad, guard_only, app, None, ev, definition)
     p_off = BodyParams(off.pose_rotvecs[None], off.betas[None], off.transl[None])
     p_on = BodyParams(guarded.pose_rotvecs[None], guarded.betas[None], guarded.transl[None])
     assert _pve(body_model, p_off, gt, 0) > 10  # unguarded, the wrong targets drag the body away
@@ -229,7 +230,7 @@ def test_field_check_drops_targets_that_move_landmarks_off_the_keypoints(session
     inputs, ev, definition, app, gt = _frame(session, 0, body_model)
     start = BodyParams(gt.pose_rotvecs[:1], inputs.init.betas, gt.transl[:1])
     bad = _ViewsShift([1, 2], (12.0, 0.0))
-    cues = CueConfig(guard=False, w_keypoints=0, w_silhouette=0)  # the check alone holds the body
+    cues = CueConfig(guard=False, w_keypoints=0, w_silhouette=0, field_check=False)  # the check alone holds the body
     off = refine_frame(body_model, inputs.rig, inputs.photos, start, bad, dataclasses.replace(FAST, cues=cues),
                        app, None, ev, definition)  # fmt: skip
     on_cfg = dataclasses.replace(FAST, cues=dataclasses.replace(cues, field_check=True))
@@ -241,3 +242,13 @@ def test_field_check_drops_targets_that_move_landmarks_off_the_keypoints(session
     p_on = BodyParams(on.pose_rotvecs[None], on.betas[None], on.transl[None])
     assert _pve(body_model, p_off, gt, 0) > 10.0  # followed, the shifted views pull the body away
     assert _pve(body_model, p_on, gt, 0) < 3.0  # the honest views hold it
+
+
+def test_a_field_that_disagrees_everywhere_keeps_the_estimate(session, body_model):
+    inputs, ev, definition, app, gt = _frame(session, 0, body_model)
+    start = BodyParams(gt.pose_rotvecs[:1], inputs.init.betas, gt.transl[:1])
+    cfg = dataclasses.replace(FAST, cues=CueConfig(field_check=True))
+    res = refine_frame(body_model, inputs.rig, inputs.photos, start, _ShiftPredictor((30.0, 20.0)), cfg, app,
+                       None, ev, definition)  # fmt: skip
+    assert res.status == "kept" and any("no dense target agrees" in n for n in res.notes)
+    assert np.allclose(res.pose_rotvecs, start.pose_rotvecs[0]) and np.isfinite(res.residual_px).all()
