@@ -51,7 +51,7 @@ def diagnose(session_path: Path, frames: list[int], predictors: list[str]) -> li
     from mvcap.cameras import project, undistort_points
     from mvcap.capture import Session
     from mvcap.config import load_config
-    from mvcap.cues import body_part_ids, landmark_shift
+    from mvcap.cues import body_part_ids, landmark_shift, skin_joints
     from mvcap.keypoints import keypoint_set
     from mvcap.refine import (
         RefineConfig,
@@ -66,8 +66,7 @@ def diagnose(session_path: Path, frames: list[int], predictors: list[str]) -> li
     model = load_body_model()
     cfg = load_config(RefineConfig, "refine.toml")
     preds = {name: make_predictor(name, cfg) for name in predictors}
-    skin = model.weights.detach().numpy()
-    skin_joint = np.where(skin.max(1) > 0.5, skin.argmax(1), -1)  # as the field check moves joints
+    skin_joint = skin_joints(model)  # as the field check moves joints
     rows = []
     with Session.open(session_path) as s:
         if not s.has_detections:

@@ -49,6 +49,7 @@ __all__ = [
     "contradicting_views",
     "BODY_PARTS",
     "body_part_ids",
+    "skin_joints",
     "landmark_shift",
     "field_check",
 ]
@@ -297,6 +298,13 @@ def body_part_ids(model, definition) -> tuple[np.ndarray, np.ndarray]:
         elif definition.vertex_weights[k].sum() > 0:
             landmark_part[k] = vertex_part[definition.vertex_ids[int(definition.vertex_weights[k].argmax())]]
     return vertex_part, landmark_part
+
+
+def skin_joints(model, min_weight: float = 0.5) -> np.ndarray:
+    """(N,) each vertex's heaviest skinning joint where its weight exceeds ``min_weight``, else -1:
+    the vertices whose mean target displacement moves a joint in :func:`landmark_shift`."""
+    skin = model.weights.detach().cpu().numpy()
+    return np.where(skin.max(1) > min_weight, skin.argmax(1), -1)
 
 
 def landmark_shift(

@@ -44,6 +44,7 @@ from mvcap.cues import (
     field_check,
     keypoint_term,
     silhouette_term,
+    skin_joints,
     view_trust,
 )
 from mvcap.displace import (
@@ -369,8 +370,7 @@ def _field_checker(model: BodyModel, rig: Rig, evidence, definition, cues: CueCo
     if not cues.field_check or definition is None:
         return None
     vertex_part, landmark_part = body_part_ids(model, definition)
-    skin = model.weights.detach().cpu().numpy()
-    skin_joint = np.where(skin.max(1) > 0.5, skin.argmax(1), -1)
+    skin_joint = skin_joints(model)
     K = len(definition.names)
     kp_uv = np.full((len(rig), K, 3), np.nan)
     heights = np.full(len(rig), np.nan)
@@ -469,7 +469,7 @@ def refine_frame(
             pinhole, vertices_world, disp.flow, disp.confidence, fragments, faces, cfg.min_visible_vertices
         )
         weight = weight * torch.as_tensor(trust, dtype=weight.dtype)[:, None]
-        all_weight = weight.clone()
+        all_weight = weight.clone() if checker is not None else weight  # before the field check drops any
         if checker is not None:
             dropped = checker(pinhole, vertices_world, posed.joints[0], uv_target, weight)
             if dropped:
