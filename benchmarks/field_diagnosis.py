@@ -15,7 +15,10 @@ ground truth (the session's detections: ``mvcap detect``):
 * **by body part**: the same landmark distances split into head, torso, arms and legs;
 * **field size**: the median target displacement (px) and, between the first two
   predictors, the median distance between their targets (px);
-* **resolution**: the person's height in pixels, and image pixels per network crop pixel.
+* **resolution**: the person's height in pixels, and image pixels per network crop pixel;
+* **against ground truth** (synthetic sessions only): each visible vertex's distance from
+  its true projection before (the estimate) and after (its target), median px, split by how
+  far the estimate was off (the displacement the field had to find) and by body part.
 
 A field that transfers moves targets onto the person and towards the keypoints; one that
 does not shows it here, view by view, before any fit is run.
@@ -40,6 +43,14 @@ def _on_person(uv: np.ndarray, vis: np.ndarray, mask: np.ndarray) -> float:
     hit = np.zeros(x.shape, bool)
     hit[inside] = mask[y[inside], x[inside]]
     return float(hit.mean())
+
+
+ERROR_BINS = (0.0, 2.0, 5.0, 10.0, np.inf)  # px: how far the estimate's vertex is from its true projection
+
+
+def _bin_name(k: int) -> str:
+    a, b = ERROR_BINS[k], ERROR_BINS[k + 1]
+    return f"> {a:g} px" if np.isinf(b) else f"{a:g}-{b:g} px"
 
 
 def _part_median(d: np.ndarray, sel: np.ndarray) -> float:
@@ -75,6 +86,8 @@ def diagnose(session_path: Path, frames: list[int], predictors: list[str]) -> li
         lm_part = np.array([""] + list(PARTS), dtype=object)[body_part_ids(model, definition)[1] + 1]
         appearance = estimate_appearance(model, s.subject, cfg.appearance)
         template = model.template_vertices()[0]
+        truth = s.read_ground_truth() if s.has_ground_truth else None
+        vert_part = body_part_ids(model, definition)[0]
         for t in frames:
             inputs = load_frame_inputs(s, t)
             rig, photos, init = inputs.rig, inputs.photos, inputs.init
@@ -127,6 +140,26 @@ def diagnose(session_path: Path, frames: list[int], predictors: list[str]) -> li
                     for part in PARTS:
                         row[f"{name}_kp_{part}"] = _part_median(d1, lm_part == part)
                     row[f"{name}_move_px"] = float(np.nanmedian(np.linalg.norm(tv - uv_now[v], axis=-1)))
+                if truth is not None:
+                    with torch.no_grad():
+                        gt = truth.slice(t).to_torch()
+                        uv_true = project(pinhole.subset([cam.name]), model(**gt).vertices[0], distort=False)[0].numpy()
+                    e0 = np.linalg.norm(uv_now[v] - uv_true, axis=-1)
+                    has = np.logical_and.reduce([w[v] > 0 for _, w in targets.values()])  # every predictor has a target
+                    row["gt_vertices"] = int(has.sum())
+                    bins = np.digitize(e0, ERROR_BINS[1:-1])
+                    for k in range(len(ERROR_BINS) - 1):
+                        row[f"gt_share_b{k}"] = float((has & (bins == k)).sum() / max(has.sum(), 1))
+                    errs = {"init": e0}
+                    errs |= {n: np.linalg.norm(uv_t[v] - uv_true, axis=-1) for n, (uv_t, _) in targets.items()}
+                    for n, e in errs.items():
+                        row[f"{n}_gt_px"] = float(np.median(e[has])) if has.any() else float("nan")
+                        for k in range(len(ERROR_BINS) - 1):
+                            sel = has & (bins == k)
+                            row[f"{n}_gt_px_b{k}"] = float(np.median(e[sel])) if sel.any() else float("nan")
+                        for i, part in enumerate(PARTS):
+                            sel = has & (vert_part == i)
+                            row[f"{n}_gt_px_{part}"] = float(np.median(e[sel])) if sel.any() else float("nan")
                 if len(targets) >= 2:
                     (a, (ua, wa)), (b, (ub, wb)) = list(targets.items())[:2]
                     both = (wa[v] > 0) & (wb[v] > 0)
@@ -160,6 +193,16 @@ def summary(rows: list[dict], predictors: list[str]) -> str:
     for part in PARTS:
         cells = [part, f"{med(f'kp_before_{part}'):.2f}"] + [f"{med(f'{p}_kp_{part}'):.2f}" for p in predictors]
         lines.append("| " + " | ".join(cells) + " |")
+    if any("init_gt_px" in r for r in rows):
+        names = ["init", *predictors]
+        lines += ["", "| against ground truth: estimate off by | share of vertices | "
+                  + " | ".join(f"{n} px" for n in names) + " |", "|---|" + "---:|" * (1 + len(names))]  # fmt: skip
+        for k in range(len(ERROR_BINS) - 1):
+            cells = [_bin_name(k), f"{med(f'gt_share_b{k}'):.2f}"] + [f"{med(f'{n}_gt_px_b{k}'):.2f}" for n in names]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("| all | 1.00 | " + " | ".join(f"{med(f'{n}_gt_px'):.2f}" for n in names) + " |")
+        for part in PARTS:
+            lines.append(f"| {part} | | " + " | ".join(f"{med(f'{n}_gt_px_{part}'):.2f}" for n in names) + " |")
     if len(predictors) >= 2:
         lines.append(f"\nmedian distance between {predictors[0]}'s and {predictors[1]}'s targets: "
                      f"{med(f'{predictors[0]}_vs_{predictors[1]}_px'):.1f} px")  # fmt: skip

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from mvcap.cameras import Rig, cam_to_pixels, world_to_cam
+from mvcap.evidence import view_costs, weighted_cost, weighted_parts
 from mvcap.fit import DataTerm, geman_mcclure
 
 __all__ = [
@@ -47,6 +48,9 @@ __all__ = [
     "dead_views",
     "depth_hold_term",
     "contradicting_views",
+    "CUE_NAMES",
+    "guard_objections",
+    "carrying_view",
     "BODY_PARTS",
     "body_part_ids",
     "skin_joints",
@@ -80,10 +84,17 @@ class CueConfig:
     # IoU) to above its noise floor (a detector's own landmark error, a mask's edge error):
     # within the floor a cue's change says nothing
     guard_tolerance: tuple[float, float] = (0.0025, 0.005)
-    guard_floor: tuple[float, float] = (0.03, 0.15)  # keypoints: 3 % of height; silhouettes: 1 - IoU
+    guard_floor: tuple[float, float] = (0.02, 0.15)  # keypoints: 2 % of height; silhouettes: 1 - IoU
     # per-view veto: reject a round that raises any one trusted view's evidence cost (keypoint
     # distance as a fraction of height + 1 - IoU) by more than this: no view pays for the others; < 0 = off
     guard_view: float = 0.005
+    # ... and, per trusted view, neither cue alone by more than guard_view to above its floor
+    # (stricter: on the studio benchmark it also rejects good rounds, flow 10.6 -> 15.8 mm)
+    guard_view_cues: bool = False
+    # support: the update must also agree better (weighted mean over the other trusted views)
+    # without the view it helps most: one camera alone cannot carry an update (needs >= 3 views)
+    guard_support: bool = True
+    guard_support_cues: bool = True  # ... and each cue, by the per-cue rule, without the view it helps most
     # a frame fails as "contradictory evidence" when, in most views with evidence, its final body
     # is farther than this from the keypoints (fraction of height) or below this silhouette IoU
     contradiction: tuple[float, float] = (0.2, 0.15)
@@ -255,6 +266,71 @@ def contradicting_views(parts: np.ndarray, view_weights: np.ndarray, cfg: CueCon
         np.nan_to_num(p[:, 1], nan=0.0) > 1.0 - cfg.contradiction[1])  # fmt: skip
     bad = np.flatnonzero(used & far)
     return bad.tolist() if used.sum() >= 1 and len(bad) > used.sum() / 2 else []
+
+
+def carrying_view(costs_new: np.ndarray, costs_old: np.ndarray, view_weights: np.ndarray) -> int | None:
+    """The view that alone carries an update, or None: per-view costs (V,) of the new and the
+    current body (NaN: no evidence) and weights (V,) (0: not used). With the view whose
+    weighted cost falls most left out, the others' weighted mean cost must not rise; checked
+    when at least 3 views have evidence (with 2, the per-view veto decides)."""
+    d = np.asarray(costs_new, np.float64) - np.asarray(costs_old, np.float64)
+    w = np.asarray(view_weights, np.float64)
+    ok = np.isfinite(d) & (w > 0)
+    if ok.sum() < 3:
+        return None
+    best = int(np.flatnonzero(ok)[np.argmin((w * d)[ok])])
+    if d[best] >= 0:  # no view gains: nothing to carry (the guard's total cost rejects it)
+        return None
+    rest = ok.copy()
+    rest[best] = False
+    return best if float((w * d)[rest].sum() / w[rest].sum()) > 0 else None
+
+
+CUE_NAMES = ("keypoints", "silhouettes")  # the columns of per-view cue costs (V, 2)
+
+
+def guard_objections(
+    new_parts: np.ndarray, old_parts: np.ndarray, view_weights: np.ndarray, names, cfg: CueConfig
+) -> list[str]:
+    """Why the acceptance guard rejects an update, in words ([]: accept it). new_parts,
+    old_parts (V, 2): per-view cue costs of the new and the current body
+    (:func:`mvcap.evidence.view_cost_parts`; NaN: no evidence); view_weights (V,) (0: view not
+    used); names: the views' names. The rules are those of :class:`CueConfig`'s guard fields."""
+    new_p, old_p = np.asarray(new_parts, np.float64), np.asarray(old_parts, np.float64)
+    w = np.asarray(view_weights, np.float64)
+    floor = np.asarray(cfg.guard_floor)
+
+    # per cue: an update that buys silhouette agreement with keypoint disagreement (or the
+    # reverse) follows targets the evidence does not support
+    def cue_worse(weights: np.ndarray) -> list[int]:
+        n, o = weighted_parts(new_p, weights), weighted_parts(old_p, weights)
+        return [c for c in range(2) if n[c] > o[c] + cfg.guard_tolerance[c] and n[c] > floor[c]]
+
+    why = [f"the {CUE_NAMES[c]}" for c in cue_worse(w)]
+    if cfg.guard_view >= 0:  # no view pays for the others (NaN, no evidence, compares False)
+        c_new, c_old = view_costs(new_p), view_costs(old_p)
+        grew = [names[v] for v in range(len(w)) if w[v] > 0 and c_new[v] > c_old[v] + cfg.guard_view]
+        if cfg.guard_view_cues:
+            rose = (new_p > old_p + cfg.guard_view) & (new_p > floor)
+            grew += [f"{CUE_NAMES[c]} of {names[v]}" for v, c in zip(*np.nonzero(rose))
+                     if w[v] > 0 and names[v] not in grew]  # fmt: skip
+        why += [f"the evidence of {', '.join(grew)}"] if grew else []
+    if cfg.guard_support:
+        alone = carrying_view(view_costs(new_p), view_costs(old_p), w)
+        why += [f"the cameras other than {names[alone]}, which alone carries it"] if alone is not None else []
+        if cfg.guard_support_cues:  # ... nor either cue's gain (the per-cue rule without its best view)
+            d = (new_p - old_p) * w[:, None]
+            for c in range(2):
+                ok = np.isfinite(d[:, c]) & (w > 0)
+                if ok.sum() < 3 or any(CUE_NAMES[c] in x for x in why):
+                    continue
+                best = int(np.flatnonzero(ok)[np.argmin(d[ok, c])])
+                rest = np.where(np.arange(len(w)) == best, 0.0, w)
+                if d[best, c] < 0 and c in cue_worse(rest):
+                    why.append(f"the {CUE_NAMES[c]} of the cameras other than {names[best]}")
+    if not why and not weighted_cost(new_p, w) < weighted_cost(old_p, w) - cfg.guard_margin:
+        why.append("the cameras' keypoints and masks")
+    return why
 
 
 def view_trust(costs: np.ndarray, ratio: float) -> np.ndarray:

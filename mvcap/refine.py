@@ -42,6 +42,7 @@ from mvcap.cues import (
     dead_views,
     depth_hold_term,
     field_check,
+    guard_objections,
     keypoint_term,
     silhouette_term,
     skin_joints,
@@ -62,7 +63,6 @@ from mvcap.evidence import (
     view_costs,
     view_evidence,
     weighted_cost,
-    weighted_parts,
 )
 from mvcap.fit import FitConfig, Targets, fit_body
 from mvcap.fuse import fuse_bodies
@@ -550,23 +550,10 @@ def refine_frame(
             break
         if evidence is not None and cues.guard:
             cost_new, per_view = evidence_cost(model, definition, rig, new_pose, betas, new_transl, evidence, trust)
-            cost_old_w = weighted_cost(cur_views, trust)  # the current body, same evidence, same weights
-            # per cue too: an update that buys silhouette agreement with keypoint disagreement (or
-            # the reverse) follows targets the evidence does not support
-            new_parts, old_parts = weighted_parts(per_view, trust), weighted_parts(cur_views, trust)
-            traded = [
-                name
-                for name, n, o, tol, floor in zip(("keypoints", "silhouettes"), new_parts, old_parts,
-                                                  cues.guard_tolerance, cues.guard_floor, strict=True)
-                if n > o + tol and n > floor
-            ]  # fmt: skip
-            if cues.guard_view >= 0:  # NaN (no evidence in a view) compares False
-                c_new, c_old = view_costs(per_view), view_costs(cur_views)
-                grew = [rig.names[v] for v in range(len(rig)) if trust[v] > 0 and c_new[v] > c_old[v] + cues.guard_view]
-                traded += [f"evidence of {', '.join(grew)}"] if grew else []
-            if not cost_new < cost_old_w - cues.guard_margin or traded:
-                why = f"it agrees less with the {' and '.join(traded)}" if traded else (
-                    "it agrees less with the cameras' keypoints and masks")  # fmt: skip
+            objections = guard_objections(per_view, cur_views, trust, rig.names, cues)
+            if objections:
+                why = f"it agrees less with {' and '.join(objections)}"
+                cost_old_w = weighted_cost(cur_views, trust)  # the current body, same evidence, same weights
                 notes.append(f"round {r + 1}: update rejected, {why} (cost {cost_new:.4f} vs {cost_old_w:.4f})")
                 if r == 0:
                     status = "kept"

@@ -10,7 +10,7 @@ import torch
 
 from mvcap.body import BodyParams
 from mvcap.capture import Session
-from mvcap.cues import CueConfig, dead_views, view_trust
+from mvcap.cues import CueConfig, carrying_view, dead_views, guard_objections, view_trust
 from mvcap.displace import Displacement
 from mvcap.fit import FitConfig
 from mvcap.keypoints import keypoint_set
@@ -252,3 +252,46 @@ def test_a_field_that_disagrees_everywhere_keeps_the_estimate(session, body_mode
                        None, ev, definition)  # fmt: skip
     assert res.status == "kept" and any("no dense target agrees" in n for n in res.notes)
     assert np.allclose(res.pose_rotvecs, start.pose_rotvecs[0]) and np.isfinite(res.residual_px).all()
+
+
+def test_carrying_view_names_the_one_view_an_update_helps_alone():
+    old = np.array([0.10, 0.10, 0.10, 0.30])
+    assert carrying_view(old + [0.002, 0.001, 0.002, -0.15], old, np.ones(4)) == 3  # the others got worse
+    assert carrying_view(old + [-0.01, 0.001, -0.01, -0.15], old, np.ones(4)) is None  # the others agree
+    assert carrying_view(old + [0.002, np.nan, 0.002, -0.15], old, np.array([1, 1, 0, 1])) is None  # < 3 views
+    assert carrying_view(old + [0.002, 0.001, 0.002, -0.15], old, np.array([1, 1, 1, 0])) is None  # not used
+
+
+def test_guard_objections_name_each_rule_that_rejects_an_update():
+    names = ("a", "b", "c", "d")
+    old = np.tile([0.02, 0.30], (4, 1))
+    cfg = CueConfig(guard_support=False, guard_view_cues=False, guard_floor=(0.03, 0.15))
+    assert guard_objections(old - [0.001, 0.02], old, np.ones(4), names, cfg) == []  # better everywhere
+    assert guard_objections(old, old, np.ones(4), names, cfg) == ["the cameras' keypoints and masks"]  # no gain
+    one_view_pays = old - [0.0, 0.05]
+    one_view_pays[1] = [0.02, 0.31]  # b's IoU falls by 0.01 > guard_view
+    assert guard_objections(one_view_pays, old, np.ones(4), names, cfg) == ["the evidence of b"]
+    assert guard_objections(one_view_pays, old, np.array([1, 0, 1, 1]), names, cfg) == []  # b not used
+    traded = old + [0.0, -0.1]
+    traded[2] = [0.04, 0.10]  # c buys IoU with keypoints: its total falls, its keypoints rise above the floor
+    assert guard_objections(traded, old, np.ones(4), names, cfg) == []
+    with_cues = dataclasses.replace(cfg, guard_view_cues=True, guard_floor=(0.03, 0.15))
+    assert guard_objections(traded, old, np.ones(4), names, with_cues) == ["the evidence of keypoints of c"]
+    below_floor = traded.copy()
+    below_floor[2, 0] = 0.028  # risen by more than guard_view, but within the detector's noise floor
+    assert guard_objections(below_floor, old, np.ones(4), names, with_cues) == []
+    carried = old + [0.001, 0.0]
+    carried[3] = [0.0, 0.1]
+    support = dataclasses.replace(cfg, guard_support=True, guard_support_cues=False)
+    alone = ["the cameras other than d, which alone carries it"]
+    assert guard_objections(carried, old, np.ones(4), names, support) == alone
+    # every view agrees better overall, but the keypoints improve in one view only (an occluded
+    # view pulling the body) and get worse in the others: the keypoint gain rests on one camera
+    before = np.array([[0.015, 0.35], [0.047, 0.58], [0.015, 0.31]])
+    after = np.array([[0.024, 0.28], [0.040, 0.54], [0.019, 0.29]])
+    cues3 = dataclasses.replace(support, guard_floor=(0.02, 0.15))
+    assert guard_objections(after, before, np.ones(3), names[:3], cues3) == []
+    strict = dataclasses.replace(cues3, guard_support_cues=True)
+    assert guard_objections(after, before, np.ones(3), names[:3], strict) == [
+        "the keypoints of the cameras other than b"
+    ]
