@@ -15,7 +15,8 @@ config applies, e.g. ``--set refine.views=["cam00","cam01"]``). Kinds:
   swap correction and outlier rejection; the landmarks that sit at SMPL joints (shoulders,
   elbows, wrists, knees, ankles) are the targets, weighted by confidence;
 * ``dense-<predictor>-<fusion>`` -- the refinement loop, predictor ``oracle``, ``flow`` or
-  ``learned``, fusion ``joint`` or ``refit``.
+  ``learned`` or a per-round schedule such as ``learned:flow`` (round 1 learned, then flow),
+  fusion ``joint`` or ``refit``.
 
 Results of each method are stored in the sessions as result runs named after the method,
 so an interrupted benchmark resumes. The table (markdown) and a JSON file report MPJPE,
@@ -113,11 +114,13 @@ def parse_method(name: str, base: RefineConfig) -> tuple[str, RefineConfig | Non
     if kind in SPARSE_KINDS:
         return kind, dataclasses.replace(base, views=views)
     parts = kind.split("-")
-    if len(parts) == 3 and parts[0] == "dense":
-        return "dense", dataclasses.replace(base, predictor=parts[1], fusion=parts[2], views=views)
+    if len(parts) == 3 and parts[0] == "dense":  # a schedule: learned:flow (methods are comma-joined)
+        predictor = parts[1].replace(":", ",")
+        return "dense", dataclasses.replace(base, predictor=predictor, fusion=parts[2], views=views)
     raise ValueError(
         f"unknown method {name!r}; use init, gt, sparse-gt-keypoints, sparse-detector-keypoints or "
-        "dense-<oracle|flow|learned>-<joint|refit>, optionally with @<camera>[+<camera>...]"
+        "dense-<oracle|flow|learned>-<joint|refit> (a per-round schedule: dense-learned:flow-joint), "
+        "optionally with @<camera>[+<camera>...]"
     )
 
 

@@ -456,10 +456,10 @@ def _session_paths(target: Path) -> list[Path]:
 @_config_option("Refinement config TOML (default: configs/refine.toml).")
 @click.option(
     "--predictor",
-    type=click.Choice(["oracle", "flow", "learned"]),
     default=None,
     help="What predicts the dense 2D displacements: learned (the trained network), flow (optical flow "
-    "render -> photo) or oracle (synthetic sessions' ground truth) (default: the config's).",
+    "render -> photo), oracle (synthetic sessions' ground truth), or a per-round schedule such as "
+    "learned,flow (round 1 learned, then flow) (default: the config's).",
 )
 @click.option(
     "--fusion",

@@ -49,6 +49,7 @@ from mvcap.cues import (
     view_trust,
 )
 from mvcap.displace import (
+    Displacement,
     DisplacementPredictor,
     FlowConfig,
     FlowPredictor,
@@ -82,6 +83,7 @@ __all__ = [
     "estimate_request",
     "load_frame_inputs",
     "make_predictor",
+    "PredictorSchedule",
     "refine_frame",
     "frame_evidence",
     "FAILED_STATES",
@@ -121,7 +123,9 @@ def _check_appearance(mode: str) -> None:
 class RefineConfig:
     """The refinement pipeline (``configs/refine.toml``)."""
 
-    predictor: str = "flow"  # oracle | flow | learned
+    # oracle | flow | learned, or a per-round schedule "learned,flow" (round 1 learned, then
+    # flow: the last one repeats); a round the guard rejects hands over to the next predictor
+    predictor: str = "flow"
     fusion: str = "joint"  # joint | refit
     outer_iterations: int = 3
     views: tuple[str, ...] = ()  # cameras to use; empty = all (one name = single-view fallback)
@@ -141,8 +145,13 @@ class RefineConfig:
     cues: CueConfig = field(default_factory=CueConfig)  # keypoints, silhouettes, view trust, guard
 
     def __post_init__(self):
-        if self.predictor not in PREDICTORS:
-            raise ValueError(f"predictor must be one of {PREDICTORS}, got {self.predictor!r}")
+        if not self.predictor or any(p not in PREDICTORS for p in self.predictor.split(",")):
+            raise ValueError(
+                f"predictor must be one of {PREDICTORS} or a per-round schedule of them joined by commas "
+                f"(e.g. 'learned,flow'), got {self.predictor!r}"
+            )
+        if "," in self.predictor and "oracle" in self.predictor.split(","):
+            raise ValueError("the oracle predictor (ground truth) runs alone, not in a schedule")
         if self.fusion not in ("joint", "refit"):
             raise ValueError(f"fusion must be 'joint' or 'refit', got {self.fusion!r}")
         if self.init not in ("session", "previous"):
@@ -464,7 +473,7 @@ def refine_frame(
             vertices_world = posed.vertices[0]
         req = estimate_request(model, pinhole, photos, vertices_world, appearance, template)
         fragments = req.fragments
-        disp = predictor(req)
+        disp = _round_predictor(predictor, r)(req)
         uv_target, weight, skipped = _vertex_targets(
             pinhole, vertices_world, disp.flow, disp.confidence, fragments, faces, cfg.min_visible_vertices
         )
@@ -482,6 +491,8 @@ def refine_frame(
                     status = "kept"
                     residual = _target_residual(pinhole, vertices_world, uv_target, all_weight)
                 skipped_all.update(skipped)
+                if _hands_over(predictor, r, cfg.outer_iterations):
+                    continue
                 break
         skipped_all.update(skipped)
         if len(skipped) == len(rig) or float(weight.sum()) <= 0:
@@ -558,8 +569,11 @@ def refine_frame(
                 if r == 0:
                     status = "kept"
                     residual = _target_residual(pinhole, vertices_world, uv_target, weight)
+                if _hands_over(predictor, r, cfg.outer_iterations):
+                    continue
                 break
             cost_cur, cur_views = cost_new, per_view
+            status = "done" if status == "kept" else status  # a later predictor's round was kept
             if cues.trust and r == 0:  # trust is set once, from the start and the first accepted update
                 trust = np.minimum(trust, view_trust(view_costs(per_view), cues.trust_ratio))
         pose, transl, residual = new_pose, new_transl, new_residual
@@ -642,7 +656,36 @@ def keypoint_fit_frame(
     )
 
 
+class PredictorSchedule:
+    """Predictors per refinement round (``predictor = "learned,flow"``): round r uses
+    ``predictors[min(r, len - 1)]``; called directly, the first one."""
+
+    def __init__(self, name: str, predictors: list[DisplacementPredictor]):
+        self.name, self.predictors = name, predictors
+
+    def for_round(self, r: int) -> DisplacementPredictor:
+        return self.predictors[min(r, len(self.predictors) - 1)]
+
+    def __call__(self, request: PredictRequest) -> Displacement:
+        return self.predictors[0](request)
+
+
+def _round_predictor(predictor, r: int):
+    return predictor.for_round(r) if isinstance(predictor, PredictorSchedule) else predictor
+
+
+def _hands_over(predictor, r: int, rounds: int) -> bool:
+    """A rejected round goes on to the next round when another predictor takes over there."""
+    return r + 1 < rounds and _round_predictor(predictor, r + 1) is not _round_predictor(predictor, r)
+
+
 def make_predictor(name: str, cfg: RefineConfig, gt_vertices: Tensor | None = None) -> DisplacementPredictor:
+    """The predictor ``name`` (one of :data:`PREDICTORS`, or a comma-joined per-round schedule)."""
+    if "," in name:
+        made: dict[str, DisplacementPredictor] = {}
+        for n in name.split(","):
+            made[n] = made.get(n) or make_predictor(n, cfg, gt_vertices)
+        return PredictorSchedule(name, [made[n] for n in name.split(",")])
     if name == "oracle":
         if gt_vertices is None:
             raise ValueError("the oracle predictor needs ground truth; this session has none")

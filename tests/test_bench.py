@@ -17,6 +17,12 @@ def test_parse_method():
         parse_method("dense-magic", RefineConfig())
     with pytest.raises(ValueError, match="@view"):
         parse_method("gt@cam1", RefineConfig())
+    kind, cfg = parse_method("dense-learned:flow-joint", RefineConfig())  # a per-round schedule
+    assert kind == "dense" and cfg.predictor == "learned,flow"
+    with pytest.raises(ValueError, match="schedule"):
+        parse_method("dense-learned:magic-joint", RefineConfig())
+    with pytest.raises(ValueError, match="runs alone"):
+        RefineConfig(predictor="oracle,flow")
 
 
 def test_gt_row_reads_zero_and_init_does_not(body_model, tiny_session, tmp_path):

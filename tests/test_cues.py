@@ -11,11 +11,12 @@ import torch
 from mvcap.body import BodyParams
 from mvcap.capture import Session
 from mvcap.cues import CueConfig, carrying_view, dead_views, guard_objections, view_trust
-from mvcap.displace import Displacement
+from mvcap.displace import Displacement, OraclePredictor
 from mvcap.fit import FitConfig
 from mvcap.keypoints import keypoint_set
 from mvcap.metrics import evaluate_body
 from mvcap.refine import (
+    PredictorSchedule,
     RefineConfig,
     RefineError,
     estimate_appearance,
@@ -295,3 +296,19 @@ def test_guard_objections_name_each_rule_that_rejects_an_update():
     assert guard_objections(after, before, np.ones(3), names[:3], strict) == [
         "the keypoints of the cameras other than b"
     ]
+
+
+def test_a_rejected_round_hands_over_to_the_next_predictor_of_a_schedule(session, body_model):
+    inputs, ev, definition, app, gt = _frame(session, 1, body_model)
+    start = BodyParams(gt.pose_rotvecs[1:2], inputs.init.betas, gt.transl[1:2] + np.float32([0.03, 0.0, 0.02]))
+    with torch.no_grad():
+        truth = body_model(**gt.slice(1).to_torch()).vertices[0]
+    bad, good = _ShiftPredictor((30.0, 20.0)), OraclePredictor(truth)
+    cfg = dataclasses.replace(FAST, outer_iterations=2)
+    alone = refine_frame(body_model, inputs.rig, inputs.photos, start, bad, cfg, app, None, ev, definition)
+    sched = PredictorSchedule("bad,good", [bad, good])
+    res = refine_frame(body_model, inputs.rig, inputs.photos, start, sched, cfg, app, None, ev, definition)
+    assert alone.status == "kept"  # the wrong field alone: nothing accepted
+    assert res.status == "done" and any("round 1" in n for n in res.notes)  # round 1 refused, round 2 kept
+    after = BodyParams(res.pose_rotvecs[None], res.betas[None], res.transl[None])
+    assert _pve(body_model, after, gt, 1) < 0.5 * _pve(body_model, start, gt, 1)
