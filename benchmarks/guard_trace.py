@@ -1,0 +1,84 @@
+"""Why did a held-out camera get worse? The acceptance guard's decisions, camera by camera.
+
+    python benchmarks/guard_trace.py SESSION.h5 RUN --holdout cam01[,cam02] --frames 30 [--set cues.x=y ...]
+
+Redoes what ``mvcap validate`` does for the given held-out cameras and frames (keypoint init
+from the other cameras, then the run's refinement, with ``--set`` overrides of its config)
+and prints, for every refinement round, the guard's verdict (the notes of
+:func:`mvcap.refine.refine_frame`) and each fitted camera's keypoint distance (% of the
+person's height) and 1 - IoU before and after, then the held-out camera's agreement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+
+def main(argv=None) -> int:
+    from mvcap.body import BodyParams, load_body_model
+    from mvcap.capture import Session
+    from mvcap.config import from_dict, parse_overrides
+    from mvcap.evidence import evidence_cost
+    from mvcap.keypoints import keypoint_set
+    from mvcap.refine import RefineConfig, estimate_appearance, frame_evidence, make_predictor, refine_frame
+    from mvcap.validate import ValidateConfig, validate_run
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("session", type=Path)
+    ap.add_argument("run")
+    ap.add_argument("--holdout", required=True, help="held-out cameras, comma-separated")
+    ap.add_argument("--frames", default="::10")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="refine config override k=v")
+    args = ap.parse_args(argv)
+
+    model = load_body_model()
+    with Session.open(args.session, "r") as s:
+        stored = dict(s.read_results(args.run).config)
+        cfg = from_dict(RefineConfig, _merge(stored, parse_overrides(args.overrides)), where=f"run {args.run!r}")
+        cfg = dataclasses.replace(cfg, views=())
+        definition = keypoint_set(s.keypoint_format).definition(model)
+        predictor = make_predictor(cfg.predictor, cfg)
+        appearance = estimate_appearance(model, s.subject, cfg.appearance)
+
+        def refiner(t, rig, photos, pose0, betas, transl0):
+            init = BodyParams(pose0.numpy()[None], betas.numpy()[None], transl0.numpy()[None])
+            ev = frame_evidence(s, t, rig, cfg.cues)
+            res = refine_frame(model, rig, photos, init, predictor, cfg, appearance, None, ev, definition)
+            before = evidence_cost(model, definition, rig, pose0, betas, transl0, ev)[1]
+            after = evidence_cost(model, definition, rig, res.pose_rotvecs, betas, res.transl, ev)[1]
+            print(f"frame {t}, fitted {', '.join(rig.names)}: {res.status}, view weights {np.round(res.view_weights, 3)}")
+            for note in res.notes:
+                print(f"    {note}")
+            for v, name in enumerate(rig.names):
+                b, a = before[v], after[v]
+                print(f"    {name}: keypoints {100 * b[0]:.2f} -> {100 * a[0]:.2f} % height, "
+                      f"1 - IoU {b[1]:.3f} -> {a[1]:.3f}")  # fmt: skip
+            return res.pose_rotvecs, res.transl
+
+        report = validate_run(args.session, args.run, ValidateConfig(frames=args.frames),
+                              holdout=args.holdout.split(","), model=model, refiner=refiner, progress=False,
+                              in_view=False)  # fmt: skip
+    for row in report.holdout:
+        if row.result is None:
+            print(f"held out {row.view}, frame {row.frame}: {row.note}")
+            continue
+        i, r = row.init, row.result
+        print(f"held out {row.view}, frame {row.frame}: keypoints {i.keypoint_median_pct:.2f} -> "
+              f"{r.keypoint_median_pct:.2f} % height, IoU {i.iou:.3f} -> {r.iou:.3f}")  # fmt: skip
+    return 0
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    """Nested dict ``base`` with ``extra``'s values (nested dicts merged key by key)."""
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
