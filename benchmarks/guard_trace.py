@@ -50,7 +50,8 @@ def main(argv=None) -> int:
             res = refine_frame(model, rig, photos, init, predictor, cfg, appearance, None, ev, definition)
             before = evidence_cost(model, definition, rig, pose0, betas, transl0, ev)[1]
             after = evidence_cost(model, definition, rig, res.pose_rotvecs, betas, res.transl, ev)[1]
-            print(f"frame {t}, fitted {', '.join(rig.names)}: {res.status}, view weights {np.round(res.view_weights, 3)}")
+            weights = np.round(res.view_weights, 3)
+            print(f"frame {t}, fitted {', '.join(rig.names)}: {res.status}, view weights {weights}")
             for note in res.notes:
                 print(f"    {note}")
             for v, name in enumerate(rig.names):
