@@ -101,6 +101,10 @@ def diagnose(session_path: Path, frames: list[int], predictors: list[str]) -> li
             uv_now_t = project(pinhole, verts, distort=False)  # (V, N, 2)
             joints_uv_t = project(pinhole, joints, distort=False)  # (V, 24, 2)
             uv_now = uv_now_t.numpy()
+            uv_true = None
+            if truth is not None:  # every view's true vertex projections
+                with torch.no_grad():
+                    uv_true = project(pinhole, model(**truth.slice(t).to_torch()).vertices[0], distort=False).numpy()
             targets, shifts = {}, {}
             for name, predictor in preds.items():
                 disp = predictor(req)
@@ -140,18 +144,15 @@ def diagnose(session_path: Path, frames: list[int], predictors: list[str]) -> li
                     for part in PARTS:
                         row[f"{name}_kp_{part}"] = _part_median(d1, lm_part == part)
                     row[f"{name}_move_px"] = float(np.nanmedian(np.linalg.norm(tv - uv_now[v], axis=-1)))
-                if truth is not None:
-                    with torch.no_grad():
-                        gt = truth.slice(t).to_torch()
-                        uv_true = project(pinhole.subset([cam.name]), model(**gt).vertices[0], distort=False)[0].numpy()
-                    e0 = np.linalg.norm(uv_now[v] - uv_true, axis=-1)
+                if uv_true is not None:
+                    e0 = np.linalg.norm(uv_now[v] - uv_true[v], axis=-1)
                     has = np.logical_and.reduce([w[v] > 0 for _, w in targets.values()])  # every predictor has a target
                     row["gt_vertices"] = int(has.sum())
                     bins = np.digitize(e0, ERROR_BINS[1:-1])
                     for k in range(len(ERROR_BINS) - 1):
                         row[f"gt_share_b{k}"] = float((has & (bins == k)).sum() / max(has.sum(), 1))
                     errs = {"init": e0}
-                    errs |= {n: np.linalg.norm(uv_t[v] - uv_true, axis=-1) for n, (uv_t, _) in targets.items()}
+                    errs |= {n: np.linalg.norm(uv_t[v] - uv_true[v], axis=-1) for n, (uv_t, _) in targets.items()}
                     for n, e in errs.items():
                         row[f"{n}_gt_px"] = float(np.median(e[has])) if has.any() else float("nan")
                         for k in range(len(ERROR_BINS) - 1):

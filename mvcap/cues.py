@@ -268,6 +268,16 @@ def contradicting_views(parts: np.ndarray, view_weights: np.ndarray, cfg: CueCon
     return bad.tolist() if used.sum() >= 1 and len(bad) > used.sum() / 2 else []
 
 
+def _best_gain(delta: np.ndarray, w: np.ndarray) -> int | None:
+    """The view whose weighted cost falls most (delta (V,) new - old, NaN: no evidence; w (V,),
+    0: not used), or None when fewer than 3 views count or none gains."""
+    ok = np.isfinite(delta) & (w > 0)
+    if ok.sum() < 3:
+        return None
+    best = int(np.flatnonzero(ok)[np.argmin((w * delta)[ok])])
+    return best if delta[best] < 0 else None
+
+
 def carrying_view(costs_new: np.ndarray, costs_old: np.ndarray, view_weights: np.ndarray) -> int | None:
     """The view that alone carries an update, or None: per-view costs (V,) of the new and the
     current body (NaN: no evidence) and weights (V,) (0: not used). With the view whose
@@ -275,13 +285,10 @@ def carrying_view(costs_new: np.ndarray, costs_old: np.ndarray, view_weights: np
     when at least 3 views have evidence (with 2, the per-view veto decides)."""
     d = np.asarray(costs_new, np.float64) - np.asarray(costs_old, np.float64)
     w = np.asarray(view_weights, np.float64)
-    ok = np.isfinite(d) & (w > 0)
-    if ok.sum() < 3:
+    best = _best_gain(d, w)
+    if best is None:
         return None
-    best = int(np.flatnonzero(ok)[np.argmin((w * d)[ok])])
-    if d[best] >= 0:  # no view gains: nothing to carry (the guard's total cost rejects it)
-        return None
-    rest = ok.copy()
+    rest = np.isfinite(d) & (w > 0)
     rest[best] = False
     return best if float((w * d)[rest].sum() / w[rest].sum()) > 0 else None
 
@@ -306,7 +313,8 @@ def guard_objections(
         n, o = weighted_parts(new_p, weights), weighted_parts(old_p, weights)
         return [c for c in range(2) if n[c] > o[c] + cfg.guard_tolerance[c] and n[c] > floor[c]]
 
-    why = [f"the {CUE_NAMES[c]}" for c in cue_worse(w)]
+    worse = cue_worse(w)
+    why = [f"the {CUE_NAMES[c]}" for c in worse]
     if cfg.guard_view >= 0:  # no view pays for the others (NaN, no evidence, compares False)
         c_new, c_old = view_costs(new_p), view_costs(old_p)
         grew = [names[v] for v in range(len(w)) if w[v] > 0 and c_new[v] > c_old[v] + cfg.guard_view]
@@ -319,14 +327,9 @@ def guard_objections(
         alone = carrying_view(view_costs(new_p), view_costs(old_p), w)
         why += [f"the cameras other than {names[alone]}, which alone carries it"] if alone is not None else []
         if cfg.guard_support_cues:  # ... nor either cue's gain (the per-cue rule without its best view)
-            d = (new_p - old_p) * w[:, None]
             for c in range(2):
-                ok = np.isfinite(d[:, c]) & (w > 0)
-                if ok.sum() < 3 or any(CUE_NAMES[c] in x for x in why):
-                    continue
-                best = int(np.flatnonzero(ok)[np.argmin(d[ok, c])])
-                rest = np.where(np.arange(len(w)) == best, 0.0, w)
-                if d[best, c] < 0 and c in cue_worse(rest):
+                best = None if c in worse else _best_gain(new_p[:, c] - old_p[:, c], w)
+                if best is not None and c in cue_worse(np.where(np.arange(len(w)) == best, 0.0, w)):
                     why.append(f"the {CUE_NAMES[c]} of the cameras other than {names[best]}")
     if not why and not weighted_cost(new_p, w) < weighted_cost(old_p, w) - cfg.guard_margin:
         why.append("the cameras' keypoints and masks")
