@@ -163,14 +163,17 @@ def profile_closure(runs: int, dropout: float, seed: int = 0) -> None:
 
 
 class _Probe:
-    """Counts closures and times named stages while the benchmark runs (by wrapping functions)."""
+    """Counts solver work and times named stages while the benchmark runs (by wrapping
+    functions). Works on frames refined one by one and on batches of frames (``frame_batch``):
+    per-frame figures are totals over the run divided by its frames, and the closures counted
+    are each frame's own loss evaluations (a batched evaluation counts once per frame in it)."""
 
     def __init__(self):
         self.closures = 0
+        self.batched = 0  # evaluations as run: a batch's shared evaluation counted once
         self.solves = 0
         self.iterations = 0
         self.seconds: dict[str, float] = defaultdict(float)
-        self.frames: list[dict] = []
 
     def timed(self, name: str, fn):
         def wrapper(*args, **kwargs):
@@ -182,50 +185,29 @@ class _Probe:
 
         return wrapper
 
-    def frame(self, fn):
-        def wrapper(*args, **kwargs):
-            c0, s0, i0, sec0 = self.closures, self.solves, self.iterations, dict(self.seconds)
-            t0 = time.perf_counter()
-            out = fn(*args, **kwargs)
-            stages = {k: v - sec0.get(k, 0.0) for k, v in self.seconds.items()}
-            self.frames.append(
-                dict(
-                    closures=self.closures - c0,
-                    solves=self.solves - s0,
-                    iterations=self.iterations - i0,
-                    seconds=time.perf_counter() - t0,
-                    **stages,
-                )
-            )
-            return out
-
-        return wrapper
-
     def install(self):
         import mvcap.bench as bench
         import mvcap.fit as fit
         import mvcap.refine as refine
 
         probe = self
-        objective, solve = fit.BodyFit.objective, fit.BodyFit.solve
-        saved = [(fit.BodyFit, "objective", objective), (fit.BodyFit, "solve", solve)]
-        saved += [(refine, n, getattr(refine, n)) for n in ("fit_body", "make_predictor", "refine_frame")]
+        solve = fit.BodyFit.solve
+        saved = [(fit.BodyFit, "solve", solve), (bench, "keypoint_fit_frame", bench.keypoint_fit_frame)]
+        saved += [(refine, n, getattr(refine, n)) for n in ("fit_body", "make_predictor")]
         saved += [
             (refine, n, getattr(refine, n)) for n in ("estimate_request", "_vertex_targets") if hasattr(refine, n)
         ]
-        saved += [(bench, "keypoint_fit_frame", bench.keypoint_fit_frame)]
-
-        def counted_objective(self, terms):
-            probe.closures += 1
-            return objective(self, terms)
 
         def counted_solve(self, *args, **kwargs):
-            probe.solves += 1
             n = solve(self, *args, **kwargs)
-            probe.iterations += n
+            stats = self.stats[-1] if isinstance(self.stats[-1], list) else [self.stats[-1]]
+            probe.solves += len(stats)
+            probe.iterations += sum(st.iterations for st in stats)
+            probe.closures += sum(st.evaluations for st in stats)
+            probe.batched += max(st.evaluations for st in stats)
             return n
 
-        fit.BodyFit.objective, fit.BodyFit.solve = counted_objective, counted_solve
+        fit.BodyFit.solve = counted_solve
         refine.fit_body = self.timed("fit", refine.fit_body)
         for name, stage in (("estimate_request", "render"), ("_vertex_targets", "targets")):
             if hasattr(refine, name):
@@ -238,8 +220,7 @@ class _Probe:
             return lambda *a, **k: call(*a, **k)
 
         refine.make_predictor = timed_predictor
-        refine.refine_frame = self.frame(refine.refine_frame)
-        bench.keypoint_fit_frame = self.frame(bench.keypoint_fit_frame)  # its fit_body is refine's, timed above
+        bench.keypoint_fit_frame = self.timed("keypoint fit", bench.keypoint_fit_frame)  # its fit_body is timed too
 
         def undo():
             for owner, name, value in saved:
@@ -265,6 +246,7 @@ def profile_frames(sessions: Path, config: Path, methods: list[str], max_frames:
         for method in methods:
             probe = _Probe()
             undo = probe.install()
+            t0 = time.perf_counter()
             try:
                 report = run_benchmark(
                     copies, replace(bench, methods=[method]), fresh=True, progress=False, log=lambda *_: None
@@ -272,26 +254,26 @@ def profile_frames(sessions: Path, config: Path, methods: list[str], max_frames:
             finally:
                 undo()
             accuracy[method] = report["methods"][method]
-            rows.append((method, probe.frames))
+            rows.append((method, probe, time.perf_counter() - t0, accuracy[method]["frames"]))
     print(f"{len(paths)} sessions x {max_frames} frames, torch threads in the fit {bench.refine.threads}\n")
-    print("| method | frames | closures/frame (min-max) | solves/frame | iterations/frame | MPJPE mm | PVE mm |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for method, frames in rows:
-        c = [f["closures"] for f in frames]
+    print("| method | frames | closures/frame | batched closures/frame | solves/frame | iterations/frame "
+          "| MPJPE mm | PVE mm |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for method, probe, _, n in rows:
         acc = accuracy[method]
         print(
-            f"| {method} | {len(frames)} | {np.mean(c):.1f} ({min(c)}-{max(c)}) "
-            f"| {np.mean([f['solves'] for f in frames]):.1f} | {np.mean([f['iterations'] for f in frames]):.1f} "
-            f"| {acc['MPJPE']:.2f} | {acc['PVE']:.2f} |"
+            f"| {method} | {n} | {probe.closures / n:.1f} | {probe.batched / n:.1f} | {probe.solves / n:.1f} "
+            f"| {probe.iterations / n:.1f} | {acc['MPJPE']:.2f} | {acc['PVE']:.2f} |"
         )
-    print("\n| method | s/frame | fit | render | predictor | targets | other |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for method, frames in rows:
-        total = np.mean([f["seconds"] for f in frames])
-        parts = {k: np.mean([f.get(k, 0.0) for f in frames]) for k in ("fit", "render", "predictor", "targets")}
-        other = total - sum(parts.values())
-        cells = " | ".join(f"{v:.2f} ({100 * v / total:.0f} %)" for v in (*parts.values(), other))
-        print(f"| {method} | {total:.2f} | {cells} |")
+    print("\ns/frame: the run's wall time per frame (bench: the benchmark's own s/frame, the mean of the frames' "
+          "recorded seconds)\n")  # fmt: skip
+    print("| method | s/frame | bench s/frame | fit | render | predictor | targets | other |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for method, probe, wall, n in rows:
+        total = wall / n
+        parts = [probe.seconds.get(k, 0.0) / n for k in ("fit", "render", "predictor", "targets")]
+        cells = " | ".join(f"{v:.2f} ({100 * v / total:.0f} %)" for v in (*parts, total - sum(parts)))
+        print(f"| {method} | {total:.2f} | {accuracy[method]['s/frame']:.2f} | {cells} |")
 
 
 def main() -> None:

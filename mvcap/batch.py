@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mvcap.errors import MvcapError
-from mvcap.refine import FrameOutcome, RefineConfig, needs_previous, open_refine_run, refine_task
+from mvcap.refine import FrameOutcome, RefineConfig, needs_previous, open_refine_run, refine_task, refine_tasks
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +155,13 @@ class _Worker:
             if key not in self.predictors:
                 self.predictors[key] = make_predictor(cfg.predictor, cfg)
             predictor = self.predictors[key]
+        if predictor is not None and not needs_previous(cfg):  # in refine_session's groups of frames
+            batch = cfg.frame_batch
+            return [
+                out
+                for k in range(0, len(tasks), batch)
+                for out in refine_tasks(self.model, tasks[k : k + batch], predictor, cfg, appearance, definition)
+            ]
         out = []
         for task in tasks:
             res = refine_task(self.model, task, predictor, cfg, appearance, definition, prev, catch=True)
@@ -200,6 +207,9 @@ class _Live:
     def __init__(self, job: RefineJob, result: JobResult, stack: contextlib.ExitStack, run, context_ref, chunk: int):
         self.job, self.result, self.stack, self.run, self.context = job, result, stack, run, context_ref
         self.sequential = result.sequential
+        if not self.sequential:  # whole groups of refine.frame_batch frames, as refine_session groups them
+            group = job.cfg.frame_batch
+            chunk = -(-chunk // group) * group
         self.chunks = deque([[t] for t in run.todo] if self.sequential else plan_chunks(run.todo, chunk))
         self.in_flight = 0
 

@@ -575,10 +575,15 @@ class FixedShapeBody:
         self._chain = _LevelChain(model.parents.tolist(), self.joints_rest)
         # Without pose blend shapes the rest vertices are constant, so skinning is one product:
         # vertex_i = sum_jk (w_j v_k) A_jik with A_j the 3x4 transforms and v = (x, y, z, 1).
-        self.skin = None  # (1 or B, M, 24 * 4)
+        # Stored transposed, (24 * 4, M), so that the product and its gradient are row-major
+        # matrix products (the (M, 96) layout's gradient was 3-10x slower on CPU), and once
+        # when every body has the same shape, so B bodies are one (3B, 96) x (96, M) product.
+        self.skin_t = None  # (96, M) shared, or (B, 96, M)
         if self.posedirs_t is None:
-            v_h = torch.cat([self.v_shaped, torch.ones_like(self.v_shaped[..., :1])], -1)  # (B, M, 4)
-            self.skin = (self.weights[None, :, :, None] * v_h[:, :, None, :]).flatten(-2)
+            shaped = self.v_shaped[:1] if bool((self.v_shaped == self.v_shaped[:1]).all()) else self.v_shaped
+            v_h = torch.cat([shaped, torch.ones_like(shaped[..., :1])], -1)  # (1 or B, M, 4)
+            skin_t = (self.weights[None, :, :, None] * v_h[:, :, None, :]).flatten(-2).transpose(1, 2)
+            self.skin_t = (skin_t[0] if skin_t.shape[0] == 1 else skin_t).contiguous()
 
     @property
     def num_vertices(self) -> int:
@@ -596,8 +601,13 @@ class FixedShapeBody:
         # rest -> posed transforms: x -> G_R x + (joint - G_R joint_rest)
         rest_offset = (world[..., :3] @ self._chain.joints_rest[..., None])[..., 0]
         rel = torch.cat([world[..., :3], (joints - rest_offset)[..., None]], -1)  # (B, 24, 3, 4)
-        if self.skin is not None:
-            vertices = self.skin @ rel.transpose(1, 2).reshape(batch, 3, -1).transpose(1, 2)
+        if self.skin_t is not None:
+            rel_rows = rel.transpose(1, 2).reshape(batch, 3, -1)  # (B, 3, 96): row i, then joint, column
+            if self.skin_t.ndim == 2:
+                vertices_t = (rel_rows.reshape(batch * 3, -1) @ self.skin_t).view(batch, 3, -1)
+            else:
+                vertices_t = rel_rows @ self.skin_t
+            vertices = vertices_t.transpose(1, 2)  # (B, M, 3)
         else:  # pose blend shapes: the rest vertices move with the pose
             v_shaped = self.v_shaped.expand(batch, -1, -1)
             if v_shaped.shape[1] > 0:

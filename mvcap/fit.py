@@ -37,14 +37,14 @@ the per-view updates of ReFit's multi-view fusion (see :mod:`mvcap.fuse`).
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 
 import roma
 import torch
 from torch import Tensor
-from torch.optim.lbfgs import _strong_wolfe  # torch's line search, as torch.optim.LBFGS uses it
 
 from mvcap.body import BodyModel, BodyParams
 from mvcap.cameras import Rig, cam_to_pixels, world_to_cam, world_to_cam_per_view
@@ -63,6 +63,7 @@ __all__ = [
     "BodyFit",
     "DataTerm",
     "lbfgs",
+    "lbfgs_per_body",
     "default_pose_prior",
 ]
 
@@ -143,7 +144,8 @@ class FitResult:
     """pose_rotvecs (B, 24, 3); betas (B, K); transl (B, 3) (with a view axis
     (B, V, ...) when fitted with independent views); loss (B,); residual_px (B, V)
     weighted mean target distance after the fit; iterations, seconds and loss evaluations
-    (closures) of the solver."""
+    (closures) of the solver; frame_iterations: each frame's iterations when the frames were
+    solved as independent problems (``independent_frames``), else empty."""
 
     pose_rotvecs: Tensor
     betas: Tensor
@@ -153,6 +155,7 @@ class FitResult:
     iterations: int
     seconds: float
     evaluations: int = 0
+    frame_iterations: tuple[int, ...] = ()
 
 
 def geman_mcclure(sq_residual: Tensor, sigma: float) -> Tensor:
@@ -294,99 +297,225 @@ class SolverStats:
     grad_norm: float = float("nan")
 
 
-def lbfgs(params: Sequence[Tensor], loss_fn: Callable[[], Tensor], solver: SolverConfig) -> SolverStats:
-    """Minimise the scalar ``loss_fn()`` over ``params`` with L-BFGS (strong-Wolfe line search,
-    unit step): torch's ``optim.LBFGS`` algorithm (same steps, same evaluation budget of 1.25
-    evaluations per iteration) plus the convergence test of :class:`SolverConfig`."""
-    if solver.iterations <= 0:
-        return SolverStats(0, 0, "none")
-    params = list(params)
+def _cubic_step(t1: float, f1: float, g1: float, t2: float, f2: float, g2: float, lo: float, hi: float) -> float:
+    """Minimiser of the cubic with values f1, f2 and slopes g1, g2 at steps t1, t2, clamped to
+    [lo, hi]; the interval's middle when the cubic has no minimum."""
+    d1 = g1 + g2 - 3 * (f1 - f2) / (t1 - t2)
+    disc = d1 * d1 - g1 * g2
+    if disc < 0:
+        return (lo + hi) / 2
+    d2 = math.sqrt(disc)
+    if t1 <= t2:
+        t = t2 - (t2 - t1) * ((g2 + d2 - d1) / (g2 - g1 + 2 * d2))
+    else:
+        t = t1 - (t1 - t2) * ((g1 + d2 - d1) / (g1 - g2 + 2 * d2))
+    return min(max(t, lo), hi)
+
+
+# A solver in coroutine form: it yields the point it wants evaluated and is sent back the
+# loss and flat gradient there; its return value is what it found. The driver decides how
+# points are evaluated, so B independent problems can share one batched evaluation.
+Probe = Generator[Tensor, tuple[float, Tensor], object]
+
+
+def _wolfe_search(x: Tensor, d: Tensor, t: float, f0: float, g0: Tensor, gtd0: float, max_ls: int, tol: float):
+    """Strong-Wolfe line search (Nocedal & Wright, algorithms 3.5 and 3.6, cubic steps; the
+    same rules as torch's L-BFGS) along ``d`` from ``x`` with loss f0, gradient g0 and slope
+    gtd0, first step ``t``. Yields points, returns (loss, gradient, step, evaluations)."""
+    c1, c2 = 1e-4, 0.9
+    d_max = float(d.abs().max())
+
+    def probe(step: float):
+        f, g = yield x + step * d
+        return (step, f, g, float(g.dot(d)))
+
+    cur = yield from probe(t)
+    prev = (0.0, f0, g0, gtd0)
+    evals, n = 1, 0
+    bracket = None
+    while n < max_ls:  # grow the step until an interval brackets a Wolfe point
+        t, f, _, gtd = cur
+        if f > f0 + c1 * t * gtd0 or (n > 1 and f >= prev[1]):
+            bracket = [prev, cur]
+            break
+        if abs(gtd) <= -c2 * gtd0:
+            return f, cur[2], t, evals
+        if gtd >= 0:
+            bracket = [prev, cur]
+            break
+        step = _cubic_step(prev[0], prev[1], prev[3], t, f, gtd, t + 0.01 * (t - prev[0]), 10 * t)
+        prev, cur = cur, (yield from probe(step))
+        evals, n = evals + 1, n + 1
+    if bracket is None:  # out of evaluations while still growing
+        bracket = [(0.0, f0, g0, gtd0), cur]
+    low = 0 if bracket[0][1] <= bracket[1][1] else 1
+    stuck = False
+    while n < max_ls:  # shrink the interval around the Wolfe point
+        (ta, fa, _, ga), (tb, fb, _, gb) = bracket
+        a, b = min(ta, tb), max(ta, tb)
+        if (b - a) * d_max < tol:
+            break
+        step = _cubic_step(ta, fa, ga, tb, fb, gb, a, b)
+        eps = 0.1 * (b - a)
+        if min(b - step, step - a) < eps:  # too close to an end: move in unless just moved
+            if stuck or step >= b or step <= a:
+                step = b - eps if abs(step - b) < abs(step - a) else a + eps
+                stuck = False
+            else:
+                stuck = True
+        else:
+            stuck = False
+        new = yield from probe(step)
+        evals, n = evals + 1, n + 1
+        high = 1 - low
+        if new[1] > f0 + c1 * step * gtd0 or new[1] >= bracket[low][1]:
+            bracket[high] = new
+            low = 0 if bracket[0][1] <= bracket[1][1] else 1
+            continue
+        if abs(new[3]) <= -c2 * gtd0:
+            bracket[low] = new
+            break
+        if new[3] * (bracket[high][0] - bracket[low][0]) >= 0:
+            bracket[high] = bracket[low]
+        bracket[low] = new
+    t, f, g, _ = bracket[low]
+    return f, g, t, evals
+
+
+def _lbfgs_path(x: Tensor, solver: SolverConfig):
+    """L-BFGS from the flat point ``x`` (torch's ``optim.LBFGS`` algorithm: the same steps and
+    evaluation budget of 1.25 per iteration, plus the convergence test of
+    :class:`SolverConfig`) as a coroutine (see ``Probe``); returns (point, stats)."""
     max_eval = solver.iterations * 5 // 4
     tol_grad, tol_change = solver.tolerance_grad, solver.tolerance_change
+    loss, g = yield x
+    evals = 1
+    if float(g.abs().max()) <= tol_grad:
+        return x, SolverStats(0, evals, "tolerance", loss, float(g.norm()))
+    dirs: list[Tensor] = []  # y = g_k+1 - g_k
+    steps: list[Tensor] = []  # s = x_k+1 - x_k
+    rho: list[float] = []
+    H_diag = 1.0
+    d = prev_g = None
+    t = 0.0
+    history = [loss]
+    n_iter, stop = 0, "iterations"
+    while n_iter < solver.iterations:
+        n_iter += 1
+        if n_iter == 1:
+            d = -g
+        else:
+            y, s = g - prev_g, d * t
+            ys = float(y.dot(s))
+            if ys > 1e-10:
+                if len(dirs) == solver.history:  # limited memory: forget the oldest pair
+                    del dirs[0], steps[0], rho[0]
+                dirs.append(y)
+                steps.append(s)
+                rho.append(1.0 / ys)
+                H_diag = ys / float(y.dot(y))
+            q = -g
+            alpha = [0.0] * len(dirs)
+            for i in range(len(dirs) - 1, -1, -1):
+                alpha[i] = float(steps[i].dot(q)) * rho[i]
+                q = q - alpha[i] * dirs[i]
+            d = q * H_diag
+            for i in range(len(dirs)):
+                beta = float(dirs[i].dot(d)) * rho[i]
+                d = d + (alpha[i] - beta) * steps[i]
+        prev_g, prev_loss = g, loss
+        t = min(1.0, 1.0 / float(g.abs().sum())) if n_iter == 1 else 1.0
+        gtd = float(g.dot(d))
+        if gtd > -tol_change:
+            stop = "tolerance"
+            break
+        loss, g, t, ls_evals = yield from _wolfe_search(x, d, t, loss, g, gtd, max_eval - evals, tol_change)
+        x = x + t * d
+        evals += ls_evals
+        history.append(loss)
+        if n_iter == solver.iterations:
+            break
+        if evals >= max_eval:
+            stop = "evaluations"
+            break
+        if (
+            float(g.abs().max()) <= tol_grad
+            or float((d * t).abs().max()) <= tol_change
+            or abs(loss - prev_loss) < tol_change
+        ):
+            stop = "tolerance"
+            break
+        if solver.gtol > 0 and float(g.norm()) <= solver.gtol:
+            stop = "converged: gradient"
+            break
+        if solver.ftol > 0 and len(history) > solver.window:
+            before = history[-1 - solver.window]
+            if before - loss <= solver.ftol * max(abs(before), abs(loss), 1e-12):
+                stop = "converged: loss"
+                break
+    return x, SolverStats(n_iter, evals, stop, loss, float(g.norm()))
 
-    def evaluate() -> tuple[float, Tensor]:  # loss and flat gradient at the current parameters
-        with torch.enable_grad():
-            loss = loss_fn()
-            grads = torch.autograd.grad(loss, params, allow_unused=True)
-        flat = torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(params, grads)])
-        return float(loss), flat
 
-    def add_step(t, d: Tensor) -> None:
+def lbfgs(params: Sequence[Tensor], loss_fn: Callable[[], Tensor], solver: SolverConfig) -> SolverStats:
+    """Minimise the scalar ``loss_fn()`` over ``params`` with L-BFGS (strong-Wolfe line search,
+    unit step); see :func:`_lbfgs_path`. The parameters end at the solution."""
+    if solver.iterations <= 0:
+        return SolverStats(0, 0, "none")
+    return lbfgs_per_body(params, lambda: loss_fn().reshape(1), solver, per_body=False)[0]
+
+
+def lbfgs_per_body(
+    params: Sequence[Tensor], losses_fn: Callable[[], Tensor], solver: SolverConfig, per_body: bool = True
+) -> list[SolverStats]:
+    """B independent problems solved together: ``losses_fn()`` returns the B per-body losses
+    (B,), body b's loss depending only on row b of every parameter (each (B, ...)). Each body
+    runs its own L-BFGS, exactly as it would alone; every evaluation is one batched call for
+    all B (a finished body is evaluated at its solution and ignored), which on a CPU costs far
+    less than B calls. ``per_body=False``: one problem over all parameters (loss summed).
+    Returns each body's :class:`SolverStats`; the parameters end at the solutions."""
+    params = list(params)
+    if solver.iterations <= 0:
+        return [SolverStats(0, 0, "none")] * (params[0].shape[0] if per_body else 1)
+    B = params[0].shape[0] if per_body else 1
+    if per_body and any(p.shape[0] != B for p in params):
+        raise ValueError(f"per-body solving needs every parameter's first axis to be the B={B} bodies")
+
+    def flat() -> Tensor:  # (B, n) current points
+        return torch.cat([p.detach().reshape(B, -1) for p in params], 1)
+
+    def place(X: Tensor) -> None:
         offset = 0
         for p in params:
-            p.add_(d[offset : offset + p.numel()].view_as(p), alpha=t)
-            offset += p.numel()
+            n = p[0].numel() if per_body else p.numel()
+            p.copy_(X[:, offset : offset + n].reshape(p.shape))
+            offset += n
 
-    def directional(x: list[Tensor], t, d: Tensor) -> tuple[float, Tensor]:  # the line search's probe
-        add_step(t, d)
-        out = evaluate()
-        for p, xp in zip(params, x):
-            p.copy_(xp)
-        return out
+    def evaluate() -> tuple[list[float], Tensor]:  # per-body losses and (B, n) gradients
+        with torch.enable_grad():
+            losses = losses_fn()
+            grads = torch.autograd.grad(losses.sum(), params, allow_unused=True)
+        G = torch.cat([(torch.zeros_like(p) if g is None else g).reshape(B, -1) for p, g in zip(params, grads)], 1)
+        return losses.detach().reshape(B).tolist(), G
 
+    X = flat()
+    paths = [_lbfgs_path(X[b], solver) for b in range(B)]
+    stats: list[SolverStats | None] = [None] * B
     with torch.no_grad():
-        loss, g = evaluate()
-        evals = 1
-        if g.abs().max() <= tol_grad:
-            return SolverStats(0, evals, "tolerance", loss, float(g.norm()))
-        dirs: list[Tensor] = []  # y = g_k+1 - g_k
-        steps: list[Tensor] = []  # s = x_k+1 - x_k
-        rho: list[Tensor] = []
-        H_diag = 1.0
-        d = prev_g = t = None
-        history = [loss]
-        n_iter, stop = 0, "iterations"
-        while n_iter < solver.iterations:
-            n_iter += 1
-            if n_iter == 1:
-                d = -g
-            else:
-                y, s = g - prev_g, d * t
-                ys = y.dot(s)
-                if ys > 1e-10:
-                    if len(dirs) == solver.history:  # limited memory: forget the oldest pair
-                        del dirs[0], steps[0], rho[0]
-                    dirs.append(y)
-                    steps.append(s)
-                    rho.append(1.0 / ys)
-                    H_diag = ys / y.dot(y)
-                q = -g
-                alpha = [None] * len(dirs)
-                for i in range(len(dirs) - 1, -1, -1):
-                    alpha[i] = steps[i].dot(q) * rho[i]
-                    q.add_(dirs[i], alpha=-alpha[i])
-                d = q * H_diag
-                for i in range(len(dirs)):
-                    beta = dirs[i].dot(d) * rho[i]
-                    d.add_(steps[i], alpha=alpha[i] - beta)
-            prev_g, prev_loss = g.clone(), loss
-            t = min(1.0, 1.0 / g.abs().sum()) if n_iter == 1 else 1.0
-            gtd = g.dot(d)
-            if gtd > -tol_change:
-                stop = "tolerance"
+        rows = [path.send(None) for path in paths]
+        while True:
+            place(torch.stack(rows))
+            losses, G = evaluate()
+            for b, path in enumerate(paths):
+                if stats[b] is not None:
+                    continue
+                try:
+                    rows[b] = path.send((losses[b], G[b]))
+                except StopIteration as done:
+                    rows[b], stats[b] = done.value
+            if all(st is not None for st in stats):
                 break
-            x0 = [p.clone() for p in params]
-            loss, g, t, ls_evals = _strong_wolfe(directional, x0, t, d, loss, g, gtd, max_ls=max_eval - evals)
-            add_step(t, d)
-            evals += ls_evals
-            history.append(loss)
-            if n_iter == solver.iterations:
-                break
-            if evals >= max_eval:
-                stop = "evaluations"
-                break
-            if g.abs().max() <= tol_grad or (d * t).abs().max() <= tol_change or abs(loss - prev_loss) < tol_change:
-                stop = "tolerance"
-                break
-            if solver.gtol > 0 and float(g.norm()) <= solver.gtol:
-                stop = "converged: gradient"
-                break
-            if solver.ftol > 0 and len(history) > solver.window:
-                before = history[-1 - solver.window]
-                if before - loss <= solver.ftol * max(abs(before), abs(loss), 1e-12):
-                    stop = "converged: loss"
-                    break
-    return SolverStats(n_iter, evals, stop, loss, float(g.norm()))
+        place(torch.stack(rows))
+    return stats
 
 
 class BodyFit:
@@ -520,12 +649,21 @@ class BodyFit:
             total = total + self._shape_term().sum()
         return total
 
-    def solve(self, terms: Sequence[DataTerm], solver: SolverConfig = SolverConfig()) -> int:
+    def solve(self, terms: Sequence[DataTerm], solver: SolverConfig = SolverConfig(), per_body: bool = False) -> int:
         """Run the solver on ``terms``; returns its iterations (:attr:`stats` keeps each run's
-        :class:`SolverStats`)."""
-        stats = lbfgs(self.params, lambda: self.objective(terms), solver)
-        self.stats.append(stats)
-        return stats.iterations
+        :class:`SolverStats`). ``per_body``: each body is its own problem with its own L-BFGS
+        (bodies that share nothing, e.g. independent frames), evaluated together
+        (:func:`lbfgs_per_body`); the run's stats are then a list, one per body, and the
+        iterations returned the most any body ran."""
+        if not per_body:
+            stats = lbfgs(self.params, lambda: self.objective(terms), solver)
+            self.stats.append(stats)
+            return stats.iterations
+        if self.shared_betas and self.optimize_betas:
+            raise ValueError("bodies sharing one shape are one problem: solve them with per_body=False")
+        per = lbfgs_per_body(self.params, lambda: self.losses(terms), solver)
+        self.stats.append(per)
+        return max(st.iterations for st in per)
 
 
 # ------------------------------------------------------------------------------------------
@@ -540,6 +678,7 @@ def fit_body(
     prev_pose_rotvecs: Tensor | None = None,
     independent_views: bool = False,
     extra_terms: Sequence[DataTerm] = (),
+    independent_frames: bool = False,
 ) -> FitResult:
     """Fit pose (and root translation, optionally shape) to 2D targets in all views.
 
@@ -547,7 +686,10 @@ def fit_body(
     frames and the rig's V views; prev_pose_rotvecs (B, 24, 3) for the temporal term. With
     ``independent_views`` every view gets its own body (returned pose/transl/betas have shape
     (B, V, ...)). extra_terms: more data terms (e.g. :mod:`mvcap.cues`' keypoints and
-    silhouettes) added to the objective; joint fits only.
+    silhouettes) added to the objective; joint fits only. ``independent_frames``: the B frames
+    share nothing (no temporal term between them), so each gets its own L-BFGS, exactly as if
+    fitted alone, while every loss evaluation is one batched call (see
+    :func:`lbfgs_per_body`); otherwise one L-BFGS runs over all frames' summed losses.
     """
     t0 = time.perf_counter()
     B, V = targets.uv.shape[:2]
@@ -632,7 +774,7 @@ def fit_body(
         data = (w_norm * (sq / (gm_scale + sq))).sum(-1)  # (B, V)
         return data.reshape(B * V) if independent_views else data.sum(-1)
 
-    n_iter = fit.solve([reprojection, *extra_terms], cfg.solver)
+    n_iter = fit.solve([reprojection, *extra_terms], cfg.solver, per_body=independent_frames)
 
     with torch.no_grad():
         loss = fit.losses([reprojection])
@@ -645,5 +787,12 @@ def fit_body(
         pose, transl, betas_out = fit.pose_rotvecs(), fit.transl(), fit.betas()
         if independent_views:
             pose, transl, betas_out = (x.view(B, V, *x.shape[1:]) for x in (pose, transl, betas_out))
-    evaluations = sum(st.evaluations for st in fit.stats)
-    return FitResult(pose, betas_out, transl, loss, residual, n_iter, time.perf_counter() - t0, evaluations)
+    frame_iterations: tuple[int, ...] = ()
+    if independent_frames:  # one stats entry per body; with independent views B*V bodies
+        per = [st.iterations for st in fit.stats[-1]]
+        frame_iterations = tuple(max(per[b * V : (b + 1) * V]) for b in range(B)) if independent_views else tuple(per)
+        evaluations = max(st.evaluations for st in fit.stats[-1])
+    else:
+        evaluations = sum(st.evaluations for st in fit.stats)
+    seconds = time.perf_counter() - t0
+    return FitResult(pose, betas_out, transl, loss, residual, n_iter, seconds, evaluations, frame_iterations)

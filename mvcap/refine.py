@@ -23,7 +23,7 @@ import re
 import time
 import warnings
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mvcap.body import BodyModel, BodyParams, load_body_model
+from mvcap.body import BodyModel, BodyOutput, BodyParams, load_body_model
 from mvcap.cameras import Rig, project, undistort_points
 from mvcap.correspond import splat_to_vertices
 from mvcap.cues import (
@@ -65,7 +65,7 @@ from mvcap.evidence import (
     view_evidence,
     weighted_cost,
 )
-from mvcap.fit import FitConfig, Targets, fit_body
+from mvcap.fit import FitConfig, FitResult, Targets, fit_body
 from mvcap.fuse import fuse_bodies
 from mvcap.render import canvas_size, pad_views, render, undistort_images
 from mvcap.subject import Subject
@@ -140,6 +140,9 @@ class RefineConfig:
     appearance: str = "subject"
     threads: int = 1  # torch threads for the fit; 0 = torch's default. The fit's tensors are
     # small: more threads barely help and spin-wait badly when the cores are shared.
+    # independent frames (init="session", no temporal term) refined together, each with its
+    # own rounds and solver, their fits batched (see refine_frames); 1 = one at a time
+    frame_batch: int = 8
     fit: FitConfig = field(default_factory=FitConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
     cues: CueConfig = field(default_factory=CueConfig)  # keypoints, silhouettes, view trust, guard
@@ -159,6 +162,8 @@ class RefineConfig:
         _check_appearance(self.appearance)
         if self.outer_iterations < 1:
             raise ValueError(f"outer_iterations must be >= 1, got {self.outer_iterations}")
+        if self.frame_batch < 1:
+            raise ValueError(f"frame_batch must be >= 1 (1 = frames one at a time), got {self.frame_batch}")
 
 
 #: FrameResult.status: "done" (refined), "kept" (no round agreed better with the evidence
@@ -410,6 +415,72 @@ def _field_checker(model: BodyModel, rig: Rig, evidence, definition, cues: CueCo
     return check
 
 
+@dataclass(frozen=True)
+class _FitRequest:
+    """One fit a frame's refinement asks for (see :func:`_refine_steps`): the arguments of
+    :func:`~mvcap.fit.fit_body` that differ between frames."""
+
+    current: BodyParams
+    targets: Targets
+    prev: Tensor | None
+    extra: tuple
+    independent_views: bool
+
+
+def _fit(model: BodyModel, pinhole: Rig, cfg: RefineConfig, req: _FitRequest) -> FitResult:
+    # re-assert torch's thread count here: numba's OpenMP layer (the renderer) resets
+    # the process-wide OpenMP setting that torch reads
+    with torch_threads(cfg.threads):
+        return fit_body(model, pinhole, req.current, req.targets, cfg.fit, req.prev,
+                        independent_views=req.independent_views, extra_terms=req.extra)  # fmt: skip
+
+
+def _frame_rows(terms: Sequence, b: int) -> Callable:
+    """Frame b's data terms (each ``posed -> (1,)``) as a term on row b of a batch's body."""
+
+    def term(posed) -> Tensor:
+        row = BodyOutput(posed.vertices[b : b + 1], posed.joints[b : b + 1], posed.rotmats_world[b : b + 1])
+        return sum(t(row) for t in terms).reshape(1)
+
+    return term
+
+
+def _fit_frames(model: BodyModel, pinhole: Rig, cfg: RefineConfig, reqs: list[_FitRequest]) -> list[FitResult]:
+    """The joint fits of several independent frames (no temporal term) as one batched fit in
+    which each frame keeps its own solver (``fit_body(independent_frames=True)``); returns one
+    result per frame, as :func:`_fit` would (up to floating-point rounding)."""
+    n = len(reqs)
+    current = BodyParams(
+        *(np.concatenate([getattr(r.current, k) for r in reqs]) for k in ("pose_rotvecs", "betas", "transl"))
+    )
+    targets = Targets(torch.cat([r.targets.uv for r in reqs]), torch.cat([r.targets.weight for r in reqs]),
+                      points="vertices", distorted=False)  # fmt: skip
+    extra = []
+    if any(r.extra for r in reqs):
+        rows = [_frame_rows(r.extra, b) if r.extra else None for b, r in enumerate(reqs)]
+
+        def per_frame(posed) -> Tensor:
+            zero = posed.vertices.new_zeros(1)
+            return torch.cat([zero if row is None else row(posed) for row in rows])
+
+        extra = [per_frame]
+    with torch_threads(cfg.threads):
+        res = fit_body(model, pinhole, current, targets, cfg.fit, None, extra_terms=extra, independent_frames=True)
+    return [
+        FitResult(
+            res.pose_rotvecs[b : b + 1],
+            res.betas[b : b + 1],
+            res.transl[b : b + 1],
+            res.loss[b : b + 1],
+            res.residual_px[b : b + 1],
+            res.frame_iterations[b],
+            res.seconds / n,
+            res.evaluations,
+        )  # fmt: skip
+        for b in range(n)
+    ]
+
+
 def refine_frame(
     model: BodyModel,
     rig: Rig,
@@ -422,7 +493,98 @@ def refine_frame(
     evidence: list[ViewEvidence | None] | None = None,
     definition=None,
 ) -> FrameResult:
-    """Refine one frame.
+    """Refine one frame (arguments: see :func:`_refine_steps`)."""
+    steps = _refine_steps(model, rig, photos, init, predictor, cfg, appearance, prev_pose_rotvecs, evidence, definition)
+    pinhole = rig.without_distortion()
+    try:
+        req = next(steps)
+        while True:
+            req = steps.send(_fit(model, pinhole, cfg, req))
+    except StopIteration as done:
+        return done.value
+
+
+@dataclass(frozen=True)
+class FrameInput:
+    """One frame for :func:`refine_frames`: photos (V, H, W, 3) uint8 (undistorted), its
+    initial estimate (1 frame) and the detector's evidence (None without detections)."""
+
+    photos: np.ndarray
+    init: BodyParams
+    evidence: list[ViewEvidence | None] | None = None
+
+
+def refine_frames(
+    model: BodyModel,
+    rig: Rig,
+    frames: Sequence[FrameInput],
+    predictor: DisplacementPredictor,
+    cfg: RefineConfig = RefineConfig(),
+    appearance: Appearance = Appearance(),
+    definition=None,
+) -> list[FrameResult | Exception]:
+    """Refine independent frames together (no temporal term, each from its own estimate).
+
+    Each frame goes through exactly the steps of :func:`refine_frame` (its rounds, guard and
+    solver are its own); what is shared is the fit's arithmetic: the frames' joint fits of one
+    round run as one batched fit, which on a CPU costs a fraction of the fits one by one (the
+    fit's small tensor operations are bound by per-operation overhead). Results equal
+    :func:`refine_frame`'s up to floating-point rounding. Returns per frame its
+    :class:`FrameResult`, or the exception that frame raised (the others go on).
+    """
+    pinhole = rig.without_distortion()
+    steps = [_refine_steps(model, rig, f.photos, f.init, predictor, cfg, appearance, None, f.evidence, definition)
+             for f in frames]  # fmt: skip
+    out: list = [None] * len(steps)
+    pending: dict[int, _FitRequest] = {}
+
+    def advance(i: int, value=None, exc: Exception | None = None) -> None:  # run frame i to its next fit
+        try:
+            pending[i] = steps[i].send(value) if exc is None else steps[i].throw(exc)
+        except StopIteration as done:
+            out[i] = done.value
+        except Exception as err:  # one bad frame must not end the others
+            out[i] = err
+
+    for i in range(len(steps)):
+        advance(i)
+    while pending:
+        reqs, pending = pending, {}
+        together = [i for i, r in reqs.items() if not r.independent_views and r.prev is None]
+        results: dict[int, FitResult] = {}
+        if len(together) > 1:
+            try:
+                results = dict(zip(together, _fit_frames(model, pinhole, cfg, [reqs[i] for i in together])))
+            except Exception as err:  # fit them one by one below, so an error lands on its own frame
+                log.warning("the batched fit of %d frames failed (%s: %s); fitting them one by one",
+                            len(together), type(err).__name__, err)  # fmt: skip
+                results = {}
+        for i, req in reqs.items():
+            if i not in results:
+                try:
+                    results[i] = _fit(model, pinhole, cfg, req)
+                except Exception as err:
+                    advance(i, exc=err)
+                    continue
+            advance(i, results[i])
+    return out
+
+
+def _refine_steps(
+    model: BodyModel,
+    rig: Rig,
+    photos: np.ndarray,
+    init: BodyParams,
+    predictor: DisplacementPredictor,
+    cfg: RefineConfig = RefineConfig(),
+    appearance: Appearance = Appearance(),
+    prev_pose_rotvecs: Tensor | None = None,
+    evidence: list[ViewEvidence | None] | None = None,
+    definition=None,
+):
+    """Refine one frame, as a coroutine: it yields each :class:`_FitRequest` and is sent the
+    fit's :class:`~mvcap.fit.FitResult`; it returns the :class:`FrameResult`. Driven by
+    :func:`refine_frame` (one frame) and :func:`refine_frames` (fits batched across frames).
 
     rig: the (possibly restricted) rig; photos: (V, H, W, 3) uint8 already undistorted into
     the pinhole image space (see :func:`mvcap.render.undistort_images`); init: the frame's
@@ -434,7 +596,16 @@ def refine_frame(
     are trusted by their agreement, and a round's update is kept only when it agrees better
     with that evidence than the estimate before it (``cfg.cues``).
     """
-    t0 = time.perf_counter()
+    # this frame's own seconds: its work between fits plus its share of each (batched) fit
+    clock = {"spent": 0.0, "since": time.perf_counter()}
+
+    def fit(req: _FitRequest):
+        clock["spent"] += time.perf_counter() - clock["since"]
+        res = yield req
+        clock["spent"] += res.seconds
+        clock["since"] = time.perf_counter()
+        return res
+
     if len(init) != 1:
         raise ValueError(f"refine_frame refines one frame; init has {len(init)} (slice it: init[t])")
     pinhole = rig.without_distortion()
@@ -525,16 +696,12 @@ def refine_frame(
         if len(live) == 1:  # one camera sees the body's depth poorly: hold it to the init
             hold = depth_hold_term(pinhole, live[0], joints_init, cues)
             extra += [hold] if hold is not None else []
-        # re-assert torch's thread count here: numba's OpenMP layer (the renderer) resets
-        # the process-wide OpenMP setting that torch reads
         if cfg.fusion == "joint" or len(live) == 1:
-            with torch_threads(cfg.threads):
-                res = fit_body(model, pinhole, current, targets, cfg.fit, prev, extra_terms=extra)
+            res = yield from fit(_FitRequest(current, targets, prev, tuple(extra), False))
             new_pose, new_transl = res.pose_rotvecs[0], res.transl[0]
             new_residual = res.residual_px[0]
         else:
-            with torch_threads(cfg.threads):
-                res = fit_body(model, pinhole, current, targets, cfg.fit, prev, independent_views=True)
+            res = yield from fit(_FitRequest(current, targets, prev, (), True))
             jw = _joint_visibility_weights(model, weight)  # (V, 24)
             active = jw.sum(-1) > 0
             fused_pose, fused_t = fuse_bodies(
@@ -604,7 +771,7 @@ def refine_frame(
         transl.detach().numpy(),
         residual.numpy(),
         iterations,
-        time.perf_counter() - t0,
+        clock["spent"] + time.perf_counter() - clock["since"],
         tuple(rig.names[v] for v in sorted(skipped_all)),
         status,
         tuple(notes),
@@ -776,9 +943,8 @@ def refine_task(
                 rejected = True
                 candidate = start
         start = candidate
-    if not (np.isfinite(start.pose_rotvecs).all() and np.isfinite(start.transl).all()):
-        reason = "no initial estimate (no person found / init not run for this frame)"
-        return FrameOutcome(t, None, reason, True, rejected, views)
+    if not _has_estimate(start):
+        return _no_estimate(t, rejected, views)
     if predictor is None:
         with torch.no_grad():
             predictor = OraclePredictor(model(**task.gt.to_torch()).vertices[0])
@@ -787,11 +953,60 @@ def refine_task(
         res = refine_frame(model, inputs.rig, inputs.photos, start, predictor, cfg, appearance, prev_pose,
                            evidence, definition)  # fmt: skip
     except Exception as exc:  # one bad frame must not end a long run
+        res = exc
+    return _outcome(t, res, rejected, views, catch)
+
+
+def _has_estimate(init: BodyParams) -> bool:
+    return bool(np.isfinite(init.pose_rotvecs).all() and np.isfinite(init.transl).all())
+
+
+def _no_estimate(t: int, rejected: bool, views: tuple[str, ...]) -> FrameOutcome:
+    reason = "no initial estimate (no person found / init not run for this frame)"
+    return FrameOutcome(t, None, reason, True, rejected, views)
+
+
+def _outcome(t: int, res: FrameResult | Exception, rejected: bool, views: tuple[str, ...], catch: bool) -> FrameOutcome:
+    """A refined frame's outcome; ``res`` an exception the frame raised (re-raised unless
+    ``catch``)."""
+    if isinstance(res, Exception):
         if not catch:
-            raise
-        return FrameOutcome(t, None, f"refinement failed: {type(exc).__name__}: {exc}", False, rejected, views)
+            raise res
+        return FrameOutcome(t, None, f"refinement failed: {type(res).__name__}: {res}", False, rejected, views)
     failure = f"{res.status}: {'; '.join(res.notes)}" if res.failed else ""
     return FrameOutcome(t, res, failure, False, rejected, views)
+
+
+def refine_tasks(
+    model: BodyModel,
+    tasks: Sequence[FrameTask],
+    predictor: DisplacementPredictor | None,
+    cfg: RefineConfig,
+    appearance: Appearance = Appearance(),
+    definition=None,
+    catch: bool = True,
+) -> list[FrameOutcome]:
+    """Refine independent frame tasks of one session together (:func:`refine_frames`): each
+    outcome as :func:`refine_task` gives it with no previous frame. With the oracle predictor
+    (None), a single task or frames that need the previous result, one after another."""
+    views = tuple(tasks[0].inputs.rig.names) if tasks else ()
+    if (
+        predictor is None
+        or len(tasks) < 2
+        or needs_previous(cfg)
+        or any(tuple(task.inputs.rig.names) != views for task in tasks)
+    ):
+        return [refine_task(model, task, predictor, cfg, appearance, definition, None, catch) for task in tasks]
+    ready = [task for task in tasks if _has_estimate(task.inputs.init)]
+    frames = [FrameInput(task.inputs.photos, task.inputs.init, task.evidence) for task in ready]
+    done = refine_frames(model, tasks[0].inputs.rig, frames, predictor, cfg, appearance, definition)
+    results = {task.t: res for task, res in zip(ready, done)}
+    return [
+        _outcome(task.t, results[task.t], False, views, catch)
+        if task.t in results
+        else _no_estimate(task.t, False, views)
+        for task in tasks
+    ]
 
 
 def record_outcome(writer, out: FrameOutcome, num_views: int, view_idx: list[int], failures: list | None,
@@ -877,13 +1092,23 @@ def refine_session(
         for key in ("kept", "previous_rejected"):
             events.setdefault(key, [])
         shared_predictor = None if cfg.predictor == "oracle" else make_predictor(cfg.predictor, cfg)
-        bar = tqdm(run.todo, desc=f"refine {run_name}", unit="frame", disable=not progress)
-        for t in bar:
-            out = refine_task(model, run.read_task(t), shared_predictor, cfg, run.appearance, run.definition,
-                              run.known.get(t - 1), catch=failures is not None)  # fmt: skip
-            if run.record(out, failures, events):
-                res = out.result
-                bar.set_postfix(res_px=f"{np.nanmean(res.residual_px):.2f}", s=f"{res.seconds:.1f}")
+        catch = failures is not None
+        together = 1 if shared_predictor is None or needs_previous(cfg) else cfg.frame_batch
+        with tqdm(total=len(run.todo), desc=f"refine {run_name}", unit="frame", disable=not progress) as bar:
+            for k in range(0, len(run.todo), together):
+                chunk = run.todo[k : k + together]
+                if len(chunk) == 1:
+                    t = chunk[0]
+                    outs = [refine_task(model, run.read_task(t), shared_predictor, cfg, run.appearance,
+                                        run.definition, run.known.get(t - 1), catch=catch)]  # fmt: skip
+                else:  # each frame is written as soon as its batch is done
+                    tasks = [run.read_task(t) for t in chunk]
+                    outs = refine_tasks(model, tasks, shared_predictor, cfg, run.appearance, run.definition, catch)
+                for out in outs:
+                    if run.record(out, failures, events):
+                        res = out.result
+                        bar.set_postfix(res_px=f"{np.nanmean(res.residual_px):.2f}", s=f"{res.seconds:.1f}")
+                    bar.update(1)
         return run.session.read_results(run_name)
 
 

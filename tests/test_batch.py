@@ -83,9 +83,12 @@ def test_two_local_workers_match_sequential_runs_and_resume(tiny_session_path, d
     dep = _take(tmp_path / "take2", detected_session_path, f'init = "previous"\n{fast}\nw_temporal = 1e-3')
     cfg_ind, cfg_dep = load_run_config(ind)[0].refine, load_run_config(dep)[0].refine
     assert not needs_previous(cfg_ind) and needs_previous(cfg_dep)
-    # the sequential references, on copies
-    ref_ind = refine_session(_copy(tiny_session_path, tmp_path / "r1.h5"), "x", cfg_ind, model=body_model,
-                             progress=False)  # fmt: skip
+    # the sequential references, on copies; the independent take's frames as the batch gets
+    # them: frame 1 first (the interrupted run), then 0 and 2 refined together (frame_batch)
+    assert cfg_ind.frame_batch > 1
+    r1 = _copy(tiny_session_path, tmp_path / "r1.h5")
+    refine_session(r1, "x", cfg_ind, frames=[1], model=body_model, progress=False)
+    ref_ind = refine_session(r1, "x", cfg_ind, model=body_model, progress=False)
     ref_dep = refine_session(_copy(detected_session_path, tmp_path / "r2.h5"), "x", cfg_dep, model=body_model,
                              progress=False)  # fmt: skip
     partial = refine_session(ind.parent / "session.h5", "main", cfg_ind, frames=[1], model=body_model,

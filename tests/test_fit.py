@@ -217,3 +217,46 @@ def test_lean_rotation_conversions_match_roma():
     w = torch.zeros(2, 3, dtype=torch.float64, requires_grad=True)  # fits start at delta = 0
     assert torch.autograd.gradcheck(_so3_exp, (w,))
     assert torch.autograd.gradcheck(lambda r: _so3_log(_so3_exp(r)), (rv[:3].clone().requires_grad_(True),))
+
+
+def _rosenbrock_rows(X):  # (B, 4) -> (B,) one Rosenbrock problem per row
+    return (100 * (X[:, 1::2] - X[:, ::2] ** 2) ** 2 + (1 - X[:, ::2]) ** 2).sum(-1)
+
+
+def test_per_body_lbfgs_runs_each_body_as_if_alone():
+    from mvcap.fit import SolverConfig, lbfgs, lbfgs_per_body
+
+    # the third body starts at its minimum: it stops at once while the others go on
+    starts = torch.tensor([[-1.2, 1.0, -0.5, 0.8], [0.5, 0.5, 2.0, -1.0], [1.0, 1.0, 1.0, 1.0]], dtype=torch.float64)
+    solver = SolverConfig(iterations=30, history=5, ftol=1e-10)
+    X = starts.clone().requires_grad_()
+    together = lbfgs_per_body([X], lambda: _rosenbrock_rows(X), solver)
+    for b in range(3):
+        x = starts[b : b + 1].clone().requires_grad_()
+        alone = lbfgs([x], lambda x=x: _rosenbrock_rows(x)[0], solver)
+        assert together[b] == alone  # the same iterations, evaluations, stop and final loss
+        assert torch.equal(X[b].detach(), x[0].detach())
+    assert together[2].iterations == 0 and together[0].iterations > 10
+    with pytest.raises(ValueError, match="first axis"):
+        lbfgs_per_body([X, torch.zeros(2, requires_grad=True)], lambda: _rosenbrock_rows(X), solver)
+
+
+def test_independent_frames_fit_as_if_each_alone(body_model):
+    scenes = [_scene(body_model, seed=s) for s in (11, 12)]
+    inits, targets = [], []
+    for gt_pose, betas, gt_t, init_pose, init_t in scenes:
+        with torch.no_grad():
+            uv = project(RIG, body_model(gt_pose, betas, gt_t).vertices[0]).float()[None]
+        inits.append(BodyParams(init_pose, betas, init_t))
+        targets.append(Targets(uv, torch.ones(uv.shape[:-1])))
+    cfg = FitConfig(iterations=15)
+    alone = [fit_body(body_model, RIG, i, t, cfg) for i, t in zip(inits, targets)]
+    init = BodyParams(*(np.concatenate([getattr(i, k) for i in inits]) for k in ("pose_rotvecs", "betas", "transl")))
+    target = Targets(torch.cat([t.uv for t in targets]), torch.cat([t.weight for t in targets]))
+    both = fit_body(body_model, RIG, init, target, cfg, independent_frames=True)
+    assert both.frame_iterations == tuple(a.iterations for a in alone)
+    for b, a in enumerate(alone):  # the same path up to float rounding of the batched arithmetic
+        torch.testing.assert_close(both.pose_rotvecs[b], a.pose_rotvecs[0], atol=1e-4, rtol=0)
+        torch.testing.assert_close(both.transl[b], a.transl[0], atol=1e-4, rtol=0)  # 0.1 mm
+    joint = fit_body(body_model, RIG, init, target, cfg)
+    assert joint.frame_iterations == ()  # one solver over both frames' summed losses

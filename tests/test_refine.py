@@ -155,3 +155,43 @@ def test_appearance_render_kwargs(body_model, tiny_session):
     app = subject_appearance(body_model, subject)
     assert app.textured and set(app.render_kwargs()) == {"texture", "uvs", "uv_faces"}
     assert not Appearance().textured and Appearance().render_kwargs() == {}
+
+
+@pytest.mark.parametrize("evidence", [False, True], ids=["dense only", "with the detector's cues"])
+def test_frames_refined_together_match_one_by_one(body_model, tiny_session_path, detected_session_path, tmp_path,
+                                                  evidence):  # fmt: skip
+    """frame_batch: each frame keeps its own rounds, guard and solver; only the fits' arithmetic
+    is batched, so the results are those of frames refined one at a time, up to rounding (one
+    round: a later round's flow, computed on a render of a slightly different body, amplifies
+    rounding differences, as a different thread count does)."""
+    import shutil
+
+    src = detected_session_path if evidence else tiny_session_path
+    cfg = dataclasses.replace(FAST, predictor="flow", outer_iterations=1, fit=FitConfig(iterations=12))
+    runs = {}
+    for batch in (1, 3):
+        path = shutil.copy(src, tmp_path / f"b{batch}.h5")
+        runs[batch] = refine_session(path, "r", dataclasses.replace(cfg, frame_batch=batch), model=body_model,
+                                     progress=False)  # fmt: skip
+    one, three = runs[1], runs[3]
+    assert one.done.all() and three.done.all()
+    np.testing.assert_array_equal(one.iterations, three.iterations)
+    np.testing.assert_allclose(three.pose_rotvecs, one.pose_rotvecs, atol=1e-4)
+    np.testing.assert_allclose(three.transl, one.transl, atol=1e-4)  # 0.1 mm
+
+
+def test_a_failing_frame_does_not_stop_the_frames_refined_with_it(body_model, tiny_session):
+    from mvcap.refine import FrameInput, estimate_appearance, load_frame_inputs, make_predictor, refine_frames
+
+    cfg = dataclasses.replace(FAST, predictor="flow", outer_iterations=1, fit=FitConfig(iterations=5))
+    with Session.open(tiny_session) as s:
+        inputs = [load_frame_inputs(s, t) for t in range(3)]
+        appearance = estimate_appearance(body_model, s.subject)
+    frames = [FrameInput(x.photos, x.init) for x in inputs]
+    two = inputs[1].init
+    frames[1] = FrameInput(
+        inputs[1].photos, BodyParams(*(np.concatenate([x, x]) for x in (two.pose_rotvecs, two.betas, two.transl)))
+    )
+    out = refine_frames(body_model, inputs[0].rig, frames, make_predictor("flow", cfg), cfg, appearance)
+    assert isinstance(out[1], ValueError) and "one frame" in str(out[1])
+    assert out[0].status == "done" and out[2].status == "done"
