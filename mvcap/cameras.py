@@ -264,6 +264,28 @@ class Rig:
             cams.append(replace(c, K=K, image_size=tuple(image_size)))
         return Rig(tuple(cams))
 
+    def cropped(self, boxes: np.ndarray, sizes: np.ndarray) -> Rig:
+        """Each camera seeing only a box of its image, resampled to a new size: boxes (V, 4)
+        x0, y0, w, h pixels (the box's pixels x0..x0+w-1, y0..y0+h-1), sizes (V, 2) the new
+        (width, height). Pixel centres keep the convention of :meth:`with_image_size`:
+        u' + 0.5 = s (u - x0 + 0.5) with s = new width / w (likewise v)."""
+        boxes, sizes = np.asarray(boxes, np.int64), np.asarray(sizes, np.int64)
+        if boxes.shape != (len(self), 4) or sizes.shape != (len(self), 2):
+            raise ValueError(f"boxes must be ({len(self)}, 4) and sizes ({len(self)}, 2), "
+                             f"got {boxes.shape} and {sizes.shape}")  # fmt: skip
+        if (boxes[:, 2:] < 1).any() or (sizes < 1).any():
+            raise ValueError("crop boxes and sizes must be at least 1 pixel wide and high")
+        cams = []
+        for c, (x0, y0, w, h), (W, H) in zip(self.cameras, boxes, sizes):
+            sx, sy = W / w, H / h
+            K = c.K.copy()
+            K[0] *= sx
+            K[1] *= sy
+            K[0, 2] = sx * (c.K[0, 2] - x0 + 0.5) - 0.5
+            K[1, 2] = sy * (c.K[1, 2] - y0 + 0.5) - 0.5
+            cams.append(replace(c, K=K, image_size=(int(W), int(H))))
+        return Rig(tuple(cams))
+
     def without_distortion(self) -> Rig:
         """The same rig with zero lens distortion (the undistorted pinhole image space)."""
         return Rig(tuple(replace(c, dist=np.zeros(5)) for c in self.cameras))

@@ -140,6 +140,11 @@ class RefineConfig:
     appearance: str = "subject"
     threads: int = 1  # torch threads for the fit; 0 = torch's default. The fit's tensors are
     # small: more threads barely help and spin-wait badly when the cores are shared.
+    # render the estimate only in a window around the body in each view, at most this many
+    # pixels on its longer side: -1 = the predictor's choice (the learned network: 4x its crop
+    # size; flow: native), 0 = native resolution; render_window = false: the whole image
+    render_window: bool = True
+    render_max_side: int = -1
     # independent frames (init="session", no temporal term) refined together, each with its
     # own rounds and solver, their fits batched (see refine_frames); 1 = one at a time
     frame_batch: int = 8
@@ -162,6 +167,10 @@ class RefineConfig:
         _check_appearance(self.appearance)
         if self.outer_iterations < 1:
             raise ValueError(f"outer_iterations must be >= 1, got {self.outer_iterations}")
+        if self.render_max_side < -1:
+            raise ValueError(
+                f"render_max_side must be -1 (the predictor's), 0 (native) or a size, got {self.render_max_side}"
+            )
         if self.frame_batch < 1:
             raise ValueError(f"frame_batch must be >= 1 (1 = frames one at a time), got {self.frame_batch}")
 
@@ -267,6 +276,65 @@ def estimate_appearance(model: BodyModel, subject: Subject | None, mode: str = "
     return subject_appearance(model, perturbed)
 
 
+@dataclass(frozen=True)
+class ViewWindows:
+    """Per view, the box of the image the estimate is rendered in and the size it is rendered
+    at (:func:`view_windows`): boxes (V, 4) int x0, y0, w, h image pixels; sizes (V, 2) int
+    (width, height) of the render."""
+
+    boxes: np.ndarray
+    sizes: np.ndarray
+
+    def rig(self, pinhole: Rig) -> Rig:
+        """The cameras that see only their window (see :meth:`Rig.cropped`)."""
+        return pinhole.cropped(self.boxes, self.sizes)
+
+    def to_image(self, uv: Tensor) -> Tensor:
+        """(V, N, 2) window pixels -> image pixels."""
+        box = torch.as_tensor(self.boxes, dtype=uv.dtype)
+        scale = torch.as_tensor(self.sizes, dtype=uv.dtype) / box[:, 2:]
+        return (uv + 0.5) / scale[:, None] + box[:, None, :2] - 0.5
+
+    def crop(self, photos: np.ndarray) -> np.ndarray:
+        """Photos (V, H, W, 3) -> each view's window at its render size, on a common canvas."""
+        import cv2
+
+        out = []
+        for photo, (x0, y0, w, h), (W, H) in zip(photos, self.boxes, self.sizes):
+            part = photo[y0 : y0 + h, x0 : x0 + w]
+            out.append(part if (W, H) == (w, h) else cv2.resize(part, (int(W), int(H)), interpolation=cv2.INTER_AREA))
+        return pad_views(out)
+
+
+def view_windows(rig: Rig, vertices_world: Tensor, max_side: int = 0, margin: float = 0.15,
+                 margin_px: int = 48) -> ViewWindows:  # fmt: skip
+    """Where to render the estimate in each view: the box around the body's projection, grown
+    by ``margin`` of its longer side plus ``margin_px`` (room for the displacements) and kept
+    inside the image, rendered at the box's own resolution or, with ``max_side`` > 0, scaled
+    down so its longer side is at most that. A view that sees none of the body keeps its whole
+    image. Rendering costs then follow the person's size in the image, not the image's."""
+    points = vertices_world.detach().double().cpu().numpy()
+    boxes, sizes = [], []
+    for cam in rig:
+        W, H = cam.width, cam.height
+        box = (0, 0, W, H)
+        xyz = points @ cam.R_world2cam.T + cam.t_world2cam
+        xyz = xyz[xyz[:, 2] > 1e-6]
+        if len(xyz):
+            uv = (xyz / xyz[:, 2:]) @ cam.K.T
+            lo, hi = uv[:, :2].min(0), uv[:, :2].max(0)
+            grow = margin * float((hi - lo).max()) + margin_px
+            x0, y0 = (max(0, int(np.floor(a - grow))) for a in lo)
+            x1, y1 = min(W, int(np.ceil(hi[0] + grow)) + 1), min(H, int(np.ceil(hi[1] + grow)) + 1)
+            if x1 > x0 and y1 > y0:
+                box = (x0, y0, x1 - x0, y1 - y0)
+        w, h = box[2:]
+        s = min(1.0, max_side / max(w, h)) if max_side > 0 else 1.0
+        boxes.append(box)
+        sizes.append((max(1, round(w * s)), max(1, round(h * s))))
+    return ViewWindows(np.array(boxes, np.int64), np.array(sizes, np.int64))
+
+
 def estimate_request(
     model: BodyModel,
     pinhole: Rig,
@@ -274,11 +342,17 @@ def estimate_request(
     vertices_world: Tensor,
     appearance: Appearance = Appearance(),
     template=None,
+    windows: ViewWindows | None = None,
 ) -> PredictRequest:
     """Render what predictors see of the estimate (``ESTIMATE_PASSES`` with ``appearance``, see
     :func:`estimate_appearance`) and pair it with the undistorted photos (V, H, W, 3).
-    vertices_world (N, 3); template (N, 3) rest-pose vertices (default: the mean shape's)."""
+    vertices_world (N, 3); template (N, 3) rest-pose vertices (default: the mean shape's).
+    windows: render only these windows of the views (:func:`view_windows`): the request's rig
+    and photos are then the windows' (predictions in window pixels; see
+    :meth:`ViewWindows.to_image`)."""
     template = model.template_vertices()[0] if template is None else template
+    if windows is not None:
+        pinhole, photos = windows.rig(pinhole), windows.crop(photos)
     fragments, passes = render(
         pinhole,
         vertices_world,
@@ -642,12 +716,19 @@ def _refine_steps(
         with torch.no_grad():
             posed = model(pose[None], betas[None], transl[None])
             vertices_world = posed.vertices[0]
-        req = estimate_request(model, pinhole, photos, vertices_world, appearance, template)
-        fragments = req.fragments
-        disp = _round_predictor(predictor, r)(req)
+        round_predictor = _round_predictor(predictor, r)
+        windows = None
+        if cfg.render_window:
+            side = cfg.render_max_side
+            side = getattr(round_predictor, "render_max_side", 0) if side < 0 else side
+            windows = view_windows(pinhole, vertices_world, side)
+        req = estimate_request(model, pinhole, photos, vertices_world, appearance, template, windows)
+        disp = round_predictor(req)
         uv_target, weight, skipped = _vertex_targets(
-            pinhole, vertices_world, disp.flow, disp.confidence, fragments, faces, cfg.min_visible_vertices
+            req.rig, vertices_world, disp.flow, disp.confidence, req.fragments, faces, cfg.min_visible_vertices
         )
+        if windows is not None:
+            uv_target = windows.to_image(uv_target)
         weight = weight * torch.as_tensor(trust, dtype=weight.dtype)[:, None]
         all_weight = weight.clone() if checker is not None else weight  # before the field check drops any
         if checker is not None:

@@ -100,6 +100,9 @@ class LearnedPredictor:
         self.cfg: NetConfig = net.cfg
         self.batch_size = int(batch_size)
         self.cpu_threads = _default_cpu_threads() if cpu_threads == "auto" else cpu_threads
+        # refinement renders the estimate at most this large (longer side of the body's
+        # window): the network sees it resampled to its crop size anyway
+        self.render_max_side = 4 * self.cfg.crop_size
 
     @classmethod
     def load(
