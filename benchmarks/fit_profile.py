@@ -198,8 +198,22 @@ class _Probe:
             (refine, n, getattr(refine, n)) for n in ("estimate_request", "_vertex_targets") if hasattr(refine, n)
         ]
 
+        objective = fit.BodyFit.objective
+        saved.append((fit.BodyFit, "objective", objective))
+        has_stats = hasattr(fit, "SolverStats")  # older code: count closures as objective calls
+
+        def counted_objective(self, terms):
+            if not has_stats:
+                probe.closures += 1
+                probe.batched += 1
+            return objective(self, terms)
+
         def counted_solve(self, *args, **kwargs):
             n = solve(self, *args, **kwargs)
+            if not has_stats:
+                probe.solves += 1
+                probe.iterations += n
+                return n
             stats = self.stats[-1] if isinstance(self.stats[-1], list) else [self.stats[-1]]
             probe.solves += len(stats)
             probe.iterations += sum(st.iterations for st in stats)
@@ -207,17 +221,27 @@ class _Probe:
             probe.batched += max(st.evaluations for st in stats)
             return n
 
-        fit.BodyFit.solve = counted_solve
+        fit.BodyFit.solve, fit.BodyFit.objective = counted_solve, counted_objective
         refine.fit_body = self.timed("fit", refine.fit_body)
         for name, stage in (("estimate_request", "render"), ("_vertex_targets", "targets")):
             if hasattr(refine, name):
                 setattr(refine, name, self.timed(stage, getattr(refine, name)))
         make_predictor = refine.make_predictor
 
+        timed = self.timed
+
+        class _TimedPredictor:  # the predictor, its calls timed, its attributes kept
+            def __init__(self, predictor):
+                self.predictor, self.call = predictor, timed("predictor", predictor.__call__)
+
+            def __call__(self, *a, **k):
+                return self.call(*a, **k)
+
+            def __getattr__(self, name):
+                return getattr(self.predictor, name)
+
         def timed_predictor(*args, **kwargs):
-            predictor = make_predictor(*args, **kwargs)
-            call = self.timed("predictor", predictor.__call__)
-            return lambda *a, **k: call(*a, **k)
+            return _TimedPredictor(make_predictor(*args, **kwargs))
 
         refine.make_predictor = timed_predictor
         bench.keypoint_fit_frame = self.timed("keypoint fit", bench.keypoint_fit_frame)  # its fit_body is timed too

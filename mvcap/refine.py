@@ -308,13 +308,14 @@ class ViewWindows:
 
 def view_windows(rig: Rig, vertices_world: Tensor, max_side: int = 0, margin: float = 0.15,
                  margin_px: int = 48) -> ViewWindows:  # fmt: skip
-    """Where to render the estimate in each view: the box around the body's projection, grown
-    by ``margin`` of its longer side plus ``margin_px`` (room for the displacements) and kept
-    inside the image, rendered at the box's own resolution or, with ``max_side`` > 0, scaled
-    down so its longer side is at most that. A view that sees none of the body keeps its whole
-    image. Rendering costs then follow the person's size in the image, not the image's."""
+    """Where to render the estimate in each view: the square around the body's projection (the
+    learned network's crop is one), grown by ``margin`` of its side plus ``margin_px`` (room
+    for the displacements) and kept inside the image, rendered at the box's own resolution
+    or, with ``max_side`` > 0, scaled down so its longer side is at most that. A view that sees none of the body keeps its whole
+    image. Boxes are then grown (inside their images) to one render size for all views.
+    Rendering costs follow the person's size in the image, not the image's."""
     points = vertices_world.detach().double().cpu().numpy()
-    boxes, sizes = [], []
+    boxes, scales = [], []
     for cam in rig:
         W, H = cam.width, cam.height
         box = (0, 0, W, H)
@@ -323,15 +324,32 @@ def view_windows(rig: Rig, vertices_world: Tensor, max_side: int = 0, margin: fl
         if len(xyz):
             uv = (xyz / xyz[:, 2:]) @ cam.K.T
             lo, hi = uv[:, :2].min(0), uv[:, :2].max(0)
-            grow = margin * float((hi - lo).max()) + margin_px
+            # square around the body: the learned network crops a square around the silhouette
+            side = float((hi - lo).max())
+            centre = (lo + hi) / 2
+            lo, hi = centre - side / 2, centre + side / 2
+            grow = margin * side + margin_px
             x0, y0 = (max(0, int(np.floor(a - grow))) for a in lo)
             x1, y1 = min(W, int(np.ceil(hi[0] + grow)) + 1), min(H, int(np.ceil(hi[1] + grow)) + 1)
             if x1 > x0 and y1 > y0:
                 box = (x0, y0, x1 - x0, y1 - y0)
         w, h = box[2:]
-        s = min(1.0, max_side / max(w, h)) if max_side > 0 else 1.0
         boxes.append(box)
-        sizes.append((max(1, round(w * s)), max(1, round(h * s))))
+        scales.append(min(1.0, max_side / max(w, h)) if max_side > 0 else 1.0)
+    # one render size for all views where the images allow it (grown boxes, still inside the
+    # image): the rasterizer renders views of one size together
+    Wc = max(max(1, round(b[2] * s)) for b, s in zip(boxes, scales))
+    Hc = max(max(1, round(b[3] * s)) for b, s in zip(boxes, scales))
+    sizes = []
+    for v, (cam, (x0, y0, w, h), s) in enumerate(zip(rig, boxes, scales)):
+        bw, bh = round(Wc / s), round(Hc / s)
+        if bw <= cam.width and bh <= cam.height:
+            x0 = min(max(0, x0 - (bw - w) // 2), cam.width - bw)
+            y0 = min(max(0, y0 - (bh - h) // 2), cam.height - bh)
+            boxes[v], size = (x0, y0, bw, bh), (Wc, Hc)
+        else:
+            size = (max(1, round(w * s)), max(1, round(h * s)))
+        sizes.append(size)
     return ViewWindows(np.array(boxes, np.int64), np.array(sizes, np.int64))
 
 
