@@ -166,3 +166,21 @@ def test_with_image_size_keeps_rays():
     full_px = project(rig, pts)
     half_px = project(half, pts)
     assert torch.allclose((half_px + 0.5) * 2, full_px + 0.5, atol=1e-9)
+
+
+def test_a_cropped_rig_sees_its_box_at_the_new_size():
+    rig = load_rig(DEMO_RIG).without_distortion()
+    V = len(rig)
+    boxes = np.array([[100, 50, 200, 300]] * V)
+    sizes = np.array([[100, 150]] * V)  # half size
+    crop = rig.cropped(boxes, sizes)
+    pts = torch.tensor([[0.0, 1.0, 0.0], [0.2, 1.5, 0.1]], dtype=torch.float64)
+    full, part = rig.project(pts, distort=False), crop.project(pts, distort=False)
+    # pixel centres: u' + 0.5 = s (u - x0 + 0.5)
+    expect = 0.5 * (full - torch.tensor([100.0, 50.0], dtype=torch.float64) + 0.5) - 0.5
+    torch.testing.assert_close(part, expect)
+    assert crop[0].image_size == (100, 150)
+    with pytest.raises(ValueError, match="boxes must be"):
+        rig.cropped(boxes[:1], sizes)
+    with pytest.raises(ValueError, match="at least 1 pixel"):
+        rig.cropped(np.array([[0, 0, 0, 10]] * V), sizes)

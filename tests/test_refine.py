@@ -195,3 +195,43 @@ def test_a_failing_frame_does_not_stop_the_frames_refined_with_it(body_model, ti
     out = refine_frames(body_model, inputs[0].rig, frames, make_predictor("flow", cfg), cfg, appearance)
     assert isinstance(out[1], ValueError) and "one frame" in str(out[1])
     assert out[0].status == "done" and out[2].status == "done"
+
+
+def test_view_windows_hold_the_body_and_map_back_to_the_image(body_model, tiny_session):
+    from mvcap.cameras import project
+    from mvcap.refine import load_frame_inputs, view_windows
+
+    with Session.open(tiny_session) as s:
+        inputs = load_frame_inputs(s, 0)
+    rig = inputs.rig.without_distortion()
+    with torch.no_grad():
+        vertices = body_model(**inputs.init.to_torch()).vertices[0]
+    uv = project(rig, vertices.double(), distort=False)
+    for max_side in (0, 40):
+        win = view_windows(rig, vertices, max_side)
+        x0, y0, w, h = (torch.as_tensor(win.boxes[:, i], dtype=torch.float64)[:, None] for i in range(4))
+        inside = (uv[..., 0] >= x0) & (uv[..., 0] < x0 + w) & (uv[..., 1] >= y0) & (uv[..., 1] < y0 + h)
+        in_image = (uv[..., 0] >= 0) & (uv[..., 0] < rig[0].width) & (uv[..., 1] >= 0) & (uv[..., 1] < rig[0].height)
+        assert inside[in_image].all()  # every vertex the image shows is in its window
+        assert (win.boxes[:, :2] >= 0).all() and (win.boxes[:, 0] + win.boxes[:, 2] <= rig[0].width).all()
+        assert len({tuple(x) for x in win.sizes}) == 1  # one render size: the views render together
+        if max_side:
+            assert win.sizes.max() <= max_side
+        back = win.to_image(project(win.rig(rig), vertices.double(), distort=False))
+        torch.testing.assert_close(back, uv)
+    photos = inputs.photos
+    crop = view_windows(rig, vertices).crop(photos)  # native resolution: the photo's own pixels
+    x0, y0, w, h = view_windows(rig, vertices).boxes[0]
+    np.testing.assert_array_equal(crop[0, :h, :w], photos[0, y0 : y0 + h, x0 : x0 + w])
+
+
+def test_windowed_rendering_refines_like_the_whole_image(body_model, tiny_session):
+    with Session.open(tiny_session) as s:
+        gt, init = s.read_ground_truth(), s.read_init()
+    pve = {}
+    for window in (True, False):
+        cfg = dataclasses.replace(FAST, render_window=window)
+        res = refine_session(tiny_session, f"w{window}", cfg, frames=[0], model=body_model, progress=False)
+        pve[window] = _metrics(body_model, res.params, gt, [0])["PVE"]
+    assert pve[True] < 10 and abs(pve[True] - pve[False]) < 1.0
+    assert _metrics(body_model, init, gt, [0])["PVE"] > 40
