@@ -17,7 +17,9 @@ any heading or joint angle); the first ``free_joints`` joints move (1: the root 
 ``body_b`` are the relative joint rotations 1..23 (the root's heading is left to the data:
 rotation vectors jump at pi). The shape is held at the initial betas unless optimised;
 ``betas_ref`` defaults to the initial betas. The solver is L-BFGS with a strong-Wolfe line
-search over all B bodies at once (their losses summed, or averaged with ``reduce="mean"``).
+search over all B bodies at once (their losses summed, or averaged with ``reduce="mean"``),
+or, for bodies that share nothing (``solve(per_body=True)``), one L-BFGS per body with every
+loss evaluation batched over the bodies (:func:`lbfgs_per_body`).
 The initializer (:mod:`mvcap.initialize`, 3D/2D keypoint and mask terms) and the
 registration (:mod:`mvcap.register`, silhouette and keypoint terms) use the same kit.
 
@@ -39,7 +41,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import roma
@@ -312,10 +314,9 @@ def _cubic_step(t1: float, f1: float, g1: float, t2: float, f2: float, g2: float
     return min(max(t, lo), hi)
 
 
-# A solver in coroutine form: it yields the point it wants evaluated and is sent back the
+# The solver in coroutine form: it yields the point it wants evaluated and is sent back the
 # loss and flat gradient there; its return value is what it found. The driver decides how
 # points are evaluated, so B independent problems can share one batched evaluation.
-Probe = Generator[Tensor, tuple[float, Tensor], object]
 
 
 def _wolfe_search(x: Tensor, d: Tensor, t: float, f0: float, g0: Tensor, gtd0: float, max_ls: int, tol: float):
@@ -385,7 +386,7 @@ def _wolfe_search(x: Tensor, d: Tensor, t: float, f0: float, g0: Tensor, gtd0: f
 def _lbfgs_path(x: Tensor, solver: SolverConfig):
     """L-BFGS from the flat point ``x`` (torch's ``optim.LBFGS`` algorithm: the same steps and
     evaluation budget of 1.25 per iteration, plus the convergence test of
-    :class:`SolverConfig`) as a coroutine (see ``Probe``); returns (point, stats)."""
+    :class:`SolverConfig`) as a coroutine (see above); returns (point, stats)."""
     max_eval = solver.iterations * 5 // 4
     tol_grad, tol_change = solver.tolerance_grad, solver.tolerance_change
     loss, g = yield x

@@ -311,9 +311,10 @@ def view_windows(rig: Rig, vertices_world: Tensor, max_side: int = 0, margin: fl
     """Where to render the estimate in each view: the square around the body's projection (the
     learned network's crop is one), grown by ``margin`` of its side plus ``margin_px`` (room
     for the displacements) and kept inside the image, rendered at the box's own resolution
-    or, with ``max_side`` > 0, scaled down so its longer side is at most that. A view that sees none of the body keeps its whole
-    image. Boxes are then grown (inside their images) to one render size for all views.
-    Rendering costs follow the person's size in the image, not the image's."""
+    or, with ``max_side`` > 0, scaled down so its longer side is at most that. A view that
+    sees none of the body keeps its whole image. Boxes are then grown (inside their images)
+    to one render size for all views. Rendering costs follow the person's size in the image,
+    not the image's."""
     points = vertices_world.detach().double().cpu().numpy()
     boxes, scales = [], []
     for cam in rig:
@@ -568,7 +569,7 @@ def _fit_frames(model: BodyModel, pinhole: Rig, cfg: RefineConfig, reqs: list[_F
             res.frame_iterations[b],
             res.seconds / n,
             res.evaluations,
-        )  # fmt: skip
+        )
         for b in range(n)
     ]
 
