@@ -1201,9 +1201,10 @@ def refine_session(
                     t = chunk[0]
                     outs = [refine_task(model, run.read_task(t), shared_predictor, cfg, run.appearance,
                                         run.definition, run.known.get(t - 1), catch=catch)]  # fmt: skip
-                else:  # each frame is written as soon as its batch is done
+                else:  # each frame is written as soon as its batch is done, in order; an error
+                    # stays its frame's outcome, so the frames before it are written first
                     tasks = [run.read_task(t) for t in chunk]
-                    outs = refine_tasks(model, tasks, shared_predictor, cfg, run.appearance, run.definition, catch)
+                    outs = refine_tasks(model, tasks, shared_predictor, cfg, run.appearance, run.definition)
                 for out in outs:
                     if run.record(out, failures, events):
                         res = out.result

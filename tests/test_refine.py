@@ -235,3 +235,22 @@ def test_windowed_rendering_refines_like_the_whole_image(body_model, tiny_sessio
         pve[window] = _metrics(body_model, res.params, gt, [0])["PVE"]
     assert pve[True] < 10 and abs(pve[True] - pve[False]) < 1.0
     assert _metrics(body_model, init, gt, [0])["PVE"] > 40
+
+
+def test_an_error_in_a_batch_raises_after_the_frames_before_it_are_written(body_model, tiny_session, monkeypatch):
+    import mvcap.refine as R
+
+    calls, real = [], R.view_windows
+
+    def second_call_fails(*args, **kwargs):  # frames run in lockstep: call 2 is frame 1's first round
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("a broken camera driver")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(R, "view_windows", second_call_fails)
+    cfg = dataclasses.replace(FAST, predictor="flow", outer_iterations=1, fit=FitConfig(iterations=5), frame_batch=3)
+    with pytest.raises(R.RefineError, match="frame 1: refinement failed: RuntimeError: a broken camera driver"):
+        refine_session(tiny_session, "b", cfg, model=body_model, progress=False)
+    with Session.open(tiny_session) as s:
+        assert s.read_results("b").done.tolist() == [True, False, False]
