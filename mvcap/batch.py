@@ -155,7 +155,7 @@ class _Worker:
             if key not in self.predictors:
                 self.predictors[key] = make_predictor(cfg.predictor, cfg)
             predictor = self.predictors[key]
-        if predictor is not None and not needs_previous(cfg):  # in refine_session's groups of frames
+        if not needs_previous(cfg):  # in refine_session's groups of frames
             batch = cfg.frame_batch
             return [
                 out

@@ -460,8 +460,6 @@ def _lbfgs_path(x: Tensor, solver: SolverConfig):
 def lbfgs(params: Sequence[Tensor], loss_fn: Callable[[], Tensor], solver: SolverConfig) -> SolverStats:
     """Minimise the scalar ``loss_fn()`` over ``params`` with L-BFGS (strong-Wolfe line search,
     unit step); see :func:`_lbfgs_path`. The parameters end at the solution."""
-    if solver.iterations <= 0:
-        return SolverStats(0, 0, "none")
     return lbfgs_per_body(params, lambda: loss_fn().reshape(1), solver, per_body=False)[0]
 
 

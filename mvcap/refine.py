@@ -1193,7 +1193,7 @@ def refine_session(
             events.setdefault(key, [])
         shared_predictor = None if cfg.predictor == "oracle" else make_predictor(cfg.predictor, cfg)
         catch = failures is not None
-        together = 1 if shared_predictor is None or needs_previous(cfg) else cfg.frame_batch
+        together = 1 if needs_previous(cfg) else cfg.frame_batch
         with tqdm(total=len(run.todo), desc=f"refine {run_name}", unit="frame", disable=not progress) as bar:
             for k in range(0, len(run.todo), together):
                 chunk = run.todo[k : k + together]
