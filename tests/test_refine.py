@@ -110,6 +110,10 @@ def test_config_rejects_unknown_choices():
         RefineConfig(predictor="magic")
     with pytest.raises(ValueError, match="fusion"):
         RefineConfig(fusion="average")
+    with pytest.raises(ValueError, match=r"frame_batch must be >= 1 \(1 = frames one at a time\)"):
+        RefineConfig(frame_batch=0)
+    with pytest.raises(ValueError, match="render_max_side must be -1"):
+        RefineConfig(render_max_side=-2)
 
 
 def test_sequence_mode_starts_from_the_previous_result(body_model, tiny_session, monkeypatch):
