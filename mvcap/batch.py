@@ -132,7 +132,7 @@ class _Worker:
 
     def refine(self, context, tasks, prev) -> list[FrameOutcome]:
         """Refine ``tasks`` (FrameTask, in order) of one session; context: (cfg, appearance,
-        definition); prev: the result before the first task (sequential sessions only)."""
+        definition, subject); prev: the result before the first task (sequential sessions only)."""
         import copy
         import json
 
@@ -148,12 +148,13 @@ class _Worker:
         # Ray hands numpy arrays over read-only (zero copy from its object store); refinement
         # code may write into its inputs, as it can in a sequential run
         context, tasks, prev = copy.deepcopy((context, tasks, prev))
-        cfg, appearance, definition = context
+        cfg, appearance, definition, subject = context
         predictor = None
         if cfg.predictor != "oracle":
-            key = json.dumps(to_dict(cfg), sort_keys=True)
+            net = subject.displacement_net if subject is not None else None
+            key = json.dumps(to_dict(cfg), sort_keys=True) + (str(hash(net)) if net is not None else "")
             if key not in self.predictors:
-                self.predictors[key] = make_predictor(cfg.predictor, cfg)
+                self.predictors[key] = make_predictor(cfg.predictor, cfg, subject=subject)
             predictor = self.predictors[key]
         if not needs_previous(cfg):  # in refine_session's groups of frames
             batch = cfg.frame_batch
@@ -322,7 +323,7 @@ def _schedule(ray, jobs, results, workers, remote, cfg, model, total, progress, 
             job, stack = jobs[i], contextlib.ExitStack()
             # overwrite was done by the check pass: from here on the run resumes
             run = stack.enter_context(open_refine_run(job.session, job.run, job.cfg, job.frames, model, False))
-            context = ray.put((job.cfg, run.appearance, run.definition))
+            context = ray.put((job.cfg, run.appearance, run.definition, run.subject))
             live.append(_Live(job, results[i], stack, run, context, cfg.chunk_frames))
             return True
         return False

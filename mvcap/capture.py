@@ -11,7 +11,8 @@ dtypes, shapes) is documented in ``docs/session-format.md`` and summarised here:
                            attrs world_up ("+y", "+z", ...), world_units ("m")  (optional)
     /frames/<view>/        images (T,H,W,3) uint8 (one frame per chunk, gzip),
                            timestamps (T,) float64 s, written (T,) bool
-    /subject/              betas (10,), texture?, vertex_colors?; attrs name, gender, meta
+    /subject/              betas (10,), texture?, vertex_colors?, displacement_net? (uint8 bytes of
+                           the adapted network's weights file); attrs name, gender, meta
     /init/                 pose_rotvecs (T,24,3), betas (T,10), transl (T,3), valid (T,)
     /detections/           keypoints (T,V,K,3) float32 [x,y,conf] px, written (T,), masks/<view>
                            (T,H,W) uint8; attrs keypoint_format            (optional)
@@ -971,6 +972,8 @@ class Session:
                 g.create_dataset("texture", data=np.asarray(subject.texture), compression="gzip")
             if subject.vertex_colors is not None:
                 g.create_dataset("vertex_colors", data=np.asarray(subject.vertex_colors), compression="gzip")
+            if subject.displacement_net is not None:
+                g.create_dataset("displacement_net", data=np.frombuffer(subject.displacement_net, np.uint8))
 
     @property
     def subject(self) -> Subject | None:
@@ -987,6 +990,7 @@ class Session:
                 vertex_colors=g["vertex_colors"][()] if "vertex_colors" in g else None,
                 gender=str(g.attrs["gender"]),
                 meta=json.loads(g.attrs.get("meta", "{}")),
+                displacement_net=g["displacement_net"][()] if "displacement_net" in g else None,
             )
 
     # ---------------------------------------------------------------- init ----------------

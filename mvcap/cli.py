@@ -914,6 +914,40 @@ def register(session: Path, out, name, config_path, frames, views, write_session
     )
 
 
+@main.command()
+@click.argument("subject_path", metavar="SUBJECT", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--session", "session", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+              help="Capture of SUBJECT whose photos the network adapts to (needs initial estimates or a results "
+                   "run; with `mvcap detect` masks, off-person pixels are left out).")  # fmt: skip
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Subject file to write (default: SUBJECT, updated in place).")  # fmt: skip
+@_config_option("Adaptation TOML (default: configs/adapt.toml).")
+@_frames_option("all frames with an estimate", f"Frames to adapt on: {_FRAMES_HELP}")
+@click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Network to start from (default: the shipped one).")  # fmt: skip
+@click.option("--write-session", is_flag=True, help="Also store the adapted subject in SESSION (refine uses it).")
+@click.option("--set", "overrides", multiple=True, help="Config overrides key=value, e.g. steps=600")
+def adapt(subject_path: Path, session: Path, out, config_path, frames, weights, write_session, overrides):
+    """Adapt the displacement network to SUBJECT as filmed in a capture (self-training on its photos).
+
+    The adapted network is stored in the subject file; the learned predictor of `mvcap refine`
+    uses it for every session that holds this subject (`refine --subject FILE` stores it)."""
+    from mvcap.adapt import AdaptConfig, adapt_subject
+    from mvcap.capture import Session
+    from mvcap.config import load_config
+    from mvcap.subject import Subject
+
+    cfg = load_config(AdaptConfig, config_path or "adapt.toml", list(overrides))
+    subject = Subject.load(subject_path)
+    adapted, res = adapt_subject(subject, session, cfg, weights, _session_frames(session, frames),
+                                 progress=console.show_progress())  # fmt: skip
+    path = adapted.save(out or subject_path)
+    if write_session:
+        with Session.open(session, mode="a") as s:
+            s.write_subject(adapted)
+    click.echo(f"{path}: {res.describe()}" + ("; written into the session" if write_session else ""))
+
+
 @main.command("calibrate")
 @click.argument("sources", nargs=-1, required=True)
 @click.option("--board", default=None, help="Board: a name in calibration/boards (e.g. charuco_5x7) or a TOML path.")

@@ -300,7 +300,7 @@ def session_overlays(
             elif arrows not in ("flow", "learned"):
                 raise SessionError(f"arrows must be 'flow', 'learned' or 'oracle', got {arrows!r}")
             if arrows != "oracle":
-                predictor = make_predictor(arrows, RefineConfig(predictor=arrows))
+                predictor = make_predictor(arrows, RefineConfig(predictor=arrows), subject=s.subject)
         out = OverlayOutputs(frames=frames)
         writers = {}
         try:

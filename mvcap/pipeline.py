@@ -8,7 +8,8 @@ Stages (each skipped when its output already exists, so rerunning resumes):
    robust triangulation and a body fit (:mod:`mvcap.initialize`); or a user-supplied npz of
    SMPL parameters; or what the session already holds.
 3. **subject** – a registered subject file, or registration from frames of this capture
-   (:mod:`mvcap.register`).
+   (:mod:`mvcap.register`); opt-in (``[adapt] enabled``): the displacement network adapted
+   to the subject on this capture's photos (:mod:`mvcap.adapt`), stored with the subject.
 4. **refine** – render → predict → fit per frame (:mod:`mvcap.refine`), results written
    frame by frame into the session.
 5. **export** (optional) – npz / BVH / GLB / … (:mod:`mvcap.export`).
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mvcap.adapt import AdaptConfig
 from mvcap.config import build_config, read_toml, to_dict
 from mvcap.detect import DetectConfig
 from mvcap.errors import MvcapError
@@ -86,6 +88,12 @@ class SubjectStage:
 
 
 @dataclass(frozen=True)
+class AdaptStage:
+    enabled: bool = False  # adapt the learned predictor's network to the subject on this capture (mvcap adapt)
+    config: AdaptConfig = AdaptConfig()
+
+
+@dataclass(frozen=True)
 class ExportStage:
     formats: tuple[str, ...] = ()  # e.g. ["npz", "bvh", "glb"]; empty = no export
 
@@ -111,6 +119,7 @@ class RunConfig:
     capture: CaptureStage = CaptureStage()
     init: InitStage = InitStage()
     subject: SubjectStage = SubjectStage()
+    adapt: AdaptStage = AdaptStage()
     refine: RefineConfig = RefineConfig()
     validate: ValidateStage = ValidateStage()
     export: ExportStage = ExportStage()
@@ -307,7 +316,7 @@ def prepare_run(cfg: RunConfig, base_dir: Path, out_dir: Path | None = None, pro
 
         if cfg.subject.file:
             subject = Subject.load(_resolve(base_dir, cfg.subject.file))
-            if stored_subject is None or stored_subject != subject:
+            if stored_subject is None or _unadapted(stored_subject) != _unadapted(subject):
                 with Session.open(session_path, "a") as s:
                     s.write_subject(subject)
             summary.stage_notes["subject"] = f"subject {subject.name} from {cfg.subject.file}"
@@ -343,7 +352,42 @@ def prepare_run(cfg: RunConfig, base_dir: Path, out_dir: Path | None = None, pro
                 f"-> {subject_path}"
             )
 
+    # 3b. adapt (opt-in) -------------------------------------------------------------------
+    if cfg.adapt.enabled:
+        with _stage(summary, "adapt", progress):
+            summary.stage_notes["adapt"] = _adapt_stage(cfg, session_path, frames, progress)
+
     return PreparedRun(cfg, base_dir, out_dir, session_path, frames, T, model, summary)
+
+
+def _unadapted(subject):
+    """The subject without an adapted network (what registration made)."""
+    import dataclasses
+
+    meta = {k: v for k, v in subject.meta.items() if k != "adapted"}
+    return dataclasses.replace(subject, displacement_net=None, meta=meta)
+
+
+def _adapt_stage(cfg: RunConfig, session_path: Path, frames: list[int], progress: bool) -> str:
+    """Adapt the network to the session's subject on ``frames`` unless it already is (same
+    session, frames and settings); the adapted subject is stored in the session."""
+    from mvcap.adapt import adapt_subject
+    from mvcap.capture import Session
+
+    with Session.open(session_path) as s:
+        subject = s.subject
+    done = subject.meta.get("adapted", {}) if subject.displacement_net is not None else {}
+    wanted = {
+        "session": str(session_path.resolve()),
+        "config": json.loads(json.dumps(to_dict(cfg.adapt.config))),
+        "frames": [int(t) for t in frames],
+    }
+    if done and all(done.get(k) == v for k, v in wanted.items()):
+        return f"network already adapted to {subject.name} on this capture"
+    adapted, res = adapt_subject(_unadapted(subject), session_path, cfg.adapt.config, frames=frames, progress=progress)
+    with Session.open(session_path, "a") as s:
+        s.write_subject(adapted)
+    return res.describe()
 
 
 def note_refine(run: PreparedRun, res, failures: list, events: dict) -> None:

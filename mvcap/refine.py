@@ -132,7 +132,10 @@ class RefineConfig:
     min_visible_vertices: int = 30  # fewer visible vertices: the view is skipped
     translation_fusion: str = "ray"  # refit mode: "ray" (depth-aware) or "mean"
     init: str = "session"  # per-frame init: "session" (stored estimates) or "previous" result
-    learned_weights: str = ""  # learned predictor weights (default: the shipped lite model)
+    # learned predictor weights: a file; empty = the subject's adapted network (`mvcap adapt`)
+    # when it has one and `adapted` is on, else the shipped lite model
+    learned_weights: str = ""
+    adapted: bool = True
     # how the estimate is textured for the predictor: "subject" (its registered appearance);
     # the rest are ablations (the refinement paper's Table 3): "none" (uniform grey), "wrong"
     # (another person's texture), "noise<std>" (per-texel Gaussian noise) or "brightness<std>"
@@ -946,12 +949,16 @@ def _hands_over(predictor, r: int, rounds: int) -> bool:
     return r + 1 < rounds and _round_predictor(predictor, r + 1) is not _round_predictor(predictor, r)
 
 
-def make_predictor(name: str, cfg: RefineConfig, gt_vertices: Tensor | None = None) -> DisplacementPredictor:
-    """The predictor ``name`` (one of :data:`PREDICTORS`, or a comma-joined per-round schedule)."""
+def make_predictor(
+    name: str, cfg: RefineConfig, gt_vertices: Tensor | None = None, subject: Subject | None = None
+) -> DisplacementPredictor:
+    """The predictor ``name`` (one of :data:`PREDICTORS`, or a comma-joined per-round schedule).
+    subject: the session's; the learned predictor uses its adapted network (see
+    :attr:`RefineConfig.learned_weights`)."""
     if "," in name:
         made: dict[str, DisplacementPredictor] = {}
         for n in name.split(","):
-            made[n] = made.get(n) or make_predictor(n, cfg, gt_vertices)
+            made[n] = made.get(n) or make_predictor(n, cfg, gt_vertices, subject)
         return PredictorSchedule(name, [made[n] for n in name.split(",")])
     if name == "oracle":
         if gt_vertices is None:
@@ -962,8 +969,20 @@ def make_predictor(name: str, cfg: RefineConfig, gt_vertices: Tensor | None = No
     if name == "learned":
         from mvcap.nets.predictor import LearnedPredictor
 
-        return LearnedPredictor.load(cfg.learned_weights or None)
+        if cfg.learned_weights:
+            return LearnedPredictor.load(cfg.learned_weights)
+        if cfg.adapted and subject is not None and subject.displacement_net is not None:
+            return LearnedPredictor.load(subject.displacement_net)
+        return LearnedPredictor.load()
     raise ValueError(f"unknown predictor {name!r}; use one of {PREDICTORS}")
+
+
+def _log_weights(predictor) -> None:
+    """Say which network weights a learned predictor (or a schedule's) runs with."""
+    for p in getattr(predictor, "predictors", [predictor]):
+        if hasattr(p, "source"):
+            log.info("learned predictor: weights from %s", p.source)
+            return
 
 
 @dataclass(frozen=True)
@@ -1191,7 +1210,10 @@ def refine_session(
             events.setdefault(key, {})
         for key in ("kept", "previous_rejected"):
             events.setdefault(key, [])
-        shared_predictor = None if cfg.predictor == "oracle" else make_predictor(cfg.predictor, cfg)
+        shared_predictor = (
+            None if cfg.predictor == "oracle" else make_predictor(cfg.predictor, cfg, subject=run.subject)
+        )
+        _log_weights(shared_predictor)
         catch = failures is not None
         together = 1 if needs_previous(cfg) else cfg.frame_batch
         with tqdm(total=len(run.todo), desc=f"refine {run_name}", unit="frame", disable=not progress) as bar:
@@ -1217,8 +1239,8 @@ def refine_session(
 class RefineRun:
     """A results run open for refining (see :func:`open_refine_run`): the open session, its
     writer, the frames still to do (``todo``, in order), the known previous results
-    ``known`` {frame: (pose_rotvecs (24, 3), transl (3,))}, the estimate's appearance and the
-    detector's landmark definition (None without detections)."""
+    ``known`` {frame: (pose_rotvecs (24, 3), transl (3,))}, the estimate's appearance, the
+    detector's landmark definition (None without detections) and the session's subject."""
 
     session: object
     name: str
@@ -1231,6 +1253,7 @@ class RefineRun:
     appearance: Appearance
     definition: object
     gt: BodyParams | None
+    subject: Subject | None = None
 
     def read_task(self, t: int) -> FrameTask:
         return read_frame_task(self.session, t, self.views, self.cfg, self.definition is not None, self.gt)
@@ -1290,4 +1313,6 @@ def open_refine_run(
             from mvcap.keypoints import keypoint_set
 
             definition = keypoint_set(session.keypoint_format).definition(model)
-        yield RefineRun(session, run_name, cfg, writer, views, view_idx, todo, known, appearance, definition, gt)
+        yield RefineRun(
+            session, run_name, cfg, writer, views, view_idx, todo, known, appearance, definition, gt, subject
+        )

@@ -332,7 +332,7 @@ def build_report(
         if cfg.arrows:
             from mvcap.refine import RefineConfig, make_predictor
 
-            predictor = make_predictor(cfg.arrows, RefineConfig(predictor=cfg.arrows))
+            predictor = make_predictor(cfg.arrows, RefineConfig(predictor=cfg.arrows), subject=s.subject)
         for t in _pick(t_done, cfg.overlay_frames):
             inputs = load_frame_inputs(s, t)
             photos = inputs.photos

@@ -8,7 +8,9 @@ A :class:`Subject` holds
   pixel column ``u * (Wt - 1)`` and row ``(1 - v) * (Ht - 1)``;
 * ``vertex_colors``: (N, 3) uint8 RGB per body-model vertex or ``None``;
 * ``gender``: ``"neutral"``, ``"male"`` or ``"female"`` (which body model the betas are for);
-* ``meta``: free JSON-serialisable dict (scan date, source, notes).
+* ``meta``: free JSON-serialisable dict (scan date, source, notes);
+* ``displacement_net``: the displacement network adapted to this person (``mvcap adapt``),
+  the bytes of a weights file, or ``None``; the learned predictor uses it when present.
 
 Files are ``.npz`` archives (no pickles): ``Subject.save(path)`` / ``Subject.load(path)``.
 Array fields are stored read-only so a frozen ``Subject`` really is immutable.
@@ -63,6 +65,7 @@ class Subject:
     vertex_colors: np.ndarray | None = None
     gender: str = "neutral"
     meta: dict = field(default_factory=dict)
+    displacement_net: bytes | None = None
 
     def __post_init__(self):
         who = f"subject '{self.name}'"
@@ -113,6 +116,16 @@ class Subject:
         except (TypeError, ValueError) as exc:
             raise SubjectError(f"{who}: meta must be JSON-serialisable ({exc})") from exc
         object.__setattr__(self, "meta", meta)
+        if self.displacement_net is not None:
+            net = self.displacement_net
+            if isinstance(net, np.ndarray) and net.dtype == np.uint8:
+                net = net.tobytes()
+            if not isinstance(net, (bytes, bytearray)) or not net:
+                raise SubjectError(
+                    f"{who}: displacement_net must be the bytes of a weights file (mvcap adapt), "
+                    f"got {type(self.displacement_net).__name__}"
+                )
+            object.__setattr__(self, "displacement_net", bytes(net))
 
     # ----------------------------------------------------------------------------------
     def __eq__(self, other: object) -> bool:
@@ -131,6 +144,7 @@ class Subject:
             and same(self.betas, other.betas)
             and same(self.texture, other.texture)
             and same(self.vertex_colors, other.vertex_colors)
+            and self.displacement_net == other.displacement_net
         )
 
     __hash__ = object.__hash__
@@ -140,7 +154,7 @@ class Subject:
         vc = None if self.vertex_colors is None else self.vertex_colors.shape
         return (
             f"Subject(name={self.name!r}, gender={self.gender!r}, texture={tex}, "
-            f"vertex_colors={vc})"
+            f"vertex_colors={vc}, adapted_net={self.displacement_net is not None})"
         )
 
     # ----------------------------------------------------------------------------------
@@ -159,6 +173,8 @@ class Subject:
             arrays["texture"] = np.asarray(self.texture)
         if self.vertex_colors is not None:
             arrays["vertex_colors"] = np.asarray(self.vertex_colors)
+        if self.displacement_net is not None:
+            arrays["displacement_net"] = np.frombuffer(self.displacement_net, np.uint8)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".partial")
         with open(tmp, "wb") as fh:
@@ -214,6 +230,7 @@ class Subject:
                 vertex_colors=data.get("vertex_colors"),
                 gender=str(data["gender"]),
                 meta=meta,
+                displacement_net=data.get("displacement_net"),
             )
         except SubjectError as exc:
             raise SubjectError(f"subject file {path} is malformed: {exc}") from exc

@@ -207,7 +207,7 @@ def _select_frames(spec: str, candidates: np.ndarray, num_frames: int) -> list[i
 
 def _run_refiner(model: BodyModel, rcfg: RefineConfig, subject, session, definition) -> Refiner:
     """The run's refinement, redone on the fitting views only (their detections included)."""
-    predictor = make_predictor(rcfg.predictor, rcfg)
+    predictor = make_predictor(rcfg.predictor, rcfg, subject=subject)
     appearance = estimate_appearance(model, subject, rcfg.appearance)
     cfg = replace(rcfg, views=())
 

@@ -28,6 +28,29 @@ def test_round_trip(tmp_path):
     assert np.array_equal(loaded.texture, s.texture) and loaded.meta == s.meta
 
 
+def test_adapted_network_round_trip(tmp_path):
+    """The adapted network's bytes travel with the subject file and count in equality."""
+    rng = np.random.default_rng(2)
+    net = bytes(rng.integers(0, 256, 1000, dtype=np.uint8))
+    s = make(rng, displacement_net=net)
+    loaded = Subject.load(s.save(tmp_path / "bob.npz"))
+    assert loaded == s and loaded.displacement_net == net
+    assert loaded != make(np.random.default_rng(2), displacement_net=net[:-1] + b"x")
+    assert "adapted_net=True" in repr(loaded)
+    assert Subject.load(make(rng).save(tmp_path / "plain.npz")).displacement_net is None
+
+
+def test_adapted_network_in_the_session(tmp_path, tiny_session):
+    from mvcap.capture import Session
+
+    rng = np.random.default_rng(3)
+    s = make(rng, displacement_net=b"\x00\x01weights", vertex_colors=None)
+    with Session.open(tiny_session, "a") as sess:
+        sess.write_subject(s)
+    with Session.open(tiny_session) as sess:
+        assert sess.subject == s and sess.subject.displacement_net == b"\x00\x01weights"
+
+
 def test_optional_appearance(tmp_path):
     s = Subject("x", np.zeros(10))
     loaded = Subject.load(s.save(tmp_path / "x.npz"))
@@ -51,6 +74,8 @@ def test_optional_appearance(tmp_path):
         ({"gender": "other"}, "gender"),
         ({"meta": {"a": object()}}, "JSON"),
         ({"name": ""}, "name"),
+        ({"displacement_net": "weights.pt"}, "bytes of a weights file"),
+        ({"displacement_net": b""}, "bytes of a weights file"),
     ],
 )
 def test_validation(kw, msg):

@@ -16,6 +16,7 @@ from the stored config, so a file always loads with the shape it was trained wit
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import pickle
 from pathlib import Path
@@ -41,21 +42,22 @@ class WeightsError(MvcapError):
     """A weights file is not a displacement-network file or does not fit the network."""
 
 
-def load_plain_torch(path: str | Path, error: type[Exception], hint: str):
+def load_plain_torch(path, error: type[Exception], hint: str, name: str | None = None):
     """``torch.load`` with ``weights_only=True``: tensors, dicts, lists, numbers and strings
-    only, so a crafted file cannot run code. Anything else raises ``error`` (one line)."""
+    only, so a crafted file cannot run code. Anything else raises ``error`` (one line).
+    path: a file's path or a binary file object (called ``name`` in messages)."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         # torch's message is a page long; its first line names the refused global
         first = next((ln.strip() for ln in str(exc).splitlines() if "GLOBAL" in ln or "global" in ln), "")
         raise error(
-            f"{path} holds objects other than tensors and plain data and was not loaded "
+            f"{name or path} holds objects other than tensors and plain data and was not loaded "
             f"({first[:200] or 'refused by torch.load(weights_only=True)'}); mvcap files hold only "
             f"tensors, numbers, strings, lists and dicts; {hint}"
         ) from None
     except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same clear message
-        raise error(f"{path} is not a readable torch file ({str(exc).splitlines()[0][:300]}); {hint}") from exc
+        raise error(f"{name or path} is not a readable torch file ({str(exc).splitlines()[0][:300]}); {hint}") from exc
 
 
 def default_weights_path() -> Path:
@@ -103,22 +105,30 @@ class LearnedPredictor:
         # refinement renders the estimate at most this large (longer side of the body's
         # window): the network sees it resampled to its crop size anyway
         self.render_max_side = 4 * self.cfg.crop_size
+        self.source = "in memory"  # where the weights came from (load sets it)
 
     @classmethod
     def load(
         cls,
-        path: str | Path | None = None,
+        path: str | Path | bytes | None = None,
         device: str = "auto",
         expected: NetConfig | None = None,
         batch_size: int = 8,
     ) -> LearnedPredictor:
-        """Load a weights file (default :func:`default_weights_path`) or a training
-        checkpoint. ``expected``: raise if the file's network config differs from it.
+        """Load a weights file (default :func:`default_weights_path`), a training checkpoint,
+        or the bytes of a weights file (a subject's adapted network, :mod:`mvcap.adapt`).
+        ``expected``: raise if the file's network config differs from it.
         device: "auto" (CUDA when available), "cpu" or "cuda"."""
-        path = Path(path) if path else default_weights_path()
-        if not path.exists():
-            raise FileNotFoundError(f"no displacement-network weights at {path}; {TRAIN_HINT}")
-        blob = load_plain_torch(path, WeightsError, TRAIN_HINT)
+        if isinstance(path, (bytes, bytearray)):
+            source = "the subject's adapted network"
+            blob = load_plain_torch(io.BytesIO(path), WeightsError, "adapt it again with `mvcap adapt`", source)
+            path = source
+        else:
+            path = Path(path) if path else default_weights_path()
+            if not path.exists():
+                raise FileNotFoundError(f"no displacement-network weights at {path}; {TRAIN_HINT}")
+            source = str(path)
+            blob = load_plain_torch(path, WeightsError, TRAIN_HINT)
         if not isinstance(blob, dict) or "net_config" not in blob:
             raise WeightsError(
                 f"{path} is not a mvcap displacement-network weights file (no net config inside); {TRAIN_HINT}"
@@ -149,7 +159,9 @@ class LearnedPredictor:
             ) from exc
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        return cls(net, device, batch_size)
+        out = cls(net, device, batch_size)
+        out.source = source
+        return out
 
     # ----------------------------------------------------------------------------------
     def _predict_crops(self, photos: torch.Tensor, renders: torch.Tensor) -> np.ndarray:

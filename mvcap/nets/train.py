@@ -48,6 +48,7 @@ __all__ = [
     "flow_to_rgb",
     "WEIGHTS_FORMAT",
     "save_weights",
+    "weights_blob",
     "export_weights",
 ]
 
@@ -187,17 +188,22 @@ def _state_dict_cpu(net: torch.nn.Module) -> dict:
     return {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
 
 
-def save_weights(net: DisplacementNet, path: Path, meta: dict | None = None) -> Path:
-    """The inference file: format tag, net config and weights (float32, CPU)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_save({
+def weights_blob(net: DisplacementNet, meta: dict | None = None) -> dict:
+    """What an inference file holds: format tag, net config and weights (float32, CPU)."""
+    return {
         "format": WEIGHTS_FORMAT,
         "version": WEIGHTS_VERSION,
         "net_config": dataclasses.asdict(net.cfg),
         "state_dict": _state_dict_cpu(net),
         "meta": meta or {},
-    }, path)  # fmt: skip
+    }
+
+
+def save_weights(net: DisplacementNet, path: Path, meta: dict | None = None) -> Path:
+    """Write the inference file (:func:`weights_blob`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_save(weights_blob(net, meta), path)
     return path
 
 

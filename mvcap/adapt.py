@@ -1,0 +1,366 @@
+"""Per-subject adaptation of the displacement network to one capture (self-training).
+
+The shipped network was trained on synthetic renders; a studio's photos differ (cameras,
+lighting, clothing, background, other people). Adaptation fine-tunes it on the capture's
+own photos, paired with renders of the registered subject posed *around* the capture's
+multi-view estimate (from keypoints, silhouettes and all cameras): the target of each
+rendered pixel is the displacement back to that estimate (eq. 1-2 with the estimate in
+place of ground truth). The network so learns what this person looks like in these cameras
+from the real pixels; the multi-view estimate is the label.
+
+Samples are made exactly as refinement makes its requests (:func:`mvcap.refine.view_windows`,
+:func:`mvcap.refine.estimate_request`, :func:`mvcap.nets.data.crop_sample`), so the network
+sees at adaptation what it sees in use. Pixels whose target falls outside the detector's
+person mask are left out of the loss when the session has detections (``mask_to_person``).
+
+A slice of the frames (``val_every``) is held out: the report compares, on them, the end-point
+error of the shipped and the adapted network against the estimate. That is agreement with
+the label, not accuracy: judge the adapted weights by cross-validation
+(``mvcap validate``) on frames they were not adapted on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mvcap.errors import MvcapError
+from mvcap.subject import Subject
+
+__all__ = ["AdaptConfig", "AdaptError", "AdaptResult", "adapt_network", "adapt_subject", "adaptation_samples"]
+
+log = logging.getLogger(__name__)
+
+
+class AdaptError(MvcapError):
+    """Adaptation cannot run on this session (no frames with an estimate, no subject, ...)."""
+
+
+@dataclass(frozen=True)
+class AdaptConfig:
+    """Self-training of the displacement network on one capture (``configs/adapt.toml``).
+
+    source: the estimates the photos are paired with: "init" (the session's initial
+      estimates) or the name of a results run.
+    views: cameras to use (empty: all).
+    perturbations: renders per frame, each around the estimate with a fresh error.
+    error_scale: (lo, hi) size of that error, drawn per render, in units of the
+      regression-like error of :func:`mvcap.motions.perturb_like_regressor` (per-joint
+      5-15 deg, global 5 deg, root 4 cm): 0.1-0.6 is the studio regime (~10-40 mm).
+    mask_to_person: leave out pixels whose target is off the detector's person mask.
+    val_every: every this many-th frame is held out for the report (0: none).
+    steps / batch_size / lr / lr_min_ratio: Adam, cosine decay to ``lr * lr_min_ratio``.
+    threads: torch threads (0: torch's default). seed: perturbations and batches.
+    """
+
+    source: str = "init"
+    views: tuple[str, ...] = ()
+    perturbations: int = 3
+    error_scale: tuple[float, float] = (0.1, 0.6)
+    mask_to_person: bool = True
+    val_every: int = 5
+    steps: int = 300
+    batch_size: int = 8
+    lr: float = 3e-4
+    lr_min_ratio: float = 0.1
+    threads: int = 0
+    seed: int = 0
+
+    def __post_init__(self):
+        lo, hi = self.error_scale
+        if not 0 <= lo <= hi:
+            raise ValueError(f"error_scale must be (lo, hi) with 0 <= lo <= hi, got {self.error_scale}")
+        if self.perturbations < 1 or self.steps < 0 or self.batch_size < 1:
+            raise ValueError("perturbations and batch_size must be >= 1 and steps >= 0")
+        if self.val_every < 0 or self.val_every == 1:
+            raise ValueError(f"val_every must be 0 (no held-out frames) or >= 2, got {self.val_every}")
+        if not self.lr > 0 or not 0 < self.lr_min_ratio <= 1:
+            raise ValueError("lr must be > 0 and lr_min_ratio in (0, 1]")
+
+
+@dataclass(frozen=True)
+class AdaptResult:
+    """What adaptation did: frames used for training / held out, samples made, steps run,
+    seconds (making samples, training), and on the held-out samples the mean end-point error
+    (image px) against the estimate of predicting nothing, of the network before and after."""
+
+    train_frames: tuple[int, ...]
+    val_frames: tuple[int, ...]
+    train_samples: int
+    val_samples: int
+    steps: int
+    sample_seconds: float
+    train_seconds: float
+    val_epe_zero_px: float = float("nan")
+    val_epe_before_px: float = float("nan")
+    val_epe_after_px: float = float("nan")
+
+    def describe(self) -> str:
+        s = (
+            f"adapted on {len(self.train_frames)} frames ({self.train_samples} samples) for {self.steps} steps "
+            f"in {self.sample_seconds + self.train_seconds:.0f} s"
+        )
+        if self.val_samples:
+            s += (
+                f"; on {len(self.val_frames)} held-out frames, end-point error against the estimate "
+                f"{self.val_epe_before_px:.2f} px before, {self.val_epe_after_px:.2f} px after "
+                f"(predicting nothing: {self.val_epe_zero_px:.2f} px)"
+            )
+        return s
+
+
+def _estimates(session, source: str):
+    """BodyParams (T frames) of the source and a (T,) bool of the frames that have one."""
+    if source == "init":
+        ok = session.init_valid
+        if not ok.any():
+            raise AdaptError(f"{session.path} has no initial estimates; run `mvcap init` first")
+        return session.read_init(require_valid=False), ok
+    if source not in session.result_names():
+        raise AdaptError(
+            f"{session.path} has no results run {source!r} to adapt to; runs are {session.result_names()} "
+            "(or use source = 'init')"
+        )
+    res = session.read_results(source)
+    return res.params, res.done.copy()
+
+
+def _window_mask(mask: np.ndarray, box, size) -> np.ndarray:
+    """An image's bool mask (H, W) -> the window ``box`` (x0, y0, w, h) at ``size`` (W, H)."""
+    import cv2
+
+    x0, y0, w, h = (int(a) for a in box)
+    part = mask[y0 : y0 + h, x0 : x0 + w].astype(np.uint8)
+    if (int(size[0]), int(size[1])) != (w, h):
+        part = cv2.resize(part, (int(size[0]), int(size[1])), interpolation=cv2.INTER_NEAREST)
+    return part.astype(bool)
+
+
+def _on_person(person: np.ndarray, flow: np.ndarray, rendered: np.ndarray) -> np.ndarray:
+    """Rendered pixels (H, W) whose target (pixel + flow (H, W, 2)) lies on the person mask."""
+    H, W = rendered.shape
+    ys, xs = np.nonzero(rendered)
+    tx = np.rint(xs + flow[ys, xs, 0]).astype(np.int64)
+    ty = np.rint(ys + flow[ys, xs, 1]).astype(np.int64)
+    inside = (tx >= 0) & (tx < person.shape[1]) & (ty >= 0) & (ty < person.shape[0])
+    keep = np.zeros(len(xs), bool)
+    keep[inside] = person[ty[inside], tx[inside]]
+    out = np.zeros((H, W), bool)
+    out[ys[keep], xs[keep]] = True
+    return out
+
+
+def adaptation_samples(
+    session, subject: Subject, frames, cfg: AdaptConfig, net_cfg, model=None, progress: bool = False
+) -> dict:
+    """Training samples of ``frames``, rendering ``subject`` (see the module docstring): a dict of stacked tensors
+    photo (B, 3, S, S), render (B, C, S, S), mask (B, 1, S, S), target (B, 2, S, S) (network
+    units), px (B,) image pixels per unit, frame (B,) int."""
+    from tqdm import tqdm
+
+    from mvcap import motions as M
+    from mvcap.body import load_body_model
+    from mvcap.displace import OraclePredictor
+    from mvcap.nets.data import crop_sample
+    from mvcap.nets.displacement import CropWindow, crop_passes
+    from mvcap.refine import (
+        estimate_appearance,
+        estimate_request,
+        frame_evidence,
+        load_frame_inputs,
+        view_windows,
+    )
+
+    model = model or load_body_model()
+    params, ok = _estimates(session, cfg.source)
+    appearance = estimate_appearance(model, subject)
+    template = model.template_vertices()[0]
+    max_side = 4 * net_cfg.crop_size  # what the learned predictor asks refinement for
+    S = net_cfg.crop_size
+    items = []
+    for t in tqdm(list(frames), desc="adapt: samples", unit="frame", disable=not progress):
+        t = int(t)
+        if not ok[t]:
+            continue
+        inputs = load_frame_inputs(session, t, list(cfg.views))
+        pinhole = inputs.rig.without_distortion()
+        evidence = frame_evidence(session, t, inputs.rig) if cfg.mask_to_person else None
+        betas = np.asarray(subject.betas, np.float64)
+        pose, transl = params.pose_rotvecs[t : t + 1].astype(np.float64), params.transl[t : t + 1].astype(np.float64)
+        f32 = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731
+        with torch.no_grad():
+            est_v = model(f32(pose), f32(betas[None]), f32(transl)).vertices[0]
+        oracle = OraclePredictor(est_v)
+        for k in range(cfg.perturbations):
+            rng = np.random.default_rng([cfg.seed, t, k])
+            s = float(rng.uniform(*cfg.error_scale))
+            pcfg = M.PerturbConfig(joint_deg=(5.0 * s, 15.0 * s), global_deg=5.0 * s, transl_std_m=0.04 * s)
+            cam = pinhole[int(rng.integers(len(pinhole)))]
+            p_pose, p_transl, _ = M.perturb_like_regressor(
+                rng, pose, transl, betas, cfg=pcfg, R_world2cam=cam.R_world2cam
+            )
+            with torch.no_grad():
+                v = model(f32(p_pose), f32(betas[None]), f32(p_transl)).vertices[0]
+            windows = view_windows(pinhole, v, max_side)
+            req = estimate_request(model, pinhole, inputs.photos, v, appearance, template, windows)
+            flow = oracle(req).flow.numpy()
+            masks = req.fragments.mask.numpy().astype(bool)
+            images = req.passes.images.numpy()
+            for view in range(len(pinhole)):
+                if masks[view].sum() < 50:
+                    continue
+                c = crop_sample(net_cfg, req.photos[view], images[view], req.passes.channels, masks[view], flow[view])
+                box, size = windows.boxes[view], windows.sizes[view]
+                keep = masks[view]
+                ev = evidence[view] if evidence is not None else None
+                if ev is not None and ev.mask is not None:
+                    keep = _on_person(_window_mask(ev.mask, box, size), flow[view], masks[view])
+                    win = CropWindow(int(c["x0"]), int(c["y0"]), int(round(float(c["window"]))))
+                    cov, _ = crop_passes(keep[..., None].astype(np.float32), masks[view], win, S)
+                    c["mask"] = c["mask"] * torch.from_numpy((cov[..., 0] > 0.5).astype(np.float32))[None]
+                if float(c["mask"].sum()) < 20:
+                    continue
+                c["px"] = c["window"] * float(box[2]) / float(size[0])
+                c["frame"] = torch.tensor(t)
+                del c["x0"], c["y0"]
+                items.append(c)
+    if not items:
+        return {}
+    return {key: torch.stack([it[key] for it in items]) for key in items[0]}
+
+
+def _epe(net, data: dict, batch_size: int = 32) -> tuple[float, float]:
+    """Mean end-point error (image px) of ``net`` and of predicting nothing over ``data``."""
+    from mvcap.nets.displacement import endpoint_error
+
+    if not data:
+        return float("nan"), float("nan")
+    was = net.training
+    net.eval()
+    preds = []
+    with torch.no_grad():
+        for a in range(0, len(data["photo"]), batch_size):
+            preds.append(net(data["photo"][a : a + batch_size], data["render"][a : a + batch_size])[-1])
+    net.train(was)
+    pred = torch.cat(preds)
+    tgt, m, px = data["target"], data["mask"], data["px"]
+    return float(endpoint_error(pred, tgt, m, px)), float(endpoint_error(torch.zeros_like(tgt), tgt, m, px))
+
+
+def adapt_network(
+    session_path: str | Path,
+    cfg: AdaptConfig = AdaptConfig(),
+    subject: Subject | None = None,
+    weights: str | Path | None = None,
+    frames: list[int] | None = None,
+    progress: bool = True,
+):
+    """Fine-tune the network in ``weights`` (default: the shipped one) on the capture
+    ``session_path``, rendering ``subject`` (default: the session's) around its estimates
+    (see the module docstring). Returns (the adapted
+    :class:`~mvcap.nets.displacement.DisplacementNet`, :class:`AdaptResult`)."""
+    from tqdm import tqdm
+
+    from mvcap.capture import Session
+    from mvcap.nets.displacement import displacement_loss
+    from mvcap.nets.predictor import LearnedPredictor
+
+    net = LearnedPredictor.load(weights, device="cpu").net
+    threads = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        with Session.open(session_path) as session:
+            subject = subject or session.subject
+            if subject is None:
+                raise AdaptError(
+                    f"{session_path} has no registered subject and none was given: adaptation renders the "
+                    "subject's appearance; register one with `mvcap register`"
+                )
+            T = session.num_frames
+            frames = list(range(T)) if frames is None else [int(t) for t in frames]
+            _, ok = _estimates(session, cfg.source)
+            usable = [t for t in frames if 0 <= t < T and ok[t]]
+            if not usable:
+                raise AdaptError(
+                    f"none of the {len(frames)} chosen frames of {session_path} has an estimate in {cfg.source!r}"
+                )
+            k = cfg.val_every
+            val = usable[k // 2 :: k] if k and len(usable) >= 2 * k else []
+            train_frames = [t for t in usable if t not in set(val)]
+            t0 = time.perf_counter()
+            data = adaptation_samples(session, subject, train_frames, cfg, net.cfg, progress=progress)
+            held = adaptation_samples(session, subject, val, cfg, net.cfg) if val else {}
+            sample_s = time.perf_counter() - t0
+        if not data:
+            raise AdaptError(f"no usable training samples in {session_path}: the body is out of view in every frame")
+        before, zero = _epe(net, held)
+        n = len(data["photo"])
+        opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        net.train()
+        t1 = time.perf_counter()
+        for step in tqdm(range(cfg.steps), desc="adapt: train", unit="step", disable=not progress):
+            f = cfg.lr_min_ratio + (1 - cfg.lr_min_ratio) * 0.5 * (1 + math.cos(math.pi * step / max(1, cfg.steps)))
+            for g in opt.param_groups:
+                g["lr"] = cfg.lr * f
+            idx = torch.randint(n, (min(cfg.batch_size, n),), generator=gen)
+            preds = net(data["photo"][idx], data["render"][idx])
+            loss = displacement_loss(preds, data["target"][idx], data["mask"][idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
+            opt.step()
+        train_s = time.perf_counter() - t1
+        net.eval()
+        after, _ = _epe(net, held)
+    finally:
+        torch.set_num_threads(threads)
+    res = AdaptResult(
+        tuple(train_frames),
+        tuple(val),
+        n,
+        len(held["photo"]) if held else 0,
+        cfg.steps,
+        sample_s,
+        train_s,
+        zero,
+        before,
+        after,
+    )
+    return net, res
+
+
+def adapt_subject(
+    subject: Subject,
+    session_path: str | Path,
+    cfg: AdaptConfig = AdaptConfig(),
+    weights: str | Path | None = None,
+    frames: list[int] | None = None,
+    progress: bool = True,
+) -> tuple[Subject, AdaptResult]:
+    """:func:`adapt_network`, then the subject with the adapted network stored in it
+    (``displacement_net``; where it came from in ``meta["adapted"]``)."""
+    from mvcap.nets.train import weights_blob
+
+    net, res = adapt_network(session_path, cfg, subject, weights, frames, progress)
+    record = {
+        "session": str(Path(session_path).resolve()),
+        "start_weights": str(weights) if weights else "shipped",
+        "config": json.loads(json.dumps(dataclasses.asdict(cfg))),
+        "frames": [int(t) for t in frames] if frames is not None else None,
+        "result": json.loads(json.dumps(dataclasses.asdict(res))),
+    }
+    buf = io.BytesIO()
+    torch.save(weights_blob(net, {"adapted": record}), buf)
+    meta = {**subject.meta, "adapted": record}
+    return dataclasses.replace(subject, displacement_net=buf.getvalue(), meta=meta), res
