@@ -7,6 +7,10 @@
 #   OUT     where sessions/results go    (default real_out; ~0.6 GB per person)
 #   WHO     people to run                (default "man woman")
 #   PREDICTORS                           (default "flow learned")
+#   ADAPT=1   also adapt the network to each person on the second half of the take (frames
+#             25-49, `mvcap adapt`; ADAPT_SET="--set steps=800" etc.) and compare flow, the
+#             shipped network and the adapted one on the first half (frames 0:25:5), which
+#             adaptation never saw
 #
 # Every step resumes: rerunning skips what is done. Numbers: docs/BENCHMARKS.md ("Real take").
 set -euo pipefail
@@ -37,4 +41,16 @@ for who in $WHO; do
     $MV refine "$S" --predictor "$p" --frames 0:50:5
     $MV validate "$S" --run "$p-joint" --frames ::10
   done
+  if [ "${ADAPT:-0}" = 1 ]; then
+    A="$OUT/$who.adapted.npz"
+    # shellcheck disable=SC2086
+    [ -f "$A" ] || $MV adapt "$OUT/$who.subject.npz" --session "$S" --frames 25:50 --out "$A" ${ADAPT_SET:-}
+    $MV refine "$S" --predictor flow --frames 0:25:5 --run flow-first-half
+    $MV refine "$S" --predictor learned --frames 0:25:5 --run shipped-first-half --set adapted=false
+    # stores the adapted subject in the session: later learned runs use its network (adapted = false: not)
+    $MV refine "$S" --subject "$A" --predictor learned --frames 0:25:5 --run adapted-first-half
+    for r in flow-first-half shipped-first-half adapted-first-half; do
+      $MV validate "$S" --run "$r" --frames 0:25:5
+    done
+  fi
 done

@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-import logging
 import math
 import time
 from dataclasses import dataclass
@@ -38,8 +37,6 @@ from mvcap.subject import Subject
 
 __all__ = ["AdaptConfig", "AdaptError", "AdaptResult", "adapt_network", "adapt_subject", "adaptation_samples"]
 
-log = logging.getLogger(__name__)
-
 
 class AdaptError(MvcapError):
     """Adaptation cannot run on this session (no frames with an estimate, no subject, ...)."""
@@ -52,6 +49,8 @@ class AdaptConfig:
     source: the estimates the photos are paired with: "init" (the session's initial
       estimates) or the name of a results run.
     views: cameras to use (empty: all).
+    max_frames: at most this many frames, spread evenly over the chosen ones (samples are
+      kept in memory: ~0.6 MB each, ``perturbations`` x cameras per frame).
     perturbations: renders per frame, each around the estimate with a fresh error.
     error_scale: (lo, hi) size of that error, drawn per render, in units of the
       regression-like error of :func:`mvcap.motions.perturb_like_regressor` (per-joint
@@ -59,11 +58,13 @@ class AdaptConfig:
     mask_to_person: leave out pixels whose target is off the detector's person mask.
     val_every: every this many-th frame is held out for the report (0: none).
     steps / batch_size / lr / lr_min_ratio: Adam, cosine decay to ``lr * lr_min_ratio``.
-    threads: torch threads (0: torch's default). seed: perturbations and batches.
+    threads: torch threads for training (0: as the process had them). seed: perturbations and
+      batches.
     """
 
     source: str = "init"
     views: tuple[str, ...] = ()
+    max_frames: int = 40
     perturbations: int = 3
     error_scale: tuple[float, float] = (0.1, 0.6)
     mask_to_person: bool = True
@@ -72,15 +73,15 @@ class AdaptConfig:
     batch_size: int = 8
     lr: float = 3e-4
     lr_min_ratio: float = 0.1
-    threads: int = 0
+    threads: int = 1
     seed: int = 0
 
     def __post_init__(self):
         lo, hi = self.error_scale
         if not 0 <= lo <= hi:
             raise ValueError(f"error_scale must be (lo, hi) with 0 <= lo <= hi, got {self.error_scale}")
-        if self.perturbations < 1 or self.steps < 0 or self.batch_size < 1:
-            raise ValueError("perturbations and batch_size must be >= 1 and steps >= 0")
+        if self.perturbations < 1 or self.max_frames < 1 or self.steps < 0 or self.batch_size < 1:
+            raise ValueError("perturbations, max_frames and batch_size must be >= 1 and steps >= 0")
         if self.val_every < 0 or self.val_every == 1:
             raise ValueError(f"val_every must be 0 (no held-out frames) or >= 2, got {self.val_every}")
         if not self.lr > 0 or not 0 < self.lr_min_ratio <= 1:
@@ -162,9 +163,9 @@ def _on_person(person: np.ndarray, flow: np.ndarray, rendered: np.ndarray) -> np
 def adaptation_samples(
     session, subject: Subject, frames, cfg: AdaptConfig, net_cfg, model=None, progress: bool = False
 ) -> dict:
-    """Training samples of ``frames``, rendering ``subject`` (see the module docstring): a dict of stacked tensors
-    photo (B, 3, S, S), render (B, C, S, S), mask (B, 1, S, S), target (B, 2, S, S) (network
-    units), px (B,) image pixels per unit, frame (B,) int."""
+    """Training samples of ``frames`` of an open session, rendering ``subject`` (see the module
+    docstring): a dict of stacked tensors photo (B, 3, S, S), render (B, C, S, S), mask
+    (B, 1, S, S), target (B, 2, S, S) (network units), px (B,) image pixels per unit, frame (B,)."""
     from tqdm import tqdm
 
     from mvcap import motions as M
@@ -276,8 +277,6 @@ def adapt_network(
 
     net = LearnedPredictor.load(weights, device="cpu").net
     threads = torch.get_num_threads()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     try:
         with Session.open(session_path) as session:
             subject = subject or session.subject
@@ -288,12 +287,17 @@ def adapt_network(
                 )
             T = session.num_frames
             frames = list(range(T)) if frames is None else [int(t) for t in frames]
+            outside = [t for t in frames if not 0 <= t < T]
+            if outside:
+                raise AdaptError(f"frames {outside[:5]} are outside {session_path}'s frames 0..{T - 1}")
             _, ok = _estimates(session, cfg.source)
-            usable = [t for t in frames if 0 <= t < T and ok[t]]
+            usable = [t for t in frames if ok[t]]
             if not usable:
                 raise AdaptError(
                     f"none of the {len(frames)} chosen frames of {session_path} has an estimate in {cfg.source!r}"
                 )
+            if len(usable) > cfg.max_frames:
+                usable = [usable[i] for i in np.linspace(0, len(usable) - 1, cfg.max_frames).round().astype(int)]
             k = cfg.val_every
             val = usable[k // 2 :: k] if k and len(usable) >= 2 * k else []
             train_frames = [t for t in usable if t not in set(val)]
@@ -301,6 +305,9 @@ def adapt_network(
             data = adaptation_samples(session, subject, train_frames, cfg, net.cfg, progress=progress)
             held = adaptation_samples(session, subject, val, cfg, net.cfg) if val else {}
             sample_s = time.perf_counter() - t0
+        # after the renderer: numba's OpenMP resets the count torch uses, and torch's threads
+        # then fight numba's spinning ones (a step took 5x longer); set it again
+        torch.set_num_threads(cfg.threads or threads)
         if not data:
             raise AdaptError(f"no usable training samples in {session_path}: the body is out of view in every frame")
         before, zero = _epe(net, held)

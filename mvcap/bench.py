@@ -230,7 +230,10 @@ def _epe_for(path: Path, cfg: RefineConfig, model: BodyModel, frames) -> list[fl
     with Session.open(path) as s:
         gt = s.read_ground_truth()
         template = model.template_vertices()[0]
-        appearance = method_appearance(model, s.subject, cfg.appearance)
+        subject = s.subject
+        appearance = method_appearance(model, subject, cfg.appearance)
+        # one predictor per session (the learned one loads the subject's adapted network)
+        predictor = None if cfg.predictor == "oracle" else make_predictor(cfg.predictor, cfg, subject=subject)
         for t in frames:
             inputs = load_frame_inputs(s, t, cfg.views)
             with torch.no_grad():
@@ -238,7 +241,7 @@ def _epe_for(path: Path, cfg: RefineConfig, model: BodyModel, frames) -> list[fl
                 gt_verts = model(**gt.slice(t).to_torch()).vertices[0]
             pinhole = inputs.rig.without_distortion()
             req = estimate_request(model, pinhole, inputs.photos, vertices_world, appearance, template)
-            pred = make_predictor(cfg.predictor, cfg, gt_verts)(req)
+            pred = (predictor or make_predictor(cfg.predictor, cfg, gt_verts))(req)
             truth = make_predictor("oracle", cfg, gt_verts)(req)
             out.append(epe(pred.flow, truth.flow, req.fragments.mask))
     return out
