@@ -82,6 +82,13 @@ def test_at_most_max_frames_spread_over_the_chosen(truth_session):
     assert res.train_frames == (0, 2) and res.steps == 1
 
 
+def test_a_damaged_adapted_network_is_named():
+    from mvcap.nets.predictor import WeightsError
+
+    with pytest.raises(WeightsError, match="the subject's adapted network .*adapt it again with `mvcap adapt`"):
+        LearnedPredictor.load(b"not a weights file")
+
+
 def test_adapt_errors(truth_session, tmp_path):
     with pytest.raises(AdaptError, match="no results run 'nope'"):
         adapt_network(truth_session, AdaptConfig(source="nope"), progress=False)
