@@ -316,7 +316,12 @@ def prepare_run(cfg: RunConfig, base_dir: Path, out_dir: Path | None = None, pro
 
         if cfg.subject.file:
             subject = Subject.load(_resolve(base_dir, cfg.subject.file))
-            if stored_subject is None or _unadapted(stored_subject) != _unadapted(subject):
+            # kept: the same subject, or the session's copy of it that the adapt stage adapted
+            same = stored_subject is not None and (
+                stored_subject == subject
+                or (subject.displacement_net is None and _unadapted(stored_subject) == subject)
+            )
+            if not same:
                 with Session.open(session_path, "a") as s:
                     s.write_subject(subject)
             summary.stage_notes["subject"] = f"subject {subject.name} from {cfg.subject.file}"

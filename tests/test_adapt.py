@@ -1,5 +1,6 @@
 """Self-training adaptation of the displacement network (mvcap.adapt) on the tiny synthetic capture."""
 
+import dataclasses
 import shutil
 
 import pytest
@@ -126,15 +127,37 @@ def test_adapt_command(truth_session, tmp_path):
     assert bad.exit_code != 0 and "no results run 'x'" in bad.output
 
 
-def test_run_adapts_once(truth_session):
-    from mvcap.pipeline import AdaptStage, RunConfig, _adapt_stage
+def test_run_adapts_once_and_keeps_it(truth_session, tmp_path):
+    """`mvcap run` with [adapt] enabled: adapts after the subject stage, keeps the adapted
+    copy on the next run, adapts again for other frames, and takes a file's own network."""
+    from mvcap.pipeline import load_run_config, prepare_run
+    from mvcap.subject import Subject
 
-    cfg = RunConfig(adapt=AdaptStage(True, AdaptConfig(source="truth", perturbations=1, val_every=0, steps=2)))
-    first = _adapt_stage(cfg, truth_session, [0, 1], progress=False)
-    assert first.startswith("adapted on 2 frames")
     with Session.open(truth_session) as s:
-        net = s.subject.displacement_net
-    assert net and _adapt_stage(cfg, truth_session, [0, 1], progress=False).startswith("network already adapted")
-    assert _adapt_stage(cfg, truth_session, [0], progress=False).startswith("adapted on 1 frames")
-    with Session.open(truth_session) as s:
-        assert s.subject.displacement_net != net
+        subject_file = s.subject.save(tmp_path / "who.npz")
+    body = (
+        f'frames = "0:2"\n[capture]\nsession = "{truth_session}"\n[init]\nsource = "session"\n'
+        f'[subject]\nfile = "{subject_file}"\n[adapt]\nenabled = true\n'
+        '[adapt.config]\nsource = "truth"\nperturbations = 1\nval_every = 0\nsteps = 2\n'
+    )
+    (tmp_path / "run.toml").write_text(body)
+
+    def prepare(text=body):
+        (tmp_path / "run.toml").write_text(text)
+        cfg, base = load_run_config(tmp_path / "run.toml")
+        return prepare_run(cfg, base, progress=False).summary.stage_notes.get("adapt", "")
+
+    def stored():
+        with Session.open(truth_session) as s:
+            return s.subject.displacement_net
+
+    assert prepare().startswith("adapted on 2 frames")
+    net = stored()
+    assert net and prepare().startswith("network already adapted") and stored() == net
+    assert prepare(body.replace('frames = "0:2"', 'frames = "0:1"')).startswith("adapted on 1 frames")
+    assert stored() != net
+    # a subject file that carries its own adapted network replaces the session's copy
+    own = dataclasses.replace(Subject.load(subject_file), displacement_net=net, meta={"adapted": {"mine": 1}})
+    own.save(subject_file)
+    prepare(body.replace("enabled = true", "enabled = false"))
+    assert stored() == net
