@@ -6,7 +6,10 @@ own photos, paired with renders of the registered subject posed *around* the cap
 multi-view estimate (from keypoints, silhouettes and all cameras): the target of each
 rendered pixel is the displacement back to that estimate (eq. 1-2 with the estimate in
 place of ground truth). The network so learns what this person looks like in these cameras
-from the real pixels; the multi-view estimate is the label.
+from the real pixels; the multi-view estimate is the label, and its errors are learned too
+(on synthetic footage, where the shipped network has no domain gap, adapting it to a keypoint
+init made it worse: docs/BENCHMARKS.md). Use it where the photos are unlike the training
+renders, and with the best estimate at hand (``source``).
 
 Samples are made exactly as refinement makes its requests (:func:`mvcap.refine.view_windows`,
 :func:`mvcap.refine.estimate_request`, :func:`mvcap.nets.data.crop_sample`), so the network
