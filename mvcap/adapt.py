@@ -243,22 +243,17 @@ def adaptation_samples(
     return {key: torch.stack([it[key] for it in items]) for key in items[0]}
 
 
-def _epe(net, data: dict, batch_size: int = 32) -> tuple[float, float]:
+def _epe(net, data: dict) -> tuple[float, float]:
     """Mean end-point error (image px) of ``net`` and of predicting nothing over ``data``."""
     from mvcap.nets.displacement import endpoint_error
+    from mvcap.nets.train import evaluate
 
     if not data:
         return float("nan"), float("nan")
-    was = net.training
-    net.eval()
-    preds = []
-    with torch.no_grad():
-        for a in range(0, len(data["photo"]), batch_size):
-            preds.append(net(data["photo"][a : a + batch_size], data["render"][a : a + batch_size])[-1])
-    net.train(was)
-    pred = torch.cat(preds)
-    tgt, m, px = data["target"], data["mask"], data["px"]
-    return float(endpoint_error(pred, tgt, m, px)), float(endpoint_error(torch.zeros_like(tgt), tgt, m, px))
+    batch = {k: data[k] for k in ("photo", "render", "target", "mask")}
+    ev = evaluate(net, {**batch, "window": data["px"]}, torch.device("cpu"), batch_size=32)
+    tgt = data["target"]
+    return ev["epe_full_px"], float(endpoint_error(torch.zeros_like(tgt), tgt, data["mask"], data["px"]))
 
 
 def adapt_network(
