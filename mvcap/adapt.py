@@ -38,7 +38,20 @@ import torch
 from mvcap.errors import MvcapError
 from mvcap.subject import Subject
 
-__all__ = ["AdaptConfig", "AdaptError", "AdaptResult", "adapt_network", "adapt_subject", "adaptation_samples"]
+__all__ = [
+    "AdaptConfig",
+    "AdaptError",
+    "AdaptResult",
+    "BackgroundPlates",
+    "adapt_network",
+    "adapt_subject",
+    "adaptation_samples",
+    "background_plates",
+    "composite_samples",
+]
+
+
+ROUTES = ("self", "composite", "both")
 
 
 class AdaptError(MvcapError):
@@ -51,6 +64,8 @@ class AdaptConfig:
 
     source: the estimates the photos are paired with: "init" (the session's initial
       estimates) or the name of a results run.
+    route: "self" (the capture's photos, labelled by the estimate), "composite" (renders of
+      the subject over the capture's background plates, labelled exactly) or "both".
     views: cameras to use (empty: all).
     max_frames: at most this many frames, spread evenly over the chosen ones (samples are
       kept in memory: ~0.6 MB each, ``perturbations`` x cameras per frame).
@@ -63,10 +78,16 @@ class AdaptConfig:
     steps / batch_size / lr / lr_min_ratio: Adam, cosine decay to ``lr * lr_min_ratio``.
     threads: torch threads for training (0: as the process had them before rendering; on a
       quiet 2-core machine 2 threads took 0.73 s per step of 8 crops, 1 thread 0.93 s).
+    pose_spread: composite route: the rendered "true" poses lie around the estimate's, drawn
+      with this scale of the regression-like error (new poses near the capture's, in its
+      places); the estimate to correct is then drawn around them with ``error_scale``.
+    plate_frames: composite route: frames (spread over the take) whose per-pixel median,
+      with the person masked out, is each camera's background plate.
     seed: perturbations and batches.
     """
 
     source: str = "init"
+    route: str = "self"
     views: tuple[str, ...] = ()
     max_frames: int = 40
     perturbations: int = 3
@@ -78,9 +99,15 @@ class AdaptConfig:
     lr: float = 3e-4
     lr_min_ratio: float = 0.1
     threads: int = 0
+    pose_spread: float = 0.5
+    plate_frames: int = 24
     seed: int = 0
 
     def __post_init__(self):
+        if self.route not in ROUTES:
+            raise ValueError(f"route must be one of {ROUTES}, got {self.route!r}")
+        if self.pose_spread < 0 or self.plate_frames < 1:
+            raise ValueError("pose_spread must be >= 0 and plate_frames >= 1")
         lo, hi = self.error_scale
         if not 0 <= lo <= hi:
             raise ValueError(f"error_scale must be (lo, hi) with 0 <= lo <= hi, got {self.error_scale}")
@@ -164,6 +191,17 @@ def _on_person(person: np.ndarray, flow: np.ndarray, rendered: np.ndarray) -> np
     return out
 
 
+def _perturbed(rng, pose, transl, betas, scale: float, pinhole):
+    """(pose (1, 24, 3), transl (1, 3)) with ``scale`` x the regression-like error, as seen by
+    one of the cameras drawn at random (the root error is larger along its axis)."""
+    from mvcap import motions as M
+
+    pcfg = M.PerturbConfig(joint_deg=(5.0 * scale, 15.0 * scale), global_deg=5.0 * scale, transl_std_m=0.04 * scale)
+    cam = pinhole[int(rng.integers(len(pinhole)))]
+    p_pose, p_transl, _ = M.perturb_like_regressor(rng, pose, transl, betas, cfg=pcfg, R_world2cam=cam.R_world2cam)
+    return p_pose, p_transl
+
+
 def adaptation_samples(
     session, subject: Subject, frames, cfg: AdaptConfig, net_cfg, model=None, progress: bool = False
 ) -> dict:
@@ -172,7 +210,6 @@ def adaptation_samples(
     (B, 1, S, S), target (B, 2, S, S) (network units), px (B,) image pixels per unit, frame (B,)."""
     from tqdm import tqdm
 
-    from mvcap import motions as M
     from mvcap.body import load_body_model
     from mvcap.displace import OraclePredictor
     from mvcap.nets.data import crop_sample
@@ -207,12 +244,7 @@ def adaptation_samples(
         oracle = OraclePredictor(est_v)
         for k in range(cfg.perturbations):
             rng = np.random.default_rng([cfg.seed, t, k])
-            s = float(rng.uniform(*cfg.error_scale))
-            pcfg = M.PerturbConfig(joint_deg=(5.0 * s, 15.0 * s), global_deg=5.0 * s, transl_std_m=0.04 * s)
-            cam = pinhole[int(rng.integers(len(pinhole)))]
-            p_pose, p_transl, _ = M.perturb_like_regressor(
-                rng, pose, transl, betas, cfg=pcfg, R_world2cam=cam.R_world2cam
-            )
+            p_pose, p_transl = _perturbed(rng, pose, transl, betas, float(rng.uniform(*cfg.error_scale)), pinhole)
             with torch.no_grad():
                 v = model(f32(p_pose), f32(betas[None]), f32(p_transl)).vertices[0]
             windows = view_windows(pinhole, v, max_side)
@@ -235,6 +267,154 @@ def adaptation_samples(
                 if float(c["mask"].sum()) < 20:
                     continue
                 c["px"] = c["window"] * float(box[2]) / float(size[0])
+                c["frame"] = torch.tensor(t)
+                del c["x0"], c["y0"]
+                items.append(c)
+    if not items:
+        return {}
+    return {key: torch.stack([it[key] for it in items]) for key in items[0]}
+
+
+@dataclass(frozen=True)
+class BackgroundPlates:
+    """Each camera's background with the person removed (:func:`background_plates`): images
+    (V, H, W, 3) uint8 in the undistorted pinhole image (the rig's canvas); noise_std (V,) the
+    sensor noise (8-bit levels, robust std of photo - plate off the person); holes (V,) the
+    fraction of pixels the person covered in every frame (inpainted)."""
+
+    images: np.ndarray
+    noise_std: np.ndarray
+    holes: np.ndarray
+
+
+def background_plates(session, views=(), max_frames: int = 24, grow_px: int = 15, progress: bool = False):
+    """:class:`BackgroundPlates` of an open session's cameras ``views`` (empty: all): the
+    per-pixel median of up to ``max_frames`` frames spread over the take, leaving out each
+    frame's detector person mask grown by ``grow_px``; pixels covered in every frame are
+    inpainted. Other people stay where they stood still; without detections the median alone
+    removes the person only where they moved."""
+    import cv2
+    from tqdm import tqdm
+
+    from mvcap.refine import frame_evidence, load_frame_inputs
+
+    T = session.num_frames
+    frames = np.unique(np.linspace(0, T - 1, min(max_frames, T)).round().astype(int))
+    photos, masks = [], []
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow_px + 1, 2 * grow_px + 1))
+    for t in tqdm(frames, desc="adapt: background", unit="frame", disable=not progress):
+        inputs = load_frame_inputs(session, int(t), list(views))
+        evidence = frame_evidence(session, int(t), inputs.rig)
+        photos.append(inputs.photos)
+        H, W = inputs.photos.shape[1:3]
+        m = np.zeros((len(inputs.photos), H, W), bool)
+        for v, ev in enumerate(evidence or []):
+            if ev is not None and ev.mask is not None:
+                h, w = ev.mask.shape
+                m[v, :h, :w] = cv2.dilate(ev.mask.astype(np.uint8), kernel) > 0
+        masks.append(m)
+    photos, masks = np.stack(photos), np.stack(masks)  # (F, V, H, W, 3), (F, V, H, W)
+    F, V, H, W = masks.shape
+    plates = np.zeros((V, H, W, 3), np.uint8)
+    noise, holes = np.zeros(V), np.zeros(V)
+    for v in range(V):
+        for y in range(0, H, 64):  # in bands, to bound the sorted copy
+            # masked median: masked values sort to the end, take the middle of the rest
+            block = photos[:, v, y : y + 64].astype(np.uint16)
+            m = masks[:, v, y : y + 64]
+            block[m] = 1024
+            block.sort(axis=0)
+            mid = np.broadcast_to(((F - m.sum(0) - 1).clip(min=0) // 2)[None, ..., None], (1, *block.shape[1:]))
+            plates[v, y : y + 64] = np.take_along_axis(block, mid, 0)[0].clip(max=255)
+        hole = masks[:, v].all(0)
+        holes[v] = hole.mean()
+        if hole.any():
+            # inpaint at a quarter of the size (Telea's cost grows with the hole), paste back
+            small = cv2.resize(plates[v], (W // 4, H // 4), interpolation=cv2.INTER_AREA)
+            small_hole = cv2.resize(hole.astype(np.uint8), (W // 4, H // 4), interpolation=cv2.INTER_NEAREST)
+            filled = cv2.resize(cv2.inpaint(small, small_hole, 5, cv2.INPAINT_TELEA), (W, H))
+            plates[v][hole] = filled[hole]
+        # every 4th pixel of every 4th row of a few frames, off the person
+        sub = (slice(None, None, max(1, F // 4)), v, slice(None, None, 4), slice(None, None, 4))
+        free = ~masks[sub] & ~hole[None, ::4, ::4]
+        d = (photos[sub].astype(np.int16) - plates[v, ::4, ::4][None].astype(np.int16))[free].reshape(-1)
+        d = d[np.abs(d) < 12]  # the noise, not what moved (trimmed: a slight underestimate)
+        noise[v] = float(d.std()) if d.size else 0.0
+    return BackgroundPlates(plates, noise, holes)
+
+
+def composite_samples(
+    session, subject: Subject, frames, cfg: AdaptConfig, net_cfg, plates: BackgroundPlates, model=None,
+    progress: bool = False,
+) -> dict:  # fmt: skip
+    """Training samples with exact targets (see :func:`adaptation_samples` for the dict): the
+    subject (its shape and texture) rendered in a pose around the estimate of each of
+    ``frames`` (``cfg.pose_spread``), under a light drawn per sample, composited over the
+    cameras' background ``plates`` with their sensor noise and a little blur; the estimate to
+    correct is drawn around that pose (``cfg.error_scale``) and rendered as refinement
+    renders it; the target is the true displacement (eq. 1-2)."""
+    import cv2
+    from tqdm import tqdm
+
+    from mvcap.body import load_body_model
+    from mvcap.displace import OraclePredictor
+    from mvcap.nets.data import crop_sample
+    from mvcap.refine import estimate_appearance, estimate_request, view_windows
+    from mvcap.render import Light, render
+
+    model = model or load_body_model()
+    params, ok = _estimates(session, cfg.source)
+    appearance = estimate_appearance(model, subject)
+    template = model.template_vertices()[0]
+    rig = session.rig if not cfg.views else session.rig.subset(list(cfg.views))
+    pinhole = rig.without_distortion()
+    betas = np.asarray(subject.betas, np.float64)
+    f32 = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731
+    max_side = 4 * net_cfg.crop_size
+    items = []
+    for t in tqdm(list(frames), desc="adapt: composites", unit="frame", disable=not progress):
+        t = int(t)
+        if not ok[t]:
+            continue
+        pose, transl = params.pose_rotvecs[t : t + 1].astype(np.float64), params.transl[t : t + 1].astype(np.float64)
+        for k in range(cfg.perturbations):
+            rng = np.random.default_rng([cfg.seed, 1, t, k])
+            g_pose, g_transl = _perturbed(rng, pose, transl, betas, cfg.pose_spread, pinhole)
+            e_pose, e_transl = _perturbed(rng, g_pose, g_transl, betas, float(rng.uniform(*cfg.error_scale)), pinhole)
+            with torch.no_grad():
+                gt_v = model(f32(g_pose), f32(betas[None]), f32(g_transl)).vertices[0]
+                v = model(f32(e_pose), f32(betas[None]), f32(e_transl)).vertices[0]
+            windows = view_windows(pinhole, v, max_side)
+            wrig = windows.rig(pinhole)
+            # the photo: the subject's texture carries the capture's lighting; a mild light on top
+            ambient = float(rng.uniform(0.6, 1.0))
+            d = np.array([0.0, 0.0, -1.0]) + rng.normal(0, 0.5, 3)
+            d[2] = min(d[2], -0.2)
+            light = Light(ambient=ambient, diffuse=1.0 - ambient, direction_cam=tuple(float(x) for x in d))
+            frags, passes = render(wrig, gt_v, model.faces, passes=("rgb",), light=light, **appearance.render_kwargs())
+            body = passes.get("rgb").numpy() * 255.0 * np.clip(1 + rng.normal(0, 0.04, 3), 0.85, 1.15)
+            alpha = frags.mask.numpy().astype(np.float32)
+            background = windows.crop(plates.images).astype(np.float32)
+            photos = []
+            for view in range(len(wrig)):
+                a = cv2.GaussianBlur(alpha[view], (0, 0), 0.6)[..., None]  # soft edges, as a lens gives
+                img = background[view] * (1 - a) + body[view] * a
+                sigma = float(rng.uniform(0.0, 0.8))
+                if sigma > 0.1:
+                    img = cv2.GaussianBlur(img, (0, 0), sigma)
+                # the camera's noise, reduced by the window's downscaling (area averaging)
+                scale = float(windows.boxes[view][2]) / float(windows.sizes[view][0])
+                img = img + rng.normal(0, plates.noise_std[view] / max(scale, 1.0), img.shape)
+                photos.append(np.clip(np.rint(img), 0, 255).astype(np.uint8))
+            req = estimate_request(model, wrig, np.stack(photos), v, appearance, template)
+            flow = OraclePredictor(gt_v)(req).flow.numpy()
+            masks = req.fragments.mask.numpy().astype(bool)
+            images = req.passes.images.numpy()
+            for view in range(len(wrig)):
+                if masks[view].sum() < 50:
+                    continue
+                c = crop_sample(net_cfg, req.photos[view], images[view], req.passes.channels, masks[view], flow[view])
+                c["px"] = c["window"] * float(windows.boxes[view][2]) / float(windows.sizes[view][0])
                 c["frame"] = torch.tensor(t)
                 del c["x0"], c["y0"]
                 items.append(c)
@@ -301,7 +481,15 @@ def adapt_network(
             val = usable[k // 2 :: k] if k and len(usable) >= 2 * k else []
             train_frames = [t for t in usable if t not in set(val)]
             t0 = time.perf_counter()
-            data = adaptation_samples(session, subject, train_frames, cfg, net.cfg, progress=progress)
+            parts = []
+            if cfg.route in ("self", "both"):
+                parts.append(adaptation_samples(session, subject, train_frames, cfg, net.cfg, progress=progress))
+            if cfg.route in ("composite", "both"):
+                plates = background_plates(session, cfg.views, cfg.plate_frames, progress=progress)
+                parts.append(composite_samples(session, subject, train_frames, cfg, net.cfg, plates, progress=progress))
+            parts = [p for p in parts if p]
+            data = {k: torch.cat([p[k] for p in parts]) for k in parts[0]} if parts else {}
+            # held out: the capture's own photos whatever the route (what refinement will see)
             held = adaptation_samples(session, subject, val, cfg, net.cfg) if val else {}
             sample_s = time.perf_counter() - t0
         # after the renderer: numba's OpenMP resets the count torch uses, and torch's threads

@@ -993,6 +993,15 @@ class Session:
                 displacement_net=g["displacement_net"][()] if "displacement_net" in g else None,
             )
 
+    @property
+    def subject_betas(self) -> np.ndarray | None:
+        """The stored subject's shape (B,) float32 without reading its texture or network, or None."""
+        f = self._h5()
+        if "subject" not in f:
+            return None
+        with _reading(self._path, "the subject's betas"):
+            return np.asarray(f["subject"]["betas"][()], np.float32)
+
     # ---------------------------------------------------------------- init ----------------
     def write_init(self, pose_rotvecs, betas=None, transl=None, frames=None) -> None:
         """Initial estimates for ``frames`` (default: all T). Shapes (T',24,3), (T',10) or (10,),

@@ -663,8 +663,8 @@ def initialize_session(
         betas = None
         if cfg.betas == "zero":
             betas = np.zeros(model.num_betas)
-        elif cfg.betas == "subject" and s.subject is not None:
-            betas = np.asarray(s.subject.betas, np.float64)
+        elif cfg.betas == "subject" and s.subject_betas is not None:
+            betas = np.asarray(s.subject_betas, np.float64)
         masks = (lambda i: _view_masks(s.read_masks(int(todo[i])), idx)) if cfg.w_mask > 0 else None
         # a resumed run is warm-started from the estimate of the frame before it
         t_first = int(todo[0])

@@ -409,9 +409,9 @@ def load_frame_inputs(session, t: int, views: Sequence[str] | None = None) -> Fr
     # cameras of different sizes: the photos on the rig's common canvas (mvcap.render.pad_views)
     photos = undistort_images(rig, pad_views(session.read_frame(int(t), views=list(rig.names)), canvas_size(rig)))
     init = session.read_init([int(t)], require_valid=False)
-    subject = session.subject
-    if subject is not None:
-        init = BodyParams(init.pose_rotvecs, np.asarray(subject.betas, np.float32), init.transl)
+    betas = session.subject_betas  # not the whole subject: its texture and network are large
+    if betas is not None:
+        init = BodyParams(init.pose_rotvecs, betas, init.transl)
     return FrameInputs(rig, photos, init)
 
 

@@ -3,11 +3,21 @@
 import dataclasses
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 
-from mvcap.adapt import AdaptConfig, AdaptError, _epe, adapt_network, adapt_subject, adaptation_samples
+from mvcap.adapt import (
+    AdaptConfig,
+    AdaptError,
+    _epe,
+    adapt_network,
+    adapt_subject,
+    adaptation_samples,
+    background_plates,
+    composite_samples,
+)
 from mvcap.capture import Session
 from mvcap.nets.predictor import LearnedPredictor
 
@@ -44,6 +54,65 @@ def test_samples_point_back_to_the_estimate(truth_session, body_model):
     # the estimate is the truth here, so nearly every target lies on the detector's person mask
     kept = _samples(truth_session, body_model, error_scale=(0.5, 0.5))
     assert 0.8 < float(kept["mask"].sum() / moved["mask"].sum()) <= 1.0
+
+
+def test_background_plates_remove_the_person(tmp_path, tiny_session_path):
+    """A noisy background with a "person" that walks slowly across (and one that stands
+    still in view 1): the plate is the background, the noise is measured, the standing
+    person's pixels are a hole filled from around it."""
+    import cv2
+
+    with Session.open(tiny_session_path) as s:
+        rig = s.rig.without_distortion()
+    rng = np.random.default_rng(0)
+    V, (W, H), T, sigma = len(rig), rig[0].image_size, 7, 2.0
+    background = cv2.resize(rng.uniform(40, 215, (V * 8, 8, 3)), (W, V * H), interpolation=cv2.INTER_CUBIC)
+    background = background.reshape(V, H, W, 3)
+    with Session.create(tmp_path / "walk.h5", rig, T) as s:
+        for t in range(T):
+            photos = background + rng.normal(0, sigma, background.shape)
+            masks = np.zeros((V, H, W), bool)
+            masks[:, 40:90, 8 + 10 * t : 48 + 10 * t] = True  # slow: most of its pixels are covered in most frames
+            masks[1, 10:30, 60:80] = True  # stands still
+            photos[masks] = (255, 0, 255)
+            s.write_frame(t, np.clip(np.rint(photos), 0, 255).astype(np.uint8))
+            s.write_detections(t, np.zeros((V, 33, 3), np.float32), masks)
+        plates = background_plates(s, grow_px=2)
+    free = np.ones((V, H, W), bool)
+    free[1, 8:32, 58:82] = False
+    err = np.abs(plates.images.astype(np.float64) - background)
+    assert err[free].mean() < 1.5 and np.quantile(err[free], 0.999) < 10
+    assert np.allclose(plates.noise_std, sigma, atol=0.6), plates.noise_std
+    assert plates.holes[1] > 0 and plates.holes[[0, 2, 3]].max() == 0
+    filled = plates.images[1, 12:28, 62:78].astype(np.float64)
+    assert np.abs(filled - background[1, 12:28, 62:78]).mean() < 30  # like its surroundings, not magenta
+
+
+def test_composites_have_exact_targets(truth_session, body_model):
+    with Session.open(truth_session) as s:
+        plates = background_plates(s)
+        cfg = AdaptConfig(source="truth", perturbations=1, pose_spread=0.3, error_scale=(0.0, 0.0))
+        still = composite_samples(s, s.subject, [0, 1], cfg, LITE, plates, body_model)
+        moved = composite_samples(
+            s, s.subject, [0, 1], dataclasses.replace(cfg, error_scale=(0.5, 0.5)), LITE, plates, body_model
+        )
+    assert set(still) == {"photo", "render", "mask", "target", "px", "frame", "window"} and len(still["photo"]) >= 6
+    m = still["mask"][:, 0] > 0
+    assert float((still["target"].norm(dim=1) * still["px"][:, None, None])[m].max()) < 0.05
+    m = moved["mask"][:, 0] > 0
+    assert float((moved["target"].norm(dim=1) * moved["px"][:, None, None])[m].mean()) > 1.0
+    # the photo shows the subject where the estimate (here: the truth) is rendered
+    on = still["mask"][:, 0] > 0
+    diff = lambda render: float((still["photo"] - render[:, :3]).abs().mean(1)[on].mean())  # noqa: E731
+    assert diff(still["render"]) < 0.5 * diff(still["render"].roll(1, 0))
+
+
+def test_both_routes_train_on_both(truth_session):
+    cfg = AdaptConfig(source="truth", perturbations=1, val_every=0, steps=1, plate_frames=3)
+    _, self_only = adapt_network(truth_session, cfg, frames=[0, 1], progress=False)
+    _, comp = adapt_network(truth_session, dataclasses.replace(cfg, route="composite"), frames=[0, 1], progress=False)
+    _, both = adapt_network(truth_session, dataclasses.replace(cfg, route="both"), frames=[0, 1], progress=False)
+    assert both.train_samples == self_only.train_samples + comp.train_samples and comp.train_samples >= 6
 
 
 def test_adaptation_brings_the_network_to_the_estimate(truth_session, body_model):
@@ -105,6 +174,8 @@ def test_adapt_errors(truth_session, tmp_path):
         ({"perturbations": 0}, "perturbations"),
         ({"max_frames": 0}, "max_frames"),
         ({"lr": 0.0}, "lr"),
+        ({"route": "paste"}, "route must be one of"),
+        ({"pose_spread": -1.0}, "pose_spread"),
     ]:
         with pytest.raises(ValueError, match=msg):
             AdaptConfig(**kw)

@@ -91,7 +91,7 @@ def test_round_trip(tmp_path):
         assert s.has_ground_truth and s.read_ground_truth().allclose(gt, atol=0)
         extras = s.read_ground_truth_extras()
         assert np.array_equal(extras["visibility"], vis) and list(extras["tags"]) == ["a", "b"]
-        assert s.subject == subj
+        assert s.subject == subj and np.array_equal(s.subject_betas, subj.betas.astype(np.float32))
         with pytest.raises(SessionError, match="read-only"):
             s.write_frame(0, imgs[0])
 
@@ -103,6 +103,7 @@ def test_view_frames_and_missing_frames(tmp_path):
         s.write_view_frames("cam0", 0, imgs[:, 0])
         s.write_view_frames("cam1", 0, imgs[:3, 1])
         assert s.frames_written.tolist() == [True] * 3 + [False] * 3
+        assert s.subject is None and s.subject_betas is None
         assert np.array_equal(s.read_view("cam0"), imgs[:, 0])
         with pytest.raises(SessionError, match="never written"):
             s.read_frame(4)
