@@ -83,6 +83,8 @@ class AdaptConfig:
       places); the estimate to correct is then drawn around them with ``error_scale``.
     plate_frames: composite route: frames (spread over the take) whose per-pixel median,
       with the person masked out, is each camera's background plate.
+    confidence: give the network a confidence head (if it has none) and train it too: each
+      pixel's expected error, which refinement then uses as the target weight.
     seed: perturbations and batches.
     """
 
@@ -101,6 +103,7 @@ class AdaptConfig:
     threads: int = 0
     pose_spread: float = 0.5
     plate_frames: int = 24
+    confidence: bool = False
     seed: int = 0
 
     def __post_init__(self):
@@ -451,10 +454,12 @@ def adapt_network(
     from tqdm import tqdm
 
     from mvcap.capture import Session
-    from mvcap.nets.displacement import displacement_loss
+    from mvcap.nets.displacement import training_loss
     from mvcap.nets.predictor import LearnedPredictor
 
     net = LearnedPredictor.load(weights, device="cpu").net
+    if cfg.confidence:
+        net = net.with_confidence()
     threads = torch.get_num_threads()
     try:
         with Session.open(session_path) as session:
@@ -508,8 +513,8 @@ def adapt_network(
             for g in opt.param_groups:
                 g["lr"] = cfg.lr * f
             idx = torch.randint(n, (min(cfg.batch_size, n),), generator=gen)
-            preds = net(data["photo"][idx], data["render"][idx])
-            loss = displacement_loss(preds, data["target"][idx], data["mask"][idx])
+            preds, log_scale = net.forward_with_scale(data["photo"][idx], data["render"][idx])
+            loss = training_loss(preds, log_scale, data["target"][idx], data["mask"][idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)

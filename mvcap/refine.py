@@ -136,6 +136,9 @@ class RefineConfig:
     # when it has one and `adapted` is on, else the shipped lite model
     learned_weights: str = ""
     adapted: bool = True
+    # a network with a confidence head (`mvcap adapt --set confidence=true`) weights each
+    # pixel's target by min(1, (this / its expected error in px)^2)
+    learned_confidence_px: float = 2.0
     # how the estimate is textured for the predictor: "subject" (its registered appearance);
     # the rest are ablations (the refinement paper's Table 3): "none" (uniform grey), "wrong"
     # (another person's texture), "noise<std>" (per-texel Gaussian noise) or "brightness<std>"
@@ -176,6 +179,8 @@ class RefineConfig:
             )
         if self.frame_batch < 1:
             raise ValueError(f"frame_batch must be >= 1 (1 = frames one at a time), got {self.frame_batch}")
+        if not self.learned_confidence_px > 0:
+            raise ValueError(f"learned_confidence_px must be > 0 (pixels), got {self.learned_confidence_px}")
 
 
 #: FrameResult.status: "done" (refined), "kept" (no round agreed better with the evidence
@@ -970,10 +975,12 @@ def make_predictor(
         from mvcap.nets.predictor import LearnedPredictor
 
         if cfg.learned_weights:
-            return LearnedPredictor.load(cfg.learned_weights)
-        if cfg.adapted and subject is not None and subject.displacement_net is not None:
-            return LearnedPredictor.load(subject.displacement_net)
-        return LearnedPredictor.load()
+            weights = cfg.learned_weights
+        elif cfg.adapted and subject is not None and subject.displacement_net is not None:
+            weights = subject.displacement_net
+        else:
+            weights = None
+        return LearnedPredictor.load(weights, confidence_px=cfg.learned_confidence_px)
     raise ValueError(f"unknown predictor {name!r}; use one of {PREDICTORS}")
 
 

@@ -146,6 +146,26 @@ def test_adapt_subject_stores_the_network_that_refine_then_uses(truth_session):
     assert sched.predictors[0].source == "the subject's adapted network"
 
 
+def test_adapting_with_confidence_stores_a_network_that_weights_its_targets(truth_session, body_model):
+    from mvcap.refine import RefineConfig, estimate_request, load_frame_inputs, make_predictor
+
+    with Session.open(truth_session) as s:
+        subject = s.subject
+        inputs = load_frame_inputs(s, 1)
+    cfg = AdaptConfig(source="truth", perturbations=1, val_every=0, steps=2, confidence=True)
+    adapted, _ = adapt_subject(subject, truth_session, cfg, frames=[0], progress=False)
+    learned = make_predictor("learned", RefineConfig(predictor="learned"), subject=adapted)
+    assert learned.cfg.confidence and adapted.meta["adapted"]["config"]["confidence"]
+    with torch.no_grad():
+        v = body_model(**inputs.init.to_torch(dtype=torch.float32)).vertices[0]
+    req = estimate_request(body_model, inputs.rig.without_distortion(), inputs.photos, v)
+    learned.confidence_px = 0.05  # below the expected errors at this tiny image size: weights vary
+    out = learned(req)
+    mask = req.fragments.mask
+    assert torch.all(out.confidence[~mask] == 0) and float(out.confidence[mask].min()) > 0
+    assert float(out.confidence[mask].max()) <= 1.0 and float(out.confidence[mask].std()) > 0
+
+
 def test_at_most_max_frames_spread_over_the_chosen(truth_session):
     cfg = AdaptConfig(source="truth", max_frames=2, perturbations=1, val_every=0, steps=1)
     _, res = adapt_network(truth_session, cfg, frames=[0, 1, 2], progress=False)

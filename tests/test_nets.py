@@ -10,15 +10,18 @@ import pytest
 import torch
 
 from mvcap.nets.displacement import (
+    INITIAL_SCALE,
     CropWindow,
     DisplacementNet,
     NetConfig,
+    confidence_loss,
     crop_passes,
     crop_window,
     displacement_loss,
     encode_render,
     endpoint_error,
     select_render_passes,
+    training_loss,
     uncrop_flow,
 )
 
@@ -375,16 +378,22 @@ def test_weights_missing_or_wrong_give_clear_errors(tmp_path):
 
 
 class _ConstantNet(torch.nn.Module):
-    """Outputs a constant displacement (crop pixels / S) everywhere."""
+    """Outputs a constant displacement (crop pixels / S) everywhere, and with ``scale`` a
+    constant expected error (same units)."""
 
-    def __init__(self, cfg, value):
+    def __init__(self, cfg, value, scale=None):
         super().__init__()
         self.cfg = cfg
         self.value = torch.tensor(value, dtype=torch.float32)
+        self.scale = scale
+
+    def forward_with_scale(self, photo, render):
+        B, _, S, _ = photo.shape
+        log_scale = None if self.scale is None else torch.full((B, 1, S, S), float(np.log(self.scale)))
+        return [self.value.view(1, 2, 1, 1).expand(B, 2, S, S).clone()], log_scale
 
     def forward(self, photo, render):
-        B, _, S, _ = photo.shape
-        return [self.value.view(1, 2, 1, 1).expand(B, 2, S, S).clone()]
+        return self.forward_with_scale(photo, render)[0]
 
 
 def _fake_request(H=80, W=100):
@@ -438,6 +447,35 @@ def test_predictor_maps_crop_prediction_to_full_image_pixels():
         assert torch.allclose(f, torch.tensor([value[0] * L, value[1] * L]), atol=1e-4)
     assert torch.all(pred.flow[~mask] == 0)
     assert torch.equal(pred.confidence, mask.float())
+    # with an expected error b: full weight up to confidence_px, then (confidence_px / b)^2
+    for scale, px in ((0.02, 3.0), (0.1, 3.0)):
+        pred = LearnedPredictor(_ConstantNet(TINY, value, scale), confidence_px=px)(req)
+        assert torch.allclose(pred.flow[0][mask[0]], torch.tensor([[value[0] * 72, value[1] * 72]]), atol=1e-4)
+        for v, L in ((0, 72), (1, 108)):
+            want = min(1.0, (px / (scale * L)) ** 2)
+            assert torch.allclose(pred.confidence[v][mask[v]], torch.tensor(want), rtol=1e-4), (scale, v)
+        assert torch.all(pred.confidence[~mask] == 0)
+
+
+def test_a_confidence_head_learns_the_expected_error_and_keeps_the_displacement():
+    torch.manual_seed(0)
+    net = DisplacementNet(TINY)
+    photo, render = torch.randn(2, 3, 32, 32), torch.randn(2, 11, 32, 32)
+    withc = net.eval().with_confidence().eval()
+    assert withc.cfg.confidence and net.with_confidence() is not net and withc.with_confidence() is withc
+    preds, log_scale = withc.forward_with_scale(photo, render)
+    assert torch.equal(preds[-1], net(photo, render)[-1]) and net.forward_with_scale(photo, render)[1] is None
+    assert torch.allclose(log_scale, torch.tensor(np.log(INITIAL_SCALE), dtype=torch.float32))
+    # the loss is minimal where the scale is the mean absolute error per component
+    target, mask = torch.zeros(2, 2, 32, 32), torch.ones(2, 1, 32, 32)
+    pred = torch.zeros(2, 2, 32, 32)
+    pred[:, 0] = 0.3  # |e| = 0.3 in x, 0 in y: b = 0.15
+    loss = [float(confidence_loss(torch.full_like(mask, np.log(b)), pred, target, mask)) for b in (0.1, 0.15, 0.2)]
+    assert loss[1] < loss[0] and loss[1] < loss[2]
+    scale = torch.full_like(mask, np.log(0.15), requires_grad=True)
+    training_loss([pred.requires_grad_()], scale, target, mask).backward()
+    assert abs(float(scale.grad.sum())) < 1e-4  # at the optimum; and the error is detached:
+    assert torch.allclose(pred.grad, torch.sign(pred.detach()) / (2 * 32 * 32))  # eq. 3's gradient only
 
 
 def test_predictor_runs_a_real_network_on_a_rendered_body():

@@ -114,6 +114,8 @@ def test_config_rejects_unknown_choices():
         RefineConfig(frame_batch=0)
     with pytest.raises(ValueError, match="render_max_side must be -1"):
         RefineConfig(render_max_side=-2)
+    with pytest.raises(ValueError, match=r"learned_confidence_px must be > 0 \(pixels\)"):
+        RefineConfig(learned_confidence_px=0.0)
 
 
 def test_sequence_mode_starts_from_the_previous_result(body_model, tiny_session, monkeypatch):

@@ -32,6 +32,7 @@ batch and summed over the stacks.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -45,6 +46,8 @@ __all__ = [
     "NetConfig",
     "DisplacementNet",
     "displacement_loss",
+    "confidence_loss",
+    "training_loss",
     "endpoint_error",
     "RENDER_PASS_CHANNELS",
     "render_channels",
@@ -57,6 +60,8 @@ __all__ = [
     "encode_render",
     "uncrop_flow",
 ]
+
+INITIAL_SCALE = 0.01  # an untrained confidence head's expected error: ~1 crop pixel of 96
 
 # channel count of each render pass the network may take, in the order they are stacked
 RENDER_PASS_CHANNELS: dict[str, int] = {"rgb": 3, "depth": 1, "normal": 3, "template": 3, "mask": 1}
@@ -95,6 +100,9 @@ class NetConfig:
     hg_depth: poolings per hourglass (S must be divisible by 2**hg_depth);
     hg_blocks: residual modules per hourglass level; head_blocks: after each hourglass.
     norm: "batch" or "group" (group norm, 8 groups; steadier with tiny batches).
+    confidence: a head on the last stack predicts each pixel's expected error (the log of a
+      Laplace scale, in the displacement's units), trained by :func:`confidence_loss`; the
+      predictor turns it into the target weight (:class:`~.predictor.LearnedPredictor`).
     """
 
     crop_size: int = 256
@@ -111,6 +119,7 @@ class NetConfig:
     hg_blocks: int = 1
     head_blocks: int = 1
     norm: str = "batch"
+    confidence: bool = False
 
     def __post_init__(self):
         unknown = [p for p in self.render_passes if p not in RENDER_PASS_CHANNELS]
@@ -254,6 +263,10 @@ class DisplacementNet(nn.Module):
         for out in self.outputs:  # start from "no displacement"
             nn.init.normal_(out.weight, std=1e-3)
             nn.init.zeros_(out.bias)
+        if cfg.confidence:
+            self.scale_head = nn.Conv2d(w, 1, 1)
+            nn.init.zeros_(self.scale_head.weight)  # start from one expected error everywhere:
+            nn.init.constant_(self.scale_head.bias, math.log(INITIAL_SCALE))  # about a crop pixel
         # recompute encoders and hourglass stacks in the backward pass instead of storing
         # their activations (~6 GB per 256x256 sample in float32 for the paper net); not
         # part of the config: it changes memory and time, not the function
@@ -270,6 +283,11 @@ class DisplacementNet(nn.Module):
         return self.heads[i](self.hourglasses[i](x))
 
     def forward(self, photo: Tensor, render: Tensor) -> list[Tensor]:
+        return self.forward_with_scale(photo, render)[0]
+
+    def forward_with_scale(self, photo: Tensor, render: Tensor) -> tuple[list[Tensor], Tensor | None]:
+        """The stacks' predictions (see the class docstring) and, with ``cfg.confidence``, the
+        log expected error (B, 1, S, S) of the last one (None without)."""
         S = self.cfg.crop_size
         cr = self.cfg.render_in_channels
         if photo.ndim != 4 or photo.shape[1] != 3 or render.ndim != 4 or render.shape[1] != cr:
@@ -294,7 +312,17 @@ class DisplacementNet(nn.Module):
             preds.append(pred)
             if i + 1 < self.cfg.hg_stacks:
                 x = x + self.merge_features[i](y) + self.merge_preds[i](pred)
-        return preds
+        return preds, (self.scale_head(y) if self.cfg.confidence else None)
+
+    def with_confidence(self) -> DisplacementNet:
+        """A copy with a confidence head (untrained: one expected error everywhere) and these
+        weights everywhere else; itself when it has one."""
+        if self.cfg.confidence:
+            return self
+        net = DisplacementNet(dataclasses.replace(self.cfg, confidence=True))
+        missing, unexpected = net.load_state_dict(self.state_dict(), strict=False)
+        assert not unexpected and all(k.startswith("scale_head.") for k in missing), (missing, unexpected)
+        return net
 
 
 # ==========================================================================================
@@ -328,6 +356,29 @@ def displacement_loss(preds: list[Tensor] | Tensor, target: Tensor, mask: Tensor
         err = torch.where(m, (p.float() - target).abs(), torch.zeros((), dtype=target.dtype, device=target.device))
         total = total + err.sum(dim=1, keepdim=True).mean()
     return total
+
+
+def confidence_loss(log_scale: Tensor, pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """Negative log-likelihood of the last stack's error under a Laplace distribution of scale
+    ``exp(log_scale)`` per pixel, over masked pixels: ``mean_m sum_c |e_c| / b + log b``.
+    The error is detached: the head learns how wrong the displacement is without changing
+    it. log_scale, mask (B, 1, S, S); pred, target (B, 2, S, S)."""
+    _check_target([pred], target, mask)
+    m = mask[:, 0] > 0
+    if not m.any():
+        return log_scale.sum() * 0
+    err = (pred.detach().float() - target).abs().sum(1)[m]
+    s = log_scale[:, 0].float()[m]
+    return (err * torch.exp(-s) + 2 * s).mean()
+
+
+def training_loss(preds: list[Tensor], log_scale: Tensor | None, target: Tensor, mask: Tensor) -> Tensor:
+    """What training minimises: :func:`displacement_loss`, plus :func:`confidence_loss` for a
+    network with a confidence head (``log_scale`` from :meth:`DisplacementNet.forward_with_scale`)."""
+    loss = displacement_loss(preds, target, mask)
+    if log_scale is not None:
+        loss = loss + confidence_loss(log_scale, preds[-1], target, mask)
+    return loss
 
 
 @torch.no_grad()
@@ -457,17 +508,18 @@ def encode_render(passes: dict[str, np.ndarray], coverage: np.ndarray, render_pa
 
 
 def uncrop_flow(pred: np.ndarray, win: CropWindow, image_size: tuple[int, int]) -> np.ndarray:
-    """A crop prediction (S, S, 2) in crop pixels / S -> full-image field (H, W, 2) in
-    pixels (0 outside the window). image_size: (width, height).
+    """A crop prediction (S, S, C) in crop pixels / S (the displacement, C = 2, and any other
+    channels in those units) -> full-image field (H, W, C) in pixels (0 outside the window).
+    image_size: (width, height).
 
     Full pixel u lies at crop coordinate ``(u - x0 + 0.5) * S / L - 0.5``; the field is
     sampled bilinearly there (clamped at the crop border) and scaled by L (= S * the
     full-pixels-per-crop-pixel factor, undoing the normalisation by S).
     """
     W, H = image_size
-    S = pred.shape[0]
+    S, C = pred.shape[0], pred.shape[-1]
     L = win.size
-    out = np.zeros((H, W, 2), np.float32)
+    out = np.zeros((H, W, C), np.float32)
     xa, xb = max(win.x0, 0), min(win.x0 + L, W)
     ya, yb = max(win.y0, 0), min(win.y0 + L, H)
     if xa >= xb or ya >= yb:
@@ -482,5 +534,5 @@ def uncrop_flow(pred: np.ndarray, win: CropWindow, image_size: tuple[int, int]) 
         cv2.INTER_LINEAR,
         borderMode=cv2.BORDER_REPLICATE,
     )
-    out[ya:yb, xa:xb] = field * L
+    out[ya:yb, xa:xb] = field.reshape(yb - ya, xb - xa, C) * L
     return out

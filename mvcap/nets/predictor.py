@@ -6,7 +6,9 @@ enlarged by ``net.crop_scale``) is cut from the photo and the render passes and 
 to the network's S x S input -- exactly as the training data were made
 (:func:`mvcap.nets.data.crop_sample`); the last stack's prediction (crop pixels / S) is
 mapped back to full-image pixels (:func:`~.displacement.uncrop_flow`). Confidence is the
-render mask (1 on rendered pixels).
+render mask (1 on rendered pixels); a network with a confidence head (``NetConfig.confidence``)
+also predicts each pixel's expected error b (image pixels), and the confidence is then the
+inverse variance relative to ``confidence_px``: ``min(1, (confidence_px / b)^2)``.
 
 Weights files hold the network config together with the weights
 (:func:`mvcap.nets.train.save_weights`); :meth:`LearnedPredictor.load` builds the network
@@ -86,7 +88,9 @@ def _default_cpu_threads() -> int | None:
 class LearnedPredictor:
     """Displacements from the trained network. ``net`` in eval mode; ``device`` where it
     runs; ``batch_size`` views per forward pass; ``cpu_threads``: torch threads during a
-    CPU forward pass ("auto": see :func:`_default_cpu_threads`; None: leave torch's)."""
+    CPU forward pass ("auto": see :func:`_default_cpu_threads`; None: leave torch's);
+    ``confidence_px``: the expected error (image pixels) that still gets full weight, for
+    networks with a confidence head (see the module docstring)."""
 
     name = "learned"
 
@@ -96,8 +100,10 @@ class LearnedPredictor:
         device: str | torch.device = "cpu",
         batch_size: int = 8,
         cpu_threads: int | None | str = "auto",
+        confidence_px: float = 2.0,
     ):
         self.device = torch.device(device)
+        self.confidence_px = float(confidence_px)
         self.net = net.to(self.device, memory_format=torch.channels_last).eval()
         self.cfg: NetConfig = net.cfg
         self.batch_size = int(batch_size)
@@ -114,6 +120,7 @@ class LearnedPredictor:
         device: str = "auto",
         expected: NetConfig | None = None,
         batch_size: int = 8,
+        confidence_px: float = 2.0,
     ) -> LearnedPredictor:
         """Load a weights file (default :func:`default_weights_path`), a training checkpoint,
         or the bytes of a weights file (a subject's adapted network, :mod:`mvcap.adapt`).
@@ -159,13 +166,14 @@ class LearnedPredictor:
             ) from exc
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        out = cls(net, device, batch_size)
+        out = cls(net, device, batch_size, confidence_px=confidence_px)
         out.source = source
         return out
 
     # ----------------------------------------------------------------------------------
     def _predict_crops(self, photos: torch.Tensor, renders: torch.Tensor) -> np.ndarray:
-        """(B, 3, S, S), (B, C, S, S) -> (B, S, S, 2) last-stack prediction (crop px / S)."""
+        """(B, 3, S, S), (B, C, S, S) -> (B, S, S, 2) last-stack prediction (crop px / S), with
+        a third channel, the expected error in those units, for a network with confidence."""
         outs = []
         threads = torch.get_num_threads()
         limit = self.device.type == "cpu" and self.cpu_threads is not None
@@ -177,7 +185,9 @@ class LearnedPredictor:
                     cl = torch.channels_last
                     p = photos[a : a + self.batch_size].to(self.device).contiguous(memory_format=cl)
                     r = renders[a : a + self.batch_size].to(self.device).contiguous(memory_format=cl)
-                    outs.append(self.net(p, r)[-1].float().cpu())
+                    preds, log_scale = self.net.forward_with_scale(p, r)
+                    out = preds[-1] if log_scale is None else torch.cat([preds[-1], log_scale.exp()], 1)
+                    outs.append(out.float().cpu())
         finally:
             if limit:
                 torch.set_num_threads(threads)
@@ -211,11 +221,16 @@ class LearnedPredictor:
             wins.append(CropWindow(int(c["x0"]), int(c["y0"]), int(round(float(c["window"])))))
             views.append(v)
         flow = np.zeros((V, H, W, 2), np.float32)
+        confidence = mask.astype(np.float32)
         if crops:
             pred = self._predict_crops(
                 torch.stack([c["photo"] for c in crops]), torch.stack([c["render"] for c in crops])
             )
             for k, v in enumerate(views):
-                flow[v] = uncrop_flow(pred[k], wins[k], (W, H))
+                field = uncrop_flow(pred[k], wins[k], (W, H))
+                flow[v] = field[..., :2]
+                if field.shape[-1] > 2:  # expected error b (px): inverse variance, full weight up to confidence_px
+                    b = np.maximum(field[..., 2], 1e-6)
+                    confidence[v] *= np.minimum(1.0, (self.confidence_px / b) ** 2)
         flow *= mask[..., None]
-        return Displacement(torch.from_numpy(flow), torch.from_numpy(mask.astype(np.float32)))
+        return Displacement(torch.from_numpy(flow), torch.from_numpy(confidence))

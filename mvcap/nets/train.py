@@ -37,7 +37,7 @@ import torch
 from mvcap.errors import MvcapError
 
 from .data import DataConfig, DisplacementDataset, StepBatchSampler, collate, make_loader
-from .displacement import DisplacementNet, NetConfig, displacement_loss, endpoint_error
+from .displacement import DisplacementNet, NetConfig, endpoint_error, training_loss
 
 __all__ = [
     "CheckpointError",
@@ -380,8 +380,8 @@ def evaluate(net: DisplacementNet, batch: dict, device, batch_size: int = 16, am
     for a in range(0, n, batch_size):
         b = _to({k: v[a : a + batch_size] for k, v in batch.items()}, device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            out = net(b["photo"], b["render"])
-        loss += float(displacement_loss(out, b["target"], b["mask"])) * b["photo"].shape[0]
+            out, log_scale = net.forward_with_scale(b["photo"], b["render"])
+        loss += float(training_loss(out, log_scale, b["target"], b["mask"])) * b["photo"].shape[0]
         preds.append(out[-1].float().cpu())
     net.train(was)
     pred = torch.cat(preds)
@@ -522,8 +522,8 @@ def train(
             for batch in batches:
                 b = _to(batch, device)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    preds = net(b["photo"], b["render"])
-                loss = displacement_loss(preds, b["target"], b["mask"])
+                    preds, log_scale = net.forward_with_scale(b["photo"], b["render"])
+                loss = training_loss(preds, log_scale, b["target"], b["mask"])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.grad_clip > 0:
