@@ -60,7 +60,7 @@ def test_paper_and_lite_configs_build():
 
     paper = load_config(NetConfig, "nets/paper.toml")
     lite = load_config(NetConfig, "nets/lite.toml")
-    assert paper.hg_stacks == 4 and paper.crop_size == 256 and paper.encoder_out == 256
+    assert paper.hg_stacks == 4 and paper.crop_size == 256 and paper.encoder_out == 256 and paper.confidence
     assert lite.hg_stacks == 2 and lite.crop_size in (96, 128)
     net = DisplacementNet(lite).eval()
     with torch.no_grad():
@@ -320,9 +320,9 @@ def test_budgeted_training_stops_on_time_and_resumes_the_clock(tmp_path, small_d
 
     monkeypatch.setattr(T.time, "time", fake_time)
     cfg = T.TrainConfig(
-        net=TINY, data=small_data, steps=10_000, batch_size=2, num_workers=0, threads=1,
-        log_every=1, val_every=1000, checkpoint_every=1000, warmup_steps=1, vis_samples=0,
-        budget_minutes=0.5, lr_min_ratio=0.1,
+        net=dataclasses.replace(TINY, confidence=True), data=small_data, steps=10_000, batch_size=2,
+        num_workers=0, threads=1, log_every=1, val_every=1000, checkpoint_every=1000, warmup_steps=1,
+        vis_samples=0, budget_minutes=0.5, lr_min_ratio=0.1,
     )  # fmt: skip
     r1 = T.train(cfg, tmp_path, progress=False)
     ck = torch.load(r1.checkpoint, weights_only=True)
@@ -339,6 +339,11 @@ def test_budgeted_training_stops_on_time_and_resumes_the_clock(tmp_path, small_d
     r3 = T.train(dataclasses.replace(cfg, budget_minutes=1.0), tmp_path, progress=False)
     assert r3.step > r1.step
     assert torch.load(r3.checkpoint, weights_only=True)["trained_s"] >= 60.0
+    # a network trained with a confidence head loads with it (and its head was trained)
+    from mvcap.nets.predictor import LearnedPredictor
+
+    head = LearnedPredictor.load(r3.weights, device="cpu").net.scale_head
+    assert head.weight.abs().sum() > 0
     with pytest.raises(ValueError, match="num_workers"):
         T.TrainConfig(num_workers=-2)
     assert T._num_workers(dataclasses.replace(cfg, num_workers=-1)) >= 1
