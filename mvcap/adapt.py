@@ -1,8 +1,8 @@
-"""Per-subject adaptation of the displacement network to one capture (self-training).
+"""Per-subject adaptation of the displacement network to one capture.
 
 The shipped network was trained on synthetic renders; a studio's photos differ (cameras,
-lighting, clothing, background, other people). Adaptation fine-tunes it on the capture's
-own photos, paired with renders of the registered subject posed *around* the capture's
+lighting, clothing, background, other people). Self-training (``route = "self"``) fine-tunes
+it on the capture's own photos, paired with renders of the registered subject posed *around* the capture's
 multi-view estimate (from keypoints, silhouettes and all cameras): the target of each
 rendered pixel is the displacement back to that estimate (eq. 1-2 with the estimate in
 place of ground truth). The network so learns what this person looks like in these cameras
@@ -11,13 +11,21 @@ from the real pixels; the multi-view estimate is the label, and its errors are l
 init made it worse: docs/BENCHMARKS.md). Use it where the photos are unlike the training
 renders, and with the best estimate at hand (``source``).
 
+The composite route (``route = "composite"``, or "both" to mix them) needs no label: the
+subject is rendered in poses around the estimate's, over each camera's background plate (the
+per-pixel median of the take with the detected person masked out, :func:`background_plates`)
+with the camera's sensor noise, and the target is the exact displacement. Its photos are the
+capture's background and the subject's registered texture, not the real person's pixels.
+
 Samples are made exactly as refinement makes its requests (:func:`mvcap.refine.view_windows`,
 :func:`mvcap.refine.estimate_request`, :func:`mvcap.nets.data.crop_sample`), so the network
-sees at adaptation what it sees in use. Pixels whose target falls outside the detector's
-person mask are left out of the loss when the session has detections (``mask_to_person``).
+sees at adaptation what it sees in use. In self-training, pixels whose target falls outside
+the detector's person mask are left out of the loss when the session has detections
+(``mask_to_person``).
 
-A slice of the frames (``val_every``) is held out: the report compares, on them, the end-point
-error of the shipped and the adapted network against the estimate. That is agreement with
+A slice of the frames (``val_every``) is held out: the report compares, on the capture's own
+photos of them (whatever the route), the end-point error of the shipped and the adapted
+network against the estimate. That is agreement with
 the label, not accuracy: judge the adapted weights by cross-validation
 (``mvcap validate``) on frames they were not adapted on.
 """
