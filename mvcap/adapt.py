@@ -134,7 +134,8 @@ class AdaptConfig:
 class AdaptResult:
     """What adaptation did: frames used for training / held out, samples made, steps run,
     seconds (making samples, training), and on the held-out samples the mean end-point error
-    (image px) against the estimate of predicting nothing, of the network before and after."""
+    (image px) against the estimate of predicting nothing, of the network before and after;
+    how many of the training samples were composites (the composite route)."""
 
     train_frames: tuple[int, ...]
     val_frames: tuple[int, ...]
@@ -146,10 +147,12 @@ class AdaptResult:
     val_epe_zero_px: float = float("nan")
     val_epe_before_px: float = float("nan")
     val_epe_after_px: float = float("nan")
+    composite_samples: int = 0
 
     def describe(self) -> str:
+        kind = f", {self.composite_samples} of them composites" if self.composite_samples else ""
         s = (
-            f"adapted on {len(self.train_frames)} frames ({self.train_samples} samples) for {self.steps} steps "
+            f"adapted on {len(self.train_frames)} frames ({self.train_samples} samples{kind}) for {self.steps} steps "
             f"in {self.sample_seconds + self.train_seconds:.0f} s"
         )
         if self.val_samples:
@@ -494,12 +497,13 @@ def adapt_network(
             val = usable[k // 2 :: k] if k and len(usable) >= 2 * k else []
             train_frames = [t for t in usable if t not in set(val)]
             t0 = time.perf_counter()
-            parts = []
+            parts, composites = [], {}
             if cfg.route in ("self", "both"):
                 parts.append(adaptation_samples(session, subject, train_frames, cfg, net.cfg, progress=progress))
             if cfg.route in ("composite", "both"):
                 plates = background_plates(session, cfg.views, cfg.plate_frames, progress=progress)
-                parts.append(composite_samples(session, subject, train_frames, cfg, net.cfg, plates, progress=progress))
+                composites = composite_samples(session, subject, train_frames, cfg, net.cfg, plates, progress=progress)
+                parts.append(composites)
             parts = [p for p in parts if p]
             data = {k: torch.cat([p[k] for p in parts]) for k in parts[0]} if parts else {}
             # held out: the capture's own photos whatever the route (what refinement will see)
@@ -543,6 +547,7 @@ def adapt_network(
         zero,
         before,
         after,
+        len(composites["photo"]) if composites else 0,
     )
     return net, res
 

@@ -113,6 +113,8 @@ def test_both_routes_train_on_both(truth_session):
     _, comp = adapt_network(truth_session, dataclasses.replace(cfg, route="composite"), frames=[0, 1], progress=False)
     _, both = adapt_network(truth_session, dataclasses.replace(cfg, route="both"), frames=[0, 1], progress=False)
     assert both.train_samples == self_only.train_samples + comp.train_samples and comp.train_samples >= 6
+    assert both.composite_samples == comp.composite_samples == comp.train_samples and not self_only.composite_samples
+    assert f"{comp.train_samples} of them composites" in both.describe()
 
 
 def test_adaptation_brings_the_network_to_the_estimate(truth_session, body_model):
