@@ -1,15 +1,15 @@
 """Per-subject adaptation of the displacement network to one capture.
 
 The shipped network was trained on synthetic renders; a studio's photos differ (cameras,
-lighting, clothing, background, other people). Self-training (``route = "self"``) fine-tunes
-it on the capture's own photos, paired with renders of the registered subject posed *around* the capture's
-multi-view estimate (from keypoints, silhouettes and all cameras): the target of each
-rendered pixel is the displacement back to that estimate (eq. 1-2 with the estimate in
-place of ground truth). The network so learns what this person looks like in these cameras
-from the real pixels; the multi-view estimate is the label, and its errors are learned too
-(on synthetic footage, where the shipped network has no domain gap, adapting it to a keypoint
-init made it worse: docs/BENCHMARKS.md). Use it where the photos are unlike the training
-renders, and with the best estimate at hand (``source``).
+lighting, clothing, background, other people). Self-training (``route = "self"``)
+fine-tunes it on the capture's own photos, paired with renders of the registered subject
+posed *around* the capture's multi-view estimate (from keypoints, silhouettes and all
+cameras): the target of each rendered pixel is the displacement back to that estimate
+(eq. 1-2 with the estimate in place of ground truth). The network so learns what this person
+looks like in these cameras from the real pixels; the multi-view estimate is the label, and
+its errors are learned too (on synthetic footage, where the shipped network has no domain
+gap, adapting it to a keypoint init made it worse: docs/BENCHMARKS.md). Use it where the
+photos are unlike the training renders, and with the best estimate at hand (``source``).
 
 The composite route (``route = "composite"``, or "both" to mix them) needs no label: the
 subject is rendered in poses around the estimate's, over each camera's background plate (the
@@ -25,9 +25,8 @@ the detector's person mask are left out of the loss when the session has detecti
 
 A slice of the frames (``val_every``) is held out: the report compares, on the capture's own
 photos of them (whatever the route), the end-point error of the shipped and the adapted
-network against the estimate. That is agreement with
-the label, not accuracy: judge the adapted weights by cross-validation
-(``mvcap validate``) on frames they were not adapted on.
+network against the estimate. That is agreement with the label, not accuracy: judge the
+adapted weights by cross-validation (``mvcap validate``) on frames they were not adapted on.
 """
 
 from __future__ import annotations
