@@ -343,7 +343,7 @@ def test_budgeted_training_stops_on_time_and_resumes_the_clock(tmp_path, small_d
     from mvcap.nets.predictor import LearnedPredictor
 
     head = LearnedPredictor.load(r3.weights, device="cpu").net.scale_head
-    assert head.weight.abs().sum() > 0
+    assert head[2].weight.abs().sum() > 0
     with pytest.raises(ValueError, match="num_workers"):
         T.TrainConfig(num_workers=-2)
     assert T._num_workers(dataclasses.replace(cfg, num_workers=-1)) >= 1
@@ -481,6 +481,14 @@ def test_a_confidence_head_learns_the_expected_error_and_keeps_the_displacement(
     training_loss([pred.requires_grad_()], scale, target, mask).backward()
     assert abs(float(scale.grad.sum())) < 1e-4  # at the optimum; and the error is detached:
     assert torch.allclose(pred.grad, torch.sign(pred.detach()) / (2 * 32 * 32))  # eq. 3's gradient only
+    # the head leaves the displacement's training alone: the same gradients everywhere else
+    target = torch.full((2, 2, 32, 32), 0.05)
+    for model in (net.train(), withc.train()):
+        model.zero_grad()
+        training_loss(*model.forward_with_scale(photo, render), target, mask).backward()
+    for name, p in net.named_parameters():
+        assert torch.allclose(p.grad, dict(withc.named_parameters())[name].grad, atol=1e-6), name
+    assert withc.scale_head[2].weight.grad.abs().sum() > 0  # the head itself learns
 
 
 def test_predictor_runs_a_real_network_on_a_rendered_body():

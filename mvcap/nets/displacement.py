@@ -100,9 +100,10 @@ class NetConfig:
     hg_depth: poolings per hourglass (S must be divisible by 2**hg_depth);
     hg_blocks: residual modules per hourglass level; head_blocks: after each hourglass.
     norm: "batch" or "group" (group norm, 8 groups; steadier with tiny batches).
-    confidence: a head on the last stack predicts each pixel's expected error (the log of a
-      Laplace scale, in the displacement's units), trained by :func:`confidence_loss`; the
-      predictor turns it into the target weight (:class:`~.predictor.LearnedPredictor`).
+    confidence: a head on the last stack's (detached) features predicts each pixel's expected
+      error (the log of a Laplace scale, in the displacement's units), trained by
+      :func:`confidence_loss`; the predictor turns it into the target weight
+      (:class:`~.predictor.LearnedPredictor`). It leaves the displacement's training as it is.
     """
 
     crop_size: int = 256
@@ -264,9 +265,11 @@ class DisplacementNet(nn.Module):
             nn.init.normal_(out.weight, std=1e-3)
             nn.init.zeros_(out.bias)
         if cfg.confidence:
-            self.scale_head = nn.Conv2d(w, 1, 1)
-            nn.init.zeros_(self.scale_head.weight)  # start from one expected error everywhere:
-            nn.init.constant_(self.scale_head.bias, math.log(INITIAL_SCALE))  # about a crop pixel
+            # reads the last stack's features detached: learning the confidence never changes
+            # the displacement (its loss would otherwise pull the shared features its way)
+            self.scale_head = nn.Sequential(nn.Conv2d(w, 32, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(32, 1, 1))
+            nn.init.zeros_(self.scale_head[2].weight)  # start from one expected error everywhere:
+            nn.init.constant_(self.scale_head[2].bias, math.log(INITIAL_SCALE))  # about a crop pixel
         # recompute encoders and hourglass stacks in the backward pass instead of storing
         # their activations (~6 GB per 256x256 sample in float32 for the paper net); not
         # part of the config: it changes memory and time, not the function
@@ -312,7 +315,7 @@ class DisplacementNet(nn.Module):
             preds.append(pred)
             if i + 1 < self.cfg.hg_stacks:
                 x = x + self.merge_features[i](y) + self.merge_preds[i](pred)
-        return preds, (self.scale_head(y) if self.cfg.confidence else None)
+        return preds, (self.scale_head(y.detach()) if self.cfg.confidence else None)
 
     def with_confidence(self) -> DisplacementNet:
         """A copy with a confidence head (untrained: one expected error everywhere) and these
