@@ -137,7 +137,7 @@ class RefineConfig:
     learned_weights: str = ""
     adapted: bool = True
     # a network with a confidence head (`mvcap adapt --set confidence=true`) weights each
-    # pixel's target by min(1, (this / its expected error in px)^2)
+    # pixel's target by min(1, (this / its expected error, in pixels of the rendered window)^2)
     learned_confidence_px: float = 2.0
     # how the estimate is textured for the predictor: "subject" (its registered appearance);
     # the rest are ablations (the refinement paper's Table 3): "none" (uniform grey), "wrong"

@@ -6,9 +6,10 @@ enlarged by ``net.crop_scale``) is cut from the photo and the render passes and 
 to the network's S x S input -- exactly as the training data were made
 (:func:`mvcap.nets.data.crop_sample`); the last stack's prediction (crop pixels / S) is
 mapped back to full-image pixels (:func:`~.displacement.uncrop_flow`). Confidence is the
-render mask (1 on rendered pixels); a network with a confidence head (``NetConfig.confidence``)
-also predicts each pixel's expected error b (image pixels), and the confidence is then the
-inverse variance relative to ``confidence_px``: ``min(1, (confidence_px / b)^2)``.
+render mask (1 on rendered pixels). A network with a confidence head (``NetConfig.confidence``)
+also predicts each pixel's expected error b, in pixels of the request (refinement renders a
+window of the image, maybe scaled down); the confidence is then the inverse variance
+relative to ``confidence_px``: ``min(1, (confidence_px / b)^2)``.
 
 Weights files hold the network config together with the weights
 (:func:`mvcap.nets.train.save_weights`); :meth:`LearnedPredictor.load` builds the network
@@ -89,7 +90,7 @@ class LearnedPredictor:
     """Displacements from the trained network. ``net`` in eval mode; ``device`` where it
     runs; ``batch_size`` views per forward pass; ``cpu_threads``: torch threads during a
     CPU forward pass ("auto": see :func:`_default_cpu_threads`; None: leave torch's);
-    ``confidence_px``: the expected error (image pixels) that still gets full weight, for
+    ``confidence_px``: the expected error (request pixels) that still gets full weight, for
     networks with a confidence head (see the module docstring)."""
 
     name = "learned"
