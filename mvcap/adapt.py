@@ -96,7 +96,7 @@ class AdaptConfig:
     """
 
     source: str = "init"
-    route: str = "self"
+    route: str = "both"
     views: tuple[str, ...] = ()
     max_frames: int = 40
     perturbations: int = 3

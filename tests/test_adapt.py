@@ -108,7 +108,8 @@ def test_composites_have_exact_targets(truth_session, body_model):
 
 
 def test_both_routes_train_on_both(truth_session):
-    cfg = AdaptConfig(source="truth", perturbations=1, val_every=0, steps=1, plate_frames=3)
+    cfg = AdaptConfig(source="truth", route="self", perturbations=1, val_every=0, steps=1, plate_frames=3)
+    assert AdaptConfig().route == "both"  # the default
     _, self_only = adapt_network(truth_session, cfg, frames=[0, 1], progress=False)
     _, comp = adapt_network(truth_session, dataclasses.replace(cfg, route="composite"), frames=[0, 1], progress=False)
     _, both = adapt_network(truth_session, dataclasses.replace(cfg, route="both"), frames=[0, 1], progress=False)
@@ -119,8 +120,9 @@ def test_both_routes_train_on_both(truth_session):
 
 def test_adaptation_brings_the_network_to_the_estimate(truth_session, body_model):
     cfg = AdaptConfig(
-        source="truth", perturbations=1, error_scale=(0.3, 0.6), val_every=0, steps=15, batch_size=4, lr=1e-3
-    )
+        source="truth", route="self", perturbations=1, error_scale=(0.3, 0.6), val_every=0, steps=15, batch_size=4,
+        lr=1e-3,
+    )  # fmt: skip
     with Session.open(truth_session) as s:
         data = adaptation_samples(s, s.subject, [0, 1, 2], cfg, LITE, body_model)
     before, zero = _epe(LearnedPredictor.load(device="cpu").net, data)
