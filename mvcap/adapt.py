@@ -215,6 +215,21 @@ def _perturbed(rng, pose, transl, betas, scale: float, pinhole):
     return p_pose, p_transl
 
 
+def _item(crop: dict, t: int, box, size) -> dict:
+    """A crop of :func:`mvcap.nets.data.crop_sample` of a render window ``box`` (x0, y0, w, h)
+    rendered at ``size`` (W, H) as a training sample: ``px`` image pixels per network unit and
+    the frame ``t``, without the window's corner."""
+    out = {k: v for k, v in crop.items() if k not in ("x0", "y0")}
+    out["px"] = crop["window"] * float(box[2]) / float(size[0])
+    out["frame"] = torch.tensor(t)
+    return out
+
+
+def _stacked(items: list[dict]) -> dict:
+    """Samples -> one dict of stacked tensors (empty for none)."""
+    return {key: torch.stack([it[key] for it in items]) for key in items[0]} if items else {}
+
+
 def adaptation_samples(
     session, subject: Subject, frames, cfg: AdaptConfig, net_cfg, model=None, progress: bool = False
 ) -> dict:
@@ -279,13 +294,8 @@ def adaptation_samples(
                     c["mask"] = c["mask"] * torch.from_numpy((cov[..., 0] > 0.5).astype(np.float32))[None]
                 if float(c["mask"].sum()) < 20:
                     continue
-                c["px"] = c["window"] * float(box[2]) / float(size[0])
-                c["frame"] = torch.tensor(t)
-                del c["x0"], c["y0"]
-                items.append(c)
-    if not items:
-        return {}
-    return {key: torch.stack([it[key] for it in items]) for key in items[0]}
+                items.append(_item(c, t, box, size))
+    return _stacked(items)
 
 
 @dataclass(frozen=True)
@@ -427,13 +437,8 @@ def composite_samples(
                 if masks[view].sum() < 50:
                     continue
                 c = crop_sample(net_cfg, req.photos[view], images[view], req.passes.channels, masks[view], flow[view])
-                c["px"] = c["window"] * float(windows.boxes[view][2]) / float(windows.sizes[view][0])
-                c["frame"] = torch.tensor(t)
-                del c["x0"], c["y0"]
-                items.append(c)
-    if not items:
-        return {}
-    return {key: torch.stack([it[key] for it in items]) for key in items[0]}
+                items.append(_item(c, t, windows.boxes[view], windows.sizes[view]))
+    return _stacked(items)
 
 
 def _epe(net, data: dict) -> tuple[float, float]:
