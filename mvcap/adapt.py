@@ -215,12 +215,24 @@ def _perturbed(rng, pose, transl, betas, scale: float, pinhole):
     return p_pose, p_transl
 
 
-def _item(crop: dict, t: int, box, size) -> dict:
-    """A crop of :func:`mvcap.nets.data.crop_sample` of a render window ``box`` (x0, y0, w, h)
-    rendered at ``size`` (W, H) as a training sample: ``px`` image pixels per network unit and
-    the frame ``t``, without the window's corner."""
+def _view_crops(net_cfg, req, flow: np.ndarray):
+    """(view, rendered mask (H, W) bool, :func:`mvcap.nets.data.crop_sample` with ``flow``
+    (V, H, W, 2) as target) for each view of the request ``req`` whose render covers 50 pixels."""
+    from mvcap.nets.data import crop_sample
+
+    masks = req.fragments.mask.numpy().astype(bool)
+    images = req.passes.images.numpy()
+    for view in range(len(masks)):
+        if masks[view].sum() >= 50:
+            crop = crop_sample(net_cfg, req.photos[view], images[view], req.passes.channels, masks[view], flow[view])
+            yield view, masks[view], crop
+
+
+def _item(crop: dict, t: int, windows, view: int) -> dict:
+    """A crop of the render window ``view`` of ``windows`` as a training sample: ``px`` image
+    pixels per network unit and the frame ``t``, without the window's corner."""
     out = {k: v for k, v in crop.items() if k not in ("x0", "y0")}
-    out["px"] = crop["window"] * float(box[2]) / float(size[0])
+    out["px"] = crop["window"] * float(windows.boxes[view][2]) / float(windows.sizes[view][0])
     out["frame"] = torch.tensor(t)
     return out
 
@@ -240,7 +252,6 @@ def adaptation_samples(
 
     from mvcap.body import load_body_model
     from mvcap.displace import OraclePredictor
-    from mvcap.nets.data import crop_sample
     from mvcap.nets.displacement import CropWindow, crop_passes
     from mvcap.refine import (
         estimate_appearance,
@@ -278,23 +289,17 @@ def adaptation_samples(
             windows = view_windows(pinhole, v, max_side)
             req = estimate_request(model, pinhole, inputs.photos, v, appearance, template, windows)
             flow = oracle(req).flow.numpy()
-            masks = req.fragments.mask.numpy().astype(bool)
-            images = req.passes.images.numpy()
-            for view in range(len(pinhole)):
-                if masks[view].sum() < 50:
-                    continue
-                c = crop_sample(net_cfg, req.photos[view], images[view], req.passes.channels, masks[view], flow[view])
-                box, size = windows.boxes[view], windows.sizes[view]
-                keep = masks[view]
+            for view, rendered, c in _view_crops(net_cfg, req, flow):
                 ev = evidence[view] if evidence is not None else None
                 if ev is not None and ev.mask is not None:
-                    keep = _on_person(_window_mask(ev.mask, box, size), flow[view], masks[view])
+                    person = _window_mask(ev.mask, windows.boxes[view], windows.sizes[view])
+                    keep = _on_person(person, flow[view], rendered)
                     win = CropWindow(int(c["x0"]), int(c["y0"]), int(round(float(c["window"]))))
-                    cov, _ = crop_passes(keep[..., None].astype(np.float32), masks[view], win, S)
+                    cov, _ = crop_passes(keep[..., None].astype(np.float32), rendered, win, S)
                     c["mask"] = c["mask"] * torch.from_numpy((cov[..., 0] > 0.5).astype(np.float32))[None]
                 if float(c["mask"].sum()) < 20:
                     continue
-                items.append(_item(c, t, box, size))
+                items.append(_item(c, t, windows, view))
     return _stacked(items)
 
 
@@ -381,7 +386,6 @@ def composite_samples(
 
     from mvcap.body import load_body_model
     from mvcap.displace import OraclePredictor
-    from mvcap.nets.data import crop_sample
     from mvcap.refine import estimate_appearance, estimate_request, view_windows
     from mvcap.render import Light, render
 
@@ -426,18 +430,11 @@ def composite_samples(
                 if sigma > 0.1:
                     img = cv2.GaussianBlur(img, (0, 0), sigma)
                 # the camera's noise, reduced by the window's downscaling (area averaging)
-                scale = float(windows.boxes[view][2]) / float(windows.sizes[view][0])
-                img = img + rng.normal(0, plates.noise_std[view] / max(scale, 1.0), img.shape)
+                img = img + rng.normal(0, plates.noise_std[view] / max(windows.image_px[view], 1.0), img.shape)
                 photos.append(np.clip(np.rint(img), 0, 255).astype(np.uint8))
             req = estimate_request(model, wrig, np.stack(photos), v, appearance, template)
             flow = OraclePredictor(gt_v)(req).flow.numpy()
-            masks = req.fragments.mask.numpy().astype(bool)
-            images = req.passes.images.numpy()
-            for view in range(len(wrig)):
-                if masks[view].sum() < 50:
-                    continue
-                c = crop_sample(net_cfg, req.photos[view], images[view], req.passes.channels, masks[view], flow[view])
-                items.append(_item(c, t, windows.boxes[view], windows.sizes[view]))
+            items += [_item(c, t, windows, view) for view, _, c in _view_crops(net_cfg, req, flow)]
     return _stacked(items)
 
 

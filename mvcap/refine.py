@@ -293,6 +293,11 @@ class ViewWindows:
     boxes: np.ndarray
     sizes: np.ndarray
 
+    @property
+    def image_px(self) -> np.ndarray:
+        """(V,) image pixels per rendered pixel (1 where a window is rendered at its own size)."""
+        return self.boxes[:, 2] / self.sizes[:, 0]
+
     def rig(self, pinhole: Rig) -> Rig:
         """The cameras that see only their window (see :meth:`Rig.cropped`)."""
         return pinhole.cropped(self.boxes, self.sizes)
