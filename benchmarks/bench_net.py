@@ -9,12 +9,16 @@ person, resample photo + passes, network forward, map back to full-image pixels)
 2 torch threads; the network forward alone; and the DIS flow baseline. With ``--paper``
 the full-size ``paper`` network (random weights: timing only) is timed as well, on the GPU when
 there is one. With CUDA the lite predictor is also timed end to end with its network on the GPU.
+The last rows are what refinement runs: the request is the body's render window
+(:func:`mvcap.refine.view_windows`), with the whole-body pass alone and with the coarse-to-fine
+pass (``--fine-px``, ``--max-crop``: ``learned_fine_px`` / ``learned_max_crop``).
 Prints a markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import tempfile
 import time
@@ -27,7 +31,7 @@ from mvcap.capture import Session
 from mvcap.displace import FlowConfig, FlowPredictor, PredictRequest
 from mvcap.nets.displacement import DisplacementNet, NetConfig
 from mvcap.nets.predictor import LearnedPredictor, default_weights_path
-from mvcap.refine import ESTIMATE_PASSES, subject_appearance
+from mvcap.refine import ESTIMATE_PASSES, estimate_request, subject_appearance, view_windows
 from mvcap.render import render, undistort_images
 from mvcap.synth import generate_session, load_scene_config
 
@@ -47,12 +51,21 @@ def _median_ms(fn, repeats: int) -> float:
     return 1000.0 * statistics.median(times)
 
 
+def _crop_windows(req: PredictRequest, scale: float) -> list[int]:
+    """The network's crop window (request pixels) in each view of ``req`` that sees the body."""
+    from mvcap.nets.displacement import crop_window
+
+    return [w.size for w in (crop_window(m, scale) for m in req.fragments.mask.numpy()) if w is not None]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weights", type=Path, default=None, help="weights file (default: the shipped lite model)")
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--paper", action="store_true", help="also time the paper-size network (random weights)")
+    ap.add_argument("--fine-px", type=float, default=2.0, help="coarse-to-fine pass: image px per crop px")
+    ap.add_argument("--max-crop", type=int, default=192, help="coarse-to-fine pass: largest crop")
     a = ap.parse_args()
 
     model = load_body_model()
@@ -70,7 +83,11 @@ def main() -> None:
     with torch.no_grad():
         verts = model(**init.to_torch()).vertices[0]
     frags, passes = render(
-        pinhole, verts, model.faces, template_vertices=model.template_vertices()[0], passes=ESTIMATE_PASSES,
+        pinhole,
+        verts,
+        model.faces,
+        template_vertices=model.template_vertices()[0],
+        passes=ESTIMATE_PASSES,
         **subject_appearance(model, subject).render_kwargs(),
     )
     req = PredictRequest(photos, passes, frags, pinhole, verts, model.faces)
@@ -114,6 +131,18 @@ def main() -> None:
                 ms = _median_ms(lambda: net(xp, xr), max(1, a.repeats // 2)) / V
             what = f"paper network forward ({n / 1e6:.1f} M params, {Sp}x{Sp}, {V} views at once, {dev}"
             rows.append((what + (", bf16)" if amp else ")"), 2, ms))
+
+    # what refinement asks for: the body's window, at most render_max_side pixels
+    fine = LearnedPredictor.load(a.weights, device="cpu", fine_px=a.fine_px, max_crop=a.max_crop)
+    windows = view_windows(pinhole, verts, fine.render_max_side)
+    wreq = estimate_request(model, pinhole, photos, verts, subject_appearance(model, subject), None, windows)
+    sizes = sorted({fine.fine_size(w, p) for w, p in zip(_crop_windows(wreq, fine.cfg.crop_scale), windows.image_px)})
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        for p, what in ((learned, "whole-body pass"), (fine, f"coarse to fine, fine pass at {sizes}")):
+            p.cpu_threads = threads
+            ms = _median_ms(functools.partial(p, wreq), a.repeats) / V
+            rows.append((f"learned lite, render window, {what}", threads, ms))
 
     print(f"weights: {weights}; {V} views of {a.size}x{a.size}; median of {a.repeats} after a warm-up\n")
     print("| predictor | torch threads | ms / view |")

@@ -92,6 +92,10 @@ class AdaptConfig:
       with the person masked out, is each camera's background plate.
     confidence: give the network a confidence head (if it has none) and train it too: each
       pixel's expected error, which refinement then uses as the target weight.
+    fine_px / max_crop: refinement's coarse-to-fine pass (``learned_fine_px`` /
+      ``learned_max_crop`` of :class:`~mvcap.refine.RefineConfig`); each render also gives,
+      per camera, a tile at that pass's resolution (a crop of the training size around a
+      random point of the body), so the network learns the scale it will also see (0: none).
     seed: perturbations and batches.
     """
 
@@ -111,6 +115,8 @@ class AdaptConfig:
     pose_spread: float = 0.5
     plate_frames: int = 24
     confidence: bool = False
+    fine_px: float = 0.0
+    max_crop: int = 192
     seed: int = 0
 
     def __post_init__(self):
@@ -118,6 +124,10 @@ class AdaptConfig:
             raise ValueError(f"route must be one of {ROUTES}, got {self.route!r}")
         if self.pose_spread < 0 or self.plate_frames < 1:
             raise ValueError("pose_spread must be >= 0 and plate_frames >= 1")
+        if not self.fine_px >= 0 or self.max_crop < 16:
+            raise ValueError(
+                f"fine_px must be >= 0 (0: no tiles) and max_crop >= 16, got {self.fine_px} and {self.max_crop}"
+            )
         lo, hi = self.error_scale
         if not 0 <= lo <= hi:
             raise ValueError(f"error_scale must be (lo, hi) with 0 <= lo <= hi, got {self.error_scale}")
@@ -215,17 +225,33 @@ def _perturbed(rng, pose, transl, betas, scale: float, pinhole):
     return p_pose, p_transl
 
 
-def _view_crops(net_cfg, req, flow: np.ndarray):
+def _view_crops(net_cfg, req, flow: np.ndarray, cfg: AdaptConfig, image_px, rng):
     """(view, rendered mask (H, W) bool, :func:`mvcap.nets.data.crop_sample` with ``flow``
-    (V, H, W, 2) as target) for each view of the request ``req`` whose render covers 50 pixels."""
+    (V, H, W, 2) as target) for each view of the request ``req`` whose render covers 50 pixels:
+    the network's window and, with ``cfg.fine_px``, a tile at the coarse-to-fine pass's
+    resolution around a random rendered pixel (``image_px`` (V,) image pixels per request
+    pixel)."""
     from mvcap.nets.data import crop_sample
+    from mvcap.nets.displacement import CropWindow
+    from mvcap.nets.predictor import fine_crop_size
 
+    S = net_cfg.crop_size
     masks = req.fragments.mask.numpy().astype(bool)
     images = req.passes.images.numpy()
     for view in range(len(masks)):
-        if masks[view].sum() >= 50:
-            crop = crop_sample(net_cfg, req.photos[view], images[view], req.passes.channels, masks[view], flow[view])
-            yield view, masks[view], crop
+        if masks[view].sum() < 50:
+            continue
+        crop = crop_sample(net_cfg, req.photos[view], images[view], req.passes.channels, masks[view], flow[view])
+        yield view, masks[view], crop
+        L = float(crop["window"])
+        size = fine_crop_size(net_cfg, L, float(image_px[view]), cfg.fine_px, cfg.max_crop)
+        if size > S:  # that pass sees the window at size / S times the resolution: an S-crop of a part
+            side = int(round(L * S / size))
+            ys, xs = np.nonzero(masks[view])
+            i = int(rng.integers(len(ys)))
+            tile = CropWindow(int(xs[i]) - side // 2, int(ys[i]) - side // 2, side)
+            args = (req.photos[view], images[view], req.passes.channels, masks[view], flow[view])
+            yield view, masks[view], crop_sample(net_cfg, *args, window=tile)
 
 
 def _item(crop: dict, t: int, windows, view: int) -> dict:
@@ -253,6 +279,7 @@ def adaptation_samples(
     from mvcap.body import load_body_model
     from mvcap.displace import OraclePredictor
     from mvcap.nets.displacement import CropWindow, crop_passes
+    from mvcap.nets.predictor import request_side
     from mvcap.refine import (
         estimate_appearance,
         estimate_request,
@@ -265,7 +292,7 @@ def adaptation_samples(
     params, ok = _estimates(session, cfg.source)
     appearance = estimate_appearance(model, subject)
     template = model.template_vertices()[0]
-    max_side = 4 * net_cfg.crop_size  # what the learned predictor asks refinement for
+    max_side = request_side(net_cfg, cfg.max_crop)  # what the learned predictor asks refinement for
     S = net_cfg.crop_size
     items = []
     for t in tqdm(list(frames), desc="adapt: samples", unit="frame", disable=not progress):
@@ -289,7 +316,7 @@ def adaptation_samples(
             windows = view_windows(pinhole, v, max_side)
             req = estimate_request(model, pinhole, inputs.photos, v, appearance, template, windows)
             flow = oracle(req).flow.numpy()
-            for view, rendered, c in _view_crops(net_cfg, req, flow):
+            for view, rendered, c in _view_crops(net_cfg, req, flow, cfg, windows.image_px, rng):
                 ev = evidence[view] if evidence is not None else None
                 if ev is not None and ev.mask is not None:
                     person = _window_mask(ev.mask, windows.boxes[view], windows.sizes[view])
@@ -386,6 +413,7 @@ def composite_samples(
 
     from mvcap.body import load_body_model
     from mvcap.displace import OraclePredictor
+    from mvcap.nets.predictor import request_side
     from mvcap.refine import estimate_appearance, estimate_request, view_windows
     from mvcap.render import Light, render
 
@@ -397,7 +425,7 @@ def composite_samples(
     pinhole = rig.without_distortion()
     betas = np.asarray(subject.betas, np.float64)
     f32 = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731
-    max_side = 4 * net_cfg.crop_size
+    max_side = request_side(net_cfg, cfg.max_crop)
     items = []
     for t in tqdm(list(frames), desc="adapt: composites", unit="frame", disable=not progress):
         t = int(t)
@@ -434,7 +462,8 @@ def composite_samples(
                 photos.append(np.clip(np.rint(img), 0, 255).astype(np.uint8))
             req = estimate_request(model, wrig, np.stack(photos), v, appearance, template)
             flow = OraclePredictor(gt_v)(req).flow.numpy()
-            items += [_item(c, t, windows, view) for view, _, c in _view_crops(net_cfg, req, flow)]
+            crops = _view_crops(net_cfg, req, flow, cfg, windows.image_px, rng)
+            items += [_item(c, t, windows, view) for view, _, c in crops]
     return _stacked(items)
 
 

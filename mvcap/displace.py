@@ -54,7 +54,9 @@ class PredictRequest:
     photos: (V, H, W, 3) uint8 photos, undistorted into the pinhole image space;
     passes: render passes (V, H, W, C) of the current estimate (must include rgb and mask);
     fragments: the rasterizer output the passes came from; rig: the rig (its pinhole K/R/t
-    were used to render); vertices_world: (N, 3) current mesh; faces (F, 3).
+    were used to render); vertices_world: (N, 3) current mesh; faces (F, 3); image_px: (V,)
+    image pixels per request pixel when the request is a scaled-down window of the images
+    (None: 1, the images' own pixels).
     """
 
     photos: np.ndarray
@@ -63,6 +65,7 @@ class PredictRequest:
     rig: Rig
     vertices_world: Tensor
     faces: Tensor
+    image_px: np.ndarray | None = None
 
 
 class DisplacementPredictor(Protocol):

@@ -139,6 +139,11 @@ class RefineConfig:
     # a network with a confidence head (`mvcap adapt --set confidence=true`) weights each
     # pixel's target by min(1, (this / its expected error, in pixels of the rendered window)^2)
     learned_confidence_px: float = 2.0
+    # coarse to fine: after the whole-body pass, the network runs again on the residual with
+    # a crop pixel of at most this many image pixels (0 = whole-body pass only), on crops of
+    # at most learned_max_crop pixels (see mvcap.nets.predictor)
+    learned_fine_px: float = 0.0
+    learned_max_crop: int = 192
     # how the estimate is textured for the predictor: "subject" (its registered appearance);
     # the rest are ablations (the refinement paper's Table 3): "none" (uniform grey), "wrong"
     # (another person's texture), "noise<std>" (per-texel Gaussian noise) or "brightness<std>"
@@ -181,6 +186,10 @@ class RefineConfig:
             raise ValueError(f"frame_batch must be >= 1 (1 = frames one at a time), got {self.frame_batch}")
         if not self.learned_confidence_px > 0:
             raise ValueError(f"learned_confidence_px must be > 0 (pixels), got {self.learned_confidence_px}")
+        if not self.learned_fine_px >= 0:
+            raise ValueError(f"learned_fine_px must be >= 0 (image pixels; 0 = off), got {self.learned_fine_px}")
+        if self.learned_max_crop < 16:
+            raise ValueError(f"learned_max_crop must be >= 16 (crop pixels), got {self.learned_max_crop}")
 
 
 #: FrameResult.status: "done" (refined), "kept" (no round agreed better with the evidence
@@ -393,7 +402,8 @@ def estimate_request(
         passes=ESTIMATE_PASSES,
         **appearance.render_kwargs(),
     )
-    return PredictRequest(photos, passes, fragments, pinhole, vertices_world, model.faces)
+    image_px = None if windows is None else windows.image_px
+    return PredictRequest(photos, passes, fragments, pinhole, vertices_world, model.faces, image_px)
 
 
 @dataclass(frozen=True)
@@ -985,7 +995,12 @@ def make_predictor(
             weights = subject.displacement_net
         else:
             weights = None
-        return LearnedPredictor.load(weights, confidence_px=cfg.learned_confidence_px)
+        return LearnedPredictor.load(
+            weights,
+            confidence_px=cfg.learned_confidence_px,
+            fine_px=cfg.learned_fine_px,
+            max_crop=cfg.learned_max_crop,
+        )
     raise ValueError(f"unknown predictor {name!r}; use one of {PREDICTORS}")
 
 

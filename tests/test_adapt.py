@@ -56,6 +56,33 @@ def test_samples_point_back_to_the_estimate(truth_session, body_model):
     assert 0.8 < float(kept["mask"].sum() / moved["mask"].sum()) <= 1.0
 
 
+def test_tiles_at_the_fine_pass_resolution_point_back_too(truth_session, body_model):
+    plain = _samples(truth_session, body_model, error_scale=(0.5, 0.5), mask_to_person=False)
+    both = _samples(truth_session, body_model, error_scale=(0.5, 0.5), mask_to_person=False, fine_px=0.5)
+    # every view's crop, as before, then a tile where the fine pass would run (a window of
+    # more than 96 request pixels: its crop size, a multiple of 16 up to the request's own
+    # pixels, is larger than the training size); the tile is an S-crop of part of the window
+    is_tile, k = [], 0
+    for photo in both["photo"]:
+        same = k < len(plain["photo"]) and torch.equal(photo, plain["photo"][k])
+        is_tile.append(not same)
+        k += same
+    is_tile = torch.tensor(is_tile)
+    assert k == len(plain["photo"]) and 0 < int(is_tile.sum()) and not is_tile[0]
+    whole, tile = both["window"][is_tile.roll(-1)], both["window"][is_tile]
+    assert bool((whole > 96).all())
+    assert int((plain["window"] > 96).sum()) == len(tile)
+    assert torch.allclose(tile, torch.round(whole * 96 / (torch.ceil(whole / 16) * 16))) and bool((tile < whole).all())
+    m = both["mask"][is_tile, 0] > 0
+    assert float(m.float().mean()) > 0.5 * float((plain["mask"] > 0).float().mean())  # on the body
+    assert float((both["target"][is_tile].norm(dim=1) * both["px"][is_tile, None, None])[m].mean()) > 1.0
+    still = _samples(truth_session, body_model, error_scale=(0.0, 0.0), mask_to_person=False, fine_px=0.5)
+    m = still["mask"][is_tile, 0] > 0
+    assert float((still["target"][is_tile].norm(dim=1) * still["px"][is_tile, None, None])[m].max()) < 0.05
+    with pytest.raises(ValueError, match=r"fine_px must be >= 0 \(0: no tiles\)"):
+        AdaptConfig(fine_px=-1.0)
+
+
 def test_background_plates_remove_the_person(tmp_path, tiny_session_path):
     """A noisy background with a "person" that walks slowly across (and one that stands
     still in view 1): the plate is the background, the noise is measured, the standing

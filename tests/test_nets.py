@@ -462,6 +462,76 @@ def test_predictor_maps_crop_prediction_to_full_image_pixels():
         assert torch.all(pred.confidence[~mask] == 0)
 
 
+def test_coarse_to_fine_crop_size_follows_the_image_resolution():
+    from mvcap.nets.predictor import LearnedPredictor
+
+    p = LearnedPredictor(DisplacementNet(TINY), fine_px=2.0, max_crop=100)  # TINY: S = 32, sizes step 4
+    assert p.max_crop == 100 and p.render_max_side == 200
+    assert p.fine_size(120, image_px=1.0) == 60  # 2 image px per crop px
+    assert p.fine_size(120, image_px=3.0) == 100  # capped at max_crop
+    assert p.fine_size(50, image_px=3.0) == 52  # no finer than the request's own pixels
+    assert p.fine_size(40, image_px=1.0) == 20  # a small person: the training size is fine enough
+    assert LearnedPredictor(DisplacementNet(TINY)).fine_size(400, 8.0) == 32  # fine_px = 0: off
+
+
+def test_warping_by_the_first_pass_moves_the_photo_and_extends_the_flow():
+    from mvcap.nets.predictor import _compose, _extend, _warp
+
+    H, W = 40, 50
+    mask = np.zeros((H, W), bool)
+    mask[10:30, 20:30] = True
+    flow = np.zeros((H, W, 2), np.float32)
+    flow[mask] = (3.0, -2.0)
+    flow[10:30, 20] = (1.0, 0.0)  # the left column differs: its value extends to the left
+    ext = _extend(flow, mask)
+    assert np.allclose(ext[15, 0], (1.0, 0.0)) and np.allclose(ext[15, 49], (3.0, -2.0))
+    assert np.allclose(ext[0, 25], (3.0, -2.0)) and np.array_equal(ext[mask], flow[mask])
+    photo = np.zeros((H, W, 3), np.uint8)
+    photo[..., 0] = np.arange(W)[None, :] * 4
+    photo[..., 1] = np.arange(H)[:, None] * 4
+    win = CropWindow(15, 5, 30)  # x 15..44, y 5..34
+    out, x0, y0, part = _warp(photo, flow, mask, win)
+    assert (x0, y0) == (15, 5) and part.shape == (30, 30, 2)
+    assert tuple(out[20, 25, :2]) == tuple(photo[18, 28, :2])  # sampled at x + (3, -2)
+    assert tuple(out[20, 17, :2]) == tuple(photo[20, 18, :2])  # off the mask: the left column's (1, 0)
+    assert np.array_equal(out[:5], photo[:5]) and np.array_equal(out[:, 45:], photo[:, 45:])  # outside: as is
+    # composing: x -> x + r(x) + flow(x + r(x))
+    fine = np.zeros((H, W, 3), np.float32)
+    fine[..., 0] = 2.0
+    fine[..., 2] = 0.5  # a confidence channel is the fine pass's
+    total = _compose(fine, part, x0, y0)
+    assert np.allclose(total[20, 22, :2], (5.0, -2.0))  # r = (2, 0) lands on (3, -2)
+    assert np.allclose(total[20, 18, :2], (3.0, 0.0))  # r lands on the left column's (1, 0)
+    assert np.allclose(total[..., 2], 0.5)
+
+
+def test_coarse_to_fine_composes_the_second_pass_on_the_first():
+    from mvcap.nets.predictor import LearnedPredictor
+
+    req = _fake_request()
+    value = (0.1, -0.05)  # crop px / S, at any input size
+    pred = LearnedPredictor(_ConstantNet(TINY, value, 0.02), fine_px=1.0, max_crop=64, confidence_px=0.3)(req)
+    mask = req.fragments.mask
+    for v, L in ((0, 72), (1, 108)):
+        # first pass value * L; the second at S2 = 64 sees the rest at twice the resolution:
+        # its output (crop px / 32 of a 64 crop) means half as many image pixels
+        f = pred.flow[v][mask[v]]
+        assert torch.allclose(f, 1.5 * L * torch.tensor(value), atol=1e-3), v
+        want = (0.3 / (0.02 * L * 0.5)) ** 2  # from the fine pass's expected error
+        assert torch.allclose(pred.confidence[v][mask[v]], torch.tensor(want), rtol=1e-4)
+    assert torch.all(pred.flow[~mask] == 0)
+    # the request's pixels are 3 image pixels each: view 1 (108 px) gets S2 = 64 <= 108 / 1.5,
+    # view 0 (72 px, 216 image px) gets 72 / 1.5 = 48
+    fine = LearnedPredictor(_ConstantNet(TINY, value), fine_px=4.5, max_crop=64)(
+        dataclasses.replace(req, image_px=np.array([3.0, 3.0]))
+    )
+    for v, L, S2 in ((0, 72, 48), (1, 108, 64)):
+        assert torch.allclose(fine.flow[v][mask[v]], (1 + 32 / S2) * L * torch.tensor(value), atol=1e-3), v
+    # in the images' own pixels, view 0 needs no second pass at 4.5 px: 72 / 4.5 = 16 <= 32
+    coarse = LearnedPredictor(_ConstantNet(TINY, value), fine_px=4.5, max_crop=64)(req)
+    assert torch.allclose(coarse.flow[0][mask[0]], 72 * torch.tensor(value), atol=1e-4)
+
+
 def test_a_confidence_head_learns_the_expected_error_and_keeps_the_displacement():
     torch.manual_seed(0)
     net = DisplacementNet(TINY)

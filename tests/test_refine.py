@@ -116,6 +116,10 @@ def test_config_rejects_unknown_choices():
         RefineConfig(render_max_side=-2)
     with pytest.raises(ValueError, match=r"learned_confidence_px must be > 0 \(pixels\)"):
         RefineConfig(learned_confidence_px=0.0)
+    with pytest.raises(ValueError, match=r"learned_fine_px must be >= 0 \(image pixels; 0 = off\)"):
+        RefineConfig(learned_fine_px=-1.0)
+    with pytest.raises(ValueError, match=r"learned_max_crop must be >= 16"):
+        RefineConfig(learned_max_crop=8)
 
 
 def test_sequence_mode_starts_from_the_previous_result(body_model, tiny_session, monkeypatch):

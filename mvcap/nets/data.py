@@ -398,15 +398,17 @@ def crop_sample(
     channels,
     mask: np.ndarray,
     flow: np.ndarray | None = None,
+    window: CropWindow | None = None,
 ) -> dict:
     """The network's view of one full image: photo (H, W, 3) uint8, render passes
     (H, W, C) with ``channels`` (must hold the passes the net takes), mask (H, W) bool,
-    optional true flow (H, W, 2) in pixels. Returns the tensors of
-    :class:`SampleGenerator` plus ``x0, y0`` (the window's corner)."""
+    optional true flow (H, W, 2) in pixels; ``window``: the part of the image to crop
+    (default: the network's window around the mask, :func:`crop_window`). Returns the
+    tensors of :class:`SampleGenerator` plus ``x0, y0`` (the window's corner)."""
     from mvcap.render import PASS_CHANNELS
 
     S = net.crop_size
-    win = crop_window(mask, net.crop_scale)
+    win = window or crop_window(mask, net.crop_scale)
     if win is None:
         raise ValueError("the render mask is empty: nothing to crop")
     used = [p for p in _SURFACE_PASSES if p in net.render_passes]

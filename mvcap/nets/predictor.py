@@ -11,6 +11,14 @@ also predicts each pixel's expected error b, in pixels of the request (refinemen
 window of the image, maybe scaled down); the confidence is then the inverse variance
 relative to ``confidence_px``: ``min(1, (confidence_px / b)^2)``.
 
+Coarse to fine (``fine_px`` > 0): a network trained at S x S sees a tall person in a 1080p
+photo at ~9 image pixels per crop pixel, coarser than the errors it must correct. After the
+whole-body pass at S, a second pass runs the same (fully convolutional) network on a
+larger crop of the same window, S2 x S2 with S2 chosen so a crop pixel is at most
+``fine_px`` image pixels (capped at ``max_crop``, and at the request's own resolution), on
+the photo warped by the first pass: it predicts the residual, and the two compose. The
+network's output is in crop pixels / S; at S2 it is rescaled by S / S2.
+
 Weights files hold the network config together with the weights
 (:func:`mvcap.nets.train.save_weights`); :meth:`LearnedPredictor.load` builds the network
 from the stored config, so a file always loads with the shape it was trained with.
@@ -24,6 +32,7 @@ import os
 import pickle
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 
@@ -32,7 +41,15 @@ from mvcap.errors import MvcapError
 
 from .displacement import CropWindow, DisplacementNet, NetConfig, uncrop_flow
 
-__all__ = ["LearnedPredictor", "default_weights_path", "WeightsError", "TRAIN_HINT", "load_plain_torch"]
+__all__ = [
+    "LearnedPredictor",
+    "fine_crop_size",
+    "request_side",
+    "default_weights_path",
+    "WeightsError",
+    "TRAIN_HINT",
+    "load_plain_torch",
+]
 
 TRAIN_HINT = (
     "train them with `mvcap train-displacement configs/nets/train_lite.toml --out runs/lite` "
@@ -91,7 +108,9 @@ class LearnedPredictor:
     runs; ``batch_size`` views per forward pass; ``cpu_threads``: torch threads during a
     CPU forward pass ("auto": see :func:`_default_cpu_threads`; None: leave torch's);
     ``confidence_px``: the expected error (request pixels) that still gets full weight, for
-    networks with a confidence head (see the module docstring)."""
+    networks with a confidence head; ``fine_px``: the coarse-to-fine pass's image pixels per
+    crop pixel (0: the whole-body pass only); ``max_crop``: its largest crop size (see the
+    module docstring)."""
 
     name = "learned"
 
@@ -102,16 +121,21 @@ class LearnedPredictor:
         batch_size: int = 8,
         cpu_threads: int | None | str = "auto",
         confidence_px: float = 2.0,
+        fine_px: float = 0.0,
+        max_crop: int = 192,
     ):
         self.device = torch.device(device)
         self.confidence_px = float(confidence_px)
+        if fine_px < 0 or max_crop < 1:
+            raise ValueError(f"fine_px must be >= 0 and max_crop >= 1, got {fine_px} and {max_crop}")
+        self.fine_px = float(fine_px)
         self.net = net.to(self.device, memory_format=torch.channels_last).eval()
         self.cfg: NetConfig = net.cfg
         self.batch_size = int(batch_size)
         self.cpu_threads = _default_cpu_threads() if cpu_threads == "auto" else cpu_threads
-        # refinement renders the estimate at most this large (longer side of the body's
-        # window): the network sees it resampled to its crop size anyway
-        self.render_max_side = 4 * self.cfg.crop_size
+        step = 2**self.cfg.hg_depth  # the network's input sizes are multiples of this
+        self.max_crop = max(self.cfg.crop_size, int(max_crop) // step * step)
+        self.render_max_side = request_side(self.cfg, max_crop)  # refinement renders at most this
         self.source = "in memory"  # where the weights came from (load sets it)
 
     @classmethod
@@ -122,6 +146,8 @@ class LearnedPredictor:
         expected: NetConfig | None = None,
         batch_size: int = 8,
         confidence_px: float = 2.0,
+        fine_px: float = 0.0,
+        max_crop: int = 192,
     ) -> LearnedPredictor:
         """Load a weights file (default :func:`default_weights_path`), a training checkpoint,
         or the bytes of a weights file (a subject's adapted network, :mod:`mvcap.adapt`).
@@ -167,7 +193,7 @@ class LearnedPredictor:
             ) from exc
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        out = cls(net, device, batch_size, confidence_px=confidence_px)
+        out = cls(net, device, batch_size, confidence_px=confidence_px, fine_px=fine_px, max_crop=max_crop)
         out.source = source
         return out
 
@@ -194,9 +220,37 @@ class LearnedPredictor:
                 torch.set_num_threads(threads)
         return torch.cat(outs).permute(0, 2, 3, 1).numpy()
 
-    def __call__(self, request: PredictRequest) -> Displacement:
+    def _fields(self, size: int, photos, images, channels, mask: np.ndarray, views) -> dict:
+        """The network at crop size ``size`` on each view in ``views``: view -> (field (H, W, C)
+        in request pixels: the displacement, then a network with a confidence head's expected
+        error; its crop window). photos: indexable by view, (H, W, 3) each."""
         from .data import crop_sample
 
+        cfg = self.cfg if size == self.cfg.crop_size else dataclasses.replace(self.cfg, crop_size=size)
+        crops, wins = [], []
+        for v in views:
+            try:
+                c = crop_sample(cfg, photos[v], images[v], channels, mask[v])
+            except ValueError as exc:
+                raise ValueError(
+                    f"{exc}; render them (mvcap.render.render(..., passes=...)) for the learned predictor"
+                ) from exc
+            crops.append(c)
+            wins.append(CropWindow(int(c["x0"]), int(c["y0"]), int(round(float(c["window"])))))
+        if not crops:
+            return {}
+        pred = self._predict_crops(torch.stack([c["photo"] for c in crops]), torch.stack([c["render"] for c in crops]))
+        if size != self.cfg.crop_size:  # the output is in crop pixels / the training size
+            pred = pred * (self.cfg.crop_size / size)
+        H, W = mask.shape[1:]
+        return {v: (uncrop_flow(pred[k], wins[k], (W, H)), wins[k]) for k, v in enumerate(views)}
+
+    def fine_size(self, window: int, image_px: float = 1.0) -> int:
+        """The coarse-to-fine pass's crop size for a crop window of ``window`` request pixels
+        of ``image_px`` image pixels each (:func:`fine_crop_size`)."""
+        return fine_crop_size(self.cfg, window, image_px, self.fine_px, self.max_crop)
+
+    def __call__(self, request: PredictRequest) -> Displacement:
         photos = np.asarray(request.photos)
         mask = request.fragments.mask.detach().cpu().numpy().astype(bool)
         if photos.ndim != 4 or photos.shape[-1] != 3 or photos.shape[:3] != mask.shape:
@@ -208,30 +262,88 @@ class LearnedPredictor:
         images = request.passes.images.detach().cpu().numpy()
         channels = request.passes.channels
         V, H, W = mask.shape
-        crops, wins, views = [], [], []
-        for v in range(V):
-            if not mask[v].any():
-                continue
-            try:
-                c = crop_sample(self.cfg, photos[v], images[v], channels, mask[v])
-            except ValueError as exc:
-                raise ValueError(
-                    f"{exc}; render them (mvcap.render.render(..., passes=...)) for the learned predictor"
-                ) from exc
-            crops.append(c)
-            wins.append(CropWindow(int(c["x0"]), int(c["y0"]), int(round(float(c["window"])))))
-            views.append(v)
+        S = self.cfg.crop_size
+        coarse = self._fields(S, photos, images, channels, mask, [v for v in range(V) if mask[v].any()])
+        fields = {v: f for v, (f, _) in coarse.items()}
+        image_px = np.ones(V) if request.image_px is None else np.asarray(request.image_px, np.float64)
+        by_size: dict[int, list[int]] = {}
+        for v, (_, win) in coarse.items():
+            size = self.fine_size(win.size, float(image_px[v]))
+            if size > S:
+                by_size.setdefault(size, []).append(v)
+        for size, views in by_size.items():
+            # the residual after the whole-body pass, on the photo warped by it
+            warped = {v: _warp(photos[v], fields[v][..., :2], mask[v], coarse[v][1]) for v in views}
+            fine = self._fields(size, {v: w[0] for v, w in warped.items()}, images, channels, mask, views)
+            for v in views:
+                f, (x0, y0, ext) = fine[v][0], warped[v][1:]
+                fields[v] = _compose(f, ext, x0, y0)
         flow = np.zeros((V, H, W, 2), np.float32)
         confidence = mask.astype(np.float32)
-        if crops:
-            pred = self._predict_crops(
-                torch.stack([c["photo"] for c in crops]), torch.stack([c["render"] for c in crops])
-            )
-            for k, v in enumerate(views):
-                field = uncrop_flow(pred[k], wins[k], (W, H))
-                flow[v] = field[..., :2]
-                if field.shape[-1] > 2:  # expected error b (px): inverse variance, full weight up to confidence_px
-                    b = np.maximum(field[..., 2], 1e-6)
-                    confidence[v] *= np.minimum(1.0, (self.confidence_px / b) ** 2)
+        for v, field in fields.items():
+            flow[v] = field[..., :2]
+            if field.shape[-1] > 2:  # expected error b (px): inverse variance, full weight up to confidence_px
+                b = np.maximum(field[..., 2], 1e-6)
+                confidence[v] *= np.minimum(1.0, (self.confidence_px / b) ** 2)
         flow *= mask[..., None]
         return Displacement(torch.from_numpy(flow), torch.from_numpy(confidence))
+
+
+def request_side(cfg: NetConfig, max_crop: int) -> int:
+    """How large refinement renders the estimate for the network (the longer side of the
+    body's window, at most): the crops are resampled from it, the largest at ``max_crop``."""
+    step = 2**cfg.hg_depth
+    return max(4 * cfg.crop_size, 2 * (int(max_crop) // step * step))
+
+
+def fine_crop_size(cfg: NetConfig, window: float, image_px: float, fine_px: float, max_crop: int) -> int:
+    """The crop size of the coarse-to-fine pass over a crop window of ``window`` request pixels
+    of ``image_px`` image pixels each: a crop pixel of at most ``fine_px`` image pixels, no
+    finer than the request, a multiple of the network's size step, at most ``max_crop`` (or
+    the training size). The training size or less means no second pass; ``fine_px`` 0: off."""
+    if fine_px <= 0:
+        return cfg.crop_size
+    step = 2**cfg.hg_depth
+    top = max(cfg.crop_size, int(max_crop) // step * step)
+    want = min(window * image_px / fine_px, window)
+    return min(int(np.ceil(want / step)) * step, top)
+
+
+def _extend(field: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """field (H, W, C) defined on ``mask`` (H, W) bool (not empty) -> the nearest on-mask
+    value everywhere."""
+    _, label = cv2.distanceTransformWithLabels((~mask).astype(np.uint8), cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
+    ys, xs = np.nonzero(mask)
+    at = np.zeros(int(label.max()) + 1, np.int64)
+    at[label[ys, xs]] = np.arange(len(ys))
+    nearest = at[label]
+    return field[ys[nearest], xs[nearest]]
+
+
+def _warp(photo: np.ndarray, flow: np.ndarray, mask: np.ndarray, win: CropWindow):
+    """The photo (H, W, 3) resampled at x + flow(x) inside the crop window (the flow (H, W, 2),
+    defined on ``mask``, extended off it by the nearest value). Returns (the warped photo,
+    the window part's top-left x0, y0, the extended flow there)."""
+    H, W = mask.shape
+    xa, xb = max(win.x0, 0), min(win.x0 + win.size, W)
+    ya, yb = max(win.y0, 0), min(win.y0 + win.size, H)
+    ext = _extend(flow[ya:yb, xa:xb], mask[ya:yb, xa:xb])
+    xs, ys = np.meshgrid(np.arange(xa, xb, dtype=np.float32), np.arange(ya, yb, dtype=np.float32))
+    out = photo.copy()
+    out[ya:yb, xa:xb] = cv2.remap(
+        photo, xs + ext[..., 0], ys + ext[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+    ).reshape(yb - ya, xb - xa, -1)
+    return out, xa, ya, ext
+
+
+def _compose(fine: np.ndarray, ext: np.ndarray, x0: int, y0: int) -> np.ndarray:
+    """The residual field ``fine`` (H, W, C) predicted on the warped photo, composed with the
+    first pass's extended flow ``ext`` (h, w, 2) of the window part at (x0, y0): x -> x + r(x)
+    + flow(x + r(x)). Other channels stay the fine pass's."""
+    out = fine.copy()
+    h, w = ext.shape[:2]
+    r = fine[y0 : y0 + h, x0 : x0 + w, :2]
+    xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    first = cv2.remap(ext, xs + r[..., 0], ys + r[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    out[y0 : y0 + h, x0 : x0 + w, :2] = r + first
+    return out
