@@ -1,6 +1,7 @@
 """Where do the displacement fields go wrong? Predictors compared on a capture's own evidence.
 
     python benchmarks/field_diagnosis.py SESSION.h5 [--frames 0,20,40] [--predictors flow,learned]
+        [--set learned_fine_px=2 ...]   (refine.toml overrides)
 
 For each frame the initial estimate is rendered in every view (as ``mvcap refine`` renders
 it) and each predictor's field is turned into per-vertex 2D targets (as the fit sees them).
@@ -57,7 +58,7 @@ def _part_median(d: np.ndarray, sel: np.ndarray) -> float:
     return float(np.nanmedian(d[sel])) if sel.any() and np.isfinite(d[sel]).any() else float("nan")
 
 
-def diagnose(session_path: Path, frames: list[int], predictors: list[str]) -> list[dict]:
+def diagnose(session_path: Path, frames: list[int], predictors: list[str], overrides=()) -> list[dict]:
     from mvcap.body import load_body_model
     from mvcap.cameras import project, undistort_points
     from mvcap.capture import Session
@@ -75,7 +76,7 @@ def diagnose(session_path: Path, frames: list[int], predictors: list[str]) -> li
     )
 
     model = load_body_model()
-    cfg = load_config(RefineConfig, "refine.toml")
+    cfg = load_config(RefineConfig, "refine.toml", list(overrides))
     preds = {name: make_predictor(name, cfg) for name in predictors}
     skin_joint = skin_joints(model)  # as the field check moves joints
     rows = []
@@ -215,9 +216,10 @@ def main(argv=None) -> int:
     ap.add_argument("session", type=Path)
     ap.add_argument("--frames", default="0,20,40")
     ap.add_argument("--predictors", default="flow,learned")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="refine.toml override KEY=VALUE")
     args = ap.parse_args(argv)
     predictors = args.predictors.split(",")
-    rows = diagnose(args.session, [int(f) for f in args.frames.split(",")], predictors)
+    rows = diagnose(args.session, [int(f) for f in args.frames.split(",")], predictors, args.overrides)
     print()
     print(summary(rows, predictors))
     return 0
