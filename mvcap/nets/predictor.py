@@ -133,8 +133,7 @@ class LearnedPredictor:
         self.cfg: NetConfig = net.cfg
         self.batch_size = int(batch_size)
         self.cpu_threads = _default_cpu_threads() if cpu_threads == "auto" else cpu_threads
-        step = 2**self.cfg.hg_depth  # the network's input sizes are multiples of this
-        self.max_crop = max(self.cfg.crop_size, int(max_crop) // step * step)
+        self.max_crop = int(max_crop)
         self.render_max_side = request_side(self.cfg, max_crop)  # refinement renders at most this
         self.source = "in memory"  # where the weights came from (load sets it)
 
