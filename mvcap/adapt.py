@@ -258,7 +258,7 @@ def _item(crop: dict, t: int, windows, view: int) -> dict:
     """A crop of the render window ``view`` of ``windows`` as a training sample: ``px`` image
     pixels per network unit and the frame ``t``, without the window's corner."""
     out = {k: v for k, v in crop.items() if k not in ("x0", "y0")}
-    out["px"] = crop["window"] * float(windows.boxes[view][2]) / float(windows.sizes[view][0])
+    out["px"] = crop["window"] * float(windows.image_px[view])
     out["frame"] = torch.tensor(t)
     return out
 

@@ -219,17 +219,18 @@ class LearnedPredictor:
                 torch.set_num_threads(threads)
         return torch.cat(outs).permute(0, 2, 3, 1).numpy()
 
-    def _fields(self, size: int, photos, images, channels, mask: np.ndarray, views) -> dict:
+    def _fields(self, size: int, photos, images, channels, mask: np.ndarray, views, windows=None) -> dict:
         """The network at crop size ``size`` on each view in ``views``: view -> (field (H, W, C)
         in request pixels: the displacement, then a network with a confidence head's expected
-        error; its crop window). photos: indexable by view, (H, W, 3) each."""
+        error; its crop window). photos: indexable by view, (H, W, 3) each; windows: view ->
+        the crop window to use (default: the network's own around the mask)."""
         from .data import crop_sample
 
         cfg = self.cfg if size == self.cfg.crop_size else dataclasses.replace(self.cfg, crop_size=size)
         crops, wins = [], []
         for v in views:
             try:
-                c = crop_sample(cfg, photos[v], images[v], channels, mask[v])
+                c = crop_sample(cfg, photos[v], images[v], channels, mask[v], window=(windows or {}).get(v))
             except ValueError as exc:
                 raise ValueError(
                     f"{exc}; render them (mvcap.render.render(..., passes=...)) for the learned predictor"
@@ -273,7 +274,8 @@ class LearnedPredictor:
         for size, views in by_size.items():
             # the residual after the whole-body pass, on the photo warped by it
             warped = {v: _warp(photos[v], fields[v][..., :2], mask[v], coarse[v][1]) for v in views}
-            fine = self._fields(size, {v: w[0] for v, w in warped.items()}, images, channels, mask, views)
+            photos_v = {v: w[0] for v, w in warped.items()}
+            fine = self._fields(size, photos_v, images, channels, mask, views, {v: coarse[v][1] for v in views})
             for v in views:
                 f, (x0, y0, ext) = fine[v][0], warped[v][1:]
                 fields[v] = _compose(f, ext, x0, y0)
@@ -288,11 +290,17 @@ class LearnedPredictor:
         return Displacement(torch.from_numpy(flow), torch.from_numpy(confidence))
 
 
+def _largest_crop(cfg: NetConfig, max_crop: int) -> int:
+    """The largest crop the network takes within ``max_crop``: a multiple of its size step,
+    at least its training size."""
+    step = 2**cfg.hg_depth
+    return max(cfg.crop_size, int(max_crop) // step * step)
+
+
 def request_side(cfg: NetConfig, max_crop: int) -> int:
     """How large refinement renders the estimate for the network (the longer side of the
     body's window, at most): the crops are resampled from it, the largest at ``max_crop``."""
-    step = 2**cfg.hg_depth
-    return max(4 * cfg.crop_size, 2 * (int(max_crop) // step * step))
+    return max(4 * cfg.crop_size, 2 * _largest_crop(cfg, max_crop))
 
 
 def fine_crop_size(cfg: NetConfig, window: float, image_px: float, fine_px: float, max_crop: int) -> int:
@@ -303,9 +311,8 @@ def fine_crop_size(cfg: NetConfig, window: float, image_px: float, fine_px: floa
     if fine_px <= 0:
         return cfg.crop_size
     step = 2**cfg.hg_depth
-    top = max(cfg.crop_size, int(max_crop) // step * step)
     want = min(window * image_px / fine_px, window)
-    return min(int(np.ceil(want / step)) * step, top)
+    return min(int(np.ceil(want / step)) * step, _largest_crop(cfg, max_crop))
 
 
 def _extend(field: np.ndarray, mask: np.ndarray) -> np.ndarray:
