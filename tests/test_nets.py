@@ -234,6 +234,78 @@ def test_data_target_matches_the_oracle(small_data):
     assert float(mag.max()) < 100
 
 
+# what real footage adds (mvcap.nets.augment), and fine-tuning
+REAL = dict(
+    photo_jpeg_prob=1.0, photo_motion_blur_prob=1.0, bystander_prob=1.0, loose_prob=1.0,
+    clutter_prob=1.0, occluder_prob=1.0,
+)  # fmt: skip
+
+
+def test_real_world_additions_change_the_photo_not_the_target(small_data):
+    """Each addition changes the photo only: the estimate's render, its mask and the
+    displacement target are those of the clean sample (same scene, same estimate)."""
+    from mvcap.nets.data import SampleGenerator
+
+
+    clean = SampleGenerator(small_data, TINY, 4).sample(1)
+    for key in REAL:
+        cfg = dataclasses.replace(small_data, **{key: 1.0})
+        s = SampleGenerator(cfg, TINY, 4).sample(1)
+        for k in ("render", "mask", "target", "window"):
+            assert torch.equal(s[k], clean[k]), (key, k)
+        assert not torch.equal(s["photo"], clean["photo"]), key
+    every = SampleGenerator(dataclasses.replace(small_data, **REAL), TINY, 4)
+    a, b = every.sample(1), SampleGenerator(dataclasses.replace(small_data, **REAL), TINY, 4).sample(1)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # still a pure function of (seed, index)
+
+
+def test_shipped_configs_keep_their_samples(small_data, monkeypatch):
+    """With every addition off no random number is drawn for them: the samples of configs
+    written before them (the shipped network's training run) are unchanged."""
+    from mvcap.nets import data as D
+
+    calls = []
+    real = D.SampleGenerator._real_world
+
+    def spy(self, rng, photos, *args):
+        before = rng.bit_generator.state
+        out = real(self, rng, photos, *args)
+        calls.append(before == rng.bit_generator.state and np.array_equal(out, photos))
+        return out
+
+    monkeypatch.setattr(D.SampleGenerator, "_real_world", spy)
+    D.SampleGenerator(small_data, TINY, 4).sample(2)
+    assert calls == [True]
+
+
+def test_fine_tuning_starts_from_the_given_weights(tmp_path, small_data):
+    from mvcap.nets.displacement import DisplacementNet
+    from mvcap.nets.predictor import WeightsError
+    from mvcap.nets.train import TrainConfig, save_weights, train
+
+
+    torch.manual_seed(7)
+    start = DisplacementNet(TINY)
+    save_weights(start, tmp_path / "start.pt")
+    cfg = TrainConfig(
+        net=TINY, data=small_data, steps=10, batch_size=2, num_workers=0, threads=1, lr=1e-9,
+        val_every=100, checkpoint_every=100, warmup_steps=1, vis_samples=0,
+        init_weights=str(tmp_path / "start.pt"),
+    )  # fmt: skip
+    r = train(cfg, tmp_path / "run", progress=False, max_steps=1)
+    got = torch.load(r.checkpoint, weights_only=True)["model"]
+    ref = start.state_dict()
+    # a tiny learning rate: the trained weights are the start's (batch-norm statistics move)
+    learned = [k for k in ref if "running" not in k and "num_batches" not in k]
+    assert all(torch.allclose(got[k], ref[k], atol=1e-5) for k in learned)
+    other = dataclasses.replace(cfg, net=dataclasses.replace(TINY, hg_width=16))
+    with pytest.raises(WeightsError, match="another network config"):
+        train(other, tmp_path / "b", progress=False, max_steps=1)
+    missing = dataclasses.replace(cfg, init_weights=str(tmp_path / "none.pt"))
+    with pytest.raises(FileNotFoundError, match="no displacement-network weights"):
+        train(missing, tmp_path / "c", progress=False, max_steps=1)
+
+
 def test_step_batch_sampler_resumes():
     from mvcap.nets.data import StepBatchSampler
 
@@ -357,6 +429,10 @@ def test_train_config_files_load():
     assert lite.net.hg_stacks == 2 and paper.net.hg_stacks == 4 and paper.batch_size == 4
     gpu = load_train_config("nets/train_gpu.toml")
     assert gpu.net == paper.net and gpu.budget_minutes > 0 and gpu.checkpoint_minutes <= 1.0
+    real = load_train_config("nets/train_lite_real.toml")
+    assert real.net == lite.net and real.init_weights == "shipped" and real.data.seed != lite.data.seed
+    assert real.data.val_seed == lite.data.val_seed and real.data.bystander_prob > 0
+    assert gpu.data.photo_jpeg_prob > 0 and lite.data.photo_jpeg_prob == 0  # the shipped run: none
 
 
 # ---------------------------------------------------------------------------- predictor
@@ -475,7 +551,8 @@ def test_coarse_to_fine_crop_size_follows_the_image_resolution():
 
 
 def test_warping_by_the_first_pass_moves_the_photo_and_extends_the_flow():
-    from mvcap.nets.predictor import _compose, _extend, _warp
+    from mvcap.nets.displacement import extend_nearest
+    from mvcap.nets.predictor import _compose, _warp
 
     H, W = 40, 50
     mask = np.zeros((H, W), bool)
@@ -483,7 +560,7 @@ def test_warping_by_the_first_pass_moves_the_photo_and_extends_the_flow():
     flow = np.zeros((H, W, 2), np.float32)
     flow[mask] = (3.0, -2.0)
     flow[10:30, 20] = (1.0, 0.0)  # the left column differs: its value extends to the left
-    ext = _extend(flow, mask)
+    ext = extend_nearest(flow, mask)
     assert np.allclose(ext[15, 0], (1.0, 0.0)) and np.allclose(ext[15, 49], (3.0, -2.0))
     assert np.allclose(ext[0, 25], (3.0, -2.0)) and np.array_equal(ext[mask], flow[mask])
     photo = np.zeros((H, W, 3), np.uint8)

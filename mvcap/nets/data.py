@@ -86,6 +86,13 @@ class DataConfig:
     wrong_texture_prob: another subject's texture; no_texture_prob: plain grey.
     render_light_prob: the render uses a random light instead of the default headlight.
     photo_*: image formation of the photo (see :class:`mvcap.synth.SceneConfig`).
+    What real footage adds (:mod:`~.augment`; all off by default, so older configs make the
+    same samples): photo_jpeg_prob / photo_jpeg_quality: compression; photo_motion_blur_prob /
+    photo_motion_blur_px: a blur streak (full-image px); bystander_prob /
+    bystander_distance_m: another person in the shot, in front of or behind the subject;
+    loose_prob / loose_patches / loose_size: hair and loose clothing beyond the silhouette
+    (patch size x the person's height); clutter_prob / clutter_shapes / clutter_size: objects
+    behind the people (size x the image height); occluder_prob / occluder_size: one in front.
     min_mask_px: resample when the estimate covers fewer full-image pixels than this.
     """
 
@@ -129,6 +136,20 @@ class DataConfig:
     photo_ambient: tuple[float, float] = (0.3, 0.55)
     photo_key_light: tuple[float, float] = (0.4, 0.75)
     photo_fill_light: tuple[float, float] = (0.05, 0.3)
+    photo_jpeg_prob: float = 0.0
+    photo_jpeg_quality: tuple[int, int] = (25, 90)
+    photo_motion_blur_prob: float = 0.0
+    photo_motion_blur_px: tuple[float, float] = (1.0, 5.0)
+    bystander_prob: float = 0.0
+    bystander_distance_m: tuple[float, float] = (0.6, 2.0)
+    loose_prob: float = 0.0
+    loose_patches: tuple[int, int] = (1, 4)
+    loose_size: tuple[float, float] = (0.04, 0.12)
+    clutter_prob: float = 0.0
+    clutter_shapes: tuple[int, int] = (2, 8)
+    clutter_size: tuple[float, float] = (0.05, 0.3)
+    occluder_prob: float = 0.0
+    occluder_size: tuple[float, float] = (0.1, 0.35)
     min_mask_px: int = 300
 
     def __post_init__(self):
@@ -140,6 +161,12 @@ class DataConfig:
             raise ValueError(
                 "data.seed and data.val_seed must differ (the validation split must be unseen)"
             )
+
+
+def _chance(rng: np.random.Generator, prob: float) -> bool:
+    """True with ``prob``; draws nothing when ``prob`` is 0, so configs without an
+    augmentation keep their random streams (and samples) as they were."""
+    return prob > 0 and rng.random() < prob
 
 
 def _u(rng: np.random.Generator, lohi) -> float:
@@ -361,7 +388,7 @@ class SampleGenerator:
         )
         looks = synth._sample_looks(rng, 1, self._scene_config())
         W, H = cam.image_size
-        photos, _, _ = synth.render_frame(
+        photos, person, _ = synth.render_frame(
             model,
             rig,
             subj,
@@ -373,11 +400,70 @@ class SampleGenerator:
             maps=[_identity_maps(W, H)],
             backend="cpu",  # a sample depends on (seed, index) alone, not on the machine's GPU
         )
+        photos = self._real_world(rng, photos, person[0] > 0, sid, rig, lit, looks, transl)
 
         # target field, eq. 1-2
         req = PredictRequest(photos, passes, frags, rig, est_v, model.faces)
         flow = OraclePredictor(gt_v)(req).flow[0].numpy()
         return self.make_crop(photos[0], passes.images[0].numpy(), passes.channels, mask, flow)
+
+    def _real_world(self, rng, photos, person, sid: int, rig, lit, looks, transl) -> np.ndarray:
+        """What real footage adds to the photo (V = 1, (1, H, W, 3) uint8; person (H, W) bool
+        the subject's pixels): loose clothing, another person, clutter, an occluder, motion
+        blur, compression (see :class:`DataConfig`). The subject's body does not move, so the
+        target stays as it was."""
+        from mvcap import motions as M
+        from mvcap import synth
+
+        from . import augment as A
+
+        c, model = self.cfg, self.model
+        photo = photos[0].astype(np.float32)
+        changed = False
+        front = cv2.GaussianBlur(person.astype(np.float32), (0, 0), 0.5)  # what clutter goes behind
+        if _chance(rng, c.loose_prob):
+            lo, hi = c.loose_patches
+            photo, added = A.loose_layer(photo, person, rng, int(rng.integers(lo, hi + 1)), c.loose_size)
+            front, changed = np.maximum(front, added), True
+        if _chance(rng, c.bystander_prob):
+            other = int(rng.integers(c.num_subjects - 1))
+            other += other >= sid
+            subj = self.subject(other)
+            pose = M.sample_poses(rng, 1, c.pose_style)
+            a, d = rng.uniform(0, 2 * np.pi), _u(rng, c.bystander_distance_m)
+            t = transl + np.array([[d * math.cos(a), 0.0, d * math.sin(a)]])
+            t = M.place_on_floor(model, pose, subj.betas[None], t)
+            with torch.no_grad():
+                f32 = lambda x: torch.as_tensor(np.asarray(x), dtype=torch.float32)  # noqa: E731
+                v = model(f32(pose), f32(subj.betas[None]), f32(t)).vertices[0].numpy()
+            W, H = rig[0].image_size
+            img, mask, _ = synth.render_frame(
+                model, rig, subj, v.astype(np.float64), lit, 0, looks, rng, maps=[_identity_maps(W, H)], backend="cpu"
+            )
+            alpha = cv2.GaussianBlur(mask[0].astype(np.float32), (0, 0), 0.5)
+            centre = rig[0].center_world
+            if np.linalg.norm(t[0] - centre) > np.linalg.norm(transl[0] - centre):
+                alpha *= 1 - front  # the other person stands behind the subject
+            photo = A.over(photo, img[0].astype(np.float32), alpha)
+            front, changed = np.maximum(front, alpha), True
+        textures = ()
+        if c.clutter_prob > 0 or c.occluder_prob > 0:
+            textures = (self.subject(int(rng.integers(c.num_subjects))).texture,)
+        if _chance(rng, c.clutter_prob):
+            lo, hi = c.clutter_shapes
+            photo = A.clutter(photo, rng, int(rng.integers(lo, hi + 1)), c.clutter_size, textures, behind=front)
+            changed = True
+        if _chance(rng, c.occluder_prob):
+            photo = A.clutter(photo, rng, 1, c.occluder_size, textures)
+            changed = True
+        if changed:  # the added layers get the camera's noise too
+            photo = photo + rng.normal(0, _u(rng, c.photo_noise_std), photo.shape).astype(np.float32)
+        if _chance(rng, c.photo_motion_blur_prob):
+            photo = A.motion_blur(photo, _u(rng, c.photo_motion_blur_px), float(rng.uniform(0, np.pi)))
+        if _chance(rng, c.photo_jpeg_prob):
+            lo, hi = c.photo_jpeg_quality
+            photo = A.compress(photo, int(rng.integers(lo, hi + 1)))
+        return np.clip(np.rint(photo), 0, 255).astype(np.uint8)[None]
 
     def make_crop(
         self,

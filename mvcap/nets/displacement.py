@@ -59,6 +59,7 @@ __all__ = [
     "encode_photo",
     "encode_render",
     "uncrop_flow",
+    "extend_nearest",
 ]
 
 INITIAL_SCALE = 0.01  # an untrained confidence head's expected error: ~1 crop pixel of 96
@@ -508,6 +509,17 @@ def encode_render(passes: dict[str, np.ndarray], coverage: np.ndarray, render_pa
         chans.append(v.astype(np.float32))
     x = np.concatenate(chans, axis=-1)
     return torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1).contiguous()
+
+
+def extend_nearest(field: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """field (H, W, C) defined on ``mask`` (H, W) bool (not empty) -> the nearest on-mask
+    value everywhere."""
+    _, label = cv2.distanceTransformWithLabels((~mask).astype(np.uint8), cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
+    ys, xs = np.nonzero(mask)
+    at = np.zeros(int(label.max()) + 1, np.int64)
+    at[label[ys, xs]] = np.arange(len(ys))
+    nearest = at[label]
+    return field[ys[nearest], xs[nearest]]
 
 
 def uncrop_flow(pred: np.ndarray, win: CropWindow, image_size: tuple[int, int]) -> np.ndarray:

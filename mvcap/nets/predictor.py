@@ -39,7 +39,7 @@ import torch
 from mvcap.displace import Displacement, PredictRequest
 from mvcap.errors import MvcapError
 
-from .displacement import CropWindow, DisplacementNet, NetConfig, uncrop_flow
+from .displacement import CropWindow, DisplacementNet, NetConfig, extend_nearest, uncrop_flow
 
 __all__ = [
     "LearnedPredictor",
@@ -315,17 +315,6 @@ def fine_crop_size(cfg: NetConfig, window: float, image_px: float, fine_px: floa
     return min(int(np.ceil(want / step)) * step, _largest_crop(cfg, max_crop))
 
 
-def _extend(field: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """field (H, W, C) defined on ``mask`` (H, W) bool (not empty) -> the nearest on-mask
-    value everywhere."""
-    _, label = cv2.distanceTransformWithLabels((~mask).astype(np.uint8), cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
-    ys, xs = np.nonzero(mask)
-    at = np.zeros(int(label.max()) + 1, np.int64)
-    at[label[ys, xs]] = np.arange(len(ys))
-    nearest = at[label]
-    return field[ys[nearest], xs[nearest]]
-
-
 def _warp(photo: np.ndarray, flow: np.ndarray, mask: np.ndarray, win: CropWindow):
     """The photo (H, W, 3) resampled at x + flow(x) inside the crop window (the flow (H, W, 2),
     defined on ``mask``, extended off it by the nearest value). Returns (the warped photo,
@@ -333,7 +322,7 @@ def _warp(photo: np.ndarray, flow: np.ndarray, mask: np.ndarray, win: CropWindow
     H, W = mask.shape
     xa, xb = max(win.x0, 0), min(win.x0 + win.size, W)
     ya, yb = max(win.y0, 0), min(win.y0 + win.size, H)
-    ext = _extend(flow[ya:yb, xa:xb], mask[ya:yb, xa:xb])
+    ext = extend_nearest(flow[ya:yb, xa:xb], mask[ya:yb, xa:xb])
     xs, ys = np.meshgrid(np.arange(xa, xb, dtype=np.float32), np.arange(ya, yb, dtype=np.float32))
     out = photo.copy()
     out[ya:yb, xa:xb] = cv2.remap(

@@ -71,6 +71,9 @@ class TrainConfig:
     budget_minutes: when > 0, a fixed wall-clock budget: training stops once this many minutes
       of training (summed over resumed calls) have run, and the cosine decay follows the time
       spent instead of the step count (``steps`` is then only a cap); for GPU runs of a set length.
+    init_weights: start from this weights file (fine-tuning; "shipped" = the shipped lite
+      network; its network config must equal ``[net]``) with a fresh optimizer and schedule;
+      "" = random initialisation. A resumed run continues from its checkpoint instead.
     num_workers: data worker processes (0 = generate in the training process, -1 = all cores
       but two);
     threads: torch threads of the training process (0 = cores left over by the workers).
@@ -102,6 +105,7 @@ class TrainConfig:
     checkpoint_minutes: float = 10.0
     vis_samples: int = 4
     budget_minutes: float = 0.0
+    init_weights: str = ""
 
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 1:
@@ -461,6 +465,11 @@ def train(
             best_step = int(ck.get("best_step", 0))
     else:
         best_path.unlink(missing_ok=True)  # from the run this one starts over
+        if cfg.init_weights:
+            from .predictor import LearnedPredictor
+
+            source = None if cfg.init_weights == "shipped" else cfg.init_weights
+            net.load_state_dict(LearnedPredictor.load(source, device="cpu", expected=cfg.net).net.state_dict())
     (out_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
     amp = cfg.amp and device.type == "cuda"
 
