@@ -430,8 +430,11 @@ def test_train_config_files_load():
     gpu = load_train_config("nets/train_gpu.toml")
     assert gpu.net == paper.net and gpu.budget_minutes > 0 and gpu.checkpoint_minutes <= 1.0
     real = load_train_config("nets/train_lite_real.toml")
-    assert real.net == lite.net and real.init_weights == "shipped" and real.data.seed != lite.data.seed
-    assert real.data.val_seed == lite.data.val_seed and real.data.bystander_prob > 0
+    mix = load_train_config("nets/train_lite_mix.toml")
+    assert real.net == lite.net == mix.net and real.init_weights.endswith("lite_clean_step4500.pt")
+    assert len({lite.data.seed, real.data.seed, mix.data.seed}) == 3  # each stage sees new samples
+    assert real.data.val_seed == mix.data.val_seed == lite.data.val_seed
+    assert 0 < mix.data.bystander_prob < real.data.bystander_prob
     assert gpu.data.photo_jpeg_prob > 0 and lite.data.photo_jpeg_prob == 0  # the shipped run: none
 
 
