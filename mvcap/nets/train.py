@@ -71,9 +71,10 @@ class TrainConfig:
     budget_minutes: when > 0, a fixed wall-clock budget: training stops once this many minutes
       of training (summed over resumed calls) have run, and the cosine decay follows the time
       spent instead of the step count (``steps`` is then only a cap); for GPU runs of a set length.
-    init_weights: start from this weights file (fine-tuning; "shipped" = the shipped lite
-      network; its network config must equal ``[net]``) with a fresh optimizer and schedule;
-      "" = random initialisation. A resumed run continues from its checkpoint instead.
+    init_weights: start from this weights file (fine-tuning; a path from the working
+      directory, or "shipped" = the shipped lite network; its network config must equal
+      ``[net]``) with a fresh optimizer and schedule; "" = random initialisation. A resumed
+      run continues from its checkpoint instead.
     num_workers: data worker processes (0 = generate in the training process, -1 = all cores
       but two);
     threads: torch threads of the training process (0 = cores left over by the workers).
