@@ -146,16 +146,16 @@ def test_both_routes_train_on_both(truth_session):
 
 
 def test_adaptation_brings_the_network_to_the_estimate(truth_session, body_model):
+    # adapt.toml's learning rate: from a network as good as the shipped one 1e-3 overshoots
     cfg = AdaptConfig(
-        source="truth", route="self", perturbations=1, error_scale=(0.3, 0.6), val_every=0, steps=15, batch_size=4,
-        lr=1e-3,
+        source="truth", route="self", perturbations=1, error_scale=(0.3, 0.6), val_every=0, steps=30, batch_size=4,
     )  # fmt: skip
     with Session.open(truth_session) as s:
         data = adaptation_samples(s, s.subject, [0, 1, 2], cfg, LITE, body_model)
     before, zero = _epe(LearnedPredictor.load(device="cpu").net, data)
     net, res = adapt_network(truth_session, cfg, frames=[0, 1, 2], progress=False)
     after, _ = _epe(net, data)
-    assert res.train_frames == (0, 1, 2) and res.train_samples == len(data["photo"]) and res.steps == 15
+    assert res.train_frames == (0, 1, 2) and res.train_samples == len(data["photo"]) and res.steps == 30
     assert after < 0.9 * before and after < zero, (before, after, zero)
 
 
