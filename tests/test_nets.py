@@ -246,7 +246,6 @@ def test_real_world_additions_change_the_photo_not_the_target(small_data):
     displacement target are those of the clean sample (same scene, same estimate)."""
     from mvcap.nets.data import SampleGenerator
 
-
     clean = SampleGenerator(small_data, TINY, 4).sample(1)
     for key in REAL:
         cfg = dataclasses.replace(small_data, **{key: 1.0})
@@ -261,7 +260,7 @@ def test_real_world_additions_change_the_photo_not_the_target(small_data):
 
 def test_shipped_configs_keep_their_samples(small_data, monkeypatch):
     """With every addition off no random number is drawn for them: the samples of configs
-    written before them (the shipped network's training run) are unchanged."""
+    written before them (the clean network's training run) are unchanged."""
     from mvcap.nets import data as D
 
     calls = []
@@ -282,7 +281,6 @@ def test_fine_tuning_starts_from_the_given_weights(tmp_path, small_data):
     from mvcap.nets.displacement import DisplacementNet
     from mvcap.nets.predictor import WeightsError
     from mvcap.nets.train import TrainConfig, save_weights, train
-
 
     torch.manual_seed(7)
     start = DisplacementNet(TINY)
@@ -435,7 +433,7 @@ def test_train_config_files_load():
     assert len({lite.data.seed, real.data.seed, mix.data.seed}) == 3  # each stage sees new samples
     assert real.data.val_seed == mix.data.val_seed == lite.data.val_seed
     assert 0 < mix.data.bystander_prob < real.data.bystander_prob
-    assert gpu.data.photo_jpeg_prob > 0 and lite.data.photo_jpeg_prob == 0  # the shipped run: none
+    assert gpu.data.photo_jpeg_prob > 0 and lite.data.photo_jpeg_prob == 0  # the clean run: none
 
 
 # ---------------------------------------------------------------------------- predictor
