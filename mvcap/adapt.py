@@ -90,6 +90,10 @@ class AdaptConfig:
       places); the estimate to correct is then drawn around them with ``error_scale``.
     plate_frames: composite route: frames (spread over the take) whose per-pixel median,
       with the person masked out, is each camera's background plate.
+    loose_prob / jpeg_prob: composite route: per composite, hair and loose clothing beyond the
+      subject's silhouette (:func:`mvcap.nets.augment.loose_layer`, 1-4 patches of 4-12 % of
+      its height) and a JPEG round trip at quality 40-90 (the capture's video compression);
+      the plates come from the footage, the rendered subject has neither (0: off).
     confidence: give the network a confidence head (if it has none) and train it too: each
       pixel's expected error, which refinement then uses as the target weight.
     fine_px / max_crop: refinement's coarse-to-fine pass (``learned_fine_px`` /
@@ -114,6 +118,8 @@ class AdaptConfig:
     threads: int = 0
     pose_spread: float = 0.5
     plate_frames: int = 24
+    loose_prob: float = 0.0
+    jpeg_prob: float = 0.0
     confidence: bool = False
     fine_px: float = 0.0
     max_crop: int = 192
@@ -124,6 +130,8 @@ class AdaptConfig:
             raise ValueError(f"route must be one of {ROUTES}, got {self.route!r}")
         if self.pose_spread < 0 or self.plate_frames < 1:
             raise ValueError("pose_spread must be >= 0 and plate_frames >= 1")
+        if not (0 <= self.loose_prob <= 1 and 0 <= self.jpeg_prob <= 1):
+            raise ValueError(f"loose_prob and jpeg_prob must be in [0, 1], got {self.loose_prob}, {self.jpeg_prob}")
         if not self.fine_px >= 0 or self.max_crop < 16:
             raise ValueError(
                 f"fine_px must be >= 0 (0: no tiles) and max_crop >= 16, got {self.fine_px} and {self.max_crop}"
@@ -413,6 +421,7 @@ def composite_samples(
 
     from mvcap.body import load_body_model
     from mvcap.displace import OraclePredictor
+    from mvcap.nets import augment
     from mvcap.nets.predictor import request_side
     from mvcap.refine import estimate_appearance, estimate_request, view_windows
     from mvcap.render import Light, render
@@ -454,11 +463,15 @@ def composite_samples(
             for view in range(len(wrig)):
                 a = cv2.GaussianBlur(alpha[view], (0, 0), 0.6)[..., None]  # soft edges, as a lens gives
                 img = background[view] * (1 - a) + body[view] * a
+                if cfg.loose_prob > 0 and rng.random() < cfg.loose_prob:
+                    img, _ = augment.loose_layer(img, alpha[view] > 0.5, rng, int(rng.integers(1, 5)), (0.04, 0.12))
                 sigma = float(rng.uniform(0.0, 0.8))
                 if sigma > 0.1:
                     img = cv2.GaussianBlur(img, (0, 0), sigma)
                 # the camera's noise, reduced by the window's downscaling (area averaging)
                 img = img + rng.normal(0, plates.noise_std[view] / max(windows.image_px[view], 1.0), img.shape)
+                if cfg.jpeg_prob > 0 and rng.random() < cfg.jpeg_prob:
+                    img = augment.compress(img, int(rng.integers(40, 91)))
                 photos.append(np.clip(np.rint(img), 0, 255).astype(np.uint8))
             req = estimate_request(model, wrig, np.stack(photos), v, appearance, template)
             flow = OraclePredictor(gt_v)(req).flow.numpy()

@@ -123,6 +123,9 @@ def test_composites_have_exact_targets(truth_session, body_model):
         moved = composite_samples(
             s, s.subject, [0, 1], dataclasses.replace(cfg, error_scale=(0.5, 0.5)), LITE, plates, body_model
         )
+        worn = composite_samples(
+            s, s.subject, [0, 1], dataclasses.replace(cfg, loose_prob=1.0, jpeg_prob=1.0), LITE, plates, body_model
+        )
     assert set(still) == {"photo", "render", "mask", "target", "px", "frame", "window"} and len(still["photo"]) >= 6
     m = still["mask"][:, 0] > 0
     assert float((still["target"].norm(dim=1) * still["px"][:, None, None])[m].max()) < 0.05
@@ -132,6 +135,11 @@ def test_composites_have_exact_targets(truth_session, body_model):
     on = still["mask"][:, 0] > 0
     diff = lambda render: float((still["photo"] - render[:, :3]).abs().mean(1)[on].mean())  # noqa: E731
     assert diff(still["render"]) < 0.5 * diff(still["render"].roll(1, 0))
+    # hair, loose clothing and compression change the photo only: the estimate and its targets stay
+    assert all(torch.equal(worn[k], still[k]) for k in ("render", "mask", "target", "px"))
+    assert float((worn["photo"] - still["photo"]).abs().mean()) > 0.005
+    with pytest.raises(ValueError, match="loose_prob"):
+        AdaptConfig(loose_prob=1.5)
 
 
 def test_both_routes_train_on_both(truth_session):
