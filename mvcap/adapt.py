@@ -464,7 +464,9 @@ def composite_samples(
                 a = cv2.GaussianBlur(alpha[view], (0, 0), 0.6)[..., None]  # soft edges, as a lens gives
                 img = background[view] * (1 - a) + body[view] * a
                 if cfg.loose_prob > 0 and rng.random() < cfg.loose_prob:
-                    img, _ = augment.loose_layer(img, alpha[view] > 0.5, rng, int(rng.integers(1, 5)), (0.04, 0.12))
+                    lo, hi = augment.LOOSE_PATCHES
+                    n = int(rng.integers(lo, hi + 1))
+                    img, _ = augment.loose_layer(img, alpha[view] > 0.5, rng, n, augment.LOOSE_SIZE)
                 sigma = float(rng.uniform(0.0, 0.8))
                 if sigma > 0.1:
                     img = cv2.GaussianBlur(img, (0, 0), sigma)

@@ -26,7 +26,11 @@ import numpy as np
 
 from .displacement import extend_nearest
 
-__all__ = ["compress", "motion_blur", "loose_layer", "clutter", "over"]
+__all__ = ["compress", "motion_blur", "loose_layer", "clutter", "over", "LOOSE_PATCHES", "LOOSE_SIZE"]
+
+# hair and loose clothing: patches per person, and their size x the person's pixel height
+LOOSE_PATCHES = (1, 4)
+LOOSE_SIZE = (0.04, 0.12)
 
 
 def compress(photo: np.ndarray, quality: int) -> np.ndarray:

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .augment import LOOSE_PATCHES, LOOSE_SIZE
 from .displacement import (
     CropWindow,
     NetConfig,
@@ -143,8 +144,8 @@ class DataConfig:
     bystander_prob: float = 0.0
     bystander_distance_m: tuple[float, float] = (0.6, 2.0)
     loose_prob: float = 0.0
-    loose_patches: tuple[int, int] = (1, 4)
-    loose_size: tuple[float, float] = (0.04, 0.12)
+    loose_patches: tuple[int, int] = LOOSE_PATCHES
+    loose_size: tuple[float, float] = LOOSE_SIZE
     clutter_prob: float = 0.0
     clutter_shapes: tuple[int, int] = (2, 8)
     clutter_size: tuple[float, float] = (0.05, 0.3)
@@ -387,19 +388,7 @@ class SampleGenerator:
             fill=_u(rng, c.photo_fill_light),
         )
         looks = synth._sample_looks(rng, 1, self._scene_config())
-        W, H = cam.image_size
-        photos, person, _ = synth.render_frame(
-            model,
-            rig,
-            subj,
-            gt_v.numpy().astype(np.float64),
-            lit,
-            0,
-            looks,
-            rng,
-            maps=[_identity_maps(W, H)],
-            backend="cpu",  # a sample depends on (seed, index) alone, not on the machine's GPU
-        )
+        photos, person = self._photo(rng, rig, subj, gt_v, lit, looks)
         photos = self._real_world(rng, photos, person[0] > 0, sid, rig, lit, looks, transl)
 
         # target field, eq. 1-2
@@ -407,13 +396,32 @@ class SampleGenerator:
         flow = OraclePredictor(gt_v)(req).flow[0].numpy()
         return self.make_crop(photos[0], passes.images[0].numpy(), passes.channels, mask, flow)
 
+    def _photo(self, rng, rig, subj, vertices: torch.Tensor, lit, looks):
+        """The photo of a body (vertices (N, 3) world metres) in the one-camera ``rig``:
+        ((1, H, W, 3) uint8, its silhouette (1, H, W) uint8)."""
+        from mvcap import synth
+
+        W, H = rig[0].image_size
+        photos, person, _ = synth.render_frame(
+            self.model,
+            rig,
+            subj,
+            vertices.numpy().astype(np.float64),
+            lit,
+            0,
+            looks,
+            rng,
+            maps=[_identity_maps(W, H)],
+            backend="cpu",  # a sample depends on (seed, index) alone, not on the machine's GPU
+        )
+        return photos, person
+
     def _real_world(self, rng, photos, person, sid: int, rig, lit, looks, transl) -> np.ndarray:
         """What real footage adds to the photo (V = 1, (1, H, W, 3) uint8; person (H, W) bool
         the subject's pixels): loose clothing, another person, clutter, an occluder, motion
         blur, compression (see :class:`DataConfig`). The subject's body does not move, so the
         target stays as it was."""
         from mvcap import motions as M
-        from mvcap import synth
 
         from . import augment as A
 
@@ -435,11 +443,8 @@ class SampleGenerator:
             t = M.place_on_floor(model, pose, subj.betas[None], t)
             with torch.no_grad():
                 f32 = lambda x: torch.as_tensor(np.asarray(x), dtype=torch.float32)  # noqa: E731
-                v = model(f32(pose), f32(subj.betas[None]), f32(t)).vertices[0].numpy()
-            W, H = rig[0].image_size
-            img, mask, _ = synth.render_frame(
-                model, rig, subj, v.astype(np.float64), lit, 0, looks, rng, maps=[_identity_maps(W, H)], backend="cpu"
-            )
+                v = model(f32(pose), f32(subj.betas[None]), f32(t)).vertices[0]
+            img, mask = self._photo(rng, rig, subj, v, lit, looks)
             alpha = cv2.GaussianBlur(mask[0].astype(np.float32), (0, 0), 0.5)
             centre = rig[0].center_world
             if np.linalg.norm(t[0] - centre) > np.linalg.norm(transl[0] - centre):
