@@ -258,6 +258,15 @@ def test_real_world_additions_change_the_photo_not_the_target(small_data):
     assert all(torch.equal(a[k], b[k]) for k in a)  # still a pure function of (seed, index)
 
 
+def test_bad_augmentation_settings_are_explained():
+    from mvcap.nets.data import DataConfig
+
+    with pytest.raises(ValueError, match="loose_prob is a probability"):
+        DataConfig(loose_prob=1.5)
+    with pytest.raises(ValueError, match="clutter_shapes is a range"):
+        DataConfig(clutter_shapes=(8, 2))
+
+
 def test_shipped_configs_keep_their_samples(small_data, monkeypatch):
     """With every addition off no random number is drawn for them: the samples of configs
     written before them (the clean network's training run) are unchanged."""

@@ -158,6 +158,12 @@ class DataConfig:
             raise ValueError(f"data.pose_style must be 'varied' or 'mild', got {self.pose_style!r}")
         if self.num_subjects < 2 or self.num_cameras < 1 or self.num_val < 1:
             raise ValueError("data.num_subjects must be >= 2, num_cameras and num_val >= 1")
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.name.endswith("_prob") and not 0 <= v <= 1:
+                raise ValueError(f"data.{f.name} is a probability, in [0, 1]; got {v}")
+            if isinstance(v, tuple) and f.name != "image_size" and not v[0] <= v[1]:
+                raise ValueError(f"data.{f.name} is a range (lo, hi) with lo <= hi; got {list(v)}")
         if self.seed == self.val_seed:
             raise ValueError(
                 "data.seed and data.val_seed must differ (the validation split must be unseen)"
