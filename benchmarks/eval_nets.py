@@ -2,7 +2,7 @@
 
     python benchmarks/eval_nets.py full=runs/lite/weights_step1000.pt \
         notexture=runs/lite_notexture/weights.pt textureonly=runs/lite_textureonly/weights.pt \
-        [--samples 256] [--seed 9100001] [--config configs/nets/train_lite.toml]
+        [--samples 256] [--seed 9100001] [--config configs/nets/train_lite.toml] [--set data.tile_prob=1]
 
 The training run's own validation split (64 samples) is too small to rank networks whose EPEs
 differ by a few tenths of a pixel: it moves by ~0.3 px between checkpoints of one run. Here
@@ -59,6 +59,9 @@ def main(argv=None) -> None:
     ap.add_argument("--samples", type=int, default=256)
     ap.add_argument("--seed", type=int, default=9100001, help="held-out seed (not the training or validation seed)")
     ap.add_argument("--config", default=str(ROOT / "configs/nets/train_lite.toml"), help="training config: [data]")
+    ap.add_argument(
+        "--set", dest="overrides", action="append", default=[], help="config override, e.g. data.tile_prob=1"
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"], help="where the networks run")
     a = ap.parse_args(argv)
@@ -75,7 +78,7 @@ def main(argv=None) -> None:
             ap.error(str(exc))
     if a.samples < 2:
         ap.error(f"--samples must be >= 2 (standard errors need two), got {a.samples}")
-    cfg = load_train_config(a.config)
+    cfg = load_train_config(a.config, a.overrides)
     data = dataclasses.replace(cfg.data, val_seed=a.seed, num_val=a.samples)
     # one sample set per crop geometry (the same scenes: samples depend on the seed and index
     # alone), with every pass; each network reads the passes it was built for
@@ -107,7 +110,8 @@ def main(argv=None) -> None:
             f"| {full.mean():.2f} | {diff.mean():+.3f} ± {_se(diff):.3f} |"
         )
         print(f"{name}: {crop.mean():.3f} px ({time.perf_counter() - t0:.0f} s)", flush=True)
-    print(f"\n{a.samples} held-out samples (seed {a.seed}, data of {a.config}); ± = standard error\n")
+    data_of = " ".join([a.config, *a.overrides])
+    print(f"\n{a.samples} held-out samples (seed {a.seed}, data of {data_of}); ± = standard error\n")
     unit = "full px" if in_full else "crop px"
     print(f"| network | render passes | EPE crop px | EPE full px | paired Δ vs {named[0][0]} ({unit}) |")
     print("|---|---|---:|---:|---:|")

@@ -240,7 +240,7 @@ def _view_crops(net_cfg, req, flow: np.ndarray, cfg: AdaptConfig, image_px, rng)
     resolution around a random rendered pixel (``image_px`` (V,) image pixels per request
     pixel)."""
     from mvcap.nets.data import crop_sample
-    from mvcap.nets.displacement import CropWindow
+    from mvcap.nets.displacement import tile_window
     from mvcap.nets.predictor import fine_crop_size
 
     S = net_cfg.crop_size
@@ -254,10 +254,7 @@ def _view_crops(net_cfg, req, flow: np.ndarray, cfg: AdaptConfig, image_px, rng)
         L = float(crop["window"])
         size = fine_crop_size(net_cfg, L, float(image_px[view]), cfg.fine_px, cfg.max_crop)
         if size > S:  # that pass sees the window at size / S times the resolution: an S-crop of a part
-            side = int(round(L * S / size))
-            ys, xs = np.nonzero(masks[view])
-            i = int(rng.integers(len(ys)))
-            tile = CropWindow(int(xs[i]) - side // 2, int(ys[i]) - side // 2, side)
+            tile = tile_window(masks[view], int(round(L * S / size)), rng)
             args = (req.photos[view], images[view], req.passes.channels, masks[view], flow[view])
             yield view, masks[view], crop_sample(net_cfg, *args, window=tile)
 

@@ -258,6 +258,47 @@ def test_real_world_additions_change_the_photo_not_the_target(small_data):
     assert all(torch.equal(a[k], b[k]) for k in a)  # still a pure function of (seed, index)
 
 
+def test_tiles_are_parts_of_the_window_at_the_fine_pass_resolution(small_data):
+    """With ``tile_prob`` a sample is an S-crop of a part of the whole-body window, ``zoom``
+    times smaller, centred on a rendered pixel, of the same scene."""
+    from mvcap.nets.data import SampleGenerator
+
+    whole = SampleGenerator(small_data, TINY, 4).sample(1)
+    tiled = dataclasses.replace(small_data, tile_prob=1.0, tile_zoom=(2.0, 2.0))
+    tile = SampleGenerator(tiled, TINY, 4).sample(1)
+    L, side = int(whole["window"]), int(tile["window"])
+    assert side == max(round(L / 2), 16) and side < L
+    cx, cy = int(tile["x0"]) + side // 2, int(tile["y0"]) + side // 2
+    assert int(whole["x0"]) <= cx < int(whole["x0"]) + L and int(whole["y0"]) <= cy < int(whole["y0"]) + L
+    assert float(tile["mask"].mean()) > float(whole["mask"].mean())  # a part of the body, seen larger
+    mag = tile["target"].norm(dim=0)[tile["mask"][0] > 0] * tile["window"]
+    assert 0.05 < float(mag.mean()) and float(mag.max()) < 100  # full-image pixels, as the whole crop's
+
+
+def test_a_tile_target_is_in_the_units_the_fine_pass_reads():
+    """target * window = full-image pixels for a tile too; the fine pass's crop of zoom * S
+    over the whole window reads the network's output as that (see LearnedPredictor)."""
+    from mvcap.nets.data import crop_sample
+    from mvcap.nets.displacement import tile_window
+    from mvcap.render import PASS_CHANNELS
+
+    H = W = 96
+    yy, xx = np.mgrid[:H, :W]
+    mask = (yy - 48) ** 2 / 40**2 + (xx - 48) ** 2 / 20**2 < 1
+    channels = [ch for p in ("rgb", "depth", "normal", "template", "mask") for ch in PASS_CHANNELS[p]]
+    passes = np.random.default_rng(0).random((H, W, len(channels))).astype(np.float32)
+    photo = np.full((H, W, 3), 128, np.uint8)
+    flow = np.broadcast_to(np.float32([3.0, -2.0]), (H, W, 2))
+    tile = tile_window(mask, 40, np.random.default_rng(1))
+    assert mask[tile.y0 + 20, tile.x0 + 20] and tile.size == 40
+    s = crop_sample(TINY, photo, passes, channels, mask, flow, window=tile)
+    m = s["mask"][0] > 0
+    full = s["target"][:, m] * s["window"]
+    assert torch.allclose(full, torch.tensor([[3.0], [-2.0]]), atol=1e-4)
+    with pytest.raises(ValueError, match="mask is empty"):
+        tile_window(np.zeros((4, 4), bool), 2, np.random.default_rng(0))
+
+
 def test_bad_augmentation_settings_are_explained():
     from mvcap.nets.data import DataConfig
 
@@ -265,6 +306,8 @@ def test_bad_augmentation_settings_are_explained():
         DataConfig(loose_prob=1.5)
     with pytest.raises(ValueError, match="clutter_shapes is a range"):
         DataConfig(clutter_shapes=(8, 2))
+    with pytest.raises(ValueError, match="tile_zoom must be >= 1"):
+        DataConfig(tile_zoom=(0.5, 2.0))
 
 
 def test_shipped_configs_keep_their_samples(small_data, monkeypatch):

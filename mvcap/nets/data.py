@@ -20,7 +20,9 @@ the synthetic studio of :mod:`mvcap.synth` standing in for the paper's datasets)
 6. the target field (eq. 1-2, :class:`mvcap.displace.OraclePredictor`);
 7. a square crop around the *rendered* person (:func:`~.displacement.crop_window`), the
    same window for photo, passes and target, resampled to S x S exactly as
-   :class:`~.predictor.LearnedPredictor` does at inference time.
+   :class:`~.predictor.LearnedPredictor` does at inference time; with ``tile_prob``, a part
+   of that window instead (:func:`~.displacement.tile_window`), as the coarse-to-fine pass
+   sees it.
 
 Every sample is a pure function of ``(seed, index)``; the subject/camera pools are
 functions of ``(seed, id)``. Training uses ``DataConfig.seed``, validation
@@ -50,6 +52,7 @@ from .displacement import (
     crop_window,
     encode_photo,
     encode_render,
+    tile_window,
 )
 
 __all__ = [
@@ -94,6 +97,9 @@ class DataConfig:
     loose_prob / loose_patches / loose_size: hair and loose clothing beyond the silhouette
     (patch size x the person's height); clutter_prob / clutter_shapes / clutter_size: objects
     behind the people (size x the image height); occluder_prob / occluder_size: one in front.
+    tile_prob / tile_zoom: instead of the whole-body window, a tile of it ``zoom`` times
+    smaller around a random rendered pixel, so the network learns the coarse-to-fine pass's
+    resolution (``learned_fine_px``: at most ``learned_max_crop`` / S = 2 times finer).
     min_mask_px: resample when the estimate covers fewer full-image pixels than this.
     """
 
@@ -151,6 +157,8 @@ class DataConfig:
     clutter_size: tuple[float, float] = (0.05, 0.3)
     occluder_prob: float = 0.0
     occluder_size: tuple[float, float] = (0.1, 0.35)
+    tile_prob: float = 0.0
+    tile_zoom: tuple[float, float] = (1.5, 2.0)
     min_mask_px: int = 300
 
     def __post_init__(self):
@@ -164,6 +172,8 @@ class DataConfig:
                 raise ValueError(f"data.{f.name} is a probability, in [0, 1]; got {v}")
             if isinstance(v, tuple) and f.name != "image_size" and not v[0] <= v[1]:
                 raise ValueError(f"data.{f.name} is a range (lo, hi) with lo <= hi; got {list(v)}")
+        if not self.tile_zoom[0] >= 1:
+            raise ValueError(f"data.tile_zoom must be >= 1 (a tile is part of the window); got {list(self.tile_zoom)}")
         if self.seed == self.val_seed:
             raise ValueError(
                 "data.seed and data.val_seed must differ (the validation split must be unseen)"
@@ -400,7 +410,11 @@ class SampleGenerator:
         # target field, eq. 1-2
         req = PredictRequest(photos, passes, frags, rig, est_v, model.faces)
         flow = OraclePredictor(gt_v)(req).flow[0].numpy()
-        return self.make_crop(photos[0], passes.images[0].numpy(), passes.channels, mask, flow)
+        window = None
+        if _chance(rng, c.tile_prob):
+            whole = crop_window(mask, self.net.crop_scale)
+            window = tile_window(mask, max(int(round(whole.size / _u(rng, c.tile_zoom))), 16), rng)
+        return crop_sample(self.net, photos[0], passes.images[0].numpy(), passes.channels, mask, flow, window)
 
     def _photo(self, rng, rig, subj, vertices: torch.Tensor, lit, looks):
         """The photo of a body (vertices (N, 3) world metres) in the one-camera ``rig``:
@@ -475,17 +489,6 @@ class SampleGenerator:
             lo, hi = c.photo_jpeg_quality
             photo = A.compress(photo, int(rng.integers(lo, hi + 1)))
         return np.clip(np.rint(photo), 0, 255).astype(np.uint8)[None]
-
-    def make_crop(
-        self,
-        photo: np.ndarray,
-        pass_images: np.ndarray,
-        channels,
-        mask: np.ndarray,
-        flow: np.ndarray | None,
-    ) -> dict:
-        """Crop one view (full-image arrays) into network tensors (see the class docstring)."""
-        return crop_sample(self.net, photo, pass_images, channels, mask, flow)
 
 
 def crop_sample(

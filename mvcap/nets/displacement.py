@@ -18,6 +18,7 @@ Input contract (shared by training data and the predictor, so they cannot drift 
 
 * :func:`crop_window` -- square window around the *rendered* person (bounding box of
   the render mask, enlarged by ``scale``), integer-aligned, may extend past the image;
+* :func:`tile_window` -- a part of that window, for an S x S crop at a finer resolution;
 * :func:`crop_resize` / :func:`crop_passes` -- resample a full image into the window at
   ``S x S`` (area averaging when shrinking, bilinear when enlarging; zeros outside the
   image). Surface passes are resampled premultiplied by coverage and divided by it, so
@@ -54,6 +55,7 @@ __all__ = [
     "select_render_passes",
     "CropWindow",
     "crop_window",
+    "tile_window",
     "crop_resize",
     "crop_passes",
     "encode_photo",
@@ -435,6 +437,19 @@ def crop_window(mask: np.ndarray, scale: float = 1.2, min_size: int = 16) -> Cro
     size = max(int(math.ceil(side)), min_size)
     cx, cy = (x_lo + x_hi + 1) / 2.0, (y_lo + y_hi + 1) / 2.0  # in pixel-edge coordinates
     return CropWindow(int(round(cx - size / 2.0)), int(round(cy - size / 2.0)), size)
+
+
+def tile_window(mask: np.ndarray, side: int, rng: np.random.Generator) -> CropWindow:
+    """A square window of ``side`` pixels centred on a random True pixel of ``mask`` (H, W).
+
+    An S x S crop of a tile ``zoom`` times smaller than the whole-body window is a patch of
+    what the coarse-to-fine pass sees at zoom x S (the network is fully convolutional), so
+    tiles teach that pass's resolution at the training crop size."""
+    ys, xs = np.nonzero(mask)
+    if ys.size == 0:
+        raise ValueError("the mask is empty: no pixel to centre a tile on")
+    i = int(rng.integers(len(ys)))
+    return CropWindow(int(xs[i]) - side // 2, int(ys[i]) - side // 2, int(side))
 
 
 def crop_resize(image: np.ndarray, win: CropWindow, S: int) -> np.ndarray:
