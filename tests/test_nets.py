@@ -481,9 +481,11 @@ def test_train_config_files_load():
     assert gpu.net == paper.net and gpu.budget_minutes > 0 and gpu.checkpoint_minutes <= 1.0
     real = load_train_config("nets/train_lite_real.toml")
     mix = load_train_config("nets/train_lite_mix.toml")
-    assert real.net == lite.net == mix.net and real.init_weights.endswith("lite_clean_step4500.pt")
-    assert len({lite.data.seed, real.data.seed, mix.data.seed}) == 3  # each stage sees new samples
-    assert real.data.val_seed == mix.data.val_seed == lite.data.val_seed
+    tiles = load_train_config("nets/train_lite_tiles.toml")
+    assert real.net == lite.net == mix.net == tiles.net and real.init_weights.endswith("lite_clean_step4500.pt")
+    assert len({lite.data.seed, real.data.seed, mix.data.seed, tiles.data.seed}) == 4  # each stage: new samples
+    assert real.data.val_seed == mix.data.val_seed == lite.data.val_seed == tiles.data.val_seed
+    assert tiles.data.tile_prob > 0 and mix.data.tile_prob == 0 and tiles.init_weights == "shipped"
     assert 0 < mix.data.bystander_prob < real.data.bystander_prob
     assert gpu.data.photo_jpeg_prob > 0 and lite.data.photo_jpeg_prob == 0  # the clean run: none
 
