@@ -258,21 +258,29 @@ def test_real_world_additions_change_the_photo_not_the_target(small_data):
     assert all(torch.equal(a[k], b[k]) for k in a)  # still a pure function of (seed, index)
 
 
-def test_tiles_are_parts_of_the_window_at_the_fine_pass_resolution(small_data):
-    """With ``tile_prob`` a sample is an S-crop of a part of the whole-body window, ``zoom``
-    times smaller, centred on a rendered pixel, of the same scene."""
-    from mvcap.nets.data import SampleGenerator
+def test_tiles_are_parts_of_the_window_at_the_fine_pass_resolution(small_data, monkeypatch):
+    """With ``tile_prob`` a sample is an S-crop of a part of its whole-body window, ``zoom``
+    times smaller, centred on a rendered pixel, and its estimate errs by ``tile_error_scale``."""
+    from mvcap.nets import data as D
 
-    whole = SampleGenerator(small_data, TINY, 4).sample(1)
+    calls, real = [], D.tile_window
+
+    def spy(mask, side, rng):
+        calls.append((mask.copy(), side, real(mask, side, rng)))
+        return calls[-1][2]
+
+    monkeypatch.setattr(D, "tile_window", spy)
     tiled = dataclasses.replace(small_data, tile_prob=1.0, tile_zoom=(2.0, 2.0))
-    tile = SampleGenerator(tiled, TINY, 4).sample(1)
-    L, side = int(whole["window"]), int(tile["window"])
-    assert side == max(round(L / 2), 16) and side < L
-    cx, cy = int(tile["x0"]) + side // 2, int(tile["y0"]) + side // 2
-    assert int(whole["x0"]) <= cx < int(whole["x0"]) + L and int(whole["y0"]) <= cy < int(whole["y0"]) + L
-    assert float(tile["mask"].mean()) > float(whole["mask"].mean())  # a part of the body, seen larger
+    tile = D.SampleGenerator(tiled, TINY, 4).sample(1)
+    ((mask, side, win),) = calls
+    assert side == max(round(crop_window(mask, TINY.crop_scale).size / 2), 16) == int(tile["window"])
+    assert mask[win.y0 + side // 2, win.x0 + side // 2] and (int(tile["x0"]), int(tile["y0"])) == (win.x0, win.y0)
     mag = tile["target"].norm(dim=0)[tile["mask"][0] > 0] * tile["window"]
     assert 0.05 < float(mag.mean()) and float(mag.max()) < 100  # full-image pixels, as the whole crop's
+    # no error drawn: the estimate is the truth, nothing to move
+    exact = dataclasses.replace(tiled, tile_error_scale=(0.0, 0.0), gt_pose_prob=0.0, betas_std=(0.0, 0.0))
+    still = D.SampleGenerator(exact, TINY, 4).sample(1)
+    assert float(still["target"].abs().max() * still["window"]) < 1e-3
 
 
 def test_a_tile_target_is_in_the_units_the_fine_pass_reads():

@@ -97,9 +97,11 @@ class DataConfig:
     loose_prob / loose_patches / loose_size: hair and loose clothing beyond the silhouette
     (patch size x the person's height); clutter_prob / clutter_shapes / clutter_size: objects
     behind the people (size x the image height); occluder_prob / occluder_size: one in front.
-    tile_prob / tile_zoom: instead of the whole-body window, a tile of it ``zoom`` times
-    smaller around a random rendered pixel, so the network learns the coarse-to-fine pass's
-    resolution (``learned_fine_px``: at most ``learned_max_crop`` / S = 2 times finer).
+    tile_prob / tile_zoom / tile_error_scale: instead of the whole-body window, a tile of it
+    ``zoom`` times smaller around a random rendered pixel, so the network learns the
+    coarse-to-fine pass's resolution (``learned_fine_px``: at most ``learned_max_crop`` / S =
+    2 times finer); its estimate errs by ``tile_error_scale`` (in place of ``error_scale``),
+    the small residual that pass sees after the whole-body pass.
     min_mask_px: resample when the estimate covers fewer full-image pixels than this.
     """
 
@@ -159,6 +161,7 @@ class DataConfig:
     occluder_size: tuple[float, float] = (0.1, 0.35)
     tile_prob: float = 0.0
     tile_zoom: tuple[float, float] = (1.5, 2.0)
+    tile_error_scale: tuple[float, float] = (0.05, 0.4)
     min_mask_px: int = 300
 
     def __post_init__(self):
@@ -346,7 +349,8 @@ class SampleGenerator:
         betas = subj.betas[None]
         transl = M.place_on_floor(model, pose, betas, transl)
 
-        # the second estimate
+        # the second estimate (a tile's is the small residual the coarse-to-fine pass sees)
+        tile = _chance(rng, c.tile_prob)
         if rng.random() < c.gt_pose_prob:
             pcfg = M.PerturbConfig(
                 joint_deg=(0.0, 0.0),
@@ -355,7 +359,7 @@ class SampleGenerator:
                 betas_std=_u(rng, c.gt_pose_betas_std),
             )
         else:
-            s = _u(rng, c.error_scale)
+            s = _u(rng, c.tile_error_scale if tile else c.error_scale)
             pcfg = M.PerturbConfig(
                 joint_deg=(5.0 * s, 15.0 * s),
                 global_deg=5.0 * s,
@@ -411,7 +415,7 @@ class SampleGenerator:
         req = PredictRequest(photos, passes, frags, rig, est_v, model.faces)
         flow = OraclePredictor(gt_v)(req).flow[0].numpy()
         window = None
-        if _chance(rng, c.tile_prob):
+        if tile:
             whole = crop_window(mask, self.net.crop_scale)
             window = tile_window(mask, max(int(round(whole.size / _u(rng, c.tile_zoom))), 16), rng)
         return crop_sample(self.net, photos[0], passes.images[0].numpy(), passes.channels, mask, flow, window)
