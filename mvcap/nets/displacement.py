@@ -442,8 +442,8 @@ def crop_window(mask: np.ndarray, scale: float = 1.2, min_size: int = 16) -> Cro
 def tile_window(mask: np.ndarray, side: int, rng: np.random.Generator) -> CropWindow:
     """A square window of ``side`` pixels centred on a random True pixel of ``mask`` (H, W).
 
-    An S x S crop of a tile ``zoom`` times smaller than the whole-body window is a patch of
-    what the coarse-to-fine pass sees at zoom x S (the network is fully convolutional), so
+    With ``side`` = the whole-body window's side / zoom, an S x S crop of the tile is a patch
+    of what the coarse-to-fine pass sees at zoom x S (the network is fully convolutional), so
     tiles teach that pass's resolution at the training crop size."""
     ys, xs = np.nonzero(mask)
     if ys.size == 0:
