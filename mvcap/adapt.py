@@ -460,7 +460,7 @@ def composite_samples(
             for view in range(len(wrig)):
                 a = cv2.GaussianBlur(alpha[view], (0, 0), 0.6)[..., None]  # soft edges, as a lens gives
                 img = background[view] * (1 - a) + body[view] * a
-                if cfg.loose_prob > 0 and rng.random() < cfg.loose_prob:
+                if augment.chance(rng, cfg.loose_prob):
                     lo, hi = augment.LOOSE_PATCHES
                     n = int(rng.integers(lo, hi + 1))
                     img, _ = augment.loose_layer(img, alpha[view] > 0.5, rng, n, augment.LOOSE_SIZE)
@@ -469,7 +469,7 @@ def composite_samples(
                     img = cv2.GaussianBlur(img, (0, 0), sigma)
                 # the camera's noise, reduced by the window's downscaling (area averaging)
                 img = img + rng.normal(0, plates.noise_std[view] / max(windows.image_px[view], 1.0), img.shape)
-                if cfg.jpeg_prob > 0 and rng.random() < cfg.jpeg_prob:
+                if augment.chance(rng, cfg.jpeg_prob):
                     img = augment.compress(img, int(rng.integers(40, 91)))
                 photos.append(np.clip(np.rint(img), 0, 255).astype(np.uint8))
             req = estimate_request(model, wrig, np.stack(photos), v, appearance, template)

@@ -26,11 +26,17 @@ import numpy as np
 
 from .displacement import extend_nearest
 
-__all__ = ["compress", "motion_blur", "loose_layer", "clutter", "over", "LOOSE_PATCHES", "LOOSE_SIZE"]
+__all__ = ["chance", "compress", "motion_blur", "loose_layer", "clutter", "over", "LOOSE_PATCHES", "LOOSE_SIZE"]
 
 # hair and loose clothing: patches per person, and their size x the person's pixel height
 LOOSE_PATCHES = (1, 4)
 LOOSE_SIZE = (0.04, 0.12)
+
+
+def chance(rng: np.random.Generator, prob: float) -> bool:
+    """True with ``prob``; draws nothing when ``prob`` is 0, so configs without an
+    augmentation keep their random streams (and samples) as they were."""
+    return prob > 0 and rng.random() < prob
 
 
 def compress(photo: np.ndarray, quality: int) -> np.ndarray:

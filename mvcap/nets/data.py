@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .augment import LOOSE_PATCHES, LOOSE_SIZE
+from .augment import LOOSE_PATCHES, LOOSE_SIZE, chance
 from .displacement import (
     CropWindow,
     NetConfig,
@@ -181,12 +181,6 @@ class DataConfig:
             raise ValueError(
                 "data.seed and data.val_seed must differ (the validation split must be unseen)"
             )
-
-
-def _chance(rng: np.random.Generator, prob: float) -> bool:
-    """True with ``prob``; draws nothing when ``prob`` is 0, so configs without an
-    augmentation keep their random streams (and samples) as they were."""
-    return prob > 0 and rng.random() < prob
 
 
 def _u(rng: np.random.Generator, lohi) -> float:
@@ -350,7 +344,7 @@ class SampleGenerator:
         transl = M.place_on_floor(model, pose, betas, transl)
 
         # the second estimate (a tile's is the small residual the coarse-to-fine pass sees)
-        tile = _chance(rng, c.tile_prob)
+        tile = chance(rng, c.tile_prob)
         if rng.random() < c.gt_pose_prob:
             pcfg = M.PerturbConfig(
                 joint_deg=(0.0, 0.0),
@@ -453,11 +447,11 @@ class SampleGenerator:
         photo = photos[0].astype(np.float32)
         changed = False
         front = cv2.GaussianBlur(person.astype(np.float32), (0, 0), 0.5)  # what clutter goes behind
-        if _chance(rng, c.loose_prob):
+        if chance(rng, c.loose_prob):
             lo, hi = c.loose_patches
             photo, added = A.loose_layer(photo, person, rng, int(rng.integers(lo, hi + 1)), c.loose_size)
             front, changed = np.maximum(front, added), True
-        if _chance(rng, c.bystander_prob):
+        if chance(rng, c.bystander_prob):
             other = int(rng.integers(c.num_subjects - 1))
             other += other >= sid
             subj = self.subject(other)
@@ -478,18 +472,18 @@ class SampleGenerator:
         textures = ()
         if c.clutter_prob > 0 or c.occluder_prob > 0:
             textures = (self.subject(int(rng.integers(c.num_subjects))).texture,)
-        if _chance(rng, c.clutter_prob):
+        if chance(rng, c.clutter_prob):
             lo, hi = c.clutter_shapes
             photo = A.clutter(photo, rng, int(rng.integers(lo, hi + 1)), c.clutter_size, textures, behind=front)
             changed = True
-        if _chance(rng, c.occluder_prob):
+        if chance(rng, c.occluder_prob):
             photo = A.clutter(photo, rng, 1, c.occluder_size, textures)
             changed = True
         if changed:  # the added layers get the camera's noise too
             photo = photo + rng.normal(0, _u(rng, c.photo_noise_std), photo.shape).astype(np.float32)
-        if _chance(rng, c.photo_motion_blur_prob):
+        if chance(rng, c.photo_motion_blur_prob):
             photo = A.motion_blur(photo, _u(rng, c.photo_motion_blur_px), float(rng.uniform(0, np.pi)))
-        if _chance(rng, c.photo_jpeg_prob):
+        if chance(rng, c.photo_jpeg_prob):
             lo, hi = c.photo_jpeg_quality
             photo = A.compress(photo, int(rng.integers(lo, hi + 1)))
         return np.clip(np.rint(photo), 0, 255).astype(np.uint8)[None]
