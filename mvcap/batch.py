@@ -122,6 +122,7 @@ class _Worker:
         from mvcap.body import load_body_model
 
         self.model = load_body_model()
+        self.models: dict[str, object] = {}  # the body model per RefineConfig.device
         self.threads = threads
         self.predictors: dict[str, object] = {}
 
@@ -140,7 +141,7 @@ class _Worker:
         import torch
 
         from mvcap.config import to_dict
-        from mvcap.refine import make_predictor
+        from mvcap.refine import make_predictor, model_on_device
 
         # one CPU per worker: the renderer's and torch's thread pools must not oversubscribe it
         torch.set_num_threads(self.threads)
@@ -149,6 +150,10 @@ class _Worker:
         # code may write into its inputs, as it can in a sequential run
         context, tasks, prev = copy.deepcopy((context, tasks, prev))
         cfg, appearance, definition, subject = context
+        if cfg.device not in self.models:
+            self.models[cfg.device] = model_on_device(self.model, cfg.device)
+        model = self.models[cfg.device]
+        appearance = appearance.to(model.v_template.device)
         predictor = None
         if cfg.predictor != "oracle":
             net = subject.displacement_net if subject is not None else None
@@ -161,11 +166,11 @@ class _Worker:
             return [
                 out
                 for k in range(0, len(tasks), batch)
-                for out in refine_tasks(self.model, tasks[k : k + batch], predictor, cfg, appearance, definition)
+                for out in refine_tasks(model, tasks[k : k + batch], predictor, cfg, appearance, definition)
             ]
         out = []
         for task in tasks:
-            res = refine_task(self.model, task, predictor, cfg, appearance, definition, prev, catch=True)
+            res = refine_task(model, task, predictor, cfg, appearance, definition, prev, catch=True)
             # as refine_session's `known`: only a written (not failed) result is a previous result
             prev = (res.result.pose_rotvecs, res.result.transl) if res.result is not None and not res.failure else None
             out.append(res)

@@ -160,10 +160,12 @@ def keypoint_term(
     heights_px: np.ndarray,
     cfg: CueConfig,
     view_weights: np.ndarray | None = None,
+    device=None,
 ) -> DataTerm | None:
     """The detector's keypoints as a data term. keypoints (V, K, 3) ``[x, y, conf]`` in the
-    distorted images; heights_px (V,) the person's pixel height per view; view_weights (V,).
-    None when there is nothing to fit (no confident defined keypoint)."""
+    distorted images; heights_px (V,) the person's pixel height per view; view_weights (V,);
+    device: where the fit runs (default the CPU). None when there is nothing to fit (no
+    confident defined keypoint)."""
     kp = np.asarray(keypoints, np.float64)
     ok = (kp[..., 2] >= cfg.min_keypoint_confidence) & np.isfinite(kp[..., :2]).all(-1) & definition.defined[None]
     h = np.where(np.isfinite(heights_px) & (np.asarray(heights_px) > 1), heights_px, np.nan)
@@ -171,13 +173,14 @@ def keypoint_term(
     if cfg.w_keypoints <= 0 or not ok.any():
         return None
     vw = np.ones(len(rig)) if view_weights is None else np.asarray(view_weights, np.float64)
-    w = torch.as_tensor(np.where(ok, kp[..., 2], 0.0) * vw[:, None], dtype=torch.float32)  # (V, K)
-    y = torch.as_tensor(np.nan_to_num(kp[..., :2]), dtype=torch.float32)
-    scale = torch.as_tensor(np.nan_to_num(h, nan=1.0), dtype=torch.float32)
-    cams = rig.tensors(dtype=torch.float32)
-    jw = torch.as_tensor(definition.joint_weights, dtype=torch.float32)
-    vwt = torch.as_tensor(definition.vertex_weights, dtype=torch.float32)
-    vid = torch.as_tensor(definition.vertex_ids)
+    f32 = torch.float32
+    w = torch.as_tensor(np.where(ok, kp[..., 2], 0.0) * vw[:, None], dtype=f32, device=device)  # (V, K)
+    y = torch.as_tensor(np.nan_to_num(kp[..., :2]), dtype=f32, device=device)
+    scale = torch.as_tensor(np.nan_to_num(h, nan=1.0), dtype=f32, device=device)
+    cams = rig.tensors(dtype=f32, device=device or "cpu")
+    jw = torch.as_tensor(definition.joint_weights, dtype=f32, device=device)
+    vwt = torch.as_tensor(definition.vertex_weights, dtype=f32, device=device)
+    vid = torch.as_tensor(definition.vertex_ids, device=device)
     wsum = w.sum().clamp_min(1e-9)
 
     def keypoints_2d(posed) -> Tensor:
@@ -196,24 +199,25 @@ def silhouette_term(
     num_vertices: int,
     cfg: CueConfig,
     view_weights: np.ndarray | None = None,
+    distances: Tensor | None = None,
 ) -> DataTerm | None:
     """Body vertices outside the person masks as a data term. masks: per view (H, W) bool in
-    the undistorted pinhole image (None: no mask); heights_px (V,); view_weights (V,)."""
+    the undistorted pinhole image (None: no mask); heights_px (V,); view_weights (V,).
+    distances: :func:`silhouette_distances` of the masks, already made (a frame's rounds share
+    them; on the device the fit runs on), else made here on the CPU."""
     have = np.array([m is not None and m.any() for m in masks])
     h = np.asarray(heights_px, np.float64)
     have &= np.isfinite(h) & (h > 1)
     if cfg.w_silhouette <= 0 or not have.any():
         return None
-    # views without a mask: no information (0); each view's distances at its own size (on the canvas)
-    full = [
-        m if m is not None else np.zeros((c.height, c.width), bool) for m, c in zip(masks, rig_pinhole, strict=True)
-    ]
-    dt = outside_distance(full).float()
+    dt = silhouette_distances(rig_pinhole, masks) if distances is None else distances
+    dev = dt.device
     vw = np.ones(len(masks)) if view_weights is None else np.asarray(view_weights, np.float64)
-    w = torch.as_tensor(np.where(have, vw, 0.0) / np.where(have, h, 1.0), dtype=torch.float32)  # (V,)
-    wsum = torch.as_tensor(np.where(have, vw, 0.0).sum(), dtype=torch.float32).clamp_min(1e-9)
-    ids = torch.as_tensor(np.linspace(0, num_vertices - 1, cfg.silhouette_vertices).round().astype(np.int64))
-    cams = rig_pinhole.tensors(dtype=torch.float32)
+    w = torch.as_tensor(np.where(have, vw, 0.0) / np.where(have, h, 1.0), dtype=torch.float32, device=dev)  # (V,)
+    wsum = torch.as_tensor(np.where(have, vw, 0.0).sum(), dtype=torch.float32, device=dev).clamp_min(1e-9)
+    ids = torch.as_tensor(np.linspace(0, num_vertices - 1, cfg.silhouette_vertices).round().astype(np.int64),
+                          device=dev)  # fmt: skip
+    cams = rig_pinhole.tensors(dtype=torch.float32, device=dev)
 
     def silhouette(posed) -> Tensor:
         uv = _project(cams, posed.vertices[:, ids], distorted=False)  # (B, V, E, 2)
@@ -221,6 +225,16 @@ def silhouette_term(
         return cfg.w_silhouette * (d * w).sum(-1) / wsum
 
     return silhouette
+
+
+def silhouette_distances(rig_pinhole: Rig, masks: list[np.ndarray | None], device=None) -> Tensor:
+    """(V, 1, H, W) float32 distances outside the masks (:func:`outside_distance`) on
+    ``device``, for :func:`silhouette_term`. A view without a mask has no information (0);
+    each view's distances are at its own size, on the canvas."""
+    full = [
+        m if m is not None else np.zeros((c.height, c.width), bool) for m, c in zip(masks, rig_pinhole, strict=True)
+    ]
+    return outside_distance(full).to(device or "cpu", torch.float32)
 
 
 def depth_hold_term(rig: Rig, view: int, joints_world: Tensor, cfg: CueConfig) -> DataTerm | None:
@@ -234,7 +248,7 @@ def depth_hold_term(rig: Rig, view: int, joints_world: Tensor, cfg: CueConfig) -
     (z_j: joint j's depth, zc: the joints' mean depth, a 0 marks the init's; the second part
     holds each joint's depth relative to the mean, i.e. the limbs along the line of sight).
     None when off or the body is behind the camera."""
-    cams = rig.tensors(dtype=torch.float32)
+    cams = rig.tensors(dtype=torch.float32, device=joints_world.device)
     R, t = cams["R_world2cam"][view], cams["t_world2cam"][view]
     z0 = joints_world.to(torch.float32) @ R[2] + t[2]  # (J,)
     zc0 = float(z0.mean())
@@ -353,12 +367,11 @@ def view_trust(costs: np.ndarray, ratio: float) -> np.ndarray:
 def dead_views(photos: np.ndarray, min_std: float = 2.0) -> list[int]:
     """Views whose photo carries no picture: (V, H, W, 3) uint8 -> indices of views whose pixel
     standard deviation is below ``min_std`` levels (black, white or frozen-grey cameras)."""
-    out = []
-    for v, img in enumerate(np.asarray(photos)):
-        sub = img[::4, ::4].astype(np.float32)
-        if float(sub.std()) < min_std:
-            out.append(v)
-    return out
+    if isinstance(photos, Tensor):  # on its device, one read-back
+        std = photos[:, ::4, ::4].to(torch.float32).flatten(1).std(1, correction=0).tolist()
+    else:
+        std = [float(img[::4, ::4].astype(np.float32).std()) for img in np.asarray(photos)]
+    return [v for v, s in enumerate(std) if s < min_std]
 
 
 def body_part_ids(model, definition) -> tuple[np.ndarray, np.ndarray]:
@@ -399,8 +412,8 @@ def landmark_shift(
     vertices have targets).
     """
     jw, vw, vid = definition.joint_weights, definition.vertex_weights, definition.vertex_ids
-    uv_now, joints_uv = uv_now.detach().numpy(), joints_uv.detach().numpy()
-    tgt, w = uv_target.detach().numpy(), weight.detach().numpy() > 0
+    uv_now, joints_uv = uv_now.detach().cpu().numpy(), joints_uv.detach().cpu().numpy()
+    tgt, w = uv_target.detach().cpu().numpy(), weight.detach().cpu().numpy() > 0
     V, K = w.shape[0], len(definition.names)
     before, after, scored = np.zeros((V, K, 2)), np.zeros((V, K, 2)), np.zeros((V, K), bool)
     for v in range(V):
@@ -438,7 +451,7 @@ def field_check(
     (V, K, 3) ``[x, y, usable]`` (NaN or usable 0: not scored), heights_px (V,).
     """
     before, after, scored = landmark_shift(definition, uv_now, joints_uv, uv_target, weight, skin_joint)
-    has_targets = weight.detach().numpy().sum(-1) > 0
+    has_targets = (weight.detach().sum(-1) > 0).tolist()
     out = []
     for v in range(len(heights_px)):
         kp = keypoints_uv[v]

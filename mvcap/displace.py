@@ -171,7 +171,10 @@ class FlowPredictor:
         return flow, conf
 
     def __call__(self, request: PredictRequest) -> Displacement:
+        # OpenCV's flow runs on the host: a request on a GPU comes down and its field goes up
+        dev = request.fragments.mask.device
         rgb = request.passes.get("rgb").detach().cpu().numpy()
         mask = request.fragments.mask.cpu().numpy()
-        flows, confs = zip(*(self._view(request.photos[v], rgb[v], mask[v]) for v in range(mask.shape[0])))
-        return Displacement(torch.from_numpy(np.stack(flows)), torch.from_numpy(np.stack(confs)))
+        photos = request.photos.cpu().numpy() if isinstance(request.photos, torch.Tensor) else request.photos
+        flows, confs = zip(*(self._view(photos[v], rgb[v], mask[v]) for v in range(mask.shape[0])))
+        return Displacement(torch.as_tensor(np.stack(flows), device=dev), torch.as_tensor(np.stack(confs), device=dev))

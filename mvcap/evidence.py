@@ -125,16 +125,17 @@ def agreement(
     :class:`mvcap.refine.Appearance`; None (or an untextured one) skips the photometric error."""
     if len(camera) != 1:
         raise ValueError(f"agreement measures one view; got a rig of {len(camera)}")
-    f32 = torch.float32
+    dev = model.v_template.device  # the body is posed and rendered there; the costs are on the host
+
+    def param(x) -> torch.Tensor:
+        x = x.detach() if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+        return x.to(dev, torch.float32)[None]
+
     with torch.no_grad():
-        out = model(
-            torch.as_tensor(np.asarray(pose_rotvecs), dtype=f32)[None],
-            torch.as_tensor(np.asarray(betas), dtype=f32)[None],
-            torch.as_tensor(np.asarray(transl), dtype=f32)[None],
-        )
+        out = model(param(pose_rotvecs), param(betas), param(transl))
         verts = out.vertices[0]
         kp3 = definition.evaluate(out.joints.double(), out.vertices.double())[0]
-        uv = project(camera, kp3, distort=True)[0].numpy()
+        uv = project(camera, kp3, distort=True)[0].cpu().numpy()
     det = evidence.keypoints
     ok = definition.defined & (det[:, 2] >= cfg.min_keypoint_confidence) & np.isfinite(det[:, :2]).all(1)
     d = np.linalg.norm(uv[ok] - det[ok, :2], axis=1)
@@ -147,12 +148,12 @@ def agreement(
         passes = ("albedo", "mask") if appearance is not None else ("mask",)
         _, rp = render(camera.without_distortion(), verts, model.faces, passes=passes,
                        **(appearance.render_kwargs() if appearance is not None else {}))  # fmt: skip
-        body = rp.get("mask")[0, ..., 0].numpy() > 0.5
+        body = rp.get("mask")[0, ..., 0].cpu().numpy() > 0.5
         if evidence.mask is not None:
             union = np.logical_or(body, evidence.mask).sum()
             iou = float(np.logical_and(body, evidence.mask).sum() / union) if union else math.nan
         if appearance is not None and evidence.photo is not None and body.any():
-            albedo = rp.get("albedo")[0].numpy()[body] * 255.0
+            albedo = rp.get("albedo")[0].cpu().numpy()[body] * 255.0
             photometric = float(np.abs(albedo - evidence.photo[body].astype(np.float32)).mean())
     return Agreement(med, p90, 100 * med / h, 100 * p90 / h, int(d.size), iou, photometric)
 

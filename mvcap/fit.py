@@ -212,6 +212,7 @@ class PosePrior:
     def __init__(self, mean: Tensor, precision: Tensor):
         self.mean = mean  # (23, 3)
         self.precision = precision  # (23, 3, 3)
+        self._cast: dict = {}  # (dtype, device) -> (mean, precision): a fit reads them every closure
 
     @classmethod
     def from_sampler(cls, num_samples: int = 4000, seed: int = 0) -> PosePrior:
@@ -233,8 +234,12 @@ class PosePrior:
 
     def body(self, body_rotvecs: Tensor) -> Tensor:
         """body_rotvecs (..., 23, 3): joints 1..23 -> (...,) Mahalanobis energy."""
-        d = body_rotvecs - self.mean.to(body_rotvecs)
-        return torch.einsum("...ji,jik,...jk->...", d, self.precision.to(body_rotvecs), d)
+        key = (body_rotvecs.dtype, str(body_rotvecs.device))
+        if key not in self._cast:
+            self._cast[key] = (self.mean.to(body_rotvecs), self.precision.to(body_rotvecs))
+        mean, precision = self._cast[key]
+        d = body_rotvecs - mean
+        return torch.einsum("...ji,jik,...jk->...", d, precision, d)
 
 
 _PRIOR_CACHE: dict = {}

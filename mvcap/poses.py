@@ -271,16 +271,25 @@ def rotmat_to_euler(rotmats: Tensor, eps: float = 1e-7) -> Tensor:
     round trip, all joints at once (a fit's regulariser evaluates this every closure)."""
     if rotmats.shape[-3:] != (NUM_JOINTS, 3, 3):
         raise ValueError(f"rotmats must have shape (..., 24, 3, 3), got {tuple(rotmats.shape)}")
-    dev = rotmats.device
+    entries, s, place = _euler_tables(rotmats.dtype, rotmats.device)
     flat = rotmats.reshape(*rotmats.shape[:-2], 9)
-    entries = _EULER_ENTRIES.to(dev).expand(*flat.shape[:-1], 5)
-    r_ik, r_jk, r_kk, r_ij, r_ii = flat.gather(-1, entries).unbind(-1)  # each (..., 24)
-    s = _EULER_SIGN.to(rotmats)
+    r_ik, r_jk, r_kk, r_ij, r_ii = flat.gather(-1, entries.expand(*flat.shape[:-1], 5)).unbind(-1)  # each (..., 24)
     mid = torch.asin((s * r_ik).clamp(-1 + eps, 1 - eps))
     first = torch.atan2(-s * r_jk, r_kk)
     last = torch.atan2(-s * r_ij, r_ii)
     ordered = torch.stack([first, mid, last], -1)  # (..., 24, 3) in the joint's axis order
-    return ordered.gather(-1, _EULER_PLACE.to(dev).expand(*ordered.shape))
+    return ordered.gather(-1, place.expand(*ordered.shape))
+
+
+_EULER_TABLES: dict = {}
+
+
+def _euler_tables(dtype, device) -> tuple[Tensor, Tensor, Tensor]:
+    """The Euler tables on ``device`` (sign in ``dtype``), cached: a fit reads them every closure."""
+    key = (dtype, str(device))
+    if key not in _EULER_TABLES:
+        _EULER_TABLES[key] = (_EULER_ENTRIES.to(device), _EULER_SIGN.to(device, dtype), _EULER_PLACE.to(device))
+    return _EULER_TABLES[key]
 
 
 def limit_violation_rotmats(rotmats: Tensor, reduce: bool = True) -> Tensor:

@@ -18,6 +18,7 @@ done, so an interrupted run resumes where it stopped.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import re
 import time
@@ -32,7 +33,7 @@ import torch
 from torch import Tensor
 
 from mvcap.body import BodyModel, BodyOutput, BodyParams, load_body_model
-from mvcap.cameras import Rig, project, undistort_points
+from mvcap.cameras import Rig, project, undistort_points, world_to_cam
 from mvcap.correspond import splat_to_vertices
 from mvcap.cues import (
     BODY_PARTS,
@@ -44,10 +45,12 @@ from mvcap.cues import (
     field_check,
     guard_objections,
     keypoint_term,
+    silhouette_distances,
     silhouette_term,
     skin_joints,
     view_trust,
 )
+from mvcap.devices import resolve_device
 from mvcap.displace import (
     Displacement,
     DisplacementPredictor,
@@ -159,6 +162,9 @@ class RefineConfig:
     # independent frames (init="session", no temporal term) refined together, each with its
     # own rounds and solver, their fits batched (see refine_frames); 1 = one at a time
     frame_batch: int = 8
+    # where the loop runs: "cpu", "cuda" / "cuda:N" (render, render passes, the learned
+    # network's crops, the splat and the fit stay on the GPU), or "auto" (CUDA when present)
+    device: str = "cpu"
     fit: FitConfig = field(default_factory=FitConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
     cues: CueConfig = field(default_factory=CueConfig)  # keypoints, silhouettes, view trust, guard
@@ -188,6 +194,8 @@ class RefineConfig:
             raise ValueError(f"learned_confidence_px must be > 0 (pixels), got {self.learned_confidence_px}")
         if not self.learned_fine_px >= 0:
             raise ValueError(f"learned_fine_px must be >= 0 (image pixels; 0 = off), got {self.learned_fine_px}")
+        if self.device != "auto" and not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
+            raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {self.device!r}")
         if self.learned_max_crop < 16:
             raise ValueError(f"learned_max_crop must be >= 16 (crop pixels), got {self.learned_max_crop}")
 
@@ -248,6 +256,10 @@ class Appearance:
     def render_kwargs(self) -> dict:
         """Keyword arguments for :func:`mvcap.render.render` (empty for grey)."""
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+    def to(self, device) -> Appearance:
+        """The same appearance with its tensors on ``device``."""
+        return replace(self, **{k: v.to(device) for k, v in self.render_kwargs().items()})
 
 
 def subject_appearance(model: BodyModel, subject: Subject | None) -> Appearance:
@@ -313,12 +325,15 @@ class ViewWindows:
 
     def to_image(self, uv: Tensor) -> Tensor:
         """(V, N, 2) window pixels -> image pixels."""
-        box = torch.as_tensor(self.boxes, dtype=uv.dtype)
-        scale = torch.as_tensor(self.sizes, dtype=uv.dtype) / box[:, 2:]
+        box = torch.as_tensor(self.boxes, dtype=uv.dtype, device=uv.device)
+        scale = torch.as_tensor(self.sizes, dtype=uv.dtype, device=uv.device) / box[:, 2:]
         return (uv + 0.5) / scale[:, None] + box[:, None, :2] - 0.5
 
-    def crop(self, photos: np.ndarray) -> np.ndarray:
-        """Photos (V, H, W, 3) -> each view's window at its render size, on a common canvas."""
+    def crop(self, photos):
+        """Photos (V, H, W, 3) uint8 -> each view's window at its render size, on a common
+        canvas (top-left, zeros beyond). A tensor is cropped on its device."""
+        if isinstance(photos, Tensor):
+            return self._crop_tensor(photos)
         import cv2
 
         out = []
@@ -326,6 +341,18 @@ class ViewWindows:
             part = photo[y0 : y0 + h, x0 : x0 + w]
             out.append(part if (W, H) == (w, h) else cv2.resize(part, (int(W), int(H)), interpolation=cv2.INTER_AREA))
         return pad_views(out)
+
+    def _crop_tensor(self, photos: Tensor) -> Tensor:
+        from mvcap.nets.displacement import resize_tensor
+
+        Wc, Hc = (int(x) for x in self.sizes.max(0))
+        out = photos.new_zeros((len(self.boxes), Hc, Wc, photos.shape[-1]))
+        for v, ((x0, y0, w, h), (W, H)) in enumerate(zip(self.boxes, self.sizes)):
+            part = photos[v, y0 : y0 + h, x0 : x0 + w]
+            if (W, H) != (w, h):  # OpenCV's area resize of uint8, rounded back
+                part = resize_tensor(part, (int(W), int(H))).round().clamp(0, 255).to(photos.dtype)
+            out[v, : int(H), : int(W)] = part
+        return out
 
 
 def view_windows(rig: Rig, vertices_world: Tensor, max_side: int = 0, margin: float = 0.15,
@@ -337,16 +364,13 @@ def view_windows(rig: Rig, vertices_world: Tensor, max_side: int = 0, margin: fl
     sees none of the body keeps its whole image. Boxes are then grown (inside their images)
     to one render size for all views. Rendering costs follow the person's size in the image,
     not the image's."""
-    points = vertices_world.detach().double().cpu().numpy()
+    bounds = _body_bounds(rig, vertices_world)
     boxes, scales = [], []
-    for cam in rig:
+    for cam, bound in zip(rig, bounds):
         W, H = cam.width, cam.height
         box = (0, 0, W, H)
-        xyz = points @ cam.R_world2cam.T + cam.t_world2cam
-        xyz = xyz[xyz[:, 2] > 1e-6]
-        if len(xyz):
-            uv = (xyz / xyz[:, 2:]) @ cam.K.T
-            lo, hi = uv[:, :2].min(0), uv[:, :2].max(0)
+        if np.isfinite(bound).all():
+            lo, hi = bound[:2], bound[2:]
             # square around the body: the learned network crops a square around the silhouette
             side = float((hi - lo).max())
             centre = (lo + hi) / 2
@@ -376,6 +400,19 @@ def view_windows(rig: Rig, vertices_world: Tensor, max_side: int = 0, margin: fl
     return ViewWindows(np.array(boxes, np.int64), np.array(sizes, np.int64))
 
 
+def _body_bounds(rig: Rig, vertices_world: Tensor) -> np.ndarray:
+    """(V, 4) float64 ``lo_x, lo_y, hi_x, hi_y``: the pinhole pixel bounds of the vertices in
+    front of each camera (inf where none is), computed where the vertices are and read back."""
+    v = vertices_world.detach().double()
+    cams = rig.tensors(device=v.device, dtype=torch.float64)
+    xyz = world_to_cam(v, cams["R_world2cam"], cams["t_world2cam"])  # (V, N, 3)
+    front = xyz[..., 2:] > 1e-6
+    uv = (xyz / torch.where(front, xyz[..., 2:], 1.0)) @ cams["K"].transpose(-1, -2)
+    lo = torch.where(front, uv[..., :2], float("inf")).amin(1)
+    hi = torch.where(front, uv[..., :2], -float("inf")).amax(1)
+    return torch.cat([lo, hi], 1).cpu().numpy()
+
+
 def estimate_request(
     model: BodyModel,
     pinhole: Rig,
@@ -390,7 +427,7 @@ def estimate_request(
     vertices_world (N, 3); template (N, 3) rest-pose vertices (default: the mean shape's).
     windows: render only these windows of the views (:func:`view_windows`): the request's rig
     and photos are then the windows' (predictions in window pixels; see
-    :meth:`ViewWindows.to_image`)."""
+    :meth:`ViewWindows.to_image`). Photos as a tensor: everything stays on its device."""
     template = model.template_vertices()[0] if template is None else template
     if windows is not None:
         pinhole, photos = windows.rig(pinhole), windows.crop(photos)
@@ -400,6 +437,7 @@ def estimate_request(
         model.faces,
         template_vertices=template,
         passes=ESTIMATE_PASSES,
+        passes_backend="torch" if isinstance(photos, Tensor) else "auto",
         **appearance.render_kwargs(),
     )
     image_px = None if windows is None else windows.image_px
@@ -455,11 +493,9 @@ def _vertex_targets(
     disp = splat[..., :2] / conf_sum.clamp_min(1e-6)[..., None]
     weight = torch.where(bary_weight > 0, conf_sum, torch.zeros_like(conf_sum))
     uv_now = project(rig, vertices.detach().to(torch.float32), distort=False)  # (V, N, 2)
-    skipped = []
-    for v in range(len(rig)):
-        if int((weight[v] > 1e-3).sum()) < min_visible:
-            skipped.append(v)
-            weight[v] = 0
+    seen = (weight > 1e-3).sum(-1).tolist()  # one read-back for all views
+    skipped = [v for v in range(len(rig)) if seen[v] < min_visible]
+    weight[skipped] = 0
     return uv_now + disp, weight, skipped
 
 
@@ -516,7 +552,7 @@ def _field_checker(model: BodyModel, rig: Rig, evidence, definition, cues: CueCo
     if not np.isfinite(heights).any():
         return None
     part_names = list(BODY_PARTS)
-    vertex_part_t = torch.as_tensor(vertex_part)
+    vertex_part_t = torch.as_tensor(vertex_part, device=model.v_template.device)
 
     def check(pinhole: Rig, vertices_world: Tensor, joints_world: Tensor, uv_target: Tensor, weight: Tensor):
         with torch.no_grad():
@@ -566,9 +602,8 @@ def _fit_frames(model: BodyModel, pinhole: Rig, cfg: RefineConfig, reqs: list[_F
     which each frame keeps its own solver (``fit_body(independent_frames=True)``); returns one
     result per frame, as :func:`_fit` would (up to floating-point rounding)."""
     n = len(reqs)
-    current = BodyParams(
-        *(np.concatenate([getattr(r.current, k) for r in reqs]) for k in ("pose_rotvecs", "betas", "transl"))
-    )
+    keys = ("pose_rotvecs", "betas", "transl")
+    current = BodyParams(*(torch.cat([torch.as_tensor(getattr(r.current, k)) for r in reqs]) for k in keys))
     targets = Targets(torch.cat([r.targets.uv for r in reqs]), torch.cat([r.targets.weight for r in reqs]),
                       points="vertices", distorted=False)  # fmt: skip
     extra = []
@@ -726,15 +761,21 @@ def _refine_steps(
         raise ValueError(f"refine_frame refines one frame; init has {len(init)} (slice it: init[t])")
     pinhole = rig.without_distortion()
     faces = model.faces
-    start = init.to_torch()
+    # the loop runs where the body model is; photos given as a tensor, or a model off the
+    # CPU, keep every image (photos, render, crops, fields) there too
+    dev = model.v_template.device
+    if isinstance(photos, Tensor) or dev.type != "cpu":
+        photos = torch.as_tensor(photos, device=dev)
+        appearance = appearance.to(dev)  # refine_session moves it once per run
+    start = init.to_torch(device=dev)
     pose, betas, transl = start["pose_rotvecs"][0], start["betas"][0], start["transl"][0]
     template = model.template_vertices()[0]
     with torch.no_grad():
         joints_init = model(pose[None], betas[None], transl[None]).joints[0]
     iterations = 0
-    residual = torch.full((len(rig),), float("nan"))
+    residual = torch.full((len(rig),), float("nan"), device=dev)
     skipped_all: set[int] = set()
-    view_dirs = torch.as_tensor(np.stack([c.R_world2cam[2] for c in rig]), dtype=torch.float32)
+    view_dirs = torch.as_tensor(np.stack([c.R_world2cam[2] for c in rig]), dtype=torch.float32, device=dev)
     cues = cfg.cues
     notes: list[str] = []
     status = "done"
@@ -754,6 +795,7 @@ def _refine_steps(
             trust = np.minimum(trust, view_trust(view_costs(cur_views), cues.trust_ratio))
 
     checker = _field_checker(model, rig, evidence, definition, cues) if evidence is not None else None
+    mask_distances = None
     for r in range(cfg.outer_iterations):
         with torch.no_grad():
             posed = model(pose[None], betas[None], transl[None])
@@ -771,7 +813,7 @@ def _refine_steps(
         )
         if windows is not None:
             uv_target = windows.to_image(uv_target)
-        weight = weight * torch.as_tensor(trust, dtype=weight.dtype)[:, None]
+        weight = weight * torch.as_tensor(trust, dtype=weight.dtype, device=dev)[:, None]
         all_weight = weight.clone() if checker is not None else weight  # before the field check drops any
         if checker is not None:
             dropped = checker(pinhole, vertices_world, posed.joints[0], uv_target, weight)
@@ -794,24 +836,20 @@ def _refine_steps(
             notes.append("no camera sees enough of the body")
             break
         targets = Targets(uv_target[None], weight[None], points="vertices", distorted=False)
-        prev = prev_pose_rotvecs[None].to(torch.float32) if prev_pose_rotvecs is not None else None
+        prev = prev_pose_rotvecs[None].to(dev, torch.float32) if prev_pose_rotvecs is not None else None
         current = BodyParams(pose[None], betas[None], transl[None])
         extra = []
         if evidence is not None:
             heights = np.array([np.nan if ev is None else ev.height_px for ev in evidence])
             kp = np.stack([ev.keypoints if ev is not None else _no_keypoints(definition) for ev in evidence])
+            masks = [None if ev is None else ev.mask for ev in evidence]
+            if mask_distances is None and cues.w_silhouette > 0 and any(m is not None for m in masks):
+                mask_distances = silhouette_distances(pinhole, masks, dev)  # once per frame
             extra = [
                 term
                 for term in (
-                    keypoint_term(definition, rig, kp, heights, cues, trust),
-                    silhouette_term(
-                        pinhole,
-                        [None if ev is None else ev.mask for ev in evidence],
-                        heights,
-                        model.num_vertices,
-                        cues,
-                        trust,
-                    ),  # fmt: skip
+                    keypoint_term(definition, rig, kp, heights, cues, trust, dev),
+                    silhouette_term(pinhole, masks, heights, model.num_vertices, cues, trust, mask_distances),
                 )
                 if term is not None
             ]
@@ -889,10 +927,10 @@ def _refine_steps(
             f"views {names} saw fewer than {cfg.min_visible_vertices} body vertices and were skipped", stacklevel=2
         )
     return FrameResult(
-        pose.detach().numpy(),
-        betas.numpy(),
-        transl.detach().numpy(),
-        residual.numpy(),
+        pose.detach().cpu().numpy(),
+        betas.cpu().numpy(),
+        transl.detach().cpu().numpy(),
+        residual.cpu().numpy(),
         iterations,
         clock["spent"] + time.perf_counter() - clock["since"],
         tuple(rig.names[v] for v in sorted(skipped_all)),
@@ -997,11 +1035,23 @@ def make_predictor(
             weights = None
         return LearnedPredictor.load(
             weights,
+            # a loop on the GPU keeps the network there; on the CPU, the fastest device
+            device="auto" if cfg.device == "cpu" else str(resolve_device(cfg.device)),
             confidence_px=cfg.learned_confidence_px,
             fine_px=cfg.learned_fine_px,
             max_crop=cfg.learned_max_crop,
         )
     raise ValueError(f"unknown predictor {name!r}; use one of {PREDICTORS}")
+
+
+def model_on_device(model: BodyModel, device: str) -> BodyModel:
+    """The body model on ``device`` (:attr:`RefineConfig.device`): itself when it is there
+    already, else a copy moved there (the caller's model stays where it is)."""
+    dev = resolve_device(device)
+    here = model.v_template.device
+    if here.type == dev.type and (dev.index is None or here.index == dev.index):
+        return model
+    return copy.deepcopy(model).to(dev)
 
 
 def _log_weights(predictor) -> None:
@@ -1093,7 +1143,7 @@ def refine_task(
         return _no_estimate(t, rejected, views)
     if predictor is None:
         with torch.no_grad():
-            predictor = OraclePredictor(model(**task.gt.to_torch()).vertices[0])
+            predictor = OraclePredictor(model(**task.gt.to_torch(device=model.v_template.device)).vertices[0])
     prev_pose = torch.as_tensor(prev[0]) if (prev is not None and cfg.fit.w_temporal > 0) else None
     try:
         res = refine_frame(model, inputs.rig, inputs.photos, start, predictor, cfg, appearance, prev_pose,
@@ -1230,7 +1280,7 @@ def refine_session(
     """
     from tqdm import tqdm
 
-    model = model or load_body_model()
+    model = model_on_device(model or load_body_model(), cfg.device)
     with open_refine_run(session_path, run_name, cfg, frames, model, overwrite, appearance) as run:
         events = {} if events is None else events
         for key in ("dead_views", "down_weighted"):
@@ -1243,17 +1293,18 @@ def refine_session(
         _log_weights(shared_predictor)
         catch = failures is not None
         together = 1 if needs_previous(cfg) else cfg.frame_batch
+        appearance = run.appearance.to(model.v_template.device)
         with tqdm(total=len(run.todo), desc=f"refine {run_name}", unit="frame", disable=not progress) as bar:
             for k in range(0, len(run.todo), together):
                 chunk = run.todo[k : k + together]
                 if len(chunk) == 1:
                     t = chunk[0]
-                    outs = [refine_task(model, run.read_task(t), shared_predictor, cfg, run.appearance,
+                    outs = [refine_task(model, run.read_task(t), shared_predictor, cfg, appearance,
                                         run.definition, run.known.get(t - 1), catch=catch)]  # fmt: skip
                 else:  # each frame is written as soon as its batch is done, in order; an error
                     # stays its frame's outcome, so the frames before it are written first
                     tasks = [run.read_task(t) for t in chunk]
-                    outs = refine_tasks(model, tasks, shared_predictor, cfg, run.appearance, run.definition)
+                    outs = refine_tasks(model, tasks, shared_predictor, cfg, appearance, run.definition)
                 for out in outs:
                     if run.record(out, failures, events):
                         res = out.result

@@ -601,7 +601,7 @@ def rasterize(
     nvdiffrast's output on the GPU).
     """
     vertices_world = _check_vertices(vertices_world)
-    faces = _check_faces(faces, vertices_world.shape[-2], "cpu")
+    faces = _check_faces(faces, vertices_world.shape[-2], vertices_world.device)
     W, H = _rig_image_size(rig, image_size)
     if not near > 0:
         raise ValueError(f"near must be > 0 metres, got {near}")
@@ -1008,8 +1008,8 @@ def render_passes(
     vattr_job = torch.arange(J) if Ja == J else torch.zeros(J, dtype=torch.long)
     ldir = light.unit_direction()
 
-    if backend == "auto":
-        backend = "cpu" if dev.type == "cpu" else "torch"
+    if backend == "auto":  # numba for the host's tensors
+        backend = "cpu" if dev == torch.device("cpu") else "torch"
     if backend == "cpu":
         tex_scale = 1.0
         if tex_t.dtype == torch.uint8:  # sample a uint8 texture directly (4x less memory traffic)
@@ -1048,11 +1048,13 @@ def render(
     *,
     image_size=None,
     backend: str = "auto",
+    passes_backend: str = "auto",
     **pass_kwargs,
 ) -> tuple[Fragments, RenderPasses]:
-    """:func:`rasterize` followed by :func:`render_passes` (keyword arguments go to the latter)."""
+    """:func:`rasterize` (with ``backend``) followed by :func:`render_passes` (with
+    ``passes_backend``; other keyword arguments go to it too)."""
     frags = rasterize(rig, vertices_world, faces, image_size=image_size, backend=backend)
-    return frags, render_passes(frags, rig, vertices_world, faces, **pass_kwargs)
+    return frags, render_passes(frags, rig, vertices_world, faces, backend=passes_backend, **pass_kwargs)
 
 
 # ==========================================================================================

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -734,6 +735,69 @@ def test_predictor_runs_a_real_network_on_a_rendered_body():
     out = LearnedPredictor(DisplacementNet(TINY))(PredictRequest(photos, passes, frags, rig, verts, model.faces))
     assert out.flow.shape == (1, 128, 128, 2) and torch.isfinite(out.flow).all()
     assert torch.all(out.flow[~frags.mask] == 0)
+
+
+def test_the_tensor_contract_equals_the_opencv_one():
+    """Crops, render encoding and un-cropping on tensors (what a GPU run uses) give the OpenCV
+    path's numbers: windows inside, across and beyond the image, shrinking and enlarging."""
+    from mvcap.nets.displacement import (
+        crop_passes_tensor,
+        crop_resize,
+        crop_resize_tensor,
+        encode_render_tensor,
+        mask_boxes,
+        resize_tensor,
+        uncrop_flow_tensor,
+        window_of_box,
+    )
+
+    rng = np.random.default_rng(0)
+    img = rng.random((90, 70, 5)).astype(np.float32)
+    mask = rng.random((90, 70)) > 0.3
+    t = torch.from_numpy
+    for win, S in ((CropWindow(-20, 30, 61), 32), (CropWindow(10, 10, 32), 32), (CropWindow(40, 60, 20), 32),
+                   (CropWindow(-5, -7, 120), 48), (CropWindow(100, 0, 40), 32)):  # fmt: skip
+        np.testing.assert_allclose(crop_resize_tensor(t(img), win, S).numpy(), crop_resize(img, win, S), atol=1e-5)
+        vals, cov = crop_passes(img, mask, win, S)
+        vals_t, cov_t = crop_passes_tensor(t(img), t(mask), win, S)
+        np.testing.assert_allclose(vals_t.numpy(), vals, atol=1e-5)
+        np.testing.assert_allclose(cov_t.numpy(), cov, atol=1e-6)
+        passes = {"rgb": vals[..., :3], "depth": vals[..., 3:4], "normal": vals[..., 1:4]}
+        names = ("rgb", "depth", "normal", "mask")
+        want = encode_render(passes, cov, names)
+        got = encode_render_tensor({k: t(v) for k, v in passes.items()}, t(cov), names)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+        pred = rng.random((S, S, 3)).astype(np.float32)
+        # OpenCV's remap places its samples to 1/32 px; the tensor path does not round
+        np.testing.assert_allclose(uncrop_flow_tensor(t(pred), win, (70, 90)).numpy(),
+                                   uncrop_flow(pred, win, (70, 90)), atol=win.size / S / 32)  # fmt: skip
+    photo = rng.integers(0, 256, (90, 70, 3)).astype(np.uint8)
+    for size in ((35, 45), (70, 90), (23, 61)):
+        ref = cv2.resize(photo, size, interpolation=cv2.INTER_AREA).astype(np.float32)
+        assert np.abs(resize_tensor(t(photo), size).numpy() - ref).max() <= 0.5 + 1e-3  # OpenCV rounds to uint8
+    masks = np.zeros((3, 90, 70), bool)
+    masks[0, 10:20, 5:40] = True
+    masks[2] = mask
+    boxes = mask_boxes(t(masks))
+    assert boxes[1].tolist() == [-1, -1, -1, -1]
+    for v in (0, 2):
+        assert window_of_box(boxes[v], 1.2) == crop_window(masks[v], 1.2)
+
+
+def test_the_predictor_on_tensors_equals_it_on_arrays():
+    """The learned predictor given tensors (a request on a device) predicts the same fields as
+    given the photos as an array (its host path), with or without a confidence head."""
+    from mvcap.nets.predictor import LearnedPredictor
+
+    req = _fake_request()
+    torch.manual_seed(0)
+    for net in (DisplacementNet(TINY), DisplacementNet(dataclasses.replace(TINY, confidence=True))):
+        pred = LearnedPredictor(net.eval(), confidence_px=3.0)
+        host = pred(req)
+        on_tensors = pred(dataclasses.replace(req, photos=torch.as_tensor(req.photos)))
+        torch.testing.assert_close(on_tensors.flow, host.flow, atol=2e-3, rtol=0)
+        torch.testing.assert_close(on_tensors.confidence, host.confidence, atol=1e-4, rtol=0)
+        assert host.flow.abs().max() > 0.1  # a field, not zeros
 
 
 def test_loader_with_a_worker_process_matches_direct_samples(small_data):

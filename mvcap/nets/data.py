@@ -41,6 +41,7 @@ from types import SimpleNamespace
 import cv2
 import numpy as np
 import torch
+from torch import Tensor
 from torch.utils.data import Dataset
 
 from .augment import LOOSE_PATCHES, LOOSE_SIZE, chance
@@ -48,10 +49,13 @@ from .displacement import (
     CropWindow,
     NetConfig,
     crop_passes,
+    crop_passes_tensor,
     crop_resize,
+    crop_resize_tensor,
     crop_window,
     encode_photo,
     encode_render,
+    encode_render_tensor,
     tile_window,
 )
 
@@ -503,31 +507,19 @@ def crop_sample(
     optional true flow (H, W, 2) in pixels; ``window``: the part of the image to crop
     (default: the network's window around the mask, :func:`crop_window`). Returns the
     tensors of :class:`SampleGenerator` plus ``x0, y0`` (the window's corner)."""
-    from mvcap.render import PASS_CHANNELS
-
     S = net.crop_size
     win = window or crop_window(mask, net.crop_scale)
     if win is None:
         raise ValueError("the render mask is empty: nothing to crop")
-    used = [p for p in _SURFACE_PASSES if p in net.render_passes]
-    missing = [ch for p in used for ch in PASS_CHANNELS[p] if ch not in channels]
-    if missing:
-        raise ValueError(
-            f"the render lacks channels {missing} that the network takes "
-            f"(passes {net.render_passes})"
-        )
+    used, idx = _surface_channels(net, channels)
     # work on the part of the image inside the window only (same result, less copying)
     H, W = mask.shape
     xa, xb = max(win.x0, 0), min(win.x0 + win.size, W)
     ya, yb = max(win.y0, 0), min(win.y0 + win.size, H)
     local = CropWindow(win.x0 - xa, win.y0 - ya, win.size)
     mask = mask[ya:yb, xa:xb]
-    idx = [list(channels).index(ch) for p in used for ch in PASS_CHANNELS[p]]
     vals, cov = crop_passes(pass_images[ya:yb, xa:xb][..., idx], mask, local, S)
-    passes, o = {}, 0
-    for p in used:
-        passes[p] = vals[..., o : o + len(PASS_CHANNELS[p])]
-        o += len(PASS_CHANNELS[p])
+    passes = _split_passes(vals, used)
     out = {
         "photo": encode_photo(crop_resize(photo[ya:yb, xa:xb].astype(np.float32), local, S)),
         "render": encode_render(passes, cov, net.render_passes),
@@ -540,6 +532,41 @@ def crop_sample(
         target, _ = crop_passes(flow[ya:yb, xa:xb] / float(win.size), mask, local, S)
         out["target"] = torch.from_numpy(target).permute(2, 0, 1).contiguous()
     return out
+
+
+def _surface_channels(net: NetConfig, channels) -> tuple[list[str], list[int]]:
+    """The surface passes the network takes and their channels' indices in ``channels``."""
+    from mvcap.render import PASS_CHANNELS
+
+    used = [p for p in _SURFACE_PASSES if p in net.render_passes]
+    missing = [ch for p in used for ch in PASS_CHANNELS[p] if ch not in channels]
+    if missing:
+        raise ValueError(f"the render lacks channels {missing} that the network takes (passes {net.render_passes})")
+    return used, [list(channels).index(ch) for p in used for ch in PASS_CHANNELS[p]]
+
+
+def _split_passes(vals, used: list[str]) -> dict:
+    """(..., C) cropped surface values -> pass name -> its channels."""
+    from mvcap.render import PASS_CHANNELS
+
+    passes, o = {}, 0
+    for p in used:
+        passes[p] = vals[..., o : o + len(PASS_CHANNELS[p])]
+        o += len(PASS_CHANNELS[p])
+    return passes
+
+
+def crop_sample_tensor(net: NetConfig, photo: Tensor, pass_images: Tensor, channels, mask: Tensor,
+                       win: CropWindow) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """:func:`crop_sample`'s network inputs from tensors on any device, computed there: photo
+    (H, W, 3) uint8, render passes (H, W, C), mask (H, W) bool, the crop window ``win``.
+    Returns the photo and render crops (3, S, S), (C_r, S, S) float32."""
+    S = net.crop_size
+    used, idx = _surface_channels(net, channels)
+    vals, cov = crop_passes_tensor(pass_images[..., idx], mask, win, S)
+    photo_crop = crop_resize_tensor(photo, win, S)
+    render = encode_render_tensor(_split_passes(vals, used), cov, net.render_passes)
+    return (photo_crop / 127.5 - 1.0).permute(2, 0, 1).contiguous(), render
 
 
 class DisplacementDataset(Dataset):

@@ -26,6 +26,12 @@ Input contract (shared by training data and the predictor, so they cannot drift 
 * :func:`encode_photo` / :func:`encode_render` -- tensors the network takes;
 * :func:`uncrop_flow` -- a crop prediction back to a full-image field in pixels.
 
+The same contract on tensors of any device, so that refinement on a GPU crops there
+(:func:`resize_tensor`, :func:`crop_resize_tensor`, :func:`crop_passes_tensor`, :func:`encode_render_tensor`,
+:func:`uncrop_flow_tensor`, :func:`mask_boxes`): each resampling is a product with a small
+separable weight matrix (:func:`resample_matrix`), equal to OpenCV's area and bilinear
+resizing up to float rounding (OpenCV's remap quantizes positions to 1/32 px; these do not).
+
 Loss (:func:`displacement_loss`): eq. 3 of the paper -- the L1 distance between predicted
 and true fields on rendered pixels, ``1/(WH) sum m |f_hat - f|_1``, averaged over the
 batch and summed over the stacks.
@@ -62,6 +68,14 @@ __all__ = [
     "encode_render",
     "uncrop_flow",
     "extend_nearest",
+    "resample_matrix",
+    "mask_boxes",
+    "window_of_box",
+    "resize_tensor",
+    "crop_resize_tensor",
+    "crop_passes_tensor",
+    "encode_render_tensor",
+    "uncrop_flow_tensor",
 ]
 
 INITIAL_SCALE = 0.01  # an untrained confidence head's expected error: ~1 crop pixel of 96
@@ -432,7 +446,13 @@ def crop_window(mask: np.ndarray, scale: float = 1.2, min_size: int = 16) -> Cro
     cols = np.flatnonzero(mask.any(axis=0))
     if rows.size == 0:
         return None
-    y_lo, y_hi, x_lo, x_hi = rows[0], rows[-1], cols[0], cols[-1]
+    return window_of_box((rows[0], rows[-1], cols[0], cols[-1]), scale, min_size)
+
+
+def window_of_box(box, scale: float = 1.2, min_size: int = 16) -> CropWindow:
+    """:func:`crop_window` from the mask's bounding box ``(y_lo, y_hi, x_lo, x_hi)``
+    (inclusive pixel rows and columns)."""
+    y_lo, y_hi, x_lo, x_hi = (int(b) for b in box)
     side = max(y_hi - y_lo + 1, x_hi - x_lo + 1) * scale
     size = max(int(math.ceil(side)), min_size)
     cx, cy = (x_lo + x_hi + 1) / 2.0, (y_lo + y_hi + 1) / 2.0  # in pixel-edge coordinates
@@ -566,3 +586,130 @@ def uncrop_flow(pred: np.ndarray, win: CropWindow, image_size: tuple[int, int]) 
     )
     out[ya:yb, xa:xb] = field.reshape(yb - ya, xb - xa, C) * L
     return out
+
+
+# ------------------------------------------------------------------------------------------
+# the same contract on tensors (any device)
+# ------------------------------------------------------------------------------------------
+def _bilinear_matrix(src: Tensor, size: int) -> Tensor:
+    """(n, size) weights that sample a line of ``size`` pixels bilinearly at positions
+    ``src`` (n,), clamped to the line's ends (OpenCV's border replication)."""
+    src = src.clamp(0, size - 1)
+    j0 = src.floor()
+    frac = src - j0
+    j0 = j0.long()
+    j1 = (j0 + 1).clamp(max=size - 1)
+    w = torch.zeros(src.shape[0], size, dtype=src.dtype, device=src.device)
+    rows = torch.arange(src.shape[0], device=src.device)
+    w.index_put_((rows, j0), 1 - frac, accumulate=True)
+    w.index_put_((rows, j1), frac, accumulate=True)
+    return w
+
+
+def resample_matrix(L: int, S: int, device=None) -> Tensor:
+    """(S, L) float64 weights resampling a line of L pixels to S as :func:`crop_resize` does:
+    the exact area average of each output pixel's span when shrinking (OpenCV's INTER_AREA),
+    bilinear at half-pixel centres with replicated ends when enlarging (INTER_LINEAR)."""
+    f64 = torch.float64
+    if L == S:
+        return torch.eye(S, dtype=f64, device=device)
+    if L > S:
+        edges = torch.arange(S + 1, dtype=f64, device=device) * (L / S)
+        j = torch.arange(L, dtype=f64, device=device)
+        overlap = torch.minimum(edges[1:, None], j + 1) - torch.maximum(edges[:-1, None], j)
+        return overlap.clamp_min(0) * (S / L)
+    return _bilinear_matrix((torch.arange(S, dtype=f64, device=device) + 0.5) * (L / S) - 0.5, L)
+
+
+def _resample(image: Tensor, Ay: Tensor, Ax: Tensor) -> Tensor:
+    """(h, w, C) float32 -> (Ay rows, Ax rows, C): out = Ay @ image @ Ax^T per channel."""
+    f32 = torch.float32
+    return torch.einsum("jm,imc->ijc", Ax.to(f32), torch.einsum("il,lmc->imc", Ay.to(f32), image))
+
+
+def resize_tensor(image: Tensor, size: tuple[int, int]) -> Tensor:
+    """(h, w[, C]) tensor -> (H, W[, C]) float32 for ``size`` = (W, H), on its device: OpenCV's
+    area resize when shrinking, bilinear when enlarging (each axis on its own)."""
+    W, H = size
+    flat = image.ndim == 2
+    img = (image[..., None] if flat else image).to(torch.float32)
+    h, w = img.shape[:2]
+    out = _resample(img, resample_matrix(h, H, image.device), resample_matrix(w, W, image.device))
+    return out[..., 0] if flat else out
+
+
+def crop_resize_tensor(image: Tensor, win: CropWindow, S: int) -> Tensor:
+    """:func:`crop_resize` of a tensor (H, W[, C]) on its device -> (S, S[, C]) float32."""
+    H, W = image.shape[:2]
+    flat = image.ndim == 2
+    img = (image[..., None] if flat else image).to(torch.float32)
+    L = win.size
+    xa, xb = max(win.x0, 0), min(win.x0 + L, W)
+    ya, yb = max(win.y0, 0), min(win.y0 + L, H)
+    if xa >= xb or ya >= yb:
+        out = img.new_zeros((S, S, img.shape[-1]))
+    else:  # the window's columns outside the image are zeros: drop them from the product
+        A = resample_matrix(L, S, image.device)
+        out = _resample(img[ya:yb, xa:xb], A[:, ya - win.y0 : yb - win.y0], A[:, xa - win.x0 : xb - win.x0])
+    return out[..., 0] if flat else out
+
+
+def crop_passes_tensor(surface: Tensor, mask: Tensor, win: CropWindow, S: int) -> tuple[Tensor, Tensor]:
+    """:func:`crop_passes` of tensors (H, W, C), (H, W) bool on their device."""
+    m = mask.to(torch.float32)
+    cov = crop_resize_tensor(m, win, S)
+    vals = crop_resize_tensor(surface.to(torch.float32) * m[..., None], win, S)
+    covered = cov[..., None] > 1e-6
+    vals = torch.where(covered, vals / torch.where(covered, cov[..., None], torch.ones_like(vals)), 0.0)
+    return vals, cov
+
+
+def encode_render_tensor(passes: dict[str, Tensor], coverage: Tensor, render_passes: tuple[str, ...]) -> Tensor:
+    """:func:`encode_render` of tensors on their device, without reading anything back."""
+    inside = (coverage > 0.5).to(torch.float32)
+    touched = (coverage > 0).to(torch.float32)
+    chans = []
+    for name in render_passes:
+        if name == "mask":
+            chans.append(coverage[..., None])
+            continue
+        v = passes[name].reshape(coverage.shape + (-1,)).to(torch.float32)
+        if name == "rgb":
+            v = v * 2.0 - 1.0
+        elif name == "depth":  # the mean on the mask, else on any coverage, else 0
+            d = v[..., 0]
+            on_mask = (d * inside).sum() / inside.sum().clamp_min(1)
+            on_any = (d * touched).sum() / touched.sum().clamp_min(1)
+            v = v - torch.where(inside.sum() > 0, on_mask, on_any)
+        chans.append(torch.where(coverage[..., None] > 0, v, 0.0))
+    return torch.cat(chans, -1).permute(2, 0, 1).contiguous()
+
+
+def uncrop_flow_tensor(pred: Tensor, win: CropWindow, image_size: tuple[int, int]) -> Tensor:
+    """:func:`uncrop_flow` of a tensor (S, S, C) on its device -> (H, W, C) float32."""
+    W, H = image_size
+    S, L = pred.shape[0], win.size
+    out = pred.new_zeros((H, W, pred.shape[-1]), dtype=torch.float32)
+    xa, xb = max(win.x0, 0), min(win.x0 + L, W)
+    ya, yb = max(win.y0, 0), min(win.y0 + L, H)
+    if xa >= xb or ya >= yb:
+        return out
+    f64, dev = torch.float64, pred.device
+    us = (torch.arange(xa, xb, dtype=f64, device=dev) - win.x0 + 0.5) * (S / L) - 0.5
+    vs = (torch.arange(ya, yb, dtype=f64, device=dev) - win.y0 + 0.5) * (S / L) - 0.5
+    out[ya:yb, xa:xb] = _resample(pred.to(torch.float32), _bilinear_matrix(vs, S), _bilinear_matrix(us, S)) * L
+    return out
+
+
+def mask_boxes(mask: Tensor) -> np.ndarray:
+    """(V, H, W) bool masks on any device -> (V, 4) int64 bounding boxes ``(y_lo, y_hi, x_lo,
+    x_hi)`` on the host (one small read-back); -1 rows for empty masks."""
+    V, H, W = mask.shape
+    rows, cols = mask.any(2), mask.any(1)
+    ys = torch.arange(H, device=mask.device)
+    xs = torch.arange(W, device=mask.device)
+    box = torch.stack([torch.where(rows, ys, H).amin(1), torch.where(rows, ys, -1).amax(1),
+                       torch.where(cols, xs, W).amin(1), torch.where(cols, xs, -1).amax(1)], 1)  # fmt: skip
+    box = box.cpu().numpy()
+    box[box[:, 1] < 0] = -1
+    return box

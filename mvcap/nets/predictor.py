@@ -39,7 +39,16 @@ import torch
 from mvcap.displace import Displacement, PredictRequest
 from mvcap.errors import MvcapError
 
-from .displacement import CropWindow, DisplacementNet, NetConfig, extend_nearest, uncrop_flow
+from .displacement import (
+    CropWindow,
+    DisplacementNet,
+    NetConfig,
+    extend_nearest,
+    mask_boxes,
+    uncrop_flow,
+    uncrop_flow_tensor,
+    window_of_box,
+)
 
 __all__ = [
     "LearnedPredictor",
@@ -197,9 +206,10 @@ class LearnedPredictor:
         return out
 
     # ----------------------------------------------------------------------------------
-    def _predict_crops(self, photos: torch.Tensor, renders: torch.Tensor) -> np.ndarray:
-        """(B, 3, S, S), (B, C, S, S) -> (B, S, S, 2) last-stack prediction (crop px / S), with
-        a third channel, the expected error in those units, for a network with confidence."""
+    def _predict_crops(self, photos: torch.Tensor, renders: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S), (B, C, S, S) -> (B, S, S, 2) last-stack prediction (crop px / S) on
+        the network's device, with a third channel, the expected error in those units, for a
+        network with confidence."""
         outs = []
         threads = torch.get_num_threads()
         limit = self.device.type == "cpu" and self.cpu_threads is not None
@@ -213,11 +223,11 @@ class LearnedPredictor:
                     r = renders[a : a + self.batch_size].to(self.device).contiguous(memory_format=cl)
                     preds, log_scale = self.net.forward_with_scale(p, r)
                     out = preds[-1] if log_scale is None else torch.cat([preds[-1], log_scale.exp()], 1)
-                    outs.append(out.float().cpu())
+                    outs.append(out.float())
         finally:
             if limit:
                 torch.set_num_threads(threads)
-        return torch.cat(outs).permute(0, 2, 3, 1).numpy()
+        return torch.cat(outs).permute(0, 2, 3, 1)
 
     def _fields(self, size: int, photos, images, channels, mask: np.ndarray, views, windows=None) -> dict:
         """The network at crop size ``size`` on each view in ``views``: view -> (field (H, W, C)
@@ -240,6 +250,7 @@ class LearnedPredictor:
         if not crops:
             return {}
         pred = self._predict_crops(torch.stack([c["photo"] for c in crops]), torch.stack([c["render"] for c in crops]))
+        pred = pred.cpu().numpy()
         if size != self.cfg.crop_size:  # the output is in crop pixels / the training size
             pred = pred * (self.cfg.crop_size / size)
         H, W = mask.shape[1:]
@@ -251,7 +262,10 @@ class LearnedPredictor:
         return fine_crop_size(self.cfg, window, image_px, self.fine_px, self.max_crop)
 
     def __call__(self, request: PredictRequest) -> Displacement:
-        photos = np.asarray(request.photos)
+        if isinstance(request.photos, torch.Tensor) and self.fine_px <= 0:
+            return self._on_device(request)
+        photos = request.photos
+        photos = photos.cpu().numpy() if isinstance(photos, torch.Tensor) else np.asarray(photos)
         mask = request.fragments.mask.detach().cpu().numpy().astype(bool)
         if photos.ndim != 4 or photos.shape[-1] != 3 or photos.shape[:3] != mask.shape:
             raise ValueError(
@@ -288,6 +302,40 @@ class LearnedPredictor:
                 confidence[v] *= np.minimum(1.0, (self.confidence_px / b) ** 2)
         flow *= mask[..., None]
         return Displacement(torch.from_numpy(flow), torch.from_numpy(confidence))
+
+    def _on_device(self, request: PredictRequest) -> Displacement:
+        """The whole-body pass where the request's tensors are (photos (V, H, W, 3) uint8,
+        render passes, fragments): crops, network and un-cropping run on that device; only
+        the crop windows (4 numbers per view) are read back. Equal to the host path up to
+        float rounding."""
+        from .data import crop_sample_tensor
+
+        mask = request.fragments.mask
+        images, channels = request.passes.images, request.passes.channels
+        V, H, W = mask.shape
+        if tuple(request.photos.shape) != (V, H, W, 3):
+            raise ValueError(
+                f"photos must be (V, H, W, 3) matching the render {(V, H, W)}, got {tuple(request.photos.shape)}; "
+                "undistort them into the render's pinhole image with mvcap.render.undistort_images"
+            )
+        boxes = mask_boxes(mask)
+        views = [v for v in range(V) if boxes[v, 1] >= 0]
+        flow = images.new_zeros((V, H, W, 2))
+        confidence = mask.to(torch.float32)
+        if views:
+            wins = [window_of_box(boxes[v], self.cfg.crop_scale) for v in views]
+            crops = [
+                crop_sample_tensor(self.cfg, request.photos[v], images[v], channels, mask[v], win)
+                for v, win in zip(views, wins)
+            ]
+            pred = self._predict_crops(torch.stack([c[0] for c in crops]), torch.stack([c[1] for c in crops]))
+            for k, v in enumerate(views):
+                field = uncrop_flow_tensor(pred[k].to(flow.device), wins[k], (W, H))
+                flow[v] = field[..., :2]
+                if field.shape[-1] > 2:  # expected error, as in the host path
+                    b = field[..., 2].clamp_min(1e-6)
+                    confidence[v] = confidence[v] * ((self.confidence_px / b) ** 2).clamp(max=1.0)
+        return Displacement(flow * mask[..., None], confidence)
 
 
 def _largest_crop(cfg: NetConfig, max_crop: int) -> int:

@@ -1,0 +1,142 @@
+"""Refinement on a device: resolve_device, the device audit, and the device-resident loop
+checked on the CPU against the host path (see mvcap.devices)."""
+
+import copy
+import dataclasses
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from mvcap.capture import Session
+from mvcap.devices import SIMULATED, DeviceAudit, resolve_device
+from mvcap.errors import MvcapError
+from mvcap.fit import FitConfig
+from mvcap.refine import RefineConfig, estimate_appearance, frame_evidence, load_frame_inputs, refine_frame
+
+
+def test_resolve_device_says_what_is_wrong():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(MvcapError, match="'cpu', 'cuda', 'cuda:N' or 'auto'"):
+        resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(MvcapError, match="no CUDA device"):
+            resolve_device("cuda")
+    with pytest.raises(ValueError, match="device must be"):
+        RefineConfig(device="gpu")
+
+
+def test_the_audit_sees_every_crossing():
+    lin = torch.nn.Linear(3, 3)
+    with DeviceAudit() as audit:
+        audit.place(lin)
+        assert lin.weight.device == SIMULATED
+        x = torch.zeros(100, 3, device=lin.weight.device)  # made on the device: no crossing
+        y = lin(x)
+        y.sum().backward()  # gradients of device parameters are on the device
+        (lin.weight.grad * 2 + lin.weight).sum()
+        host = torch.ones(100, 3)  # no device given: the host
+        assert host.device == torch.device("cpu") and y.device == SIMULATED
+        y + host  # mixed
+        float(y[0, 0].detach())  # sync
+        y.detach().cpu()  # download
+        y.detach().to("cpu").tolist()  # download, then a host read
+        torch.as_tensor(np.ones(1000), device=SIMULATED)  # upload
+        host.to(SIMULATED)  # upload
+        np.asarray(y.detach())  # numpy of a device tensor: raises on CUDA
+        audit.on_device(lambda t: t * 2)(host)  # stands in for device code: not audited
+    kinds = {k: sum(n for (kk, _), n in audit.events.items() if kk == k) for k, _ in audit.events}
+    assert kinds == {"mixed": 1, "sync": 1, "download": 2, "upload": 2, "error": 1}, audit.report()
+    assert all(w == "outside mvcap" for _, w in audit.events)
+    assert not hasattr(host, "_mvcap_on_device") or not host._mvcap_on_device  # a view was moved, not host
+
+
+def _where(audit: DeviceAudit, kind: str) -> dict[str, int]:
+    """file + function (no line) -> elements moved, for one kind of event."""
+    out: dict[str, int] = {}
+    for (k, w), n in audit.elements.items():
+        if k == kind:
+            key = re.sub(r":\d+", "", w)
+            out[key] = out.get(key, 0) + n
+    return out
+
+
+def _resident(model, path, predictor_name, cfg, evidence=False):
+    """Refine frame 0 of ``path`` on the simulated device and on the host: (audit, device
+    result, host result)."""
+    import mvcap.render as render
+
+    with Session.open(path) as s:
+        x = load_frame_inputs(s, 0)
+        appearance = estimate_appearance(model, s.subject)
+        ev = frame_evidence(s, 0, x.rig, cfg.cues) if evidence else None
+        definition = None
+        if evidence:
+            from mvcap.keypoints import keypoint_set
+
+            definition = keypoint_set(s.keypoint_format).definition(model)
+    if predictor_name == "learned":
+        from mvcap.nets.predictor import LearnedPredictor
+
+        make = lambda dev: LearnedPredictor.load(device=dev)  # noqa: E731
+    else:
+        from mvcap.refine import make_predictor
+
+        make = lambda dev: make_predictor(predictor_name, cfg)  # noqa: E731
+    host = refine_frame(model, x.rig, x.photos, x.init, make("cpu"), cfg, appearance, None, ev, definition)
+    on_device = copy.deepcopy(model)
+    predictor = make(SIMULATED)
+    audit = DeviceAudit()
+    real = render._rasterize_cpu
+    try:
+        with audit:
+            audit.place(on_device, getattr(predictor, "net", torch.nn.Module()))
+            render._rasterize_cpu = audit.on_device(real)  # stands in for nvdiffrast
+            photos = torch.as_tensor(x.photos, device=SIMULATED)
+            dev = refine_frame(on_device, x.rig, photos, x.init, predictor, cfg, appearance, None, ev, definition)
+    finally:
+        render._rasterize_cpu = real
+    return audit, dev, host
+
+
+FAST = RefineConfig(outer_iterations=2, fit=FitConfig(iterations=10), frame_batch=1)
+
+
+def test_the_learned_loop_stays_on_the_device(body_model, tiny_session_path):
+    """Photos, render, render passes, crops, network, fields, splat and fit: on the device.
+    What comes back is the fit's start and result (a body's parameters) and scalars."""
+    cfg = dataclasses.replace(FAST, predictor="learned")
+    audit, dev, host = _resident(body_model, tiny_session_path, "learned", cfg)
+    report = audit.report()
+    assert not audit.of_kind("mixed") and not audit.of_kind("error"), report
+    downloads = _where(audit, "download") | _where(audit, "sync")
+    assert set(_where(audit, "download")) <= {"mvcap/body.py _as_numpy", "mvcap/refine.py _refine_steps"}, report
+    assert sum(downloads.values()) < 2000, report  # no image, field or mesh comes back
+    uploads = _where(audit, "upload")
+    texture = uploads.pop("mvcap/refine.py <dictcomp>", 0)  # Appearance.to: the texture, once a frame
+    assert texture > 0 and uploads.pop("outside mvcap") == photos_size(tiny_session_path), report
+    assert sum(uploads.values()) < 2000, report  # constants and the fit's start, nothing per pixel
+    assert dev.status == host.status == "done"
+    np.testing.assert_allclose(dev.pose_rotvecs, host.pose_rotvecs, atol=2e-3)
+    np.testing.assert_allclose(dev.transl, host.transl, atol=1e-3)
+
+
+def photos_size(path) -> int:
+    with Session.open(path) as s:
+        return int(np.prod(load_frame_inputs(s, 0).photos.shape))
+
+
+def test_host_stages_say_where_they_copy(body_model, detected_session_path):
+    """Flow (OpenCV) and the safeguards' checks run on the host: their copies are theirs, and
+    nothing mixes host and device tensors or calls numpy() on a device tensor."""
+    cfg = dataclasses.replace(FAST, predictor="flow")
+    audit, dev, host = _resident(body_model, detected_session_path, "flow", cfg, evidence=True)
+    report = audit.report()
+    assert not audit.of_kind("mixed") and not audit.of_kind("error"), report
+    files = {w.split()[0] for w in _where(audit, "download")}
+    assert files <= {"mvcap/displace.py", "mvcap/evidence.py", "mvcap/cues.py", "mvcap/body.py",
+                     "mvcap/refine.py"}, report  # fmt: skip
+    assert dev.status == host.status
+    np.testing.assert_allclose(dev.pose_rotvecs, host.pose_rotvecs, atol=2e-3)
