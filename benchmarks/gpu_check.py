@@ -8,10 +8,14 @@ Steps (each one's output goes to ``OUT/gpu_check.log``, the numbers to ``OUT/gpu
 * ``env``: torch and CUDA versions, the GPU, and whether nvdiffrast (extra ``gpu``) imports;
 * ``parity``: nvdiffrast against the CPU rasterizer, on the shipped body in a 4-camera 512²
   rig (face ids, depth, barycentrics, every render pass; the first call's seconds include
-  nvdiffrast's compilation), then the ``gpu``-marked tests;
+  nvdiffrast's compilation), then the ``gpu``-marked tests (among them the refinement loop
+  with ``device = "cuda"`` against the host's);
 * ``timings``: ``benchmarks/fit_profile.py frames`` on the same synthetic sessions (standard
-  benchmark look, 4 views, 512² and 1024²) with CUDA hidden and with CUDA visible, side by
-  side: seconds per frame and per stage (fit, render, predictor, targets) and accuracy;
+  benchmark look, 4 views, 512² and 1024²) three ways, side by side: CUDA hidden; CUDA visible
+  with the loop on the host (nvdiffrast and the network on the GPU, as before issue 19's item
+  3); and the device-resident loop (``--set refine.device=cuda``): seconds per frame and per
+  stage (fit, render, predictor, targets; with the loop on the GPU a stage's seconds include
+  the GPU work queued before it, the frame's total is exact) and accuracy;
   ``benchmarks/bench_net.py`` per view (the lite predictor on CPU and GPU, the paper network).
 
 A step that fails is recorded and the next one runs; the exit status is 1 if any failed.
@@ -136,12 +140,12 @@ def step_timings(out: Path, work: Path, sizes: list[int], frames: int, methods: 
     res = {}
     for size in sizes:
         folder = _sessions(work, size, frames)
-        for label, hide in (("cpu", True), ("cuda", False)):
+        for label, hide, device in (("cpu", True, "cpu"), ("cuda", False, "cpu"), ("cuda-resident", False, "cuda")):
             env = dict(os.environ)
             if hide:
                 env["CUDA_VISIBLE_DEVICES"] = ""
-            cmd = [sys.executable, "benchmarks/fit_profile.py", "frames", str(folder),
-                   "--methods", methods, "--max-frames", str(frames)]  # fmt: skip
+            cmd = [sys.executable, "benchmarks/fit_profile.py", "frames", str(folder), "--methods", methods,
+                   "--max-frames", str(frames), "--set", f"refine.device={device}"]  # fmt: skip
             rc, text = _run(out, cmd, env)
             res[f"frames_{size}_{label}"] = {"exit": rc, "output": text[-4000:]}
     for size in sizes:  # the CPU rows and, with CUDA, the GPU rows of the predictors
@@ -177,7 +181,7 @@ def main(argv=None) -> int:
             elif step == "parity":
                 report[step] = step_parity()
                 rc, _ = _run(out, [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
-                                   "tests/test_render.py"])  # fmt: skip
+                                   "tests/test_render.py", "tests/test_devices.py"])  # fmt: skip
                 report[step]["gpu_tests_exit"] = rc
                 if not report[step]["ok"] or rc != 0:
                     failed.append(step)

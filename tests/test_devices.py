@@ -140,3 +140,53 @@ def test_host_stages_say_where_they_copy(body_model, detected_session_path):
                      "mvcap/refine.py"}, report  # fmt: skip
     assert dev.status == host.status
     np.testing.assert_allclose(dev.pose_rotvecs, host.pose_rotvecs, atol=2e-3)
+
+
+def test_frames_refined_together_stay_on_the_device(body_model, tiny_session_path, caplog):
+    """The batched fit of several frames (refine_frames) on the device: no crossing, no
+    fallback to frame-by-frame fits, the host's results."""
+    import mvcap.render as render
+    from mvcap.nets.predictor import LearnedPredictor
+    from mvcap.refine import FrameInput, refine_frames
+
+    cfg = dataclasses.replace(FAST, predictor="learned")
+    with Session.open(tiny_session_path) as s:
+        inputs = [load_frame_inputs(s, t) for t in range(2)]
+        appearance = estimate_appearance(body_model, s.subject)
+    host = refine_frames(body_model, inputs[0].rig, [FrameInput(x.photos, x.init) for x in inputs],
+                         LearnedPredictor.load(device="cpu"), cfg, appearance)  # fmt: skip
+    on_device, predictor, audit = copy.deepcopy(body_model), LearnedPredictor.load(device=SIMULATED), DeviceAudit()
+    real = render._rasterize_cpu
+    try:
+        with audit:
+            audit.place(on_device, predictor.net)
+            render._rasterize_cpu = audit.on_device(real)
+            frames = [FrameInput(torch.as_tensor(x.photos, device=SIMULATED), x.init) for x in inputs]
+            dev = refine_frames(on_device, inputs[0].rig, frames, predictor, cfg, appearance)
+    finally:
+        render._rasterize_cpu = real
+    assert not audit.of_kind("mixed") and not audit.of_kind("error"), audit.report()
+    assert "one by one" not in caplog.text
+    for d, h in zip(dev, host):
+        assert d.status == h.status == "done"
+        np.testing.assert_allclose(d.pose_rotvecs, h.pose_rotvecs, atol=2e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")
+def test_the_loop_on_cuda_matches_the_host(body_model, tiny_session_path):
+    """On a real GPU: RefineConfig.device = "cuda" refines as the host does (nvdiffrast
+    rasterizes when installed, so results agree up to its 0.07 % of differing pixels)."""
+    from mvcap.refine import make_predictor, model_on_device
+
+    results = {}
+    for device in ("cpu", "cuda"):
+        cfg = dataclasses.replace(FAST, predictor="learned", device=device)
+        model = model_on_device(body_model, device)
+        with Session.open(tiny_session_path) as s:
+            x = load_frame_inputs(s, 0)
+            appearance = estimate_appearance(model, s.subject)
+        results[device] = refine_frame(model, x.rig, x.photos, x.init, make_predictor("learned", cfg), cfg, appearance)
+    assert results["cuda"].status == results["cpu"].status == "done"
+    np.testing.assert_allclose(results["cuda"].pose_rotvecs, results["cpu"].pose_rotvecs, atol=0.02)
+    np.testing.assert_allclose(results["cuda"].transl, results["cpu"].transl, atol=0.005)
