@@ -107,14 +107,16 @@ def _tensors(x, out: list) -> list:
     return out
 
 
-def _size(x) -> int:
+def _size(x) -> tuple[int, int]:
+    """(elements, bytes) of a tensor, an array, a (nested) list of numbers."""
     if isinstance(x, torch.Tensor):
-        return x.numel()
+        return x.numel(), x.numel() * x.element_size()
     if isinstance(x, np.ndarray):
-        return x.size
+        return x.size, x.nbytes
     if isinstance(x, (list, tuple)):
-        return sum(_size(y) for y in x) if x else 0
-    return 1
+        sizes = [_size(y) for y in x]
+        return sum(n for n, _ in sizes), sum(b for _, b in sizes)
+    return 1, 8
 
 
 def _alias(out, src):
@@ -150,14 +152,14 @@ def _target(args, kwargs) -> bool | None:
 class DeviceAudit(TorchFunctionMode):
     """Simulate a device and record what crosses to and from it (see the module's text).
 
-    ``events``: Counter of (kind, where) -> calls; ``elements``: Counter of (kind, where) ->
-    elements moved. Use as a context manager around the code under audit."""
+    ``events``: Counter of (kind, where) -> calls; ``bytes``: Counter of (kind, where) ->
+    bytes moved (read, for a mix). Use as a context manager around the code under audit."""
 
     def __init__(self, scalar_max: int = 64):
         super().__init__()
         self.scalar_max = scalar_max
         self.events: Counter = Counter()
-        self.elements: Counter = Counter()
+        self.bytes: Counter = Counter()
         self._quiet = 0
 
     # -- what the test or check sets up --------------------------------------------------
@@ -191,22 +193,22 @@ class DeviceAudit(TorchFunctionMode):
         return {w: n for (k, w), n in self.events.items() if k == kind}
 
     def report(self) -> str:
-        """One line per (kind, place): calls and elements moved."""
+        """One line per (kind, place): calls and bytes moved."""
         rows = sorted(self.events.items(), key=lambda kv: (kv[0][0], -kv[1]))
-        return "\n".join(f"{k:8s} {n:6d} calls {self.elements[(k, w)]:10d} elements  {w}" for (k, w), n in rows)
+        return "\n".join(f"{k:8s} {n:6d} calls {self.bytes[(k, w)]:12d} bytes  {w}" for (k, w), n in rows)
 
-    def _record(self, kind: str, size: int) -> None:
+    def _record(self, kind: str, x) -> None:
         key = (kind, _where())
         self.events[key] += 1
-        self.elements[key] += int(size)
+        self.bytes[key] += _size(x)[1]
 
     def _cross(self, src, to_device: bool) -> None:
         """Record ``src`` (a tensor, an array, a list) going to the device (or the host)."""
         if isinstance(src, torch.Tensor) and _on(src):
             if not to_device:
-                self._record("download" if src.numel() > self.scalar_max else "sync", src.numel())
-        elif to_device and _size(src) > self.scalar_max:
-            self._record("upload", _size(src))
+                self._record("download" if src.numel() > self.scalar_max else "sync", src)
+        elif to_device and _size(src)[0] > self.scalar_max:
+            self._record("upload", src)
 
     def _moved(self, out: torch.Tensor, src, to_device: bool) -> torch.Tensor:
         self._cross(src, to_device)
@@ -222,11 +224,11 @@ class DeviceAudit(TorchFunctionMode):
             return SIMULATED if _on(args[0]) else out
         if func in _NUMPY:
             if _on(args[0]):
-                self._record("error", args[0].numel())
+                self._record("error", args[0])
             return out
         if func in _SCALARS:
             if _on(args[0]):
-                self._record("sync", args[0].numel())
+                self._record("sync", args[0])
             return out
         if func is _T.tolist:
             self._cross(args[0], False)
@@ -246,6 +248,6 @@ class DeviceAudit(TorchFunctionMode):
         if on:
             host = [t for t in ins if not _on(t) and t.dim() > 0]
             if host:
-                self._record("mixed", sum(t.numel() for t in host))
+                self._record("mixed", host)
             _tag(out)
         return out

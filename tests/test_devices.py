@@ -54,9 +54,9 @@ def test_the_audit_sees_every_crossing():
 
 
 def _where(audit: DeviceAudit, kind: str) -> dict[str, int]:
-    """file + function (no line) -> elements moved, for one kind of event."""
+    """file + function (no line) -> bytes moved, for one kind of event."""
     out: dict[str, int] = {}
-    for (k, w), n in audit.elements.items():
+    for (k, w), n in audit.bytes.items():
         if k == kind:
             key = re.sub(r":\d+", "", w)
             out[key] = out.get(key, 0) + n
@@ -113,11 +113,11 @@ def test_the_learned_loop_stays_on_the_device(body_model, tiny_session_path):
     assert not audit.of_kind("mixed") and not audit.of_kind("error"), report
     downloads = _where(audit, "download") | _where(audit, "sync")
     assert set(_where(audit, "download")) <= {"mvcap/body.py _as_numpy", "mvcap/refine.py _refine_steps"}, report
-    assert sum(downloads.values()) < 2000, report  # no image, field or mesh comes back
+    assert sum(downloads.values()) < 8000, report  # no image, field or mesh comes back
     uploads = _where(audit, "upload")
     texture = uploads.pop("mvcap/refine.py <dictcomp>", 0)  # Appearance.to: the texture, once a frame
     assert texture > 0 and uploads.pop("outside mvcap") == photos_size(tiny_session_path), report
-    assert sum(uploads.values()) < 2000, report  # constants and the fit's start, nothing per pixel
+    assert sum(uploads.values()) < 8000, report  # constants and the fit's start, nothing per pixel
     assert dev.status == host.status == "done"
     np.testing.assert_allclose(dev.pose_rotvecs, host.pose_rotvecs, atol=2e-3)
     np.testing.assert_allclose(dev.transl, host.transl, atol=1e-3)
@@ -125,7 +125,7 @@ def test_the_learned_loop_stays_on_the_device(body_model, tiny_session_path):
 
 def photos_size(path) -> int:
     with Session.open(path) as s:
-        return int(np.prod(load_frame_inputs(s, 0).photos.shape))
+        return load_frame_inputs(s, 0).photos.nbytes
 
 
 def test_host_stages_say_where_they_copy(body_model, detected_session_path):
