@@ -84,6 +84,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-sequential", action="store_true", help="skip the sequential reference run")
     ap.add_argument("--work", type=Path, default=None, help="folder for the take (default: a temp folder)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "batch_scaling.json")
+    ap.add_argument("--set", action="append", default=[], help="refine config override key=value (e.g. frame_batch=5)")
     args = ap.parse_args(argv)
 
     import ray
@@ -99,7 +100,7 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     model = load_body_model()
     take = _take(work, args.frames, args.size, args.views)
-    cfg = load_config(RefineConfig, "refine.toml", {"predictor": args.predictor})
+    cfg = load_config(RefineConfig, "refine.toml", [f"predictor={args.predictor}", *args.set])
     frames = list(range(args.frames))
     rows, runs = [], {}
 
@@ -144,7 +145,8 @@ def main(argv=None) -> int:
     ref_key = "sequential" if "sequential" in runs else f"ray{counts[0]}"
     lines = [
         f"{args.frames}-frame take, {len(names)} views {args.size}², predictor {args.predictor}, "
-        f"configs/refine.toml; {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}",
+        f"configs/refine.toml {' '.join(args.set)}; {os.cpu_count()} CPUs, "
+        f"{platform.processor() or platform.machine()}",
         "",
         "| run | frames done | wall s | worker start s | frames/min | throughput vs 1 worker | "
         f"frames/min after start | vs 1 worker | results vs {ref_key} |",

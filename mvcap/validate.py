@@ -45,6 +45,7 @@ from mvcap.refine import (
     estimate_appearance,
     frame_evidence,
     make_predictor,
+    model_on_device,
     refine_frame,
     subject_appearance,
 )
@@ -206,7 +207,12 @@ def _select_frames(spec: str, candidates: np.ndarray, num_frames: int) -> list[i
 
 
 def _run_refiner(model: BodyModel, rcfg: RefineConfig, subject, session, definition) -> Refiner:
-    """The run's refinement, redone on the fitting views only (their detections included)."""
+    """The run's refinement, redone on the fitting views only (their detections included), on
+    the run's device (on the CPU when it was a GPU this machine lacks: same results up to
+    rounding)."""
+    if rcfg.device != "cpu" and not torch.cuda.is_available():
+        rcfg = replace(rcfg, device="cpu")
+    model = model_on_device(model, rcfg.device)
     predictor = make_predictor(rcfg.predictor, rcfg, subject=subject)
     appearance = estimate_appearance(model, subject, rcfg.appearance)
     cfg = replace(rcfg, views=())
