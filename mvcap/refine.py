@@ -738,7 +738,9 @@ def _refine_steps(
     :func:`refine_frame` (one frame) and :func:`refine_frames` (fits batched across frames).
 
     rig: the (possibly restricted) rig; photos: (V, H, W, 3) uint8 already undistorted into
-    the pinhole image space (see :func:`mvcap.render.undistort_images`); init: the frame's
+    the pinhole image space (see :func:`mvcap.render.undistort_images`); as a tensor, or with
+    the body model off the CPU, the loop keeps every image on the model's device (the
+    device-resident path, :mod:`mvcap.devices`); init: the frame's
     initial estimate (one frame, world frame; its betas are held); appearance: how the
     estimate is rendered for the predictor (:func:`estimate_appearance`); prev_pose_rotvecs
     (24, 3): the previous frame's result for the temporal term; evidence: per view, an
@@ -1291,6 +1293,8 @@ def refine_session(
             None if cfg.predictor == "oracle" else make_predictor(cfg.predictor, cfg, subject=run.subject)
         )
         _log_weights(shared_predictor)
+        if model.v_template.device.type != "cpu":
+            log.info("refining on %s (render, crops, network and fit on the device)", model.v_template.device)
         catch = failures is not None
         together = 1 if needs_previous(cfg) else cfg.frame_batch
         appearance = run.appearance.to(model.v_template.device)
