@@ -770,8 +770,9 @@ def load_npz_init(path: str | Path, num_frames: int | None = None, default_betas
         )
     betas = np.pad(betas, ((0, 0), (0, 10 - betas.shape[1])))
     for name, arr in (("pose", pose), (tkey, transl), ("betas", betas)):
-        if not np.isfinite(arr).all():
-            raise InitError(f"{path}: '{name}' contains NaN or infinite values")
+        # BodyParams stores float32: a value beyond its range would become infinite there
+        if not np.isfinite(arr).all() or np.abs(arr).max() > np.finfo(np.float32).max:
+            raise InitError(f"{path}: '{name}' contains NaN, infinite or out-of-range values")
     if num_frames is not None and T != num_frames:
         raise InitError(f"{path}: {T} frames of parameters but the session has {num_frames}; give one row per frame")
     if np.abs(transl).max() > 100:
