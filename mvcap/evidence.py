@@ -128,7 +128,7 @@ def agreement(
     dev = model.v_template.device  # the body is posed and rendered there; the costs are on the host
 
     def param(x) -> torch.Tensor:
-        x = x.detach() if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x), dtype=torch.float32)
+        x = x.detach() if isinstance(x, torch.Tensor) else torch.tensor(np.asarray(x), dtype=torch.float32)
         return x.to(dev, torch.float32)[None]
 
     with torch.no_grad():
