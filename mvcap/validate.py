@@ -335,7 +335,7 @@ def validate_run(
                         rig_fit,
                         photos,
                         torch.as_tensor(p0, dtype=torch.float32),
-                        torch.as_tensor(betas),
+                        torch.tensor(betas, dtype=torch.float32),  # a copy: the subject's array is read-only
                         torch.as_tensor(tr0, dtype=torch.float32),
                     )
                 except Exception as exc:  # a failed refinement is a finding, not a crash
