@@ -190,3 +190,21 @@ def test_the_loop_on_cuda_matches_the_host(body_model, tiny_session_path):
     assert results["cuda"].status == results["cpu"].status == "done"
     np.testing.assert_allclose(results["cuda"].pose_rotvecs, results["cpu"].pose_rotvecs, atol=0.02)
     np.testing.assert_allclose(results["cuda"].transl, results["cpu"].transl, atol=0.005)
+
+
+def test_render_windows_crop_tensors_as_arrays(body_model, tiny_session_path):
+    """ViewWindows.crop of a tensor (on its device) equals OpenCV's crop of the array, at the
+    native size and shrunk (area resize: at most one level apart where OpenCV rounds a tie)."""
+    from mvcap.refine import view_windows
+
+    with Session.open(tiny_session_path) as s:
+        x = load_frame_inputs(s, 0)
+    rig = x.rig.without_distortion()
+    with torch.no_grad():
+        vertices = body_model(**x.init.to_torch()).vertices[0]
+    for max_side in (0, 37):
+        win = view_windows(rig, vertices, max_side)
+        want = win.crop(x.photos)
+        got = win.crop(torch.as_tensor(x.photos))
+        assert got.dtype == torch.uint8 and tuple(got.shape) == want.shape
+        assert np.abs(got.numpy().astype(int) - want.astype(int)).max() <= 1
