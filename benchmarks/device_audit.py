@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     cfg = load_config(RefineConfig, resource_path("configs/refine.toml"), [f"predictor={args.predictor}", *args.set])
     model = load_body_model()
     with Session.open(args.session) as s:
-        x = load_frame_inputs(s, args.frame)
+        x = load_frame_inputs(s, args.frame, cfg.views)
         appearance = estimate_appearance(model, s.subject)
         evidence, definition = None, None
         if args.evidence:
@@ -63,7 +63,8 @@ def main(argv=None) -> int:
     if args.predictor == "learned":
         from mvcap.nets.predictor import LearnedPredictor
 
-        predictor = LearnedPredictor.load(device=SIMULATED, confidence_px=cfg.learned_confidence_px)
+        predictor = LearnedPredictor.load(device=SIMULATED, confidence_px=cfg.learned_confidence_px,
+                                          fine_px=cfg.learned_fine_px, max_crop=cfg.learned_max_crop)  # fmt: skip
     else:
         predictor = make_predictor(args.predictor, cfg)
     audit = DeviceAudit()

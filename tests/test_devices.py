@@ -63,7 +63,7 @@ def _where(audit: DeviceAudit, kind: str) -> dict[str, int]:
     return out
 
 
-def _resident(model, path, predictor_name, cfg, evidence=False):
+def _resident(model, path, predictor_name, cfg, evidence=False, **learned):
     """Refine frame 0 of ``path`` on the simulated device and on the host: (audit, device
     result, host result)."""
     import mvcap.render as render
@@ -80,7 +80,7 @@ def _resident(model, path, predictor_name, cfg, evidence=False):
     if predictor_name == "learned":
         from mvcap.nets.predictor import LearnedPredictor
 
-        make = lambda dev: LearnedPredictor.load(device=dev)  # noqa: E731
+        make = lambda dev: LearnedPredictor.load(device=dev, **learned)  # noqa: E731
     else:
         from mvcap.refine import make_predictor
 
@@ -121,6 +121,21 @@ def test_the_learned_loop_stays_on_the_device(body_model, tiny_session_path):
     assert dev.status == host.status == "done"
     np.testing.assert_allclose(dev.pose_rotvecs, host.pose_rotvecs, atol=2e-3)
     np.testing.assert_allclose(dev.transl, host.transl, atol=1e-3)
+
+
+def test_the_coarse_to_fine_pass_hands_its_field_to_the_device(body_model, tiny_session_path, monkeypatch):
+    """The coarse-to-fine pass (opt-in) warps on the host: its request comes down and its
+    field goes up, to the device (nothing mixes), with the host's results."""
+    import mvcap.nets.predictor as P
+
+    warps = []
+    real = P._warp
+    monkeypatch.setattr(P, "_warp", lambda *a: warps.append(1) or real(*a))
+    cfg = dataclasses.replace(FAST, predictor="learned", learned_fine_px=1.0)
+    audit, dev, host = _resident(body_model, tiny_session_path, "learned", cfg, fine_px=1.0)
+    assert warps  # the second pass ran
+    assert not audit.of_kind("mixed") and not audit.of_kind("error"), audit.report()
+    np.testing.assert_allclose(dev.pose_rotvecs, host.pose_rotvecs, atol=2e-3)
 
 
 def photos_size(path) -> int:

@@ -301,7 +301,8 @@ class LearnedPredictor:
                 b = np.maximum(field[..., 2], 1e-6)
                 confidence[v] *= np.minimum(1.0, (self.confidence_px / b) ** 2)
         flow *= mask[..., None]
-        return Displacement(torch.from_numpy(flow), torch.from_numpy(confidence))
+        dev = request.fragments.mask.device  # the coarse-to-fine warps ran on the host (OpenCV)
+        return Displacement(torch.from_numpy(flow).to(dev), torch.from_numpy(confidence).to(dev))
 
     def _on_device(self, request: PredictRequest) -> Displacement:
         """The whole-body pass where the request's tensors are (photos (V, H, W, 3) uint8,
