@@ -10,6 +10,9 @@ Steps (each one's output goes to ``OUT/gpu_check.log``, the numbers to ``OUT/gpu
   rig (face ids, depth, barycentrics, every render pass; the first call's seconds include
   nvdiffrast's compilation), then the ``gpu``-marked tests (among them the refinement loop
   with ``device = "cuda"`` against the host's);
+* ``copies``: one frame refined with ``device = "cuda"`` (learned predictor, 4 views 512²)
+  under torch's profiler: the host<->device copies and synchronisations CUDA saw, by name and
+  count, and the frame's seconds (what ``benchmarks/device_audit.py`` lists on the CPU);
 * ``timings``: ``benchmarks/fit_profile.py frames`` on the same synthetic sessions (standard
   benchmark look, 4 views, 512² and 1024²) three ways, side by side: CUDA hidden; CUDA visible
   with the loop on the host (nvdiffrast and the network on the GPU, as before issue 19's item
@@ -32,7 +35,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = ("env", "parity", "timings")
+STEPS = ("env", "parity", "copies", "timings")
 
 
 def _log(out: Path, text: str) -> None:
@@ -136,6 +139,52 @@ def _sessions(work: Path, size: int, frames: int) -> Path:
     return folder
 
 
+def step_copies(work: Path) -> dict:
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from mvcap.body import load_body_model
+    from mvcap.capture import Session
+    from mvcap.config import load_config
+    from mvcap.refine import (
+        RefineConfig,
+        estimate_appearance,
+        load_frame_inputs,
+        make_predictor,
+        model_on_device,
+        refine_frame,
+    )
+    from mvcap.resources import resource_path
+
+    path = sorted(_sessions(work, 512, 2).glob("*.h5"))[0]
+    cfg = load_config(RefineConfig, resource_path("configs/refine.toml"), ["predictor=learned", "device=cuda"])
+    model = model_on_device(load_body_model(), "cuda")
+    with Session.open(path) as s:
+        x = load_frame_inputs(s, 0)
+        appearance = estimate_appearance(model, s.subject)
+    predictor = make_predictor("learned", cfg)
+
+    def frame():
+        return refine_frame(model, x.rig, x.photos, x.init, predictor, cfg, appearance)
+
+    frame()  # warm-up: nvdiffrast's plugin, cuDNN's choices, the caches
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        t0 = time.perf_counter()
+        res = frame()
+        torch.cuda.synchronize()
+        seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    frame()
+    torch.cuda.synchronize()
+    counts: dict[str, int] = {}
+    for e in prof.events():
+        if any(k in e.name for k in ("Memcpy", "memcpy", "Synchronize")):
+            counts[e.name] = counts.get(e.name, 0) + 1
+    return {"status": res.status, "seconds_profiled": round(seconds, 3),
+            "seconds": round(time.perf_counter() - t0, 3), "events": counts}  # fmt: skip
+
+
 def step_timings(out: Path, work: Path, sizes: list[int], frames: int, methods: str) -> dict:
     res = {}
     for size in sizes:
@@ -178,6 +227,8 @@ def main(argv=None) -> int:
         try:
             if step == "env":
                 report[step] = step_env()
+            elif step == "copies":
+                report[step] = step_copies(args.work or out / "work")
             elif step == "parity":
                 report[step] = step_parity()
                 rc, _ = _run(out, [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
