@@ -31,7 +31,6 @@ def main(argv=None) -> int:
 
     import torch
 
-    import mvcap.render as render
     from mvcap.body import load_body_model
     from mvcap.capture import Session
     from mvcap.config import load_config
@@ -67,16 +66,10 @@ def main(argv=None) -> int:
                                           fine_px=cfg.learned_fine_px, max_crop=cfg.learned_max_crop)  # fmt: skip
     else:
         predictor = make_predictor(args.predictor, cfg)
-    audit = DeviceAudit()
-    real = render._rasterize_cpu
-    try:
-        with audit:
-            audit.place(model, getattr(predictor, "net", torch.nn.Module()))
-            render._rasterize_cpu = audit.on_device(real)  # stands in for nvdiffrast
-            photos = torch.as_tensor(x.photos, device=SIMULATED)  # the frame's upload ("outside mvcap")
-            res = refine_frame(model, x.rig, photos, x.init, predictor, cfg, appearance, None, evidence, definition)
-    finally:
-        render._rasterize_cpu = real
+    with DeviceAudit() as audit:
+        audit.place(model, getattr(predictor, "net", torch.nn.Module()))
+        photos = torch.as_tensor(x.photos, device=SIMULATED)  # the frame's upload ("outside mvcap")
+        res = refine_frame(model, x.rig, photos, x.init, predictor, cfg, appearance, None, evidence, definition)
     V, H, W = x.photos.shape[:3]
     ev = "yes" if args.evidence else "no"
     print(f"{args.session.name} frame {args.frame}: {V} views {W}x{H}, predictor {args.predictor}, evidence {ev}, "

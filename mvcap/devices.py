@@ -9,9 +9,10 @@ it simulates one. Inside it, ``torch.device("cpu", 0)`` (:data:`SIMULATED`, "cpu
 the device and plain ``"cpu"`` the host: a tensor is on the device when it was made with
 ``device=`` that device, moved there with ``.to()``, placed with :meth:`DeviceAudit.place`
 (a module's parameters and buffers, as ``module.to(device)`` would), or computed from such
-tensors, and its ``.device`` then says "cpu:0"; every other tensor is on the host. Code that
-takes its device from its data (``x.device``, the body model's buffers) therefore runs as it
-would on CUDA, and the audit records, with the place in mvcap's code:
+tensors, and its ``.device`` then says "cpu:0"; every other tensor is on the host. The CPU
+rasterizer stands in for nvdiffrast (its fragments are on the device). Code that takes its
+device from its data (``x.device``, the body model's buffers) therefore runs as it would on
+CUDA, and the audit records, with the place in mvcap's code:
 
 - ``download``: a device tensor of more than ``scalar_max`` elements read on the host
   (``cpu()``, ``to("cpu")``, ``tolist()``); a smaller one is a ``sync``;
@@ -32,7 +33,7 @@ import dataclasses
 import os
 import sys
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -78,33 +79,26 @@ def _on(x) -> bool:
     return getattr(x, _TAG, False)
 
 
-def _tag(x, on: bool = True):
-    """Mark every tensor in ``x`` (nested tuples, lists, dicts, dataclasses) as on the device
-    (or, ``on`` False, on the host)."""
+def _tensors(x) -> Iterator[torch.Tensor]:
+    """The tensors in ``x``: nested tuples, lists, dicts and dataclasses."""
     if isinstance(x, torch.Tensor):
-        setattr(x, _TAG, on)
+        yield x
     elif isinstance(x, (list, tuple)):
         for y in x:
-            _tag(y, on)
+            yield from _tensors(y)
     elif isinstance(x, dict):
         for y in x.values():
-            _tag(y, on)
+            yield from _tensors(y)
     elif dataclasses.is_dataclass(x) and not isinstance(x, type):
         for f in dataclasses.fields(x):
-            _tag(getattr(x, f.name), on)
+            yield from _tensors(getattr(x, f.name))
+
+
+def _tag(x, on: bool = True):
+    """Mark every tensor in ``x`` as on the device (or, ``on`` False, on the host)."""
+    for t in _tensors(x):
+        setattr(t, _TAG, on)
     return x
-
-
-def _tensors(x, out: list) -> list:
-    if isinstance(x, torch.Tensor):
-        out.append(x)
-    elif isinstance(x, (list, tuple)):
-        for y in x:
-            _tensors(y, out)
-    elif isinstance(x, dict):
-        for y in x.values():
-            _tensors(y, out)
-    return out
 
 
 def _size(x) -> tuple[int, int]:
@@ -174,6 +168,20 @@ class DeviceAudit(TorchFunctionMode):
                 _tag(obj)
         return objs[0] if objs else None
 
+    def __enter__(self):
+        # the CPU rasterizer stands in for nvdiffrast: its fragments are on the device
+        import mvcap.render as render
+
+        self._rasterizer = render._rasterize_cpu
+        render._rasterize_cpu = self.on_device(self._rasterizer)
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        import mvcap.render as render
+
+        render._rasterize_cpu = self._rasterizer
+        return super().__exit__(*exc)
+
     def on_device(self, fn: Callable) -> Callable:
         """``fn`` as if it ran on the device: not audited inside, its tensors on the device
         (e.g. the CPU rasterizer standing in for nvdiffrast)."""
@@ -238,7 +246,7 @@ class DeviceAudit(TorchFunctionMode):
         if func is _T.to:
             dest = _target(args, kwargs)
             return _tag(out, _on(args[0])) if dest is None else self._moved(out, args[0], dest)
-        ins = _tensors(args, _tensors(kwargs, []))
+        ins = [*_tensors(args), *_tensors(kwargs)]
         on = [t for t in ins if _on(t)]
         if func in _FACTORIES:
             if kwargs.get("device") is None:  # where the data is, else the host

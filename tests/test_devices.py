@@ -66,8 +66,6 @@ def _where(audit: DeviceAudit, kind: str) -> dict[str, int]:
 def _resident(model, path, predictor_name, cfg, evidence=False, **learned):
     """Refine frame 0 of ``path`` on the simulated device and on the host: (audit, device
     result, host result)."""
-    import mvcap.render as render
-
     with Session.open(path) as s:
         x = load_frame_inputs(s, 0)
         appearance = estimate_appearance(model, s.subject)
@@ -88,16 +86,10 @@ def _resident(model, path, predictor_name, cfg, evidence=False, **learned):
     host = refine_frame(model, x.rig, x.photos, x.init, make("cpu"), cfg, appearance, None, ev, definition)
     on_device = copy.deepcopy(model)
     predictor = make(SIMULATED)
-    audit = DeviceAudit()
-    real = render._rasterize_cpu
-    try:
-        with audit:
-            audit.place(on_device, getattr(predictor, "net", torch.nn.Module()))
-            render._rasterize_cpu = audit.on_device(real)  # stands in for nvdiffrast
-            photos = torch.as_tensor(x.photos, device=SIMULATED)
-            dev = refine_frame(on_device, x.rig, photos, x.init, predictor, cfg, appearance, None, ev, definition)
-    finally:
-        render._rasterize_cpu = real
+    with DeviceAudit() as audit:
+        audit.place(on_device, getattr(predictor, "net", torch.nn.Module()))
+        photos = torch.as_tensor(x.photos, device=SIMULATED)
+        dev = refine_frame(on_device, x.rig, photos, x.init, predictor, cfg, appearance, None, ev, definition)
     return audit, dev, host
 
 
@@ -160,7 +152,6 @@ def test_host_stages_say_where_they_copy(body_model, detected_session_path):
 def test_frames_refined_together_stay_on_the_device(body_model, tiny_session_path, caplog):
     """The batched fit of several frames (refine_frames) on the device: no crossing, no
     fallback to frame-by-frame fits, the host's results."""
-    import mvcap.render as render
     from mvcap.nets.predictor import LearnedPredictor
     from mvcap.refine import FrameInput, refine_frames
 
@@ -170,16 +161,11 @@ def test_frames_refined_together_stay_on_the_device(body_model, tiny_session_pat
         appearance = estimate_appearance(body_model, s.subject)
     host = refine_frames(body_model, inputs[0].rig, [FrameInput(x.photos, x.init) for x in inputs],
                          LearnedPredictor.load(device="cpu"), cfg, appearance)  # fmt: skip
-    on_device, predictor, audit = copy.deepcopy(body_model), LearnedPredictor.load(device=SIMULATED), DeviceAudit()
-    real = render._rasterize_cpu
-    try:
-        with audit:
-            audit.place(on_device, predictor.net)
-            render._rasterize_cpu = audit.on_device(real)
-            frames = [FrameInput(torch.as_tensor(x.photos, device=SIMULATED), x.init) for x in inputs]
-            dev = refine_frames(on_device, inputs[0].rig, frames, predictor, cfg, appearance)
-    finally:
-        render._rasterize_cpu = real
+    on_device, predictor = copy.deepcopy(body_model), LearnedPredictor.load(device=SIMULATED)
+    with DeviceAudit() as audit:
+        audit.place(on_device, predictor.net)
+        frames = [FrameInput(torch.as_tensor(x.photos, device=SIMULATED), x.init) for x in inputs]
+        dev = refine_frames(on_device, inputs[0].rig, frames, predictor, cfg, appearance)
     assert not audit.of_kind("mixed") and not audit.of_kind("error"), audit.report()
     assert "one by one" not in caplog.text
     for d, h in zip(dev, host):
