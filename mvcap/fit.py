@@ -394,6 +394,9 @@ def _lbfgs_path(x: Tensor, solver: SolverConfig):
     :class:`SolverConfig`) as a coroutine (see above); returns (point, stats)."""
     max_eval = solver.iterations * 5 // 4
     tol_grad, tol_change = solver.tolerance_grad, solver.tolerance_change
+    # the two-loop recursion's scalars: Python floats on the host; on a GPU 0-d tensors, so
+    # that its 2 x history reads do not wait for the device at every iteration
+    scalar = float if x.device == torch.device("cpu") else (lambda t: t)
     loss, g = yield x
     evals = 1
     if float(g.abs().max()) <= tol_grad:
@@ -423,11 +426,11 @@ def _lbfgs_path(x: Tensor, solver: SolverConfig):
             q = -g
             alpha = [0.0] * len(dirs)
             for i in range(len(dirs) - 1, -1, -1):
-                alpha[i] = float(steps[i].dot(q)) * rho[i]
+                alpha[i] = scalar(steps[i].dot(q)) * rho[i]
                 q = q - alpha[i] * dirs[i]
             d = q * H_diag
             for i in range(len(dirs)):
-                beta = float(dirs[i].dot(d)) * rho[i]
+                beta = scalar(dirs[i].dot(d)) * rho[i]
                 d = d + (alpha[i] - beta) * steps[i]
         prev_g, prev_loss = g, loss
         t = min(1.0, 1.0 / float(g.abs().sum())) if n_iter == 1 else 1.0

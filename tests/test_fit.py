@@ -172,6 +172,24 @@ def test_lbfgs_is_torchs_lbfgs_when_the_convergence_test_is_off():
     assert stats.loss == pytest.approx(float(loss().detach()), rel=1e-9, abs=1e-15)
 
 
+def test_lbfgs_on_a_device_keeps_its_recursion_there():
+    """On a device the two-loop recursion's scalars stay 0-d tensors (no read per history
+    pair); the steps are the host's, up to rounding (checked on the simulated device)."""
+    from mvcap.devices import SIMULATED, DeviceAudit
+    from mvcap.fit import SolverConfig, lbfgs
+
+    solver = SolverConfig(iterations=25, history=5)
+    x, loss = _rosenbrock_problem()
+    host = lbfgs([x], loss, solver)
+    with DeviceAudit() as audit:
+        y = torch.tensor([-1.2, 1.0, -0.5, 0.8], dtype=torch.float64, device=SIMULATED, requires_grad=True)
+        on_device = lbfgs([y], lambda: (100 * (y[1::2] - y[::2] ** 2) ** 2 + (1 - y[::2]) ** 2).sum(), solver)
+    assert not audit.of_kind("mixed") and not audit.of_kind("error"), audit.report()
+    assert on_device.iterations == host.iterations and torch.allclose(y.detach(), x.detach(), atol=1e-9)
+    reads = sum(audit.of_kind("sync").values())
+    assert reads < 12 * host.iterations  # line search and stopping tests; the recursion adds none
+
+
 def test_lbfgs_convergence_test_stops_a_converged_fit():
     from mvcap.fit import SolverConfig, lbfgs
 
