@@ -143,14 +143,13 @@ class FlowPredictor:
         self.cfg = cfg
         self._dis = cv2.DISOpticalFlow_create(_DIS_PRESETS[cfg.preset])
 
-    def _view(self, photo: np.ndarray, rgb: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _view(self, photo: np.ndarray, rgb: np.ndarray, mask: np.ndarray, flow: np.ndarray, conf: np.ndarray) -> None:
+        """One view's field into ``flow`` (H, W, 2) and ``conf`` (H, W), zeros beforehand."""
         cfg = self.cfg
         H, W = mask.shape
-        flow = np.zeros((H, W, 2), np.float32)
-        conf = np.zeros((H, W), np.float32)
         ys, xs = np.nonzero(mask)
         if len(ys) == 0:
-            return flow, conf
+            return
         y0, y1 = max(0, ys.min() - cfg.margin_px), min(H, ys.max() + 1 + cfg.margin_px)
         x0, x1 = max(0, xs.min() - cfg.margin_px), min(W, xs.max() + 1 + cfg.margin_px)
         photo_f = photo[y0:y1, x0:x1].astype(np.float32) / 255.0
@@ -168,7 +167,6 @@ class FlowPredictor:
         c = np.exp(-((err / cfg.consistency_px) ** 2)) * m[..., 0]
         flow[y0:y1, x0:x1] = fw * m
         conf[y0:y1, x0:x1] = c
-        return flow, conf
 
     def __call__(self, request: PredictRequest) -> Displacement:
         # OpenCV's flow runs on the host: a request on a GPU comes down and its field goes up
@@ -176,5 +174,7 @@ class FlowPredictor:
         rgb = request.passes.get("rgb").detach().cpu().numpy()
         mask = request.fragments.mask.cpu().numpy()
         photos = request.photos.cpu().numpy() if isinstance(request.photos, torch.Tensor) else request.photos
-        flows, confs = zip(*(self._view(photos[v], rgb[v], mask[v]) for v in range(mask.shape[0])))
-        return Displacement(torch.as_tensor(np.stack(flows), device=dev), torch.as_tensor(np.stack(confs), device=dev))
+        flow, conf = np.zeros(mask.shape + (2,), np.float32), np.zeros(mask.shape, np.float32)
+        for v in range(mask.shape[0]):  # each view fills its own slice: no per-view copy of the canvas
+            self._view(photos[v], rgb[v], mask[v], flow[v], conf[v])
+        return Displacement(torch.as_tensor(flow, device=dev), torch.as_tensor(conf, device=dev))
