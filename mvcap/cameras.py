@@ -33,6 +33,7 @@ __all__ = [
     "Rig",
     "project",
     "project_per_view",
+    "projection_bounds",
     "world_to_cam",
     "world_to_cam_per_view",
     "cam_to_pixels",
@@ -375,6 +376,22 @@ def cam_to_pixels(points_cam: Tensor, K: Tensor, dist: Tensor | None = None, eps
     fx, fy = K[:, 0, 0, None], K[:, 1, 1, None]
     cx, cy = K[:, 0, 2, None], K[:, 1, 2, None]
     return torch.stack([fx * xy[..., 0] + cx, fy * xy[..., 1] + cy], dim=-1)
+
+
+def projection_bounds(rig: Rig, points_world: Tensor) -> np.ndarray:
+    """(V, 5) float64 per camera: the pinhole pixel bounds ``lo_x, lo_y, hi_x, hi_y`` of the
+    points (N, 3) in front of it (inf where none is) and their smallest depth ``z_min``
+    (metres, any sign). Computed where the points are; only these numbers are read back."""
+    import torch
+
+    p = points_world.detach().double()
+    cams = rig.tensors(device=p.device, dtype=torch.float64)
+    xyz = world_to_cam(p, cams["R_world2cam"], cams["t_world2cam"])  # (V, N, 3)
+    front = xyz[..., 2:] > 1e-6
+    uv = (xyz / torch.where(front, xyz[..., 2:], 1.0)) @ cams["K"].transpose(-1, -2)
+    lo = torch.where(front, uv[..., :2], float("inf")).amin(1)
+    hi = torch.where(front, uv[..., :2], -float("inf")).amax(1)
+    return torch.cat([lo, hi, xyz[..., 2].amin(1, keepdim=True)], 1).cpu().numpy()
 
 
 def project(rig: Rig, points_world: Tensor, distort: bool = True) -> Tensor:

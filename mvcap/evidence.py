@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from mvcap.body import BodyModel
-from mvcap.cameras import Rig, project
+from mvcap.cameras import Rig, project, projection_bounds
 from mvcap.render import render, undistort_images
 
 __all__ = [
@@ -146,16 +146,38 @@ def agreement(
         appearance = None
     if evidence.mask is not None or (evidence.photo is not None and appearance is not None):
         passes = ("albedo", "mask") if appearance is not None else ("mask",)
-        _, rp = render(camera.without_distortion(), verts, model.faces, passes=passes,
-                       **(appearance.render_kwargs() if appearance is not None else {}))  # fmt: skip
-        body = (rp.get("mask")[0, ..., 0] > 0.5).cpu().numpy()  # a bool image: 1/4 of the float's bytes
+        pinhole = camera.without_distortion()
+        x0, y0, w, h = body_box(pinhole, verts)  # only there can the body's pixels be
+        body, rp = np.zeros((h, w), bool), None
+        if w and h:
+            window = pinhole if (w, h) == pinhole[0].image_size else pinhole.cropped([[x0, y0, w, h]], [[w, h]])
+            _, rp = render(window, verts, model.faces, passes=passes,
+                           **(appearance.render_kwargs() if appearance is not None else {}))  # fmt: skip
+            body = (rp.get("mask")[0, ..., 0] > 0.5).cpu().numpy()  # a bool image: 1/4 of the float's bytes
         if evidence.mask is not None:
-            union = np.logical_or(body, evidence.mask).sum()
-            iou = float(np.logical_and(body, evidence.mask).sum() / union) if union else math.nan
+            mask = np.asarray(evidence.mask, bool)
+            inter = int(np.logical_and(body, mask[y0 : y0 + h, x0 : x0 + w]).sum())
+            union = int(body.sum()) + int(mask.sum()) - inter
+            iou = inter / union if union else math.nan
         if appearance is not None and evidence.photo is not None and body.any():
             albedo = rp.get("albedo")[0].cpu().numpy()[body] * 255.0
-            photometric = float(np.abs(albedo - evidence.photo[body].astype(np.float32)).mean())
+            photo = evidence.photo[y0 : y0 + h, x0 : x0 + w][body].astype(np.float32)
+            photometric = float(np.abs(albedo - photo).mean())
     return Agreement(med, p90, 100 * med / h, 100 * p90 / h, int(d.size), iou, photometric)
+
+
+def body_box(camera: Rig, vertices_world: torch.Tensor) -> tuple[int, int, int, int]:
+    """``(x0, y0, w, h)``: the part of a one-view rig's (pinhole) image that a body's pixels
+    can cover (its vertices' projected bounds, a pixel to spare); the whole image when the body
+    comes within 10 cm of the camera or behind it (a triangle clipped at the near plane can
+    reach beyond its vertices' bounds); w = h = 0 when the body is outside the image."""
+    W, H = camera[0].image_size
+    lo_x, lo_y, hi_x, hi_y, z_min = projection_bounds(camera, vertices_world)[0]
+    if not z_min > 0.1:
+        return 0, 0, W, H
+    x0, y0 = max(0, math.floor(lo_x) - 1), max(0, math.floor(lo_y) - 1)
+    x1, y1 = min(W, math.ceil(hi_x) + 2), min(H, math.ceil(hi_y) + 2)
+    return (x0, y0, x1 - x0, y1 - y0) if x1 > x0 and y1 > y0 else (0, 0, 0, 0)
 
 
 def view_cost_parts(agreements: list[Agreement]) -> np.ndarray:

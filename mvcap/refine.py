@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from mvcap.body import BodyModel, BodyOutput, BodyParams, load_body_model
-from mvcap.cameras import Rig, project, undistort_points, world_to_cam
+from mvcap.cameras import Rig, project, projection_bounds, undistort_points
 from mvcap.correspond import splat_to_vertices
 from mvcap.cues import (
     BODY_PARTS,
@@ -364,7 +364,7 @@ def view_windows(rig: Rig, vertices_world: Tensor, max_side: int = 0, margin: fl
     sees none of the body keeps its whole image. Boxes are then grown (inside their images)
     to one render size for all views. Rendering costs follow the person's size in the image,
     not the image's."""
-    bounds = _body_bounds(rig, vertices_world)
+    bounds = projection_bounds(rig, vertices_world)[:, :4]
     boxes, scales = [], []
     for cam, bound in zip(rig, bounds):
         W, H = cam.width, cam.height
@@ -398,19 +398,6 @@ def view_windows(rig: Rig, vertices_world: Tensor, max_side: int = 0, margin: fl
             size = (max(1, round(w * s)), max(1, round(h * s)))
         sizes.append(size)
     return ViewWindows(np.array(boxes, np.int64), np.array(sizes, np.int64))
-
-
-def _body_bounds(rig: Rig, vertices_world: Tensor) -> np.ndarray:
-    """(V, 4) float64 ``lo_x, lo_y, hi_x, hi_y``: the pinhole pixel bounds of the vertices in
-    front of each camera (inf where none is), computed where the vertices are and read back."""
-    v = vertices_world.detach().double()
-    cams = rig.tensors(device=v.device, dtype=torch.float64)
-    xyz = world_to_cam(v, cams["R_world2cam"], cams["t_world2cam"])  # (V, N, 3)
-    front = xyz[..., 2:] > 1e-6
-    uv = (xyz / torch.where(front, xyz[..., 2:], 1.0)) @ cams["K"].transpose(-1, -2)
-    lo = torch.where(front, uv[..., :2], float("inf")).amin(1)
-    hi = torch.where(front, uv[..., :2], -float("inf")).amax(1)
-    return torch.cat([lo, hi], 1).cpu().numpy()
 
 
 def estimate_request(
