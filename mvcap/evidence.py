@@ -147,21 +147,23 @@ def agreement(
     if evidence.mask is not None or (evidence.photo is not None and appearance is not None):
         passes = ("albedo", "mask") if appearance is not None else ("mask",)
         pinhole = camera.without_distortion()
-        x0, y0, w, h = body_box(pinhole, verts)  # only there can the body's pixels be
-        body, rp = np.zeros((h, w), bool), None
-        if w and h:
-            window = pinhole if (w, h) == pinhole[0].image_size else pinhole.cropped([[x0, y0, w, h]], [[w, h]])
+        box = body_box(pinhole, verts)  # only there can the body's pixels be
+        x0, y0, bw, bh = box
+        inside = (slice(y0, y0 + bh), slice(x0, x0 + bw))
+        body, rp = np.zeros((bh, bw), bool), None
+        if bw and bh:
+            window = pinhole if (bw, bh) == pinhole[0].image_size else pinhole.cropped([box], [[bw, bh]])
             _, rp = render(window, verts, model.faces, passes=passes,
                            **(appearance.render_kwargs() if appearance is not None else {}))  # fmt: skip
             body = (rp.get("mask")[0, ..., 0] > 0.5).cpu().numpy()  # a bool image: 1/4 of the float's bytes
         if evidence.mask is not None:
             mask = np.asarray(evidence.mask, bool)
-            inter = int(np.logical_and(body, mask[y0 : y0 + h, x0 : x0 + w]).sum())
+            inter = int(np.logical_and(body, mask[inside]).sum())
             union = int(body.sum()) + int(mask.sum()) - inter
             iou = inter / union if union else math.nan
         if appearance is not None and evidence.photo is not None and body.any():
             albedo = rp.get("albedo")[0].cpu().numpy()[body] * 255.0
-            photo = evidence.photo[y0 : y0 + h, x0 : x0 + w][body].astype(np.float32)
+            photo = evidence.photo[inside][body].astype(np.float32)
             photometric = float(np.abs(albedo - photo).mean())
     return Agreement(med, p90, 100 * med / h, 100 * p90 / h, int(d.size), iou, photometric)
 

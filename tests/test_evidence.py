@@ -43,11 +43,17 @@ def test_agreement_in_the_body_window_equals_the_whole_image(body_model, shift):
     mask[:5, :5] = True  # and a blob far from the body: counted in the union
     photo = rng.integers(0, 256, (160, 200, 3)).astype(np.uint8)
     definition = keypoint_set("coco_17").definition(body_model)
-    kp = np.zeros((len(definition.names), 3), np.float32)
-    ev = ViewEvidence(kp, mask, photo, 100.0)
+    with torch.no_grad():
+        out = body_model(pose[None], None, transl[None])
+        uv = rig.project(definition.evaluate(out.joints.double(), out.vertices.double()))[0, 0].numpy()
+    kp = np.concatenate([uv + rng.normal(0, 3.0, uv.shape), np.ones((len(uv), 1))], 1).astype(np.float32)
+    ev = ViewEvidence(kp, mask, photo, 120.0)
     got = agreement(body_model, definition, rig, pose, torch.zeros(10), transl, ev, appearance)
     iou, photometric = _full_image_reference(rig, verts, body_model.faces, mask, photo, appearance)
     assert got.iou == pytest.approx(iou, abs=1e-12) and got.photometric == pytest.approx(photometric, rel=1e-6)
+    d = np.linalg.norm(uv - kp[:, :2], axis=1)[definition.defined]  # every defined landmark is scored
+    assert got.keypoints == definition.defined.sum() and got.keypoint_median_px == pytest.approx(np.median(d), rel=1e-4)
+    assert got.keypoint_median_pct == pytest.approx(100 * got.keypoint_median_px / 120.0)  # % of the person
     x0, y0, w, h = body_box(rig, verts)
     assert w < 200 or h < 160  # a window, not the whole image
 
