@@ -475,6 +475,12 @@ def _session_paths(target: Path) -> list[Path]:
     "<predictor>-<fusion>@<cam>+<cam>, e.g. learned-joint@cam00+cam02.",
 )
 @click.option(
+    "--device",
+    default=None,
+    help="Where the loop runs: cpu, cuda, cuda:N (render, crops, network and fit on that GPU) or auto "
+    "(default: the config's, cpu).",
+)
+@click.option(
     "--run",
     "run_name",
     default=None,
@@ -490,7 +496,8 @@ def _session_paths(target: Path) -> list[Path]:
     default=None,
     help="Registered subject file (mvcap register) to store in the session first.",
 )
-def refine(session: Path, config_path, predictor, fusion, views, run_name, frames, overwrite, overrides, subject_path):
+def refine(session: Path, config_path, predictor, fusion, views, device, run_name, frames, overwrite, overrides,
+           subject_path):  # fmt: skip
     """Refine the body in every frame of SESSION, a session file or a folder of them (resumable;
     results go to <session>.results/<run>.h5)."""
     import numpy as np
@@ -502,7 +509,7 @@ def refine(session: Path, config_path, predictor, fusion, views, run_name, frame
     from mvcap.subject import Subject
 
     extra = parse_overrides(overrides)
-    for key, value in (("predictor", predictor), ("fusion", fusion)):
+    for key, value in (("predictor", predictor), ("fusion", fusion), ("device", device)):
         if value:
             extra[key] = value
     if views:

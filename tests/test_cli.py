@@ -180,3 +180,18 @@ def test_refine_and_export_take_the_frame_grammar(tiny_session, tmp_path):
     run_toml.write_text(f'[capture]\nsession = "{tiny_session}"\n')
     bad = runner.invoke(main, ["run", str(run_toml), "--frames", "1:7:2"])
     assert bad.exit_code == 2 and "asks for frame(s) 3,5 but the session has 3 frames" in bad.output, bad.output
+
+
+def test_refine_device_option_says_what_is_wrong(tiny_session):
+    """--device goes to refine.device; a name it does not know, or CUDA on a machine without
+    it, is a one-line error before any frame is touched."""
+    import pytest
+    import torch
+
+    runner = CliRunner()
+    out = runner.invoke(main, ["refine", str(tiny_session), "--frames", "0", "--device", "tpu"])
+    assert out.exit_code == 2 and "device must be 'cpu', 'cuda', 'cuda:N' or 'auto'" in out.output
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    out = runner.invoke(main, ["refine", str(tiny_session), "--frames", "0", "--device", "cuda"])
+    assert out.exit_code == 2 and "no CUDA device" in out.output and "Traceback" not in out.output
