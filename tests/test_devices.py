@@ -63,6 +63,11 @@ def _where(audit: DeviceAudit, kind: str) -> dict[str, int]:
     return out
 
 
+def _photos_bytes(path) -> int:
+    with Session.open(path) as s:
+        return load_frame_inputs(s, 0).photos.nbytes
+
+
 def _resident(model, path, predictor_name, cfg, evidence=False, **learned):
     """Refine frame 0 of ``path`` on the simulated device and on the host: (audit, device
     result, host result)."""
@@ -108,7 +113,7 @@ def test_the_learned_loop_stays_on_the_device(body_model, tiny_session_path):
     assert sum(downloads.values()) < 8000, report  # no image, field or mesh comes back
     uploads = _where(audit, "upload")
     texture = uploads.pop("mvcap/refine.py <dictcomp>", 0)  # Appearance.to: the texture, once a frame
-    assert texture > 0 and uploads.pop("outside mvcap") == photos_size(tiny_session_path), report
+    assert texture > 0 and uploads.pop("outside mvcap") == _photos_bytes(tiny_session_path), report
     assert sum(uploads.values()) < 8000, report  # constants and the fit's start, nothing per pixel
     assert dev.status == host.status == "done"
     np.testing.assert_allclose(dev.pose_rotvecs, host.pose_rotvecs, atol=2e-3)
@@ -128,11 +133,6 @@ def test_the_coarse_to_fine_pass_hands_its_field_to_the_device(body_model, tiny_
     assert warps  # the second pass ran
     assert not audit.of_kind("mixed") and not audit.of_kind("error"), audit.report()
     np.testing.assert_allclose(dev.pose_rotvecs, host.pose_rotvecs, atol=2e-3)
-
-
-def photos_size(path) -> int:
-    with Session.open(path) as s:
-        return load_frame_inputs(s, 0).photos.nbytes
 
 
 def test_host_stages_say_where_they_copy(body_model, detected_session_path):
