@@ -259,7 +259,7 @@ class Appearance:
 
     def to(self, device) -> Appearance:
         """The same appearance with its tensors on ``device``."""
-        return replace(self, **{k: v.to(device) for k, v in self.render_kwargs().items()})
+        return replace(self, **{k: torch.as_tensor(v).to(device) for k, v in self.render_kwargs().items()})
 
 
 def subject_appearance(model: BodyModel, subject: Subject | None) -> Appearance:
