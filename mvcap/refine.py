@@ -424,7 +424,6 @@ def estimate_request(
         model.faces,
         template_vertices=template,
         passes=ESTIMATE_PASSES,
-        passes_backend="torch" if isinstance(photos, Tensor) else "auto",
         **appearance.render_kwargs(),
     )
     image_px = None if windows is None else windows.image_px

@@ -1048,13 +1048,11 @@ def render(
     *,
     image_size=None,
     backend: str = "auto",
-    passes_backend: str = "auto",
     **pass_kwargs,
 ) -> tuple[Fragments, RenderPasses]:
-    """:func:`rasterize` (with ``backend``) followed by :func:`render_passes` (with
-    ``passes_backend``; other keyword arguments go to it too)."""
+    """:func:`rasterize` followed by :func:`render_passes` (keyword arguments go to the latter)."""
     frags = rasterize(rig, vertices_world, faces, image_size=image_size, backend=backend)
-    return frags, render_passes(frags, rig, vertices_world, faces, backend=passes_backend, **pass_kwargs)
+    return frags, render_passes(frags, rig, vertices_world, faces, **pass_kwargs)
 
 
 # ==========================================================================================
