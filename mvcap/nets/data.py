@@ -566,7 +566,7 @@ def crop_sample_tensor(net: NetConfig, photo: Tensor, pass_images: Tensor, chann
     vals, cov = crop_passes_tensor(pass_images[..., idx], mask, win, S)
     photo_crop = crop_resize_tensor(photo, win, S)
     render = encode_render_tensor(_split_passes(vals, used), cov, net.render_passes)
-    return (photo_crop / 127.5 - 1.0).permute(2, 0, 1).contiguous(), render
+    return encode_photo(photo_crop), render
 
 
 class DisplacementDataset(Dataset):

@@ -511,9 +511,13 @@ def crop_passes(surface: np.ndarray, mask: np.ndarray, win: CropWindow, S: int) 
     return vals, cov.astype(np.float32)
 
 
-def encode_photo(photo_crop: np.ndarray) -> Tensor:
-    """(S, S, 3) uint8 or float in [0, 255] -> (3, S, S) float32 in [-1, 1]."""
-    x = torch.from_numpy(np.ascontiguousarray(photo_crop, dtype=np.float32))
+def encode_photo(photo_crop) -> Tensor:
+    """(S, S, 3) uint8 or float in [0, 255], an array or a tensor (kept on its device) ->
+    (3, S, S) float32 in [-1, 1]."""
+    if isinstance(photo_crop, Tensor):
+        x = photo_crop.to(torch.float32)
+    else:
+        x = torch.from_numpy(np.ascontiguousarray(photo_crop, dtype=np.float32))
     return (x / 127.5 - 1.0).permute(2, 0, 1).contiguous()
 
 
