@@ -238,7 +238,8 @@ def _view_crops(net_cfg, req, flow: np.ndarray, cfg: AdaptConfig, image_px, rng)
     (V, H, W, 2) as target) for each view of the request ``req`` whose render covers 50 pixels:
     the network's window and, with ``cfg.fine_px``, a tile at the coarse-to-fine pass's
     resolution around a random rendered pixel (``image_px`` (V,) image pixels per request
-    pixel)."""
+    pixel). A flow-prior network's crops carry refinement's flow on ``req``."""
+    from mvcap.displace import FlowPredictor
     from mvcap.nets.data import crop_sample
     from mvcap.nets.displacement import tile_window
     from mvcap.nets.predictor import fine_crop_size
@@ -246,17 +247,23 @@ def _view_crops(net_cfg, req, flow: np.ndarray, cfg: AdaptConfig, image_px, rng)
     S = net_cfg.crop_size
     masks = req.fragments.mask.numpy().astype(bool)
     images = req.passes.images.numpy()
+    prior = None
+    if net_cfg.flow_prior:
+        d = FlowPredictor()(req)
+        prior = d.flow.numpy(), d.confidence.numpy()
     for view in range(len(masks)):
         if masks[view].sum() < 50:
             continue
-        crop = crop_sample(net_cfg, req.photos[view], images[view], req.passes.channels, masks[view], flow[view])
+        prior_v = None if prior is None else (prior[0][view], prior[1][view])
+        crop = crop_sample(net_cfg, req.photos[view], images[view], req.passes.channels, masks[view], flow[view],
+                           prior=prior_v)  # fmt: skip
         yield view, masks[view], crop
         L = float(crop["window"])
         size = fine_crop_size(net_cfg, L, float(image_px[view]), cfg.fine_px, cfg.max_crop)
         if size > S:  # that pass sees the window at size / S times the resolution: an S-crop of a part
             tile = tile_window(masks[view], int(round(L * S / size)), rng)
             args = (req.photos[view], images[view], req.passes.channels, masks[view], flow[view])
-            yield view, masks[view], crop_sample(net_cfg, *args, window=tile)
+            yield view, masks[view], crop_sample(net_cfg, *args, window=tile, prior=prior_v)
 
 
 def _item(crop: dict, t: int, windows, view: int) -> dict:

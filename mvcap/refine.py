@@ -1028,6 +1028,7 @@ def make_predictor(
             confidence_px=cfg.learned_confidence_px,
             fine_px=cfg.learned_fine_px,
             max_crop=cfg.learned_max_crop,
+            flow=cfg.flow,
         )
     raise ValueError(f"unknown predictor {name!r}; use one of {PREDICTORS}")
 

@@ -56,6 +56,23 @@ def test_samples_point_back_to_the_estimate(truth_session, body_model):
     assert 0.8 < float(kept["mask"].sum() / moved["mask"].sum()) <= 1.0
 
 
+def test_a_flow_prior_network_adapts_on_the_correction_to_flow(truth_session, body_model):
+    """A flow-prior network's samples carry refinement's flow on the same render, and their
+    target is the displacement back to the estimate minus that flow."""
+    import dataclasses
+
+    cfg = AdaptConfig(source="truth", perturbations=1, error_scale=(0.5, 0.5), mask_to_person=False)
+    fp = dataclasses.replace(LITE, flow_prior=True)
+    with Session.open(truth_session) as s:
+        plain = adaptation_samples(s, s.subject, [0, 1, 2], cfg, LITE, body_model)
+        prior = adaptation_samples(s, s.subject, [0, 1, 2], cfg, fp, body_model)
+    C, S = LITE.render_in_channels, LITE.crop_size
+    assert prior["render"].shape[1] == C + 3 and torch.equal(prior["render"][:, :C], plain["render"])
+    flow = prior["render"][:, C : C + 2] / S
+    assert flow.abs().max() > 0
+    torch.testing.assert_close(prior["target"] + flow, plain["target"], atol=1e-6, rtol=0)
+
+
 def test_tiles_at_the_fine_pass_resolution_point_back_too(truth_session, body_model):
     plain = _samples(truth_session, body_model, error_scale=(0.5, 0.5), mask_to_person=False)
     both = _samples(truth_session, body_model, error_scale=(0.5, 0.5), mask_to_person=False, fine_px=0.5)

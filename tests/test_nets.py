@@ -357,6 +357,11 @@ def test_fine_tuning_starts_from_the_given_weights(tmp_path, small_data):
     # a tiny learning rate: the trained weights are the start's (batch-norm statistics move)
     learned = [k for k in ref if "running" not in k and "num_batches" not in k]
     assert all(torch.allclose(got[k], ref[k], atol=1e-5) for k in learned)
+    # a plain network starts a flow-prior run as flow itself (no correction)
+    fp = dataclasses.replace(cfg, net=dataclasses.replace(TINY, flow_prior=True))
+    got = torch.load(train(fp, tmp_path / "fp", progress=False, max_steps=1).checkpoint, weights_only=True)["model"]
+    ref = start.with_flow_prior().state_dict()
+    assert all(torch.allclose(got[k], ref[k], atol=1e-5) for k in learned)
     other = dataclasses.replace(cfg, net=dataclasses.replace(TINY, hg_width=16))
     with pytest.raises(WeightsError, match="another network config"):
         train(other, tmp_path / "b", progress=False, max_steps=1)
@@ -798,6 +803,58 @@ def test_the_predictor_on_tensors_equals_it_on_arrays():
         torch.testing.assert_close(on_tensors.flow, host.flow, atol=2e-3, rtol=0)
         torch.testing.assert_close(on_tensors.confidence, host.confidence, atol=1e-4, rtol=0)
         assert host.flow.abs().max() > 0.1  # a field, not zeros
+
+
+def test_a_flow_prior_network_starts_as_flow_and_adds_its_correction():
+    """with_flow_prior keeps the plain network's weights and corrects nothing, so the predictor
+    gives DIS flow's field and confidence (host and tensor paths); a correction of c crop
+    pixels moves the field by c * window / S image pixels."""
+    from mvcap.displace import FlowPredictor
+    from mvcap.nets.predictor import LearnedPredictor
+
+    req = _fake_request()
+    torch.manual_seed(0)
+    plain = DisplacementNet(TINY).eval()
+    net = plain.with_flow_prior().eval()
+    assert net.cfg.flow_prior and net.cfg.render_in_channels == TINY.render_in_channels + 3
+    mine, theirs = net.state_dict(), plain.state_dict()
+    first = "render_encoder.layers.0.weight"
+    assert torch.equal(mine[first][:, : TINY.render_in_channels], theirs[first]) and not mine[first][:, -3:].any()
+    assert all(torch.equal(mine[k], theirs[k]) for k in theirs if k != first and not k.startswith("outputs."))
+    flow = FlowPredictor()(req)
+    assert flow.flow.abs().max() > 0.1 and flow.confidence.max() > 0.1
+    pred = LearnedPredictor(net)
+    assert pred.render_max_side == 0  # flow needs the native image
+    for r in (req, dataclasses.replace(req, photos=torch.as_tensor(req.photos))):
+        out = pred(r)
+        torch.testing.assert_close(out.flow, flow.flow, atol=1e-6, rtol=0)
+        torch.testing.assert_close(out.confidence, flow.confidence, atol=1e-6, rtol=0)
+    with torch.no_grad():  # a constant correction of 2 crop px in x
+        net.outputs[-1].bias.copy_(torch.tensor([2.0, 0.0]) / TINY.crop_size)
+    for r in (req, dataclasses.replace(req, photos=torch.as_tensor(req.photos))):
+        moved = (LearnedPredictor(net)(r).flow - flow.flow)[0][req.fragments.mask[0]]
+        torch.testing.assert_close(moved[:, 0], torch.full_like(moved[:, 0], 2.0 * 72 / 32), atol=1e-4, rtol=0)
+        assert moved[:, 1].abs().max() < 1e-4
+    with pytest.raises(ValueError, match="no coarse-to-fine pass"):
+        LearnedPredictor(net, fine_px=2.0)
+
+
+def test_flow_prior_samples_carry_the_flow_and_learn_its_correction(small_data):
+    """A flow-prior sample is the plain sample plus the flow's channels, and its target is the
+    true displacement minus the flow."""
+    from mvcap.nets.data import SampleGenerator, crop_sample
+
+    fp = dataclasses.replace(TINY, flow_prior=True)
+    a, b = SampleGenerator(small_data, TINY, 3).sample(0), SampleGenerator(small_data, fp, 3).sample(0)
+    C, S = TINY.render_in_channels, TINY.crop_size
+    assert b["render"].shape == (C + 3, S, S) and torch.equal(a["photo"], b["photo"])
+    assert torch.equal(a["render"], b["render"][:C])
+    prior = b["render"][C : C + 2] / S
+    assert prior.abs().max() > 0  # flow found something
+    torch.testing.assert_close(b["target"] + prior, a["target"], atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="pass prior"):
+        crop_sample(fp, np.zeros((20, 20, 3), np.uint8), np.zeros((20, 20, 11), np.float32),
+                    _fake_request().passes.channels, np.ones((20, 20), bool))  # fmt: skip
 
 
 def test_loader_with_a_worker_process_matches_direct_samples(small_data):

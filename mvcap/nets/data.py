@@ -202,8 +202,9 @@ class SampleGenerator:
     """Makes samples of one stream (``seed``); caches subjects and cameras lazily.
 
     ``sample(index)`` -> dict of tensors: photo (3, S, S) in [-1, 1]; render (C_r, S, S)
-    (see :func:`~.displacement.encode_render`); target (2, S, S) true displacement in crop
-    pixels / S; mask (1, S, S) {0, 1} rendered pixels; window (scalar) the crop window's
+    (see :func:`~.displacement.encode_render`; a flow-prior network's ends with the flow's
+    channels); target (2, S, S) true displacement in crop pixels / S (a flow-prior network's:
+    minus the flow); mask (1, S, S) {0, 1} rendered pixels; window (scalar) the crop window's
     side in full-image pixels (target * window = full-image pixels).
     """
 
@@ -214,6 +215,16 @@ class SampleGenerator:
         self._subjects: dict[int, SimpleNamespace] = {}
         self._cameras: dict[int, tuple] = {}
         self._model = None
+        self._flow_predictor = None
+
+    def _flow(self, request):
+        """Refinement's default optical flow on ``request`` (made on first use: OpenCV's
+        flow object does not travel to loader workers)."""
+        from mvcap.displace import FlowPredictor
+
+        if self._flow_predictor is None:
+            self._flow_predictor = FlowPredictor()
+        return self._flow_predictor(request)
 
     # -- pools ---------------------------------------------------------------------------
     @property
@@ -416,7 +427,11 @@ class SampleGenerator:
         if tile:
             whole = crop_window(mask, self.net.crop_scale)
             window = tile_window(mask, max(int(round(whole.size / _u(rng, c.tile_zoom))), 16), rng)
-        return crop_sample(self.net, photos[0], passes.images[0].numpy(), passes.channels, mask, flow, window)
+        prior = None
+        if self.net.flow_prior:  # what refinement's flow makes of this photo, at this resolution
+            d = self._flow(req)
+            prior = (d.flow[0].numpy(), d.confidence[0].numpy())
+        return crop_sample(self.net, photos[0], passes.images[0].numpy(), passes.channels, mask, flow, window, prior)
 
     def _photo(self, rng, rig, subj, vertices: torch.Tensor, lit, looks):
         """The photo of a body (vertices (N, 3) world metres) in the one-camera ``rig``:
@@ -501,11 +516,14 @@ def crop_sample(
     mask: np.ndarray,
     flow: np.ndarray | None = None,
     window: CropWindow | None = None,
+    prior: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict:
     """The network's view of one full image: photo (H, W, 3) uint8, render passes
     (H, W, C) with ``channels`` (must hold the passes the net takes), mask (H, W) bool,
     optional true flow (H, W, 2) in pixels; ``window``: the part of the image to crop
-    (default: the network's window around the mask, :func:`crop_window`). Returns the
+    (default: the network's window around the mask, :func:`crop_window`); ``prior``: for a
+    flow-prior network (``net.flow_prior``), the optical flow (H, W, 2) in pixels and its
+    confidence (H, W), appended to the render and taken off the target. Returns the
     tensors of :class:`SampleGenerator` plus ``x0, y0`` (the window's corner)."""
     S = net.crop_size
     win = window or crop_window(mask, net.crop_scale)
@@ -520,9 +538,16 @@ def crop_sample(
     mask = mask[ya:yb, xa:xb]
     vals, cov = crop_passes(pass_images[ya:yb, xa:xb][..., idx], mask, local, S)
     passes = _split_passes(vals, used)
+    render = encode_render(passes, cov, net.render_passes)
+    if net.flow_prior:
+        if prior is None:
+            raise ValueError("a flow-prior network takes the optical flow to the photo: pass prior=(flow, confidence)")
+        both = np.concatenate([prior[0] / float(win.size), prior[1][..., None]], -1)
+        prior_crop = torch.from_numpy(crop_passes(both[ya:yb, xa:xb], mask, local, S)[0]).permute(2, 0, 1)
+        render = torch.cat([render, encode_prior(prior_crop, S)])
     out = {
         "photo": encode_photo(crop_resize(photo[ya:yb, xa:xb].astype(np.float32), local, S)),
-        "render": encode_render(passes, cov, net.render_passes),
+        "render": render,
         "mask": torch.from_numpy((cov > 0.5).astype(np.float32))[None],
         "window": torch.tensor(float(win.size)),
         "x0": torch.tensor(win.x0),
@@ -530,8 +555,17 @@ def crop_sample(
     }
     if flow is not None:
         target, _ = crop_passes(flow[ya:yb, xa:xb] / float(win.size), mask, local, S)
-        out["target"] = torch.from_numpy(target).permute(2, 0, 1).contiguous()
+        target = torch.from_numpy(target).permute(2, 0, 1)
+        # a flow-prior network learns the correction to the flow
+        out["target"] = (target - prior_crop[:2] if net.flow_prior else target).contiguous()
     return out
+
+
+def encode_prior(prior_crop: Tensor, S: int) -> Tensor:
+    """The flow prior's channels of the render input (3, S, S) from its crop (3, S, S): the
+    flow in crop pixels / S (the target's units) and its confidence; the flow goes in crop
+    pixels, whose values suit a convolution's input better."""
+    return torch.cat([prior_crop[:2] * S, prior_crop[2:]]).float()
 
 
 def _surface_channels(net: NetConfig, channels) -> tuple[list[str], list[int]]:
@@ -557,15 +591,21 @@ def _split_passes(vals, used: list[str]) -> dict:
 
 
 def crop_sample_tensor(net: NetConfig, photo: Tensor, pass_images: Tensor, channels, mask: Tensor,
-                       win: CropWindow) -> tuple[Tensor, Tensor]:  # fmt: skip
+                       win: CropWindow, prior: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:  # fmt: skip
     """:func:`crop_sample`'s network inputs from tensors on any device, computed there: photo
-    (H, W, 3) uint8, render passes (H, W, C), mask (H, W) bool, the crop window ``win``.
-    Returns the photo and render crops (3, S, S), (C_r, S, S) float32."""
+    (H, W, 3) uint8, render passes (H, W, C), mask (H, W) bool, the crop window ``win``, a
+    flow-prior network's ``prior`` (flow (H, W, 2) px, confidence (H, W)). Returns the
+    photo and render crops (3, S, S), (C_r, S, S) float32."""
     S = net.crop_size
     used, idx = _surface_channels(net, channels)
     vals, cov = crop_passes_tensor(pass_images[..., idx], mask, win, S)
     photo_crop = crop_resize_tensor(photo, win, S)
     render = encode_render_tensor(_split_passes(vals, used), cov, net.render_passes)
+    if net.flow_prior:
+        if prior is None:
+            raise ValueError("a flow-prior network takes the optical flow to the photo: pass prior=(flow, confidence)")
+        both = torch.cat([prior[0] / float(win.size), prior[1][..., None]], -1)
+        render = torch.cat([render, encode_prior(crop_passes_tensor(both, mask, win, S)[0].permute(2, 0, 1), S)])
     return encode_photo(photo_crop), render
 
 

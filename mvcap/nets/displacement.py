@@ -82,6 +82,7 @@ INITIAL_SCALE = 0.01  # an untrained confidence head's expected error: ~1 crop p
 
 # channel count of each render pass the network may take, in the order they are stacked
 RENDER_PASS_CHANNELS: dict[str, int] = {"rgb": 3, "depth": 1, "normal": 3, "template": 3, "mask": 1}
+FLOW_PRIOR_CHANNELS = 3  # a flow-prior network's extra render channels: flow (2), its confidence
 
 
 def render_channels(passes: tuple[str, ...]) -> int:
@@ -121,6 +122,10 @@ class NetConfig:
       error (the log of a Laplace scale, in the displacement's units), trained by
       :func:`confidence_loss`; the predictor turns it into the target weight
       (:class:`~.predictor.LearnedPredictor`). It leaves the displacement's training as it is.
+    flow_prior: the render branch also takes DIS optical flow from the render to the photo
+      (:class:`mvcap.displace.FlowPredictor`, in crop pixels / S) and its forward-backward
+      confidence, 3 more channels; the network predicts the correction to that flow, which
+      keeps flow's full-resolution precision where flow is right.
     """
 
     crop_size: int = 256
@@ -138,6 +143,7 @@ class NetConfig:
     head_blocks: int = 1
     norm: str = "batch"
     confidence: bool = False
+    flow_prior: bool = False
 
     def __post_init__(self):
         unknown = [p for p in self.render_passes if p not in RENDER_PASS_CHANNELS]
@@ -173,7 +179,7 @@ class NetConfig:
 
     @property
     def render_in_channels(self) -> int:
-        return render_channels(self.render_passes)
+        return render_channels(self.render_passes) + (FLOW_PRIOR_CHANNELS if self.flow_prior else 0)
 
 
 # ==========================================================================================
@@ -342,6 +348,23 @@ class DisplacementNet(nn.Module):
         net = DisplacementNet(dataclasses.replace(self.cfg, confidence=True))
         missing, unexpected = net.load_state_dict(self.state_dict(), strict=False)
         assert not unexpected and all(k.startswith("scale_head.") for k in missing), (missing, unexpected)
+        return net
+
+    def with_flow_prior(self) -> DisplacementNet:
+        """A copy that takes the flow prior (``cfg.flow_prior``) and starts as flow itself:
+        these weights, zero weights on the prior's input channels and zero outputs (no
+        correction yet); itself when it takes the prior."""
+        if self.cfg.flow_prior:
+            return self
+        net = DisplacementNet(dataclasses.replace(self.cfg, flow_prior=True))
+        state = self.state_dict()
+        first = "render_encoder.layers.0.weight"
+        w = state[first]
+        state[first] = torch.cat([w, w.new_zeros((w.shape[0], FLOW_PRIOR_CHANNELS) + w.shape[2:])], 1)
+        for k in list(state):
+            if k.startswith("outputs."):
+                state[k] = torch.zeros_like(state[k])
+        net.load_state_dict(state)
         return net
 
 

@@ -119,7 +119,8 @@ class LearnedPredictor:
     ``confidence_px``: the expected error (request pixels) that still gets full weight, for
     networks with a confidence head; ``fine_px``: the coarse-to-fine pass's image pixels per
     crop pixel (0: the whole-body pass only); ``max_crop``: its largest crop size (see the
-    module docstring)."""
+    module docstring); ``flow``: a flow-prior network's (``cfg.flow_prior``) flow settings
+    (:class:`mvcap.displace.FlowConfig`): it runs DIS flow first and predicts its correction."""
 
     name = "learned"
 
@@ -132,7 +133,10 @@ class LearnedPredictor:
         confidence_px: float = 2.0,
         fine_px: float = 0.0,
         max_crop: int = 192,
+        flow=None,
     ):
+        from mvcap.displace import FlowConfig, FlowPredictor
+
         self.device = torch.device(device)
         self.confidence_px = float(confidence_px)
         if fine_px < 0 or max_crop < 1:
@@ -144,6 +148,14 @@ class LearnedPredictor:
         self.cpu_threads = _default_cpu_threads() if cpu_threads == "auto" else cpu_threads
         self.max_crop = int(max_crop)
         self.render_max_side = request_side(self.cfg, max_crop)  # refinement renders at most this
+        self.prior = None
+        if self.cfg.flow_prior:
+            if self.fine_px > 0:
+                raise ValueError(
+                    "a flow-prior network corrects flow at full resolution and has no coarse-to-fine pass; "
+                    "set learned_fine_px = 0"
+                )
+            self.prior = FlowPredictor(flow or FlowConfig())
         self.source = "in memory"  # where the weights came from (load sets it)
 
     @classmethod
@@ -156,6 +168,7 @@ class LearnedPredictor:
         confidence_px: float = 2.0,
         fine_px: float = 0.0,
         max_crop: int = 192,
+        flow=None,
     ) -> LearnedPredictor:
         """Load a weights file (default :func:`default_weights_path`), a training checkpoint,
         or the bytes of a weights file (a subject's adapted network, :mod:`mvcap.adapt`).
@@ -201,7 +214,7 @@ class LearnedPredictor:
             ) from exc
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        out = cls(net, device, batch_size, confidence_px=confidence_px, fine_px=fine_px, max_crop=max_crop)
+        out = cls(net, device, batch_size, confidence_px=confidence_px, fine_px=fine_px, max_crop=max_crop, flow=flow)
         out.source = source
         return out
 
@@ -229,18 +242,22 @@ class LearnedPredictor:
                 torch.set_num_threads(threads)
         return torch.cat(outs).permute(0, 2, 3, 1)
 
-    def _fields(self, size: int, photos, images, channels, mask: np.ndarray, views, windows=None) -> dict:
+    def _fields(self, size: int, photos, images, channels, mask: np.ndarray, views, windows=None, prior=None) -> dict:
         """The network at crop size ``size`` on each view in ``views``: view -> (field (H, W, C)
-        in request pixels: the displacement, then a network with a confidence head's expected
-        error; its crop window). photos: indexable by view, (H, W, 3) each; windows: view ->
-        the crop window to use (default: the network's own around the mask)."""
+        in request pixels: the displacement (a flow-prior network's correction), then a network
+        with a confidence head's expected error; its crop window). photos: indexable by view,
+        (H, W, 3) each; windows: view -> the crop window to use (default: the network's own
+        around the mask); prior: a flow-prior network's (flow (V, H, W, 2), confidence (V, H, W))."""
         from .data import crop_sample
 
         cfg = self.cfg if size == self.cfg.crop_size else dataclasses.replace(self.cfg, crop_size=size)
         crops, wins = [], []
         for v in views:
             try:
-                c = crop_sample(cfg, photos[v], images[v], channels, mask[v], window=(windows or {}).get(v))
+                c = crop_sample(
+                    cfg, photos[v], images[v], channels, mask[v], window=(windows or {}).get(v),
+                    prior=None if prior is None else (prior[0][v], prior[1][v]),
+                )  # fmt: skip
             except ValueError as exc:
                 raise ValueError(
                     f"{exc}; render them (mvcap.render.render(..., passes=...)) for the learned predictor"
@@ -277,7 +294,11 @@ class LearnedPredictor:
         channels = request.passes.channels
         V, H, W = mask.shape
         S = self.cfg.crop_size
-        coarse = self._fields(S, photos, images, channels, mask, [v for v in range(V) if mask[v].any()])
+        prior = None
+        if self.prior is not None:
+            d = self.prior(request)
+            prior = (d.flow.cpu().numpy(), d.confidence.cpu().numpy())
+        coarse = self._fields(S, photos, images, channels, mask, [v for v in range(V) if mask[v].any()], prior=prior)
         fields = {v: f for v, (f, _) in coarse.items()}
         image_px = np.ones(V) if request.image_px is None else np.asarray(request.image_px, np.float64)
         by_size: dict[int, list[int]] = {}
@@ -293,10 +314,11 @@ class LearnedPredictor:
             for v in views:
                 f, (x0, y0, ext) = fine[v][0], warped[v][1:]
                 fields[v] = _compose(f, ext, x0, y0)
-        flow = np.zeros((V, H, W, 2), np.float32)
-        confidence = mask.astype(np.float32)
+        # a flow-prior network's fields are corrections to the flow
+        flow = np.zeros((V, H, W, 2), np.float32) if prior is None else prior[0].copy()
+        confidence = mask.astype(np.float32) if prior is None else prior[1].copy()
         for v, field in fields.items():
-            flow[v] = field[..., :2]
+            flow[v] += field[..., :2]
             if field.shape[-1] > 2:  # expected error b (px): inverse variance, full weight up to confidence_px
                 b = np.maximum(field[..., 2], 1e-6)
                 confidence[v] *= np.minimum(1.0, (self.confidence_px / b) ** 2)
@@ -323,16 +345,22 @@ class LearnedPredictor:
         views = [v for v in range(V) if boxes[v, 1] >= 0]
         flow = images.new_zeros((V, H, W, 2))
         confidence = mask.to(torch.float32)
+        if self.prior is not None:
+            d = self.prior(request)
+            flow, confidence = d.flow.to(flow.dtype), d.confidence
         if views:
             wins = [window_of_box(boxes[v], self.cfg.crop_scale) for v in views]
             crops = [
-                crop_sample_tensor(self.cfg, request.photos[v], images[v], channels, mask[v], win)
+                crop_sample_tensor(
+                    self.cfg, request.photos[v], images[v], channels, mask[v], win,
+                    None if self.prior is None else (flow[v], confidence[v]),
+                )  # fmt: skip
                 for v, win in zip(views, wins)
             ]
             pred = self._predict_crops(torch.stack([c[0] for c in crops]), torch.stack([c[1] for c in crops]))
             for k, v in enumerate(views):
                 field = uncrop_flow_tensor(pred[k].to(flow.device), wins[k], (W, H))
-                flow[v] = field[..., :2]
+                flow[v] = flow[v] + field[..., :2]
                 if field.shape[-1] > 2:  # expected error, as in the host path
                     b = field[..., 2].clamp_min(1e-6)
                     confidence[v] = confidence[v] * ((self.confidence_px / b) ** 2).clamp(max=1.0)
@@ -348,7 +376,10 @@ def _largest_crop(cfg: NetConfig, max_crop: int) -> int:
 
 def request_side(cfg: NetConfig, max_crop: int) -> int:
     """How large refinement renders the estimate for the network (the longer side of the
-    body's window, at most): the crops are resampled from it, the largest at ``max_crop``."""
+    body's window, at most): the crops are resampled from it, the largest at ``max_crop``;
+    0 (native) for a flow-prior network, whose flow needs the image's own resolution."""
+    if cfg.flow_prior:
+        return 0
     return max(4 * cfg.crop_size, 2 * _largest_crop(cfg, max_crop))
 
 

@@ -73,8 +73,9 @@ class TrainConfig:
       spent instead of the step count (``steps`` is then only a cap); for GPU runs of a set length.
     init_weights: start from this weights file (fine-tuning; a path from the working
       directory, or "shipped" = the shipped lite network; its network config must equal
-      ``[net]``) with a fresh optimizer and schedule; "" = random initialisation. A resumed
-      run continues from its checkpoint instead.
+      ``[net]``, or differ only in ``flow_prior``: a plain network then starts the flow-prior
+      one as flow itself) with a fresh optimizer and schedule; "" = random initialisation. A
+      resumed run continues from its checkpoint instead.
     num_workers: data worker processes (0 = generate in the training process, -1 = all cores
       but two);
     threads: torch threads of the training process (0 = cores left over by the workers).
@@ -467,10 +468,18 @@ def train(
     else:
         best_path.unlink(missing_ok=True)  # from the run this one starts over
         if cfg.init_weights:
-            from .predictor import LearnedPredictor
+            from .predictor import LearnedPredictor, WeightsError
 
             source = None if cfg.init_weights == "shipped" else cfg.init_weights
-            net.load_state_dict(LearnedPredictor.load(source, device="cpu", expected=cfg.net).net.state_dict())
+            start = LearnedPredictor.load(source, device="cpu").net
+            if cfg.net.flow_prior:  # a plain network starts a flow-prior one as flow itself
+                start = start.with_flow_prior()
+            if start.cfg != cfg.net:
+                raise WeightsError(
+                    f"init_weights {cfg.init_weights!r} were trained for another network config "
+                    f"({start.cfg}); start from weights of the [net] shape, or train from scratch"
+                )
+            net.load_state_dict(start.state_dict())
     (out_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
     amp = cfg.amp and device.type == "cuda"
 
