@@ -135,7 +135,8 @@ class RefineConfig:
     min_visible_vertices: int = 30  # fewer visible vertices: the view is skipped
     translation_fusion: str = "ray"  # refit mode: "ray" (depth-aware) or "mean"
     init: str = "session"  # per-frame init: "session" (stored estimates) or "previous" result
-    # learned predictor weights: a file; empty = the subject's adapted network (`mvcap adapt`)
+    # learned predictor weights: a file or a shipped network's name ("lite", "lite_flowprior":
+    # the network that corrects flow); empty = the subject's adapted network (`mvcap adapt`)
     # when it has one and `adapted` is on, else the shipped lite model
     learned_weights: str = ""
     adapted: bool = True

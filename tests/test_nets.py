@@ -502,6 +502,10 @@ def test_train_config_files_load():
     assert tiles.data.tile_prob > 0 and mix.data.tile_prob == 0 and tiles.init_weights == "shipped"
     assert 0 < mix.data.bystander_prob < real.data.bystander_prob
     assert gpu.data.photo_jpeg_prob > 0 and lite.data.photo_jpeg_prob == 0  # the clean run: none
+    fp1, fp2 = load_train_config("nets/train_lite_flowprior.toml"), load_train_config("nets/train_lite_flowprior2.toml")
+    assert fp1.net == fp2.net == dataclasses.replace(lite.net, flow_prior=True) and fp1.init_weights == "shipped"
+    assert fp2.init_weights == "runs/lite_flowprior/best.pt" and fp2.data.error_scale[1] < fp1.data.error_scale[1]
+    assert len({fp1.data.seed, fp2.data.seed, mix.data.seed}) == 3
 
 
 # ---------------------------------------------------------------------------- predictor
@@ -511,6 +515,11 @@ def test_weights_missing_or_wrong_give_clear_errors(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="train-displacement"):
         LearnedPredictor.load(tmp_path / "nope.pt")
+    # shipped networks by name; an unknown name lists them
+    assert LearnedPredictor.load("lite_flowprior", device="cpu").cfg.flow_prior
+    assert not LearnedPredictor.load("lite", device="cpu").cfg.flow_prior
+    with pytest.raises(FileNotFoundError, match="lite, lite_flowprior"):
+        LearnedPredictor.load("lite_nope")
     junk = tmp_path / "junk.pt"
     torch.save({"hello": 1}, junk)
     with pytest.raises(WeightsError, match="not a mvcap displacement"):

@@ -22,6 +22,7 @@ pytestmark = pytest.mark.slow
 SHIPPED = (
     "mvcap/assets/models/body/mvcap_body.npz",
     "mvcap/assets/models/displacement/lite.pt",
+    "mvcap/assets/models/displacement/lite_flowprior.pt",
     "mvcap/assets/configs/refine.toml",
     "mvcap/assets/configs/demo/scene.toml",
     "mvcap/assets/configs/demo/run.toml",

@@ -590,8 +590,8 @@ def _split_passes(vals, used: list[str]) -> dict:
     return passes
 
 
-def crop_sample_tensor(net: NetConfig, photo: Tensor, pass_images: Tensor, channels, mask: Tensor,
-                       win: CropWindow, prior: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:  # fmt: skip
+def crop_sample_tensor(net: NetConfig, photo: Tensor, pass_images: Tensor, channels, mask: Tensor, win: CropWindow,
+                       prior: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:  # fmt: skip
     """:func:`crop_sample`'s network inputs from tensors on any device, computed there: photo
     (H, W, 3) uint8, render passes (H, W, C), mask (H, W) bool, the crop window ``win``, a
     flow-prior network's ``prior`` (flow (H, W, 2) px, confidence (H, W)). Returns the

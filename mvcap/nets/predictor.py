@@ -91,9 +91,19 @@ def load_plain_torch(path, error: type[Exception], hint: str, name: str | None =
 
 def default_weights_path() -> Path:
     """The shipped lite model: ``models/displacement/lite.pt`` inside the package."""
+    return shipped_weights_path("lite")
+
+
+def shipped_weights_path(name: str) -> Path:
+    """A network shipped inside the package, by name: ``models/displacement/NAME.pt``."""
     from mvcap.resources import resource_path
 
-    return resource_path("models/displacement/lite.pt", must_exist=False)
+    return resource_path(f"models/displacement/{name}.pt", must_exist=False)
+
+
+def shipped_networks() -> list[str]:
+    """The names of the networks shipped inside the package."""
+    return sorted(p.stem for p in default_weights_path().parent.glob("*.pt"))
 
 
 def _net_config_from(d: dict, path) -> NetConfig:
@@ -170,8 +180,9 @@ class LearnedPredictor:
         max_crop: int = 192,
         flow=None,
     ) -> LearnedPredictor:
-        """Load a weights file (default :func:`default_weights_path`), a training checkpoint,
-        or the bytes of a weights file (a subject's adapted network, :mod:`mvcap.adapt`).
+        """Load a weights file (default :func:`default_weights_path`), a shipped network by name
+        (:func:`shipped_networks`), a training checkpoint, or the bytes of a weights file (a
+        subject's adapted network, :mod:`mvcap.adapt`).
         ``expected``: raise if the file's network config differs from it.
         device: "auto" (CUDA when available), "cpu" or "cuda"."""
         if isinstance(path, (bytes, bytearray)):
@@ -179,9 +190,14 @@ class LearnedPredictor:
             blob = load_plain_torch(io.BytesIO(path), WeightsError, "adapt it again with `mvcap adapt`", source)
             path = source
         else:
+            if isinstance(path, str) and path and not Path(path).exists() and path in shipped_networks():
+                path = shipped_weights_path(path)  # a shipped network by name, e.g. "lite_flowprior"
             path = Path(path) if path else default_weights_path()
             if not path.exists():
-                raise FileNotFoundError(f"no displacement-network weights at {path}; {TRAIN_HINT}")
+                raise FileNotFoundError(
+                    f"no displacement-network weights at {path}; pass a weights file or a shipped network's "
+                    f"name ({', '.join(shipped_networks())}); {TRAIN_HINT}"
+                )
             source = str(path)
             blob = load_plain_torch(path, WeightsError, TRAIN_HINT)
         if not isinstance(blob, dict) or "net_config" not in blob:
@@ -254,10 +270,10 @@ class LearnedPredictor:
         crops, wins = [], []
         for v in views:
             try:
+                prior_v = None if prior is None else (prior[0][v], prior[1][v])
                 c = crop_sample(
-                    cfg, photos[v], images[v], channels, mask[v], window=(windows or {}).get(v),
-                    prior=None if prior is None else (prior[0][v], prior[1][v]),
-                )  # fmt: skip
+                    cfg, photos[v], images[v], channels, mask[v], window=(windows or {}).get(v), prior=prior_v
+                )
             except ValueError as exc:
                 raise ValueError(
                     f"{exc}; render them (mvcap.render.render(..., passes=...)) for the learned predictor"
@@ -350,13 +366,10 @@ class LearnedPredictor:
             flow, confidence = d.flow.to(flow.dtype), d.confidence
         if views:
             wins = [window_of_box(boxes[v], self.cfg.crop_scale) for v in views]
-            crops = [
-                crop_sample_tensor(
-                    self.cfg, request.photos[v], images[v], channels, mask[v], win,
-                    None if self.prior is None else (flow[v], confidence[v]),
-                )  # fmt: skip
-                for v, win in zip(views, wins)
-            ]
+            crops = []
+            for v, win in zip(views, wins):
+                prior = None if self.prior is None else (flow[v], confidence[v])
+                crops.append(crop_sample_tensor(self.cfg, request.photos[v], images[v], channels, mask[v], win, prior))
             pred = self._predict_crops(torch.stack([c[0] for c in crops]), torch.stack([c[1] for c in crops]))
             for k, v in enumerate(views):
                 field = uncrop_flow_tensor(pred[k].to(flow.device), wins[k], (W, H))
