@@ -930,8 +930,9 @@ def register(session: Path, out, name, config_path, frames, views, write_session
               help="Subject file to write (default: SUBJECT, updated in place).")  # fmt: skip
 @_config_option("Adaptation TOML (default: configs/adapt.toml).")
 @_frames_option("all frames with an estimate", f"Frames to adapt on: {_FRAMES_HELP}")
-@click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="Network to start from (default: the shipped one).")  # fmt: skip
+@click.option("--weights", default=None,
+              help="Network to start from: a weights file or a shipped network's name, e.g. lite_flowprior "
+                   "(default: the shipped lite).")  # fmt: skip
 @click.option("--write-session", is_flag=True, help="Also store the adapted subject in SESSION (refine uses it).")
 @click.option("--set", "overrides", multiple=True, help="Config overrides key=value, e.g. steps=600")
 def adapt(subject_path: Path, session: Path, out, config_path, frames, weights, write_session, overrides):

@@ -272,6 +272,8 @@ def test_adapt_command(truth_session, tmp_path):
         assert saved.displacement_net and s.subject == saved
     bad = CliRunner().invoke(main, ["adapt", str(subject_file), "--session", str(truth_session), "--set", "source=x"])
     assert bad.exit_code != 0 and "no results run 'x'" in bad.output
+    nope = CliRunner().invoke(main, [*args, "--weights", "lite_nope"])
+    assert nope.exit_code != 0 and "lite, lite_flowprior" in nope.output
 
 
 def test_run_adapts_once_and_keeps_it(truth_session, tmp_path):
