@@ -133,13 +133,17 @@ def main() -> None:
             rows.append((what + (", bf16)" if amp else ")"), 2, ms))
 
     # what refinement asks for: the body's window, at most render_max_side pixels
-    fine = LearnedPredictor.load(a.weights, device="cpu", fine_px=a.fine_px, max_crop=a.max_crop)
-    windows = view_windows(pinhole, verts, fine.render_max_side)
+    windows = view_windows(pinhole, verts, learned.render_max_side)
     wreq = estimate_request(model, pinhole, photos, verts, subject_appearance(model, subject), None, windows)
-    sizes = sorted({fine.fine_size(w, p) for w, p in zip(_crop_windows(wreq, fine.cfg.crop_scale), windows.image_px)})
+    passes = [(learned, "whole-body pass" + (" on its flow" if learned.cfg.flow_prior else ""))]
+    if not learned.cfg.flow_prior:  # a flow-prior network has no coarse-to-fine pass
+        fine = LearnedPredictor.load(a.weights, device="cpu", fine_px=a.fine_px, max_crop=a.max_crop)
+        crops = _crop_windows(wreq, fine.cfg.crop_scale)
+        sizes = sorted({fine.fine_size(w, p) for w, p in zip(crops, windows.image_px)})
+        passes.append((fine, f"coarse to fine, fine pass at {sizes}"))
     for threads in (1, 2):
         torch.set_num_threads(threads)
-        for p, what in ((learned, "whole-body pass"), (fine, f"coarse to fine, fine pass at {sizes}")):
+        for p, what in passes:
             p.cpu_threads = threads
             ms = _median_ms(functools.partial(p, wreq), a.repeats) / V
             rows.append((f"learned lite, render window, {what}", threads, ms))

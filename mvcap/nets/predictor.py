@@ -190,8 +190,8 @@ class LearnedPredictor:
             blob = load_plain_torch(io.BytesIO(path), WeightsError, "adapt it again with `mvcap adapt`", source)
             path = source
         else:
-            if isinstance(path, str) and path and not Path(path).exists() and path in shipped_networks():
-                path = shipped_weights_path(path)  # a shipped network by name, e.g. "lite_flowprior"
+            if path and not Path(path).exists() and str(path) in shipped_networks():
+                path = shipped_weights_path(str(path))  # a shipped network by name, e.g. "lite_flowprior"
             path = Path(path) if path else default_weights_path()
             if not path.exists():
                 raise FileNotFoundError(
