@@ -541,7 +541,7 @@ def crop_sample(
     render = encode_render(passes, cov, net.render_passes)
     if net.flow_prior:
         if prior is None:
-            raise ValueError("a flow-prior network takes the optical flow to the photo: pass prior=(flow, confidence)")
+            raise ValueError(_NEEDS_PRIOR)
         both = np.concatenate([prior[0] / float(win.size), prior[1][..., None]], -1)
         prior_crop = torch.from_numpy(crop_passes(both[ya:yb, xa:xb], mask, local, S)[0]).permute(2, 0, 1)
         render = torch.cat([render, encode_prior(prior_crop, S)])
@@ -559,6 +559,9 @@ def crop_sample(
         # a flow-prior network learns the correction to the flow
         out["target"] = (target - prior_crop[:2] if net.flow_prior else target).contiguous()
     return out
+
+
+_NEEDS_PRIOR = "a flow-prior network takes the optical flow to the photo: pass prior=(flow, confidence)"
 
 
 def encode_prior(prior_crop: Tensor, S: int) -> Tensor:
@@ -603,7 +606,7 @@ def crop_sample_tensor(net: NetConfig, photo: Tensor, pass_images: Tensor, chann
     render = encode_render_tensor(_split_passes(vals, used), cov, net.render_passes)
     if net.flow_prior:
         if prior is None:
-            raise ValueError("a flow-prior network takes the optical flow to the photo: pass prior=(flow, confidence)")
+            raise ValueError(_NEEDS_PRIOR)
         both = torch.cat([prior[0] / float(win.size), prior[1][..., None]], -1)
         render = torch.cat([render, encode_prior(crop_passes_tensor(both, mask, win, S)[0].permute(2, 0, 1), S)])
     return encode_photo(photo_crop), render
