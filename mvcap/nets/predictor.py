@@ -145,8 +145,6 @@ class LearnedPredictor:
         max_crop: int = 192,
         flow=None,
     ):
-        from mvcap.displace import FlowConfig, FlowPredictor
-
         self.device = torch.device(device)
         self.confidence_px = float(confidence_px)
         if fine_px < 0 or max_crop < 1:
@@ -160,6 +158,8 @@ class LearnedPredictor:
         self.render_max_side = request_side(self.cfg, max_crop)  # refinement renders at most this
         self.prior = None
         if self.cfg.flow_prior:
+            from mvcap.displace import FlowConfig, FlowPredictor
+
             if self.fine_px > 0:
                 raise ValueError(
                     "a flow-prior network corrects flow at full resolution and has no coarse-to-fine pass; "
@@ -330,9 +330,10 @@ class LearnedPredictor:
             for v in views:
                 f, (x0, y0, ext) = fine[v][0], warped[v][1:]
                 fields[v] = _compose(f, ext, x0, y0)
-        # a flow-prior network's fields are corrections to the flow
-        flow = np.zeros((V, H, W, 2), np.float32) if prior is None else prior[0].copy()
-        confidence = mask.astype(np.float32) if prior is None else prior[1].copy()
+        # a flow-prior network's fields are corrections to the flow, added in place: nothing
+        # else holds the flow's arrays (a native-resolution field is worth not copying)
+        flow = np.zeros((V, H, W, 2), np.float32) if prior is None else prior[0]
+        confidence = mask.astype(np.float32) if prior is None else prior[1]
         for v, field in fields.items():
             flow[v] += field[..., :2]
             if field.shape[-1] > 2:  # expected error b (px): inverse variance, full weight up to confidence_px
