@@ -360,11 +360,11 @@ class LearnedPredictor:
             )
         boxes = mask_boxes(mask)
         views = [v for v in range(V) if boxes[v, 1] >= 0]
-        flow = images.new_zeros((V, H, W, 2))
-        confidence = mask.to(torch.float32)
-        if self.prior is not None:
+        if self.prior is not None:  # the network's fields are corrections to this flow
             d = self.prior(request)
-            flow, confidence = d.flow.to(flow.dtype), d.confidence
+            flow, confidence = d.flow.to(images.dtype), d.confidence
+        else:
+            flow, confidence = images.new_zeros((V, H, W, 2)), mask.to(torch.float32)
         if views:
             wins = [window_of_box(boxes[v], self.cfg.crop_scale) for v in views]
             crops = []
