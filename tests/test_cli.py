@@ -182,6 +182,18 @@ def test_refine_and_export_take_the_frame_grammar(tiny_session, tmp_path):
     assert bad.exit_code == 2 and "asks for frame(s) 3,5 but the session has 3 frames" in bad.output, bad.output
 
 
+def test_refine_learned_weights_say_what_is_wrong(tiny_session):
+    """An unknown network name lists the shipped ones; the flow-correcting network asked for a
+    coarse-to-fine pass it does not have says which setting to change. Neither is a crash."""
+    runner = CliRunner()
+    base = ["refine", str(tiny_session), "--frames", "0", "--predictor", "learned"]
+    out = runner.invoke(main, [*base, "--run", "a", "--set", "learned_weights=lite_nope"])
+    assert out.exit_code != 0 and "lite, lite_flowprior" in out.output and "internal error" not in out.output
+    fine = ["--set", "learned_weights=lite_flowprior", "--set", "learned_fine_px=2"]
+    out = runner.invoke(main, [*base, "--run", "b", *fine])
+    assert out.exit_code != 0 and "set learned_fine_px = 0" in out.output and "internal error" not in out.output
+
+
 def test_refine_device_option_says_what_is_wrong(tiny_session):
     """--device goes to refine.device; a name it does not know, or CUDA on a machine without
     it, is a one-line error before any frame is touched."""

@@ -161,7 +161,7 @@ class LearnedPredictor:
             from mvcap.displace import FlowConfig, FlowPredictor
 
             if self.fine_px > 0:
-                raise ValueError(
+                raise WeightsError(
                     "a flow-prior network corrects flow at full resolution and has no coarse-to-fine pass; "
                     "set learned_fine_px = 0"
                 )
