@@ -932,7 +932,7 @@ def register(session: Path, out, name, config_path, frames, views, write_session
 @_frames_option("all frames with an estimate", f"Frames to adapt on: {_FRAMES_HELP}")
 @click.option("--weights", default=None,
               help="Network to start from: a weights file or a shipped network's name, e.g. lite_flowprior "
-                   "(default: the shipped lite).")  # fmt: skip
+                   "(default: the shipped lite_flowprior).")  # fmt: skip
 @click.option("--write-session", is_flag=True, help="Also store the adapted subject in SESSION (refine uses it).")
 @click.option("--set", "overrides", multiple=True, help="Config overrides key=value, e.g. steps=600")
 def adapt(subject_path: Path, session: Path, out, config_path, frames, weights, write_session, overrides):

@@ -95,6 +95,8 @@ class CueConfig:
     # without the view it helps most: one camera alone cannot carry an update (needs >= 3 views)
     guard_support: bool = True
     guard_support_cues: bool = True  # ... and each cue, by the per-cue rule, without the view it helps most
+    # a rejected update is tried again at 1/2, 1/4, ... of its length, this many times (0 = off)
+    guard_backtrack: int = 4
     # a frame fails as "contradictory evidence" when, in most views with evidence, its final body
     # is farther than this from the keypoints (fraction of height) or below this silhouette IoU
     contradiction: tuple[float, float] = (0.2, 0.15)
@@ -111,6 +113,7 @@ class CueConfig:
             if len(getattr(self, name)) != 2:
                 raise ValueError(f"{name} takes two numbers, e.g. {list(getattr(CueConfig, name))}")
         nonneg = (self.w_keypoints, self.w_silhouette, self.guard_margin, self.w_depth_hold, self.field_tolerance,
+                  self.guard_backtrack,
                   *self.guard_tolerance,
                   *self.guard_floor, *self.contradiction, *self.depth_hold_sigma)  # fmt: skip
         if min(nonneg) < 0:

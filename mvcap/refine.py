@@ -29,6 +29,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
+import roma
 import torch
 from torch import Tensor
 
@@ -135,9 +136,9 @@ class RefineConfig:
     min_visible_vertices: int = 30  # fewer visible vertices: the view is skipped
     translation_fusion: str = "ray"  # refit mode: "ray" (depth-aware) or "mean"
     init: str = "session"  # per-frame init: "session" (stored estimates) or "previous" result
-    # learned predictor weights: a file or a shipped network's name ("lite", "lite_flowprior":
-    # the network that corrects flow); empty = the subject's adapted network (`mvcap adapt`)
-    # when it has one and `adapted` is on, else the shipped lite model
+    # learned predictor weights: a file or a shipped network's name ("lite_flowprior": the
+    # network that corrects flow; "lite": the plain one); empty = the subject's adapted network
+    # (`mvcap adapt`) when it has one and `adapted` is on, else the shipped lite_flowprior
     learned_weights: str = ""
     adapted: bool = True
     # a network with a confidence head (`mvcap adapt --set confidence=true`) weights each
@@ -148,6 +149,10 @@ class RefineConfig:
     # at most learned_max_crop pixels (see mvcap.nets.predictor)
     learned_fine_px: float = 0.0
     learned_max_crop: int = 192
+    # a flow-prior network ("lite_flowprior") weights each target by the flow's forward-backward
+    # confidence at this tolerance (px), looser than flow's own [flow] consistency_px: the
+    # network corrects the pixels where the flow is inconsistent
+    learned_prior_consistency_px: float = 4.0
     # how the estimate is textured for the predictor: "subject" (its registered appearance);
     # the rest are ablations (the refinement paper's Table 3): "none" (uniform grey), "wrong"
     # (another person's texture), "noise<std>" (per-texel Gaussian noise) or "brightness<std>"
@@ -193,6 +198,10 @@ class RefineConfig:
             raise ValueError(f"frame_batch must be >= 1 (1 = frames one at a time), got {self.frame_batch}")
         if not self.learned_confidence_px > 0:
             raise ValueError(f"learned_confidence_px must be > 0 (pixels), got {self.learned_confidence_px}")
+        if not self.learned_prior_consistency_px > 0:
+            raise ValueError(
+                f"learned_prior_consistency_px must be > 0 (pixels), got {self.learned_prior_consistency_px}"
+            )
         if not self.learned_fine_px >= 0:
             raise ValueError(f"learned_fine_px must be >= 0 (image pixels; 0 = off), got {self.learned_fine_px}")
         if self.device != "auto" and not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
@@ -879,6 +888,23 @@ def _refine_steps(
         if evidence is not None and cues.guard:
             cost_new, per_view = evidence_cost(model, definition, rig, new_pose, betas, new_transl, evidence, trust)
             objections = guard_objections(per_view, cur_views, trust, rig.names, cues)
+            step = 1.0
+            for _ in range(cues.guard_backtrack if objections else 0):
+                # the direction may be right and the step too long (the initial estimate sits at
+                # the keypoints' optimum, so their cost grows with the square of the step)
+                step /= 2
+                part_pose = roma.rotvec_slerp(pose, new_pose, torch.tensor([step], dtype=pose.dtype, device=dev))[0]
+                part_transl = transl + step * (new_transl - transl)
+                part = evidence_cost(model, definition, rig, part_pose, betas, part_transl, evidence, trust)
+                if not guard_objections(part[1], cur_views, trust, rig.names, cues):
+                    notes.append(f"round {r + 1}: {step:g} of the update kept (the whole one agrees less with "
+                                 f"{' and '.join(objections)})")  # fmt: skip
+                    (cost_new, per_view), objections = part, []
+                    new_pose, new_transl = part_pose, part_transl
+                    with torch.no_grad():
+                        v_part = model(new_pose[None], betas[None], new_transl[None]).vertices[0]
+                    new_residual = _target_residual(pinhole, v_part, uv_target, weight)
+                    break
             if objections:
                 why = f"it agrees less with {' and '.join(objections)}"
                 cost_old_w = weighted_cost(cur_views, trust)  # the current body, same evidence, same weights
@@ -1030,6 +1056,7 @@ def make_predictor(
             fine_px=cfg.learned_fine_px,
             max_crop=cfg.learned_max_crop,
             flow=cfg.flow,
+            prior_consistency_px=cfg.learned_prior_consistency_px,
         )
     raise ValueError(f"unknown predictor {name!r}; use one of {PREDICTORS}")
 

@@ -21,7 +21,7 @@ from mvcap.adapt import (
 from mvcap.capture import Session
 from mvcap.nets.predictor import LearnedPredictor
 
-LITE = LearnedPredictor.load(device="cpu").cfg  # the shipped network's input contract
+LITE = LearnedPredictor.load("lite", device="cpu").cfg  # the plain shipped network's input contract
 
 
 @pytest.fixture
@@ -177,8 +177,8 @@ def test_adaptation_brings_the_network_to_the_estimate(truth_session, body_model
     )  # fmt: skip
     with Session.open(truth_session) as s:
         data = adaptation_samples(s, s.subject, [0, 1, 2], cfg, LITE, body_model)
-    before, zero = _epe(LearnedPredictor.load(device="cpu").net, data)
-    net, res = adapt_network(truth_session, cfg, frames=[0, 1, 2], progress=False)
+    before, zero = _epe(LearnedPredictor.load("lite", device="cpu").net, data)
+    net, res = adapt_network(truth_session, cfg, weights="lite", frames=[0, 1, 2], progress=False)
     after, _ = _epe(net, data)
     assert res.train_frames == (0, 1, 2) and res.train_samples == len(data["photo"]) and res.steps == 30
     assert after < 0.9 * before and after < zero, (before, after, zero)
@@ -196,7 +196,7 @@ def test_adapt_subject_stores_the_network_that_refine_then_uses(truth_session):
     learned = make_predictor("learned", RefineConfig(predictor="learned"), subject=adapted)
     assert learned.source == "the subject's adapted network"
     shipped = make_predictor("learned", RefineConfig(predictor="learned", adapted=False), subject=adapted)
-    assert shipped.source.endswith("lite.pt")
+    assert shipped.source.endswith("lite_flowprior.pt")  # the default network
     assert not torch.equal(next(learned.net.parameters()), next(shipped.net.parameters()))
     sched = make_predictor("learned,flow", RefineConfig(predictor="learned,flow"), subject=adapted)
     assert sched.predictors[0].source == "the subject's adapted network"
@@ -209,7 +209,8 @@ def test_adapting_with_confidence_stores_a_network_that_weights_its_targets(trut
         subject = s.subject
         inputs = load_frame_inputs(s, 1)
     cfg = AdaptConfig(source="truth", perturbations=1, val_every=0, steps=2, confidence=True)
-    adapted, _ = adapt_subject(subject, truth_session, cfg, frames=[0], progress=False)
+    # the plain network: a flow-prior one's weights are also the flow's (zero where it fails)
+    adapted, _ = adapt_subject(subject, truth_session, cfg, weights="lite", frames=[0], progress=False)
     learned = make_predictor("learned", RefineConfig(predictor="learned"), subject=adapted)
     assert learned.cfg.confidence and adapted.meta["adapted"]["config"]["confidence"]
     with torch.no_grad():

@@ -312,3 +312,40 @@ def test_a_rejected_round_hands_over_to_the_next_predictor_of_a_schedule(session
     assert res.status == "done" and any("round 1" in n for n in res.notes)  # round 1 refused, round 2 kept
     after = BodyParams(res.pose_rotvecs[None], res.betas[None], res.transl[None])
     assert _pve(body_model, after, gt, 1) < 0.5 * _pve(body_model, start, gt, 1)
+
+
+class _Overshoot(OraclePredictor):
+    """Ground truth's displacements, ``factor`` times too long: the right direction, the wrong step."""
+
+    name = "overshoot"
+
+    def __init__(self, gt_vertices_world, factor):
+        super().__init__(gt_vertices_world)
+        self.factor = factor
+
+    def __call__(self, req):
+        d = super().__call__(req)
+        return Displacement(d.flow * self.factor, d.confidence)
+
+
+def test_a_rejected_update_is_tried_again_at_a_fraction_of_its_length(session, body_model):
+    """Targets twice as far as the truth land the body as far on the other side: the whole
+    update is rejected, half of it is the truth and is kept (guard_backtrack); without
+    backtracking the frame keeps its start."""
+    inputs, ev, definition, app, gt = _frame(session, 1, body_model)
+    start = BodyParams(gt.pose_rotvecs[1:2], inputs.init.betas, gt.transl[1:2] + np.float32([0.05, 0.0, 0.0]))
+    with torch.no_grad():
+        truth = body_model(**gt.slice(1).to_torch()).vertices[0]
+    over = _Overshoot(truth, 2.0)
+    cues = CueConfig(field_check=False, w_keypoints=0, w_silhouette=0)  # the targets alone move the body
+    cfg = dataclasses.replace(FAST, outer_iterations=1, cues=dataclasses.replace(cues, guard_backtrack=0))
+    rigid = refine_frame(body_model, inputs.rig, inputs.photos, start, over, cfg, app, None, ev, definition)
+    assert rigid.status == "kept" and any("rejected" in n for n in rigid.notes)
+    cfg = dataclasses.replace(cfg, cues=dataclasses.replace(cues, guard_backtrack=2))
+    res = refine_frame(body_model, inputs.rig, inputs.photos, start, over, cfg, app, None, ev, definition)
+    assert res.status == "done" and any("round 1: 0.5 of the update kept" in n for n in res.notes), res.notes
+    after = BodyParams(res.pose_rotvecs[None], res.betas[None], res.transl[None])
+    assert _pve(body_model, after, gt, 1) < 0.3 * _pve(body_model, start, gt, 1)
+    assert res.evidence_cost[1] < res.evidence_cost[0]
+    with pytest.raises(ValueError, match=">= 0"):
+        CueConfig(guard_backtrack=-1)

@@ -83,7 +83,8 @@ def _resident(model, path, predictor_name, cfg, evidence=False, **learned):
     if predictor_name == "learned":
         from mvcap.nets.predictor import LearnedPredictor
 
-        make = lambda dev: LearnedPredictor.load(device=dev, **learned)  # noqa: E731
+        # the plain network: a flow-prior one (the default) runs OpenCV's flow on the host
+        make = lambda dev: LearnedPredictor.load("lite", device=dev, **learned)  # noqa: E731
     else:
         from mvcap.refine import make_predictor
 
@@ -160,8 +161,8 @@ def test_frames_refined_together_stay_on_the_device(body_model, tiny_session_pat
         inputs = [load_frame_inputs(s, t) for t in range(2)]
         appearance = estimate_appearance(body_model, s.subject)
     host = refine_frames(body_model, inputs[0].rig, [FrameInput(x.photos, x.init) for x in inputs],
-                         LearnedPredictor.load(device="cpu"), cfg, appearance)  # fmt: skip
-    on_device, predictor = copy.deepcopy(body_model), LearnedPredictor.load(device=SIMULATED)
+                         LearnedPredictor.load("lite", device="cpu"), cfg, appearance)  # fmt: skip
+    on_device, predictor = copy.deepcopy(body_model), LearnedPredictor.load("lite", device=SIMULATED)
     with DeviceAudit() as audit:
         audit.place(on_device, predictor.net)
         frames = [FrameInput(torch.as_tensor(x.photos, device=SIMULATED), x.init) for x in inputs]

@@ -499,11 +499,11 @@ def test_train_config_files_load():
     assert real.net == lite.net == mix.net == tiles.net and real.init_weights.endswith("lite_clean_step4500.pt")
     assert len({lite.data.seed, real.data.seed, mix.data.seed, tiles.data.seed}) == 4  # each stage: new samples
     assert real.data.val_seed == mix.data.val_seed == lite.data.val_seed == tiles.data.val_seed
-    assert tiles.data.tile_prob > 0 and mix.data.tile_prob == 0 and tiles.init_weights == "shipped"
+    assert tiles.data.tile_prob > 0 and mix.data.tile_prob == 0 and tiles.init_weights == "lite"
     assert 0 < mix.data.bystander_prob < real.data.bystander_prob
     assert gpu.data.photo_jpeg_prob > 0 and lite.data.photo_jpeg_prob == 0  # the clean run: none
     fp1, fp2 = load_train_config("nets/train_lite_flowprior.toml"), load_train_config("nets/train_lite_flowprior2.toml")
-    assert fp1.net == fp2.net == dataclasses.replace(lite.net, flow_prior=True) and fp1.init_weights == "shipped"
+    assert fp1.net == fp2.net == dataclasses.replace(lite.net, flow_prior=True) and fp1.init_weights == "lite"
     assert fp2.init_weights == "runs/lite_flowprior/best.pt" and fp2.data.error_scale[1] < fp1.data.error_scale[1]
     assert len({fp1.data.seed, fp2.data.seed, mix.data.seed}) == 3
 
@@ -846,6 +846,12 @@ def test_a_flow_prior_network_starts_as_flow_and_adds_its_correction():
         assert moved[:, 1].abs().max() < 1e-4
     with pytest.raises(ValueError, match="no coarse-to-fine pass"):
         LearnedPredictor(net, fine_px=2.0)
+    # looser target weights, at 4 px instead of the flow's 2 px: exp(-(e/4)^2) = confidence^(1/4)
+    loose = LearnedPredictor(net, prior_consistency_px=4.0)
+    for r in (req, dataclasses.replace(req, photos=torch.as_tensor(req.photos))):
+        torch.testing.assert_close(loose(r).confidence, flow.confidence**0.25, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="prior_consistency_px must be > 0"):
+        LearnedPredictor(net, prior_consistency_px=0.0)
 
 
 def test_flow_prior_samples_carry_the_flow_and_learn_its_correction(small_data):

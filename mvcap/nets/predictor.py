@@ -55,15 +55,15 @@ __all__ = [
     "fine_crop_size",
     "request_side",
     "default_weights_path",
+    "DEFAULT_NETWORK",
     "WeightsError",
     "TRAIN_HINT",
     "load_plain_torch",
 ]
 
 TRAIN_HINT = (
-    "train them with `mvcap train-displacement configs/nets/train_lite.toml --out runs/lite` "
-    "and copy "
-    "runs/lite/weights.pt to models/displacement/lite.pt (or pass the file's path)"
+    "rebuild the shipped networks with the commands in models/README.md "
+    "(`mvcap train-displacement configs/nets/train_lite.toml --out runs/lite`, ...) or pass a weights file"
 )
 
 
@@ -89,9 +89,12 @@ def load_plain_torch(path, error: type[Exception], hint: str, name: str | None =
         raise error(f"{name or path} is not a readable torch file ({str(exc).splitlines()[0][:300]}); {hint}") from exc
 
 
+DEFAULT_NETWORK = "lite_flowprior"  # corrects DIS flow; "lite" is the plain network
+
+
 def default_weights_path() -> Path:
-    """The shipped lite model: ``models/displacement/lite.pt`` inside the package."""
-    return shipped_weights_path("lite")
+    """The default shipped network (:data:`DEFAULT_NETWORK`) inside the package."""
+    return shipped_weights_path(DEFAULT_NETWORK)
 
 
 def shipped_weights_path(name: str) -> Path:
@@ -130,7 +133,10 @@ class LearnedPredictor:
     networks with a confidence head; ``fine_px``: the coarse-to-fine pass's image pixels per
     crop pixel (0: the whole-body pass only); ``max_crop``: its largest crop size (see the
     module docstring); ``flow``: a flow-prior network's (``cfg.flow_prior``) flow settings
-    (:class:`mvcap.displace.FlowConfig`): it runs DIS flow first and predicts its correction."""
+    (:class:`mvcap.displace.FlowConfig`): it runs DIS flow first and predicts its correction;
+    ``prior_consistency_px``: such a network's target weights are the flow's forward-backward
+    confidence at this tolerance (px; None: the flow's own ``consistency_px``), looser than
+    flow's because the network corrects pixels where the flow is inconsistent."""
 
     name = "learned"
 
@@ -144,6 +150,7 @@ class LearnedPredictor:
         fine_px: float = 0.0,
         max_crop: int = 192,
         flow=None,
+        prior_consistency_px: float | None = None,
     ):
         self.device = torch.device(device)
         self.confidence_px = float(confidence_px)
@@ -163,9 +170,14 @@ class LearnedPredictor:
             if self.fine_px > 0:
                 raise WeightsError(
                     "a flow-prior network corrects flow at full resolution and has no coarse-to-fine pass; "
-                    "set learned_fine_px = 0"
+                    'set learned_fine_px = 0, or learned_weights = "lite" (the plain network, which has it)'
                 )
             self.prior = FlowPredictor(flow or FlowConfig())
+            c = self.prior.cfg.consistency_px if prior_consistency_px is None else prior_consistency_px
+            if not c > 0:
+                raise ValueError(f"prior_consistency_px must be > 0 (pixels), got {c}")
+            # confidence exp(-(e / c_flow)^2) raised to this power is exp(-(e / c)^2)
+            self._weight_power = (self.prior.cfg.consistency_px / c) ** 2
         self.source = "in memory"  # where the weights came from (load sets it)
 
     @classmethod
@@ -179,6 +191,7 @@ class LearnedPredictor:
         fine_px: float = 0.0,
         max_crop: int = 192,
         flow=None,
+        prior_consistency_px: float | None = None,
     ) -> LearnedPredictor:
         """Load a weights file (default :func:`default_weights_path`), a shipped network by name
         (:func:`shipped_networks`), a training checkpoint, or the bytes of a weights file (a
@@ -230,7 +243,8 @@ class LearnedPredictor:
             ) from exc
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        out = cls(net, device, batch_size, confidence_px=confidence_px, fine_px=fine_px, max_crop=max_crop, flow=flow)
+        out = cls(net, device, batch_size, confidence_px=confidence_px, fine_px=fine_px, max_crop=max_crop, flow=flow,
+                  prior_consistency_px=prior_consistency_px)  # fmt: skip
         out.source = source
         return out
 
@@ -334,6 +348,8 @@ class LearnedPredictor:
         # else holds the flow's arrays (a native-resolution field is worth not copying)
         flow = np.zeros((V, H, W, 2), np.float32) if prior is None else prior[0]
         confidence = mask.astype(np.float32) if prior is None else prior[1]
+        if prior is not None and self._weight_power != 1.0:  # after the network saw the flow's own
+            np.power(confidence, self._weight_power, out=confidence)
         for v, field in fields.items():
             flow[v] += field[..., :2]
             if field.shape[-1] > 2:  # expected error b (px): inverse variance, full weight up to confidence_px
@@ -378,6 +394,8 @@ class LearnedPredictor:
                 if field.shape[-1] > 2:  # expected error, as in the host path
                     b = field[..., 2].clamp_min(1e-6)
                     confidence[v] = confidence[v] * ((self.confidence_px / b) ** 2).clamp(max=1.0)
+        if self.prior is not None and self._weight_power != 1.0:  # after the network saw the flow's own
+            confidence = confidence.pow(self._weight_power)
         return Displacement(flow * mask[..., None], confidence)
 
 

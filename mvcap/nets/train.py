@@ -72,7 +72,8 @@ class TrainConfig:
       of training (summed over resumed calls) have run, and the cosine decay follows the time
       spent instead of the step count (``steps`` is then only a cap); for GPU runs of a set length.
     init_weights: start from this weights file (fine-tuning; a path from the working
-      directory, or "shipped" = the shipped lite network; its network config must equal
+      directory, a shipped network's name such as "lite", or "shipped" = the default one; its
+      network config must equal
       ``[net]``, or differ only in ``flow_prior``: a plain network then starts the flow-prior
       one as flow itself) with a fresh optimizer and schedule; "" = random initialisation. A
       resumed run continues from its checkpoint instead.
