@@ -149,10 +149,6 @@ class RefineConfig:
     # at most learned_max_crop pixels (see mvcap.nets.predictor)
     learned_fine_px: float = 0.0
     learned_max_crop: int = 192
-    # a flow-prior network ("lite_flowprior") weights each target by the flow's forward-backward
-    # confidence at this tolerance (px), looser than flow's own [flow] consistency_px: the
-    # network corrects the pixels where the flow is inconsistent
-    learned_prior_consistency_px: float = 4.0
     # how the estimate is textured for the predictor: "subject" (its registered appearance);
     # the rest are ablations (the refinement paper's Table 3): "none" (uniform grey), "wrong"
     # (another person's texture), "noise<std>" (per-texel Gaussian noise) or "brightness<std>"
@@ -198,10 +194,6 @@ class RefineConfig:
             raise ValueError(f"frame_batch must be >= 1 (1 = frames one at a time), got {self.frame_batch}")
         if not self.learned_confidence_px > 0:
             raise ValueError(f"learned_confidence_px must be > 0 (pixels), got {self.learned_confidence_px}")
-        if not self.learned_prior_consistency_px > 0:
-            raise ValueError(
-                f"learned_prior_consistency_px must be > 0 (pixels), got {self.learned_prior_consistency_px}"
-            )
         if not self.learned_fine_px >= 0:
             raise ValueError(f"learned_fine_px must be >= 0 (image pixels; 0 = off), got {self.learned_fine_px}")
         if self.device != "auto" and not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
@@ -1056,7 +1048,6 @@ def make_predictor(
             fine_px=cfg.learned_fine_px,
             max_crop=cfg.learned_max_crop,
             flow=cfg.flow,
-            prior_consistency_px=cfg.learned_prior_consistency_px,
         )
     raise ValueError(f"unknown predictor {name!r}; use one of {PREDICTORS}")
 

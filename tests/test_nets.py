@@ -846,12 +846,6 @@ def test_a_flow_prior_network_starts_as_flow_and_adds_its_correction():
         assert moved[:, 1].abs().max() < 1e-4
     with pytest.raises(ValueError, match="no coarse-to-fine pass"):
         LearnedPredictor(net, fine_px=2.0)
-    # looser target weights, at 4 px instead of the flow's 2 px: exp(-(e/4)^2) = confidence^(1/4)
-    loose = LearnedPredictor(net, prior_consistency_px=4.0)
-    for r in (req, dataclasses.replace(req, photos=torch.as_tensor(req.photos))):
-        torch.testing.assert_close(loose(r).confidence, flow.confidence**0.25, atol=1e-5, rtol=0)
-    with pytest.raises(ValueError, match="prior_consistency_px must be > 0"):
-        LearnedPredictor(net, prior_consistency_px=0.0)
 
 
 def test_flow_prior_samples_carry_the_flow_and_learn_its_correction(small_data):

@@ -133,10 +133,7 @@ class LearnedPredictor:
     networks with a confidence head; ``fine_px``: the coarse-to-fine pass's image pixels per
     crop pixel (0: the whole-body pass only); ``max_crop``: its largest crop size (see the
     module docstring); ``flow``: a flow-prior network's (``cfg.flow_prior``) flow settings
-    (:class:`mvcap.displace.FlowConfig`): it runs DIS flow first and predicts its correction;
-    ``prior_consistency_px``: such a network's target weights are the flow's forward-backward
-    confidence at this tolerance (px; None: the flow's own ``consistency_px``), looser than
-    flow's because the network corrects pixels where the flow is inconsistent."""
+    (:class:`mvcap.displace.FlowConfig`): it runs DIS flow first and predicts its correction."""
 
     name = "learned"
 
@@ -150,7 +147,6 @@ class LearnedPredictor:
         fine_px: float = 0.0,
         max_crop: int = 192,
         flow=None,
-        prior_consistency_px: float | None = None,
     ):
         self.device = torch.device(device)
         self.confidence_px = float(confidence_px)
@@ -173,11 +169,6 @@ class LearnedPredictor:
                     'set learned_fine_px = 0, or learned_weights = "lite" (the plain network, which has it)'
                 )
             self.prior = FlowPredictor(flow or FlowConfig())
-            c = self.prior.cfg.consistency_px if prior_consistency_px is None else prior_consistency_px
-            if not c > 0:
-                raise ValueError(f"prior_consistency_px must be > 0 (pixels), got {c}")
-            # confidence exp(-(e / c_flow)^2) raised to this power is exp(-(e / c)^2)
-            self._weight_power = (self.prior.cfg.consistency_px / c) ** 2
         self.source = "in memory"  # where the weights came from (load sets it)
 
     @classmethod
@@ -191,7 +182,6 @@ class LearnedPredictor:
         fine_px: float = 0.0,
         max_crop: int = 192,
         flow=None,
-        prior_consistency_px: float | None = None,
     ) -> LearnedPredictor:
         """Load a weights file (default :func:`default_weights_path`), a shipped network by name
         (:func:`shipped_networks`), a training checkpoint, or the bytes of a weights file (a
@@ -243,8 +233,7 @@ class LearnedPredictor:
             ) from exc
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        out = cls(net, device, batch_size, confidence_px=confidence_px, fine_px=fine_px, max_crop=max_crop, flow=flow,
-                  prior_consistency_px=prior_consistency_px)  # fmt: skip
+        out = cls(net, device, batch_size, confidence_px=confidence_px, fine_px=fine_px, max_crop=max_crop, flow=flow)
         out.source = source
         return out
 
@@ -348,8 +337,6 @@ class LearnedPredictor:
         # else holds the flow's arrays (a native-resolution field is worth not copying)
         flow = np.zeros((V, H, W, 2), np.float32) if prior is None else prior[0]
         confidence = mask.astype(np.float32) if prior is None else prior[1]
-        if prior is not None and self._weight_power != 1.0:  # after the network saw the flow's own
-            np.power(confidence, self._weight_power, out=confidence)
         for v, field in fields.items():
             flow[v] += field[..., :2]
             if field.shape[-1] > 2:  # expected error b (px): inverse variance, full weight up to confidence_px
@@ -394,8 +381,6 @@ class LearnedPredictor:
                 if field.shape[-1] > 2:  # expected error, as in the host path
                     b = field[..., 2].clamp_min(1e-6)
                     confidence[v] = confidence[v] * ((self.confidence_px / b) ** 2).clamp(max=1.0)
-        if self.prior is not None and self._weight_power != 1.0:  # after the network saw the flow's own
-            confidence = confidence.pow(self._weight_power)
         return Displacement(flow * mask[..., None], confidence)
 
 
