@@ -62,8 +62,8 @@ __all__ = [
 ]
 
 TRAIN_HINT = (
-    "rebuild the shipped networks with the commands in models/README.md "
-    "(`mvcap train-displacement configs/nets/train_lite.toml --out runs/lite`, ...) or pass a weights file"
+    "train one with `mvcap train-displacement` (the shipped networks' commands are in models/README.md) "
+    "or pass another weights file"
 )
 
 
