@@ -34,7 +34,7 @@ def main(argv=None) -> int:
     plain = AdaptConfig()
     k = plain.val_every
     frames = list(range(start, stop))[k // 2 :: k]
-    net_cfg = LearnedPredictor.load(device="cpu").cfg
+    net_cfg = LearnedPredictor.load("lite", device="cpu").cfg  # the plain network has the coarse-to-fine pass
     with Session.open(args.session) as s:
         whole = adaptation_samples(s, s.subject, frames, plain, net_cfg)
         both = adaptation_samples(s, s.subject, frames, dataclasses.replace(plain, fine_px=args.fine_px), net_cfg)

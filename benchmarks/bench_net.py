@@ -1,6 +1,7 @@
 """Benchmark: displacement-predictor time per view on the CPU (and the GPU when there is one).
 
     python benchmarks/bench_net.py [--weights models/displacement/lite.pt] [--size 512] [--repeats 5]
+    (default weights: the default network, lite_flowprior)
 
 One synthetic frame (4 views, ``--size`` pixels, standard-benchmark look) is rendered; the
 estimate is the frame's regression-like initial estimate. Times, per view (median over
@@ -60,7 +61,7 @@ def _crop_windows(req: PredictRequest, scale: float) -> list[int]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--weights", type=Path, default=None, help="weights file (default: the shipped lite model)")
+    ap.add_argument("--weights", type=Path, default=None, help="weights file (default: the default shipped network)")
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--paper", action="store_true", help="also time the paper-size network (random weights)")

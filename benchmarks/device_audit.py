@@ -6,9 +6,11 @@ host<->device crossing listed with its place in the code, calls and elements.
         [--evidence] [--set key=value ...]
 
 ``--evidence``: with the session's detections (keypoints, masks): the safeguards' checks run
-too. The CPU rasterizer stands in for nvdiffrast (its output counts as on the device, as
-nvdiffrast's is). The table is what docs/BENCHMARKS.md lists for the GPU path; a ``mixed`` or
-``error`` row is a bug (on CUDA it raises).
+too. ``--predictor learned`` audits the default network (``lite_flowprior``, whose flow runs on
+the host) unless ``--set learned_weights=lite`` picks the plain one. The CPU rasterizer stands
+in for nvdiffrast (its output counts as on the device, as nvdiffrast's is). The table is what
+docs/BENCHMARKS.md lists for the GPU path; a ``mixed`` or ``error`` row is a bug (on CUDA it
+raises).
 """
 
 from __future__ import annotations
@@ -62,8 +64,9 @@ def main(argv=None) -> int:
     if args.predictor == "learned":
         from mvcap.nets.predictor import LearnedPredictor
 
-        predictor = LearnedPredictor.load(device=SIMULATED, confidence_px=cfg.learned_confidence_px,
-                                          fine_px=cfg.learned_fine_px, max_crop=cfg.learned_max_crop)  # fmt: skip
+        predictor = LearnedPredictor.load(cfg.learned_weights or None, device=SIMULATED, flow=cfg.flow,
+                                          confidence_px=cfg.learned_confidence_px, fine_px=cfg.learned_fine_px,
+                                          max_crop=cfg.learned_max_crop)  # fmt: skip
     else:
         predictor = make_predictor(args.predictor, cfg)
     with DeviceAudit() as audit:
