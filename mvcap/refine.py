@@ -868,11 +868,13 @@ def _refine_steps(
                 d = (project(pinhole, v_f, distort=False) - uv_target).norm(dim=-1)
                 new_residual = (weight * d).sum(-1) / weight.sum(-1).clamp_min(1e-6)
         iterations += res.iterations
+        # a camera whose targets the field check dropped: its residual is reported against them
+        residual_weight = weight
         if bool((weight.sum(-1) <= 0).logical_and(all_weight.sum(-1) > 0).any()):
-            # a camera whose targets the field check dropped: report its residual against them
+            residual_weight = all_weight
             with torch.no_grad():
                 v_new = model(new_pose[None], betas[None], new_transl[None]).vertices[0]
-            new_residual = _target_residual(pinhole, v_new, uv_target, all_weight)
+            new_residual = _target_residual(pinhole, v_new, uv_target, residual_weight)
         if not (torch.isfinite(new_pose).all() and torch.isfinite(new_transl).all()):
             status = "diverged"
             notes.append(f"round {r + 1}: the fit diverged (non-finite pose or translation)")
@@ -880,11 +882,10 @@ def _refine_steps(
         if evidence is not None and cues.guard:
             cost_new, per_view = evidence_cost(model, definition, rig, new_pose, betas, new_transl, evidence, trust)
             objections = guard_objections(per_view, cur_views, trust, rig.names, cues)
-            step = 1.0
-            for _ in range(cues.guard_backtrack if objections else 0):
+            for k in range(1, cues.guard_backtrack + 1 if objections else 0):
                 # the direction may be right and the step too long (the initial estimate sits at
                 # the keypoints' optimum, so their cost grows with the square of the step)
-                step /= 2
+                step = 0.5**k
                 part_pose = roma.rotvec_slerp(pose, new_pose, torch.tensor([step], dtype=pose.dtype, device=dev))[0]
                 part_transl = transl + step * (new_transl - transl)
                 part = evidence_cost(model, definition, rig, part_pose, betas, part_transl, evidence, trust)
@@ -895,7 +896,7 @@ def _refine_steps(
                     new_pose, new_transl = part_pose, part_transl
                     with torch.no_grad():
                         v_part = model(new_pose[None], betas[None], new_transl[None]).vertices[0]
-                    new_residual = _target_residual(pinhole, v_part, uv_target, weight)
+                    new_residual = _target_residual(pinhole, v_part, uv_target, residual_weight)
                     break
             if objections:
                 why = f"it agrees less with {' and '.join(objections)}"

@@ -508,6 +508,9 @@ class SampleGenerator:
         return np.clip(np.rint(photo), 0, 255).astype(np.uint8)[None]
 
 
+_NEEDS_PRIOR = "a flow-prior network takes the optical flow to the photo: pass prior=(flow, confidence)"
+
+
 def crop_sample(
     net: NetConfig,
     photo: np.ndarray,
@@ -559,9 +562,6 @@ def crop_sample(
         # a flow-prior network learns the correction to the flow
         out["target"] = (target - prior_crop[:2] if net.flow_prior else target).contiguous()
     return out
-
-
-_NEEDS_PRIOR = "a flow-prior network takes the optical flow to the photo: pass prior=(flow, confidence)"
 
 
 def encode_prior(prior_crop: Tensor, S: int) -> Tensor:

@@ -198,8 +198,8 @@ class LearnedPredictor:
             path = Path(path) if path else default_weights_path()
             if not path.exists():
                 raise FileNotFoundError(
-                    f"no displacement-network weights at {path}; pass a weights file or a shipped network's "
-                    f"name ({', '.join(shipped_networks())}); {TRAIN_HINT}"
+                    f"no displacement-network weights at {path}; name a shipped network "
+                    f"({', '.join(shipped_networks())}) or {TRAIN_HINT}"
                 )
             source = str(path)
             blob = load_plain_torch(path, WeightsError, TRAIN_HINT)
