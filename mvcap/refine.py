@@ -1,6 +1,7 @@
 """The refinement loop: render -> predict displacements -> per-vertex targets -> fit.
 
-Per frame, ``outer_iterations`` rounds of:
+Per frame, at most ``outer_iterations`` rounds (fewer once a round barely moves the body,
+``round_stop_mm``) of:
 
 1. render the current body estimate in every view (undistorted pinhole images), textured
    with the subject's appearance, plus depth, normals and template coordinates;
@@ -131,7 +132,10 @@ class RefineConfig:
     # flow: the last one repeats); a round the guard rejects hands over to the next predictor
     predictor: str = "flow"
     fusion: str = "joint"  # joint | refit
-    outer_iterations: int = 3
+    outer_iterations: int = 6  # at most this many rounds
+    # a frame's rounds end early once a round moves its body less than this (mean vertex
+    # displacement, mm): it has settled, and more rounds cost time; 0 = always run them all
+    round_stop_mm: float = 1.0
     views: tuple[str, ...] = ()  # cameras to use; empty = all (one name = single-view fallback)
     min_visible_vertices: int = 30  # fewer visible vertices: the view is skipped
     translation_fusion: str = "ray"  # refit mode: "ray" (depth-aware) or "mean"
@@ -186,6 +190,8 @@ class RefineConfig:
         _check_appearance(self.appearance)
         if self.outer_iterations < 1:
             raise ValueError(f"outer_iterations must be >= 1, got {self.outer_iterations}")
+        if not self.round_stop_mm >= 0:
+            raise ValueError(f"round_stop_mm must be >= 0 (mm; 0 = run every round), got {self.round_stop_mm}")
         if self.render_max_side < -1:
             raise ValueError(
                 f"render_max_side must be -1 (the predictor's), 0 (native) or a size, got {self.render_max_side}"
@@ -913,6 +919,14 @@ def _refine_steps(
             if cues.trust and r == 0:  # trust is set once, from the start and the first accepted update
                 trust = np.minimum(trust, view_trust(view_costs(per_view), cues.trust_ratio))
         pose, transl, residual = new_pose, new_transl, new_residual
+        if cfg.round_stop_mm > 0 and r + 1 < cfg.outer_iterations and not _hands_over(predictor, r, r + 2):
+            with torch.no_grad():
+                moved = model(pose[None], betas[None], transl[None]).vertices[0] - vertices_world
+            moved_mm = 1000.0 * float(moved.norm(dim=-1).mean())
+            log.debug("round %d moved the body %.2f mm", r + 1, moved_mm)
+            if moved_mm < cfg.round_stop_mm:
+                notes.append(f"rounds ended after round {r + 1}: it moved the body {moved_mm:.1f} mm on average")
+                break
     if evidence is not None and status not in FAILED_STATES:
         if not cues.guard:  # the guard keeps the current body's costs; without it, measure them now
             cost_cur, cur_views = evidence_cost(model, definition, rig, pose, betas, transl, evidence, trust)

@@ -345,6 +345,8 @@ def _easymocap_paths(path: Path) -> tuple[Path, Path]:
 def _open_fs(path: Path, mode: str):
     import cv2
 
+    if mode == "r":  # OpenCV reads other bytes too, then fails on its keys
+        read_text(path, "EasyMocap rig file", RigError)
     try:
         fs = cv2.FileStorage(str(path), cv2.FILE_STORAGE_READ if mode == "r" else cv2.FILE_STORAGE_WRITE)
     except (cv2.error, SystemError) as exc:  # malformed YAML surfaces as SystemError in cv2

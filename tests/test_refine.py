@@ -264,3 +264,45 @@ def test_an_error_in_a_batch_raises_after_the_frames_before_it_are_written(body_
         refine_session(tiny_session, "b", cfg, model=body_model, progress=False)
     with Session.open(tiny_session) as s:
         assert s.read_results("b").done.tolist() == [True, False, False]
+
+
+class _Counted(OraclePredictor):
+    """The oracle, counting the rounds that call it."""
+
+    def __init__(self, gt_vertices_world):
+        super().__init__(gt_vertices_world)
+        self.calls = 0
+
+    def __call__(self, req):
+        self.calls += 1
+        return super().__call__(req)
+
+
+def test_rounds_end_once_the_body_settles(body_model, tiny_session):
+    """round_stop_mm: the oracle lands the body in the first rounds; the rounds after move it
+    less than the threshold, and the frame ends there instead of running all of them."""
+    from mvcap.refine import estimate_appearance, load_frame_inputs
+
+    with Session.open(tiny_session) as s:
+        inputs = load_frame_inputs(s, 0)
+        appearance = estimate_appearance(body_model, s.subject)
+        gt = s.read_ground_truth()
+    with torch.no_grad():
+        truth = body_model(**gt.slice([0]).to_torch()).vertices[0]
+    results, calls = {}, {}
+    for stop in (0.0, 5.0, 1e6):
+        cfg = dataclasses.replace(FAST, outer_iterations=5, round_stop_mm=stop)
+        oracle = _Counted(truth)
+        results[stop] = refine_frame(body_model, inputs.rig, inputs.photos, inputs.init, oracle, cfg, appearance)
+        calls[stop] = oracle.calls
+    assert calls[0.0] == 5 and not any("rounds ended" in n for n in results[0.0].notes)
+    assert calls[1e6] == 1 and "rounds ended after round 1" in results[1e6].notes[-1]
+    assert 1 < calls[5.0] < 5 and any(f"rounds ended after round {calls[5.0]}" in n for n in results[5.0].notes)
+    pve = {}
+    for stop, res in results.items():
+        after = BodyParams(res.pose_rotvecs[None], res.betas[None], res.transl[None])
+        pve[stop] = _metrics(body_model, after, gt.slice([0]), [0])["PVE"]
+    assert pve[5.0] < 10 and abs(pve[5.0] - pve[0.0]) < 2.0, pve  # the rounds it skipped barely moved it
+    assert pve[1e6] > pve[0.0]  # one round is not enough: the test would pass without rounds
+    with pytest.raises(ValueError, match=r"round_stop_mm must be >= 0"):
+        RefineConfig(round_stop_mm=-1.0)

@@ -338,3 +338,10 @@ def test_toml_names_with_quotes_and_control_characters_round_trip(tmp_path):
     odd = Rig(tuple(replace(c, name=n) for c, n in zip(rig, names)))
     save_rig(odd, tmp_path / "names.toml")
     assert load_rig(tmp_path / "names.toml").names == tuple(names)
+
+
+def test_easymocap_file_that_is_not_utf8_is_named(tmp_path):
+    (tmp_path / "intri.yml").write_text('%YAML:1.0\n---\nnames:\n   - "c0"\n')
+    (tmp_path / "extri.yml").write_bytes(b"\x80:")  # OpenCV parses it, then its key is not text
+    with pytest.raises(RigError, match=r"extri.yml: not a UTF-8 text file"):
+        load_rig(tmp_path)
