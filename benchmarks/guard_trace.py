@@ -7,12 +7,17 @@ from the other cameras, then the run's refinement, with ``--set`` overrides of i
 and prints, for every refinement round, the guard's verdict (the notes of
 :func:`mvcap.refine.refine_frame`) and each fitted camera's keypoint distance (% of the
 person's height) and 1 - IoU before and after, then the held-out camera's agreement.
+``--landmarks`` adds, per held-out camera, each landmark's mean 2D offset from the
+detector's keypoint (projected - detected, pixels, over the frames), init -> result: which
+landmarks a change of the keypoint distance comes from, and how it compares with the fixed
+offsets between our landmark definitions and the detector's.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +38,7 @@ def main(argv=None) -> int:
     ap.add_argument("--holdout", required=True, help="held-out cameras, comma-separated")
     ap.add_argument("--frames", default="::10")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="refine config override k=v")
+    ap.add_argument("--landmarks", action="store_true", help="per-landmark offsets in the held-out cameras")
     args = ap.parse_args(argv)
 
     model = load_body_model()
@@ -43,6 +49,8 @@ def main(argv=None) -> int:
         definition = keypoint_set(s.keypoint_format).definition(model)
         predictor = make_predictor(cfg.predictor, cfg)
         appearance = estimate_appearance(model, s.subject, cfg.appearance)
+
+        fitted: dict[tuple[int, str], tuple] = {}  # (frame, held-out camera) -> init and result
 
         def refiner(t, rig, photos, pose0, betas, transl0):
             init = BodyParams(pose0.numpy()[None], betas.numpy()[None], transl0.numpy()[None])
@@ -58,6 +66,8 @@ def main(argv=None) -> int:
                 b, a = before[v], after[v]
                 print(f"    {name}: keypoints {100 * b[0]:.2f} -> {100 * a[0]:.2f} % height, "
                       f"1 - IoU {b[1]:.3f} -> {a[1]:.3f}")  # fmt: skip
+            held = next(n for n in args.holdout.split(",") if n not in rig.names)
+            fitted[(t, held)] = (init, BodyParams(res.pose_rotvecs[None], res.betas[None], res.transl[None]))
             return res.pose_rotvecs, res.transl
 
         report = validate_run(args.session, args.run, ValidateConfig(frames=args.frames),
@@ -70,7 +80,46 @@ def main(argv=None) -> int:
         i, r = row.init, row.result
         print(f"held out {row.view}, frame {row.frame}: keypoints {i.keypoint_median_pct:.2f} -> "
               f"{r.keypoint_median_pct:.2f} % height, IoU {i.iou:.3f} -> {r.iou:.3f}")  # fmt: skip
+        if args.landmarks:
+            for view in args.holdout.split(","):
+                bodies = {t: b for (t, v), b in fitted.items() if v == view}
+                _landmark_offsets(model, definition, args.session, view, bodies)
     return 0
+
+
+def _landmark_offsets(model, definition, session_path: Path, view: str, bodies: dict) -> None:
+    """Print each landmark's mean offset from the detector in ``view`` (pixels), init -> result;
+    bodies: frame -> (init, result) :class:`~mvcap.body.BodyParams`."""
+    import torch
+
+    from mvcap.body import BodyParams
+    from mvcap.cameras import project
+    from mvcap.capture import Session
+
+    if not bodies:
+        return
+    frames = sorted(bodies)
+    with Session.open(session_path, "r") as s:
+        cam = s.rig.subset([view])
+        detected = s.read_keypoints(frames)[:, s.rig.index(view)]  # (F, K, 3)
+    offsets = []  # per body (init, result): (F, K, 2), NaN where the detector is not confident
+    for which in (0, 1):
+        params = BodyParams.concatenate([bodies[t][which] for t in frames])
+        with torch.no_grad():
+            out = model(**params.to_torch())
+            uv = project(cam, definition.evaluate(out.joints.double(), out.vertices.double()), distort=True)
+        uv = uv[:, 0].cpu().numpy()  # (F, 1, K, 2): the one camera
+        ok = definition.defined & (detected[..., 2] >= 0.5)
+        offsets.append(np.where(ok[..., None], uv - detected[..., :2], np.nan))
+    print(f"held out {view}: mean offset projected - detected over {len(frames)} frames (px), init -> result")
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a landmark never detected: all-NaN means
+        for k, name in enumerate(definition.names):
+            (d0, d1), (m0, m1) = ([np.nanmean(np.linalg.norm(o[:, k], axis=-1)) for o in offsets],
+                                  [np.nanmean(o[:, k], axis=0) for o in offsets])  # fmt: skip
+            if np.isfinite(d0):
+                print(f"    {name:<18} |offset| {d0:6.1f} -> {d1:6.1f}   "
+                      f"(x, y) ({m0[0]:6.1f}, {m0[1]:6.1f}) -> ({m1[0]:6.1f}, {m1[1]:6.1f})")  # fmt: skip
 
 
 def _merge(base: dict, extra: dict) -> dict:
