@@ -874,3 +874,37 @@ def test_loader_with_a_worker_process_matches_direct_samples(small_data):
     (batch,) = list(loader)
     assert batch["photo"].shape == (2, 3, 32, 32)
     assert torch.equal(batch["target"][1], ds[3]["target"])  # step 1, batch 2 -> indices 2, 3
+
+
+def test_reused_batches_resume_like_an_uninterrupted_run(tmp_path, small_data):
+    """reuse / reuse_pool: a loaded batch serves several steps, each drawing from the pool of
+    recent batches; resuming mid-batch refills the pool, so 3 + 4 steps equal 7 in one go."""
+    from mvcap.nets import train as T
+    from mvcap.nets.train import TrainConfig, train
+
+    cfg = TrainConfig(net=TINY, data=small_data, steps=7, batch_size=2, num_workers=0, threads=1,
+                      val_every=100, checkpoint_every=100, warmup_steps=1, vis_samples=0,
+                      reuse=3, reuse_pool=2)  # fmt: skip
+    loads = []
+    orig = T._step_batches
+
+    def spy(cfg_, batches, first_load, step, device):
+        loads.append(first_load)
+        yield from orig(cfg_, batches, first_load, step, device)
+
+    # the first training of a process renders its samples (num_workers = 0) on numba's
+    # initial thread count, whose sums round differently: compare runs made after one
+    train(dataclasses.replace(cfg, steps=1), tmp_path / "warm", progress=False)
+    T._step_batches = spy
+    try:
+        whole = train(cfg, tmp_path / "whole", progress=False)
+        train(cfg, tmp_path / "split", progress=False, max_steps=3)
+        split = train(cfg, tmp_path / "split", progress=False)
+    finally:
+        T._step_batches = orig
+    assert whole.step == split.step == 7
+    assert loads == [0, 0, 0]  # the resume at step 3 starts in batch 1 and loads batch 0 again
+    a, b = (torch.load(r.checkpoint, weights_only=True)["model"] for r in (whole, split))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="reuse and reuse_pool must be >= 1"):
+        TrainConfig(reuse=0)

@@ -86,6 +86,10 @@ class TrainConfig:
     log_every / val_every / checkpoint_every: in steps; checkpoint_minutes: also checkpoint
       when this much wall time passed since the last one; vis_samples: validation samples
       drawn in val_fields.png.
+    reuse / reuse_pool: for runs bound by data (a GPU waiting for samples the CPU renders):
+      each loaded batch serves ``reuse`` steps, and a step's samples are drawn at random from
+      the last ``reuse_pool`` loaded batches (a function of the seed and the step, so a
+      resumed run still sees the same data); 1 and 1 = a fresh batch every step.
     """
 
     net: NetConfig = field(default_factory=NetConfig)
@@ -109,6 +113,8 @@ class TrainConfig:
     vis_samples: int = 4
     budget_minutes: float = 0.0
     init_weights: str = ""
+    reuse: int = 1
+    reuse_pool: int = 1
 
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 1:
@@ -122,6 +128,11 @@ class TrainConfig:
             raise ValueError("num_workers must be >= 0, or -1 for all cores but two")
         if not self.budget_minutes >= 0 or not self.checkpoint_minutes > 0:
             raise ValueError("budget_minutes must be >= 0 and checkpoint_minutes > 0")
+        if self.reuse < 1 or self.reuse_pool < 1:
+            raise ValueError(
+                f"reuse and reuse_pool must be >= 1 (1 and 1: a fresh batch every step), "
+                f"got {self.reuse} and {self.reuse_pool}"
+            )
 
 
 @dataclass(frozen=True)
@@ -531,16 +542,17 @@ def train(
     try:
         if step < end and not (budget_s > 0 and trained_before >= budget_s):
             ds = DisplacementDataset(cfg.data, cfg.net, "train")
+            first = step // cfg.reuse  # the loaded batch this call starts in
+            refill = min(cfg.reuse_pool - 1, first)  # a resumed run loads its pool's batches again
             loader = make_loader(
                 ds,
-                StepBatchSampler(cfg.batch_size, step, end - step),
+                StepBatchSampler(cfg.batch_size, first - refill, (end - 1) // cfg.reuse - first + refill + 1),
                 _num_workers(cfg),
                 pin_memory=device.type == "cuda",
             )
             net.train()
             batches = iter(loader)  # kept by name so that `finally` can stop its workers
-            for batch in batches:
-                b = _to(batch, device)
+            for b in _step_batches(cfg, batches, first - refill, step, device):
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                     preds, log_scale = net.forward_with_scale(b["photo"], b["render"])
                 loss = training_loss(preds, log_scale, b["target"], b["mask"])
@@ -633,6 +645,28 @@ def train(
         best_epe if found else float("nan"),
         best_step,
     )
+
+
+def _step_batches(cfg: TrainConfig, batches, first_load: int, step: int, device):
+    """The batch of every step from ``step`` on, on ``device``: loaded batch j (the loader's
+    batches are j = first_load, first_load + 1, ...) serves steps [j * reuse, (j + 1) * reuse),
+    drawing each step's samples from the last ``reuse_pool`` loaded batches (see
+    :class:`TrainConfig`)."""
+    from collections import deque
+
+    if cfg.reuse == 1 and cfg.reuse_pool == 1:
+        yield from (_to(batch, device) for batch in batches)
+        return
+    pool: deque = deque(maxlen=cfg.reuse_pool)
+    for j, batch in enumerate(batches, start=first_load):
+        pool.append(_to(batch, device))
+        samples = None
+        for s in range(max(step, j * cfg.reuse), (j + 1) * cfg.reuse):
+            if samples is None:  # once per loaded batch
+                samples = {k: torch.cat([b[k] for b in pool]) for k in pool[0]}
+            g = torch.Generator().manual_seed(cfg.data.seed * 1_000_003 + s)
+            pick = torch.randperm(len(pool) * cfg.batch_size, generator=g)[: cfg.batch_size].to(device)
+            yield _to({k: v[pick] for k, v in samples.items()}, device)  # channels-last again
 
 
 def main(argv=None) -> None:
