@@ -545,8 +545,8 @@ def crop_sample(
     if net.flow_prior:
         if prior is None:
             raise ValueError(_NEEDS_PRIOR)
-        both = np.concatenate([prior[0] / float(win.size), prior[1][..., None]], -1)
-        prior_crop = torch.from_numpy(crop_passes(both[ya:yb, xa:xb], mask, local, S)[0]).permute(2, 0, 1)
+        both = np.concatenate([prior[0][ya:yb, xa:xb] / float(win.size), prior[1][ya:yb, xa:xb, None]], -1)
+        prior_crop = torch.from_numpy(crop_passes(both, mask, local, S)[0]).permute(2, 0, 1)
         render = torch.cat([render, encode_prior(prior_crop, S)])
     out = {
         "photo": encode_photo(crop_resize(photo[ya:yb, xa:xb].astype(np.float32), local, S)),
