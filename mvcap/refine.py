@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import math
 import re
 import time
 import warnings
@@ -136,6 +137,10 @@ class RefineConfig:
     # a frame's rounds end early once a round moves its body less than this (mean vertex
     # displacement, mm): it has settled, and more rounds cost time; 0 = always run them all
     round_stop_mm: float = 1.0
+    # ... or, with the detector's evidence (cues.guard), once a kept round improved the body's
+    # agreement with the keypoints and masks (the guard's cost) by less than this fraction:
+    # later rounds then follow the predictor's noise more than the person; 0 = off
+    round_stop_gain: float = 0.01
     views: tuple[str, ...] = ()  # cameras to use; empty = all (one name = single-view fallback)
     min_visible_vertices: int = 30  # fewer visible vertices: the view is skipped
     translation_fusion: str = "ray"  # refit mode: "ray" (depth-aware) or "mean"
@@ -190,8 +195,11 @@ class RefineConfig:
         _check_appearance(self.appearance)
         if self.outer_iterations < 1:
             raise ValueError(f"outer_iterations must be >= 1, got {self.outer_iterations}")
-        if not self.round_stop_mm >= 0:
-            raise ValueError(f"round_stop_mm must be >= 0 (mm; 0 = run every round), got {self.round_stop_mm}")
+        if not self.round_stop_mm >= 0 or not 0 <= self.round_stop_gain < 1:
+            raise ValueError(
+                f"round_stop_mm must be >= 0 (mm) and round_stop_gain in [0, 1) (a fraction of the evidence cost; "
+                f"0 = off), got {self.round_stop_mm} and {self.round_stop_gain}"
+            )
         if self.render_max_side < -1:
             raise ValueError(
                 f"render_max_side must be -1 (the predictor's), 0 (native) or a size, got {self.render_max_side}"
@@ -885,6 +893,7 @@ def _refine_steps(
             status = "diverged"
             notes.append(f"round {r + 1}: the fit diverged (non-finite pose or translation)")
             break
+        gain = math.inf  # the round's evidence gain, where the guard measures it
         if evidence is not None and cues.guard:
             cost_new, per_view = evidence_cost(model, definition, rig, new_pose, betas, new_transl, evidence, trust)
             objections = guard_objections(per_view, cur_views, trust, rig.names, cues)
@@ -914,19 +923,24 @@ def _refine_steps(
                 if _hands_over(predictor, r, cfg.outer_iterations):
                     continue
                 break
+            gain = 1.0 - cost_new / max(weighted_cost(cur_views, trust), 1e-12)  # same evidence, same weights
             cost_cur, cur_views = cost_new, per_view
             status = "done" if status == "kept" else status  # a later predictor's round was kept
             if cues.trust and r == 0:  # trust is set once, from the start and the first accepted update
                 trust = np.minimum(trust, view_trust(view_costs(per_view), cues.trust_ratio))
         pose, transl, residual = new_pose, new_transl, new_residual
-        if cfg.round_stop_mm > 0 and r + 1 < cfg.outer_iterations and not _hands_over(predictor, r, r + 2):
-            with torch.no_grad():
-                moved = model(pose[None], betas[None], transl[None]).vertices[0] - vertices_world
-            moved_mm = 1000.0 * float(moved.norm(dim=-1).mean())
-            log.debug("round %d moved the body %.2f mm", r + 1, moved_mm)
-            if moved_mm < cfg.round_stop_mm:
-                notes.append(f"rounds ended after round {r + 1}: it moved the body {moved_mm:.1f} mm on average")
+        if r + 1 < cfg.outer_iterations and not _hands_over(predictor, r, r + 2):
+            if gain < cfg.round_stop_gain:
+                notes.append(f"rounds ended after round {r + 1}: it improved the agreement with the keypoints "
+                             f"and masks by {100 * gain:.2f} %")  # fmt: skip
                 break
+            if cfg.round_stop_mm > 0:
+                with torch.no_grad():
+                    moved = model(pose[None], betas[None], transl[None]).vertices[0] - vertices_world
+                moved_mm = 1000.0 * float(moved.norm(dim=-1).mean())
+                if moved_mm < cfg.round_stop_mm:
+                    notes.append(f"rounds ended after round {r + 1}: it moved the body {moved_mm:.1f} mm on average")
+                    break
     if evidence is not None and status not in FAILED_STATES:
         if not cues.guard:  # the guard keeps the current body's costs; without it, measure them now
             cost_cur, cur_views = evidence_cost(model, definition, rig, pose, betas, transl, evidence, trust)

@@ -322,8 +322,10 @@ class _Overshoot(OraclePredictor):
     def __init__(self, gt_vertices_world, factor):
         super().__init__(gt_vertices_world)
         self.factor = factor
+        self.calls = 0  # rounds run
 
     def __call__(self, req):
+        self.calls += 1
         d = super().__call__(req)
         return Displacement(d.flow * self.factor, d.confidence)
 
@@ -349,3 +351,25 @@ def test_a_rejected_update_is_tried_again_at_a_fraction_of_its_length(session, b
     assert res.evidence_cost[1] < res.evidence_cost[0]
     with pytest.raises(ValueError, match=">= 0"):
         CueConfig(guard_backtrack=-1)
+
+
+def test_rounds_end_once_a_round_barely_improves_the_agreement(session, body_model):
+    """round_stop_gain: a kept round whose gain in agreement with the keypoints and masks is
+    below the fraction ends the frame; 0 runs on while the guard keeps rounds."""
+    inputs, ev, definition, app, gt = _frame(session, 1, body_model)
+    start = BodyParams(gt.pose_rotvecs[1:2], inputs.init.betas, gt.transl[1:2] + np.float32([0.03, 0.0, 0.0]))
+    with torch.no_grad():
+        truth = body_model(**gt.slice(1).to_torch()).vertices[0]
+    runs = {}
+    for gain in (0.0, 0.99):
+        oracle = _Overshoot(truth, 1.0)
+        cfg = dataclasses.replace(FAST, outer_iterations=3, round_stop_mm=0.0, round_stop_gain=gain,
+                                  cues=CueConfig(field_check=False))  # fmt: skip
+        res = refine_frame(body_model, inputs.rig, inputs.photos, start, oracle, cfg, app, None, ev, definition)
+        runs[gain] = (oracle.calls, res)
+    calls, res = runs[0.99]
+    assert calls == 1 and res.status == "done", res.notes
+    assert any("rounds ended after round 1: it improved the agreement" in n for n in res.notes), res.notes
+    assert runs[0.0][0] > 1 and not any("rounds ended" in n for n in runs[0.0][1].notes)
+    with pytest.raises(ValueError, match=r"round_stop_gain in \[0, 1\)"):
+        RefineConfig(round_stop_gain=1.0)
