@@ -477,6 +477,9 @@ def refine_events(events: dict) -> str:
             f"{len(events['kept'])} frame(s) kept their initial estimate: no refinement round agreed better with "
             "the cameras' keypoints and masks"
         )
+    if events.get("rounds"):
+        r = events["rounds"]
+        out.append(f"{sum(r) / len(r):.1f} render-predict-fit rounds per frame ({min(r)}-{max(r)})")
     if events.get("previous_rejected"):
         out.append(
             f"{len(events['previous_rejected'])} frame(s) started from their own estimate, not the drifted "

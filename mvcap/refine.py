@@ -230,7 +230,9 @@ class FrameResult:
     fit iterations summed over outer iterations, wall seconds, skipped view names; status
     (see :data:`FAILED_STATES`), notes (what the guard and the trust did, in words),
     view_weights (V,) the trust each view got, dead_views (names of cameras with no picture),
-    evidence_cost (start, end) of the body against the detector's evidence (NaN without)."""
+    evidence_cost (start, end) of the body against the detector's evidence (NaN without),
+    rounds: the render -> predict -> fit rounds run (a rejected one included; 0: not a
+    dense refinement)."""
 
     pose_rotvecs: np.ndarray
     betas: np.ndarray
@@ -244,6 +246,7 @@ class FrameResult:
     view_weights: np.ndarray | None = None
     dead_views: tuple[str, ...] = ()
     evidence_cost: tuple[float, float] = (float("nan"), float("nan"))
+    rounds: int = 0
 
     @property
     def failed(self) -> bool:
@@ -800,7 +803,9 @@ def _refine_steps(
 
     checker = _field_checker(model, rig, evidence, definition, cues) if evidence is not None else None
     mask_distances = None
+    rounds = 0
     for r in range(cfg.outer_iterations):
+        rounds = r + 1
         with torch.no_grad():
             posed = model(pose[None], betas[None], transl[None])
             vertices_world = posed.vertices[0]
@@ -975,6 +980,7 @@ def _refine_steps(
         trust.copy(),
         tuple(rig.names[v] for v in dead),
         (cost_start, cost_cur),
+        rounds,
     )
 
 
@@ -1277,6 +1283,8 @@ def record_outcome(writer, out: FrameOutcome, num_views: int, view_idx: list[int
         return False
     if res.status == "kept":
         events.setdefault("kept", []).append(t)
+    if res.rounds:
+        events.setdefault("rounds", []).append(res.rounds)
     write_frame_result(writer, t, res, num_views, view_idx)
     log.debug("frame %d: %s, residual %.2f px, %.1f s", t, res.status, np.nanmean(res.residual_px), res.seconds)
     return True
@@ -1308,7 +1316,7 @@ def refine_session(
     events: if a dict is given, it collects what the safeguards did: ``dead_views`` {camera:
     frames}, ``kept`` frames whose initial estimate was kept by the acceptance guard,
     ``down_weighted`` {camera: frames}, ``previous_rejected`` frames where init="previous"
-    fell back to the frame's own estimate.
+    fell back to the frame's own estimate, ``rounds`` the rounds each refined frame ran.
 
     With the session's 2D detections (``mvcap detect``), every frame is also fitted to the
     detector's keypoints and masks and guarded by them (``cfg.cues``).
@@ -1322,7 +1330,7 @@ def refine_session(
         events = {} if events is None else events
         for key in ("dead_views", "down_weighted"):
             events.setdefault(key, {})
-        for key in ("kept", "previous_rejected"):
+        for key in ("kept", "previous_rejected", "rounds"):
             events.setdefault(key, [])
         shared_predictor = (
             None if cfg.predictor == "oracle" else make_predictor(cfg.predictor, cfg, subject=run.subject)

@@ -298,6 +298,7 @@ def test_rounds_end_once_the_body_settles(body_model, tiny_session):
     assert calls[0.0] == 5 and not any("rounds ended" in n for n in results[0.0].notes)
     assert calls[1e6] == 1 and "rounds ended after round 1" in results[1e6].notes[-1]
     assert 1 < calls[5.0] < 5 and any(f"rounds ended after round {calls[5.0]}" in n for n in results[5.0].notes)
+    assert [results[k].rounds for k in (0.0, 5.0, 1e6)] == [calls[k] for k in (0.0, 5.0, 1e6)]
     pve = {}
     for stop, res in results.items():
         after = BodyParams(res.pose_rotvecs[None], res.betas[None], res.transl[None])
@@ -306,3 +307,6 @@ def test_rounds_end_once_the_body_settles(body_model, tiny_session):
     assert pve[1e6] > pve[0.0]  # one round is not enough: the test would pass without rounds
     with pytest.raises(ValueError, match=r"round_stop_mm must be >= 0"):
         RefineConfig(round_stop_mm=-1.0)
+    from mvcap.pipeline import refine_events
+
+    assert refine_events({"rounds": [3, 5, 4]}) == "4.0 render-predict-fit rounds per frame (3-5)"
