@@ -803,12 +803,13 @@ def _refine_steps(
 
     checker = _field_checker(model, rig, evidence, definition, cues) if evidence is not None else None
     mask_distances = None
-    rounds = 0
+    rounds, posed = 0, None
     for r in range(cfg.outer_iterations):
         rounds = r + 1
-        with torch.no_grad():
-            posed = model(pose[None], betas[None], transl[None])
-            vertices_world = posed.vertices[0]
+        if posed is None:  # the last round's settling test may have posed the body already
+            with torch.no_grad():
+                posed = model(pose[None], betas[None], transl[None])
+        vertices_world = posed.vertices[0]
         round_predictor = _round_predictor(predictor, r)
         windows = None
         if cfg.render_window:
@@ -934,6 +935,7 @@ def _refine_steps(
             if cues.trust and r == 0:  # trust is set once, from the start and the first accepted update
                 trust = np.minimum(trust, view_trust(view_costs(per_view), cues.trust_ratio))
         pose, transl, residual = new_pose, new_transl, new_residual
+        posed = None
         if r + 1 < cfg.outer_iterations and not _hands_over(predictor, r, r + 2):
             if gain < cfg.round_stop_gain:
                 notes.append(f"rounds ended after round {r + 1}: it improved the agreement with the keypoints "
@@ -941,8 +943,8 @@ def _refine_steps(
                 break
             if cfg.round_stop_mm > 0:
                 with torch.no_grad():
-                    moved = model(pose[None], betas[None], transl[None]).vertices[0] - vertices_world
-                moved_mm = 1000.0 * float(moved.norm(dim=-1).mean())
+                    posed = model(pose[None], betas[None], transl[None])
+                moved_mm = 1000.0 * float((posed.vertices[0] - vertices_world).norm(dim=-1).mean())
                 if moved_mm < cfg.round_stop_mm:
                     notes.append(f"rounds ended after round {r + 1}: it moved the body {moved_mm:.1f} mm on average")
                     break
