@@ -945,6 +945,7 @@ def _refine_steps(
                 with torch.no_grad():
                     posed = model(pose[None], betas[None], transl[None])
                 moved_mm = 1000.0 * float((posed.vertices[0] - vertices_world).norm(dim=-1).mean())
+                log.debug("round %d moved the body %.2f mm", r + 1, moved_mm)
                 if moved_mm < cfg.round_stop_mm:
                     notes.append(f"rounds ended after round {r + 1}: it moved the body {moved_mm:.1f} mm on average")
                     break
