@@ -1,7 +1,7 @@
 """The refinement loop: render -> predict displacements -> per-vertex targets -> fit.
 
 Per frame, at most ``outer_iterations`` rounds (fewer once a round barely moves the body,
-``round_stop_mm``) of:
+``round_stop_mm``, or barely improves its agreement with the detector, ``round_stop_gain``) of:
 
 1. render the current body estimate in every view (undistorted pinhole images), textured
    with the subject's appearance, plus depth, normals and template coordinates;
@@ -889,12 +889,9 @@ def _refine_steps(
                 new_residual = (weight * d).sum(-1) / weight.sum(-1).clamp_min(1e-6)
         iterations += res.iterations
         # a camera whose targets the field check dropped: its residual is reported against them
-        residual_weight = weight
-        if bool((weight.sum(-1) <= 0).logical_and(all_weight.sum(-1) > 0).any()):
-            residual_weight = all_weight
-            with torch.no_grad():
-                v_new = model(new_pose[None], betas[None], new_transl[None]).vertices[0]
-            new_residual = _target_residual(pinhole, v_new, uv_target, residual_weight)
+        # (measured below, on the body the round keeps)
+        remeasure = bool((weight.sum(-1) <= 0).logical_and(all_weight.sum(-1) > 0).any())
+        residual_weight = all_weight if remeasure else weight
         if not (torch.isfinite(new_pose).all() and torch.isfinite(new_transl).all()):
             status = "diverged"
             notes.append(f"round {r + 1}: the fit diverged (non-finite pose or translation)")
@@ -914,10 +911,7 @@ def _refine_steps(
                     notes.append(f"round {r + 1}: {step:g} of the update kept (the whole one agrees less with "
                                  f"{' and '.join(objections)})")  # fmt: skip
                     (cost_new, per_view), objections = part, []
-                    new_pose, new_transl = part_pose, part_transl
-                    with torch.no_grad():
-                        v_part = model(new_pose[None], betas[None], new_transl[None]).vertices[0]
-                    new_residual = _target_residual(pinhole, v_part, uv_target, residual_weight)
+                    new_pose, new_transl, remeasure = part_pose, part_transl, True
                     break
             if objections:
                 why = f"it agrees less with {' and '.join(objections)}"
@@ -935,15 +929,19 @@ def _refine_steps(
             if cues.trust and r == 0:  # trust is set once, from the start and the first accepted update
                 trust = np.minimum(trust, view_trust(view_costs(per_view), cues.trust_ratio))
         pose, transl, residual = new_pose, new_transl, new_residual
+        more = r + 1 < cfg.outer_iterations and not _hands_over(predictor, r, r + 2)
         posed = None
-        if r + 1 < cfg.outer_iterations and not _hands_over(predictor, r, r + 2):
+        if remeasure or (more and cfg.round_stop_mm > 0):  # the kept body, posed once for both
+            with torch.no_grad():
+                posed = model(pose[None], betas[None], transl[None])
+        if remeasure:
+            residual = _target_residual(pinhole, posed.vertices[0], uv_target, residual_weight)
+        if more:
             if gain < cfg.round_stop_gain:
                 notes.append(f"rounds ended after round {r + 1}: it improved the agreement with the keypoints "
                              f"and masks by {100 * gain:.2f} %")  # fmt: skip
                 break
             if cfg.round_stop_mm > 0:
-                with torch.no_grad():
-                    posed = model(pose[None], betas[None], transl[None])
                 moved_mm = 1000.0 * float((posed.vertices[0] - vertices_world).norm(dim=-1).mean())
                 log.debug("round %d moved the body %.2f mm", r + 1, moved_mm)
                 if moved_mm < cfg.round_stop_mm:
