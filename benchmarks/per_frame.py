@@ -44,6 +44,8 @@ def main():
     ap.add_argument("--frames", type=int, default=10, help="first N frames per session (as the bench's max_frames)")
     ap.add_argument("--joints", type=int, default=0, help="also list each run's K worst joints per subject")
     args = ap.parse_args()
+    if args.joints < 0:
+        ap.error(f"--joints takes a count >= 0, got {args.joints}")
     model = load_body_model()
     paths = sorted(args.bench_dir.glob("*.h5"))
     rows = {r: [] for r in ["init", *args.runs]}
