@@ -930,11 +930,10 @@ def _refine_steps(
                 trust = np.minimum(trust, view_trust(view_costs(per_view), cues.trust_ratio))
         pose, transl, residual = new_pose, new_transl, new_residual
         more = r + 1 < cfg.outer_iterations and not _hands_over(predictor, r, r + 2)
-        posed = None
-        if remeasure or (more and cfg.round_stop_mm > 0):  # the kept body, posed once for both
+        posed = None  # the kept body, posed at most once: for its residual, the settling test, the next round
+        if remeasure:
             with torch.no_grad():
                 posed = model(pose[None], betas[None], transl[None])
-        if remeasure:
             residual = _target_residual(pinhole, posed.vertices[0], uv_target, residual_weight)
         if more:
             if gain < cfg.round_stop_gain:
@@ -942,6 +941,9 @@ def _refine_steps(
                              f"and masks by {100 * gain:.2f} %")  # fmt: skip
                 break
             if cfg.round_stop_mm > 0:
+                if posed is None:
+                    with torch.no_grad():
+                        posed = model(pose[None], betas[None], transl[None])
                 moved_mm = 1000.0 * float((posed.vertices[0] - vertices_world).norm(dim=-1).mean())
                 log.debug("round %d moved the body %.2f mm", r + 1, moved_mm)
                 if moved_mm < cfg.round_stop_mm:
