@@ -147,18 +147,19 @@ class FlowPredictor:
         """One view's field into ``flow`` (H, W, 2) and ``conf`` (H, W), zeros beforehand."""
         cfg = self.cfg
         H, W = mask.shape
-        ys, xs = np.nonzero(mask)
-        if len(ys) == 0:
+        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))  # the box, not every pixel
+        if len(rows) == 0:
             return
-        y0, y1 = max(0, ys.min() - cfg.margin_px), min(H, ys.max() + 1 + cfg.margin_px)
-        x0, x1 = max(0, xs.min() - cfg.margin_px), min(W, xs.max() + 1 + cfg.margin_px)
+        y0, y1 = max(0, rows[0] - cfg.margin_px), min(H, rows[-1] + 1 + cfg.margin_px)
+        x0, x1 = max(0, cols[0] - cfg.margin_px), min(W, cols[-1] + 1 + cfg.margin_px)
         photo_f = photo[y0:y1, x0:x1].astype(np.float32) / 255.0
         m = mask[y0:y1, x0:x1, None]
         if cfg.background == "photo":
             bg = photo_f
         else:
             bg = np.broadcast_to(photo_f.reshape(-1, 3).mean(0), photo_f.shape)
-        render = np.where(m, rgb[y0:y1, x0:x1], bg)
+        render = np.array(bg, dtype=np.result_type(bg, rgb))
+        np.copyto(render, rgb[y0:y1, x0:x1], where=m)
         a = _to_gray_u8(render, cfg.normalize, cfg.normalize_sigma_px)
         b = _to_gray_u8(photo_f, cfg.normalize, cfg.normalize_sigma_px)
         fw = self._dis.calc(a, b, None)
