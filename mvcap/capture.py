@@ -9,6 +9,7 @@ dtypes, shapes) is documented in ``docs/session-format.md`` and summarised here:
     /rig/                  names (V,) utf-8, K (V,3,3), dist (V,5), R_world2cam (V,3,3),
                            t_world2cam (V,3), image_size (V,2) int64 (width, height);
                            attrs world_up ("+y", "+z", ...), world_units ("m")  (optional)
+    /rig_original/         the rig as created, once ``mvcap rig refine --apply`` replaced /rig (optional)
     /frames/<view>/        images (T,H,W,3) uint8 (one frame per chunk, gzip),
                            timestamps (T,) float64 s, written (T,) bool
     /subject/              betas (10,), texture?, vertex_colors?, displacement_net? (uint8 bytes of
@@ -796,6 +797,35 @@ class Session:
         g.attrs["world_up"] = up
         g.attrs["world_units"] = units
         self._f.flush()
+
+    @property
+    def original_rig(self) -> Rig | None:
+        """The rig this session was created with, where :meth:`replace_rig` replaced it (else None)."""
+        if "rig_original" not in self._h5():
+            return None
+        g = self._h5()["rig_original"]
+        return Rig.from_arrays(g["names"].asstr()[()].tolist(), g["K"][()], g["dist"][()], g["R_world2cam"][()],
+                               g["t_world2cam"][()], g["image_size"][()])  # fmt: skip
+
+    def replace_rig(self, rig: Rig) -> None:
+        """Store a new calibration of the same cameras (same names, order and image sizes), e.g.
+        one refined by :mod:`mvcap.rigrefine`. The first replacement keeps the rig it replaces as
+        ``/rig_original`` (:attr:`original_rig`). Initial estimates, subjects and results made with
+        the old rig are left as they are: redo them."""
+        old = self._rig
+        if rig.names != old.names or [c.image_size for c in rig] != [c.image_size for c in old]:
+            raise SessionError(
+                f"the new rig must have the session's cameras {list(old.names)} with their image sizes "
+                f"{[c.image_size for c in old]}; got {list(rig.names)} with {[c.image_size for c in rig]}"
+            )
+        f = self._writable()
+        arrays = rig.to_arrays()
+        with self._writing("the rig"):
+            if "rig_original" not in f:
+                f.copy(f["rig"], "rig_original")
+            for k in ("K", "dist", "R_world2cam", "t_world2cam"):
+                f["rig"][k][...] = np.asarray(arrays[k], np.float64)
+        self._rig = rig
 
     # ---------------------------------------------------------------- frames --------------
     def _view(self, view: str | int) -> str:

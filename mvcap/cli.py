@@ -440,6 +440,49 @@ def _config_option(help_text: str):
     )
 
 
+@rig.command("refine")
+@click.argument("sessions", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_frames_option("every frame", f"Frames whose detections calibrate: {_FRAMES_HELP}")
+@_config_option("Rig refinement TOML (default: configs/rigrefine.toml).")
+@click.option("--set", "overrides", multiple=True, help="Config overrides key=value, e.g. rotation_sigma_deg=1")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the refined rig to this file (.toml, or an EasyMocap intri.yml / folder).")  # fmt: skip
+@click.option("--apply", "apply_", is_flag=True,
+              help="Store the refined rig in the sessions (the rig they had is kept as /rig_original).")  # fmt: skip
+@click.option("--force", is_flag=True, help="Write / apply the rig even if the held-back frames do not agree better.")
+def rig_refine(sessions, frames, config_path, overrides, out, apply_, force):
+    """Refine the camera poses of the rig of SESSIONS from the people in them: bundle adjustment of
+    their detected keypoints (`mvcap detect`), each camera kept near its calibrated pose.
+
+    SESSIONS: one take's sessions (one per person filmed is best: more keypoints). Every 5th frame
+    is held back; the rig is written or applied only if those frames agree better (each camera
+    against the keypoints triangulated from the others). After --apply, redo `mvcap init
+    --overwrite`, `mvcap register` and refinement: they used the old rig.
+    """
+    from mvcap.capture import Session
+    from mvcap.config import load_config, parse_overrides
+    from mvcap.rigio import save_rig
+    from mvcap.rigrefine import RigRefineConfig, apply_rig, format_result, refine_session_rig
+
+    cfg = load_config(RigRefineConfig, config_path or "rigrefine.toml", parse_overrides(overrides))
+    res = refine_session_rig(list(sessions), frames, cfg)
+    click.echo(format_result(res))
+    if not (res.accepted or force):
+        click.echo("the refined rig was not written: the held-back frames do not agree better (--force writes it)")
+        return
+    if out is not None:
+        with Session.open(sessions[0]) as s:
+            up = s.world_up
+        save_rig(res.rig, out, up=up)
+        click.echo(f"wrote {out}")
+    if apply_:
+        apply_rig(list(sessions), res.rig)
+        click.echo(f"stored the refined rig in {len(sessions)} session(s); now redo `mvcap init --overwrite`, "
+                   "`mvcap register` and refinement, which used the old rig")  # fmt: skip
+    elif out is None:
+        click.echo("nothing written: pass --out FILE and/or --apply")
+
+
 def _session_paths(target: Path) -> list[Path]:
     if target.is_dir():
         paths = sorted(target.glob("*.h5"))
