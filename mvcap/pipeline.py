@@ -6,7 +6,9 @@ Stages (each skipped when its output already exists, so rerunning resumes):
    (:mod:`mvcap.ingest`); or use an existing session file.
 2. **init** – initial body per frame: 2D keypoints by MediaPipe (:mod:`mvcap.detect`),
    robust triangulation and a body fit (:mod:`mvcap.initialize`); or a user-supplied npz of
-   SMPL parameters; or what the session already holds.
+   SMPL parameters; or what the session already holds. Opt-in (``[rig_refine] enabled``),
+   between detection and the fit: the rig's camera poses refined from the detected keypoints
+   (:mod:`mvcap.rigrefine`), stored in the session when held-back frames agree better.
 3. **subject** – a registered subject file, or registration from frames of this capture
    (:mod:`mvcap.register`); opt-in (``[adapt] enabled``): the displacement network adapted
    to the subject on this capture's photos (:mod:`mvcap.adapt`), stored with the subject.
@@ -40,6 +42,7 @@ from mvcap.initialize import InitConfig, load_npz_init
 from mvcap.refine import RefineConfig
 from mvcap.register import RegisterConfig
 from mvcap.report import ReportConfig
+from mvcap.rigrefine import RigRefineConfig
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +97,12 @@ class AdaptStage:
 
 
 @dataclass(frozen=True)
+class RigRefineStage:
+    enabled: bool = False  # refine the rig's camera poses from the detected keypoints (mvcap rig refine --apply)
+    config: RigRefineConfig = RigRefineConfig()
+
+
+@dataclass(frozen=True)
 class ExportStage:
     formats: tuple[str, ...] = ()  # e.g. ["npz", "bvh", "glb"]; empty = no export
 
@@ -120,6 +129,7 @@ class RunConfig:
     init: InitStage = InitStage()
     subject: SubjectStage = SubjectStage()
     adapt: AdaptStage = AdaptStage()
+    rig_refine: RigRefineStage = RigRefineStage()
     refine: RefineConfig = RefineConfig()
     validate: ValidateStage = ValidateStage()
     export: ExportStage = ExportStage()
@@ -222,6 +232,24 @@ class PreparedRun:
     summary: RunSummary
 
 
+def _refine_rig(session_path: Path, stage: RigRefineStage) -> str:
+    """The rig refined from the session's detections and stored when held-back frames agree
+    better (once: a session whose rig was replaced before keeps it); a note for the summary."""
+    from mvcap.capture import Session
+    from mvcap.rigrefine import apply_rig, format_result, refine_session_rig
+
+    with Session.open(session_path) as s:
+        if s.original_rig is not None:
+            return "rig already refined; "
+    res = refine_session_rig([session_path], None, stage.config)
+    log.info(format_result(res))
+    if not res.accepted:
+        return f"rig kept (refined, it agreed {100 * res.gain:+.0f} % on held-back frames); "
+    apply_rig([session_path], res.rig)
+    return (f"rig refined from the keypoints (held-back frames {np.nanmean(res.before_px):.1f} -> "
+            f"{np.nanmean(res.after_px):.1f} px); ")  # fmt: skip
+
+
 def prepare_run(cfg: RunConfig, base_dir: Path, out_dir: Path | None = None, progress: bool = True,
                 model=None) -> PreparedRun:  # fmt: skip
     """The stages before refinement: ingest, init, subject (each skipped when done)."""
@@ -305,9 +333,10 @@ def prepare_run(cfg: RunConfig, base_dir: Path, out_dir: Path | None = None, pro
             from mvcap.initialize import initialize_session
 
             det = detect_session(session_path, cfg.init.detect, frames=frames, progress=progress)
+            rig_note = _refine_rig(session_path, cfg.rig_refine) if cfg.rig_refine.enabled else ""
             ini = initialize_session(session_path, cfg.init.fit, frames=frames, progress=progress, model=model)
             summary.stage_notes["init"] = (
-                f"MediaPipe found the person in {100 * det.found_fraction:.0f} % of new view images; {ini}"
+                f"MediaPipe found the person in {100 * det.found_fraction:.0f} % of new view images; {rig_note}{ini}"
             )
 
     # 3. subject --------------------------------------------------------------------------

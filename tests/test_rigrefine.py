@@ -118,3 +118,22 @@ def test_cli_refines_a_session_rig_and_keeps_the_original(detected_session_path,
     # a rig of other cameras is refused, with the cameras named
     with Session.open(path, "a") as s, pytest.raises(Exception, match="must have the session's cameras"):
         s.replace_rig(true_rig.subset(true_rig.names[:2]))
+
+
+def test_run_stage_refines_a_bumped_rig_once(detected_session_path, tmp_path):
+    from mvcap.capture import Session
+    from mvcap.pipeline import RigRefineStage, _refine_rig
+
+    path = tmp_path / "s.h5"
+    shutil.copy(detected_session_path, path)
+    stage = RigRefineStage(enabled=True, config=RigRefineConfig(check_every=2))
+    assert _refine_rig(path, stage).startswith("rig kept")  # the synthetic rig is right
+    with Session.open(path, "a") as s:
+        s.replace_rig(_bump(s.rig, 2, rotvec_deg=(0.0, 2.0, 0.0)))
+    assert _refine_rig(path, stage).startswith("rig already refined")  # a replaced rig is kept
+    with Session.open(path, "a") as s:  # as if ingested with the bumped rig
+        del s._writable()["rig_original"]
+    note = _refine_rig(path, stage)
+    assert note.startswith("rig refined from the keypoints"), note
+    with Session.open(path) as s:
+        assert s.original_rig is not None
