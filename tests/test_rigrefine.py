@@ -37,6 +37,11 @@ def _bump(rig: Rig, view: int, rotvec_deg=(0.0, 0.0, 0.0), move_m=(0.0, 0.0, 0.0
     return Rig(tuple(cams))
 
 
+def _angle_deg(a, b) -> float:
+    """The angle between two cameras' orientations."""
+    return float(np.degrees(np.arccos(np.clip((np.trace(a.R_world2cam @ b.R_world2cam.T) - 1) / 2, -1, 1))))
+
+
 def _relative_angles_deg(a: Rig, b: Rig) -> np.ndarray:
     """Angles between the camera-to-camera rotations of two rigs (invariant to moving the rig as a whole)."""
     out = []
@@ -57,8 +62,12 @@ def test_a_bumped_camera_is_put_back():
     assert res.before_px[1] > 5 and res.before_px[2] > 2
     assert np.all(res.after_px < 1.5), res.after_px
     assert _relative_angles_deg(bumped, rig).max() > 1.0
-    assert _relative_angles_deg(res.rig, rig).max() < 0.2
-    assert res.rotation_deg[1] > res.rotation_deg[[0, 3]].max()  # the turned camera took the turn
+    # the turned camera is turned back, and the cameras nobody touched stay where they were (the
+    # prior's promise; the moved camera may turn a little instead: from a few metres a small move
+    # and a small turn look alike)
+    assert _angle_deg(res.rig[1], rig[1]) < 0.2
+    assert res.rotation_deg[[0, 3]].max() < 0.15 and res.centre_m[[0, 3]].max() < 0.005
+    assert _relative_angles_deg(res.rig, rig).max() < 0.5
     # intrinsics are kept
     for a, b in zip(res.rig, bumped):
         np.testing.assert_array_equal(a.K, b.K)
