@@ -11,6 +11,9 @@
 #             25-49, `mvcap adapt`; ADAPT_SET="--set steps=800" etc.) and compare flow, the
 #             shipped network and the adapted one on the first half (frames 0:25:5), which
 #             adaptation never saw
+#   RIG_REFINE=1  refine the rig's camera poses from both people's keypoints on frames 25-49
+#             (`mvcap rig refine --apply`) before the initial estimates; use a fresh OUT (the
+#             sessions' initial estimates and subjects must be made with the refined rig)
 #
 # Every step resumes: rerunning skips what is done. Numbers: docs/BENCHMARKS.md ("Real take").
 set -euo pipefail
@@ -33,8 +36,17 @@ declare -A SEED=([man]="pixel:cam03:624,940" [woman]="pixel:cam01:820,1320")
 for who in $WHO; do
   S="$OUT/$who.h5"
   [ -f "$S" ] || cp "$OUT/take.h5" "$S"
-  echo "== $who (${SEED[$who]})"
+  echo "== $who (${SEED[$who]}): detect"
   $MV detect "$S" --subject "${SEED[$who]}"
+done
+if [ "${RIG_REFINE:-0}" = 1 ] && [ ! -f "$OUT/rig_refined.toml" ]; then
+  # shellcheck disable=SC2046
+  $MV rig refine $(for who in $WHO; do echo "$OUT/$who.h5"; done) --frames 25:50 --apply --out "$OUT/rig_refined.toml"
+fi
+
+for who in $WHO; do
+  S="$OUT/$who.h5"
+  echo "== $who"
   $MV init "$S"
   [ -f "$OUT/$who.subject.npz" ] || $MV register "$S" --write-session --out "$OUT/$who.subject.npz"
   for p in $PREDICTORS; do
