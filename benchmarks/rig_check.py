@@ -1,12 +1,15 @@
 """Does the rig fit the take? Each camera against the keypoints triangulated from the others.
 
     python benchmarks/rig_check.py SESSION.h5 [SESSION.h5 ...] [--frames 0:25] [--rig FILE ...] [--shifts 6]
+        [--reference FILE]
 
 For every camera and session: the median distance (px) between its confident detections and
 the other cameras' triangulation projected into it, and the median signed offset (x, y),
 projected minus detected. A calibration error shows as an offset of one sign for every
 landmark and every person in that camera (a detector's landmark bias differs per landmark).
-``--rig`` adds the same table for other rig files (e.g. ``mvcap rig refine --out``);
+``--rig`` adds the same table for other rigs (rig files, e.g. ``mvcap rig refine --out``, or
+sessions' rigs); ``--reference`` also prints each rig's per-camera difference to a reference
+rig (e.g. the true rig of a synthetic session), :func:`mvcap.calibrate.compare_rigs`;
 ``--shifts N`` also scans time offsets of -N..N frames between each camera and the others
 (the median distance per offset), which a synchronisation error would show as a minimum away
 from 0.
@@ -23,32 +26,29 @@ import numpy as np
 os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
 
 
-def _projected_from_others(rig, kp, h, flip_index):
-    """(T, K, 2) camera h's view of the keypoints triangulated from the other cameras."""
-    import torch
+def _rig(path: Path):
+    """The rig of a session file (.h5) or a rig file."""
+    from mvcap.capture import Session
+    from mvcap.rigio import load_rig
 
-    from mvcap.cameras import project
-    from mvcap.triangulate import triangulate_keypoints
-
-    T, V, K, _ = kp.shape
-    others = [v for v in range(V) if v != h]
-    X = triangulate_keypoints(rig.subset([rig.names[v] for v in others]), kp[:, others], flip_index=flip_index)
-    X = np.nan_to_num(X.points_world.reshape(-1, 3), nan=np.inf)
-    uv = project(rig.subset([rig.names[h]]), torch.as_tensor(np.where(np.isfinite(X), X, 0.0)), distort=True)[0]
-    uv = uv.numpy().reshape(T, K, 2)
-    return np.where(np.isfinite(X).all(-1).reshape(T, K)[..., None], uv, np.nan)
+    if path.suffix == ".h5":
+        with Session.open(path) as s:
+            return s.rig
+    return load_rig(path)
 
 
 def main(argv=None) -> int:
+    from mvcap.calibrate import compare_rigs, format_comparison
     from mvcap.capture import Session
     from mvcap.frames import parse_frames
     from mvcap.keypoints import keypoint_set
-    from mvcap.rigio import load_rig
+    from mvcap.rigrefine import projected_from_others
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("sessions", nargs="+", type=Path)
     ap.add_argument("--frames", default=None, help="frames to check (mvcap's frame grammar; default all)")
-    ap.add_argument("--rig", action="append", default=[], help="another rig file to check the same way")
+    ap.add_argument("--rig", action="append", default=[], type=Path, help="another rig (file or session) to check")
+    ap.add_argument("--reference", type=Path, default=None, help="a rig (file or session) to compare each rig with")
     ap.add_argument("--shifts", type=int, default=0, help="also scan time offsets of -N..N frames")
     ap.add_argument("--min-confidence", type=float, default=0.5)
     args = ap.parse_args(argv)
@@ -58,11 +58,11 @@ def main(argv=None) -> int:
             idx = None if args.frames is None else parse_frames(args.frames).resolve(s.num_frames)
             kp, rig = s.read_keypoints(idx).astype(np.float64), s.rig
             flip = keypoint_set(s.keypoint_format).flip_index
-        rigs = [("session rig", rig)] + [(r, load_rig(r)) for r in args.rig]
+        rigs = [("session rig", rig)] + [(str(r), _rig(r)) for r in args.rig]
         for label, r in rigs:
             print(f"{path.name}, {label}:")
             for h, name in enumerate(r.names):
-                uv = _projected_from_others(r, kp, h, flip)
+                uv = projected_from_others(r, kp, h, flip)
                 det = kp[:, h]
                 ok = (det[..., 2] >= args.min_confidence) & np.isfinite(uv).all(-1) & np.isfinite(det[..., :2]).all(-1)
                 d = uv - det[..., :2]
@@ -79,6 +79,8 @@ def main(argv=None) -> int:
                         scan.append(f"{k:+d}:{np.median(np.linalg.norm(uk - dk[..., :2], axis=-1)[okk]):.0f}")
                     line += "; time offset -> median px " + " ".join(scan)
                 print(line)
+            if args.reference is not None:
+                print(format_comparison(compare_rigs(r, _rig(args.reference))))
     return 0
 
 

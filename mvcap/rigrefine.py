@@ -50,6 +50,7 @@ __all__ = [
     "RigRefineError",
     "RigRefineConfig",
     "RigRefineResult",
+    "projected_from_others",
     "leave_one_out_px",
     "refine_rig",
     "refine_session_rig",
@@ -118,22 +119,30 @@ class RigRefineResult:
         return float(1.0 - after / before) if before > 0 else 0.0
 
 
-def leave_one_out_px(rig: Rig, keypoints: np.ndarray, min_confidence: float = 0.5, flip_index=None) -> np.ndarray:
-    """(V,) each camera's median distance (pixels) between its confident detections and the
-    keypoints triangulated from the other cameras, projected into it; NaN where a camera has
-    none. keypoints (T, V, K, 3) ``[x, y, confidence]`` in the rig's distorted images."""
+def projected_from_others(rig: Rig, keypoints: np.ndarray, view: int, flip_index=None) -> np.ndarray:
+    """(T, K, 2) camera ``view``'s pixels of the keypoints triangulated from the other cameras
+    (NaN where they are not); keypoints (T, V, K, 3) ``[x, y, confidence]`` in the rig's
+    distorted images."""
     kp = np.asarray(keypoints, np.float64)
     T, V, K, _ = kp.shape
-    out = np.full(V, np.nan)
-    for h in range(V):
-        others = [v for v in range(V) if v != h]
-        X = triangulate_keypoints(rig.subset([rig.names[v] for v in others]), kp[:, others], flip_index=flip_index)
-        X = X.points_world.reshape(-1, 3)
-        uv = project(rig.subset([rig.names[h]]), torch.as_tensor(np.nan_to_num(X)), distort=True)[0].numpy()
-        det = kp[:, h].reshape(-1, 3)
-        ok = (det[:, 2] >= min_confidence) & np.isfinite(X).all(-1) & np.isfinite(det[:, :2]).all(-1)
+    others = [v for v in range(V) if v != view]
+    X = triangulate_keypoints(rig.subset([rig.names[v] for v in others]), kp[:, others], flip_index=flip_index)
+    X = X.points_world.reshape(-1, 3)
+    uv = project(rig.subset([rig.names[view]]), torch.as_tensor(np.nan_to_num(X)), distort=True)[0].numpy()
+    return np.where(np.isfinite(X).all(-1)[:, None], uv, np.nan).reshape(T, K, 2)
+
+
+def leave_one_out_px(rig: Rig, keypoints: np.ndarray, min_confidence: float = 0.5, flip_index=None) -> np.ndarray:
+    """(V,) each camera's median distance (pixels) between its confident detections and the
+    keypoints triangulated from the other cameras (:func:`projected_from_others`); NaN where a
+    camera has none."""
+    kp = np.asarray(keypoints, np.float64)
+    out = np.full(kp.shape[1], np.nan)
+    for h in range(len(out)):
+        d = projected_from_others(rig, kp, h, flip_index) - kp[:, h, :, :2]
+        ok = (kp[:, h, :, 2] >= min_confidence) & np.isfinite(d).all(-1)
         if ok.any():
-            out[h] = float(np.median(np.linalg.norm(uv[ok] - det[ok, :2], axis=-1)))
+            out[h] = float(np.median(np.linalg.norm(d[ok], axis=-1)))
     return out
 
 
