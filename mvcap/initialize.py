@@ -23,6 +23,7 @@ From an npz (:func:`load_npz_init`): SMPL parameters in the rig's world frame.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 import warnings
@@ -44,8 +45,11 @@ from mvcap.detect import KEYPOINT_FORMAT, MEDIAPIPE_POSE_33, DetectConfig
 from mvcap.errors import MvcapError
 from mvcap.fit import BodyFit, DataTerm, Regularisers, SolverConfig, geman_mcclure
 from mvcap.keypoints import keypoint_set
+from mvcap.rigrefine import rig_fit_warnings
 from mvcap.threads import torch_threads
 from mvcap.triangulate import TriangulateConfig, Triangulation, triangulate_keypoints
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "InitConfig",
@@ -596,6 +600,7 @@ class InitSummary:
     keypoint_error_m: np.ndarray
     reprojection_px: np.ndarray
     seconds: np.ndarray
+    rig_warnings: tuple[str, ...] = ()  # cameras the rig does not fit (:func:`mvcap.rigrefine.rig_fit_warnings`)
 
     def __str__(self) -> str:
         ok = self.fitted
@@ -660,6 +665,10 @@ def initialize_session(
             rig = rig.subset(list(views))
         kp = s.read_keypoints(todo)[:, idx]
         tri = triangulate_keypoints(rig, kp, cfg.triangulate, flip_index=kset.flip_index)
+        # does the rig fit the detections? (on at most ~50 of the frames: a camera-wide check)
+        rig_warnings = tuple(rig_fit_warnings(rig, kp[:: max(1, len(kp) // 50)], kset.flip_index))
+        for w in rig_warnings:
+            log.warning(w)
         betas = None
         if cfg.betas == "zero":
             betas = np.zeros(model.num_betas)
@@ -678,9 +687,8 @@ def initialize_session(
 
         res = fit_keypoints(model, rig, tri, cfg, betas, definition=kset.definition(model), masks=masks, init=init,
                             progress=progress, on_frame=write)  # fmt: skip
-    return InitSummary(
-        todo, res.fitted, skipped, int(tri.swapped.sum()), res.keypoint_error_m, res.reprojection_px, res.seconds
-    )
+    return InitSummary(todo, res.fitted, skipped, int(tri.swapped.sum()), res.keypoint_error_m, res.reprojection_px,
+                       res.seconds, rig_warnings)  # fmt: skip
 
 
 def _view_masks(masks, idx: list[int]):

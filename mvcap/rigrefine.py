@@ -52,6 +52,7 @@ __all__ = [
     "RigRefineResult",
     "projected_from_others",
     "leave_one_out_px",
+    "rig_fit_warnings",
     "refine_rig",
     "refine_session_rig",
     "apply_rig",
@@ -143,6 +144,34 @@ def leave_one_out_px(rig: Rig, keypoints: np.ndarray, min_confidence: float = 0.
         ok = (kp[:, h, :, 2] >= min_confidence) & np.isfinite(d).all(-1)
         if ok.any():
             out[h] = float(np.median(np.linalg.norm(d[ok], axis=-1)))
+    return out
+
+
+def rig_fit_warnings(
+    rig: Rig, keypoints: np.ndarray, flip_index=None, min_confidence: float = 0.5, min_share: float = 0.6,
+    min_height_frac: float = 0.01,
+) -> list[str]:  # fmt: skip
+    """Cameras that the rig does not fit: where the keypoints triangulated from the other
+    cameras land off this camera's detections in one direction for most landmarks (the median
+    offset at least ``min_share`` of the median distance and ``min_height_frac`` of the image
+    height). A detector's own errors point every way; a camera turned or moved since the
+    calibration shifts them all alike. keypoints (T, V, K, 3); needs 3 or more cameras."""
+    kp = np.asarray(keypoints, np.float64)
+    out: list[str] = []
+    if kp.ndim != 4 or kp.shape[1] < 3:
+        return out
+    for h, cam in enumerate(rig):
+        d = projected_from_others(rig, kp, h, flip_index) - kp[:, h, :, :2]
+        ok = (kp[:, h, :, 2] >= min_confidence) & np.isfinite(d).all(-1)
+        if ok.sum() < 20:
+            continue
+        off, dist = np.median(d[ok], 0), float(np.median(np.linalg.norm(d[ok], axis=-1)))
+        if np.linalg.norm(off) >= max(min_share * dist, min_height_frac * cam.height):
+            out.append(
+                f"camera {cam.name}: the other cameras' triangulation lands ({off[0]:+.0f}, {off[1]:+.0f}) px off its "
+                f"detections, alike for most landmarks ({dist:.0f} px median distance): the rig may not fit this "
+                "take; `mvcap rig refine` corrects the camera poses"
+            )
     return out
 
 

@@ -146,3 +146,23 @@ def test_run_stage_refines_a_bumped_rig_once(detected_session_path, tmp_path):
     assert note.startswith("rig refined from the keypoints"), note
     with Session.open(path) as s:
         assert s.original_rig is not None
+
+
+def test_init_warns_when_the_rig_does_not_fit(detected_session_path, tmp_path, body_model):
+    from mvcap.capture import Session
+    from mvcap.initialize import initialize_session
+    from mvcap.rigrefine import rig_fit_warnings
+
+    rig, kp = _scene(seed=2)
+    assert rig_fit_warnings(rig, kp) == []
+    warned = rig_fit_warnings(_bump(rig, 1, rotvec_deg=(0.0, 1.5, 0.0)), kp)
+    assert any(f"camera {rig.names[1]}:" in w and "mvcap rig refine" in w for w in warned), warned
+
+    path = tmp_path / "s.h5"
+    shutil.copy(detected_session_path, path)
+    res = initialize_session(path, overwrite=True, progress=False, model=body_model)
+    assert res.rig_warnings == ()
+    with Session.open(path, "a") as s:
+        s.replace_rig(_bump(s.rig, 1, rotvec_deg=(0.0, 3.0, 0.0)))
+    res = initialize_session(path, overwrite=True, progress=False, model=body_model)
+    assert any("camera cam01:" in w for w in res.rig_warnings), res.rig_warnings
