@@ -10,6 +10,7 @@ landmark and every person in that camera (a detector's landmark bias differs per
 ``--rig`` adds the same table for other rigs (rig files, e.g. ``mvcap rig refine --out``, or
 sessions' rigs); ``--reference`` also prints each rig's per-camera difference to a reference
 rig (e.g. the true rig of a synthetic session), :func:`mvcap.calibrate.compare_rigs`;
+``--zero-distortion`` repeats each check with the lenses' distortion off (is it the lenses?);
 ``--shifts N`` also scans time offsets of -N..N frames between each camera and the others
 (the median distance per offset), which a synchronisation error would show as a minimum away
 from 0.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +41,7 @@ def _rig(path: Path):
 
 def main(argv=None) -> int:
     from mvcap.calibrate import compare_rigs, format_comparison
+    from mvcap.cameras import Rig
     from mvcap.capture import Session
     from mvcap.frames import parse_frames
     from mvcap.keypoints import keypoint_set
@@ -50,6 +53,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rig", action="append", default=[], type=Path, help="another rig (file or session) to check")
     ap.add_argument("--reference", type=Path, default=None, help="a rig (file or session) to compare each rig with")
     ap.add_argument("--shifts", type=int, default=0, help="also scan time offsets of -N..N frames")
+    ap.add_argument("--zero-distortion", action="store_true", help="also check each rig with its lens distortion off")
     ap.add_argument("--min-confidence", type=float, default=0.5)
     args = ap.parse_args(argv)
 
@@ -59,6 +63,8 @@ def main(argv=None) -> int:
             kp, rig = s.read_keypoints(idx).astype(np.float64), s.rig
             flip = keypoint_set(s.keypoint_format).flip_index
         rigs = [("session rig", rig)] + [(str(r), _rig(r)) for r in args.rig]
+        if args.zero_distortion:
+            rigs += [(f"{name}, no distortion", Rig(tuple(replace(c, dist=0 * c.dist) for c in r))) for name, r in rigs]
         for label, r in rigs:
             print(f"{path.name}, {label}:")
             for h, name in enumerate(r.names):
