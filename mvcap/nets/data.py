@@ -48,6 +48,7 @@ from .augment import LOOSE_PATCHES, LOOSE_SIZE, chance
 from .displacement import (
     CropWindow,
     NetConfig,
+    crop_passes,
     crop_passes_tensor,
     crop_resize,
     crop_resize_tensor,
@@ -55,7 +56,6 @@ from .displacement import (
     encode_photo,
     encode_render,
     encode_render_tensor,
-    masked_crop,
     tile_window,
 )
 
@@ -538,18 +538,18 @@ def crop_sample(
     xa, xb = max(win.x0, 0), min(win.x0 + win.size, W)
     ya, yb = max(win.y0, 0), min(win.y0 + win.size, H)
     local = CropWindow(win.x0 - xa, win.y0 - ya, win.size)
-    m = mask[ya:yb, xa:xb].astype(np.float32)
-    cov = crop_resize(m, local, S)  # the mask's crop, shared by every masked channel
-    passes = _split_passes(masked_crop(pass_images[ya:yb, xa:xb], m, cov, local, S, idx), used)
+    mask = mask[ya:yb, xa:xb]
+    vals, cov = crop_passes(pass_images[ya:yb, xa:xb][..., idx], mask, local, S)
+    passes = _split_passes(vals, used)
     render = encode_render(passes, cov, net.render_passes)
     if net.flow_prior:
         if prior is None:
             raise ValueError(_NEEDS_PRIOR)
         both = np.concatenate([prior[0][ya:yb, xa:xb] / float(win.size), prior[1][ya:yb, xa:xb, None]], -1)
-        prior_crop = torch.from_numpy(masked_crop(both, m, cov, local, S)).permute(2, 0, 1)
+        prior_crop = torch.from_numpy(crop_passes(both, mask, local, S)[0]).permute(2, 0, 1)
         render = torch.cat([render, encode_prior(prior_crop, S)])
     out = {
-        "photo": encode_photo(crop_resize(photo[ya:yb, xa:xb], local, S)),
+        "photo": encode_photo(crop_resize(photo[ya:yb, xa:xb].astype(np.float32), local, S)),
         "render": render,
         "mask": torch.from_numpy((cov > 0.5).astype(np.float32))[None],
         "window": torch.tensor(float(win.size)),
@@ -557,7 +557,7 @@ def crop_sample(
         "y0": torch.tensor(win.y0),
     }
     if flow is not None:
-        target = masked_crop(flow[ya:yb, xa:xb] / float(win.size), m, cov, local, S)
+        target, _ = crop_passes(flow[ya:yb, xa:xb] / float(win.size), mask, local, S)
         target = torch.from_numpy(target).permute(2, 0, 1)
         # a flow-prior network learns the correction to the flow
         out["target"] = (target - prior_crop[:2] if net.flow_prior else target).contiguous()

@@ -64,7 +64,6 @@ __all__ = [
     "tile_window",
     "crop_resize",
     "crop_passes",
-    "masked_crop",
     "encode_photo",
     "encode_render",
     "uncrop_flow",
@@ -496,60 +495,28 @@ def tile_window(mask: np.ndarray, side: int, rng: np.random.Generator) -> CropWi
     return CropWindow(int(xs[i]) - side // 2, int(ys[i]) - side // 2, int(side))
 
 
-def _window_slices(shape, win: CropWindow):
-    """Where a window of an image of ``shape`` (H, W, ...) lies in it: (rows, cols) slices of
-    the image and the same part's (rows, cols) slices of the window's L x L canvas; None when
-    the window misses the image."""
-    H, W = shape[:2]
+def crop_resize(image: np.ndarray, win: CropWindow, S: int) -> np.ndarray:
+    """(H, W[, C]) float32 image -> (S, S[, C]) crop of window ``win`` (zeros outside the
+    image); area averaging when shrinking, bilinear when enlarging."""
+    image = np.asarray(image)
+    H, W = image.shape[:2]
     L = win.size
+    out = np.zeros((L, L) + image.shape[2:], dtype=np.float32)
     xa, xb = max(win.x0, 0), min(win.x0 + L, W)
     ya, yb = max(win.y0, 0), min(win.y0 + L, H)
-    if xa >= xb or ya >= yb:
-        return None
-    return (slice(ya, yb), slice(xa, xb)), (slice(ya - win.y0, yb - win.y0), slice(xa - win.x0, xb - win.x0))
-
-
-def _channels(a: np.ndarray, idx) -> np.ndarray:
-    """a[..., idx]: a view when ``idx`` is a run of consecutive channels, else a copy."""
-    idx = list(idx)
-    if idx == list(range(idx[0], idx[0] + len(idx))):
-        return a[..., idx[0] : idx[0] + len(idx)]
-    return a[..., idx]
-
-
-def _crop_chunks(image: np.ndarray, win: CropWindow, S: int, weight: np.ndarray | None = None, idx=None) -> np.ndarray:
-    """The window of ``image`` (H, W[, C]) resampled to (S, S[, C']) float32 (zeros outside the
-    image), channels ``idx`` (default all), each multiplied by ``weight`` (H, W) first when
-    given. Each group of up to 4 channels (OpenCV's limit) is written straight into its own
-    L x L canvas, so the window is copied once; area averaging when shrinking, bilinear when
-    enlarging."""
-    L = win.size
-    flat = image.ndim == 2
-    idx = [0] if flat else list(range(image.shape[2]) if idx is None else idx)
-    parts = _window_slices(image.shape, win)
+    if xa < xb and ya < yb:
+        out[ya - win.y0 : yb - win.y0, xa - win.x0 : xb - win.x0] = image[ya:yb, xa:xb]
+    if L == S:
+        return out
     interp = cv2.INTER_AREA if L > S else cv2.INTER_LINEAR
-    out = []
-    for c in range(0, len(idx), 4):
-        group = idx[c : c + 4]
-        canvas = np.zeros((L, L) if flat else (L, L, len(group)), np.float32)
-        if parts is not None:
-            src, dst = parts
-            values = image[src] if flat else _channels(image[src], group)
-            if weight is None:
-                canvas[dst] = values
-            else:  # as float32 first: the product of the float32 values, whatever the input's type
-                w = weight[src] if flat else weight[src][..., None]
-                np.multiply(np.asarray(values, np.float32), w, out=canvas[dst])
-        if L != S:
-            canvas = cv2.resize(canvas, (S, S), interpolation=interp).reshape((S, S) + canvas.shape[2:])
-        out.append(canvas)
-    return out[0] if len(out) == 1 else np.concatenate(out, axis=-1)
-
-
-def crop_resize(image: np.ndarray, win: CropWindow, S: int) -> np.ndarray:
-    """(H, W[, C]) image (any real type) -> (S, S[, C]) float32 crop of window ``win`` (zeros
-    outside the image); area averaging when shrinking, bilinear when enlarging."""
-    return _crop_chunks(np.asarray(image), win, S)
+    C = out.shape[2] if out.ndim == 3 else 0
+    if C <= 4:
+        res = cv2.resize(out, (S, S), interpolation=interp)
+        return res.reshape((S, S) + out.shape[2:])
+    return np.concatenate(
+        [cv2.resize(out[..., c : c + 4], (S, S), interpolation=interp).reshape(S, S, -1) for c in range(0, C, 4)],
+        axis=-1,
+    )
 
 
 def crop_passes(surface: np.ndarray, mask: np.ndarray, win: CropWindow, S: int) -> tuple[np.ndarray, np.ndarray]:
@@ -561,15 +528,10 @@ def crop_passes(surface: np.ndarray, mask: np.ndarray, win: CropWindow, S: int) 
     """
     m = np.asarray(mask, np.float32)
     cov = crop_resize(m, win, S)
-    return masked_crop(surface, m, cov, win, S), cov
-
-
-def masked_crop(surface: np.ndarray, m: np.ndarray, cov: np.ndarray, win: CropWindow, S: int, idx=None) -> np.ndarray:
-    """:func:`crop_passes`' values for a mask already cropped: surface (H, W, C), its channels
-    ``idx`` (default all); m (H, W) float32 the mask; cov (S, S) its crop."""
-    vals = _crop_chunks(np.asarray(surface), win, S, weight=m, idx=idx)
+    vals = crop_resize(np.asarray(surface, np.float32) * m[..., None], win, S)
     safe = np.where(cov > 1e-6, cov, 1.0)[..., None]
-    return np.where(cov[..., None] > 1e-6, vals / safe, 0.0).astype(np.float32)
+    vals = np.where(cov[..., None] > 1e-6, vals / safe, 0.0).astype(np.float32)
+    return vals, cov.astype(np.float32)
 
 
 def encode_photo(photo_crop) -> Tensor:
