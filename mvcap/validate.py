@@ -50,6 +50,7 @@ from mvcap.refine import (
     subject_appearance,
 )
 from mvcap.render import canvas_size, pad_views, undistort_images
+from mvcap.rigrefine import rig_fit_warnings
 from mvcap.triangulate import triangulate_keypoints
 
 __all__ = [
@@ -138,6 +139,7 @@ class ValidationReport:
     in_view: list[HoldoutRow]
     in_view_cameras: list[CameraVerdict]
     seconds: float = 0.0
+    rig_warnings: list[str] = field(default_factory=list)  # cameras the rig does not fit (mvcap rig refine)
 
     @property
     def worse(self) -> list[str]:
@@ -371,6 +373,7 @@ def validate_run(
         view_rows,
         in_view_cameras if in_view else [],
         time.perf_counter() - t_start,
+        rig_fit_warnings(rig, kp_all, kset.flip_index),
     )
 
 
@@ -449,4 +452,5 @@ def format_report(report: ValidationReport) -> str:
     out += [c.sentence for c in report.cameras]
     if report.worse:
         out.append(f"WARNING: the result disagrees with camera(s) {', '.join(report.worse)} more than the init did")
+    out += [f"WARNING: {w}" for w in report.rig_warnings]
     return "\n".join(out)

@@ -116,3 +116,22 @@ def detect_from_ground_truth(path, model, noise_px=1.5, seed=0):
                 for v, cam in enumerate(rig)
             ]
             s.write_detections(t, np.concatenate([uv, conf], -1), masks)
+
+
+def bump_camera(rig, view: int, rotvec_deg=(0.0, 0.0, 0.0), move_m=(0.0, 0.0, 0.0)):
+    """The rig with camera ``view`` turned by ``rotvec_deg`` (degrees, world axes) and its centre
+    moved by ``move_m``: a calibration that no longer fits the photos (:mod:`mvcap.rigrefine`)."""
+    from dataclasses import replace
+
+    import numpy as np
+    import roma
+    import torch
+
+    from mvcap.cameras import Rig
+
+    cams = list(rig)
+    c = cams[view]
+    R = (roma.rotvec_to_rotmat(torch.tensor(np.radians(rotvec_deg))).numpy() @ c.R_world2cam.T).T
+    centre = c.center_world + np.asarray(move_m)
+    cams[view] = replace(c, R_world2cam=R, t_world2cam=-R @ centre)
+    return Rig(tuple(cams))

@@ -1,13 +1,12 @@
 """Rig refinement from people's keypoints: a bumped camera is put back, a good rig is left alone."""
 
 import shutil
-from dataclasses import replace
 
 import numpy as np
 import pytest
-import roma
 import torch
 from click.testing import CliRunner
+from conftest import bump_camera
 
 from mvcap.cameras import Rig
 from mvcap.rigrefine import RigRefineConfig, RigRefineError, leave_one_out_px, refine_rig
@@ -25,16 +24,6 @@ def _scene(seed=0, T=30, K=20, V=4, size=512, noise_px=0.5):
     X = torch.as_tensor(centre[:, None] + body)
     uv = rig.project(X).numpy() + rng.normal(0, noise_px, (T, V, K, 2))
     return rig, np.concatenate([uv, np.full((T, V, K, 1), 0.9)], -1)
-
-
-def _bump(rig: Rig, view: int, rotvec_deg=(0.0, 0.0, 0.0), move_m=(0.0, 0.0, 0.0)) -> Rig:
-    """The rig with camera ``view`` turned by ``rotvec_deg`` (world axes) and its centre moved."""
-    cams = list(rig)
-    c = cams[view]
-    R = (roma.rotvec_to_rotmat(torch.tensor(np.radians(rotvec_deg))).numpy() @ c.R_world2cam.T).T
-    centre = c.center_world + np.asarray(move_m)
-    cams[view] = replace(c, R_world2cam=R, t_world2cam=-R @ centre)
-    return Rig(tuple(cams))
 
 
 def _angle_deg(a, b) -> float:
@@ -55,7 +44,7 @@ def _relative_angles_deg(a: Rig, b: Rig) -> np.ndarray:
 
 def test_a_bumped_camera_is_put_back():
     rig, kp = _scene()
-    bumped = _bump(_bump(rig, 1, rotvec_deg=(0.8, -1.0, 0.5)), 2, move_m=(0.03, 0.0, -0.03))
+    bumped = bump_camera(bump_camera(rig, 1, rotvec_deg=(0.8, -1.0, 0.5)), 2, move_m=(0.03, 0.0, -0.03))
     res = refine_rig(bumped, kp)
     assert res.accepted and res.gain > 0.5
     # the bumped cameras were many pixels off; now each agrees with the others near the noise
@@ -105,7 +94,7 @@ def test_cli_refines_a_session_rig_and_keeps_the_original(detected_session_path,
     shutil.copy(detected_session_path, path)
     with Session.open(path, "a") as s:
         true_rig = s.rig
-        s.replace_rig(_bump(true_rig, 1, rotvec_deg=(1.5, 1.5, 0.0)))
+        s.replace_rig(bump_camera(true_rig, 1, rotvec_deg=(1.5, 1.5, 0.0)))
         bumped = s.rig
     with Session.open(path) as s:  # stored, and the first rig kept
         assert _relative_angles_deg(s.rig, true_rig).max() > 1.5
@@ -138,7 +127,7 @@ def test_run_stage_refines_a_bumped_rig_once(detected_session_path, tmp_path):
     stage = RigRefineStage(enabled=True, config=RigRefineConfig(check_every=2))
     assert _refine_rig(path, stage).startswith("rig kept")  # the synthetic rig is right
     with Session.open(path, "a") as s:
-        s.replace_rig(_bump(s.rig, 2, rotvec_deg=(0.0, 2.0, 0.0)))
+        s.replace_rig(bump_camera(s.rig, 2, rotvec_deg=(0.0, 2.0, 0.0)))
     assert _refine_rig(path, stage).startswith("rig already refined")  # a replaced rig is kept
     with Session.open(path, "a") as s:  # as if ingested with the bumped rig
         del s._writable()["rig_original"]
@@ -155,7 +144,7 @@ def test_init_warns_when_the_rig_does_not_fit(detected_session_path, tmp_path, b
 
     rig, kp = _scene(seed=2)
     assert rig_fit_warnings(rig, kp) == []
-    warned = rig_fit_warnings(_bump(rig, 1, rotvec_deg=(0.0, 1.5, 0.0)), kp)
+    warned = rig_fit_warnings(bump_camera(rig, 1, rotvec_deg=(0.0, 1.5, 0.0)), kp)
     assert any(f"camera {rig.names[1]}:" in w and "mvcap rig refine" in w for w in warned), warned
 
     path = tmp_path / "s.h5"
@@ -163,6 +152,6 @@ def test_init_warns_when_the_rig_does_not_fit(detected_session_path, tmp_path, b
     res = initialize_session(path, overwrite=True, progress=False, model=body_model)
     assert res.rig_warnings == ()
     with Session.open(path, "a") as s:
-        s.replace_rig(_bump(s.rig, 1, rotvec_deg=(0.0, 3.0, 0.0)))
+        s.replace_rig(bump_camera(s.rig, 1, rotvec_deg=(0.0, 3.0, 0.0)))
     res = initialize_session(path, overwrite=True, progress=False, model=body_model)
     assert any("camera cam01:" in w for w in res.rig_warnings), res.rig_warnings

@@ -121,3 +121,19 @@ def test_clear_errors(tiny_session, detected_session, body_model, write_gt_run):
         validate_run(detected_session, "gt3", model=body_model, progress=False, holdout=["nope"])
     with pytest.raises(ValidateError, match="no frame"):
         validate_run(detected_session, "gt3", ValidateConfig(frames="50:60"), model=body_model, progress=False)
+
+
+def test_a_rig_that_does_not_fit_is_named(detected_session_path, body_model, write_gt_run, tmp_path):
+    import shutil
+
+    from conftest import bump_camera
+
+    path = tmp_path / "bumped.h5"
+    shutil.copy(detected_session_path, path)
+    with Session.open(path, "a") as s:  # cam01 turned since calibration: the photos and detections stay
+        s.replace_rig(bump_camera(s.rig, 1, rotvec_deg=(0.0, 3.0, 0.0)))
+    write_gt_run(path, range(3), name="gt", config={})
+    rep = validate_run(path, "gt", ValidateConfig(frames="::1"), model=body_model, progress=False,
+                       refiner=_gt_refiner(path, (0, 0, 0)), in_view=False)  # fmt: skip
+    assert any(w.startswith("camera cam01:") for w in rep.rig_warnings), rep.rig_warnings
+    assert "mvcap rig refine" in format_report(rep)
