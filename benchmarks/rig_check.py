@@ -10,6 +10,7 @@ landmark and every person in that camera (a detector's landmark bias differs per
 ``--rig`` adds the same table for other rigs (rig files, e.g. ``mvcap rig refine --out``, or
 sessions' rigs); ``--reference`` also prints each rig's per-camera difference to a reference
 rig (e.g. the true rig of a synthetic session), :func:`mvcap.calibrate.compare_rigs`;
+``--warnings`` prints what ``mvcap init`` and ``mvcap validate`` warn about each rig;
 ``--zero-distortion`` repeats each check with the lenses' distortion off (is it the lenses?);
 ``--shifts N`` also scans time offsets of -N..N frames between each camera and the others
 (the median distance per offset), which a synchronisation error would show as a minimum away
@@ -45,7 +46,7 @@ def main(argv=None) -> int:
     from mvcap.capture import Session
     from mvcap.frames import parse_frames
     from mvcap.keypoints import keypoint_set
-    from mvcap.rigrefine import projected_from_others
+    from mvcap.rigrefine import projected_from_others, rig_fit_warnings
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("sessions", nargs="+", type=Path)
@@ -53,6 +54,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rig", action="append", default=[], type=Path, help="another rig (file or session) to check")
     ap.add_argument("--reference", type=Path, default=None, help="a rig (file or session) to compare each rig with")
     ap.add_argument("--shifts", type=int, default=0, help="also scan time offsets of -N..N frames")
+    ap.add_argument("--warnings", action="store_true", help="also print what mvcap init / validate would warn")
     ap.add_argument("--zero-distortion", action="store_true", help="also check each rig with its lens distortion off")
     ap.add_argument("--min-confidence", type=float, default=0.5)
     args = ap.parse_args(argv)
@@ -85,6 +87,8 @@ def main(argv=None) -> int:
                         scan.append(f"{k:+d}:{np.median(np.linalg.norm(uk - dk[..., :2], axis=-1)[okk]):.0f}")
                     line += "; time offset -> median px " + " ".join(scan)
                 print(line)
+            if args.warnings:
+                print("\n".join(f"  warning: {w}" for w in rig_fit_warnings(r, kp, flip, args.min_confidence)))
             if args.reference is not None:
                 print(format_comparison(compare_rigs(r, _rig(args.reference))))
     return 0
