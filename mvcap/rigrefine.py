@@ -34,6 +34,7 @@ with the keypoints triangulated from the *other* cameras (leave one camera out, 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -190,8 +191,6 @@ def refine_rig(
     ``[x, y, confidence]`` in its distorted images (frames of one or more people stacked on
     the T axis); flip_index: the landmark set's left/right exchange (see
     :func:`mvcap.triangulate.triangulate_keypoints`). See the module doc."""
-    import time
-
     t0 = time.perf_counter()
     kp = np.asarray(keypoints, np.float64)
     if kp.ndim != 4 or kp.shape[1] != len(rig) or kp.shape[3] != 3:
@@ -302,7 +301,7 @@ def format_result(res: RigRefineResult) -> str:
 def stack_detections(keypoint_sets: Sequence[np.ndarray]) -> np.ndarray:
     """Frames of several people (each (T_i, V, K, 3)) stacked on the frame axis, without the
     frames nobody was detected in."""
-    kept = [k[np.isfinite(k[..., 2]).any((1, 2)) & (np.nan_to_num(k[..., 2]) > 0).any((1, 2))] for k in keypoint_sets]
+    kept = [k[(np.nan_to_num(k[..., 2]) > 0).any((1, 2))] for k in keypoint_sets]
     return np.concatenate(kept) if kept else np.zeros((0, 0, 0, 3))
 
 
