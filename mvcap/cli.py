@@ -446,7 +446,7 @@ def _config_option(help_text: str):
 @_config_option("Rig refinement TOML (default: configs/rigrefine.toml).")
 @click.option("--set", "overrides", multiple=True, help="Config overrides key=value, e.g. rotation_sigma_deg=1")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write the refined rig to this file (.toml, or an EasyMocap intri.yml / folder).")  # fmt: skip
+              help="Also write the refined rig to this file (.toml, or an EasyMocap intri.yml).")  # fmt: skip
 @click.option("--apply", "apply_", is_flag=True,
               help="Store the refined rig in the sessions (the rig they had is kept as /rig_original).")  # fmt: skip
 @click.option("--force", is_flag=True, help="Write / apply the rig even if the held-back frames do not agree better.")
