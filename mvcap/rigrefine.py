@@ -45,6 +45,7 @@ import torch
 
 from mvcap.cameras import Rig, cam_to_pixels, project
 from mvcap.errors import MvcapError
+from mvcap.fit import SolverConfig, lbfgs
 from mvcap.triangulate import triangulate_keypoints
 
 __all__ = [
@@ -248,16 +249,7 @@ def refine_rig(
         prior = (turn + move).mean()
         return data + cfg.w_prior * prior
 
-    opt = torch.optim.LBFGS([X, omega, dc], max_iter=cfg.iterations, line_search_fn="strong_wolfe",
-                            tolerance_grad=1e-10, tolerance_change=1e-12)  # fmt: skip
-
-    def closure():
-        opt.zero_grad()
-        loss = objective()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
+    lbfgs([X, omega, dc], objective, SolverConfig(iterations=cfg.iterations, history=100, tolerance_grad=1e-10))
     with torch.no_grad():
         R, t = poses()
     refined = Rig(tuple(replace(c, R_world2cam=R[v].numpy(), t_world2cam=t[v].numpy()) for v, c in enumerate(rig)))
