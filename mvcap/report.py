@@ -268,6 +268,9 @@ def _validation_section(v: dict) -> str:
         table(v.get("cameras", [])),
         f"<ul>{verdicts}</ul>",
     ]
+    rig = "".join(f"<li class='bad'>{html.escape(w)}</li>" for w in v.get("rig_warnings", []))
+    if rig:  # then the held-out numbers measure the calibration more than the fit
+        parts += ["<h3>The rig does not fit this take</h3>", f"<ul>{rig}</ul>"]
     if v.get("in_view_cameras"):
         parts += ["<h3>In-view: stored initial estimate → stored result, views the run used</h3>",
                   table(v["in_view_cameras"])]  # fmt: skip

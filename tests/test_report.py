@@ -86,3 +86,14 @@ def test_report_in_headless_chromium(report, tmp_path):
     header = img[5:40, 5:600]
     assert header.mean() < 80  # the dark title bar rendered
     assert img.std() > 30  # not a blank page
+
+
+def test_validation_section_shows_rig_warnings():
+    from mvcap.report import _validation_section
+
+    cam = dict(view="cam01", frames=3, init_keypoint_pct=2.0, result_keypoint_pct=1.5, init_iou=0.8, result_iou=0.85,
+               init_photometric=10.0, result_photometric=9.0, verdict="improved")  # fmt: skip
+    v = {"predictor": "flow", "frames": [0, 1, 2], "cameras": [cam]}
+    assert "does not fit" not in _validation_section(v)
+    warned = _validation_section({**v, "rig_warnings": ["camera cam01: ... `mvcap rig refine` corrects <it>"]})
+    assert "The rig does not fit this take" in warned and "&lt;it&gt;" in warned
