@@ -46,7 +46,7 @@ def main(argv=None) -> int:
     from mvcap.capture import Session
     from mvcap.frames import parse_frames
     from mvcap.keypoints import keypoint_set
-    from mvcap.rigrefine import projected_from_others, rig_fit_warnings
+    from mvcap.rigrefine import leave_one_out_offsets, offset_warnings, projected_from_others
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("sessions", nargs="+", type=Path)
@@ -69,17 +69,11 @@ def main(argv=None) -> int:
             rigs += [(f"{name}, no distortion", Rig(tuple(replace(c, dist=0 * c.dist) for c in r))) for name, r in rigs]
         for label, r in rigs:
             print(f"{path.name}, {label}:")
-            for h, name in enumerate(r.names):
-                uv = projected_from_others(r, kp, h, flip)
-                det = kp[:, h]
-                ok = (det[..., 2] >= args.min_confidence) & np.isfinite(uv).all(-1) & np.isfinite(det[..., :2]).all(-1)
-                d = uv - det[..., :2]
-                dist = np.linalg.norm(d[ok], axis=-1)
-                dx, dy = np.median(d[ok], 0) if ok.any() else (np.nan, np.nan)
-                line = f"  {name:>8s}: median {np.median(dist):6.1f} px, offset ({dx:+6.1f}, {dy:+6.1f}) px"
+            offsets = leave_one_out_offsets(r, kp, args.min_confidence, flip)
+            for h, (name, (dist, dx, dy, _)) in enumerate(zip(r.names, offsets)):
+                line = f"  {name:>8s}: median {dist:6.1f} px, offset ({dx:+6.1f}, {dy:+6.1f}) px"
                 if args.shifts > 0:
-                    T = len(kp)
-                    scan = []
+                    uv, T, scan = projected_from_others(r, kp, h, flip), len(kp), []
                     for k in range(-args.shifts, args.shifts + 1):
                         a, b = max(0, -k), min(T, T - k)
                         dk, uk = kp[a + k : b + k, h], uv[a:b]
@@ -87,8 +81,8 @@ def main(argv=None) -> int:
                         scan.append(f"{k:+d}:{np.median(np.linalg.norm(uk - dk[..., :2], axis=-1)[okk]):.0f}")
                     line += "; time offset -> median px " + " ".join(scan)
                 print(line)
-            if args.warnings:
-                print("\n".join(f"  warning: {w}" for w in rig_fit_warnings(r, kp, flip, args.min_confidence)))
+            for w in offset_warnings(r, offsets) if args.warnings else []:
+                print(f"  warning: {w}")
             if args.reference is not None:
                 print(format_comparison(compare_rigs(r, _rig(args.reference))))
     return 0

@@ -53,8 +53,10 @@ __all__ = [
     "RigRefineConfig",
     "RigRefineResult",
     "projected_from_others",
+    "leave_one_out_offsets",
     "leave_one_out_px",
     "rig_fit_warnings",
+    "offset_warnings",
     "refine_rig",
     "refine_session_rig",
     "apply_rig",
@@ -135,18 +137,25 @@ def projected_from_others(rig: Rig, keypoints: np.ndarray, view: int, flip_index
     return np.where(np.isfinite(X).all(-1)[:, None], uv, np.nan).reshape(T, K, 2)
 
 
-def leave_one_out_px(rig: Rig, keypoints: np.ndarray, min_confidence: float = 0.5, flip_index=None) -> np.ndarray:
-    """(V,) each camera's median distance (pixels) between its confident detections and the
-    keypoints triangulated from the other cameras (:func:`projected_from_others`); NaN where a
-    camera has none."""
+def leave_one_out_offsets(rig: Rig, keypoints: np.ndarray, min_confidence: float = 0.5, flip_index=None) -> np.ndarray:
+    """(V, 4) per camera, between its confident detections and the keypoints triangulated from
+    the other cameras (:func:`projected_from_others`): the median distance (pixels), the median
+    offset (x, y), projected minus detected, and how many detections were compared (NaN, NaN,
+    NaN, 0 where none)."""
     kp = np.asarray(keypoints, np.float64)
-    out = np.full(kp.shape[1], np.nan)
+    out = np.full((kp.shape[1], 4), np.nan)
+    out[:, 3] = 0
     for h in range(len(out)):
         d = projected_from_others(rig, kp, h, flip_index) - kp[:, h, :, :2]
         ok = (kp[:, h, :, 2] >= min_confidence) & np.isfinite(d).all(-1)
         if ok.any():
-            out[h] = float(np.median(np.linalg.norm(d[ok], axis=-1)))
+            out[h] = (np.median(np.linalg.norm(d[ok], axis=-1)), *np.median(d[ok], 0), ok.sum())
     return out
+
+
+def leave_one_out_px(rig: Rig, keypoints: np.ndarray, min_confidence: float = 0.5, flip_index=None) -> np.ndarray:
+    """(V,) each camera's median leave-one-out distance (pixels; :func:`leave_one_out_offsets`)."""
+    return leave_one_out_offsets(rig, keypoints, min_confidence, flip_index)[:, 0]
 
 
 def rig_fit_warnings(
@@ -159,18 +168,19 @@ def rig_fit_warnings(
     height). A detector's own errors point every way; a camera turned or moved since the
     calibration shifts them all alike. keypoints (T, V, K, 3); needs 3 or more cameras."""
     kp = np.asarray(keypoints, np.float64)
-    out: list[str] = []
     if kp.ndim != 4 or kp.shape[1] < 3:
-        return out
-    for h, cam in enumerate(rig):
-        d = projected_from_others(rig, kp, h, flip_index) - kp[:, h, :, :2]
-        ok = (kp[:, h, :, 2] >= min_confidence) & np.isfinite(d).all(-1)
-        if ok.sum() < 20:
-            continue
-        off, dist = np.median(d[ok], 0), float(np.median(np.linalg.norm(d[ok], axis=-1)))
-        if np.linalg.norm(off) >= max(min_share * dist, min_height_frac * cam.height):
+        return []
+    return offset_warnings(rig, leave_one_out_offsets(rig, kp, min_confidence, flip_index), min_share, min_height_frac)
+
+
+def offset_warnings(rig: Rig, offsets: np.ndarray, min_share: float = 0.6, min_height_frac: float = 0.01) -> list[str]:
+    """:func:`rig_fit_warnings` from :func:`leave_one_out_offsets` already measured (V, 4);
+    a camera with fewer than 20 detections compared is not judged."""
+    out = []
+    for cam, (dist, dx, dy, n) in zip(rig, offsets, strict=True):
+        if n >= 20 and math.hypot(dx, dy) >= max(min_share * dist, min_height_frac * cam.height):
             out.append(
-                f"camera {cam.name}: the other cameras' triangulation lands ({off[0]:+.0f}, {off[1]:+.0f}) px off its "
+                f"camera {cam.name}: the other cameras' triangulation lands ({dx:+.0f}, {dy:+.0f}) px off its "
                 f"detections, alike for most landmarks ({dist:.0f} px median distance): the rig may not fit this "
                 "take; `mvcap rig refine` corrects the camera poses"
             )
