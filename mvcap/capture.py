@@ -803,9 +803,10 @@ class Session:
         """The rig this session was created with, where :meth:`replace_rig` replaced it (else None)."""
         if "rig_original" not in self._h5():
             return None
-        g = self._h5()["rig_original"]
-        return Rig.from_arrays(g["names"].asstr()[()].tolist(), g["K"][()], g["dist"][()], g["R_world2cam"][()],
-                               g["t_world2cam"][()], g["image_size"][()])  # fmt: skip
+        with _reading(self._path, "the original rig"):  # a damaged file is a SessionError, as every read
+            g = self._h5()["rig_original"]
+            return Rig.from_arrays(g["names"].asstr()[()].tolist(), g["K"][()], g["dist"][()], g["R_world2cam"][()],
+                                   g["t_world2cam"][()], g["image_size"][()])  # fmt: skip
 
     def replace_rig(self, rig: Rig) -> None:
         """Store a new calibration of the same cameras (same names, order and image sizes), e.g.
