@@ -21,7 +21,7 @@ world frame (floor, up axis) where the calibration put it. It grows about linear
 change (C, a Charbonnier of small ``e``), so one bumped camera takes the correction while the
 others stay where they were; a quadratic prior spreads it over every camera, which moves the
 world frame (on a synthetic rig with one camera turned 1.4 deg and another moved 4 cm, the
-untouched cameras ended 0.2-0.5 deg and 6-25 mm off with it, 0.04-0.2 deg and 0-9 mm with C).
+untouched cameras ended 0.13-0.45 deg and 6-22 mm off with it, 0.04-0.2 deg and 0.4-9 mm with C).
 A camera's small move and small turn look alike from a few metres, so the data alone may not
 tell them apart. Intrinsics are kept.
 
