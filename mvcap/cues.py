@@ -75,6 +75,9 @@ class CueConfig:
     w_silhouette: float = 0.2  # body vertices outside the person mask (0 = off)
     keypoint_sigma: float = 0.05  # Geman-McClure scale, fraction of the person's height
     min_keypoint_confidence: float = 0.5
+    # the detector's left/right swaps (views from behind) undone before any cue or check uses the
+    # keypoints, as the initial estimate's triangulation undoes them (mvcap.triangulate)
+    undo_swaps: bool = True
     silhouette_vertices: int = 600  # vertices sampled for the silhouette term
     trust: bool = True  # down-weight views that disagree with the body far more than the others
     trust_ratio: float = 2.5  # a view costing more than this x the median view is down-weighted

@@ -664,7 +664,7 @@ def initialize_session(
             idx = [rig.index(v) for v in views]
             rig = rig.subset(list(views))
         kp = s.read_keypoints(todo)[:, idx]
-        tri = triangulate_keypoints(rig, kp, cfg.triangulate, flip_index=kset.flip_index)
+        tri = triangulate_keypoints(rig, kp, cfg.triangulate, flip_index=kset.flip_index, names=kset.names)
         # does the rig fit the detections? (on at most ~50 of the frames: a camera-wide check)
         rig_warnings = tuple(rig_fit_warnings(rig, kp[:: max(1, len(kp) // 50)], kset.flip_index))
         for w in rig_warnings:

@@ -73,9 +73,11 @@ from mvcap.evidence import (
 )
 from mvcap.fit import FitConfig, FitResult, Targets, fit_body
 from mvcap.fuse import fuse_bodies
+from mvcap.keypoints import keypoint_set
 from mvcap.render import canvas_size, pad_views, render, undistort_images
 from mvcap.subject import Subject
 from mvcap.threads import torch_threads
+from mvcap.triangulate import triangulate_keypoints
 
 # what other modules use (cli, pipeline, bench, overlay, report, benchmarks/)
 __all__ = [
@@ -511,18 +513,24 @@ def _joint_visibility_weights(model: BodyModel, weight: Tensor) -> Tensor:
 
 def frame_evidence(session, t: int, rig: Rig, cfg: CueConfig = CueConfig()) -> list[ViewEvidence | None] | None:
     """The detector's evidence of frame ``t`` for the cameras of ``rig`` (keypoints, masks
-    undistorted to the pinhole image), or None when the session has no detections for it."""
+    undistorted to the pinhole image), or None when the session has no detections for it.
+    With ``cfg.undo_swaps`` the keypoints are those of a triangulation over the rig's cameras,
+    left/right swaps undone (:func:`mvcap.triangulate.triangulate_keypoints`)."""
     if not session.has_detections or not session.detections_written[int(t)]:
         return None
     names = list(session.view_names)
-    kp = session.read_keypoints([int(t)])[0]
+    idx = [names.index(name) for name in rig.names]
+    kp = session.read_keypoints([int(t)])[0][idx]
+    if cfg.undo_swaps and len(rig) >= 2:
+        kset = keypoint_set(session.keypoint_format)
+        tri = triangulate_keypoints(rig, kp[None], flip_index=kset.flip_index, names=kset.names)
+        kp = tri.keypoints[0].astype(np.float32)
     masks = session.read_masks(int(t))
     ecfg = EvidenceConfig(min_keypoint_confidence=cfg.min_keypoint_confidence)
-    out = []
-    for name in rig.names:
-        v = names.index(name)
-        out.append(view_evidence(rig.subset([name]), kp[v], None if masks is None else masks[v], None, ecfg))
-    return out
+    return [
+        view_evidence(rig.subset([name]), kp[i], None if masks is None else masks[v], None, ecfg)
+        for i, (name, v) in enumerate(zip(rig.names, idx, strict=True))
+    ]
 
 
 def _target_residual(pinhole: Rig, vertices_world: Tensor, uv_target: Tensor, weight: Tensor) -> Tensor:
@@ -1438,8 +1446,6 @@ def open_refine_run(
             known[todo[0] - 1] = (prev_run.pose_rotvecs[todo[0] - 1], prev_run.transl[todo[0] - 1])
         definition = None
         if session.has_detections:
-            from mvcap.keypoints import keypoint_set
-
             definition = keypoint_set(session.keypoint_format).definition(model)
         yield RefineRun(
             session, run_name, cfg, writer, views, view_idx, todo, known, appearance, definition, gt, subject

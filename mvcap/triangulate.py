@@ -16,6 +16,11 @@ Pipeline for keypoints ``(T, V, K, 3)`` ``[x_px, y_px, confidence]`` in the dist
    its truncated reprojection cost the most (below ``swap_ratio`` of the original and by at
    least ``swap_min_gain``) is swapped, and the test repeats until no view gains. Then the
    final triangulation runs on the corrected keypoints.
+4. Mirrored frames: when most views swapped, step 3 makes the few right ones agree with
+   them, and every view's left is the person's right. The views then agree, but the skeleton
+   is a mirror image: its nose lies behind the face and its toes behind the heels, with
+   "forward" taken from the torso's left and up directions. Such a frame has the left/right
+   landmarks of every view exchanged (:func:`mirrored_frames`).
 
 Shapes: T frames, V views, K keypoints. Pixel errors are measured in the undistorted pinhole
 image (the same pixels up to the lens distortion's local scale).
@@ -43,6 +48,8 @@ __all__ = [
     "triangulate_robust",
     "triangulate_keypoints",
     "reprojection_errors",
+    "mirrored_frames",
+    "match_swaps",
 ]
 
 
@@ -62,6 +69,7 @@ class TriangulateConfig:
     fix_swaps: bool = True  # detect and undo left/right swaps per view and frame
     swap_ratio: float = 0.5  # swap when the swapped cost is below this fraction of the original
     swap_min_gain: float = 1.5  # ... and lower by at least this (1 = one keypoint at the threshold)
+    fix_mirror: bool = True  # exchange left/right in every view of a frame whose skeleton is a mirror image
     chunk_frames: int = 64  # frames per batch (memory)
 
     def __post_init__(self):
@@ -278,18 +286,96 @@ def _swap_costs(Rt, f, X_ref, xy_v, valid_v, thr_v, paired):
     return np.where(use, np.minimum((e / thr_v[:, None]) ** 2, 1.0), 0.0).sum(-1)
 
 
+#: what says which way a skeleton faces: (landmark in front, the pair it is in front of)
+_FACING = (("nose", ("left_ear", "right_ear")), ("left_foot_index", ("left_heel",)),
+           ("right_foot_index", ("right_heel",)), ("left_big_toe", ("left_heel",)),
+           ("right_big_toe", ("right_heel",)))  # fmt: skip
+#: how far in front (metres) a facing vote must be, against it, to count (a turned head, a foot turned out)
+_FACING_MARGIN = {"nose": 0.01}
+_FEET_MARGIN = 0.025
+
+
+def mirrored_frames(points_world: np.ndarray, names) -> np.ndarray:
+    """(T,) bool: frames whose skeleton (T, K, 3) is a mirror image, its left/right labels
+    exchanged: with forward = left x up from the shoulders and hips (left = left minus right
+    landmarks, up = the shoulders' midpoint minus the hips'), the nose lies behind the ears'
+    midpoint and the toes behind the heels, each by more than a margin. A frame needs every
+    vote it has against it and at least one vote; frames without a torso are never mirrored.
+    names: the K landmark names (:mod:`mvcap.keypoints`)."""
+    X = np.asarray(points_world, np.float64)
+    at = {n: i for i, n in enumerate(names)}
+
+    def pt(n):
+        return X[:, at[n]] if n in at else np.full(X.shape[::2], np.nan)
+
+    with warnings.catch_warnings():  # a frame without shoulders or hips: NaN, no vote
+        warnings.simplefilter("ignore", RuntimeWarning)
+        left = np.nanmean([pt("left_shoulder") - pt("right_shoulder"), pt("left_hip") - pt("right_hip")], 0)
+    up = (pt("left_shoulder") + pt("right_shoulder")) / 2 - (pt("left_hip") + pt("right_hip")) / 2
+    forward = np.cross(left, up)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        forward /= np.linalg.norm(forward, axis=-1, keepdims=True)
+    against = np.zeros(len(X), np.int64)
+    votes = np.zeros(len(X), np.int64)
+    for front, behind in _FACING:
+        if front not in at or not all(b in at for b in behind):
+            continue
+        d = np.einsum("tc,tc->t", pt(front) - np.mean([pt(b) for b in behind], 0), forward)
+        ok = np.isfinite(d)
+        votes += ok
+        against += ok & (d < -_FACING_MARGIN.get(front, _FEET_MARGIN))
+    return (votes > 0) & (against == votes)
+
+
+def match_swaps(
+    camera: Rig,
+    keypoints: np.ndarray,
+    points_world: np.ndarray,
+    cfg: TriangulateConfig = TriangulateConfig(),
+    flip_index: np.ndarray | None = None,
+) -> np.ndarray:
+    """(T,) bool: frames in which one camera's detections (T, K, 3) have left and right
+    exchanged against 3D keypoints (T, K, 3) triangulated without it, by step 3's rule (the
+    exchanged labels' truncated reprojection cost below ``swap_ratio`` of the given labels'
+    and lower by at least ``swap_min_gain``). For measuring a camera the fit did not see with
+    its detections as the fitted cameras' were corrected. flip_index: default MediaPipe
+    Pose's for K = 33; None otherwise: nothing is exchanged."""
+    kp = np.asarray(keypoints, np.float64)
+    if len(camera) != 1 or kp.ndim != 3 or kp.shape[-1] != 3:
+        raise TriangulateError(
+            f"match_swaps takes one camera and its (T, K, 3) keypoints, got {len(camera)} and {kp.shape}"
+        )
+    T, K, _ = kp.shape
+    if flip_index is None and K == 33:
+        from mvcap.detect import FLIP_INDEX as flip_index
+    if flip_index is None or not cfg.fix_swaps:
+        return np.zeros(T, bool)
+    flip_index = np.asarray(flip_index, np.int64)
+    valid = (kp[..., 2] >= cfg.min_confidence) & np.isfinite(kp[..., :2]).all(-1)
+    xy = np.where(valid[..., None], normalized_points(camera, np.nan_to_num(kp[..., :2])[:, None])[:, 0], np.nan)
+    thr = _person_threshold(kp[:, None, :, :2], valid[:, None], cfg)[:, 0]
+    Rt, f = _extrinsics(camera)[0], np.sqrt(camera[0].K[0, 0] * camera[0].K[1, 1])
+    X = np.asarray(points_world, np.float64)
+    paired = flip_index != np.arange(K)
+    c0 = _swap_costs(Rt, f, X, xy, valid, thr, paired)
+    c1 = _swap_costs(Rt, f, X, xy[:, flip_index], valid[:, flip_index], thr, paired)
+    return (c1 < cfg.swap_ratio * c0) & (c0 - c1 >= cfg.swap_min_gain)
+
+
 def triangulate_keypoints(
     rig: Rig,
     keypoints: np.ndarray,
     cfg: TriangulateConfig = TriangulateConfig(),
     flip_index: np.ndarray | None = None,
+    names=None,
 ) -> Triangulation:
     """Robustly triangulate per-view 2D keypoints.
 
     keypoints: (T, V, K, 3) ``[x_px, y_px, confidence]`` in the rig's distorted images (as
     stored by ``Session.write_detections``); flip_index (K,): the keypoint each one becomes
     under a left/right exchange (default: MediaPipe Pose's for K = 33; None and K != 33
-    disables swap handling). Returns a :class:`Triangulation`.
+    disables swap handling); names (K,): the landmark names, for the mirror test (default:
+    MediaPipe Pose's for K = 33; None and K != 33 disables it). Returns a :class:`Triangulation`.
     """
     kp = np.asarray(keypoints, np.float64)
     V = len(rig)
@@ -298,10 +384,13 @@ def triangulate_keypoints(
     if kp.ndim != 4 or kp.shape[1] != V or kp.shape[3] != 3:
         raise TriangulateError(f"keypoints must have shape (T, V={V}, K, 3) [x_px, y_px, confidence], got {kp.shape}")
     T, _, K, _ = kp.shape
-    if flip_index is None and K == 33:
-        from mvcap.detect import FLIP_INDEX
+    if K == 33 and (flip_index is None or names is None):
+        from mvcap.detect import FLIP_INDEX, MEDIAPIPE_POSE_33
 
-        flip_index = FLIP_INDEX
+        flip_index = FLIP_INDEX if flip_index is None else flip_index
+        names = MEDIAPIPE_POSE_33 if names is None else names
+    if names is not None and len(names) != K:
+        raise TriangulateError(f"names must name the K={K} keypoints, got {len(names)}")
     if flip_index is not None:
         flip_index = np.asarray(flip_index, np.int64)
         if flip_index.shape != (K,) or np.any(flip_index[flip_index] != np.arange(K)):
@@ -314,6 +403,11 @@ def triangulate_keypoints(
     for s in range(0, T, step):
         chunk = kp[s : s + step].copy()
         X, inl, swapped = _triangulate_chunk(rig, Rt, f, chunk, cfg, flip_index)
+        if cfg.fix_mirror and flip_index is not None and names is not None:
+            # every view exchanged: each point is the one its mirror landmark had (no new solve)
+            m = mirrored_frames(X, names)
+            X[m], inl[m], chunk[m] = X[m][:, flip_index], inl[m][:, :, flip_index], chunk[m][:, :, flip_index]
+            swapped[m] = ~swapped[m]
         out["X"].append(X)
         out["inl"].append(inl)
         out["swapped"].append(swapped)

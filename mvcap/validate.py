@@ -51,7 +51,7 @@ from mvcap.refine import (
 )
 from mvcap.render import canvas_size, pad_views, undistort_images
 from mvcap.rigrefine import rig_fit_warnings
-from mvcap.triangulate import triangulate_keypoints
+from mvcap.triangulate import match_swaps, triangulate_keypoints
 
 __all__ = [
     "ValidateConfig",
@@ -80,6 +80,9 @@ class ValidateConfig:
     frames: str = "::10"  # the frames to check (mvcap.frames grammar); only the run's done frames count
     evidence: EvidenceConfig = field(default_factory=EvidenceConfig)
     keypoint_tolerance_pct: float = 0.25  # a change smaller than this (% of height) is no change
+    # a camera's detections with left and right exchanged (views from behind) are compared as
+    # exchanged back: held out, against the other cameras' triangulation; in view, as the run's cues
+    undo_swaps: bool = True
     iou_tolerance: float = 0.01
     init: InitConfig = field(default_factory=InitConfig)
 
@@ -297,13 +300,12 @@ def validate_run(
         betas = np.asarray(subject.betas if subject is not None else res.betas[frames[0]], np.float32)
         kp_all = s.read_keypoints(frames)  # (F, V, K, 3)
 
-        def evidence(t: int, view: str) -> ViewEvidence:
-            v = rig.index(view)
+        def evidence(t: int, view: str, keypoints: np.ndarray) -> ViewEvidence:
+            """The view's evidence in frame t, with its keypoints (K, 3)."""
             masks = s.read_masks(t)
             photo = s.read_frame(t, views=[view])[0]
-            cam = rig.subset([view])
-            mask = None if masks is None else masks[v]
-            return view_evidence(cam, kp_all[frames.index(t), v], mask, photo, cfg.evidence)
+            mask = None if masks is None else masks[rig.index(view)]
+            return view_evidence(rig.subset([view]), keypoints, mask, photo, cfg.evidence)
 
         rows: list[HoldoutRow] = []
         steps = [(h, t) for h in holdout for t in frames]
@@ -312,7 +314,7 @@ def validate_run(
             fit_names = [n for n in run_views if n != h]
             idx = [rig.index(n) for n in fit_names]
             rig_fit = rig.subset(fit_names)
-            tri = triangulate_keypoints(rig_fit, kp_all[:, idx], cfg.init.triangulate, kset.flip_index)
+            tri = triangulate_keypoints(rig_fit, kp_all[:, idx], cfg.init.triangulate, kset.flip_index, kset.names)
             masks = None
             if cfg.init.w_mask > 0:
 
@@ -322,12 +324,16 @@ def validate_run(
 
             init = fit_keypoints(model, rig_fit, tri, cfg.init, betas.astype(np.float64), definition, masks=masks)
             cam = rig.subset([h])
+            kp_h = kp_all[:, rig.index(h)].copy()
+            if cfg.undo_swaps:
+                swapped = match_swaps(cam, kp_h, tri.points_world, cfg.init.triangulate, kset.flip_index)
+                kp_h[swapped] = kp_h[swapped][:, kset.flip_index]
             for i, t in enumerate(frames):
                 bar.update(1)
                 if not init.fitted[i]:
                     rows.append(HoldoutRow(t, h, None, None, "too few keypoints in the other views to initialise"))
                     continue
-                ev = evidence(t, h)
+                ev = evidence(t, h, kp_h[i])
                 p0, tr0 = init.pose_rotvecs[i], init.transl[i]
                 a_init = agreement(model, definition, cam, p0, betas, tr0, ev, appearance, cfg.evidence)
                 photos = undistort_images(rig_fit, pad_views(s.read_frame(t, views=fit_names), canvas_size(rig_fit)))
@@ -351,12 +357,17 @@ def validate_run(
         view_rows: list[HoldoutRow] = []
         if in_view:
             stored_init = s.read_init(require_valid=False)
-            for t in frames:
+            run_idx = [rig.index(n) for n in run_views]
+            kp_run = kp_all[:, run_idx]
+            if cfg.undo_swaps and rcfg.cues.undo_swaps:  # the keypoints the run's cues saw
+                kp_run = triangulate_keypoints(rig.subset(run_views), kp_run, cfg.init.triangulate, kset.flip_index,
+                                               kset.names).keypoints  # fmt: skip
+            for i, t in enumerate(frames):
                 p0, tr0 = stored_init.pose_rotvecs[t], stored_init.transl[t]
                 if not (np.isfinite(p0).all() and np.isfinite(tr0).all()):
                     continue
-                for view in run_views:
-                    ev = evidence(t, view)
+                for j, view in enumerate(run_views):
+                    ev = evidence(t, view, kp_run[i, j])
                     cam = rig.subset([view])
                     a_init = agreement(model, definition, cam, p0, betas, tr0, ev, appearance, cfg.evidence)
                     a_res = agreement(model, definition, cam, res.pose_rotvecs[t], betas, res.transl[t], ev,

@@ -373,3 +373,23 @@ def test_rounds_end_once_a_round_barely_improves_the_agreement(session, body_mod
     assert runs[0.0][0] > 1 and not any("rounds ended" in n for n in runs[0.0][1].notes)
     with pytest.raises(ValueError, match=r"round_stop_gain in \[0, 1\)"):
         RefineConfig(round_stop_gain=1.0)
+
+
+def test_evidence_has_the_detectors_left_right_swaps_undone(session, body_model):
+    from mvcap.detect import FLIP_INDEX
+
+    with Session.open(session, "a") as s:
+        kp = s.read_keypoints([0])[0]
+        masks = s.read_masks(0)
+        swapped = kp.copy()
+        swapped[2] = kp[2][FLIP_INDEX]  # the detector saw cam02 "from behind"
+        s.write_detections(0, swapped, [np.round(m * 255).astype(np.uint8) for m in masks])
+    with Session.open(session) as s:
+        rig = s.rig
+        fixed = frame_evidence(s, 0, rig)
+        raw = frame_evidence(s, 0, rig, CueConfig(undo_swaps=False))
+        one = frame_evidence(s, 0, rig.subset(["cam02"]))  # one camera: nothing to compare with
+    for v in range(len(rig)):
+        np.testing.assert_allclose(fixed[v].keypoints, kp[v], atol=1e-5)
+    np.testing.assert_allclose(raw[2].keypoints, swapped[2])
+    np.testing.assert_allclose(one[0].keypoints, swapped[2])

@@ -11,6 +11,8 @@ from mvcap.triangulate import (
     TriangulateConfig,
     TriangulateError,
     dlt,
+    match_swaps,
+    mirrored_frames,
     normalized_points,
     triangulate_keypoints,
 )
@@ -145,3 +147,59 @@ def test_bad_inputs_have_clear_messages(scene):
         triangulate_keypoints(rig, np.zeros((1, 6, 4, 3)), flip_index=[1, 2, 3, 0])
     with pytest.raises(ConfigError, match="min_views"):
         TriangulateConfig(min_views=1)
+
+
+def test_true_skeletons_face_forward_and_mirrored_ones_are_found(scene):
+    kp3 = scene["kp3"].copy()
+    kp3[:, ~scene["definition"].defined] = np.nan
+    assert not mirrored_frames(kp3, MEDIAPIPE_POSE_33).any()
+    assert mirrored_frames(kp3[:, FLIP_INDEX], MEDIAPIPE_POSE_33).all()
+    no_torso = kp3.copy()
+    no_torso[:, [MEDIAPIPE_POSE_33.index(n) for n in ("left_hip", "right_hip")]] = np.nan
+    no_torso[:, [MEDIAPIPE_POSE_33.index(n) for n in ("left_shoulder", "right_shoulder")]] = np.nan
+    assert not mirrored_frames(no_torso[:, FLIP_INDEX], MEDIAPIPE_POSE_33).any()  # nothing says which way
+
+
+def _detections(scene, swap):
+    """Noisy detections (T, V, K, 3) with left and right exchanged in the (T, V) views ``swap``."""
+    uv = scene["rig"].project(torch.tensor(scene["kp3"])).numpy()
+    rng = np.random.default_rng(1)
+    kp = np.concatenate([uv + rng.normal(0, 0.5, uv.shape), np.full(uv.shape[:-1] + (1,), 0.9)], -1)
+    kp[..., ~scene["definition"].defined, 2] = 0.0
+    kp[swap] = kp[swap][:, FLIP_INDEX]
+    return kp
+
+
+def test_most_views_swapped_a_mirrored_skeleton_is_exchanged_back(scene):
+    """4 of 6 views swapped (those that see the body most from behind): swap handling alone
+    makes the 2 right views agree with them, and the skeleton is a mirror image."""
+    swap = np.zeros(scene["facing"].shape, bool)
+    for t, facing in enumerate(scene["facing"]):
+        swap[t, np.argsort(facing)[:4]] = True
+    kp = _detections(scene, swap)
+    defined = scene["definition"].defined
+    mirrored = triangulate_keypoints(scene["rig"], kp, TriangulateConfig(fix_mirror=False))
+    assert np.array_equal(mirrored.swapped, ~swap)  # the two right views were "corrected"
+    err = np.linalg.norm(mirrored.points_world[:, FLIP_INDEX] - scene["kp3"], axis=-1)[:, defined]
+    assert err.max() < 0.01  # a consistent mirror image of the truth
+    tri = triangulate_keypoints(scene["rig"], kp)
+    assert np.array_equal(tri.swapped, swap)
+    assert np.linalg.norm(tri.points_world - scene["kp3"], axis=-1)[:, defined].max() < 0.01
+    assert np.allclose(tri.keypoints, kp[:, :, FLIP_INDEX] * swap[..., None, None] + kp * ~swap[..., None, None])
+
+
+def test_match_swaps_finds_a_held_out_view_swapped_against_the_others(scene):
+    swap = np.zeros(scene["facing"].shape, bool)
+    swap[np.arange(len(swap)), np.argmin(scene["facing"], 1)] = True
+    kp = _detections(scene, swap)
+    rig = scene["rig"]
+    for v in range(len(rig)):
+        others = [u for u in range(len(rig)) if u != v]
+        tri = triangulate_keypoints(rig.subset([rig.names[u] for u in others]), kp[:, others])
+        found = match_swaps(rig.subset([rig.names[v]]), kp[:, v], tri.points_world)
+        assert np.array_equal(found, swap[:, v])
+    assert not match_swaps(
+        rig.subset([rig.names[0]]), kp[:, 0], tri.points_world, TriangulateConfig(fix_swaps=False)
+    ).any()
+    with pytest.raises(TriangulateError, match="one camera"):
+        match_swaps(rig, kp[:, 0], tri.points_world)

@@ -137,3 +137,33 @@ def test_a_rig_that_does_not_fit_is_named(detected_session_path, body_model, wri
                        refiner=_gt_refiner(path, (0, 0, 0)), in_view=False)  # fmt: skip
     assert any(w.startswith("camera cam01:") for w in rep.rig_warnings), rep.rig_warnings
     assert "mvcap rig refine" in format_report(rep)
+
+
+def test_a_view_whose_detector_swapped_left_and_right_is_measured_swapped_back(detected_session_path, body_model,
+                                                                               write_gt_run, tmp_path):  # fmt: skip
+    """A camera that saw the person from behind and exchanged left and right: the true body
+    is not 'far from its keypoints' there, held out or in view."""
+    import shutil
+
+    from mvcap.detect import FLIP_INDEX
+
+    path = tmp_path / "swapped.h5"
+    shutil.copy(detected_session_path, path)
+    with Session.open(path, "a") as s:
+        kp = s.read_keypoints([1])[0]
+        masks = s.read_masks(1)
+        kp[1] = kp[1][FLIP_INDEX]  # cam01, frame 1
+        s.write_detections(1, kp, [np.round(m * 255).astype(np.uint8) for m in masks])
+    write_gt_run(path, range(3), name="gt", config={})
+
+    def cam01_frame1(cfg):
+        rep = validate_run(path, "gt", cfg, model=body_model, refiner=_gt_refiner(path, (0, 0, 0)), progress=False,
+                           holdout=["cam01"])  # fmt: skip
+        held = next(r for r in rep.holdout if r.frame == 1)
+        in_view = next(r for r in rep.in_view if r.frame == 1 and r.view == "cam01")
+        return held.result.keypoint_median_px, in_view.result.keypoint_median_px
+
+    held, in_view = cam01_frame1(ValidateConfig(frames="::1"))
+    held_raw, in_view_raw = cam01_frame1(ValidateConfig(frames="::1", undo_swaps=False))
+    assert held < 4.0 and in_view < 4.0  # the detections' noise is 1.5 px
+    assert held_raw > 3 * held and in_view_raw > 3 * in_view
