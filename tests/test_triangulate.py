@@ -149,15 +149,25 @@ def test_bad_inputs_have_clear_messages(scene):
         TriangulateConfig(min_views=1)
 
 
-def test_true_skeletons_face_forward_and_mirrored_ones_are_found(scene):
-    kp3 = scene["kp3"].copy()
-    kp3[:, ~scene["definition"].defined] = np.nan
+def test_true_skeletons_face_forward_and_mirrored_ones_are_found(body_model):
+    """Over 300 sampled poses with 2 cm of noise: no true skeleton is called mirrored, and
+    nearly every mirrored one is found (a turned head or feet can leave a vote undecided)."""
+    from mvcap.initialize import mediapipe_keypoint_definition
+    from mvcap.motions import sample_poses
+
+    rng = np.random.default_rng(3)
+    pose = sample_poses(rng, 300)
+    definition = mediapipe_keypoint_definition(body_model)
+    with torch.no_grad():
+        out = body_model(torch.tensor(pose, dtype=torch.float32), None, torch.zeros(len(pose), 3))
+        kp3 = definition.evaluate(out.joints.double(), out.vertices.double()).numpy()
+    kp3[:, ~definition.defined] = np.nan
+    kp3 += rng.normal(0, 0.02, kp3.shape)
     assert not mirrored_frames(kp3, MEDIAPIPE_POSE_33).any()
-    assert mirrored_frames(kp3[:, FLIP_INDEX], MEDIAPIPE_POSE_33).all()
-    no_torso = kp3.copy()
-    no_torso[:, [MEDIAPIPE_POSE_33.index(n) for n in ("left_hip", "right_hip")]] = np.nan
-    no_torso[:, [MEDIAPIPE_POSE_33.index(n) for n in ("left_shoulder", "right_shoulder")]] = np.nan
-    assert not mirrored_frames(no_torso[:, FLIP_INDEX], MEDIAPIPE_POSE_33).any()  # nothing says which way
+    assert mirrored_frames(kp3[:, FLIP_INDEX], MEDIAPIPE_POSE_33).mean() > 0.9
+    torso = [MEDIAPIPE_POSE_33.index(n) for n in ("left_hip", "right_hip", "left_shoulder", "right_shoulder")]
+    kp3[:, torso] = np.nan
+    assert not mirrored_frames(kp3[:, FLIP_INDEX], MEDIAPIPE_POSE_33).any()  # nothing says which way
 
 
 def _detections(scene, swap):
