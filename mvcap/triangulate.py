@@ -12,10 +12,12 @@ Pipeline for keypoints ``(T, V, K, 3)`` ``[x_px, y_px, confidence]`` in the dist
    and polished with a few Gauss-Newton steps on the confidence-weighted pixel error.
 3. Left/right swaps (MediaPipe swaps sides in views that see the person from behind): for
    every view, the view's keypoints are compared with a robust triangulation from the *other*
-   views, as detected and with all left/right pairs exchanged. The view whose exchange lowers
-   its truncated reprojection cost the most (below ``swap_ratio`` of the original and by at
-   least ``swap_min_gain``) is swapped, and the test repeats until no view gains. Then the
-   final triangulation runs on the corrected keypoints.
+   views, as detected and with the left/right pairs exchanged: all of them, or (when the
+   landmarks are named) only the legs' or only the rest's, since a detector can swap the arms
+   and not the legs. The view whose exchange lowers its truncated reprojection cost the most
+   (below ``swap_ratio`` of the original and by at least ``swap_min_gain``) is swapped, and
+   the test repeats until no view gains. Then the final triangulation runs on the corrected
+   keypoints.
 4. Mirrored frames: when most views swapped, step 3 makes the few right ones agree with
    them, and every view's left is the person's right. The views then agree, but the skeleton
    is a mirror image: its nose lies behind the face and its toes behind the heels, with
@@ -286,6 +288,38 @@ def _swap_costs(Rt, f, X_ref, xy_v, valid_v, thr_v, paired):
     return np.where(use, np.minimum((e / thr_v[:, None]) ** 2, 1.0), 0.0).sum(-1)
 
 
+#: landmarks of the legs (name fragments): exchanged as a group, apart from the rest
+_LEGS = ("hip", "knee", "ankle", "heel", "foot", "toe")
+
+
+def _flips(flip_index: np.ndarray, names) -> list[np.ndarray]:
+    """The exchanges to test (K,) each: all left/right pairs, then, with names, the legs' pairs
+    alone and the other pairs alone."""
+    out = [flip_index]
+    if names is not None:
+        legs = np.array([any(p in n for p in _LEGS) for n in names])
+        for group in (legs, ~legs):
+            fx = np.where(group, flip_index, np.arange(len(flip_index)))
+            if (fx != np.arange(len(fx))).any() and (fx != flip_index).any():
+                out.append(fx)
+    return out
+
+
+def _best_flip(Rt_v, f_v, X_ref, xy_v, valid_v, thr_v, paired, flips, cfg) -> tuple[np.ndarray, np.ndarray]:
+    """Per frame, the exchange of ``flips`` that lowers one view's cost against X_ref (T, K, 3)
+    the most within the rule (below ``swap_ratio`` of the cost as detected, lower by at least
+    ``swap_min_gain``): its gain (T,) (-inf: none) and its index (T,) (-1: none)."""
+    c0 = _swap_costs(Rt_v, f_v, X_ref, xy_v, valid_v, thr_v, paired)
+    gain = np.full(len(c0), -np.inf)
+    which = np.full(len(c0), -1)
+    for i, fx in enumerate(flips):
+        c1 = _swap_costs(Rt_v, f_v, X_ref, xy_v[:, fx], valid_v[:, fx], thr_v, paired)
+        g = np.where((c1 < cfg.swap_ratio * c0) & (c0 - c1 >= cfg.swap_min_gain), c0 - c1, -np.inf)
+        better = g > gain
+        gain, which = np.where(better, g, gain), np.where(better, i, which)
+    return gain, which
+
+
 #: what says which way a skeleton faces: (landmark in front, the pair it is in front of)
 _FACING = (("nose", ("left_ear", "right_ear")), ("left_foot_index", ("left_heel",)),
            ("right_foot_index", ("right_heel",)), ("left_big_toe", ("left_heel",)),
@@ -333,33 +367,37 @@ def match_swaps(
     points_world: np.ndarray,
     cfg: TriangulateConfig = TriangulateConfig(),
     flip_index: np.ndarray | None = None,
+    names=None,
 ) -> np.ndarray:
-    """(T,) bool: frames in which one camera's detections (T, K, 3) have left and right
-    exchanged against 3D keypoints (T, K, 3) triangulated without it, by step 3's rule (the
-    exchanged labels' truncated reprojection cost below ``swap_ratio`` of the given labels'
-    and lower by at least ``swap_min_gain``). For measuring a camera the fit did not see with
-    its detections as the fitted cameras' were corrected. flip_index: default MediaPipe
-    Pose's for K = 33; None otherwise: nothing is exchanged."""
+    """(T, K) the order to read one camera's detections (T, K, 3) in so that their left and
+    right agree with 3D keypoints (T, K, 3) triangulated without it (``keypoints[t][order[t]]``;
+    the identity where nothing is exchanged), by step 3's rule and exchanges. For measuring a
+    camera the fit did not see with its detections corrected as the fitted cameras' were.
+    flip_index, names: default MediaPipe Pose's for K = 33; no flip_index: nothing is exchanged."""
     kp = np.asarray(keypoints, np.float64)
     if len(camera) != 1 or kp.ndim != 3 or kp.shape[-1] != 3:
         raise TriangulateError(
             f"match_swaps takes one camera and its (T, K, 3) keypoints, got {len(camera)} and {kp.shape}"
         )
     T, K, _ = kp.shape
-    if flip_index is None and K == 33:
-        from mvcap.detect import FLIP_INDEX as flip_index
+    order = np.broadcast_to(np.arange(K), (T, K)).copy()
+    if K == 33 and (flip_index is None or names is None):
+        from mvcap.detect import FLIP_INDEX, MEDIAPIPE_POSE_33
+
+        flip_index = FLIP_INDEX if flip_index is None else flip_index
+        names = MEDIAPIPE_POSE_33 if names is None else names
     if flip_index is None or not cfg.fix_swaps:
-        return np.zeros(T, bool)
-    flip_index = np.asarray(flip_index, np.int64)
+        return order
+    flips = _flips(np.asarray(flip_index, np.int64), names)
     valid = (kp[..., 2] >= cfg.min_confidence) & np.isfinite(kp[..., :2]).all(-1)
     xy = np.where(valid[..., None], normalized_points(camera, np.nan_to_num(kp[..., :2])[:, None])[:, 0], np.nan)
     thr = _person_threshold(kp[:, None, :, :2], valid[:, None], cfg)[:, 0]
     Rt, f = _extrinsics(camera)[0], np.sqrt(camera[0].K[0, 0] * camera[0].K[1, 1])
-    X = np.asarray(points_world, np.float64)
-    paired = flip_index != np.arange(K)
-    c0 = _swap_costs(Rt, f, X, xy, valid, thr, paired)
-    c1 = _swap_costs(Rt, f, X, xy[:, flip_index], valid[:, flip_index], thr, paired)
-    return (c1 < cfg.swap_ratio * c0) & (c0 - c1 >= cfg.swap_min_gain)
+    paired = flips[0] != np.arange(K)
+    _, which = _best_flip(Rt, f, np.asarray(points_world, np.float64), xy, valid, thr, paired, flips, cfg)
+    for t in np.flatnonzero(which >= 0):
+        order[t] = flips[which[t]]
+    return order
 
 
 def triangulate_keypoints(
@@ -402,12 +440,13 @@ def triangulate_keypoints(
     step = max(int(cfg.chunk_frames), 1)
     for s in range(0, T, step):
         chunk = kp[s : s + step].copy()
-        X, inl, swapped = _triangulate_chunk(rig, Rt, f, chunk, cfg, flip_index)
+        X, inl, order = _triangulate_chunk(rig, Rt, f, chunk, cfg, flip_index, names)
         if cfg.fix_mirror and flip_index is not None and names is not None:
             # every view exchanged: each point is the one its mirror landmark had (no new solve)
             m = mirrored_frames(X, names)
             X[m], inl[m], chunk[m] = X[m][:, flip_index], inl[m][:, :, flip_index], chunk[m][:, :, flip_index]
-            swapped[m] = ~swapped[m]
+            order[m] = order[m][:, :, flip_index]
+        swapped = (order != np.arange(K)).any(-1)
         out["X"].append(X)
         out["inl"].append(inl)
         out["swapped"].append(swapped)
@@ -425,10 +464,11 @@ def triangulate_keypoints(
     return Triangulation(X, conf, n_in, inl, rep, swapped, kp_fixed)
 
 
-def _triangulate_chunk(rig, Rt, f, kp, cfg, flip_index):
-    """Triangulate a chunk of frames in place of ``kp`` (swaps are applied to ``kp``)."""
+def _triangulate_chunk(rig, Rt, f, kp, cfg, flip_index, names):
+    """Triangulate a chunk of frames in place of ``kp`` (swaps are applied to ``kp``); returns
+    the points, the inliers and each view's keypoint order (T, V, K) after its swaps."""
     T, V, K, _ = kp.shape
-    swapped = np.zeros((T, V), bool)
+    order = np.broadcast_to(np.arange(K), (T, V, K)).copy()
 
     def prepare():
         valid = (kp[..., 2] >= cfg.min_confidence) & np.isfinite(kp[..., :2]).all(-1)
@@ -439,32 +479,29 @@ def _triangulate_chunk(rig, Rt, f, kp, cfg, flip_index):
         return valid, conf, xy, thr
 
     if cfg.fix_swaps and flip_index is not None and V >= 3:
+        flips = _flips(flip_index, names)
         paired = flip_index != np.arange(K)
         active = np.ones(T, bool)
         for _ in range(V):
             if not active.any():
                 break
             valid, conf, xy, thr = prepare()
-            gain = np.full((T, V), -np.inf)
-            ratio_ok = np.zeros((T, V), bool)
+            cand = np.full((T, V), -np.inf)
+            which = np.full((T, V), -1)
             idx = np.flatnonzero(active)
             for v in range(V):
                 others = np.arange(V) != v
                 X_ref, _ = _robust_frames(Rt, f, xy[idx], conf[idx], thr[idx], cfg, others)
-                c0 = _swap_costs(Rt[v], f[v], X_ref, xy[idx, v], valid[idx, v], thr[idx, v], paired)
-                fx = flip_index
-                c1 = _swap_costs(Rt[v], f[v], X_ref, xy[idx, v][:, fx], valid[idx, v][:, fx], thr[idx, v], paired)
-                gain[idx, v] = c0 - c1
-                ratio_ok[idx, v] = c1 < cfg.swap_ratio * c0
-            cand = np.where(ratio_ok & (gain >= cfg.swap_min_gain), gain, -np.inf)
+                cand[idx, v], which[idx, v] = _best_flip(
+                    Rt[v], f[v], X_ref, xy[idx, v], valid[idx, v], thr[idx, v], paired, flips, cfg
+                )
             best = np.argmax(cand, axis=1)
             do = np.isfinite(cand[np.arange(T), best]) & active
             for t in np.flatnonzero(do):
-                v = best[t]
-                kp[t, v] = kp[t, v][flip_index]
-                swapped[t, v] = ~swapped[t, v]
+                v, fx = best[t], flips[which[t, best[t]]]
+                kp[t, v], order[t, v] = kp[t, v][fx], order[t, v][fx]
             active = do
 
     valid, conf, xy, thr = prepare()
     X, inl = _robust_frames(Rt, f, xy, conf, thr, cfg)
-    return X, inl, swapped
+    return X, inl, order
