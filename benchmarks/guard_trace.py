@@ -7,6 +7,8 @@ from the other cameras, then the run's refinement, with ``--set`` overrides of i
 and prints, for every refinement round, the guard's verdict (the notes of
 :func:`mvcap.refine.refine_frame`) and each fitted camera's keypoint distance (% of the
 person's height) and 1 - IoU before and after, then the held-out camera's agreement.
+``--drop cam01`` also leaves cam01 out of every refinement (the held-out camera's initial
+estimate stays the one ``mvcap validate`` fits): which fitted camera drives a held-out change.
 ``--landmarks`` adds, per held-out camera, each landmark's mean 2D offset from the
 detector's keypoint (projected - detected, pixels, over the frames), init -> result: which
 landmarks a change of the keypoint distance comes from, and how it compares with the fixed
@@ -39,6 +41,8 @@ def main(argv=None) -> int:
     ap.add_argument("--frames", default="::10")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="refine config override k=v")
     ap.add_argument("--landmarks", action="store_true", help="per-landmark offsets in the held-out cameras")
+    ap.add_argument("--drop", default="", help="cameras also left out of every refinement (comma-separated), "
+                    "the held-out camera's init unchanged: which fitted camera drives a change")  # fmt: skip
     args = ap.parse_args(argv)
 
     model = load_body_model()
@@ -52,8 +56,13 @@ def main(argv=None) -> int:
 
         fitted: dict[tuple[int, str], tuple] = {}  # (frame, held-out camera) -> init and result
 
+        drop = [n for n in args.drop.split(",") if n]
+
         def refiner(t, rig, photos, pose0, betas, transl0):
             init = BodyParams(pose0.numpy()[None], betas.numpy()[None], transl0.numpy()[None])
+            held = next(n for n in args.holdout.split(",") if n not in rig.names)
+            keep = [v for v, n in enumerate(rig.names) if n not in drop]
+            rig, photos = rig.subset([rig.names[v] for v in keep]), photos[keep]
             ev = frame_evidence(s, t, rig, cfg.cues)
             res = refine_frame(model, rig, photos, init, predictor, cfg, appearance, None, ev, definition)
             before = evidence_cost(model, definition, rig, pose0, betas, transl0, ev)[1]
@@ -66,7 +75,6 @@ def main(argv=None) -> int:
                 b, a = before[v], after[v]
                 print(f"    {name}: keypoints {100 * b[0]:.2f} -> {100 * a[0]:.2f} % height, "
                       f"1 - IoU {b[1]:.3f} -> {a[1]:.3f}")  # fmt: skip
-            held = next(n for n in args.holdout.split(",") if n not in rig.names)
             fitted[(t, held)] = (init, BodyParams(res.pose_rotvecs[None], res.betas[None], res.transl[None]))
             return res.pose_rotvecs, res.transl
 
