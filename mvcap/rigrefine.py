@@ -46,7 +46,7 @@ import torch
 from mvcap.cameras import Rig, cam_to_pixels, project
 from mvcap.errors import MvcapError
 from mvcap.fit import SolverConfig, lbfgs
-from mvcap.triangulate import triangulate_keypoints
+from mvcap.triangulate import match_swaps, triangulate_keypoints
 
 __all__ = [
     "RigRefineError",
@@ -124,30 +124,45 @@ class RigRefineResult:
         return float(1.0 - after / before) if before > 0 else 0.0
 
 
+def _from_others(rig: Rig, keypoints: np.ndarray, view: int, flip_index=None) -> tuple[np.ndarray, np.ndarray]:
+    """The keypoints (T, K, 3) triangulated from the cameras other than ``view``, and that
+    camera's detections (T, K, 3) read with their left/right swaps against them undone
+    (:func:`mvcap.triangulate.match_swaps`)."""
+    kp = np.asarray(keypoints, np.float64)
+    V = kp.shape[1]
+    others = [v for v in range(V) if v != view]
+    X = triangulate_keypoints(rig.subset([rig.names[v] for v in others]), kp[:, others], flip_index=flip_index)
+    X = X.points_world
+    order = match_swaps(rig.subset([rig.names[view]]), kp[:, view], X, flip_index=flip_index)
+    return X, np.take_along_axis(kp[:, view], order[..., None], 1)
+
+
 def projected_from_others(rig: Rig, keypoints: np.ndarray, view: int, flip_index=None) -> np.ndarray:
     """(T, K, 2) camera ``view``'s pixels of the keypoints triangulated from the other cameras
     (NaN where they are not); keypoints (T, V, K, 3) ``[x, y, confidence]`` in the rig's
     distorted images."""
-    kp = np.asarray(keypoints, np.float64)
-    T, V, K, _ = kp.shape
-    others = [v for v in range(V) if v != view]
-    X = triangulate_keypoints(rig.subset([rig.names[v] for v in others]), kp[:, others], flip_index=flip_index)
-    X = X.points_world.reshape(-1, 3)
+    return _project(rig, view, _from_others(rig, keypoints, view, flip_index)[0])
+
+
+def _project(rig: Rig, view: int, X: np.ndarray) -> np.ndarray:
+    T, K, _ = X.shape
+    X = X.reshape(-1, 3)
     uv = project(rig.subset([rig.names[view]]), torch.as_tensor(np.nan_to_num(X)), distort=True)[0].numpy()
     return np.where(np.isfinite(X).all(-1)[:, None], uv, np.nan).reshape(T, K, 2)
 
 
 def leave_one_out_offsets(rig: Rig, keypoints: np.ndarray, min_confidence: float = 0.5, flip_index=None) -> np.ndarray:
-    """(V, 4) per camera, between its confident detections and the keypoints triangulated from
-    the other cameras (:func:`projected_from_others`): the median distance (pixels), the median
-    offset (x, y), projected minus detected, and how many detections were compared (NaN, NaN,
-    NaN, 0 where none)."""
+    """(V, 4) per camera, between its confident detections (left/right swaps against the
+    others undone) and the keypoints triangulated from the other cameras, projected into it
+    (:func:`projected_from_others`): the median distance (pixels), the median offset (x, y),
+    projected minus detected, and how many detections were compared (NaN, NaN, NaN, 0 where none)."""
     kp = np.asarray(keypoints, np.float64)
     out = np.full((kp.shape[1], 4), np.nan)
     out[:, 3] = 0
     for h in range(len(out)):
-        d = projected_from_others(rig, kp, h, flip_index) - kp[:, h, :, :2]
-        ok = (kp[:, h, :, 2] >= min_confidence) & np.isfinite(d).all(-1)
+        X, det = _from_others(rig, kp, h, flip_index)
+        d = _project(rig, h, X) - det[..., :2]
+        ok = (det[..., 2] >= min_confidence) & np.isfinite(d).all(-1)
         if ok.any():
             out[h] = (np.median(np.linalg.norm(d[ok], axis=-1)), *np.median(d[ok], 0), ok.sum())
     return out
