@@ -92,7 +92,7 @@ class Triangulation:
     num_inliers: (T, K) int, views that agree; inliers: (T, V, K) bool;
     reprojection_px: (T, K) mean distance of the inlier detections to the reprojected point,
     in the distorted images (NaN where not triangulated);
-    swapped: (T, V) bool, views whose left/right landmarks were exchanged;
+    swapped: (T, V) bool, views whose left/right landmarks were exchanged (all or some pairs);
     keypoints: (T, V, K, 3) the input detections with those swaps applied.
     """
 
@@ -320,13 +320,11 @@ def _best_flip(Rt_v, f_v, X_ref, xy_v, valid_v, thr_v, paired, flips, cfg) -> tu
     return gain, which
 
 
-#: what says which way a skeleton faces: (landmark in front, the pair it is in front of)
-_FACING = (("nose", ("left_ear", "right_ear")), ("left_foot_index", ("left_heel",)),
-           ("right_foot_index", ("right_heel",)), ("left_big_toe", ("left_heel",)),
-           ("right_big_toe", ("right_heel",)))  # fmt: skip
-#: how far in front (metres) a facing vote must be, against it, to count (a turned head, a foot turned out)
-_FACING_MARGIN = {"nose": 0.01}
-_FEET_MARGIN = 0.025
+#: what says which way a skeleton faces: (a landmark in front, what it is in front of, how far
+#: behind (metres) it must be to vote "mirrored": a turned head or a foot turned out stays above)
+_FACING = (("nose", ("left_ear", "right_ear"), 0.01), ("left_foot_index", ("left_heel",), 0.025),
+           ("right_foot_index", ("right_heel",), 0.025), ("left_big_toe", ("left_heel",), 0.025),
+           ("right_big_toe", ("right_heel",), 0.025))  # fmt: skip
 
 
 def mirrored_frames(points_world: np.ndarray, names) -> np.ndarray:
@@ -351,14 +349,31 @@ def mirrored_frames(points_world: np.ndarray, names) -> np.ndarray:
         forward /= np.linalg.norm(forward, axis=-1, keepdims=True)
     against = np.zeros(len(X), np.int64)
     votes = np.zeros(len(X), np.int64)
-    for front, behind in _FACING:
+    for front, behind, margin in _FACING:
         if front not in at or not all(b in at for b in behind):
             continue
         d = np.einsum("tc,tc->t", pt(front) - np.mean([pt(b) for b in behind], 0), forward)
         ok = np.isfinite(d)
         votes += ok
-        against += ok & (d < -_FACING_MARGIN.get(front, _FEET_MARGIN))
+        against += ok & (d < -margin)
     return (votes > 0) & (against == votes)
+
+
+def _landmark_set(K: int, flip_index, names) -> tuple[np.ndarray | None, tuple[str, ...] | None]:
+    """The left/right exchange and the names of K landmarks, checked; MediaPipe Pose's where
+    K = 33 and they are not given (None otherwise)."""
+    if K == 33 and (flip_index is None or names is None):
+        from mvcap.detect import FLIP_INDEX, MEDIAPIPE_POSE_33
+
+        flip_index = FLIP_INDEX if flip_index is None else flip_index
+        names = MEDIAPIPE_POSE_33 if names is None else names
+    if names is not None and len(names) != K:
+        raise TriangulateError(f"names must name the K={K} keypoints, got {len(names)}")
+    if flip_index is not None:
+        flip_index = np.asarray(flip_index, np.int64)
+        if flip_index.shape != (K,) or np.any(flip_index[flip_index] != np.arange(K)):
+            raise TriangulateError(f"flip_index must be a (K={K},) involution, got {flip_index}")
+    return flip_index, None if names is None else tuple(names)
 
 
 def match_swaps(
@@ -381,14 +396,10 @@ def match_swaps(
         )
     T, K, _ = kp.shape
     order = np.broadcast_to(np.arange(K), (T, K)).copy()
-    if K == 33 and (flip_index is None or names is None):
-        from mvcap.detect import FLIP_INDEX, MEDIAPIPE_POSE_33
-
-        flip_index = FLIP_INDEX if flip_index is None else flip_index
-        names = MEDIAPIPE_POSE_33 if names is None else names
+    flip_index, names = _landmark_set(K, flip_index, names)
     if flip_index is None or not cfg.fix_swaps:
         return order
-    flips = _flips(np.asarray(flip_index, np.int64), names)
+    flips = _flips(flip_index, names)
     valid = (kp[..., 2] >= cfg.min_confidence) & np.isfinite(kp[..., :2]).all(-1)
     xy = np.where(valid[..., None], normalized_points(camera, np.nan_to_num(kp[..., :2])[:, None])[:, 0], np.nan)
     thr = _person_threshold(kp[:, None, :, :2], valid[:, None], cfg)[:, 0]
@@ -422,17 +433,7 @@ def triangulate_keypoints(
     if kp.ndim != 4 or kp.shape[1] != V or kp.shape[3] != 3:
         raise TriangulateError(f"keypoints must have shape (T, V={V}, K, 3) [x_px, y_px, confidence], got {kp.shape}")
     T, _, K, _ = kp.shape
-    if K == 33 and (flip_index is None or names is None):
-        from mvcap.detect import FLIP_INDEX, MEDIAPIPE_POSE_33
-
-        flip_index = FLIP_INDEX if flip_index is None else flip_index
-        names = MEDIAPIPE_POSE_33 if names is None else names
-    if names is not None and len(names) != K:
-        raise TriangulateError(f"names must name the K={K} keypoints, got {len(names)}")
-    if flip_index is not None:
-        flip_index = np.asarray(flip_index, np.int64)
-        if flip_index.shape != (K,) or np.any(flip_index[flip_index] != np.arange(K)):
-            raise TriangulateError(f"flip_index must be a (K={K},) involution, got {flip_index}")
+    flip_index, names = _landmark_set(K, flip_index, names)
     Rt = _extrinsics(rig)
     f = np.array([np.sqrt(c.K[0, 0] * c.K[1, 1]) for c in rig])
 

@@ -145,6 +145,8 @@ def test_bad_inputs_have_clear_messages(scene):
         triangulate_keypoints(rig, np.zeros((2, 5, 33, 3)))
     with pytest.raises(TriangulateError, match="involution"):
         triangulate_keypoints(rig, np.zeros((1, 6, 4, 3)), flip_index=[1, 2, 3, 0])
+    with pytest.raises(TriangulateError, match="names must name the K=33"):
+        triangulate_keypoints(rig, np.zeros((1, 6, 33, 3)), names=MEDIAPIPE_POSE_33[:-1])
     with pytest.raises(ConfigError, match="min_views"):
         TriangulateConfig(min_views=1)
 
