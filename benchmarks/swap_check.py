@@ -4,10 +4,10 @@
 
 For every session, with all cameras and with each camera left out (what ``mvcap validate``
 triangulates): the frames whose triangulation is a mirror image when only the per-view swap
-test runs (``fix_mirror = false``: most views swapped, see :mod:`mvcap.triangulate`), and the
-view-frames whose labels the full triangulation changes (whole swaps and legs-only or
-arms-only ones). For each left-out camera also the frames whose detections
-:func:`mvcap.triangulate.match_swaps` reads exchanged against the other cameras.
+test runs (``fix_mirror = false``: most views swapped, see :mod:`mvcap.triangulate`), and how
+many view-frames the full triangulation exchanges left and right in. For each left-out camera
+also the frames whose detections :func:`mvcap.triangulate.match_swaps` reads exchanged
+against the other cameras.
 """
 
 from __future__ import annotations
@@ -42,15 +42,13 @@ def main(argv=None) -> int:
             only_swaps = triangulate_keypoints(sub, kp[:, use], TriangulateConfig(fix_mirror=False), kset.flip_index)
             mirrored = mirrored_frames(only_swaps.points_world, kset.names)
             tri = triangulate_keypoints(sub, kp[:, use], TriangulateConfig(), kset.flip_index, kset.names)
-            whole = (np.nan_to_num(tri.keypoints) == np.nan_to_num(kp[:, use][:, :, kset.flip_index])).all((-1, -2))
             label = "all cameras" if held is None else f"without {rig.names[held]}"
             line = (f"  {label:<16} mirrored frames {[int(frames[t]) for t in np.flatnonzero(mirrored)]}; "
-                    f"views changed {int(tri.swapped.sum())} ({int((tri.swapped & whole).sum())} whole)")  # fmt: skip
+                    f"views exchanged {int(tri.swapped.sum())}")  # fmt: skip
             if held is not None:
-                order = match_swaps(rig.subset([rig.names[held]]), kp[:, held], tri.points_world, TriangulateConfig(),
-                                    kset.flip_index, kset.names)  # fmt: skip
-                read = np.flatnonzero((order != np.arange(order.shape[1])).any(1))
-                line += f"; {rig.names[held]} read exchanged in frames {[int(frames[t]) for t in read]}"
+                read = match_swaps(rig.subset([rig.names[held]]), kp[:, held], tri.points_world, TriangulateConfig(),
+                                   kset.flip_index)  # fmt: skip
+                line += f"; {rig.names[held]} read exchanged in frames {[int(frames[t]) for t in np.flatnonzero(read)]}"
             print(line)
     return 0
 

@@ -12,12 +12,11 @@ Pipeline for keypoints ``(T, V, K, 3)`` ``[x_px, y_px, confidence]`` in the dist
    and polished with a few Gauss-Newton steps on the confidence-weighted pixel error.
 3. Left/right swaps (MediaPipe swaps sides in views that see the person from behind): for
    every view, the view's keypoints are compared with a robust triangulation from the *other*
-   views, as detected and with the left/right pairs exchanged: all of them, or (when the
-   landmarks are named) only the legs' or only the rest's, since a detector can swap the arms
-   and not the legs. The view whose exchange lowers its truncated reprojection cost the most
-   (below ``swap_ratio`` of the original and by at least ``swap_min_gain``) is swapped, and
-   the test repeats until no view gains. Then the final triangulation runs on the corrected
-   keypoints.
+   views, as detected and with all left/right pairs exchanged. The view whose exchange lowers
+   its truncated reprojection cost the most (below ``swap_ratio`` of the original and by at
+   least ``swap_min_gain``) is swapped, and the test repeats until no view gains. Then the
+   final triangulation runs on the corrected keypoints. (Exchanging the arms or the legs alone
+   was tried: in side views, where left and right nearly coincide, noise passed that test.)
 4. Mirrored frames: when most views swapped, step 3 makes the few right ones agree with
    them, and every view's left is the person's right. The views then agree, but the skeleton
    is a mirror image: its nose lies behind the face and its toes behind the heels, with
@@ -92,7 +91,7 @@ class Triangulation:
     num_inliers: (T, K) int, views that agree; inliers: (T, V, K) bool;
     reprojection_px: (T, K) mean distance of the inlier detections to the reprojected point,
     in the distorted images (NaN where not triangulated);
-    swapped: (T, V) bool, views whose left/right landmarks were exchanged (all or some pairs);
+    swapped: (T, V) bool, views whose left/right landmarks were exchanged;
     keypoints: (T, V, K, 3) the input detections with those swaps applied.
     """
 
@@ -288,36 +287,13 @@ def _swap_costs(Rt, f, X_ref, xy_v, valid_v, thr_v, paired):
     return np.where(use, np.minimum((e / thr_v[:, None]) ** 2, 1.0), 0.0).sum(-1)
 
 
-#: landmarks of the legs (name fragments): exchanged as a group, apart from the rest
-_LEGS = ("hip", "knee", "ankle", "heel", "foot", "toe")
-
-
-def _flips(flip_index: np.ndarray, names) -> list[np.ndarray]:
-    """The exchanges to test (K,) each: all left/right pairs, then, with names, the legs' pairs
-    alone and the other pairs alone."""
-    out = [flip_index]
-    if names is not None:
-        legs = np.array([any(p in n for p in _LEGS) for n in names])
-        for group in (legs, ~legs):
-            fx = np.where(group, flip_index, np.arange(len(flip_index)))
-            if (fx != np.arange(len(fx))).any() and (fx != flip_index).any():
-                out.append(fx)
-    return out
-
-
-def _best_flip(Rt_v, f_v, X_ref, xy_v, valid_v, thr_v, paired, flips, cfg) -> tuple[np.ndarray, np.ndarray]:
-    """Per frame, the exchange of ``flips`` that lowers one view's cost against X_ref (T, K, 3)
-    the most within the rule (below ``swap_ratio`` of the cost as detected, lower by at least
-    ``swap_min_gain``): its gain (T,) (-inf: none) and its index (T,) (-1: none)."""
+def _swap_gain(Rt_v, f_v, X_ref, xy_v, valid_v, thr_v, paired, flip_index, cfg) -> np.ndarray:
+    """(T,) how much exchanging left and right lowers one view's cost against X_ref (T, K, 3),
+    where the rule allows it (below ``swap_ratio`` of the cost as detected, lower by at least
+    ``swap_min_gain``); -inf elsewhere."""
     c0 = _swap_costs(Rt_v, f_v, X_ref, xy_v, valid_v, thr_v, paired)
-    gain = np.full(len(c0), -np.inf)
-    which = np.full(len(c0), -1)
-    for i, fx in enumerate(flips):
-        c1 = _swap_costs(Rt_v, f_v, X_ref, xy_v[:, fx], valid_v[:, fx], thr_v, paired)
-        g = np.where((c1 < cfg.swap_ratio * c0) & (c0 - c1 >= cfg.swap_min_gain), c0 - c1, -np.inf)
-        better = g > gain
-        gain, which = np.where(better, g, gain), np.where(better, i, which)
-    return gain, which
+    c1 = _swap_costs(Rt_v, f_v, X_ref, xy_v[:, flip_index], valid_v[:, flip_index], thr_v, paired)
+    return np.where((c1 < cfg.swap_ratio * c0) & (c0 - c1 >= cfg.swap_min_gain), c0 - c1, -np.inf)
 
 
 #: what says which way a skeleton faces: (a landmark in front, what it is in front of, how far
@@ -382,33 +358,27 @@ def match_swaps(
     points_world: np.ndarray,
     cfg: TriangulateConfig = TriangulateConfig(),
     flip_index: np.ndarray | None = None,
-    names=None,
 ) -> np.ndarray:
-    """(T, K) the order to read one camera's detections (T, K, 3) in so that their left and
-    right agree with 3D keypoints (T, K, 3) triangulated without it (``keypoints[t][order[t]]``;
-    the identity where nothing is exchanged), by step 3's rule and exchanges. For measuring a
-    camera the fit did not see with its detections corrected as the fitted cameras' were.
-    flip_index, names: default MediaPipe Pose's for K = 33; no flip_index: nothing is exchanged."""
+    """(T,) bool: frames in which one camera's detections (T, K, 3) have left and right
+    exchanged against 3D keypoints (T, K, 3) triangulated without it, by step 3's rule. For
+    measuring a camera the fit did not see with its detections corrected as the fitted
+    cameras' were. flip_index: default MediaPipe Pose's for K = 33; none: nothing is exchanged."""
     kp = np.asarray(keypoints, np.float64)
     if len(camera) != 1 or kp.ndim != 3 or kp.shape[-1] != 3:
         raise TriangulateError(
             f"match_swaps takes one camera and its (T, K, 3) keypoints, got {len(camera)} and {kp.shape}"
         )
     T, K, _ = kp.shape
-    order = np.broadcast_to(np.arange(K), (T, K)).copy()
-    flip_index, names = _landmark_set(K, flip_index, names)
+    flip_index, _ = _landmark_set(K, flip_index, None)
     if flip_index is None or not cfg.fix_swaps:
-        return order
-    flips = _flips(flip_index, names)
+        return np.zeros(T, bool)
     valid = (kp[..., 2] >= cfg.min_confidence) & np.isfinite(kp[..., :2]).all(-1)
     xy = np.where(valid[..., None], normalized_points(camera, np.nan_to_num(kp[..., :2])[:, None])[:, 0], np.nan)
     thr = _person_threshold(kp[:, None, :, :2], valid[:, None], cfg)[:, 0]
     Rt, f = _extrinsics(camera)[0], np.sqrt(camera[0].K[0, 0] * camera[0].K[1, 1])
-    paired = flips[0] != np.arange(K)
-    _, which = _best_flip(Rt, f, np.asarray(points_world, np.float64), xy, valid, thr, paired, flips, cfg)
-    for t in np.flatnonzero(which >= 0):
-        order[t] = flips[which[t]]
-    return order
+    paired = flip_index != np.arange(K)
+    X = np.asarray(points_world, np.float64)
+    return np.isfinite(_swap_gain(Rt, f, X, xy, valid, thr, paired, flip_index, cfg))
 
 
 def triangulate_keypoints(
@@ -441,13 +411,12 @@ def triangulate_keypoints(
     step = max(int(cfg.chunk_frames), 1)
     for s in range(0, T, step):
         chunk = kp[s : s + step].copy()
-        X, inl, order = _triangulate_chunk(rig, Rt, f, chunk, cfg, flip_index, names)
+        X, inl, swapped = _triangulate_chunk(rig, Rt, f, chunk, cfg, flip_index)
         if cfg.fix_mirror and flip_index is not None and names is not None:
             # every view exchanged: each point is the one its mirror landmark had (no new solve)
             m = mirrored_frames(X, names)
             X[m], inl[m], chunk[m] = X[m][:, flip_index], inl[m][:, :, flip_index], chunk[m][:, :, flip_index]
-            order[m] = order[m][:, :, flip_index]
-        swapped = (order != np.arange(K)).any(-1)
+            swapped[m] = ~swapped[m]
         out["X"].append(X)
         out["inl"].append(inl)
         out["swapped"].append(swapped)
@@ -465,11 +434,10 @@ def triangulate_keypoints(
     return Triangulation(X, conf, n_in, inl, rep, swapped, kp_fixed)
 
 
-def _triangulate_chunk(rig, Rt, f, kp, cfg, flip_index, names):
-    """Triangulate a chunk of frames in place of ``kp`` (swaps are applied to ``kp``); returns
-    the points, the inliers and each view's keypoint order (T, V, K) after its swaps."""
+def _triangulate_chunk(rig, Rt, f, kp, cfg, flip_index):
+    """Triangulate a chunk of frames in place of ``kp`` (swaps are applied to ``kp``)."""
     T, V, K, _ = kp.shape
-    order = np.broadcast_to(np.arange(K), (T, V, K)).copy()
+    swapped = np.zeros((T, V), bool)
 
     def prepare():
         valid = (kp[..., 2] >= cfg.min_confidence) & np.isfinite(kp[..., :2]).all(-1)
@@ -480,7 +448,6 @@ def _triangulate_chunk(rig, Rt, f, kp, cfg, flip_index, names):
         return valid, conf, xy, thr
 
     if cfg.fix_swaps and flip_index is not None and V >= 3:
-        flips = _flips(flip_index, names)
         paired = flip_index != np.arange(K)
         active = np.ones(T, bool)
         for _ in range(V):
@@ -488,21 +455,20 @@ def _triangulate_chunk(rig, Rt, f, kp, cfg, flip_index, names):
                 break
             valid, conf, xy, thr = prepare()
             cand = np.full((T, V), -np.inf)
-            which = np.full((T, V), -1)
             idx = np.flatnonzero(active)
             for v in range(V):
                 others = np.arange(V) != v
                 X_ref, _ = _robust_frames(Rt, f, xy[idx], conf[idx], thr[idx], cfg, others)
-                cand[idx, v], which[idx, v] = _best_flip(
-                    Rt[v], f[v], X_ref, xy[idx, v], valid[idx, v], thr[idx, v], paired, flips, cfg
-                )
+                cand[idx, v] = _swap_gain(Rt[v], f[v], X_ref, xy[idx, v], valid[idx, v], thr[idx, v], paired,
+                                          flip_index, cfg)  # fmt: skip
             best = np.argmax(cand, axis=1)
             do = np.isfinite(cand[np.arange(T), best]) & active
             for t in np.flatnonzero(do):
-                v, fx = best[t], flips[which[t, best[t]]]
-                kp[t, v], order[t, v] = kp[t, v][fx], order[t, v][fx]
+                v = best[t]
+                kp[t, v] = kp[t, v][flip_index]
+                swapped[t, v] = ~swapped[t, v]
             active = do
 
     valid, conf, xy, thr = prepare()
     X, inl = _robust_frames(Rt, f, xy, conf, thr, cfg)
-    return X, inl, order
+    return X, inl, swapped

@@ -324,10 +324,10 @@ def validate_run(
 
             init = fit_keypoints(model, rig_fit, tri, cfg.init, betas.astype(np.float64), definition, masks=masks)
             cam = rig.subset([h])
-            kp_h = kp_all[:, rig.index(h)]
+            kp_h = kp_all[:, rig.index(h)].copy()
             if cfg.undo_swaps:
-                order = match_swaps(cam, kp_h, tri.points_world, cfg.init.triangulate, kset.flip_index, kset.names)
-                kp_h = np.take_along_axis(kp_h, order[..., None], 1)
+                swapped = match_swaps(cam, kp_h, tri.points_world, cfg.init.triangulate, kset.flip_index)
+                kp_h[swapped] = kp_h[swapped][:, kset.flip_index]
             for i, t in enumerate(frames):
                 bar.update(1)
                 if not init.fitted[i]:
