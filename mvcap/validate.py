@@ -51,7 +51,7 @@ from mvcap.refine import (
 )
 from mvcap.render import canvas_size, pad_views, undistort_images
 from mvcap.rigrefine import rig_fit_warnings
-from mvcap.triangulate import match_swaps, triangulate_keypoints
+from mvcap.triangulate import match_swaps, reprojection_errors, triangulate_keypoints
 
 __all__ = [
     "ValidateConfig",
@@ -83,12 +83,16 @@ class ValidateConfig:
     # a camera's detections with left and right exchanged (views from behind) are compared as
     # exchanged back: held out, against the other cameras' triangulation; in view, as the run's cues
     undo_swaps: bool = True
+    # a held-out check whose detections sit farther than this (% of height, median) from the other
+    # cameras' triangulation is "disputed": a detector is wrong there (another person, a mislabel)
+    # and the keypoint distance measures it more than the body; counted and named, still judged
+    dispute_pct: float = 5.0
     iou_tolerance: float = 0.01
     init: InitConfig = field(default_factory=InitConfig)
 
     def __post_init__(self):
-        if self.keypoint_tolerance_pct < 0 or self.iou_tolerance < 0:
-            raise ValueError("tolerances must be >= 0")
+        if self.keypoint_tolerance_pct < 0 or self.iou_tolerance < 0 or self.dispute_pct <= 0:
+            raise ValueError("tolerances must be >= 0 and dispute_pct > 0")
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,8 @@ class HoldoutRow:
     init: Agreement | None
     result: Agreement | None
     note: str = ""
+    # held out: the camera's detections against the other cameras' triangulation (% of height)
+    disagreement_pct: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -117,6 +123,7 @@ class CameraVerdict:
     init_photometric: float
     result_photometric: float
     verdict: str
+    disputed: int = 0  # checks whose detections the other cameras dispute (ValidateConfig.dispute_pct)
 
     @property
     def sentence(self) -> str:
@@ -143,6 +150,7 @@ class ValidationReport:
     in_view_cameras: list[CameraVerdict]
     seconds: float = 0.0
     rig_warnings: list[str] = field(default_factory=list)  # cameras the rig does not fit (mvcap rig refine)
+    dispute_pct: float = ValidateConfig.dispute_pct  # what made a held-out check "disputed"
 
     @property
     def worse(self) -> list[str]:
@@ -193,7 +201,8 @@ def camera_verdict(view: str, rows: list[HoldoutRow], cfg: ValidateConfig) -> Ca
             verdict = "improved"
         else:
             verdict = "unchanged"
-    return CameraVerdict(view, len(rows), ki, kr, ii, ir, pi, pr, verdict)
+    disputed = int(sum(r.disagreement_pct > cfg.dispute_pct for r in rows))  # NaN (in view) compares False
+    return CameraVerdict(view, len(rows), ki, kr, ii, ir, pi, pr, verdict, disputed)
 
 
 # ------------------------------------------------------------------------------------------
@@ -328,6 +337,9 @@ def validate_run(
             if cfg.undo_swaps:
                 swapped = match_swaps(cam, kp_h, tri.points_world, cfg.init.triangulate, kset.flip_index)
                 kp_h[swapped] = kp_h[swapped][:, kset.flip_index]
+            # how far the camera's confident detections sit from the others' triangulation (px)
+            apart = reprojection_errors(cam, tri.points_world, kp_h[:, None])[:, 0]
+            apart = np.where(kp_h[..., 2] >= cfg.evidence.min_keypoint_confidence, apart, np.nan)
             for i, t in enumerate(frames):
                 bar.update(1)
                 if not init.fitted[i]:
@@ -350,7 +362,8 @@ def validate_run(
                     rows.append(HoldoutRow(t, h, a_init, None, f"refinement failed: {type(exc).__name__}: {exc}"))
                     continue
                 a_res = agreement(model, definition, cam, pose, betas, transl, ev, appearance, cfg.evidence)
-                rows.append(HoldoutRow(t, h, a_init, a_res))
+                height = ev.height_px if ev.height_px > 0 else math.nan
+                rows.append(HoldoutRow(t, h, a_init, a_res, "", 100 * _nan_stat(apart[i], np.median) / height))
         bar.close()
         cameras = [camera_verdict(h, [r for r in rows if r.view == h], cfg) for h in holdout]
 
@@ -385,6 +398,7 @@ def validate_run(
         in_view_cameras if in_view else [],
         time.perf_counter() - t_start,
         rig_fit_warnings(rig, kp_all, kset.flip_index),
+        cfg.dispute_pct,
     )
 
 
@@ -461,6 +475,13 @@ def format_report(report: ValidationReport) -> str:
     if report.in_view_cameras:
         out.append(format_table(report.in_view_cameras, "In-view (stored init → stored result, views the run used):"))
     out += [c.sentence for c in report.cameras]
+    out += [
+        f"{c.view}: in {c.disputed} of {c.frames} checks its detections sit more than {report.dispute_pct:g} % of the "
+        "height off the other cameras' triangulation (another person, a mislabel): there its keypoint distance "
+        "measures the detector more than the body"
+        for c in report.cameras
+        if c.disputed
+    ]
     if report.worse:
         out.append(f"WARNING: the result disagrees with camera(s) {', '.join(report.worse)} more than the init did")
     out += [f"WARNING: {w}" for w in report.rig_warnings]

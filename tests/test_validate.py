@@ -167,3 +167,30 @@ def test_a_view_whose_detector_swapped_left_and_right_is_measured_swapped_back(d
     held_raw, in_view_raw = cam01_frame1(ValidateConfig(frames="::1", undo_swaps=False))
     assert held < 4.0 and in_view < 4.0  # the detections' noise is 1.5 px
     assert held_raw > 3 * held and in_view_raw > 3 * in_view
+
+
+def test_a_check_whose_detections_the_other_cameras_dispute_is_counted_and_named(detected_session_path, body_model,
+                                                                                  write_gt_run, tmp_path):  # fmt: skip
+    """The detector found someone else in cam01, frame 1 (its keypoints 30 % of the image
+    away): that check is disputed; the clean frames' checks are not."""
+    import json
+    import shutil
+
+    path = tmp_path / "disputed.h5"
+    shutil.copy(detected_session_path, path)
+    with Session.open(path, "a") as s:
+        kp = s.read_keypoints([1])[0]
+        masks = s.read_masks(1)
+        kp[1, :, 0] += 0.3 * s.rig[1].width
+        s.write_detections(1, kp, [np.round(m * 255).astype(np.uint8) for m in masks])
+    write_gt_run(path, range(3), name="gt", config={})
+    rep = validate_run(path, "gt", ValidateConfig(frames="::1"), model=body_model, progress=False,
+                       refiner=_gt_refiner(path, (0, 0, 0)))  # fmt: skip
+    apart = {(r.view, r.frame): r.disagreement_pct for r in rep.holdout}
+    assert apart["cam01", 1] > 20 and next(c for c in rep.cameras if c.view == "cam01").disputed == 1
+    # frames 0 and 2 are clean everywhere (frame 1's other checks fit with cam01: either way)
+    assert max(v for (_, t), v in apart.items() if t != 1) < 5.0
+    assert "cam01: in 1 of 3 checks its detections sit more than 5 % of the height off" in format_report(rep)
+    assert all(c.disputed == 0 for c in rep.in_view_cameras)
+    save_report(rep, tmp_path / "r.json")
+    assert json.loads((tmp_path / "r.json").read_text())["cameras"][1]["disputed"] == 1
