@@ -233,6 +233,7 @@ def _fmt(x, spec: str) -> str:
 
 def _validation_section(v: dict) -> str:
     """Cross-validation tables (held-out cameras, in-view) and one verdict per camera."""
+    from mvcap.validate import disputed_sentence
 
     def table(cameras: list[dict]) -> str:
         head = (
@@ -259,6 +260,11 @@ def _validation_section(v: dict) -> str:
         f"<li class='{'bad' if c['verdict'] == 'worse' else ''}'>"
         f"{html.escape(words[c['verdict']].format(c['view']))}</li>"
         for c in v.get("cameras", [])
+    )
+    verdicts += "".join(  # reports written before the count have none
+        f"<li>{html.escape(disputed_sentence(c['view'], c['disputed'], c['frames'], v.get('dispute_pct', 5.0)))}</li>"
+        for c in v.get("cameras", [])
+        if c.get("disputed")
     )
     parts = [
         "<section id='validation'><h2>Cross-validation without ground truth</h2>",

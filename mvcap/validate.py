@@ -62,6 +62,7 @@ __all__ = [
     "format_report",
     "report_path",
     "load_report",
+    "disputed_sentence",
 ]
 
 #: a refinement under test: (frame, rig of the fitting views, their undistorted photos
@@ -463,6 +464,15 @@ def format_table(cameras: list[CameraVerdict], title: str) -> str:
     return "\n".join(lines)
 
 
+def disputed_sentence(view: str, disputed: int, frames: int, dispute_pct: float) -> str:
+    """What a camera's disputed checks mean (the terminal report and the HTML report)."""
+    return (
+        f"{view}: in {disputed} of {frames} checks its detections sit more than {dispute_pct:g} % of the height off "
+        "the other cameras' triangulation (another person, a mislabel): there its keypoint distance measures the "
+        "detector more than the body"
+    )
+
+
 def format_report(report: ValidationReport) -> str:
     """The terminal table: held-out cameras (init → result), then in-view, then the verdicts."""
     out = [
@@ -475,13 +485,7 @@ def format_report(report: ValidationReport) -> str:
     if report.in_view_cameras:
         out.append(format_table(report.in_view_cameras, "In-view (stored init → stored result, views the run used):"))
     out += [c.sentence for c in report.cameras]
-    out += [
-        f"{c.view}: in {c.disputed} of {c.frames} checks its detections sit more than {report.dispute_pct:g} % of the "
-        "height off the other cameras' triangulation (another person, a mislabel): there its keypoint distance "
-        "measures the detector more than the body"
-        for c in report.cameras
-        if c.disputed
-    ]
+    out += [disputed_sentence(c.view, c.disputed, c.frames, report.dispute_pct) for c in report.cameras if c.disputed]
     if report.worse:
         out.append(f"WARNING: the result disagrees with camera(s) {', '.join(report.worse)} more than the init did")
     out += [f"WARNING: {w}" for w in report.rig_warnings]

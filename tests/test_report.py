@@ -97,3 +97,6 @@ def test_validation_section_shows_rig_warnings():
     assert "does not fit" not in _validation_section(v)
     warned = _validation_section({**v, "rig_warnings": ["camera cam01: ... `mvcap rig refine` corrects <it>"]})
     assert "The rig does not fit this take" in warned and "&lt;it&gt;" in warned
+    assert "checks its detections sit" not in warned  # a report from before the count: no line
+    disputed = _validation_section({**v, "cameras": [{**cam, "disputed": 2}], "dispute_pct": 5.0})
+    assert "cam01: in 2 of 3 checks its detections sit more than 5 % of the height off" in disputed
