@@ -47,7 +47,7 @@ def main(argv=None) -> int:
                     f"views exchanged {int(tri.swapped.sum())}")  # fmt: skip
             if held is not None:
                 read = match_swaps(rig.subset([rig.names[held]]), kp[:, held], tri.points_world, TriangulateConfig(),
-                                   kset.flip_index)  # fmt: skip
+                                   kset.flip_index)[0]  # fmt: skip
                 line += f"; {rig.names[held]} read exchanged in frames {[int(frames[t]) for t in np.flatnonzero(read)]}"
             print(line)
     return 0

@@ -133,13 +133,7 @@ def _from_others(rig: Rig, keypoints: np.ndarray, view: int, flip_index=None) ->
     others = [v for v in range(V) if v != view]
     X = triangulate_keypoints(rig.subset([rig.names[v] for v in others]), kp[:, others], flip_index=flip_index)
     X = X.points_world
-    det = kp[:, view].copy()
-    swapped = match_swaps(rig.subset([rig.names[view]]), det, X, flip_index=flip_index)
-    if swapped.any():  # then the exchange is known: the given one, or MediaPipe's by default
-        from mvcap.detect import FLIP_INDEX
-
-        det[swapped] = det[swapped][:, FLIP_INDEX if flip_index is None else np.asarray(flip_index)]
-    return X, det
+    return X, match_swaps(rig.subset([rig.names[view]]), kp[:, view], X, flip_index=flip_index)[1]
 
 
 def projected_from_others(rig: Rig, keypoints: np.ndarray, view: int, flip_index=None) -> np.ndarray:

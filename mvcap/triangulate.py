@@ -358,12 +358,13 @@ def match_swaps(
     points_world: np.ndarray,
     cfg: TriangulateConfig = TriangulateConfig(),
     flip_index: np.ndarray | None = None,
-) -> np.ndarray:
-    """(T,) bool: frames in which one camera's detections (T, K, 3) have left and right
-    exchanged against 3D keypoints (T, K, 3) triangulated without it, by step 3's rule. For
-    measuring a camera the fit did not see with its detections corrected as the fitted
-    cameras' were. flip_index: default MediaPipe Pose's for K = 33; none: nothing is exchanged."""
-    kp = np.asarray(keypoints, np.float64)
+) -> tuple[np.ndarray, np.ndarray]:
+    """One camera's detections (T, K, 3) against 3D keypoints (T, K, 3) triangulated without
+    it: (T,) bool, the frames in which its left and right are exchanged by step 3's rule, and
+    the detections (T, K, 3, a copy) with those frames exchanged back. For measuring a camera
+    the fit did not see with its detections corrected as the fitted cameras' were.
+    flip_index: default MediaPipe Pose's for K = 33; none: nothing is exchanged."""
+    kp = np.array(keypoints, np.float64)
     if len(camera) != 1 or kp.ndim != 3 or kp.shape[-1] != 3:
         raise TriangulateError(
             f"match_swaps takes one camera and its (T, K, 3) keypoints, got {len(camera)} and {kp.shape}"
@@ -371,14 +372,16 @@ def match_swaps(
     T, K, _ = kp.shape
     flip_index, _ = _landmark_set(K, flip_index, None)
     if flip_index is None or not cfg.fix_swaps:
-        return np.zeros(T, bool)
+        return np.zeros(T, bool), kp
     valid = (kp[..., 2] >= cfg.min_confidence) & np.isfinite(kp[..., :2]).all(-1)
     xy = np.where(valid[..., None], normalized_points(camera, np.nan_to_num(kp[..., :2])[:, None])[:, 0], np.nan)
     thr = _person_threshold(kp[:, None, :, :2], valid[:, None], cfg)[:, 0]
     Rt, f = _extrinsics(camera)[0], np.sqrt(camera[0].K[0, 0] * camera[0].K[1, 1])
     paired = flip_index != np.arange(K)
     X = np.asarray(points_world, np.float64)
-    return np.isfinite(_swap_gain(Rt, f, X, xy, valid, thr, paired, flip_index, cfg))
+    swapped = np.isfinite(_swap_gain(Rt, f, X, xy, valid, thr, paired, flip_index, cfg))
+    kp[swapped] = kp[swapped][:, flip_index]
+    return swapped, kp
 
 
 def triangulate_keypoints(

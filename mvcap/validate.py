@@ -334,10 +334,9 @@ def validate_run(
 
             init = fit_keypoints(model, rig_fit, tri, cfg.init, betas.astype(np.float64), definition, masks=masks)
             cam = rig.subset([h])
-            kp_h = kp_all[:, rig.index(h)].copy()
+            kp_h = kp_all[:, rig.index(h)]
             if cfg.undo_swaps:
-                swapped = match_swaps(cam, kp_h, tri.points_world, cfg.init.triangulate, kset.flip_index)
-                kp_h[swapped] = kp_h[swapped][:, kset.flip_index]
+                kp_h = match_swaps(cam, kp_h, tri.points_world, cfg.init.triangulate, kset.flip_index)[1]
             # how far the camera's confident detections sit from the others' triangulation (px)
             apart = reprojection_errors(cam, tri.points_world, kp_h[:, None])[:, 0]
             apart = np.where(kp_h[..., 2] >= cfg.evidence.min_keypoint_confidence, apart, np.nan)

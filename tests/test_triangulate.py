@@ -208,8 +208,10 @@ def test_match_swaps_finds_a_held_out_view_swapped_against_the_others(scene):
     for v in range(len(rig)):
         others = [u for u in range(len(rig)) if u != v]
         tri = triangulate_keypoints(rig.subset([rig.names[u] for u in others]), kp[:, others])
-        assert np.array_equal(match_swaps(rig.subset([rig.names[v]]), kp[:, v], tri.points_world), swap[:, v])
-    off = match_swaps(rig.subset([rig.names[0]]), kp[:, 0], tri.points_world, TriangulateConfig(fix_swaps=False))
+        found, fixed = match_swaps(rig.subset([rig.names[v]]), kp[:, v], tri.points_world)
+        assert np.array_equal(found, swap[:, v])
+        assert np.allclose(fixed, _detections(scene, np.zeros_like(swap))[:, v])
+    off = match_swaps(rig.subset([rig.names[0]]), kp[:, 0], tri.points_world, TriangulateConfig(fix_swaps=False))[0]
     assert not off.any()
     with pytest.raises(TriangulateError, match="one camera"):
         match_swaps(rig, kp[:, 0], tri.points_world)
