@@ -12,7 +12,9 @@ estimate stays the one ``mvcap validate`` fits): which fitted camera drives a he
 ``--landmarks`` adds, per held-out camera, each landmark's mean 2D offset from the
 detector's keypoint (projected - detected, pixels, over the frames), init -> result: which
 landmarks a change of the keypoint distance comes from, and how it compares with the fixed
-offsets between our landmark definitions and the detector's.
+offsets between our landmark definitions and the detector's. ``--overlay DIR`` writes, per
+held-out camera and frame, the photo with the detector's person mask (white), the initial
+estimate's silhouette (orange) and the result's (blue) outlined, cropped around them.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ def main(argv=None) -> int:
     ap.add_argument("--frames", default="::10")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="refine config override k=v")
     ap.add_argument("--landmarks", action="store_true", help="per-landmark offsets in the held-out cameras")
+    ap.add_argument("--overlay", type=Path, help="write held-out overlays (PNG) into this folder")
     ap.add_argument("--drop", default="", help="cameras also left out of every refinement (comma-separated), "
                     "the held-out camera's init unchanged: which fitted camera drives a change")  # fmt: skip
     args = ap.parse_args(argv)
@@ -92,7 +95,44 @@ def main(argv=None) -> int:
             for view in args.holdout.split(","):
                 bodies = {t: b for (t, v), b in fitted.items() if v == view}
                 _landmark_offsets(model, definition, args.session, view, bodies)
+    if args.overlay:
+        _overlays(model, args.session, fitted, cfg.cues, args.overlay)
     return 0
+
+
+def _overlays(model, session_path: Path, fitted: dict, cues, out: Path) -> None:
+    """Per (frame, held-out camera) of ``fitted``: the photo with the person mask (white), the
+    initial estimate's silhouette (orange) and the result's (blue) outlined; PNGs in ``out``."""
+    import cv2
+    import torch
+
+    from mvcap.capture import Session
+    from mvcap.evidence import view_evidence
+    from mvcap.render import render
+
+    out.mkdir(parents=True, exist_ok=True)
+    with Session.open(session_path, "r") as s:
+        for (t, view), bodies in sorted(fitted.items()):
+            cam = s.rig.subset([view])
+            masks = s.read_masks(t)
+            mask = None if masks is None else masks[s.rig.index(view)]
+            ev = view_evidence(cam, s.read_keypoints([t])[0][s.rig.index(view)], mask, s.read_frame(t, [view])[0])
+            img = np.ascontiguousarray(ev.photo[..., ::-1])  # BGR for OpenCV
+            masks = [ev.mask]
+            for params in bodies:
+                with torch.no_grad():
+                    verts = model(**params.to_torch()).vertices[0]
+                _, passes = render(cam.without_distortion(), verts, model.faces, passes=("mask",))
+                masks.append(passes.get("mask").numpy()[0, ..., 0] > 0)
+            for m, colour in zip(masks, ((255, 255, 255), (0, 140, 255), (255, 90, 0)), strict=True):
+                if m is not None and m.any():
+                    contours, _ = cv2.findContours(m.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+                    cv2.drawContours(img, contours, -1, colour, 3, cv2.LINE_AA)
+            ys, xs = np.nonzero(np.any([m for m in masks if m is not None], axis=0))
+            pad = 40
+            crop = img[max(0, ys.min() - pad) : ys.max() + pad, max(0, xs.min() - pad) : xs.max() + pad]
+            cv2.imwrite(str(out / f"{view}_f{t:04d}.png"), crop)
+    print(f"overlays in {out}: white the person mask, orange the initial estimate, blue the result")
 
 
 def _landmark_offsets(model, definition, session_path: Path, view: str, bodies: dict) -> None:

@@ -63,6 +63,9 @@ __all__ = [
     "report_path",
     "load_report",
     "disputed_sentence",
+    "Interval",
+    "RunComparison",
+    "compare_reports",
 ]
 
 #: a refinement under test: (frame, rig of the fitting views, their undistorted photos
@@ -489,3 +492,89 @@ def format_report(report: ValidationReport) -> str:
         out.append(f"WARNING: the result disagrees with camera(s) {', '.join(report.worse)} more than the init did")
     out += [f"WARNING: {w}" for w in report.rig_warnings]
     return "\n".join(out)
+
+
+# ------------------------------------------------------------------------------------------
+# two runs on one capture
+# ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Interval:
+    """A mean over held-out checks and its 95 % interval (bootstrap over frames)."""
+
+    mean: float
+    low: float
+    high: float
+
+
+@dataclass(frozen=True)
+class RunComparison:
+    """Two validation reports of one capture, per held-out camera (``camera`` "all": every
+    camera): ``checks`` paired (camera, frame) checks; the results' differences B - A of the
+    keypoint distance (% of height, < 0: B better) and IoU (> 0: B better); and each run's
+    change from its initial estimate (result - init)."""
+
+    camera: str
+    checks: int
+    keypoints: Interval
+    iou: Interval
+    keypoints_gain_a: Interval
+    iou_gain_a: Interval
+    keypoints_gain_b: Interval
+    iou_gain_b: Interval
+
+
+def _paired_checks(report: dict, undisputed: bool) -> dict[tuple[str, int], np.ndarray]:
+    """(camera, frame) -> [init keypoints %, init IoU, result keypoints %, result IoU] of a
+    report's held-out rows (as saved: :func:`load_report`)."""
+    limit = report.get("dispute_pct")
+    out = {}
+    for row in report.get("holdout", []):
+        if row.get("init") is None or row.get("result") is None:
+            continue
+        d = row.get("disagreement_pct")
+        if undisputed and limit is not None and d is not None and d > limit:  # NaN (None in JSON): in view
+            continue
+        i, r = row["init"], row["result"]
+        vals = (i["keypoint_median_pct"], i["iou"], r["keypoint_median_pct"], r["iou"])
+        out[(row["view"], int(row["frame"]))] = np.array([np.nan if v is None else v for v in vals], np.float64)
+    return out
+
+
+def _frame_bootstrap(diff: np.ndarray, frames: np.ndarray, boot: int, rng) -> Interval:
+    """Mean of ``diff`` (per check; NaN skipped) and its 95 % interval from resampling whole
+    frames (the checks of one frame share its motion and detections)."""
+    ok = np.isfinite(diff)
+    diff, frames = diff[ok], frames[ok]
+    if diff.size == 0:
+        return Interval(math.nan, math.nan, math.nan)
+    uniq = np.unique(frames)
+    sums = np.array([diff[frames == f].sum() for f in uniq])
+    counts = np.array([(frames == f).sum() for f in uniq])
+    pick = rng.integers(0, len(uniq), size=(boot, len(uniq)))
+    lo, hi = np.percentile(sums[pick].sum(1) / counts[pick].sum(1), [2.5, 97.5])
+    return Interval(float(diff.mean()), float(lo), float(hi))
+
+
+def compare_reports(a: dict, b: dict, undisputed: bool = False, boot: int = 4000, seed: int = 0) -> list[RunComparison]:
+    """Is run B better than run A on this capture? Two saved reports (:func:`load_report`) of
+    the same session and frames, paired check by check (held-out camera, frame); per camera
+    and over all of them (last row). An interval that holds 0 says the capture cannot tell
+    the runs apart. ``undisputed``: leave out the checks whose detections are disputed (see
+    :class:`ValidateConfig`). Raises ValidateError when the reports share no check."""
+    ca, cb = _paired_checks(a, undisputed), _paired_checks(b, undisputed)
+    common = sorted(set(ca) & set(cb))
+    if not common:
+        raise ValidateError(
+            "the two reports share no held-out check (camera, frame): validate both runs on the same frames"
+        )
+    rng = np.random.default_rng(seed)
+    out = []
+    for cam in sorted({k[0] for k in common}) + ["all"]:
+        keys = [k for k in common if cam in ("all", k[0])]
+        A, B = np.stack([ca[k] for k in keys]), np.stack([cb[k] for k in keys])
+        frames = np.array([k[1] for k in keys])
+
+        pairs = (B[:, 2] - A[:, 2], B[:, 3] - A[:, 3], A[:, 2] - A[:, 0], A[:, 3] - A[:, 1],
+                 B[:, 2] - B[:, 0], B[:, 3] - B[:, 1])  # fmt: skip
+        out.append(RunComparison(cam, len(keys), *(_frame_bootstrap(x, frames, boot, rng) for x in pairs)))
+    return out

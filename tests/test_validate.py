@@ -9,6 +9,7 @@ from mvcap.validate import (
     ValidateConfig,
     ValidateError,
     camera_verdict,
+    compare_reports,
     format_report,
     load_report,
     report_path,
@@ -37,7 +38,8 @@ def _gt_refiner(path, shift):
     return refiner
 
 
-def test_held_out_views_rank_a_shifted_body_worse_and_the_true_body_better(detected_session, body_model, write_gt_run):
+def test_held_out_views_rank_a_shifted_body_worse_and_the_true_body_better(detected_session, body_model, write_gt_run,
+                                                                            tmp_path):  # fmt: skip
     write_gt_run(detected_session, range(3), name="gt", config={})
     cfg = ValidateConfig(frames="::1")
     true = validate_run(detected_session, "gt", cfg, model=body_model, refiner=_gt_refiner(detected_session, (0, 0, 0)),
@@ -56,6 +58,35 @@ def test_held_out_views_rank_a_shifted_body_worse_and_the_true_body_better(detec
     assert true.verdict == "improved" and shifted.verdict == "worse"
     assert sorted(shifted.worse) == sorted(c.view for c in shifted.cameras)
     assert "WARNING" in format_report(shifted) and "WARNING" not in format_report(true)
+    # the two runs compared check by check: the true body better in every camera, beyond doubt
+    a, b = (load_report(save_report(r, tmp_path / f"{name}.json")) for r, name in ((shifted, "a"), (true, "b")))
+    rows = compare_reports(a, b, boot=500)
+    assert [r.camera for r in rows] == [c.view for c in true.cameras] + ["all"]
+    assert rows[-1].checks == 3 * len(true.cameras)
+    for r in rows:
+        assert r.iou.low > 0 and r.keypoints.high < 0, r
+        assert r.iou.low <= r.iou.mean <= r.iou.high
+        assert r.iou_gain_b.mean > 0 > r.iou_gain_a.mean
+    same = compare_reports(b, b, boot=50)[-1]
+    assert same.iou == same.keypoints == type(same.iou)(0.0, 0.0, 0.0)
+
+
+def test_comparing_reports_needs_shared_checks_and_can_leave_out_disputed_ones():
+    def report(rows):
+        agree = lambda k, i: {"keypoint_median_pct": k, "iou": i}  # noqa: E731
+        return {"dispute_pct": 5.0, "holdout": [
+            {"view": v, "frame": t, "init": agree(3.0, 0.7), "result": agree(k, i), "disagreement_pct": d}
+            for v, t, k, i, d in rows]}  # fmt: skip
+
+    a = report([("c0", 0, 2.0, 0.80, 1.0), ("c0", 1, 2.0, 0.80, 9.0), ("c1", 0, 2.0, 0.80, None)])
+    b = report([("c0", 0, 1.0, 0.90, 1.0), ("c0", 1, 9.0, 0.10, 9.0), ("c1", 0, 1.0, 0.90, None)])
+    every = {r.camera: r for r in compare_reports(a, b, boot=200)}
+    assert every["c0"].checks == 2 and every["c0"].iou.mean == pytest.approx((0.1 - 0.7) / 2)
+    kept = {r.camera: r for r in compare_reports(a, b, undisputed=True, boot=200)}
+    assert kept["c0"].checks == 1 and kept["all"].checks == 2  # frame 1 of c0 is disputed; c1's None is not
+    assert kept["all"].iou.mean == pytest.approx(0.1) and kept["all"].keypoints.mean == pytest.approx(-1.0)
+    with pytest.raises(ValidateError, match="share no held-out check"):
+        compare_reports(a, report([("c2", 0, 1.0, 0.9, 1.0)]))
 
 
 def test_in_view_rows_compare_stored_result_and_init_on_the_same_evidence(detected_session, body_model, write_gt_run):
