@@ -1,18 +1,20 @@
-"""Is one refinement better than another on a real capture? A paired comparison of two
-`mvcap validate` reports of the same session, with bootstrap intervals over frames.
+"""Is one refinement better than another on a real capture? A paired comparison of
+`mvcap validate` reports, with bootstrap intervals over frames.
 
-    python benchmarks/compare_runs.py A.validate.json B.validate.json [--undisputed] [--boot 4000]
+    python benchmarks/compare_runs.py A.validate.json B.validate.json [A2.json B2.json ...] [--undisputed]
 
-Both reports must hold the same held-out checks (camera, frame): run `mvcap validate` on the
-same frames for both runs. For each check the held-out keypoint distance (% of the person's
+Each pair is one session (one person of a take; more pairs pool the take's people), both
+reports validated on the same frames (`mvcap validate S --run R --frames F --out R.json`).
+For each check (held-out camera, frame) the held-out keypoint distance (% of the person's
 height) and silhouette IoU of A's and B's results are paired; the rows give, per held-out
 camera and over all cameras, the mean of B - A and its 95 % interval from resampling the
 frames (the checks of one frame share its motion and detections, so frames are the unit).
 An interval that holds 0 says the capture cannot tell the two apart. The same for each
-report's change from its initial estimate (result - init), which is what validate's verdicts
-read. ``--undisputed`` leaves out the checks where the held-out camera's detections sit more
-than the report's ``dispute_pct`` off the fitting cameras' triangulation (another person, a
-mislabel): there the keypoint distance measures the detector. (:func:`mvcap.validate.compare_reports`)
+report's change from its initial estimate (result - init), which validate's verdicts read
+(as medians and means). ``--undisputed`` leaves out the checks where the held-out camera's
+detections sit more than the report's ``dispute_pct`` off the fitting cameras'
+triangulation (another person, a mislabel): there the keypoint distance measures the
+detector. The statistics: :func:`mvcap.validate.compare_reports`.
 """
 
 from __future__ import annotations
@@ -30,20 +32,27 @@ def main(argv=None) -> int:
     from mvcap.validate import ValidateError, compare_reports, load_report
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("a")
-    ap.add_argument("b")
+    ap.add_argument("reports", nargs="+", help="A.json B.json, then more pairs")
     ap.add_argument("--undisputed", action="store_true", help="leave out the disputed checks")
     ap.add_argument("--boot", type=int, default=4000, help="bootstrap resamples")
     args = ap.parse_args(argv)
-    a, b = load_report(args.a), load_report(args.b)
-    if a is None or b is None:
-        sys.exit(f"no report at {args.a if a is None else args.b}")
-    if a.get("session") != b.get("session"):
-        print(f"note: different sessions ({a.get('session')} and {b.get('session')})", file=sys.stderr)
+    if len(args.reports) % 2:
+        sys.exit("give the reports in pairs: A.json B.json [A2.json B2.json ...]")
+    reports = []
+    for path in args.reports:
+        r = load_report(path)
+        if r is None:
+            sys.exit(f"no report at {path}")
+        reports.append(r)
+    pairs = list(zip(reports[::2], reports[1::2], strict=True))
+    for a, b in pairs:
+        if a.get("session") != b.get("session"):
+            print(f"note: a pair of different sessions ({a.get('session')} and {b.get('session')})", file=sys.stderr)
     try:
-        rows = compare_reports(a, b, args.undisputed, args.boot)
+        rows = compare_reports(pairs, args.undisputed, args.boot)
     except ValidateError as exc:
         sys.exit(str(exc))
+    a, b = pairs[0]
     print(f"A = {a.get('run')}, B = {b.get('run')}; mean [95 % interval over frames]; keypoints: % of height "
           "(< 0 better), IoU (> 0 better)")  # fmt: skip
     print("| camera | checks | keypoints B - A | IoU B - A | keypoints A - init | IoU A - init "

@@ -542,7 +542,7 @@ def _paired_checks(report: dict, undisputed: bool) -> dict[tuple[str, int], np.n
 
 def _frame_bootstrap(diff: np.ndarray, frames: np.ndarray, boot: int, rng) -> Interval:
     """Mean of ``diff`` (per check; NaN skipped) and its 95 % interval from resampling whole
-    frames (the checks of one frame share its motion and detections)."""
+    frames (``frames``: each check's; the checks of one frame share its motion and detections)."""
     ok = np.isfinite(diff)
     diff, frames = diff[ok], frames[ok]
     if diff.size == 0:
@@ -555,26 +555,37 @@ def _frame_bootstrap(diff: np.ndarray, frames: np.ndarray, boot: int, rng) -> In
     return Interval(float(diff.mean()), float(lo), float(hi))
 
 
-def compare_reports(a: dict, b: dict, undisputed: bool = False, boot: int = 4000, seed: int = 0) -> list[RunComparison]:
-    """Is run B better than run A on this capture? Two saved reports (:func:`load_report`) of
-    the same session and frames, paired check by check (held-out camera, frame); per camera
-    and over all of them (last row). An interval that holds 0 says the capture cannot tell
-    the runs apart. ``undisputed``: leave out the checks whose detections are disputed (see
-    :class:`ValidateConfig`). Raises ValidateError when the reports share no check."""
-    ca, cb = _paired_checks(a, undisputed), _paired_checks(b, undisputed)
-    common = sorted(set(ca) & set(cb))
-    if not common:
-        raise ValidateError(
-            "the two reports share no held-out check (camera, frame): validate both runs on the same frames"
-        )
+def compare_reports(pairs, undisputed: bool = False, boot: int = 4000, seed: int = 0) -> list[RunComparison]:
+    """Is run B better than run A on this capture? ``pairs``: (A, B) saved reports
+    (:func:`load_report`) of one session each (one pair per person of a take), validated on
+    the same frames; their checks are paired (held-out camera, frame) and summarised per
+    camera and over all of them (last row), resampling the (session, frame) units. An
+    interval that holds 0 says the capture cannot tell the runs apart. ``undisputed``: leave
+    out the checks whose detections are disputed (see :class:`ValidateConfig`). Raises
+    ValidateError when a pair shares no check."""
+    keys, A, B = [], [], []
+    for p, (a, b) in enumerate(pairs):
+        ca, cb = _paired_checks(a, undisputed), _paired_checks(b, undisputed)
+        common = sorted(set(ca) & set(cb))
+        if not common:
+            raise ValidateError(
+                f"reports {a.get('run')!r} and {b.get('run')!r} of {a.get('session')} share no held-out check "
+                "(camera, frame): validate both runs on the same frames"
+            )
+        keys += [(p, *k) for k in common]
+        A += [ca[k] for k in common]
+        B += [cb[k] for k in common]
+    if not keys:
+        raise ValidateError("no reports to compare")
+    A, B = np.stack(A), np.stack(B)
+    cams = np.array([k[1] for k in keys])
+    units = np.array([k[0] * 1_000_000 + k[2] for k in keys])  # (session, frame)
     rng = np.random.default_rng(seed)
     out = []
-    for cam in sorted({k[0] for k in common}) + ["all"]:
-        keys = [k for k in common if cam in ("all", k[0])]
-        A, B = np.stack([ca[k] for k in keys]), np.stack([cb[k] for k in keys])
-        frames = np.array([k[1] for k in keys])
-
-        pairs = (B[:, 2] - A[:, 2], B[:, 3] - A[:, 3], A[:, 2] - A[:, 0], A[:, 3] - A[:, 1],
-                 B[:, 2] - B[:, 0], B[:, 3] - B[:, 1])  # fmt: skip
-        out.append(RunComparison(cam, len(keys), *(_frame_bootstrap(x, frames, boot, rng) for x in pairs)))
+    for cam in sorted(set(cams.tolist())) + ["all"]:
+        sel = np.ones(len(keys), bool) if cam == "all" else cams == cam
+        a, b = A[sel], B[sel]
+        diffs = (b[:, 2] - a[:, 2], b[:, 3] - a[:, 3], a[:, 2] - a[:, 0], a[:, 3] - a[:, 1],
+                 b[:, 2] - b[:, 0], b[:, 3] - b[:, 1])  # fmt: skip
+        out.append(RunComparison(cam, int(sel.sum()), *(_frame_bootstrap(x, units[sel], boot, rng) for x in diffs)))
     return out

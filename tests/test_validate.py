@@ -60,14 +60,14 @@ def test_held_out_views_rank_a_shifted_body_worse_and_the_true_body_better(detec
     assert "WARNING" in format_report(shifted) and "WARNING" not in format_report(true)
     # the two runs compared check by check: the true body better in every camera, beyond doubt
     a, b = (load_report(save_report(r, tmp_path / f"{name}.json")) for r, name in ((shifted, "a"), (true, "b")))
-    rows = compare_reports(a, b, boot=500)
+    rows = compare_reports([(a, b)], boot=500)
     assert [r.camera for r in rows] == [c.view for c in true.cameras] + ["all"]
     assert rows[-1].checks == 3 * len(true.cameras)
     for r in rows:
         assert r.iou.low > 0 and r.keypoints.high < 0, r
         assert r.iou.low <= r.iou.mean <= r.iou.high
         assert r.iou_gain_b.mean > 0 > r.iou_gain_a.mean
-    same = compare_reports(b, b, boot=50)[-1]
+    same = compare_reports([(b, b)], boot=50)[-1]
     assert same.iou == same.keypoints == type(same.iou)(0.0, 0.0, 0.0)
 
 
@@ -80,13 +80,16 @@ def test_comparing_reports_needs_shared_checks_and_can_leave_out_disputed_ones()
 
     a = report([("c0", 0, 2.0, 0.80, 1.0), ("c0", 1, 2.0, 0.80, 9.0), ("c1", 0, 2.0, 0.80, None)])
     b = report([("c0", 0, 1.0, 0.90, 1.0), ("c0", 1, 9.0, 0.10, 9.0), ("c1", 0, 1.0, 0.90, None)])
-    every = {r.camera: r for r in compare_reports(a, b, boot=200)}
+    every = {r.camera: r for r in compare_reports([(a, b)], boot=200)}
     assert every["c0"].checks == 2 and every["c0"].iou.mean == pytest.approx((0.1 - 0.7) / 2)
-    kept = {r.camera: r for r in compare_reports(a, b, undisputed=True, boot=200)}
+    kept = {r.camera: r for r in compare_reports([(a, b)], undisputed=True, boot=200)}
     assert kept["c0"].checks == 1 and kept["all"].checks == 2  # frame 1 of c0 is disputed; c1's None is not
     assert kept["all"].iou.mean == pytest.approx(0.1) and kept["all"].keypoints.mean == pytest.approx(-1.0)
+    # two people's pairs pool their checks
+    both = compare_reports([(a, b), (a, b)], boot=200)[-1]
+    assert both.checks == 6 and both.iou.mean == pytest.approx(every["all"].iou.mean)
     with pytest.raises(ValidateError, match="share no held-out check"):
-        compare_reports(a, report([("c2", 0, 1.0, 0.9, 1.0)]))
+        compare_reports([(a, b), (a, report([("c2", 0, 1.0, 0.9, 1.0)]))])
 
 
 def test_in_view_rows_compare_stored_result_and_init_on_the_same_evidence(detected_session, body_model, write_gt_run):
