@@ -233,22 +233,28 @@ def _fmt(x, spec: str) -> str:
 
 def _validation_section(v: dict) -> str:
     """Cross-validation tables (held-out cameras, in-view) and one verdict per camera."""
-    from mvcap.validate import disputed_sentence
+    from mvcap.validate import OTHERS_NOTE, disputed_sentence
 
     def table(cameras: list[dict]) -> str:
+        others = any(c.get("others_keypoint_pct") is not None for c in cameras)  # reports before it have none
         head = (
             "<tr><th>camera</th><th>frames</th><th>keypoints, % of height (init → result)</th>"
-            "<th>silhouette IoU</th><th>photometric (0-255)</th><th>verdict</th></tr>"
+            "<th>silhouette IoU</th><th>photometric (0-255)</th><th>verdict</th>"
+            + ("<th>other cameras' keypoints, %</th>" if others else "")
+            + "</tr>"
         )
         rows = "".join(
             f"<tr><td>{html.escape(c['view'])}</td><td>{c['frames']}</td>"
             f"<td>{_fmt(c['init_keypoint_pct'], '.2f')} → {_fmt(c['result_keypoint_pct'], '.2f')}</td>"
             f"<td>{_fmt(c['init_iou'], '.3f')} → {_fmt(c['result_iou'], '.3f')}</td>"
             f"<td>{_fmt(c['init_photometric'], '.1f')} → {_fmt(c['result_photometric'], '.1f')}</td>"
-            f"<td class='{'bad' if c['verdict'] == 'worse' else ''}'>{html.escape(c['verdict'])}</td></tr>"
+            f"<td class='{'bad' if c['verdict'] == 'worse' else ''}'>{html.escape(c['verdict'])}</td>"
+            + (f"<td>{_fmt(c.get('others_keypoint_pct'), '.2f')}</td>" if others else "")
+            + "</tr>"
             for c in cameras
         )
-        return f"<table>{head}{rows}</table>"
+        note = f"<p>{html.escape(OTHERS_NOTE)}</p>" if others else ""
+        return f"<table>{head}{rows}</table>{note}"
 
     words = {
         "improved": "refinement improved this capture in {}",

@@ -63,6 +63,7 @@ __all__ = [
     "report_path",
     "load_report",
     "disputed_sentence",
+    "OTHERS_NOTE",
     "Interval",
     "RunComparison",
     "compare_reports",
@@ -128,6 +129,9 @@ class CameraVerdict:
     result_photometric: float
     verdict: str
     disputed: int = 0  # checks whose detections the other cameras dispute (ValidateConfig.dispute_pct)
+    # held out: median over checks of the other cameras' triangulated keypoints against this
+    # camera's detections (% of height): a body that follows the other cameras seldom gets closer
+    others_keypoint_pct: float = math.nan
 
     @property
     def sentence(self) -> str:
@@ -206,7 +210,8 @@ def camera_verdict(view: str, rows: list[HoldoutRow], cfg: ValidateConfig) -> Ca
         else:
             verdict = "unchanged"
     disputed = int(sum(r.disagreement_pct > cfg.dispute_pct for r in rows))  # NaN (in view) compares False
-    return CameraVerdict(view, len(rows), ki, kr, ii, ir, pi, pr, verdict, disputed)
+    others = _nan_stat([r.disagreement_pct for r in rows], np.median)
+    return CameraVerdict(view, len(rows), ki, kr, ii, ir, pi, pr, verdict, disputed, others)
 
 
 # ------------------------------------------------------------------------------------------
@@ -454,14 +459,16 @@ def _f(x: float, fmt: str = ".2f") -> str:
 
 
 def format_table(cameras: list[CameraVerdict], title: str) -> str:
+    others = any(math.isfinite(c.others_keypoint_pct) for c in cameras)  # held-out tables
     head = f"{'camera':<10} {'frames':>6}  {'keypoints % height':>20}  {'silhouette IoU':>15}  {'photometric':>13}"
-    head += "  verdict"
+    head += "  verdict" + ("   other cameras' keypoints %" if others else "")
     lines = [title, head]
     for c in cameras:
         lines.append(
             f"{c.view:<10} {c.frames:>6}  {_f(c.init_keypoint_pct):>8} → {_f(c.result_keypoint_pct):<9}  "
             f"{_f(c.init_iou, '.3f'):>6} → {_f(c.result_iou, '.3f'):<6}  "
-            f"{_f(c.init_photometric, '.1f'):>5} → {_f(c.result_photometric, '.1f'):<5}  {c.verdict}"
+            f"{_f(c.init_photometric, '.1f'):>5} → {_f(c.result_photometric, '.1f'):<5}  {c.verdict:<8}"
+            + (f"   {_f(c.others_keypoint_pct)}" if others else "")
         )
     return "\n".join(lines)
 
@@ -475,6 +482,12 @@ def disputed_sentence(view: str, disputed: int, frames: int, dispute_pct: float)
     )
 
 
+OTHERS_NOTE = (
+    "other cameras' keypoints: the fitting cameras' detections, triangulated, against the held-out camera's "
+    "(median): a body that follows those cameras seldom gets closer to this camera's detections"
+)
+
+
 def format_report(report: ValidationReport) -> str:
     """The terminal table: held-out cameras (init → result), then in-view, then the verdicts."""
     out = [
@@ -484,6 +497,8 @@ def format_report(report: ValidationReport) -> str:
             "init → refined, each fitted without the camera):",
         )
     ]
+    if any(math.isfinite(c.others_keypoint_pct) for c in report.cameras):
+        out.append(OTHERS_NOTE)
     if report.in_view_cameras:
         out.append(format_table(report.in_view_cameras, "In-view (stored init → stored result, views the run used):"))
     out += [c.sentence for c in report.cameras]

@@ -100,3 +100,7 @@ def test_validation_section_shows_rig_warnings():
     assert "checks its detections sit" not in warned  # a report from before the count: no line
     disputed = _validation_section({**v, "cameras": [{**cam, "disputed": 2}], "dispute_pct": 5.0})
     assert "cam01: in 2 of 3 checks its detections sit more than 5 % of the height off" in disputed
+    assert "seldom gets closer" not in disputed and "keypoints, %</th>" not in disputed  # before the column: none
+    others = _validation_section({**v, "cameras": [{**cam, "others_keypoint_pct": 1.234}]})
+    assert "<th>other cameras' keypoints, %</th>" in others and "<td>1.23</td>" in others
+    assert "a body that follows those cameras seldom gets closer" in others

@@ -226,5 +226,9 @@ def test_a_check_whose_detections_the_other_cameras_dispute_is_counted_and_named
     assert max(v for (_, t), v in apart.items() if t != 1) < 5.0
     assert "cam01: in 1 of 3 checks its detections sit more than 5 % of the height off" in format_report(rep)
     assert all(c.disputed == 0 for c in rep.in_view_cameras)
+    # the other cameras' keypoints against each held-out camera's: the clean frames' (median)
+    assert all(0 < c.others_keypoint_pct < 5.0 for c in rep.cameras)
+    assert all(np.isnan(c.others_keypoint_pct) for c in rep.in_view_cameras)
+    assert "other cameras' keypoints %" in format_report(rep)
     save_report(rep, tmp_path / "r.json")
     assert json.loads((tmp_path / "r.json").read_text())["cameras"][1]["disputed"] == 1
