@@ -96,11 +96,11 @@ def main(argv=None) -> int:
                 bodies = {t: b for (t, v), b in fitted.items() if v == view}
                 _landmark_offsets(model, definition, args.session, view, bodies)
     if args.overlay:
-        _overlays(model, args.session, fitted, cfg.cues, args.overlay)
+        _overlays(model, args.session, fitted, args.overlay)
     return 0
 
 
-def _overlays(model, session_path: Path, fitted: dict, cues, out: Path) -> None:
+def _overlays(model, session_path: Path, fitted: dict, out: Path) -> None:
     """Per (frame, held-out camera) of ``fitted``: the photo with the person mask (white), the
     initial estimate's silhouette (orange) and the result's (blue) outlined; PNGs in ``out``."""
     import cv2
@@ -114,9 +114,10 @@ def _overlays(model, session_path: Path, fitted: dict, cues, out: Path) -> None:
     with Session.open(session_path, "r") as s:
         for (t, view), bodies in sorted(fitted.items()):
             cam = s.rig.subset([view])
-            masks = s.read_masks(t)
-            mask = None if masks is None else masks[s.rig.index(view)]
-            ev = view_evidence(cam, s.read_keypoints([t])[0][s.rig.index(view)], mask, s.read_frame(t, [view])[0])
+            v = s.rig.index(view)
+            stored = s.read_masks(t)
+            ev = view_evidence(cam, s.read_keypoints([t])[0][v], None if stored is None else stored[v],
+                               s.read_frame(t, [view])[0])  # fmt: skip
             img = np.ascontiguousarray(ev.photo[..., ::-1])  # BGR for OpenCV
             masks = [ev.mask]
             for params in bodies:

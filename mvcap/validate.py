@@ -26,7 +26,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -547,7 +547,7 @@ def _paired_checks(report: dict, undisputed: bool) -> dict[tuple[str, int], np.n
         if row.get("init") is None or row.get("result") is None:
             continue
         d = row.get("disagreement_pct")
-        if undisputed and limit is not None and d is not None and d > limit:  # NaN (None in JSON): in view
+        if undisputed and limit is not None and d is not None and d > limit:  # None: not measured
             continue
         i, r = row["init"], row["result"]
         vals = (i["keypoint_median_pct"], i["iou"], r["keypoint_median_pct"], r["iou"])
@@ -555,22 +555,24 @@ def _paired_checks(report: dict, undisputed: bool) -> dict[tuple[str, int], np.n
     return out
 
 
-def _frame_bootstrap(diff: np.ndarray, frames: np.ndarray, boot: int, rng) -> Interval:
+def _frame_bootstrap(diff: np.ndarray, units: np.ndarray, boot: int, rng) -> Interval:
     """Mean of ``diff`` (per check; NaN skipped) and its 95 % interval from resampling whole
-    frames (``frames``: each check's; the checks of one frame share its motion and detections)."""
+    frames (``units``: each check's frame; the checks of one frame share its motion and detections)."""
     ok = np.isfinite(diff)
-    diff, frames = diff[ok], frames[ok]
+    diff, units = diff[ok], units[ok]
     if diff.size == 0:
         return Interval(math.nan, math.nan, math.nan)
-    uniq = np.unique(frames)
-    sums = np.array([diff[frames == f].sum() for f in uniq])
-    counts = np.array([(frames == f).sum() for f in uniq])
+    uniq = np.unique(units)
+    sums = np.array([diff[units == f].sum() for f in uniq])
+    counts = np.array([(units == f).sum() for f in uniq])
     pick = rng.integers(0, len(uniq), size=(boot, len(uniq)))
     lo, hi = np.percentile(sums[pick].sum(1) / counts[pick].sum(1), [2.5, 97.5])
     return Interval(float(diff.mean()), float(lo), float(hi))
 
 
-def compare_reports(pairs, undisputed: bool = False, boot: int = 4000, seed: int = 0) -> list[RunComparison]:
+def compare_reports(
+    pairs: Sequence[tuple[dict, dict]], undisputed: bool = False, boot: int = 4000, seed: int = 0
+) -> list[RunComparison]:
     """Is run B better than run A on this capture? ``pairs``: (A, B) saved reports
     (:func:`load_report`) of one session each (one pair per person of a take), validated on
     the same frames; their checks are paired (held-out camera, frame) and summarised per
