@@ -461,15 +461,15 @@ def _f(x: float, fmt: str = ".2f") -> str:
 def format_table(cameras: list[CameraVerdict], title: str) -> str:
     others = any(math.isfinite(c.others_keypoint_pct) for c in cameras)  # held-out tables
     head = f"{'camera':<10} {'frames':>6}  {'keypoints % height':>20}  {'silhouette IoU':>15}  {'photometric':>13}"
-    head += "  verdict" + ("   other cameras' keypoints %" if others else "")
+    head += "  " + ("verdict".ljust(9) + "   other cameras' keypoints %" if others else "verdict")
     lines = [title, head]
     for c in cameras:
-        lines.append(
+        row = (
             f"{c.view:<10} {c.frames:>6}  {_f(c.init_keypoint_pct):>8} → {_f(c.result_keypoint_pct):<9}  "
             f"{_f(c.init_iou, '.3f'):>6} → {_f(c.result_iou, '.3f'):<6}  "
-            f"{_f(c.init_photometric, '.1f'):>5} → {_f(c.result_photometric, '.1f'):<5}  {c.verdict:<8}"
-            + (f"   {_f(c.others_keypoint_pct)}" if others else "")
+            f"{_f(c.init_photometric, '.1f'):>5} → {_f(c.result_photometric, '.1f'):<5}  {c.verdict:<9}"
         )
+        lines.append(row + f"   {_f(c.others_keypoint_pct)}" if others else row.rstrip())
     return "\n".join(lines)
 
 
