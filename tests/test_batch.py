@@ -29,11 +29,12 @@ def _copy(src, dst):
 
 
 def _same(a, b, frames):
-    """Two results runs hold the same refined frames, bit for bit (the same code on the same
-    inputs with one torch thread each)."""
+    """Two results runs hold the same refined frames: the same code on the same inputs, up to
+    float32 rounding (a Ray worker's process may round a batched fit's sums differently; on
+    some machines ~2e-7 rad and ~2e-6 m; a wrong chunk or a wrong previous frame is far more)."""
     assert a.done[frames].all() and b.done[frames].all()
-    for name in ("pose_rotvecs", "transl", "residual_px"):
-        np.testing.assert_array_equal(getattr(a, name)[frames], getattr(b, name)[frames], err_msg=name)
+    for name, atol in (("pose_rotvecs", 1e-4), ("transl", 1e-5), ("residual_px", 1e-2)):
+        np.testing.assert_allclose(getattr(a, name)[frames], getattr(b, name)[frames], rtol=0, atol=atol, err_msg=name)
     np.testing.assert_array_equal(a.iterations[frames], b.iterations[frames])
 
 
