@@ -38,17 +38,15 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if len(args.reports) % 2:
         sys.exit("give the reports in pairs: A.json B.json [A2.json B2.json ...]")
-    reports = []
-    for path in args.reports:
-        r = load_report(path)
-        if r is None:
-            sys.exit(f"no report at {path}")
-        reports.append(r)
-    pairs = list(zip(reports[::2], reports[1::2], strict=True))
-    for a, b in pairs:
-        if a.get("session") != b.get("session"):
-            print(f"note: a pair of different sessions ({a.get('session')} and {b.get('session')})", file=sys.stderr)
     try:
+        reports = [load_report(path) for path in args.reports]
+        missing = [p for p, r in zip(args.reports, reports, strict=True) if r is None]
+        if missing:
+            sys.exit(f"no report at {', '.join(missing)}: write one with `mvcap validate S --run R --out FILE`")
+        pairs = list(zip(reports[::2], reports[1::2], strict=True))
+        for a, b in pairs:
+            if a.get("session") != b.get("session"):
+                print(f"note: a pair of different sessions: {a.get('session')}, {b.get('session')}", file=sys.stderr)
         rows = compare_reports(pairs, args.undisputed, args.boot)
     except ValidateError as exc:
         sys.exit(str(exc))

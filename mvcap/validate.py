@@ -580,6 +580,8 @@ def compare_reports(
     interval that holds 0 says the capture cannot tell the runs apart. ``undisputed``: leave
     out the checks whose detections are disputed (see :class:`ValidateConfig`). Raises
     ValidateError when a pair shares no check."""
+    if boot < 100:
+        raise ValidateError(f"boot must be at least 100 resamples for a 95 % interval, got {boot}")
     keys, A, B = [], [], []
     for p, (a, b) in enumerate(pairs):
         ca, cb = _paired_checks(a, undisputed), _paired_checks(b, undisputed)

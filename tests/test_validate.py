@@ -67,7 +67,7 @@ def test_held_out_views_rank_a_shifted_body_worse_and_the_true_body_better(detec
         assert r.iou.low > 0 and r.keypoints.high < 0, r
         assert r.iou.low <= r.iou.mean <= r.iou.high
         assert r.iou_gain_b.mean > 0 > r.iou_gain_a.mean
-    same = compare_reports([(b, b)], boot=50)[-1]
+    same = compare_reports([(b, b)], boot=100)[-1]
     assert same.iou == same.keypoints == type(same.iou)(0.0, 0.0, 0.0)
 
 
@@ -90,6 +90,8 @@ def test_comparing_reports_needs_shared_checks_and_can_leave_out_disputed_ones()
     assert both.checks == 6 and both.iou.mean == pytest.approx(every["all"].iou.mean)
     with pytest.raises(ValidateError, match="share no held-out check"):
         compare_reports([(a, b), (a, report([("c2", 0, 1.0, 0.9, 1.0)]))])
+    with pytest.raises(ValidateError, match="at least 100 resamples"):
+        compare_reports([(a, b)], boot=10)
 
 
 def test_in_view_rows_compare_stored_result_and_init_on_the_same_evidence(detected_session, body_model, write_gt_run):
