@@ -233,7 +233,7 @@ def _fmt(x, spec: str) -> str:
 
 def _validation_section(v: dict) -> str:
     """Cross-validation tables (held-out cameras, in-view) and one verdict per camera."""
-    from mvcap.validate import OTHERS_NOTE, disputed_sentence
+    from mvcap.validate import OTHERS_NOTE, ValidateConfig, disputed_sentence
 
     def table(cameras: list[dict]) -> str:
         others = any(c.get("others_keypoint_pct") is not None for c in cameras)  # reports before it have none
@@ -267,8 +267,9 @@ def _validation_section(v: dict) -> str:
         f"{html.escape(words[c['verdict']].format(c['view']))}</li>"
         for c in v.get("cameras", [])
     )
+    limit = v.get("dispute_pct", ValidateConfig.dispute_pct)
     verdicts += "".join(  # reports written before the count have none
-        f"<li>{html.escape(disputed_sentence(c['view'], c['disputed'], c['frames'], v.get('dispute_pct', 5.0)))}</li>"
+        f"<li>{html.escape(disputed_sentence(c['view'], c['disputed'], c['frames'], limit))}</li>"
         for c in v.get("cameras", [])
         if c.get("disputed")
     )

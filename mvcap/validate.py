@@ -458,6 +458,12 @@ def _f(x: float, fmt: str = ".2f") -> str:
     return "–" if x is None or not math.isfinite(x) else format(x, fmt)
 
 
+OTHERS_NOTE = (
+    "other cameras' keypoints: the fitting cameras' detections, triangulated, against the held-out camera's "
+    "(median): a body that follows those cameras seldom gets closer to this camera's detections"
+)
+
+
 def format_table(cameras: list[CameraVerdict], title: str) -> str:
     others = any(math.isfinite(c.others_keypoint_pct) for c in cameras)  # held-out tables
     head = f"{'camera':<10} {'frames':>6}  {'keypoints % height':>20}  {'silhouette IoU':>15}  {'photometric':>13}"
@@ -470,7 +476,7 @@ def format_table(cameras: list[CameraVerdict], title: str) -> str:
             f"{_f(c.init_photometric, '.1f'):>5} → {_f(c.result_photometric, '.1f'):<5}  {c.verdict:<9}"
         )
         lines.append(row + f"   {_f(c.others_keypoint_pct)}" if others else row.rstrip())
-    return "\n".join(lines)
+    return "\n".join(lines + ([OTHERS_NOTE] if others else []))
 
 
 def disputed_sentence(view: str, disputed: int, frames: int, dispute_pct: float) -> str:
@@ -482,12 +488,6 @@ def disputed_sentence(view: str, disputed: int, frames: int, dispute_pct: float)
     )
 
 
-OTHERS_NOTE = (
-    "other cameras' keypoints: the fitting cameras' detections, triangulated, against the held-out camera's "
-    "(median): a body that follows those cameras seldom gets closer to this camera's detections"
-)
-
-
 def format_report(report: ValidationReport) -> str:
     """The terminal table: held-out cameras (init → result), then in-view, then the verdicts."""
     out = [
@@ -497,8 +497,6 @@ def format_report(report: ValidationReport) -> str:
             "init → refined, each fitted without the camera):",
         )
     ]
-    if any(math.isfinite(c.others_keypoint_pct) for c in report.cameras):
-        out.append(OTHERS_NOTE)
     if report.in_view_cameras:
         out.append(format_table(report.in_view_cameras, "In-view (stored init → stored result, views the run used):"))
     out += [c.sentence for c in report.cameras]
@@ -562,10 +560,9 @@ def _frame_bootstrap(diff: np.ndarray, units: np.ndarray, boot: int, rng) -> Int
     diff, units = diff[ok], units[ok]
     if diff.size == 0:
         return Interval(math.nan, math.nan, math.nan)
-    uniq = np.unique(units)
-    sums = np.array([diff[units == f].sum() for f in uniq])
-    counts = np.array([(units == f).sum() for f in uniq])
-    pick = rng.integers(0, len(uniq), size=(boot, len(uniq)))
+    _, unit = np.unique(units, return_inverse=True)
+    sums, counts = np.bincount(unit, diff), np.bincount(unit)
+    pick = rng.integers(0, len(sums), size=(boot, len(sums)))
     lo, hi = np.percentile(sums[pick].sum(1) / counts[pick].sum(1), [2.5, 97.5])
     return Interval(float(diff.mean()), float(lo), float(hi))
 
@@ -598,7 +595,8 @@ def compare_reports(
         raise ValidateError("no reports to compare")
     A, B = np.stack(A), np.stack(B)
     cams = np.array([k[1] for k in keys])
-    units = np.array([k[0] * 1_000_000 + k[2] for k in keys])  # (session, frame)
+    ids: dict[tuple[int, int], int] = {}
+    units = np.array([ids.setdefault((k[0], k[2]), len(ids)) for k in keys])  # (session, frame)
     rng = np.random.default_rng(seed)
     out = []
     for cam in sorted(set(cams.tolist())) + ["all"]:
