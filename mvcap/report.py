@@ -233,7 +233,7 @@ def _fmt(x, spec: str) -> str:
 
 def _validation_section(v: dict) -> str:
     """Cross-validation tables (held-out cameras, in-view) and one verdict per camera."""
-    from mvcap.validate import OTHERS_NOTE, ValidateConfig, disputed_sentence
+    from mvcap.validate import OTHERS_NOTE, ValidateConfig, disputed_sentence, verdict_sentence
 
     def table(cameras: list[dict]) -> str:
         others = any(c.get("others_keypoint_pct") is not None for c in cameras)  # reports before it have none
@@ -256,15 +256,9 @@ def _validation_section(v: dict) -> str:
         note = f"<p>{html.escape(OTHERS_NOTE)}</p>" if others else ""
         return f"<table>{head}{rows}</table>{note}"
 
-    words = {
-        "improved": "refinement improved this capture in {}",
-        "unchanged": "refinement did not improve this capture in {} (no measurable change)",
-        "worse": "refinement did not improve this capture in {}: the result disagrees MORE with this camera",
-        "no data": "{}: no frame could be checked",
-    }
     verdicts = "".join(
         f"<li class='{'bad' if c['verdict'] == 'worse' else ''}'>"
-        f"{html.escape(words[c['verdict']].format(c['view']))}</li>"
+        f"{html.escape(verdict_sentence(c['view'], c['verdict']))}</li>"
         for c in v.get("cameras", [])
     )
     limit = v.get("dispute_pct", ValidateConfig.dispute_pct)

@@ -63,6 +63,7 @@ __all__ = [
     "report_path",
     "load_report",
     "disputed_sentence",
+    "verdict_sentence",
     "OTHERS_NOTE",
     "Interval",
     "RunComparison",
@@ -135,12 +136,17 @@ class CameraVerdict:
 
     @property
     def sentence(self) -> str:
-        return {
-            "improved": f"refinement improved this capture in {self.view}",
-            "unchanged": f"refinement did not improve this capture in {self.view} (no measurable change)",
-            "worse": f"refinement did not improve this capture in {self.view}: it disagrees MORE with this camera",
-            "no data": f"{self.view}: no frame could be checked",
-        }[self.verdict]
+        return verdict_sentence(self.view, self.verdict)
+
+
+def verdict_sentence(view: str, verdict: str) -> str:
+    """One camera's verdict in words (the terminal and the HTML report say the same)."""
+    return {
+        "improved": f"refinement improved this capture in {view}",
+        "unchanged": f"refinement did not improve this capture in {view} (no measurable change)",
+        "worse": f"refinement did not improve this capture in {view}: the result disagrees MORE with this camera",
+        "no data": f"{view}: no frame could be checked",
+    }[verdict]
 
 
 @dataclass

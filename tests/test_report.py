@@ -95,6 +95,8 @@ def test_validation_section_shows_rig_warnings():
                init_photometric=10.0, result_photometric=9.0, verdict="improved")  # fmt: skip
     v = {"predictor": "flow", "frames": [0, 1, 2], "cameras": [cam]}
     assert "does not fit" not in _validation_section(v)
+    worse = _validation_section({**v, "cameras": [{**cam, "verdict": "worse"}]})
+    assert "<li class='bad'>refinement did not improve this capture in cam01: the result disagrees MORE" in worse
     warned = _validation_section({**v, "rig_warnings": ["camera cam01: ... `mvcap rig refine` corrects <it>"]})
     assert "The rig does not fit this take" in warned and "&lt;it&gt;" in warned
     assert "checks its detections sit" not in warned  # a report from before the count: no line
