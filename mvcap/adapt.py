@@ -9,7 +9,10 @@ cameras): the target of each rendered pixel is the displacement back to that est
 looks like in these cameras from the real pixels; the multi-view estimate is the label, and
 its errors are learned too (on synthetic footage, where the shipped network has no domain
 gap, adapting it to a keypoint init made it worse: docs/BENCHMARKS.md). Use it where the
-photos are unlike the training renders, and with the best estimate at hand (``source``).
+photos are unlike the training renders, and with the best estimate at hand (``source``):
+``source = "flow"`` first refines the chosen frames with the flow predictor (with the
+detector's cues and guard, as ``mvcap refine`` does) and labels with that result, which is
+closer to the person than the keypoint init it starts from.
 
 The composite route (``route = "composite"``, or "both" to mix them) needs no label: the
 subject is rendered in poses around the estimate's, over each camera's background plate (the
@@ -49,6 +52,7 @@ __all__ = [
     "AdaptConfig",
     "AdaptError",
     "AdaptResult",
+    "FLOW_LABEL_RUN",
     "BackgroundPlates",
     "adapt_network",
     "adapt_subject",
@@ -60,6 +64,9 @@ __all__ = [
 
 ROUTES = ("self", "composite", "both")
 
+#: the results run ``source = "flow"`` refines the adaptation frames into (the label)
+FLOW_LABEL_RUN = "adapt-flow-label"
+
 
 class AdaptError(MvcapError):
     """Adaptation cannot run on this session (no frames with an estimate, no subject, ...)."""
@@ -70,7 +77,8 @@ class AdaptConfig:
     """Self-training of the displacement network on one capture (``configs/adapt.toml``).
 
     source: the estimates the photos are paired with: "init" (the session's initial
-      estimates) or the name of a results run.
+      estimates), "flow" (the frames refined first with the flow predictor, into the results
+      run :data:`FLOW_LABEL_RUN`) or the name of a results run.
     route: "self" (the capture's photos, labelled by the estimate), "composite" (renders of
       the subject over the capture's background plates, labelled exactly) or "both".
     views: cameras to use (empty: all).
@@ -195,6 +203,46 @@ def _estimates(session, source: str):
         )
     res = session.read_results(source)
     return res.params, res.done.copy()
+
+
+def _spread(frames: list[int], most: int) -> list[int]:
+    """At most ``most`` of ``frames``, spread evenly over them."""
+    if len(frames) <= most:
+        return frames
+    return [frames[i] for i in np.linspace(0, len(frames) - 1, most).round().astype(int)]
+
+
+def _check_frames(session, frames: list[int] | None) -> list[int]:
+    """``frames`` (default: all) as ints, or a clear error for one outside the session."""
+    T = session.num_frames
+    frames = list(range(T)) if frames is None else [int(t) for t in frames]
+    outside = [t for t in frames if not 0 <= t < T]
+    if outside:
+        raise AdaptError(f"frames {outside[:5]} are outside {session.path}'s frames 0..{T - 1}")
+    return frames
+
+
+def flow_labels(session_path, frames: list[int], refine_cfg=None, progress: bool = True) -> int:
+    """Refine ``frames`` of the session with the flow predictor into :data:`FLOW_LABEL_RUN`
+    (resumed when its settings are these, else started over); returns how many of them it
+    holds. ``refine_cfg``: the refinement's settings (default: ``configs/refine.toml``), its
+    predictor replaced by flow."""
+    from mvcap.capture import Session
+    from mvcap.config import load_config
+    from mvcap.refine import RefineConfig, refine_session
+
+    rcfg = dataclasses.replace(refine_cfg or load_config(RefineConfig, "refine.toml"), predictor="flow")
+    with Session.open(session_path) as session:
+        if session.subject is None:
+            raise AdaptError(
+                f"source = 'flow' refines {session_path} before adapting, which needs the subject stored in it: "
+                "`mvcap register --write-session`, or `mvcap refine --subject FILE` once"
+            )
+        stale = FLOW_LABEL_RUN in session.result_names() and not session.results_config_matches(FLOW_LABEL_RUN, rcfg)
+    failures: list = []
+    res = refine_session(session_path, FLOW_LABEL_RUN, rcfg, frames=frames, overwrite=stale, progress=progress,
+                         failures=failures)  # fmt: skip
+    return int(res.done[frames].sum())
 
 
 def _window_mask(mask: np.ndarray, box, size) -> np.ndarray:
@@ -506,10 +554,12 @@ def adapt_network(
     weights: str | Path | None = None,
     frames: list[int] | None = None,
     progress: bool = True,
+    label_refine=None,
 ):
     """Fine-tune the network in ``weights`` (default: the shipped one) on the capture
     ``session_path``, rendering ``subject`` (default: the session's) around its estimates
-    (see the module docstring). Returns (the adapted
+    (see the module docstring; ``label_refine``: the RefineConfig of ``source = "flow"``'s
+    refinement, default ``configs/refine.toml``). Returns (the adapted
     :class:`~mvcap.nets.displacement.DisplacementNet`, :class:`AdaptResult`)."""
     from tqdm import tqdm
 
@@ -520,6 +570,12 @@ def adapt_network(
     net = LearnedPredictor.load(weights, device="cpu").net
     if cfg.confidence:
         net = net.with_confidence()
+    if cfg.source == "flow":  # the label first: the frames adaptation will use, refined by flow
+        with Session.open(session_path) as session:
+            frames = _check_frames(session, frames)
+            _, ok = _estimates(session, "init")
+        flow_labels(session_path, _spread([t for t in frames if ok[t]], cfg.max_frames), label_refine, progress)
+        cfg = dataclasses.replace(cfg, source=FLOW_LABEL_RUN)
     threads = torch.get_num_threads()
     try:
         with Session.open(session_path) as session:
@@ -529,19 +585,14 @@ def adapt_network(
                     f"{session_path} has no registered subject and none was given: adaptation renders the "
                     "subject's appearance; register one with `mvcap register`"
                 )
-            T = session.num_frames
-            frames = list(range(T)) if frames is None else [int(t) for t in frames]
-            outside = [t for t in frames if not 0 <= t < T]
-            if outside:
-                raise AdaptError(f"frames {outside[:5]} are outside {session_path}'s frames 0..{T - 1}")
+            frames = _check_frames(session, frames)
             _, ok = _estimates(session, cfg.source)
             usable = [t for t in frames if ok[t]]
             if not usable:
                 raise AdaptError(
                     f"none of the {len(frames)} chosen frames of {session_path} has an estimate in {cfg.source!r}"
                 )
-            if len(usable) > cfg.max_frames:
-                usable = [usable[i] for i in np.linspace(0, len(usable) - 1, cfg.max_frames).round().astype(int)]
+            usable = _spread(usable, cfg.max_frames)
             k = cfg.val_every
             val = usable[k // 2 :: k] if k and len(usable) >= 2 * k else []
             train_frames = [t for t in usable if t not in set(val)]
@@ -608,12 +659,13 @@ def adapt_subject(
     weights: str | Path | None = None,
     frames: list[int] | None = None,
     progress: bool = True,
+    label_refine=None,
 ) -> tuple[Subject, AdaptResult]:
     """:func:`adapt_network`, then the subject with the adapted network stored in it
     (``displacement_net``; where it came from in ``meta["adapted"]``)."""
     from mvcap.nets.train import weights_blob
 
-    net, res = adapt_network(session_path, cfg, subject, weights, frames, progress)
+    net, res = adapt_network(session_path, cfg, subject, weights, frames, progress, label_refine)
     record = {
         "session": str(Path(session_path).resolve()),
         "start_weights": str(weights) if weights else "shipped",

@@ -1330,6 +1330,12 @@ class Session:
             raise
         os.replace(tmp, path)
 
+    def results_config_matches(self, name: str, config: Any) -> bool:
+        """Whether run ``name`` (which must exist) was started with ``config`` (dict or
+        dataclass): what resuming it with that config needs (see :meth:`results_run`)."""
+        stored = self._results_group(name).attrs.get("config", "{}")
+        return _same_config(json.loads(stored), json.loads(_to_json(config, "results config")))
+
     def results_run(
         self, name: str, create: bool = True, config: Any = None, overwrite: bool = False
     ) -> ResultsWriter:
@@ -1349,7 +1355,7 @@ class Session:
             self.delete_results(name)
         if name in self.result_names():
             stored = self._results_group(name).attrs.get("config", "{}")
-            if cfg_json is not None and not _same_config(json.loads(stored), json.loads(cfg_json)):
+            if cfg_json is not None and not self.results_config_matches(name, config):
                 raise SessionError(
                     f"results run {name!r} in {self._path} was started with a different config; "
                     f"resume with the same config, pick another run name, or pass overwrite=True "

@@ -418,7 +418,8 @@ def _adapt_stage(cfg: RunConfig, session_path: Path, frames: list[int], progress
     }
     if done and all(done.get(k) == v for k, v in wanted.items()):
         return f"network already adapted to {subject.name} on this capture"
-    adapted, res = adapt_subject(_unadapted(subject), session_path, cfg.adapt.config, frames=frames, progress=progress)
+    adapted, res = adapt_subject(_unadapted(subject), session_path, cfg.adapt.config, frames=frames, progress=progress,
+                                 label_refine=cfg.refine)  # fmt: skip
     with Session.open(session_path, "a") as s:
         s.write_subject(adapted)
     return res.describe()
