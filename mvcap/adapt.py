@@ -59,6 +59,7 @@ __all__ = [
     "adaptation_samples",
     "background_plates",
     "composite_samples",
+    "flow_labels",
 ]
 
 
