@@ -112,7 +112,7 @@ class AdaptConfig:
     seed: perturbations and batches.
     """
 
-    source: str = "init"
+    source: str = "flow"
     route: str = "both"
     views: tuple[str, ...] = ()
     max_frames: int = 40

@@ -328,7 +328,7 @@ def _schedule(ray, jobs, results, workers, remote, cfg, model, total, progress, 
             job, stack = jobs[i], contextlib.ExitStack()
             # overwrite was done by the check pass: from here on the run resumes
             run = stack.enter_context(open_refine_run(job.session, job.run, job.cfg, job.frames, model, False))
-            context = ray.put((job.cfg, run.appearance, run.definition, run.subject))
+            context = ray.put((run.cfg, run.appearance, run.definition, run.subject))  # "auto" resolved
             live.append(_Live(job, results[i], stack, run, context, cfg.chunk_frames))
             return True
         return False

@@ -500,9 +500,10 @@ def _session_paths(target: Path) -> list[Path]:
 @click.option(
     "--predictor",
     default=None,
-    help="What predicts the dense 2D displacements: learned (the trained network), flow (optical flow "
-    "render -> photo), oracle (synthetic sessions' ground truth), or a per-round schedule such as "
-    "learned,flow (round 1 learned, then flow) (default: the config's).",
+    help="What predicts the dense 2D displacements: auto (learned when the subject carries a network adapted "
+    "to it by `mvcap adapt`, else flow), learned (the trained network), flow (optical flow render -> photo), "
+    "oracle (synthetic sessions' ground truth), or a per-round schedule such as learned,flow (round 1 "
+    "learned, then flow) (default: the config's).",
 )
 @click.option(
     "--fusion",
@@ -548,7 +549,7 @@ def refine(session: Path, config_path, predictor, fusion, views, device, run_nam
     from mvcap.capture import Session
     from mvcap.config import load_config, parse_overrides
     from mvcap.pipeline import refine_events
-    from mvcap.refine import RefineConfig, refine_session
+    from mvcap.refine import RefineConfig, refine_session, resolve_predictor
     from mvcap.subject import Subject
 
     extra = parse_overrides(overrides)
@@ -558,12 +559,16 @@ def refine(session: Path, config_path, predictor, fusion, views, device, run_nam
     if views:
         extra["views"] = [v.strip() for v in views.split(",") if v.strip()]
     cfg = load_config(RefineConfig, config_path or "refine.toml", extra)
-    name = run_name or f"{cfg.predictor}-{cfg.fusion}" + (f"@{'+'.join(cfg.views)}" if cfg.views else "")
     subject = Subject.load(subject_path) if subject_path else None
     for path in _session_paths(session):
         if subject is not None:
             with Session.open(path, "a") as s:
                 s.write_subject(subject)
+        name = run_name
+        if not name:  # named after the predictor it runs ("auto": by the session's subject)
+            with Session.open(path) as s:
+                ran = resolve_predictor(cfg, s.subject).predictor
+            name = f"{ran}-{cfg.fusion}" + (f"@{'+'.join(cfg.views)}" if cfg.views else "")
         failures, events = [], {}
         res = refine_session(path, name, cfg, frames=_session_frames(path, frames), overwrite=overwrite,
                              progress=console.show_progress(), failures=failures, events=events)  # fmt: skip

@@ -91,6 +91,7 @@ __all__ = [
     "estimate_request",
     "load_frame_inputs",
     "make_predictor",
+    "resolve_predictor",
     "PredictorSchedule",
     "refine_frame",
     "frame_evidence",
@@ -117,7 +118,7 @@ class RefineError(MvcapError):
     """A frame could not be refined (the message says why: out of view, diverged, ...)."""
 
 
-PREDICTORS = ("oracle", "flow", "learned")
+PREDICTORS = ("oracle", "flow", "learned", "auto")
 APPEARANCES = ("subject", "none", "wrong", "noise<std>", "brightness<std>")
 _PERTURBED = re.compile(r"^(noise|brightness)(\d+(?:\.\d+)?)$")
 
@@ -131,9 +132,11 @@ def _check_appearance(mode: str) -> None:
 class RefineConfig:
     """The refinement pipeline (``configs/refine.toml``)."""
 
-    # oracle | flow | learned, or a per-round schedule "learned,flow" (round 1 learned, then
-    # flow: the last one repeats); a round the guard rejects hands over to the next predictor
-    predictor: str = "flow"
+    # auto | oracle | flow | learned, or a per-round schedule "learned,flow" (round 1 learned,
+    # then flow: the last one repeats); a round the guard rejects hands over to the next
+    # predictor. auto: learned where the subject carries a network adapted to it, else flow
+    # (resolve_predictor)
+    predictor: str = "auto"
     fusion: str = "joint"  # joint | refit
     outer_iterations: int = 6  # at most this many rounds
     # a frame's rounds end early once a round moves its body less than this (mean vertex
@@ -188,8 +191,8 @@ class RefineConfig:
                 f"predictor must be one of {PREDICTORS} or a per-round schedule of them joined by commas "
                 f"(e.g. 'learned,flow'), got {self.predictor!r}"
             )
-        if "," in self.predictor and "oracle" in self.predictor.split(","):
-            raise ValueError("the oracle predictor (ground truth) runs alone, not in a schedule")
+        if "," in self.predictor and {"oracle", "auto"} & set(self.predictor.split(",")):
+            raise ValueError("the oracle and auto predictors run alone, not in a schedule")
         if self.fusion not in ("joint", "refit"):
             raise ValueError(f"fusion must be 'joint' or 'refit', got {self.fusion!r}")
         if self.init not in ("session", "previous"):
@@ -1060,12 +1063,25 @@ def _hands_over(predictor, r: int, rounds: int) -> bool:
     return r + 1 < rounds and _round_predictor(predictor, r + 1) is not _round_predictor(predictor, r)
 
 
+def resolve_predictor(cfg: RefineConfig, subject: Subject | None) -> RefineConfig:
+    """``cfg`` with ``predictor = "auto"`` made concrete: "learned" when the subject carries a
+    network adapted to it (`mvcap adapt`) and ``adapted`` is on, or ``learned_weights`` names
+    one; else "flow". On the real take the adapted network beat flow and the shipped one did
+    not (docs/BENCHMARKS.md, "A network adapted to flow's result"). Other predictors: ``cfg``."""
+    if cfg.predictor != "auto":
+        return cfg
+    adapted = cfg.adapted and subject is not None and subject.displacement_net is not None
+    return replace(cfg, predictor="learned" if adapted or cfg.learned_weights else "flow")
+
+
 def make_predictor(
     name: str, cfg: RefineConfig, gt_vertices: Tensor | None = None, subject: Subject | None = None
 ) -> DisplacementPredictor:
     """The predictor ``name`` (one of :data:`PREDICTORS`, or a comma-joined per-round schedule).
     subject: the session's; the learned predictor uses its adapted network (see
     :attr:`RefineConfig.learned_weights`)."""
+    if name == "auto":
+        name = resolve_predictor(cfg, subject).predictor
     if "," in name:
         made: dict[str, DisplacementPredictor] = {}
         for n in name.split(","):
@@ -1343,6 +1359,7 @@ def refine_session(
             events.setdefault(key, {})
         for key in ("kept", "previous_rejected", "rounds"):
             events.setdefault(key, [])
+        cfg = run.cfg  # "auto" resolved
         shared_predictor = (
             None if cfg.predictor == "oracle" else make_predictor(cfg.predictor, cfg, subject=run.subject)
         )
@@ -1436,6 +1453,7 @@ def open_refine_run(
             raise ValueError(f"{session_path}: no subject stored; register the subject first (mvcap register)")
         if appearance is None:
             appearance = estimate_appearance(model, subject, cfg.appearance)
+        cfg = resolve_predictor(cfg, subject)  # the run stores (and resumes with) the one it runs
         writer = session.results_run(run_name, config=to_dict(cfg), overwrite=overwrite)
         done = writer.done_frames()
         todo = [t for t in frames if not done[t]]

@@ -122,6 +122,44 @@ def test_config_rejects_unknown_choices():
         RefineConfig(learned_max_crop=8)
 
 
+def test_auto_runs_the_subjects_adapted_network_else_flow(body_model, tiny_session):
+    """predictor = "auto" (the default): learned when the subject carries an adapted network,
+    flow otherwise; the run stores the one it ran, and `mvcap refine` names the run after it."""
+    from importlib.resources import files
+
+    from click.testing import CliRunner
+
+    from mvcap.cli import main
+    from mvcap.refine import resolve_predictor
+
+    assert RefineConfig().predictor == "auto"
+    with pytest.raises(ValueError, match="run alone"):
+        RefineConfig(predictor="auto,flow")
+    with Session.open(tiny_session) as s:
+        plain = s.subject
+    net = (files("mvcap") / "assets/models/displacement/lite_flowprior.pt").read_bytes()
+    adapted = dataclasses.replace(plain, displacement_net=net)
+    auto = RefineConfig()
+    assert resolve_predictor(auto, None).predictor == "flow"
+    assert resolve_predictor(auto, plain).predictor == "flow"
+    assert resolve_predictor(auto, adapted).predictor == "learned"
+    assert resolve_predictor(dataclasses.replace(auto, adapted=False), adapted).predictor == "flow"
+    assert resolve_predictor(dataclasses.replace(auto, learned_weights="lite"), plain).predictor == "learned"
+    assert resolve_predictor(dataclasses.replace(auto, predictor="flow"), adapted).predictor == "flow"
+
+    quick = dataclasses.replace(FAST, predictor="auto", outer_iterations=1, fit=FitConfig(iterations=5))
+    res = refine_session(tiny_session, "a", quick, frames=[0], model=body_model, progress=False)
+    assert res.config["predictor"] == "flow"
+    with Session.open(tiny_session, "a") as s:
+        s.write_subject(adapted)
+    res = refine_session(tiny_session, "b", quick, frames=[0], model=body_model, progress=False)
+    assert res.config["predictor"] == "learned" and res.done[0]
+    out = CliRunner().invoke(main, ["refine", str(tiny_session), "--frames", "1", "--set", "outer_iterations=1",
+                                    "--set", "fit.iterations=5"])  # fmt: skip
+    assert out.exit_code == 0, out.output
+    assert "run 'learned-joint'" in out.output
+
+
 def test_sequence_mode_starts_from_the_previous_result(body_model, tiny_session, monkeypatch):
     import mvcap.refine as R
 
