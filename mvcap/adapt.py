@@ -575,6 +575,16 @@ def adapt_network(
         with Session.open(session_path) as session:
             frames = _check_frames(session, frames)
             _, ok = _estimates(session, "init")
+            stored = session.subject
+        if subject is not None and stored is None:  # refinement reads the shape from the session
+            with Session.open(session_path, "a") as session:
+                session.write_subject(subject)
+        elif subject is not None and (stored.name != subject.name or not np.allclose(stored.betas, subject.betas)):
+            raise AdaptError(
+                f"{session_path} holds subject {stored.name!r}, not {subject.name!r}: source = 'flow' refines the "
+                f"capture with the subject stored in it; store {subject.name!r} first (`mvcap refine --subject "
+                "FILE`), or adapt with --set source=init"
+            )
         flow_labels(session_path, _spread([t for t in frames if ok[t]], cfg.max_frames), label_refine, progress)
         cfg = dataclasses.replace(cfg, source=FLOW_LABEL_RUN)
     threads = torch.get_num_threads()

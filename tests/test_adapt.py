@@ -232,17 +232,27 @@ def test_at_most_max_frames_spread_over_the_chosen(truth_session):
 def test_flow_labels_refine_the_chosen_frames_first(truth_session, body_model):
     """source = "flow": the frames adaptation uses are refined by flow first, with the cues,
     and that result is the label; a second call resumes the run, other settings redo it."""
+    import h5py
+
     from mvcap.adapt import FLOW_LABEL_RUN, flow_labels
     from mvcap.metrics import mpjpe
     from mvcap.refine import RefineConfig
 
     quick = RefineConfig(outer_iterations=2, frame_batch=1)
     cfg = AdaptConfig(source="flow", max_frames=2, perturbations=1, val_every=0, steps=1)
-    _, res = adapt_network(truth_session, cfg, frames=[0, 1, 2], progress=False, label_refine=quick)
+    with Session.open(truth_session) as s:
+        subject = s.subject
+    with pytest.raises(AdaptError, match="holds subject .* not 'someone'.*`mvcap refine --subject FILE`"):
+        adapt_network(truth_session, cfg, dataclasses.replace(subject, name="someone"), progress=False)
+    with h5py.File(truth_session, "a") as f:  # a capture the subject was never stored in: adapt stores it
+        del f["subject"]
+    _, res = adapt_network(truth_session, cfg, subject, frames=[0, 1, 2], progress=False, label_refine=quick)
     assert res.train_frames == (0, 2)
     with Session.open(truth_session) as s:
         label, init, gt = s.read_results(FLOW_LABEL_RUN), s.read_init(), s.read_ground_truth()
     assert label.done.tolist() == [True, False, True] and label.config["predictor"] == "flow"
+    with Session.open(truth_session) as s:
+        assert s.subject == subject
     joints = lambda p: body_model(**p.slice([0, 2]).to_torch()).joints  # noqa: E731
     err = lambda p: float(mpjpe(joints(p), joints(gt)).mean())  # noqa: E731
     assert err(label.params) < err(init)  # the label is closer to the person than the init
