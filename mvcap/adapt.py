@@ -77,9 +77,9 @@ class AdaptError(MvcapError):
 class AdaptConfig:
     """Self-training of the displacement network on one capture (``configs/adapt.toml``).
 
-    source: the estimates the photos are paired with: "init" (the session's initial
-      estimates), "flow" (the frames refined first with the flow predictor, into the results
-      run :data:`FLOW_LABEL_RUN`) or the name of a results run.
+    source: the estimates the photos are paired with: "flow" (the default: the frames refined
+      first with the flow predictor, into the results run :data:`FLOW_LABEL_RUN`), "init"
+      (the session's initial estimates) or the name of a results run.
     route: "self" (the capture's photos, labelled by the estimate), "composite" (renders of
       the subject over the capture's background plates, labelled exactly) or "both".
     views: cameras to use (empty: all).
