@@ -176,19 +176,24 @@ def _session_frames(path: Path, selection) -> list[int] | None:
 def _run_option(what: str):
     """``--run NAME`` of the commands that read a results run (-> ``run_name``; None: see :func:`_pick_run`)."""
     return click.option(
-        "--run", "run_name", default=None, help=f"{what} (default: the session's only run, when it holds one)."
+        "--run",
+        "run_name",
+        default=None,
+        help=f"{what} (default: the session's only run, when it holds one; mvcap adapt's label run aside).",
     )
 
 
 def _pick_run(session: Path, run_name: str | None) -> str:
-    """``run_name``, or the session's only results run; with none or several, a usage error that
-    lists them."""
+    """``run_name``, or the session's only results run (`mvcap adapt`'s label run counts only
+    when it is the only one); with none or several, a usage error that lists them."""
     if run_name:
         return run_name
+    from mvcap.adapt import FLOW_LABEL_RUN
     from mvcap.capture import Session
 
     with Session.open(session) as s:
         names = s.result_names()
+    names = [n for n in names if n != FLOW_LABEL_RUN] or names
     if len(names) == 1:
         return names[0]
     if not names:

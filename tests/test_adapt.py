@@ -265,6 +265,18 @@ def test_flow_labels_refine_the_chosen_frames_first(truth_session, body_model):
         assert s.read_results(FLOW_LABEL_RUN).done.tolist() == [True, False, False]
 
 
+def test_the_label_run_is_not_the_sessions_run(truth_session, write_gt_run):
+    """Commands that default to the session's only run pass over adapt's label run."""
+    from mvcap.adapt import FLOW_LABEL_RUN
+    from mvcap.cli import _pick_run
+
+    write_gt_run(truth_session, [0], name=FLOW_LABEL_RUN)
+    assert _pick_run(truth_session, None) == "truth"
+    with Session.open(truth_session, "a") as s:
+        s.delete_results("truth")
+    assert _pick_run(truth_session, None) == FLOW_LABEL_RUN  # alone, it is the run
+
+
 def test_a_damaged_adapted_network_is_named():
     from mvcap.nets.predictor import WeightsError
 
