@@ -21,7 +21,7 @@ def test_parse_method():
     assert kind == "dense" and cfg.predictor == "learned,flow"
     with pytest.raises(ValueError, match="schedule"):
         parse_method("dense-learned:magic-joint", RefineConfig())
-    with pytest.raises(ValueError, match="runs alone"):
+    with pytest.raises(ValueError, match="oracle and auto predictors run alone"):
         RefineConfig(predictor="oracle,flow")
 
 
