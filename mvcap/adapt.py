@@ -161,7 +161,8 @@ class AdaptResult:
     """What adaptation did: frames used for training / held out, samples made, steps run,
     seconds (making samples, training), and on the held-out samples the mean end-point error
     (image px) against the estimate of predicting nothing, of the network before and after;
-    how many of the training samples were composites (the composite route)."""
+    how many of the training samples were composites (the composite route); the label
+    (``AdaptConfig.source``: "flow", "init" or a results run's name)."""
 
     train_frames: tuple[int, ...]
     val_frames: tuple[int, ...]
@@ -174,12 +175,17 @@ class AdaptResult:
     val_epe_before_px: float = float("nan")
     val_epe_after_px: float = float("nan")
     composite_samples: int = 0
+    source: str = ""
 
     def describe(self) -> str:
         kind = f", {self.composite_samples} of them composites" if self.composite_samples else ""
+        label = {"flow": f"flow's refinement (run {FLOW_LABEL_RUN!r})", "init": "the initial estimates", "": ""}.get(
+            self.source, f"run {self.source!r}"
+        )
         s = (
-            f"adapted on {len(self.train_frames)} frames ({self.train_samples} samples{kind}) for {self.steps} steps "
-            f"in {self.sample_seconds + self.train_seconds:.0f} s"
+            f"adapted on {len(self.train_frames)} frames ({self.train_samples} samples{kind}"
+            + (f", labelled by {label}" if label else "")
+            + f") for {self.steps} steps in {self.sample_seconds + self.train_seconds:.0f} s"
         )
         if self.val_samples:
             s += (
@@ -569,6 +575,7 @@ def adapt_network(
     from mvcap.nets.predictor import LearnedPredictor
 
     net = LearnedPredictor.load(weights, device="cpu").net
+    source = cfg.source
     if cfg.confidence:
         net = net.with_confidence()
     if cfg.source == "flow":  # the label first: the frames adaptation will use, refined by flow
@@ -659,6 +666,7 @@ def adapt_network(
         before,
         after,
         len(composites["photo"]) if composites else 0,
+        source,
     )
     return net, res
 

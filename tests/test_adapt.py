@@ -227,6 +227,7 @@ def test_at_most_max_frames_spread_over_the_chosen(truth_session):
     cfg = AdaptConfig(source="truth", max_frames=2, perturbations=1, val_every=0, steps=1)
     _, res = adapt_network(truth_session, cfg, frames=[0, 1, 2], progress=False)
     assert res.train_frames == (0, 2) and res.steps == 1
+    assert "labelled by run 'truth'" in res.describe()
 
 
 def test_flow_labels_refine_the_chosen_frames_first(truth_session, body_model):
@@ -247,7 +248,8 @@ def test_flow_labels_refine_the_chosen_frames_first(truth_session, body_model):
     with h5py.File(truth_session, "a") as f:  # a capture the subject was never stored in: adapt stores it
         del f["subject"]
     _, res = adapt_network(truth_session, cfg, subject, frames=[0, 1, 2], progress=False, label_refine=quick)
-    assert res.train_frames == (0, 2)
+    assert res.train_frames == (0, 2) and res.source == "flow"
+    assert f"labelled by flow's refinement (run {FLOW_LABEL_RUN!r})" in res.describe()
     with Session.open(truth_session) as s:
         label, init, gt = s.read_results(FLOW_LABEL_RUN), s.read_init(), s.read_ground_truth()
     assert label.done.tolist() == [True, False, True] and label.config["predictor"] == "flow"
