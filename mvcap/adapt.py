@@ -575,7 +575,7 @@ def adapt_network(
     from mvcap.nets.predictor import LearnedPredictor
 
     net = LearnedPredictor.load(weights, device="cpu").net
-    source = cfg.source
+    source = cfg.source  # as asked: a flow label swaps cfg.source for its run below
     if cfg.confidence:
         net = net.with_confidence()
     if cfg.source == "flow":  # the label first: the frames adaptation will use, refined by flow
